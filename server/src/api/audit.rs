@@ -1,0 +1,171 @@
+//! AuditService: streaming queries over the log and chain verification. These calls
+//! are audited too.
+
+use std::pin::Pin;
+
+use hsmd_proto::v1 as pb;
+use hsmd_proto::v1::audit_service_server::AuditService;
+use tokio_stream::Stream;
+use tonic::{Request, Response, Status};
+
+use super::{ApiError, Call, Ctx};
+use crate::audit::{self, AuditQuery, AuditRecord, Outcome, verify};
+use crate::keys::KeyError;
+
+const MAX_LIMIT: u32 = 100_000;
+
+/// The AuditService implementation.
+pub struct AuditApi {
+    ctx: Ctx,
+}
+
+impl AuditApi {
+    pub fn new(ctx: Ctx) -> Self {
+        AuditApi { ctx }
+    }
+}
+
+type RecordStream = Pin<Box<dyn Stream<Item = Result<pb::AuditRecord, Status>> + Send>>;
+
+fn rfc3339(t: &prost_types::Timestamp) -> Result<String, ApiError> {
+    let dt = time::OffsetDateTime::from_unix_timestamp(t.seconds)
+        .map_err(|_| KeyError::InvalidArgument("timestamp out of range".into()))?
+        + time::Duration::nanoseconds(i64::from(t.nanos));
+    let fmt = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+    );
+    dt.format(&fmt).map_err(|e| KeyError::InvalidArgument(format!("timestamp: {e}")).into())
+}
+
+fn outcome_from_pb(v: i32) -> Result<Option<Outcome>, ApiError> {
+    Ok(match pb::AuditOutcome::try_from(v) {
+        Ok(pb::AuditOutcome::Unspecified) => None,
+        Ok(pb::AuditOutcome::Ok) => Some(Outcome::Ok),
+        Ok(pb::AuditOutcome::Denied) => Some(Outcome::Denied),
+        Ok(pb::AuditOutcome::Invalid) => Some(Outcome::Invalid),
+        Ok(pb::AuditOutcome::Failed) => Some(Outcome::Failed),
+        Ok(pb::AuditOutcome::Throttled) => Some(Outcome::Throttled),
+        Err(_) => return Err(KeyError::InvalidArgument(format!("unknown outcome {v}")).into()),
+    })
+}
+
+fn outcome_to_pb(o: Outcome) -> i32 {
+    (match o {
+        Outcome::Ok => pb::AuditOutcome::Ok,
+        Outcome::Denied => pb::AuditOutcome::Denied,
+        Outcome::Invalid => pb::AuditOutcome::Invalid,
+        Outcome::Failed => pb::AuditOutcome::Failed,
+        Outcome::Throttled => pb::AuditOutcome::Throttled,
+    }) as i32
+}
+
+fn parse_time(rfc: &str) -> Option<prost_types::Timestamp> {
+    let t = time::OffsetDateTime::parse(rfc, &time::format_description::well_known::Rfc3339).ok()?;
+    Some(prost_types::Timestamp { seconds: t.unix_timestamp(), nanos: t.nanosecond() as i32 })
+}
+
+/// Proto form of a record and its line.
+pub fn record_to_pb(r: AuditRecord, line: String) -> pb::AuditRecord {
+    pb::AuditRecord {
+        sequence: r.seq,
+        time: parse_time(&r.time),
+        request_id: r.request_id,
+        principal: r.principal,
+        peer: r.peer,
+        method: r.method,
+        key_id: r.key_id,
+        alias: r.alias,
+        algorithm: r.algorithm,
+        message_type: r.message_type,
+        input_sha256: r.input_sha256,
+        outcome: outcome_to_pb(r.outcome),
+        status: r.status,
+        reason: r.reason,
+        duration_us: r.duration_us,
+        prev_hash: r.prev_hash,
+        json: line,
+    }
+}
+
+fn query(r: pb::QueryAuditRequest) -> Result<AuditQuery, ApiError> {
+    if r.limit > MAX_LIMIT {
+        return Err(KeyError::InvalidArgument(format!("limit {} is over {MAX_LIMIT}", r.limit)).into());
+    }
+    let start = r.start_time.as_ref().map(rfc3339).transpose()?;
+    let end = r.end_time.as_ref().map(rfc3339).transpose()?;
+    if let (Some(s), Some(e)) = (&start, &end) {
+        if s > e {
+            return Err(KeyError::InvalidArgument("start_time is after end_time".into()).into());
+        }
+    }
+    let nonempty = |s: String| Some(s).filter(|s| !s.is_empty());
+    Ok(AuditQuery {
+        start,
+        end,
+        principal: nonempty(r.principal),
+        key: nonempty(r.key_id),
+        method: nonempty(r.method),
+        outcome: outcome_from_pb(r.outcome)?,
+        limit: if r.limit == 0 { 1000 } else { r.limit as usize },
+    })
+}
+
+#[tonic::async_trait]
+impl AuditService for AuditApi {
+    type QueryAuditStream = RecordStream;
+
+    async fn query_audit(&self, req: Request<pb::QueryAuditRequest>) -> Result<Response<RecordStream>, Status> {
+        let call = Call::begin(&req, "/hsmd.v1.AuditService/QueryAudit");
+        let r = req.into_inner();
+        let result = call.authorize(&self.ctx.auth).and_then(|_| query(r)).map(|q| {
+            let (tx, rx) = tokio::sync::mpsc::channel(256);
+            let path = self.ctx.audit.path().to_path_buf();
+            tokio::task::spawn_blocking(move || {
+                let res = audit::query_file(&path, &q, |rec, line| {
+                    tx.blocking_send(Ok(record_to_pb(rec, line))).is_ok()
+                });
+                if let Err(e) = res {
+                    let _ = tx.blocking_send(Err(ApiError::Key(KeyError::Unavailable(e.to_string())).to_status()));
+                }
+            });
+            Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)) as RecordStream
+        });
+        self.ctx.finish(call, result).await
+    }
+
+    async fn verify_audit_log(&self, req: Request<pb::VerifyAuditLogRequest>) -> Result<Response<pb::VerifyAuditLogResponse>, Status> {
+        let call = Call::begin(&req, "/hsmd.v1.AuditService/VerifyAuditLog");
+        let result = async {
+            call.authorize(&self.ctx.auth)?;
+            let written = self.ctx.audit.head();
+            let path = self.ctx.audit.path().to_path_buf();
+            let report = tokio::task::spawn_blocking(move || verify::verify_file(&path))
+                .await
+                .map_err(|e| KeyError::Internal(e.to_string()))?
+                .map_err(|e| KeyError::Unavailable(e.to_string()))?;
+            let mut resp = pb::VerifyAuditLogResponse {
+                ok: report.first_bad.is_none(),
+                records_checked: report.records,
+                head_hash: report.head.hash.clone(),
+                ..Default::default()
+            };
+            if let Some(bad) = report.first_bad {
+                resp.first_bad_sequence = bad.sequence;
+                resp.first_bad_line = bad.line;
+                resp.problem = bad.problem;
+            } else if report.head.sequence < written.sequence {
+                // Records hsmd made durable are gone from the end of the file.
+                resp.ok = false;
+                resp.first_bad_sequence = report.head.sequence + 1;
+                resp.first_bad_line = report.records + 1;
+                resp.problem = format!(
+                    "log ends at record {} but hsmd wrote up to record {}: records were removed from the end",
+                    report.head.sequence, written.sequence
+                );
+            }
+            Ok(resp)
+        }
+        .await;
+        self.ctx.finish(call, result).await
+    }
+}

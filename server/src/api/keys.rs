@@ -1,0 +1,303 @@
+//! KeyService: key management, aliases, signing and random bytes.
+
+use hsmd_proto::v1 as pb;
+use hsmd_proto::v1::key_service_server::KeyService;
+use tonic::{Request, Response, Status};
+
+use super::convert::{self, alg_from_pb, mt_from_pb};
+use super::{ApiError, Call, Ctx};
+use crate::audit::record::input_hash;
+use crate::keys::manager::NewKey;
+use crate::keys::model::{KeyRecord, Transition};
+use crate::keys::{KeyError, KeyRef, public};
+use crate::store::KeyFilter;
+
+/// Largest GenerateRandom request.
+const MAX_RANDOM: u32 = 1024;
+/// Default and largest page sizes of the list calls.
+const DEFAULT_PAGE: u32 = 100;
+const MAX_PAGE: u32 = 1000;
+
+macro_rules! method {
+    ($name:literal) => {
+        concat!("/hsmd.v1.KeyService/", $name)
+    };
+}
+
+/// The KeyService implementation.
+pub struct KeyApi {
+    ctx: Ctx,
+}
+
+impl KeyApi {
+    pub fn new(ctx: Ctx) -> Self {
+        KeyApi { ctx }
+    }
+
+    /// Parses and resolves a key reference, noting it in the audit record.
+    async fn resolve(&self, call: &mut Call, named: &str) -> Result<KeyRecord, ApiError> {
+        let key_ref = match KeyRef::parse(named) {
+            Ok(r) => r,
+            Err(e) => {
+                call.note_key(named, None);
+                return Err(e.into());
+            }
+        };
+        let found = self.ctx.blocking(move |m| m.resolve(&key_ref)).await;
+        call.note_key(named, found.as_ref().ok().map(|k| k.id));
+        found
+    }
+
+    /// Resolves a key and applies a lifecycle transition to it.
+    async fn transition(&self, call: &mut Call, named: &str, t: Transition, days: u32) -> Result<KeyRecord, ApiError> {
+        call.authorize(&self.ctx.auth)?;
+        let key = self.resolve(call, named).await?;
+        self.ctx.blocking(move |m| m.transition(&key, t, days)).await
+    }
+}
+
+fn page_size(n: u32) -> Result<usize, ApiError> {
+    match n {
+        0 => Ok(DEFAULT_PAGE as usize),
+        n if n <= MAX_PAGE => Ok(n as usize),
+        n => Err(KeyError::InvalidArgument(format!("page_size {n} is over {MAX_PAGE}")).into()),
+    }
+}
+
+#[tonic::async_trait]
+impl KeyService for KeyApi {
+    async fn create_key(&self, req: Request<pb::CreateKeyRequest>) -> Result<Response<pb::CreateKeyResponse>, Status> {
+        let mut call = Call::begin(&req, method!("CreateKey"));
+        let r = req.into_inner();
+        let result = async {
+            let principal = call.authorize(&self.ctx.auth)?;
+            let new = NewKey {
+                spec: convert::spec_from_pb(r.spec)?,
+                usage: convert::usage_from_pb(r.usage)?,
+                origin: convert::origin_from_pb(r.origin)?,
+                alias: Some(r.alias).filter(|a| !a.is_empty()),
+                description: r.description,
+                tags: r.tags.into_iter().collect(),
+                idempotency_token: Some(r.idempotency_token).filter(|t| !t.is_empty()),
+            };
+            call.event.algorithm = new.spec.name().to_string();
+            if let Some(a) = &new.alias {
+                call.event.alias = a.clone();
+            }
+            let key = self.ctx.blocking(move |m| m.create(&principal, new)).await?;
+            call.event.key_id = key.id.to_string();
+            Ok(pb::CreateKeyResponse { key: Some(convert::metadata(&key)) })
+        }
+        .await;
+        self.ctx.finish(call, result).await
+    }
+
+    async fn describe_key(&self, req: Request<pb::DescribeKeyRequest>) -> Result<Response<pb::DescribeKeyResponse>, Status> {
+        let mut call = Call::begin(&req, method!("DescribeKey"));
+        let r = req.into_inner();
+        let result = async {
+            call.authorize(&self.ctx.auth)?;
+            let key = self.resolve(&mut call, &r.key_id).await?;
+            Ok(pb::DescribeKeyResponse { key: Some(convert::metadata(&key)) })
+        }
+        .await;
+        self.ctx.finish(call, result).await
+    }
+
+    async fn list_keys(&self, req: Request<pb::ListKeysRequest>) -> Result<Response<pb::ListKeysResponse>, Status> {
+        let call = Call::begin(&req, method!("ListKeys"));
+        let r = req.into_inner();
+        let result = async {
+            call.authorize(&self.ctx.auth)?;
+            let filter = KeyFilter {
+                state: (r.state != 0).then(|| convert::state_from_pb(r.state)).transpose()?,
+                usage: (r.usage != 0).then(|| convert::usage_from_pb(r.usage)).transpose()?,
+                alias_prefix: Some(r.alias_prefix)
+                    .filter(|p| !p.is_empty())
+                    .map(|p| if p.starts_with("alias/") { p } else { format!("alias/{p}") }),
+                after: None,
+                limit: page_size(r.page_size)?,
+            };
+            let token = r.page_token;
+            let (keys, next) = self.ctx.blocking(move |m| m.list(filter, &token)).await?;
+            Ok(pb::ListKeysResponse { keys: keys.iter().map(convert::metadata).collect(), next_page_token: next })
+        }
+        .await;
+        self.ctx.finish(call, result).await
+    }
+
+    async fn get_public_key(&self, req: Request<pb::GetPublicKeyRequest>) -> Result<Response<pb::GetPublicKeyResponse>, Status> {
+        let mut call = Call::begin(&req, method!("GetPublicKey"));
+        let r = req.into_inner();
+        let result = async {
+            call.authorize(&self.ctx.auth)?;
+            let key = self.resolve(&mut call, &r.key_id).await?;
+            if key.state == crate::keys::spec::KeyState::Destroyed {
+                return Err(KeyError::KeyState { key: key.id, state: key.state }.into());
+            }
+            let der = key.public_key_der.clone().ok_or_else(|| {
+                KeyError::InvalidArgument(format!("{} keys have no public key", key.spec))
+            })?;
+            let meta = convert::metadata(&key);
+            Ok(pb::GetPublicKeyResponse {
+                key_id: key.id.to_string(),
+                spec: meta.spec,
+                usage: meta.usage,
+                public_key_pem: public::spki_pem(&der),
+                public_key_der: der,
+                signing_algorithms: meta.signing_algorithms,
+            })
+        }
+        .await;
+        self.ctx.finish(call, result).await
+    }
+
+    async fn enable_key(&self, req: Request<pb::EnableKeyRequest>) -> Result<Response<pb::EnableKeyResponse>, Status> {
+        let mut call = Call::begin(&req, method!("EnableKey"));
+        let r = req.into_inner();
+        let result = self.transition(&mut call, &r.key_id, Transition::Enable, 0).await;
+        let result = result.map(|k| pb::EnableKeyResponse { key: Some(convert::metadata(&k)) });
+        self.ctx.finish(call, result).await
+    }
+
+    async fn disable_key(&self, req: Request<pb::DisableKeyRequest>) -> Result<Response<pb::DisableKeyResponse>, Status> {
+        let mut call = Call::begin(&req, method!("DisableKey"));
+        let r = req.into_inner();
+        let result = self.transition(&mut call, &r.key_id, Transition::Disable, 0).await;
+        let result = result.map(|k| pb::DisableKeyResponse { key: Some(convert::metadata(&k)) });
+        self.ctx.finish(call, result).await
+    }
+
+    async fn schedule_key_deletion(&self, req: Request<pb::ScheduleKeyDeletionRequest>) -> Result<Response<pb::ScheduleKeyDeletionResponse>, Status> {
+        let mut call = Call::begin(&req, method!("ScheduleKeyDeletion"));
+        let r = req.into_inner();
+        let result = async {
+            if crate::keys::model::deletion_window(r.pending_window_days).is_none() {
+                call.authorize(&self.ctx.auth)?;
+                call.note_key(&r.key_id, None);
+                return Err(KeyError::InvalidDeletionWindow(r.pending_window_days).into());
+            }
+            let k = self.transition(&mut call, &r.key_id, Transition::ScheduleDeletion, r.pending_window_days).await?;
+            Ok(pb::ScheduleKeyDeletionResponse { deletion_time: k.deletion_time.map(convert::ts), key: Some(convert::metadata(&k)) })
+        }
+        .await;
+        self.ctx.finish(call, result).await
+    }
+
+    async fn cancel_key_deletion(&self, req: Request<pb::CancelKeyDeletionRequest>) -> Result<Response<pb::CancelKeyDeletionResponse>, Status> {
+        let mut call = Call::begin(&req, method!("CancelKeyDeletion"));
+        let r = req.into_inner();
+        let result = self.transition(&mut call, &r.key_id, Transition::CancelDeletion, 0).await;
+        let result = result.map(|k| pb::CancelKeyDeletionResponse { key: Some(convert::metadata(&k)) });
+        self.ctx.finish(call, result).await
+    }
+
+    async fn create_alias(&self, req: Request<pb::CreateAliasRequest>) -> Result<Response<pb::CreateAliasResponse>, Status> {
+        let mut call = Call::begin(&req, method!("CreateAlias"));
+        let r = req.into_inner();
+        let result = async {
+            call.authorize(&self.ctx.auth)?;
+            let key = self.resolve(&mut call, &r.target_key_id).await?;
+            call.event.alias = crate::keys::truncate(&r.alias_name, 300);
+            let a = self.ctx.blocking(move |m| m.create_alias(&r.alias_name, &key)).await?;
+            Ok(pb::CreateAliasResponse { alias: Some(convert::alias(&a)) })
+        }
+        .await;
+        self.ctx.finish(call, result).await
+    }
+
+    async fn update_alias(&self, req: Request<pb::UpdateAliasRequest>) -> Result<Response<pb::UpdateAliasResponse>, Status> {
+        let mut call = Call::begin(&req, method!("UpdateAlias"));
+        let r = req.into_inner();
+        let result = async {
+            call.authorize(&self.ctx.auth)?;
+            let key = self.resolve(&mut call, &r.target_key_id).await?;
+            call.event.alias = crate::keys::truncate(&r.alias_name, 300);
+            let a = self.ctx.blocking(move |m| m.update_alias(&r.alias_name, &key)).await?;
+            Ok(pb::UpdateAliasResponse { alias: Some(convert::alias(&a)) })
+        }
+        .await;
+        self.ctx.finish(call, result).await
+    }
+
+    async fn delete_alias(&self, req: Request<pb::DeleteAliasRequest>) -> Result<Response<pb::DeleteAliasResponse>, Status> {
+        let mut call = Call::begin(&req, method!("DeleteAlias"));
+        let r = req.into_inner();
+        let result = async {
+            call.authorize(&self.ctx.auth)?;
+            call.event.alias = crate::keys::truncate(&r.alias_name, 300);
+            let key = self.ctx.blocking(move |m| m.delete_alias(&r.alias_name)).await?;
+            call.event.key_id = key.to_string();
+            Ok(pb::DeleteAliasResponse {})
+        }
+        .await;
+        self.ctx.finish(call, result).await
+    }
+
+    async fn list_aliases(&self, req: Request<pb::ListAliasesRequest>) -> Result<Response<pb::ListAliasesResponse>, Status> {
+        let mut call = Call::begin(&req, method!("ListAliases"));
+        let r = req.into_inner();
+        let result = async {
+            call.authorize(&self.ctx.auth)?;
+            let key = if r.key_id.is_empty() { None } else { Some(self.resolve(&mut call, &r.key_id).await?.id) };
+            let limit = page_size(r.page_size)?;
+            let (list, next) = self.ctx.blocking(move |m| m.list_aliases(key, &r.page_token, limit)).await?;
+            Ok(pb::ListAliasesResponse { aliases: list.iter().map(convert::alias).collect(), next_page_token: next })
+        }
+        .await;
+        self.ctx.finish(call, result).await
+    }
+
+    async fn sign(&self, req: Request<pb::SignRequest>) -> Result<Response<pb::SignResponse>, Status> {
+        let mut call = Call::begin(&req, method!("Sign"));
+        let r = req.into_inner();
+        call.event.input_sha256 = input_hash(&r.message);
+        let result = async {
+            call.authorize(&self.ctx.auth)?;
+            let alg = alg_from_pb(r.algorithm)?;
+            let mt = mt_from_pb(r.message_type)?;
+            call.event.algorithm = alg.name().into();
+            call.event.message_type = mt.name().into();
+            let key = self.resolve(&mut call, &r.key_id).await?;
+            let id = key.id;
+            let sig = self.ctx.blocking(move |m| m.sign(&key, alg, mt, &r.message)).await?;
+            Ok(pb::SignResponse { key_id: id.to_string(), algorithm: r.algorithm, signature: sig })
+        }
+        .await;
+        self.ctx.finish(call, result).await
+    }
+
+    async fn verify(&self, req: Request<pb::VerifyRequest>) -> Result<Response<pb::VerifyResponse>, Status> {
+        let mut call = Call::begin(&req, method!("Verify"));
+        let r = req.into_inner();
+        call.event.input_sha256 = input_hash(&r.message);
+        let result = async {
+            call.authorize(&self.ctx.auth)?;
+            let alg = alg_from_pb(r.algorithm)?;
+            let mt = mt_from_pb(r.message_type)?;
+            call.event.algorithm = alg.name().into();
+            call.event.message_type = mt.name().into();
+            let key = self.resolve(&mut call, &r.key_id).await?;
+            let id = key.id;
+            let valid = self.ctx.blocking(move |m| m.verify(&key, alg, mt, &r.message, &r.signature)).await?;
+            Ok(pb::VerifyResponse { key_id: id.to_string(), valid })
+        }
+        .await;
+        self.ctx.finish(call, result).await
+    }
+
+    async fn generate_random(&self, req: Request<pb::GenerateRandomRequest>) -> Result<Response<pb::GenerateRandomResponse>, Status> {
+        let call = Call::begin(&req, method!("GenerateRandom"));
+        let n = req.into_inner().length;
+        let result = async {
+            call.authorize(&self.ctx.auth)?;
+            if n == 0 || n > MAX_RANDOM {
+                return Err(KeyError::InvalidArgument(format!("length {n} is outside 1..{MAX_RANDOM}")).into());
+            }
+            let random = self.ctx.blocking(move |m| Ok(m.backend().random(n as usize)?)).await?;
+            Ok(pb::GenerateRandomResponse { random })
+        }
+        .await;
+        self.ctx.finish(call, result).await
+    }
+}

@@ -1,0 +1,151 @@
+//! The one place that builds a `tonic::Status`: every error of the layers below gets
+//! its gRPC code and a stable reason (google.rpc.ErrorInfo, domain "hsmd"). Internal
+//! detail is logged here and never sent: the client sees what it can act on.
+
+use std::collections::HashMap;
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, StatusExt};
+
+use crate::audit::Outcome;
+use crate::keys::KeyError;
+
+/// ErrorInfo domain of every hsmd error.
+pub const DOMAIN: &str = "hsmd";
+
+/// Errors a handler can end with.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error(transparent)]
+    Key(#[from] KeyError),
+    #[error("no verified client certificate identity")]
+    Unauthenticated,
+    #[error("principal '{principal}' is not allowed to call {method}")]
+    PermissionDenied { principal: String, method: &'static str },
+    #[error("audit log unavailable: the call was not carried out; retry later")]
+    AuditUnavailable,
+}
+
+impl ApiError {
+    /// gRPC code of this error.
+    pub fn code(&self) -> Code {
+        match self {
+            ApiError::Unauthenticated => Code::Unauthenticated,
+            ApiError::PermissionDenied { .. } => Code::PermissionDenied,
+            ApiError::AuditUnavailable => Code::Unavailable,
+            ApiError::Key(k) => match k {
+                KeyError::InvalidArgument(_)
+                | KeyError::InvalidKeyId(_)
+                | KeyError::MessageTooLarge { .. }
+                | KeyError::DigestLength { .. }
+                | KeyError::AlgorithmNotAllowed { .. }
+                | KeyError::InvalidDeletionWindow(_)
+                | KeyError::InvalidAlias(_)
+                | KeyError::UnsupportedKeySpec(_) => Code::InvalidArgument,
+                KeyError::KeyNotFound(_) | KeyError::AliasNotFound(_) => Code::NotFound,
+                KeyError::AliasExists(_) => Code::AlreadyExists,
+                KeyError::KeyState { .. } | KeyError::InvalidKeyState(_) | KeyError::WrongUsage { .. } => {
+                    Code::FailedPrecondition
+                }
+                KeyError::Unavailable(_) => Code::Unavailable,
+                KeyError::Internal(_) => Code::Internal,
+            },
+        }
+    }
+
+    /// Stable reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            ApiError::Unauthenticated => "NO_CLIENT_IDENTITY",
+            ApiError::PermissionDenied { .. } => "PRINCIPAL_NOT_ALLOWED",
+            ApiError::AuditUnavailable => "AUDIT_UNAVAILABLE",
+            ApiError::Key(k) => k.reason(),
+        }
+    }
+
+    /// Audit outcome of a call that ended with this error.
+    pub fn outcome(&self) -> Outcome {
+        match self.code() {
+            Code::Unauthenticated | Code::PermissionDenied => Outcome::Denied,
+            Code::ResourceExhausted => Outcome::Throttled,
+            Code::Unavailable | Code::Internal | Code::Unknown => Outcome::Failed,
+            _ => Outcome::Invalid,
+        }
+    }
+
+    /// The status sent to the client.
+    pub fn to_status(&self) -> Status {
+        let message = match self {
+            ApiError::Key(KeyError::Unavailable(detail)) => {
+                tracing::warn!(%detail, "token unavailable");
+                "token unavailable; retry later".to_string()
+            }
+            ApiError::Key(KeyError::Internal(detail)) => {
+                tracing::error!(%detail, "internal error");
+                "internal error (see the server log)".to_string()
+            }
+            other => other.to_string(),
+        };
+        let details = ErrorDetails::with_error_info(self.reason(), DOMAIN, HashMap::<String, String>::new());
+        Status::with_error_details(self.code(), message, details)
+    }
+}
+
+/// Name of a gRPC code as written in audit records ("OK", "INVALID_ARGUMENT"...).
+pub fn code_name(code: Code) -> &'static str {
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keys::spec::KeyState;
+
+    #[test]
+    fn mapping_table() {
+        let cases: Vec<(ApiError, Code, &str)> = vec![
+            (KeyError::KeyNotFound("k".into()).into(), Code::NotFound, "KEY_NOT_FOUND"),
+            (KeyError::AliasExists("a".into()).into(), Code::AlreadyExists, "ALIAS_EXISTS"),
+            (KeyError::MessageTooLarge { len: 5000, max: 4096 }.into(), Code::InvalidArgument, "MESSAGE_TOO_LARGE"),
+            (
+                KeyError::KeyState { key: uuid::Uuid::nil(), state: KeyState::Disabled }.into(),
+                Code::FailedPrecondition,
+                "KEY_DISABLED",
+            ),
+            (KeyError::Unavailable("x".into()).into(), Code::Unavailable, "TOKEN_UNAVAILABLE"),
+            (ApiError::AuditUnavailable, Code::Unavailable, "AUDIT_UNAVAILABLE"),
+            (ApiError::PermissionDenied { principal: "p".into(), method: "Sign" }, Code::PermissionDenied, "PRINCIPAL_NOT_ALLOWED"),
+        ];
+        for (err, code, reason) in cases {
+            let status = err.to_status();
+            assert_eq!(status.code(), code);
+            assert_eq!(status.get_error_details().error_info().unwrap().reason, reason);
+        }
+    }
+
+    #[test]
+    fn internal_detail_is_not_sent() {
+        let s = ApiError::Key(KeyError::Internal("CKR_GENERAL_ERROR pin=1234".into())).to_status();
+        assert!(!s.message().contains("1234"));
+        assert_eq!(ApiError::Unauthenticated.outcome(), Outcome::Denied);
+        assert_eq!(ApiError::Key(KeyError::InvalidKeyId("x".into())).outcome(), Outcome::Invalid);
+    }
+}

@@ -1,0 +1,49 @@
+//! TokenService: the token, its probed capabilities, and what hsmd offers on it.
+
+use hsmd_proto::v1 as pb;
+use hsmd_proto::v1::token_service_server::TokenService;
+use tonic::{Request, Response, Status};
+
+use super::convert::{alg_to_pb, spec_to_pb};
+use super::{Call, Ctx};
+
+/// The TokenService implementation.
+pub struct TokenApi {
+    ctx: Ctx,
+}
+
+impl TokenApi {
+    pub fn new(ctx: Ctx) -> Self {
+        TokenApi { ctx }
+    }
+}
+
+#[tonic::async_trait]
+impl TokenService for TokenApi {
+    async fn get_token_info(&self, req: Request<pb::GetTokenInfoRequest>) -> Result<Response<pb::GetTokenInfoResponse>, Status> {
+        let call = Call::begin(&req, "/hsmd.v1.TokenService/GetTokenInfo");
+        let result = call.authorize(&self.ctx.auth).map(|_| {
+            let backend = self.ctx.keys.backend();
+            let d = backend.description();
+            let caps = backend.capabilities();
+            pb::GetTokenInfoResponse {
+                label: d.label.clone(),
+                manufacturer: d.manufacturer.clone(),
+                model: d.model.clone(),
+                serial_number: d.serial_number.clone(),
+                module_path: d.module_path.clone(),
+                library_description: d.library_description.clone(),
+                library_version: d.library_version.clone(),
+                capabilities: caps
+                    .mechanisms
+                    .iter()
+                    .map(|c| pb::Capability { mechanism: c.mechanism.to_string(), supported: c.supported, note: c.note.clone() })
+                    .collect(),
+                key_specs: caps.key_specs.iter().map(|s| spec_to_pb(*s)).collect(),
+                signing_algorithms: caps.signing_algorithms.iter().map(|a| alg_to_pb(*a)).collect(),
+                session_pool_size: backend.pool_size() as u32,
+            }
+        });
+        self.ctx.finish(call, result).await
+    }
+}

@@ -1,0 +1,149 @@
+//! Walking the audit chain: every line must parse, carry the next sequence number and
+//! the hash of the line before it. The first record that does not fit is named.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+
+use super::AuditError;
+use super::record::{AuditRecord, GENESIS_HASH};
+
+/// Sequence number and chain hash of the last record.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChainHead {
+    pub sequence: u64,
+    pub hash: String,
+}
+
+impl Default for ChainHead {
+    fn default() -> Self {
+        ChainHead { sequence: 0, hash: GENESIS_HASH.to_string() }
+    }
+}
+
+/// The first record that breaks the chain.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BadRecord {
+    /// 1-based line number.
+    pub line: u64,
+    /// The sequence number the record claims, or the one expected if unreadable.
+    pub sequence: u64,
+    pub problem: String,
+}
+
+/// Result of a walk.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct VerifyReport {
+    pub records: u64,
+    pub head: ChainHead,
+    pub first_bad: Option<BadRecord>,
+}
+
+/// Verifies a log file; a missing file is an empty, valid log.
+pub fn verify_file(path: &Path) -> Result<VerifyReport, AuditError> {
+    let file = match std::fs::File::open(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(VerifyReport::default()),
+        Err(e) => return Err(AuditError::Io(format!("{}: {e}", path.display()))),
+    };
+    verify_reader(BufReader::new(file))
+}
+
+/// Verifies JSON lines from any reader.
+pub fn verify_reader(mut r: impl BufRead) -> Result<VerifyReport, AuditError> {
+    let mut report = VerifyReport::default();
+    let mut buf = Vec::new();
+    let mut line_no = 0u64;
+    loop {
+        buf.clear();
+        let n = r.read_until(b'\n', &mut buf).map_err(|e| AuditError::Io(e.to_string()))?;
+        if n == 0 {
+            return Ok(report);
+        }
+        line_no += 1;
+        let expected = report.head.sequence + 1;
+        let bad = |sequence, problem: String| BadRecord { line: line_no, sequence, problem };
+        if buf.last() != Some(&b'\n') {
+            report.first_bad = Some(bad(expected, "torn line: no newline at end of file".into()));
+            return Ok(report);
+        }
+        buf.pop();
+        let record: AuditRecord = match serde_json::from_slice(&buf) {
+            Ok(r) => r,
+            Err(e) => {
+                report.first_bad = Some(bad(expected, format!("not a valid record: {e}")));
+                return Ok(report);
+            }
+        };
+        let problem = if record.hash != record.body_hash()
+            || record.to_line().as_bytes() != &buf[..]
+        {
+            Some("record was edited: its hash does not match its content".to_string())
+        } else if record.seq != expected {
+            Some(format!(
+                "sequence {} where {expected} was expected: a record is missing, inserted or moved",
+                record.seq
+            ))
+        } else if record.prev_hash != report.head.hash {
+            Some("prev_hash does not match the record before it: a record was removed, inserted or moved".to_string())
+        } else {
+            None
+        };
+        if let Some(p) = problem {
+            report.first_bad = Some(bad(record.seq, p));
+            return Ok(report);
+        }
+        report.records += 1;
+        report.head = ChainHead { sequence: record.seq, hash: record.hash };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::record::{AuditEvent, Outcome};
+
+    fn log(n: u64) -> Vec<String> {
+        let mut head = ChainHead::default();
+        let mut lines = Vec::new();
+        for seq in 1..=n {
+            let ev = AuditEvent { method: format!("m{seq}"), outcome: Some(Outcome::Ok), ..Default::default() };
+            let rec = AuditRecord::new(ev, seq, "t".into(), head.hash.clone());
+            head = ChainHead { sequence: seq, hash: rec.hash.clone() };
+            lines.push(rec.to_line());
+        }
+        lines
+    }
+
+    fn check(lines: &[String]) -> VerifyReport {
+        let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
+        verify_reader(text.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn intact_chain_verifies() {
+        let r = check(&log(5));
+        assert_eq!(r.records, 5);
+        assert!(r.first_bad.is_none());
+    }
+
+    #[test]
+    fn edit_delete_swap_are_named() {
+        let mut edited = log(5);
+        edited[2] = edited[2].replace("m3", "m9");
+        assert_eq!(check(&edited).first_bad.unwrap().sequence, 3);
+
+        let mut deleted = log(5);
+        deleted.remove(1);
+        assert_eq!(check(&deleted).first_bad.unwrap().sequence, 3);
+
+        let mut swapped = log(5);
+        swapped.swap(1, 2);
+        let bad = check(&swapped).first_bad.unwrap();
+        assert_eq!((bad.line, bad.sequence), (2, 3));
+
+        let mut garbage = log(3);
+        garbage[1].insert(0, 'x');
+        let bad = check(&garbage).first_bad.unwrap();
+        assert_eq!((bad.line, bad.sequence), (2, 2));
+    }
+}

@@ -1,0 +1,291 @@
+//! PKCS#11 backend: the only module that names cryptoki.
+//!
+//! Every method blocks on FFI: call it from the blocking pool only. One `Pkcs11Backend`
+//! per process: the module is initialized once (with OS locking), the user logs in once,
+//! a bounded pool of sessions stays open for the life of the process, and object handles
+//! are cached per key so that no call pays for C_FindObjects on the hot path.
+
+pub mod error;
+pub mod mechanisms;
+pub mod objects;
+pub mod pool;
+pub mod probe;
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::error::RvError;
+use cryptoki::object::ObjectClass;
+use cryptoki::session::Session;
+use cryptoki::slot::Slot;
+use secrecy::SecretString;
+use uuid::Uuid;
+
+pub use error::HsmError;
+pub use mechanisms::SignMechanism;
+pub use objects::{KeyObjects, PublicKeyMaterial};
+pub use probe::{Capabilities, Capability};
+
+use crate::keys::spec::{KeySpec, KeyUsage};
+use error::{classify, session_lost};
+
+/// Where the token is and how to log in to it.
+#[derive(Debug, Clone)]
+pub struct HsmConfig {
+    /// PKCS#11 module (shared library) path.
+    pub module: PathBuf,
+    /// Token label (chosen by label, never by slot number).
+    pub token_label: String,
+    /// User PIN.
+    pub pin: SecretString,
+    /// Number of sessions in the pool.
+    pub sessions: usize,
+}
+
+/// Identity of the token and its module, for `hsmctl token info`.
+#[derive(Debug, Clone, Default)]
+pub struct TokenDescription {
+    pub label: String,
+    pub manufacturer: String,
+    pub model: String,
+    pub serial_number: String,
+    pub module_path: String,
+    pub library_description: String,
+    pub library_version: String,
+}
+
+/// The token, a pool of logged-in sessions and a cache of key object handles.
+pub struct Pkcs11Backend {
+    pool: pool::SessionPool,
+    handles: RwLock<HashMap<Uuid, KeyObjects>>,
+    capabilities: Capabilities,
+    description: TokenDescription,
+}
+
+impl Pkcs11Backend {
+    /// Loads the module, finds the token by label, logs in and opens the pool. Errors
+    /// name the module, the token label and what failed.
+    pub fn open(cfg: &HsmConfig) -> Result<Self, HsmError> {
+        let setup = |what: &str, detail: String| {
+            HsmError::Setup(format!(
+                "PKCS#11 module {}, token '{}': {what}: {detail}",
+                cfg.module.display(),
+                cfg.token_label
+            ))
+        };
+        if !Path::new(&cfg.module).exists() {
+            return Err(setup("module file not found", "install it or fix hsm.module".into()));
+        }
+        let ctx = Pkcs11::new(&cfg.module).map_err(|e| setup("cannot load module", e.to_string()))?;
+        ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+            .map_err(|e| setup("C_Initialize failed", e.to_string()))?;
+        let slot = find_slot(&ctx, &cfg.token_label).map_err(|d| setup("token", d))?;
+        let info = ctx.get_token_info(slot).map_err(|e| setup("C_GetTokenInfo", e.to_string()))?;
+        let lib = ctx.get_library_info().map_err(|e| setup("C_GetInfo", e.to_string()))?;
+        let description = TokenDescription {
+            label: info.label().trim().to_string(),
+            manufacturer: info.manufacturer_id().trim().to_string(),
+            model: info.model().trim().to_string(),
+            serial_number: info.serial_number().trim().to_string(),
+            module_path: cfg.module.display().to_string(),
+            library_description: lib.library_description().trim().to_string(),
+            library_version: lib.library_version().to_string(),
+        };
+        let mechs = ctx
+            .get_mechanism_list(slot)
+            .map_err(|e| setup("C_GetMechanismList", e.to_string()))?;
+        let capabilities = Capabilities::from_mechanisms(&mechs);
+        let pool = pool::SessionPool::open(ctx, slot, cfg.pin.clone(), cfg.sessions)
+            .map_err(|e| setup("login", login_hint(e)))?;
+        Ok(Pkcs11Backend { pool, handles: RwLock::new(HashMap::new()), capabilities, description })
+    }
+
+    /// What the start-up probe found.
+    pub fn capabilities(&self) -> &Capabilities {
+        &self.capabilities
+    }
+
+    /// The token's identity.
+    pub fn description(&self) -> &TokenDescription {
+        &self.description
+    }
+
+    /// Number of pooled sessions.
+    pub fn pool_size(&self) -> usize {
+        self.pool.size()
+    }
+
+    /// Runs `f` on a pooled session; a session the token lost is replaced and the
+    /// handle cache flushed (handles die with the login).
+    fn with_session<T>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&Session) -> cryptoki::error::Result<T>,
+    ) -> Result<T, HsmError> {
+        let s = self.pool.get()?;
+        match f(s.session()) {
+            Ok(v) => Ok(v),
+            Err(e) => {
+                if session_lost(&e) {
+                    s.mark_lost();
+                    self.flush_handles();
+                }
+                Err(classify(what, e))
+            }
+        }
+    }
+
+    /// Generates a key in the token with CKA_ID = the id's 16 bytes and CKA_LABEL = its
+    /// text. On success the handles are cached.
+    pub fn generate(&self, id: Uuid, spec: KeySpec, usage: KeyUsage) -> Result<(), HsmError> {
+        let template = objects::generation(spec, usage, id.as_bytes(), &id.to_string())
+            .ok_or_else(|| HsmError::Unsupported(format!("{spec} keys on this token")))?;
+        let objs = self.with_session("C_GenerateKeyPair", |s| objects::generate(s, &template))?;
+        self.cache(id, objs);
+        Ok(())
+    }
+
+    /// Reads the public half of a key pair.
+    pub fn public_key(&self, id: Uuid, spec: KeySpec) -> Result<PublicKeyMaterial, HsmError> {
+        let objs = self.objects(id)?;
+        let public = objs.public.ok_or(HsmError::ObjectMissing)?;
+        self.with_session("C_GetAttributeValue", |s| objects::public_key(s, spec, public))?
+            .ok_or(HsmError::ObjectMissing)
+    }
+
+    /// Signs `input` (message or digest, as the mechanism expects) with the key's
+    /// private object. ECDSA output is raw r‖s.
+    pub fn sign(&self, id: Uuid, mech: SignMechanism, input: &[u8]) -> Result<Vec<u8>, HsmError> {
+        let objs = self.objects(id)?;
+        let data = mech.token_input(input);
+        let result = self.with_session("C_Sign", |s| s.sign(&mech.mechanism(), objs.private, &data));
+        self.forget_if_missing(id, &result);
+        result
+    }
+
+    /// Verifies `signature` with the key's public object. A signature that does not
+    /// verify gives `Ok(false)`.
+    pub fn verify(
+        &self,
+        id: Uuid,
+        mech: SignMechanism,
+        input: &[u8],
+        signature: &[u8],
+    ) -> Result<bool, HsmError> {
+        let objs = self.objects(id)?;
+        let public = objs.public.ok_or(HsmError::ObjectMissing)?;
+        let data = mech.token_input(input);
+        let s = self.pool.get()?;
+        match s.session().verify(&mech.mechanism(), public, &data, signature) {
+            Ok(()) => Ok(true),
+            Err(cryptoki::error::Error::Pkcs11(
+                RvError::SignatureInvalid | RvError::SignatureLenRange,
+                _,
+            )) => Ok(false),
+            Err(e) => {
+                if session_lost(&e) {
+                    s.mark_lost();
+                    self.flush_handles();
+                }
+                Err(classify("C_Verify", e))
+            }
+        }
+    }
+
+    /// Random bytes from the token's RNG.
+    pub fn random(&self, len: usize) -> Result<Vec<u8>, HsmError> {
+        let len = u32::try_from(len).map_err(|_| HsmError::BadInput("length".into()))?;
+        self.with_session("C_GenerateRandom", |s| s.generate_random_vec(len))
+    }
+
+    /// Destroys every object with the key's CKA_ID. Missing objects are not an error.
+    pub fn destroy(&self, id: Uuid) -> Result<(), HsmError> {
+        self.handles.write().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        self.with_session("C_DestroyObject", |s| {
+            for class in [ObjectClass::PRIVATE_KEY, ObjectClass::SECRET_KEY, ObjectClass::PUBLIC_KEY]
+            {
+                let template = [
+                    cryptoki::object::Attribute::Class(class),
+                    cryptoki::object::Attribute::Id(id.as_bytes().to_vec()),
+                ];
+                for h in s.find_objects(&template)? {
+                    s.destroy_object(h)?;
+                }
+            }
+            Ok(())
+        })
+    }
+
+    /// Key ids of every key object in the token (objects whose CKA_ID is not a UUID
+    /// are reported separately), for start-up reconciliation.
+    pub fn token_key_ids(&self) -> Result<(Vec<Uuid>, usize), HsmError> {
+        let ids = self.with_session("C_FindObjects", objects::list_ids)?;
+        let mut keys = Vec::new();
+        let mut foreign = 0;
+        for (class, id) in ids {
+            match Uuid::from_slice(&id) {
+                Ok(u) if class != ObjectClass::PUBLIC_KEY => keys.push(u),
+                Ok(_) => {}
+                Err(_) => foreign += 1,
+            }
+        }
+        keys.sort();
+        keys.dedup();
+        Ok((keys, foreign))
+    }
+
+    /// Looks the key's handles up once and caches them.
+    fn objects(&self, id: Uuid) -> Result<KeyObjects, HsmError> {
+        if let Some(o) = self.handles.read().unwrap_or_else(|p| p.into_inner()).get(&id) {
+            return Ok(*o);
+        }
+        let found = self.with_session("C_FindObjects", |s| objects::find(s, id.as_bytes()))?;
+        let objs = found.ok_or(HsmError::ObjectMissing)?;
+        self.cache(id, objs);
+        Ok(objs)
+    }
+
+    fn cache(&self, id: Uuid, objs: KeyObjects) {
+        self.handles.write().unwrap_or_else(|p| p.into_inner()).insert(id, objs);
+    }
+
+    fn flush_handles(&self) {
+        self.handles.write().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    fn forget_if_missing<T>(&self, id: Uuid, result: &Result<T, HsmError>) {
+        if matches!(result, Err(HsmError::ObjectMissing)) {
+            self.handles.write().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        }
+    }
+}
+
+fn find_slot(ctx: &Pkcs11, label: &str) -> Result<Slot, String> {
+    let slots = ctx.get_slots_with_token().map_err(|e| format!("C_GetSlotList: {e}"))?;
+    let mut seen = Vec::new();
+    for slot in slots {
+        if let Ok(info) = ctx.get_token_info(slot) {
+            let l = info.label().trim().to_string();
+            if l == label {
+                return Ok(slot);
+            }
+            if info.token_initialized() {
+                seen.push(l);
+            }
+        }
+    }
+    Err(format!("no initialized token with this label (tokens found: {seen:?})"))
+}
+
+fn login_hint(e: HsmError) -> String {
+    let text = e.to_string();
+    if text.contains("PinIncorrect") || text.contains("PIN_INCORRECT") || text.contains("incorrect") {
+        format!("wrong PIN ({text})")
+    } else if text.contains("Locked") || text.contains("LOCKED") {
+        format!("PIN locked ({text})")
+    } else {
+        text
+    }
+}

@@ -1,0 +1,253 @@
+//! Key objects in the token: the attribute templates hsmd creates them with, finding
+//! them by CKA_ID, and reading public halves.
+//!
+//! Every private and secret object is CKA_TOKEN, CKA_PRIVATE and CKA_SENSITIVE true and
+//! CKA_EXTRACTABLE false, and carries only the capabilities of its usage (a signing key
+//! has CKA_SIGN true and CKA_DECRYPT/CKA_UNWRAP/CKA_DERIVE false, and so on).
+
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::Session;
+
+use crate::keys::spec::{KeySpec, KeyUsage};
+
+/// DER OID of secp256r1 (1.2.840.10045.3.1.7).
+const OID_P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
+/// DER OID of secp384r1 (1.3.132.0.34).
+const OID_P384: &[u8] = &[0x06, 0x05, 0x2b, 0x81, 0x04, 0x00, 0x22];
+/// DER OID of Ed25519 (1.3.101.112).
+const OID_ED25519: &[u8] = &[0x06, 0x03, 0x2b, 0x65, 0x70];
+
+/// Handles of a key's objects, cached per key id.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyObjects {
+    /// Private key (or secret key for symmetric specs).
+    pub private: ObjectHandle,
+    /// Public key object, for key pairs.
+    pub public: Option<ObjectHandle>,
+}
+
+/// The public half of a key as the token stores it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PublicKeyMaterial {
+    Rsa { modulus: Vec<u8>, exponent: Vec<u8> },
+    /// SEC1 uncompressed point.
+    Ec { spec: KeySpec, point: Vec<u8> },
+    Ed25519 { key: [u8; 32] },
+}
+
+/// What the token is asked to generate.
+pub struct Generation {
+    pub mechanism: Mechanism<'static>,
+    pub public: Option<Vec<Attribute>>,
+    pub private: Vec<Attribute>,
+}
+
+/// Templates for a new key of `spec` and `usage` with CKA_ID `id` and CKA_LABEL `label`.
+pub fn generation(spec: KeySpec, usage: KeyUsage, id: &[u8], label: &str) -> Option<Generation> {
+    let sign = usage == KeyUsage::SignVerify;
+    let crypt = usage == KeyUsage::EncryptDecrypt;
+    let common = |private: bool| {
+        vec![
+            Attribute::Token(true),
+            Attribute::Private(private),
+            Attribute::Id(id.to_vec()),
+            Attribute::Label(label.as_bytes().to_vec()),
+        ]
+    };
+    let mut private = common(true);
+    private.extend([
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Sign(sign),
+        Attribute::Decrypt(crypt),
+        Attribute::Unwrap(false),
+        Attribute::Derive(false),
+    ]);
+    let mut public = common(false);
+    public.extend([Attribute::Verify(sign), Attribute::Wrap(false)]);
+    let mechanism = match spec {
+        KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096 => {
+            let bits = spec.rsa_bits()? as u64;
+            public.extend([
+                Attribute::ModulusBits(bits.into()),
+                Attribute::PublicExponent(vec![0x01, 0x00, 0x01]),
+                Attribute::Encrypt(crypt),
+            ]);
+            Mechanism::RsaPkcsKeyPairGen
+        }
+        KeySpec::EcP256 | KeySpec::EcP384 => {
+            let oid = if spec == KeySpec::EcP256 { OID_P256 } else { OID_P384 };
+            public.push(Attribute::EcParams(oid.to_vec()));
+            Mechanism::EccKeyPairGen
+        }
+        KeySpec::Ed25519 => {
+            public.push(Attribute::EcParams(OID_ED25519.to_vec()));
+            Mechanism::EccEdwardsKeyPairGen
+        }
+        KeySpec::Aes256 | KeySpec::Aes128 => {
+            let len: u64 = if spec == KeySpec::Aes256 { 32 } else { 16 };
+            private.retain(|a| !matches!(a, Attribute::Sign(_)));
+            private.extend([
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(KeyType::AES),
+                Attribute::ValueLen(len.into()),
+                Attribute::Encrypt(crypt),
+                Attribute::Wrap(false),
+                Attribute::Verify(false),
+                Attribute::Sign(false),
+            ]);
+            return Some(Generation { mechanism: Mechanism::AesKeyGen, public: None, private });
+        }
+        KeySpec::Sm2 => return None,
+    };
+    Some(Generation { mechanism, public: Some(public), private })
+}
+
+/// Generates a key in the token; destroys what was made if any step fails.
+pub fn generate(session: &Session, template: &Generation) -> cryptoki::error::Result<KeyObjects> {
+    match &template.public {
+        Some(public) => {
+            let (pubh, privh) = session.generate_key_pair(&template.mechanism, public, &template.private)?;
+            Ok(KeyObjects { private: privh, public: Some(pubh) })
+        }
+        None => {
+            let h = session.generate_key(&template.mechanism, &template.private)?;
+            Ok(KeyObjects { private: h, public: None })
+        }
+    }
+}
+
+/// Finds a key's objects by CKA_ID; `None` when the token has no private/secret object.
+pub fn find(session: &Session, id: &[u8]) -> cryptoki::error::Result<Option<KeyObjects>> {
+    let private = find_one(session, id, ObjectClass::PRIVATE_KEY)?
+        .or(find_one(session, id, ObjectClass::SECRET_KEY)?);
+    let Some(private) = private else { return Ok(None) };
+    let public = find_one(session, id, ObjectClass::PUBLIC_KEY)?;
+    Ok(Some(KeyObjects { private, public }))
+}
+
+fn find_one(
+    session: &Session,
+    id: &[u8],
+    class: ObjectClass,
+) -> cryptoki::error::Result<Option<ObjectHandle>> {
+    let template = [Attribute::Class(class), Attribute::Id(id.to_vec())];
+    Ok(session.find_objects(&template)?.into_iter().next())
+}
+
+/// Every (class, CKA_ID) of key objects in the token, for reconciliation.
+pub fn list_ids(session: &Session) -> cryptoki::error::Result<Vec<(ObjectClass, Vec<u8>)>> {
+    let mut out = Vec::new();
+    for class in [ObjectClass::PRIVATE_KEY, ObjectClass::SECRET_KEY, ObjectClass::PUBLIC_KEY] {
+        for h in session.find_objects(&[Attribute::Class(class)])? {
+            for attr in session.get_attributes(h, &[AttributeType::Id])? {
+                if let Attribute::Id(id) = attr {
+                    out.push((class, id));
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Reads the public half of a key pair from its public object.
+pub fn public_key(
+    session: &Session,
+    spec: KeySpec,
+    handle: ObjectHandle,
+) -> cryptoki::error::Result<Option<PublicKeyMaterial>> {
+    let material = match spec {
+        KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096 => {
+            let attrs = session
+                .get_attributes(handle, &[AttributeType::Modulus, AttributeType::PublicExponent])?;
+            let (mut modulus, mut exponent) = (None, None);
+            for a in attrs {
+                match a {
+                    Attribute::Modulus(m) => modulus = Some(m),
+                    Attribute::PublicExponent(e) => exponent = Some(e),
+                    _ => {}
+                }
+            }
+            match (modulus, exponent) {
+                (Some(modulus), Some(exponent)) => PublicKeyMaterial::Rsa { modulus, exponent },
+                _ => return Ok(None),
+            }
+        }
+        KeySpec::EcP256 | KeySpec::EcP384 | KeySpec::Ed25519 => {
+            let Some(point) = ec_point(session, handle)? else { return Ok(None) };
+            if spec == KeySpec::Ed25519 {
+                match <[u8; 32]>::try_from(point.as_slice()) {
+                    Ok(key) => PublicKeyMaterial::Ed25519 { key },
+                    Err(_) => return Ok(None),
+                }
+            } else {
+                PublicKeyMaterial::Ec { spec, point }
+            }
+        }
+        _ => return Ok(None),
+    };
+    Ok(Some(material))
+}
+
+/// CKA_EC_POINT, unwrapped from its DER OCTET STRING when the token wraps it.
+fn ec_point(session: &Session, h: ObjectHandle) -> cryptoki::error::Result<Option<Vec<u8>>> {
+    for a in session.get_attributes(h, &[AttributeType::EcPoint])? {
+        if let Attribute::EcPoint(p) = a {
+            return Ok(Some(unwrap_octet_string(&p).unwrap_or(p)));
+        }
+    }
+    Ok(None)
+}
+
+/// Strips a DER OCTET STRING header if `der` is exactly one OCTET STRING.
+fn unwrap_octet_string(der: &[u8]) -> Option<Vec<u8>> {
+    let (&tag, rest) = der.split_first()?;
+    if tag != 0x04 {
+        return None;
+    }
+    let (&first, rest) = rest.split_first()?;
+    let (len, body) = if first < 0x80 {
+        (first as usize, rest)
+    } else {
+        let n = (first & 0x7f) as usize;
+        if n == 0 || n > 2 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n].iter().fold(0usize, |acc, b| (acc << 8) | *b as usize);
+        (len, &rest[n..])
+    };
+    (body.len() == len).then(|| body.to_vec())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn octet_string_unwrapping() {
+        assert_eq!(unwrap_octet_string(&[0x04, 0x02, 0xaa, 0xbb]), Some(vec![0xaa, 0xbb]));
+        assert_eq!(unwrap_octet_string(&[0x04, 0x03, 0xaa, 0xbb]), None);
+        let long: Vec<u8> = [vec![0x04, 0x81, 0x85], vec![1u8; 0x85]].concat();
+        assert_eq!(unwrap_octet_string(&long).map(|v| v.len()), Some(0x85));
+        // A raw uncompressed point starts with 0x04 too but is not a valid OCTET STRING.
+        let raw = [vec![0x04], vec![9u8; 64]].concat();
+        assert_eq!(unwrap_octet_string(&raw), None);
+    }
+
+    #[test]
+    fn signing_key_template_forbids_decrypt_and_export() {
+        let g = generation(KeySpec::Rsa2048, KeyUsage::SignVerify, &[1; 16], "k").unwrap();
+        for must in [
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sign(true),
+            Attribute::Decrypt(false),
+        ] {
+            assert!(g.private.contains(&must), "missing {must:?}");
+        }
+        assert!(generation(KeySpec::Sm2, KeyUsage::SignVerify, &[1; 16], "k").is_none());
+    }
+}

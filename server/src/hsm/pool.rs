@@ -1,0 +1,129 @@
+//! A bounded pool of logged-in PKCS#11 sessions.
+//!
+//! Sessions are opened once at start-up (the first one logs in; login is per
+//! application, so the others share it) and kept for the life of the process: object
+//! handles die with the last session, and opening a session per call is where PKCS#11
+//! front ends lose most of their speed. A `Session` is `Send` but not `Sync`, so each is
+//! lent to one blocking thread at a time.
+
+use std::sync::{Condvar, Mutex};
+use std::time::Duration;
+
+use cryptoki::context::Pkcs11;
+use cryptoki::session::{Session, UserType};
+use cryptoki::slot::Slot;
+use cryptoki::types::AuthPin;
+
+use super::error::{HsmError, classify};
+
+/// How long a call waits for a free session before it gives up with UNAVAILABLE.
+const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub struct SessionPool {
+    ctx: Pkcs11,
+    slot: Slot,
+    pin: AuthPin,
+    idle: Mutex<Vec<Session>>,
+    freed: Condvar,
+    size: usize,
+}
+
+/// A session borrowed from the pool; it goes back on drop unless marked lost.
+pub struct PooledSession<'a> {
+    pool: &'a SessionPool,
+    session: Option<Session>,
+}
+
+impl SessionPool {
+    /// Opens `size` read-write sessions and logs the user in once.
+    pub fn open(ctx: Pkcs11, slot: Slot, pin: AuthPin, size: usize) -> Result<Self, HsmError> {
+        let size = size.max(1);
+        let mut sessions = Vec::with_capacity(size);
+        for _ in 0..size {
+            sessions.push(ctx.open_rw_session(slot).map_err(|e| classify("C_OpenSession", e))?);
+        }
+        login(&sessions[0], &pin)?;
+        Ok(SessionPool { ctx, slot, pin, idle: Mutex::new(sessions), freed: Condvar::new(), size })
+    }
+
+    /// Number of sessions in the pool.
+    pub fn size(&self) -> usize {
+        self.size
+    }
+
+    /// Borrows a session, waiting for one to be free.
+    pub fn get(&self) -> Result<PooledSession<'_>, HsmError> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        loop {
+            if let Some(session) = idle.pop() {
+                return Ok(PooledSession { pool: self, session: Some(session) });
+            }
+            let (guard, timeout) = self
+                .freed
+                .wait_timeout(idle, CHECKOUT_TIMEOUT)
+                .unwrap_or_else(|p| p.into_inner());
+            idle = guard;
+            if timeout.timed_out() && idle.is_empty() {
+                return Err(HsmError::Unavailable("no free token session".into()));
+            }
+        }
+    }
+
+    fn put_back(&self, session: Session) {
+        self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(session);
+        self.freed.notify_one();
+    }
+
+    /// Replaces a session the token no longer knows, logging in again if needed.
+    fn replace(&self) {
+        match self.ctx.open_rw_session(self.slot) {
+            Ok(session) => {
+                if let Err(e) = login(&session, &self.pin) {
+                    tracing::error!(error = %e, "re-login after a lost session failed");
+                }
+                self.put_back(session);
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot reopen a lost token session");
+                // Keep the pool's size: the next caller waits and may retry.
+                std::thread::sleep(Duration::from_millis(200));
+                if let Ok(session) = self.ctx.open_rw_session(self.slot) {
+                    self.put_back(session);
+                }
+            }
+        }
+    }
+}
+
+fn login(session: &Session, pin: &AuthPin) -> Result<(), HsmError> {
+    match session.login(UserType::User, Some(pin)) {
+        Ok(()) => Ok(()),
+        Err(cryptoki::error::Error::Pkcs11(cryptoki::error::RvError::UserAlreadyLoggedIn, _)) => {
+            Ok(())
+        }
+        Err(e) => Err(classify("C_Login", e)),
+    }
+}
+
+impl PooledSession<'_> {
+    /// The borrowed session.
+    pub fn session(&self) -> &Session {
+        self.session.as_ref().expect("session present until drop")
+    }
+
+    /// Marks the session as lost: it is closed and a fresh one takes its place.
+    pub fn mark_lost(mut self) {
+        if let Some(s) = self.session.take() {
+            drop(s);
+            self.pool.replace();
+        }
+    }
+}
+
+impl Drop for PooledSession<'_> {
+    fn drop(&mut self) {
+        if let Some(s) = self.session.take() {
+            self.pool.put_back(s);
+        }
+    }
+}

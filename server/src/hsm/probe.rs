@@ -1,0 +1,147 @@
+//! Start-up probe of what the token can do, and the key specs and signing algorithms
+//! hsmd offers on it as a result. Nothing is faked: a spec whose mechanisms the token
+//! lacks (SM2 on SoftHSM2) is not offered, and `hsmctl token info` says why.
+
+use cryptoki::mechanism::MechanismType;
+
+use crate::keys::spec::{KeySpec, SigningAlgorithm};
+
+/// One mechanism hsmd may use, and whether the token reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Capability {
+    pub mechanism: &'static str,
+    pub supported: bool,
+    pub note: String,
+}
+
+/// What the probe found.
+#[derive(Debug, Clone, Default)]
+pub struct Capabilities {
+    pub mechanisms: Vec<Capability>,
+    pub key_specs: Vec<KeySpec>,
+    pub signing_algorithms: Vec<SigningAlgorithm>,
+}
+
+const WANTED: &[(MechanismType, &str, &str)] = &[
+    (MechanismType::RSA_PKCS_KEY_PAIR_GEN, "CKM_RSA_PKCS_KEY_PAIR_GEN", "RSA key generation"),
+    (MechanismType::SHA256_RSA_PKCS, "CKM_SHA256_RSA_PKCS", "RSA_PKCS1_SHA_256 RAW"),
+    (MechanismType::SHA384_RSA_PKCS, "CKM_SHA384_RSA_PKCS", "RSA_PKCS1_SHA_384 RAW"),
+    (MechanismType::SHA512_RSA_PKCS, "CKM_SHA512_RSA_PKCS", "RSA_PKCS1_SHA_512 RAW"),
+    (MechanismType::RSA_PKCS, "CKM_RSA_PKCS", "RSA_PKCS1_* DIGEST (DigestInfo built by hsmd)"),
+    (MechanismType::SHA256_RSA_PKCS_PSS, "CKM_SHA256_RSA_PKCS_PSS", "RSA_PSS_SHA_256 RAW"),
+    (MechanismType::SHA384_RSA_PKCS_PSS, "CKM_SHA384_RSA_PKCS_PSS", "RSA_PSS_SHA_384 RAW"),
+    (MechanismType::SHA512_RSA_PKCS_PSS, "CKM_SHA512_RSA_PKCS_PSS", "RSA_PSS_SHA_512 RAW"),
+    (MechanismType::RSA_PKCS_PSS, "CKM_RSA_PKCS_PSS", "RSA_PSS_* DIGEST"),
+    (MechanismType::ECC_KEY_PAIR_GEN, "CKM_EC_KEY_PAIR_GEN", "EC P-256/P-384 key generation"),
+    (MechanismType::ECDSA, "CKM_ECDSA", "ECDSA_SHA_256/384 (hsmd hashes RAW messages)"),
+    (MechanismType::ECDSA_SHA256, "CKM_ECDSA_SHA256", "not needed: hsmd hashes, token signs"),
+    (
+        MechanismType::ECC_EDWARDS_KEY_PAIR_GEN,
+        "CKM_EC_EDWARDS_KEY_PAIR_GEN",
+        "Ed25519 key generation",
+    ),
+    (MechanismType::EDDSA, "CKM_EDDSA", "ED25519_SHA_512 (pure Ed25519)"),
+    (MechanismType::AES_KEY_GEN, "CKM_AES_KEY_GEN", "AES key generation"),
+    (MechanismType::AES_GCM, "CKM_AES_GCM", "AES-256-GCM encryption"),
+    (MechanismType::RSA_PKCS_OAEP, "CKM_RSA_PKCS_OAEP", "RSAES_OAEP decryption and unwrap"),
+    (MechanismType::RSA_X_509, "CKM_RSA_X_509", "raw RSA for host-side OAEP-SHA-256 decode"),
+    (MechanismType::AES_KEY_WRAP_PAD, "CKM_AES_KEY_WRAP_PAD", "RFC 5649 unwrap for import"),
+];
+
+impl Capabilities {
+    /// Derives the capabilities from the token's mechanism list.
+    pub fn from_mechanisms(list: &[MechanismType]) -> Self {
+        let have = list;
+        let mechanisms = WANTED
+            .iter()
+            .map(|(m, name, use_)| Capability {
+                mechanism: name,
+                supported: have.contains(m),
+                note: use_.to_string(),
+            })
+            .chain(std::iter::once(Capability {
+                mechanism: "CKM_SM2 / CKM_SM3 (vendor)",
+                supported: false,
+                note: "not reported by this token: SM2 keys are refused".into(),
+            }))
+            .collect();
+        let all = |ms: &[MechanismType]| ms.iter().all(|m| have.contains(m));
+        let mut key_specs = Vec::new();
+        let mut signing_algorithms = Vec::new();
+        if all(&[MechanismType::RSA_PKCS_KEY_PAIR_GEN, MechanismType::RSA_PKCS]) {
+            key_specs.extend([KeySpec::Rsa2048, KeySpec::Rsa3072, KeySpec::Rsa4096]);
+            use SigningAlgorithm::*;
+            let rsa = [
+                (RsaPkcs1Sha256, MechanismType::SHA256_RSA_PKCS),
+                (RsaPkcs1Sha384, MechanismType::SHA384_RSA_PKCS),
+                (RsaPkcs1Sha512, MechanismType::SHA512_RSA_PKCS),
+                (RsaPssSha256, MechanismType::SHA256_RSA_PKCS_PSS),
+                (RsaPssSha384, MechanismType::SHA384_RSA_PKCS_PSS),
+                (RsaPssSha512, MechanismType::SHA512_RSA_PKCS_PSS),
+            ];
+            for (alg, m) in rsa {
+                let bare = if alg.name().contains("PSS") {
+                    MechanismType::RSA_PKCS_PSS
+                } else {
+                    MechanismType::RSA_PKCS
+                };
+                if all(&[m, bare]) {
+                    signing_algorithms.push(alg);
+                }
+            }
+        }
+        if all(&[MechanismType::ECC_KEY_PAIR_GEN, MechanismType::ECDSA]) {
+            key_specs.extend([KeySpec::EcP256, KeySpec::EcP384]);
+            signing_algorithms.extend([SigningAlgorithm::EcdsaSha256, SigningAlgorithm::EcdsaSha384]);
+        }
+        if all(&[MechanismType::ECC_EDWARDS_KEY_PAIR_GEN, MechanismType::EDDSA]) {
+            key_specs.push(KeySpec::Ed25519);
+            signing_algorithms.push(SigningAlgorithm::Ed25519);
+        }
+        if all(&[MechanismType::AES_KEY_GEN]) {
+            key_specs.push(KeySpec::Aes256);
+        }
+        Capabilities { mechanisms, key_specs, signing_algorithms }
+    }
+
+    /// True if CreateKey may make keys of `spec` on this token.
+    pub fn offers_spec(&self, spec: KeySpec) -> bool {
+        self.key_specs.contains(&spec)
+    }
+
+    /// True if Sign may use `alg` on this token.
+    pub fn offers_algorithm(&self, alg: SigningAlgorithm) -> bool {
+        self.signing_algorithms.contains(&alg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ed25519_needs_both_mechanisms() {
+        let caps = Capabilities::from_mechanisms(&[MechanismType::ECC_EDWARDS_KEY_PAIR_GEN]);
+        assert!(!caps.offers_spec(KeySpec::Ed25519));
+        let caps = Capabilities::from_mechanisms(&[
+            MechanismType::ECC_EDWARDS_KEY_PAIR_GEN,
+            MechanismType::EDDSA,
+        ]);
+        assert!(caps.offers_spec(KeySpec::Ed25519));
+        assert!(caps.offers_algorithm(SigningAlgorithm::Ed25519));
+        assert!(!caps.offers_spec(KeySpec::Sm2));
+    }
+
+    #[test]
+    fn rsa_pss_needs_the_bare_mechanism_for_digests() {
+        let caps = Capabilities::from_mechanisms(&[
+            MechanismType::RSA_PKCS_KEY_PAIR_GEN,
+            MechanismType::RSA_PKCS,
+            MechanismType::SHA256_RSA_PKCS,
+            MechanismType::SHA256_RSA_PKCS_PSS,
+        ]);
+        assert!(caps.offers_algorithm(SigningAlgorithm::RsaPkcs1Sha256));
+        assert!(!caps.offers_algorithm(SigningAlgorithm::RsaPssSha256));
+        assert!(caps.mechanisms.iter().any(|c| c.mechanism.contains("SM2") && !c.supported));
+    }
+}

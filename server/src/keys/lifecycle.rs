@@ -1,0 +1,59 @@
+//! Background lifecycle work: destroying keys whose deletion date has passed, and the
+//! start-up reconciliation of token objects against the metadata store.
+
+use std::collections::HashSet;
+
+use uuid::Uuid;
+
+use super::model::{KeyRecord, Transition};
+use super::{KeyError, KeyManager};
+
+/// What reconciliation found. Nothing is changed automatically: a mismatch needs a
+/// person to look at it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Reconciliation {
+    /// Keys in the store, in both places.
+    pub matched: usize,
+    /// Key objects in the token with no live key in the store (orphans).
+    pub orphans: Vec<Uuid>,
+    /// Live keys in the store whose material is not in the token.
+    pub missing: Vec<Uuid>,
+    /// Objects whose CKA_ID is not a key id of hsmd (other applications' objects).
+    pub foreign_objects: usize,
+}
+
+impl KeyManager {
+    /// Keys PENDING_DELETION whose date is at or before `now` (unix seconds).
+    pub fn due_for_deletion(&self, now: i64) -> Result<Vec<KeyRecord>, KeyError> {
+        let ids = self.store.due_for_deletion(now)?;
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(k) = self.store.get_key(id)? {
+                out.push(k);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Destroys a key's objects in the token and marks it DESTROYED.
+    pub fn destroy(&self, key: &KeyRecord) -> Result<KeyRecord, KeyError> {
+        self.transition(key, Transition::Destroy, 0)
+    }
+
+    /// Compares the token's key objects with the store.
+    pub fn reconcile(&self) -> Result<Reconciliation, KeyError> {
+        let (in_token, foreign_objects) = self.backend.token_key_ids()?;
+        let in_store: HashSet<Uuid> = self.store.keys_with_material()?.into_iter().collect();
+        let token_set: HashSet<Uuid> = in_token.iter().copied().collect();
+        let mut orphans: Vec<Uuid> = token_set.difference(&in_store).copied().collect();
+        let mut missing: Vec<Uuid> = in_store.difference(&token_set).copied().collect();
+        orphans.sort();
+        missing.sort();
+        Ok(Reconciliation {
+            matched: in_store.intersection(&token_set).count(),
+            orphans,
+            missing,
+            foreign_objects,
+        })
+    }
+}

@@ -1,0 +1,395 @@
+//! `KeyManager`: the key rules applied with the store and the backend.
+//!
+//! Every method blocks (SQLite, PKCS#11): the api layer calls it from the blocking
+//! pool. Key creation is ordered so that a failure leaves no orphan: objects are made
+//! in the token, then the metadata is written, and the objects are destroyed if that
+//! write fails.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use uuid::Uuid;
+
+use super::model::{KeyRecord, Transition, deletion_window};
+use super::spec::{HashAlg, KeyOrigin, KeySpec, KeyState, KeyUsage, MAX_RAW_MESSAGE, MessageType, SigningAlgorithm};
+use super::{KeyError, KeyRef, public, truncate, validate_alias};
+use crate::hsm::{Pkcs11Backend, SignMechanism};
+use crate::store::{Alias, KeyFilter, Store, StoreError};
+
+/// What CreateKey asks for.
+#[derive(Debug, Clone)]
+pub struct NewKey {
+    pub spec: KeySpec,
+    pub usage: KeyUsage,
+    pub origin: KeyOrigin,
+    pub alias: Option<String>,
+    pub description: String,
+    pub tags: BTreeMap<String, String>,
+    pub idempotency_token: Option<String>,
+}
+
+/// Applies the key rules.
+pub struct KeyManager {
+    pub(super) backend: Arc<Pkcs11Backend>,
+    pub(super) store: Arc<Store>,
+}
+
+/// Current time in unix seconds.
+pub fn now() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+impl KeyManager {
+    pub fn new(backend: Arc<Pkcs11Backend>, store: Arc<Store>) -> Self {
+        KeyManager { backend, store }
+    }
+
+    /// The backend (for token info and random bytes).
+    pub fn backend(&self) -> &Pkcs11Backend {
+        &self.backend
+    }
+
+    /// Looks a key up by id or alias.
+    pub fn resolve(&self, key: &KeyRef) -> Result<KeyRecord, KeyError> {
+        let id = match key {
+            KeyRef::Id(id) => *id,
+            KeyRef::Alias(a) => {
+                self.store.resolve_alias(a)?.ok_or_else(|| KeyError::AliasNotFound(a.clone()))?
+            }
+        };
+        self.store.get_key(id)?.ok_or_else(|| KeyError::KeyNotFound(id.to_string()))
+    }
+
+    /// Creates a key in the token and records it. With an idempotency token already used
+    /// by this principal, returns the key made then.
+    pub fn create(&self, principal: &str, req: NewKey) -> Result<KeyRecord, KeyError> {
+        check_new_key(&req)?;
+        if !self.backend.capabilities().offers_spec(req.spec) {
+            return Err(KeyError::UnsupportedKeySpec(format!(
+                "{} keys are not supported by this token (it lacks the mechanisms); offered: {}",
+                req.spec,
+                join(self.backend.capabilities().key_specs.iter().map(|s| s.name()))
+            )));
+        }
+        let alias = req.alias.as_deref().map(validate_alias).transpose()?;
+        if let Some(token) = &req.idempotency_token {
+            if let Some(existing) = self.store.key_by_idempotency(principal, token)? {
+                if existing.spec != req.spec || existing.usage != req.usage {
+                    return Err(KeyError::InvalidArgument(
+                        "idempotency_token was already used for a key with another spec or usage".into(),
+                    ));
+                }
+                return Ok(existing);
+            }
+        }
+        if let Some(a) = &alias {
+            if self.store.resolve_alias(a)?.is_some() {
+                return Err(KeyError::AliasExists(a.clone()));
+            }
+        }
+        let id = Uuid::new_v4();
+        self.backend.generate(id, req.spec, req.usage)?;
+        let record = self.finish_create(id, principal, &req, alias.as_deref());
+        if record.is_err() {
+            if let Err(e) = self.backend.destroy(id) {
+                tracing::error!(key_id = %id, error = %e, "rollback of a half-made key failed; start-up reconciliation will report it");
+            }
+        }
+        record
+    }
+
+    fn finish_create(
+        &self,
+        id: Uuid,
+        principal: &str,
+        req: &NewKey,
+        alias: Option<&str>,
+    ) -> Result<KeyRecord, KeyError> {
+        let public_key_der = if req.spec.is_asymmetric() {
+            let material = self.backend.public_key(id, req.spec)?;
+            Some(public::spki_der(&material).map_err(KeyError::Internal)?)
+        } else {
+            None
+        };
+        let mut record = KeyRecord {
+            id,
+            spec: req.spec,
+            usage: req.usage,
+            origin: req.origin,
+            state: KeyState::Enabled,
+            description: req.description.clone(),
+            tags: req.tags.clone(),
+            created_by: principal.to_string(),
+            create_time: now(),
+            deletion_time: None,
+            destroy_time: None,
+            public_key_der,
+            aliases: alias.iter().map(|a| a.to_string()).collect(),
+        };
+        self.store
+            .insert_key(&record, alias, req.idempotency_token.as_deref())
+            .map_err(|e| match e {
+                StoreError::AliasExists => KeyError::AliasExists(alias.unwrap_or_default().to_string()),
+                other => other.into(),
+            })?;
+        record.aliases.sort();
+        Ok(record)
+    }
+
+    /// Lists keys; returns the page and the token of the next one ("" when last).
+    pub fn list(&self, mut filter: KeyFilter, page_token: &str) -> Result<(Vec<KeyRecord>, String), KeyError> {
+        if !page_token.is_empty() {
+            filter.after = Some(decode_page_token(page_token)?);
+        }
+        let limit = filter.limit;
+        filter.limit = limit + 1;
+        let mut keys = self.store.list_keys(&filter)?;
+        let next = if keys.len() > limit {
+            keys.truncate(limit);
+            keys.last().map(|k| hex::encode(format!("{}:{}", k.create_time, k.id))).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok((keys, next))
+    }
+
+    /// Applies a lifecycle transition. `days` is the deletion window for
+    /// ScheduleKeyDeletion (0 = default).
+    pub fn transition(&self, key: &KeyRecord, t: Transition, days: u32) -> Result<KeyRecord, KeyError> {
+        let to = t.apply(key.state).map_err(|r| {
+            KeyError::InvalidKeyState(format!(
+                "cannot {:?} key {} while it is {}",
+                r.transition, key.id, r.from
+            ))
+        })?;
+        let deletion_time = match t {
+            Transition::ScheduleDeletion => {
+                let d = deletion_window(days).ok_or(KeyError::InvalidDeletionWindow(days))?;
+                Some(now() + i64::from(d) * 86_400)
+            }
+            Transition::Destroy => key.deletion_time,
+            _ => None,
+        };
+        if to != key.state {
+            if t == Transition::Destroy {
+                self.backend.destroy(key.id)?;
+            }
+            let destroy_time = (t == Transition::Destroy).then(now);
+            self.store.set_state(key.id, key.state, to, deletion_time, destroy_time)?;
+        }
+        self.store.get_key(key.id)?.ok_or_else(|| KeyError::KeyNotFound(key.id.to_string()))
+    }
+
+    /// Creates an alias for a key.
+    pub fn create_alias(&self, alias: &str, key: &KeyRecord) -> Result<Alias, KeyError> {
+        let alias = validate_alias(alias)?;
+        self.store.create_alias(&alias, key.id, now()).map_err(|e| alias_error(e, &alias))
+    }
+
+    /// Points an alias at another key.
+    pub fn update_alias(&self, alias: &str, key: &KeyRecord) -> Result<Alias, KeyError> {
+        let alias = validate_alias(alias)?;
+        self.store.update_alias(&alias, key.id, now()).map_err(|e| alias_error(e, &alias))
+    }
+
+    /// Deletes an alias; returns the key it pointed at.
+    pub fn delete_alias(&self, alias: &str) -> Result<Uuid, KeyError> {
+        let alias = validate_alias(alias)?;
+        self.store.delete_alias(&alias).map_err(|e| alias_error(e, &alias))
+    }
+
+    /// Lists aliases in name order after `page_token`.
+    pub fn list_aliases(&self, key: Option<Uuid>, page_token: &str, limit: usize) -> Result<(Vec<Alias>, String), KeyError> {
+        let after = if page_token.is_empty() {
+            None
+        } else {
+            Some(String::from_utf8(hex::decode(page_token).map_err(|_| bad_page())?).map_err(|_| bad_page())?)
+        };
+        let mut list = self.store.list_aliases(key, after.as_deref(), limit + 1)?;
+        let next = if list.len() > limit {
+            list.truncate(limit);
+            list.last().map(|a| hex::encode(&a.name)).unwrap_or_default()
+        } else {
+            String::new()
+        };
+        Ok((list, next))
+    }
+
+    /// Signs with an ENABLED SIGN_VERIFY key.
+    pub fn sign(&self, key: &KeyRecord, alg: SigningAlgorithm, mt: MessageType, msg: &[u8]) -> Result<Vec<u8>, KeyError> {
+        let (mech, input) = self.prepare(key, alg, mt, msg)?;
+        let sig = self.backend.sign(key.id, mech, &input)?;
+        match alg {
+            SigningAlgorithm::EcdsaSha256 | SigningAlgorithm::EcdsaSha384 => {
+                public::ecdsa_raw_to_der(key.spec, &sig).map_err(KeyError::Internal)
+            }
+            _ => Ok(sig),
+        }
+    }
+
+    /// Verifies in the token; a signature that does not verify gives `Ok(false)`.
+    pub fn verify(&self, key: &KeyRecord, alg: SigningAlgorithm, mt: MessageType, msg: &[u8], sig: &[u8]) -> Result<bool, KeyError> {
+        let (mech, input) = self.prepare(key, alg, mt, msg)?;
+        let sig = match alg {
+            SigningAlgorithm::EcdsaSha256 | SigningAlgorithm::EcdsaSha384 => {
+                match public::ecdsa_der_to_raw(key.spec, sig) {
+                    Some(raw) => raw,
+                    None => return Ok(false),
+                }
+            }
+            _ => sig.to_vec(),
+        };
+        if sig.is_empty() {
+            return Ok(false);
+        }
+        Ok(self.backend.verify(key.id, mech, &input, &sig)?)
+    }
+
+    /// Checks usage, algorithm, message and state; returns the token mechanism and the
+    /// bytes it takes.
+    fn prepare(&self, key: &KeyRecord, alg: SigningAlgorithm, mt: MessageType, msg: &[u8]) -> Result<(SignMechanism, Vec<u8>), KeyError> {
+        if key.usage != KeyUsage::SignVerify {
+            return Err(KeyError::WrongUsage { key: key.id, usage: key.usage.name(), needed: "SIGN_VERIFY" });
+        }
+        let allowed = key.spec.signing_algorithms();
+        if !allowed.contains(&alg) || !self.backend.capabilities().offers_algorithm(alg) {
+            return Err(KeyError::AlgorithmNotAllowed {
+                algorithm: alg.name().to_string(),
+                spec: key.spec.name(),
+                allowed: join(allowed.iter().map(|a| a.name())),
+            });
+        }
+        check_message(alg, mt, msg)?;
+        if key.state != KeyState::Enabled {
+            return Err(KeyError::KeyState { key: key.id, state: key.state });
+        }
+        Ok(mechanism(alg, mt, msg))
+    }
+}
+
+fn check_new_key(req: &NewKey) -> Result<(), KeyError> {
+    if !req.spec.allowed_usages().contains(&req.usage) {
+        return Err(KeyError::InvalidArgument(format!(
+            "usage {} is not valid for {} keys; allowed: {}",
+            req.usage,
+            req.spec,
+            join(req.spec.allowed_usages().iter().map(|u| u.name()))
+        )));
+    }
+    if req.origin == KeyOrigin::External {
+        return Err(KeyError::InvalidArgument("origin EXTERNAL (import) is not offered yet; use HSM".into()));
+    }
+    if req.description.len() > 1024 {
+        return Err(KeyError::InvalidArgument("description is over 1024 bytes".into()));
+    }
+    if req.tags.len() > 50 {
+        return Err(KeyError::InvalidArgument(format!("{} tags; at most 50 are allowed", req.tags.len())));
+    }
+    for (k, v) in &req.tags {
+        if k.is_empty() || k.len() > 128 || v.len() > 256 {
+            return Err(KeyError::InvalidArgument(format!(
+                "tag '{}': keys must be 1..128 bytes and values at most 256",
+                truncate(k, 40)
+            )));
+        }
+    }
+    if req.idempotency_token.as_ref().is_some_and(|t| t.len() > 128) {
+        return Err(KeyError::InvalidArgument("idempotency_token is over 128 bytes".into()));
+    }
+    Ok(())
+}
+
+fn check_message(alg: SigningAlgorithm, mt: MessageType, msg: &[u8]) -> Result<(), KeyError> {
+    match (mt, alg.hash()) {
+        (MessageType::Raw, _) if msg.len() > MAX_RAW_MESSAGE => {
+            Err(KeyError::MessageTooLarge { len: msg.len(), max: MAX_RAW_MESSAGE })
+        }
+        (MessageType::Raw, _) => Ok(()),
+        (MessageType::Digest, None) => Err(KeyError::InvalidArgument(format!(
+            "{} signs RAW messages only (pure Ed25519 has no DIGEST form)",
+            alg.name()
+        ))),
+        (MessageType::Digest, Some(h)) if msg.len() != h.len() => {
+            Err(KeyError::DigestLength { algorithm: alg.name(), expected: h.len(), got: msg.len() })
+        }
+        (MessageType::Digest, Some(_)) => Ok(()),
+    }
+}
+
+/// The token mechanism and its input for a checked request.
+fn mechanism(alg: SigningAlgorithm, mt: MessageType, msg: &[u8]) -> (SignMechanism, Vec<u8>) {
+    use SigningAlgorithm::*;
+    let raw = mt == MessageType::Raw;
+    let h = alg.hash().unwrap_or(HashAlg::Sha512);
+    match alg {
+        RsaPkcs1Sha256 | RsaPkcs1Sha384 | RsaPkcs1Sha512 if raw => (SignMechanism::RsaPkcs1(h), msg.to_vec()),
+        RsaPkcs1Sha256 | RsaPkcs1Sha384 | RsaPkcs1Sha512 => (SignMechanism::RsaPkcs1Digest(h), msg.to_vec()),
+        RsaPssSha256 | RsaPssSha384 | RsaPssSha512 if raw => (SignMechanism::RsaPss(h), msg.to_vec()),
+        RsaPssSha256 | RsaPssSha384 | RsaPssSha512 => (SignMechanism::RsaPssDigest(h), msg.to_vec()),
+        EcdsaSha256 | EcdsaSha384 if raw => (SignMechanism::EcdsaDigest, h.digest(msg)),
+        EcdsaSha256 | EcdsaSha384 => (SignMechanism::EcdsaDigest, msg.to_vec()),
+        Ed25519 => (SignMechanism::Ed25519, msg.to_vec()),
+    }
+}
+
+fn alias_error(e: StoreError, alias: &str) -> KeyError {
+    match e {
+        StoreError::AliasExists => KeyError::AliasExists(alias.to_string()),
+        StoreError::AliasNotFound => KeyError::AliasNotFound(alias.to_string()),
+        other => other.into(),
+    }
+}
+
+fn decode_page_token(t: &str) -> Result<(i64, String), KeyError> {
+    let text = String::from_utf8(hex::decode(t).map_err(|_| bad_page())?).map_err(|_| bad_page())?;
+    let (time, id) = text.split_once(':').ok_or_else(bad_page)?;
+    Ok((time.parse().map_err(|_| bad_page())?, id.to_string()))
+}
+
+fn bad_page() -> KeyError {
+    KeyError::InvalidArgument("page_token is not one this server issued".into())
+}
+
+fn join<'a>(names: impl Iterator<Item = &'a str>) -> String {
+    let v: Vec<&str> = names.collect();
+    if v.is_empty() { "none".into() } else { v.join(", ") }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn message_rules() {
+        use SigningAlgorithm::*;
+        assert!(check_message(RsaPkcs1Sha256, MessageType::Raw, &[0; 4096]).is_ok());
+        assert!(matches!(
+            check_message(RsaPkcs1Sha256, MessageType::Raw, &[0; 4097]),
+            Err(KeyError::MessageTooLarge { len: 4097, .. })
+        ));
+        assert!(matches!(
+            check_message(EcdsaSha384, MessageType::Digest, &[0; 32]),
+            Err(KeyError::DigestLength { expected: 48, got: 32, .. })
+        ));
+        assert!(check_message(RsaPssSha512, MessageType::Digest, &[0; 64]).is_ok());
+        assert!(matches!(check_message(Ed25519, MessageType::Digest, &[0; 64]), Err(KeyError::InvalidArgument(_))));
+    }
+
+    #[test]
+    fn ecdsa_raw_messages_are_hashed_in_hsmd() {
+        let (mech, input) = mechanism(SigningAlgorithm::EcdsaSha256, MessageType::Raw, b"abc");
+        assert_eq!(mech, SignMechanism::EcdsaDigest);
+        assert_eq!(input, HashAlg::Sha256.digest(b"abc"));
+        let (mech, input) = mechanism(SigningAlgorithm::RsaPssSha384, MessageType::Digest, &[1; 48]);
+        assert_eq!(mech, SignMechanism::RsaPssDigest(HashAlg::Sha384));
+        assert_eq!(input, vec![1; 48]);
+    }
+
+    #[test]
+    fn page_tokens_round_trip_and_reject_garbage() {
+        let t = hex::encode("12:abc");
+        assert_eq!(decode_page_token(&t).unwrap(), (12, "abc".to_string()));
+        assert!(decode_page_token("zz").is_err());
+        assert!(decode_page_token(&hex::encode("nocolon")).is_err());
+    }
+}

@@ -1,0 +1,200 @@
+//! Key model and rules: specs, usages, states, algorithms, aliases, lifecycle. The
+//! `KeyManager` applies them, with the store for metadata and the backend for material.
+
+pub mod lifecycle;
+pub mod manager;
+pub mod model;
+pub mod public;
+pub mod spec;
+
+use uuid::Uuid;
+
+pub use manager::KeyManager;
+
+use crate::hsm::HsmError;
+use crate::store::StoreError;
+use spec::KeyState;
+
+/// Every way a key operation can fail, in terms a caller can act on. The api layer
+/// maps each variant to one gRPC status and one stable reason.
+#[derive(Debug, thiserror::Error)]
+pub enum KeyError {
+    #[error("{0}")]
+    InvalidArgument(String),
+    #[error("malformed key id '{0}': expected a UUID or alias/NAME")]
+    InvalidKeyId(String),
+    #[error("RAW message is {len} bytes; at most {max} are allowed (send a DIGEST instead)")]
+    MessageTooLarge { len: usize, max: usize },
+    #[error("digest is {got} bytes; {algorithm} needs exactly {expected}")]
+    DigestLength { algorithm: &'static str, expected: usize, got: usize },
+    #[error("algorithm {algorithm} is not valid for a {spec} key; allowed: {allowed}")]
+    AlgorithmNotAllowed { algorithm: String, spec: &'static str, allowed: String },
+    #[error("deletion window of {0} days is outside 7..30")]
+    InvalidDeletionWindow(u32),
+    #[error("invalid alias '{0}': use alias/NAME with NAME of 1..256 characters [A-Za-z0-9/_-], not starting with 'hsmd'")]
+    InvalidAlias(String),
+    #[error("{0}")]
+    UnsupportedKeySpec(String),
+    #[error("key {0} not found")]
+    KeyNotFound(String),
+    #[error("alias {0} not found")]
+    AliasNotFound(String),
+    #[error("alias {0} already exists")]
+    AliasExists(String),
+    #[error("key {key} is {state}")]
+    KeyState { key: Uuid, state: KeyState },
+    #[error("{0}")]
+    InvalidKeyState(String),
+    #[error("key {key} has usage {usage}; {needed} is needed")]
+    WrongUsage { key: Uuid, usage: &'static str, needed: &'static str },
+    #[error("token unavailable")]
+    Unavailable(String),
+    #[error("internal error")]
+    Internal(String),
+}
+
+impl KeyError {
+    /// Stable reason string (google.rpc.ErrorInfo.reason).
+    pub fn reason(&self) -> &'static str {
+        match self {
+            KeyError::InvalidArgument(_) => "INVALID_ARGUMENT",
+            KeyError::InvalidKeyId(_) => "INVALID_KEY_ID",
+            KeyError::MessageTooLarge { .. } => "MESSAGE_TOO_LARGE",
+            KeyError::DigestLength { .. } => "DIGEST_LENGTH_MISMATCH",
+            KeyError::AlgorithmNotAllowed { .. } => "ALGORITHM_NOT_ALLOWED",
+            KeyError::InvalidDeletionWindow(_) => "INVALID_DELETION_WINDOW",
+            KeyError::InvalidAlias(_) => "INVALID_ALIAS",
+            KeyError::UnsupportedKeySpec(_) => "UNSUPPORTED_KEY_SPEC",
+            KeyError::KeyNotFound(_) => "KEY_NOT_FOUND",
+            KeyError::AliasNotFound(_) => "ALIAS_NOT_FOUND",
+            KeyError::AliasExists(_) => "ALIAS_EXISTS",
+            KeyError::KeyState { state, .. } => match state {
+                KeyState::Disabled => "KEY_DISABLED",
+                KeyState::PendingDeletion => "KEY_PENDING_DELETION",
+                KeyState::PendingImport => "KEY_PENDING_IMPORT",
+                KeyState::Destroyed => "KEY_DESTROYED",
+                KeyState::Enabled => "INVALID_KEY_STATE",
+            },
+            KeyError::InvalidKeyState(_) => "INVALID_KEY_STATE",
+            KeyError::WrongUsage { .. } => "WRONG_KEY_USAGE",
+            KeyError::Unavailable(_) => "TOKEN_UNAVAILABLE",
+            KeyError::Internal(_) => "INTERNAL",
+        }
+    }
+}
+
+impl From<StoreError> for KeyError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::AliasExists => KeyError::AliasExists(String::new()),
+            StoreError::AliasNotFound => KeyError::AliasNotFound(String::new()),
+            StoreError::KeyNotFound => KeyError::KeyNotFound(String::new()),
+            StoreError::Conflict => {
+                KeyError::InvalidKeyState("the key's state changed meanwhile; retry".into())
+            }
+            StoreError::Sqlite(e) => KeyError::Unavailable(format!("metadata store: {e}")),
+            StoreError::Corrupt(e) => KeyError::Internal(format!("metadata store: {e}")),
+        }
+    }
+}
+
+impl From<HsmError> for KeyError {
+    fn from(e: HsmError) -> Self {
+        match e {
+            HsmError::Unavailable(d) => KeyError::Unavailable(d),
+            HsmError::Unsupported(d) => KeyError::UnsupportedKeySpec(format!("not supported by this token: {d}")),
+            HsmError::BadInput(d) => KeyError::InvalidArgument(format!("rejected by the token: {d}")),
+            other => KeyError::Internal(other.to_string()),
+        }
+    }
+}
+
+/// How a request names a key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyRef {
+    Id(Uuid),
+    Alias(String),
+}
+
+impl KeyRef {
+    /// Parses "UUID" or "alias/NAME".
+    pub fn parse(s: &str) -> Result<KeyRef, KeyError> {
+        if s.starts_with("alias/") {
+            return validate_alias(s).map(KeyRef::Alias);
+        }
+        Uuid::parse_str(s)
+            .ok()
+            .filter(|_| s.len() == 36)
+            .map(KeyRef::Id)
+            .ok_or_else(|| KeyError::InvalidKeyId(truncate(s, 80)))
+    }
+
+    /// The alias text, when named by alias.
+    pub fn alias(&self) -> Option<&str> {
+        match self {
+            KeyRef::Alias(a) => Some(a),
+            KeyRef::Id(_) => None,
+        }
+    }
+}
+
+/// Normalizes "NAME" or "alias/NAME" to "alias/NAME" and checks it.
+pub fn validate_alias(s: &str) -> Result<String, KeyError> {
+    let name = s.strip_prefix("alias/").unwrap_or(s);
+    let ok = !name.is_empty()
+        && name.len() <= 256
+        && !name.starts_with("hsmd")
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_-".contains(&b));
+    if ok { Ok(format!("alias/{name}")) } else { Err(KeyError::InvalidAlias(truncate(s, 80))) }
+}
+
+/// Caps caller-supplied text echoed into error messages.
+pub fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn key_refs() {
+        let id = Uuid::new_v4();
+        assert_eq!(KeyRef::parse(&id.to_string()).unwrap(), KeyRef::Id(id));
+        assert_eq!(KeyRef::parse("alias/pay").unwrap(), KeyRef::Alias("alias/pay".into()));
+        assert!(matches!(KeyRef::parse("not-a-key"), Err(KeyError::InvalidKeyId(_))));
+        assert!(matches!(KeyRef::parse(&id.simple().to_string()), Err(KeyError::InvalidKeyId(_))));
+        assert!(matches!(KeyRef::parse("alias/"), Err(KeyError::InvalidAlias(_))));
+        assert!(matches!(KeyRef::parse("alias/a b"), Err(KeyError::InvalidAlias(_))));
+    }
+
+    #[test]
+    fn aliases_are_normalized_and_checked() {
+        assert_eq!(validate_alias("pay").unwrap(), "alias/pay");
+        assert_eq!(validate_alias("alias/team/pay-1_x").unwrap(), "alias/team/pay-1_x");
+        assert!(validate_alias("alias/hsmd-internal").is_err());
+        assert!(validate_alias(&"a".repeat(257)).is_err());
+    }
+
+    #[test]
+    fn state_reasons_are_specific() {
+        let k = Uuid::nil();
+        assert_eq!(KeyError::KeyState { key: k, state: KeyState::Disabled }.reason(), "KEY_DISABLED");
+        assert_eq!(
+            KeyError::KeyState { key: k, state: KeyState::PendingDeletion }.reason(),
+            "KEY_PENDING_DELETION"
+        );
+    }
+
+    #[test]
+    fn truncation_respects_utf8() {
+        assert_eq!(truncate("ééé", 3), "é...");
+    }
+}

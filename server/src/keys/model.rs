@@ -1,0 +1,106 @@
+//! The key record kept in the metadata store, and the lifecycle rules that move it
+//! between states. Key material is never here: only the token holds it.
+
+use std::collections::BTreeMap;
+
+use uuid::Uuid;
+
+use super::spec::{KeyOrigin, KeySpec, KeyState, KeyUsage};
+
+/// Shortest and longest deletion window, and the default (days).
+pub const DELETION_WINDOW_DAYS: std::ops::RangeInclusive<u32> = 7..=30;
+pub const DEFAULT_DELETION_DAYS: u32 = 30;
+
+/// Metadata of one key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeyRecord {
+    pub id: Uuid,
+    pub spec: KeySpec,
+    pub usage: KeyUsage,
+    pub origin: KeyOrigin,
+    pub state: KeyState,
+    pub description: String,
+    pub tags: BTreeMap<String, String>,
+    pub created_by: String,
+    /// Unix seconds.
+    pub create_time: i64,
+    pub deletion_time: Option<i64>,
+    pub destroy_time: Option<i64>,
+    /// SubjectPublicKeyInfo DER for key pairs, read from the token at creation.
+    pub public_key_der: Option<Vec<u8>>,
+    pub aliases: Vec<String>,
+}
+
+/// A lifecycle change a caller asks for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Transition {
+    Enable,
+    Disable,
+    ScheduleDeletion,
+    CancelDeletion,
+    Destroy,
+}
+
+/// Why a transition is refused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TransitionRefused {
+    pub from: KeyState,
+    pub transition: Transition,
+}
+
+impl Transition {
+    /// The state after this transition from `from`, or why it is not allowed.
+    /// Enabling an enabled key and disabling a disabled key are no-ops, as in the
+    /// cloud KMS APIs; cancelling a deletion leaves the key DISABLED.
+    pub fn apply(self, from: KeyState) -> Result<KeyState, TransitionRefused> {
+        use KeyState::*;
+        let to = match (self, from) {
+            (Transition::Enable, Enabled | Disabled) => Enabled,
+            (Transition::Disable, Enabled | Disabled) => Disabled,
+            (Transition::ScheduleDeletion, Enabled | Disabled | PendingImport) => PendingDeletion,
+            (Transition::CancelDeletion, PendingDeletion) => Disabled,
+            (Transition::Destroy, PendingDeletion) => Destroyed,
+            _ => return Err(TransitionRefused { from, transition: self }),
+        };
+        Ok(to)
+    }
+}
+
+/// Checks a requested deletion window (0 = default).
+pub fn deletion_window(days: u32) -> Option<u32> {
+    match days {
+        0 => Some(DEFAULT_DELETION_DAYS),
+        d if DELETION_WINDOW_DAYS.contains(&d) => Some(d),
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use KeyState::*;
+
+    #[test]
+    fn lifecycle_transitions() {
+        assert_eq!(Transition::Enable.apply(Disabled), Ok(Enabled));
+        assert_eq!(Transition::Enable.apply(Enabled), Ok(Enabled));
+        assert_eq!(Transition::Disable.apply(Enabled), Ok(Disabled));
+        assert_eq!(Transition::ScheduleDeletion.apply(Enabled), Ok(PendingDeletion));
+        assert_eq!(Transition::CancelDeletion.apply(PendingDeletion), Ok(Disabled));
+        assert_eq!(Transition::Destroy.apply(PendingDeletion), Ok(Destroyed));
+        assert!(Transition::Enable.apply(PendingDeletion).is_err());
+        assert!(Transition::Disable.apply(Destroyed).is_err());
+        assert!(Transition::CancelDeletion.apply(Enabled).is_err());
+        assert!(Transition::ScheduleDeletion.apply(PendingDeletion).is_err());
+        assert!(Transition::Destroy.apply(Enabled).is_err());
+    }
+
+    #[test]
+    fn deletion_window_bounds() {
+        assert_eq!(deletion_window(0), Some(30));
+        assert_eq!(deletion_window(7), Some(7));
+        assert_eq!(deletion_window(30), Some(30));
+        assert_eq!(deletion_window(6), None);
+        assert_eq!(deletion_window(31), None);
+    }
+}

@@ -1,0 +1,73 @@
+//! The `hsmd` binary: `hsmd serve --config FILE` for deployments, `hsmd dev` for a
+//! self-provisioned SoftHSM2 token and local PKI.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "hsmd", version, about = "Key-management and signing daemon in front of a PKCS#11 token")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Serve from a config file (TOML; HSMD_* environment variables override it,
+    /// nested keys joined with "__", e.g. HSMD_HSM__PIN_FILE).
+    Serve {
+        /// Config file.
+        #[arg(long, short, value_name = "FILE")]
+        config: PathBuf,
+    },
+    /// Provision (or reuse) a SoftHSM2 token, PIN, local CA, certificates and config
+    /// under DIR, then serve; writes DIR/client.toml for hsmctl once listening.
+    Dev {
+        /// Data folder [default: $XDG_DATA_HOME/hsmd/dev or ~/.local/share/hsmd/dev].
+        #[arg(long, value_name = "DIR")]
+        data_dir: Option<PathBuf>,
+        /// Address to listen on; port 0 picks a free port.
+        #[arg(long, value_name = "HOST:PORT", default_value = hsmd::config::DEFAULT_LISTEN)]
+        listen: String,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("hsmd: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    // Everything that touches the process environment happens here, before the
+    // runtime starts any thread.
+    let (config_path, dev_dir) = match cli.command {
+        Cmd::Serve { config } => (config, None),
+        Cmd::Dev { data_dir, listen } => {
+            let dir = data_dir.unwrap_or_else(hsmd::dev::default_data_dir);
+            (hsmd::dev::provision(&dir, &listen)?, Some(dir))
+        }
+    };
+    let cfg = hsmd::config::Config::load(&config_path)?;
+    if let Some(conf) = &cfg.softhsm2_conf {
+        // SAFETY: no other thread exists yet.
+        unsafe { std::env::set_var("SOFTHSM2_CONF", conf) };
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(hsmd::server::run(cfg, move |addr| match &dev_dir {
+        Some(dir) => hsmd::dev::write_profile(dir, addr),
+        None => Ok(()),
+    }))
+}

@@ -1,0 +1,218 @@
+//! Putting the daemon together: open the token, the store and the audit log, reconcile,
+//! start the lifecycle task, listen with TLS 1.3 and client certificates, and serve
+//! until SIGINT/SIGTERM.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use hsmd_proto::v1::audit_service_server::AuditServiceServer;
+use hsmd_proto::v1::key_service_server::KeyServiceServer;
+use hsmd_proto::v1::token_service_server::TokenServiceServer;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tonic::transport::Server;
+
+use crate::api::audit::AuditApi;
+use crate::api::keys::KeyApi;
+use crate::api::token::TokenApi;
+use crate::api::Ctx;
+use crate::audit::{AuditEvent, AuditLog, Outcome};
+use crate::auth::Authorizer;
+use crate::config::{Config, TlsConfig};
+use crate::hsm::Pkcs11Backend;
+use crate::keys::KeyManager;
+use crate::keys::manager::now;
+use crate::store::Store;
+
+/// Principal of the records hsmd writes for its own background work.
+pub const SYSTEM_PRINCIPAL: &str = "hsmd";
+
+/// Runs the daemon. `on_bound` is called once the listener is bound (with its real
+/// address, so port 0 works) and before the first call is served.
+pub async fn run(cfg: Config, on_bound: impl FnOnce(SocketAddr) -> anyhow::Result<()>) -> anyhow::Result<()> {
+    let hsm_cfg = cfg.hsm.clone();
+    let backend = tokio::task::spawn_blocking(move || Pkcs11Backend::open(&hsm_cfg)).await??;
+    let backend = Arc::new(backend);
+    log_capabilities(&backend);
+    let store = Arc::new(
+        Store::open(&cfg.store_path).with_context(|| format!("metadata store {}", cfg.store_path.display()))?,
+    );
+    let audit = AuditLog::open(&cfg.audit_path)?;
+    let keys = Arc::new(KeyManager::new(backend, store));
+    let ctx = Ctx { keys, audit, auth: Arc::new(Authorizer::new(cfg.allowed_principals.clone())) };
+    reconcile(&ctx).await;
+    sweep(&ctx).await;
+    tokio::spawn(sweep_loop(ctx.clone(), cfg.sweep_interval));
+
+    let acceptor = TlsAcceptor::from(Arc::new(tls_config(&cfg.tls)?));
+    let listener = TcpListener::bind(cfg.listen).await.with_context(|| format!("listen on {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    let incoming = tls_incoming(listener, acceptor);
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<KeyServiceServer<KeyApi>>().await;
+    health.set_serving::<AuditServiceServer<AuditApi>>().await;
+    let reflection = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(hsmd_proto::FILE_DESCRIPTOR_SET)
+        .build_v1()?;
+    on_bound(addr)?;
+    tracing::info!(%addr, "serving");
+    Server::builder()
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(KeyServiceServer::new(KeyApi::new(ctx.clone())))
+        .add_service(AuditServiceServer::new(AuditApi::new(ctx.clone())))
+        .add_service(TokenServiceServer::new(TokenApi::new(ctx.clone())))
+        .serve_with_incoming_shutdown(incoming, shutdown_signal())
+        .await?;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Server TLS: TLS 1.3 only, a client certificate from the configured CA required.
+fn tls_config(tls: &TlsConfig) -> anyhow::Result<rustls::ServerConfig> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(&tls.cert)
+        .with_context(|| format!("tls.cert {}", tls.cert.display()))?
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("tls.cert {}", tls.cert.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&tls.key).with_context(|| format!("tls.key {}", tls.key.display()))?;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_file_iter(&tls.client_ca)
+        .with_context(|| format!("tls.client_ca {}", tls.client_ca.display()))?
+    {
+        roots.add(ca.with_context(|| format!("tls.client_ca {}", tls.client_ca.display()))?)?;
+    }
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .build()
+        .context("client CA")?;
+    let mut config = rustls::ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(certs, key)
+        .context("server certificate and key")?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(config)
+}
+
+/// Accepts TCP connections and runs each TLS handshake in its own task, so a slow or
+/// failing handshake never holds up the others.
+fn tls_incoming(
+    listener: TcpListener,
+    acceptor: TlsAcceptor,
+) -> tokio_stream::wrappers::ReceiverStream<Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>> {
+    let (tx, rx) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(async move {
+        loop {
+            let (tcp, peer) = match listener.accept().await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            };
+            let _ = tcp.set_nodelay(true);
+            let acceptor = acceptor.clone();
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(tls)) => {
+                        let _ = tx.send(Ok(tls)).await;
+                    }
+                    Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake refused"),
+                    Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
+                }
+            });
+        }
+    });
+    tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+async fn shutdown_signal() {
+    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(_) => return std::future::pending().await,
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {},
+        _ = term.recv() => {},
+    }
+    tracing::info!("shutting down");
+}
+
+fn log_capabilities(backend: &Pkcs11Backend) {
+    let d = backend.description();
+    tracing::info!(label = %d.label, manufacturer = %d.manufacturer, model = %d.model, sessions = backend.pool_size(), "token ready");
+    for c in &backend.capabilities().mechanisms {
+        tracing::info!(mechanism = c.mechanism, supported = c.supported, use_ = %c.note, "capability");
+    }
+}
+
+async fn reconcile(ctx: &Ctx) {
+    let keys = ctx.keys.clone();
+    match tokio::task::spawn_blocking(move || keys.reconcile()).await {
+        Ok(Ok(r)) => {
+            tracing::info!(matched = r.matched, foreign_objects = r.foreign_objects, "token and store reconciled");
+            for id in &r.orphans {
+                tracing::warn!(key_id = %id, "token holds key objects with no live key in the store (left in place; inspect and remove by hand)");
+            }
+            for id in &r.missing {
+                tracing::error!(key_id = %id, "store has a live key whose material is missing from the token");
+            }
+        }
+        Ok(Err(e)) => tracing::error!(error = %e, "reconciliation failed"),
+        Err(e) => tracing::error!(error = %e, "reconciliation task failed"),
+    }
+}
+
+async fn sweep_loop(ctx: Ctx, every: Duration) {
+    let mut tick = tokio::time::interval(every);
+    tick.tick().await;
+    loop {
+        tick.tick().await;
+        sweep(&ctx).await;
+    }
+}
+
+/// Destroys every key whose deletion date has passed, each with an audit record.
+pub async fn sweep(ctx: &Ctx) {
+    let keys = ctx.keys.clone();
+    let due = match tokio::task::spawn_blocking(move || keys.due_for_deletion(now())).await {
+        Ok(Ok(d)) => d,
+        Ok(Err(e)) => return tracing::error!(error = %e, "deletion sweep failed"),
+        Err(e) => return tracing::error!(error = %e, "deletion sweep task failed"),
+    };
+    for key in due {
+        let id = key.id;
+        let keys = ctx.keys.clone();
+        let result = tokio::task::spawn_blocking(move || keys.destroy(&key)).await;
+        let (outcome, status, reason) = match &result {
+            Ok(Ok(_)) => (Outcome::Ok, "OK", String::new()),
+            Ok(Err(e)) => (Outcome::Failed, "INTERNAL", e.reason().to_string()),
+            Err(_) => (Outcome::Failed, "INTERNAL", "INTERNAL".to_string()),
+        };
+        match &result {
+            Ok(Ok(_)) => tracing::info!(key_id = %id, "key destroyed after its deletion date"),
+            Ok(Err(e)) => tracing::error!(key_id = %id, error = %e, "destroying a key failed; retried next sweep"),
+            Err(e) => tracing::error!(key_id = %id, error = %e, "destroy task failed"),
+        }
+        let event = AuditEvent {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            principal: SYSTEM_PRINCIPAL.into(),
+            method: "hsmd/DestroyKey".into(),
+            key_id: id.to_string(),
+            outcome: Some(outcome),
+            status: status.into(),
+            reason,
+            ..Default::default()
+        };
+        if let Err(e) = ctx.audit.append(event).await {
+            tracing::error!(key_id = %id, error = %e, "audit record of a key destruction not written");
+        }
+    }
+}

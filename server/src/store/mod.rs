@@ -1,0 +1,268 @@
+//! Metadata store: key records and aliases in an embedded SQLite file.
+//!
+//! Blocking (call from the blocking pool). WAL mode lets readers run beside the writer;
+//! a small pool of connections keeps concurrent calls from queueing on one. State
+//! changes are compare-and-set on the expected state, so two replicas (or two calls)
+//! never both win a transition.
+
+mod rows;
+
+use std::path::Path;
+use std::sync::Mutex;
+
+use rusqlite::{Connection, OptionalExtension, params};
+use uuid::Uuid;
+
+use crate::keys::model::KeyRecord;
+use crate::keys::spec::{KeyState, KeyUsage};
+pub use rows::Alias;
+
+/// Store failures.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("alias already exists")]
+    AliasExists,
+    #[error("alias not found")]
+    AliasNotFound,
+    #[error("key not found")]
+    KeyNotFound,
+    /// Another call changed the key's state first.
+    #[error("key state changed concurrently")]
+    Conflict,
+    #[error("metadata store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    #[error("metadata store holds a bad row: {0}")]
+    Corrupt(String),
+}
+
+/// Filters and paging for `list_keys`.
+#[derive(Debug, Clone, Default)]
+pub struct KeyFilter {
+    pub state: Option<KeyState>,
+    pub usage: Option<KeyUsage>,
+    pub alias_prefix: Option<String>,
+    /// Keyset cursor: (create_time, key id) of the last key of the previous page.
+    pub after: Option<(i64, String)>,
+    pub limit: usize,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS keys (
+    key_id TEXT PRIMARY KEY,
+    spec TEXT NOT NULL,
+    usage TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    state TEXT NOT NULL,
+    description TEXT NOT NULL DEFAULT '',
+    tags TEXT NOT NULL DEFAULT '{}',
+    created_by TEXT NOT NULL,
+    create_time INTEGER NOT NULL,
+    deletion_time INTEGER,
+    destroy_time INTEGER,
+    public_key BLOB,
+    idempotency_token TEXT,
+    UNIQUE (created_by, idempotency_token)
+);
+CREATE INDEX IF NOT EXISTS keys_by_time ON keys (create_time DESC, key_id DESC);
+CREATE TABLE IF NOT EXISTS aliases (
+    alias TEXT PRIMARY KEY,
+    key_id TEXT NOT NULL REFERENCES keys (key_id),
+    create_time INTEGER NOT NULL,
+    update_time INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS aliases_by_key ON aliases (key_id);
+";
+
+/// The SQLite metadata store.
+pub struct Store {
+    path: std::path::PathBuf,
+    idle: Mutex<Vec<Connection>>,
+}
+
+impl Store {
+    /// Opens (creating if needed) the store and its schema.
+    pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let store = Store { path: path.to_path_buf(), idle: Mutex::new(Vec::new()) };
+        let conn = store.connect()?;
+        conn.execute_batch(SCHEMA)?;
+        store.idle.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+        Ok(store)
+    }
+
+    fn connect(&self) -> Result<Connection, StoreError> {
+        let conn = Connection::open(&self.path)?;
+        conn.busy_timeout(std::time::Duration::from_secs(10))?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "FULL")?;
+        conn.pragma_update(None, "foreign_keys", "ON")?;
+        Ok(conn)
+    }
+
+    /// Runs `f` on a pooled connection.
+    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        let conn = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+        let mut conn = match conn {
+            Some(c) => c,
+            None => self.connect()?,
+        };
+        let out = f(&mut conn);
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < 8 {
+            idle.push(conn);
+        }
+        out
+    }
+
+    /// Inserts a new key, and its alias if given, in one transaction.
+    pub fn insert_key(
+        &self,
+        key: &KeyRecord,
+        alias: Option<&str>,
+        idempotency_token: Option<&str>,
+    ) -> Result<(), StoreError> {
+        self.with(|conn| {
+            let tx = conn.transaction()?;
+            rows::insert_key(&tx, key, idempotency_token)?;
+            if let Some(a) = alias {
+                rows::insert_alias(&tx, a, key.id, key.create_time)?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// A key by id, with its aliases.
+    pub fn get_key(&self, id: Uuid) -> Result<Option<KeyRecord>, StoreError> {
+        self.with(|conn| rows::get_key(conn, id))
+    }
+
+    /// The key a principal created with an idempotency token, if any.
+    pub fn key_by_idempotency(&self, principal: &str, token: &str) -> Result<Option<KeyRecord>, StoreError> {
+        self.with(|conn| {
+            let id: Option<String> = conn
+                .query_row(
+                    "SELECT key_id FROM keys WHERE created_by = ?1 AND idempotency_token = ?2",
+                    params![principal, token],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            match id {
+                Some(id) => rows::get_key(conn, rows::parse_uuid(&id)?),
+                None => Ok(None),
+            }
+        })
+    }
+
+    /// The key an alias points at.
+    pub fn resolve_alias(&self, alias: &str) -> Result<Option<Uuid>, StoreError> {
+        self.with(|conn| {
+            let id: Option<String> = conn
+                .query_row("SELECT key_id FROM aliases WHERE alias = ?1", [alias], |r| r.get(0))
+                .optional()?;
+            id.map(|s| rows::parse_uuid(&s)).transpose()
+        })
+    }
+
+    /// Keys matching a filter, newest first, at most `filter.limit`.
+    pub fn list_keys(&self, filter: &KeyFilter) -> Result<Vec<KeyRecord>, StoreError> {
+        self.with(|conn| rows::list_keys(conn, filter))
+    }
+
+    /// Moves a key from `from` to `to` (compare-and-set), setting the deletion and
+    /// destruction times. `Conflict` if the key is no longer in `from`.
+    pub fn set_state(
+        &self,
+        id: Uuid,
+        from: KeyState,
+        to: KeyState,
+        deletion_time: Option<i64>,
+        destroy_time: Option<i64>,
+    ) -> Result<(), StoreError> {
+        self.with(|conn| {
+            let n = conn.execute(
+                "UPDATE keys SET state = ?1, deletion_time = ?2, destroy_time = ?3
+                 WHERE key_id = ?4 AND state = ?5",
+                params![to.name(), deletion_time, destroy_time, id.to_string(), from.name()],
+            )?;
+            if n == 1 { Ok(()) } else { Err(StoreError::Conflict) }
+        })
+    }
+
+    /// Removes a key row that never got its token objects (creation rollback).
+    pub fn delete_key(&self, id: Uuid) -> Result<(), StoreError> {
+        self.with(|conn| {
+            let tx = conn.transaction()?;
+            tx.execute("DELETE FROM aliases WHERE key_id = ?1", [id.to_string()])?;
+            tx.execute("DELETE FROM keys WHERE key_id = ?1", [id.to_string()])?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Keys PENDING_DELETION whose deletion time is at or before `now`.
+    pub fn due_for_deletion(&self, now: i64) -> Result<Vec<Uuid>, StoreError> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT key_id FROM keys WHERE state = 'PENDING_DELETION' AND deletion_time <= ?1",
+            )?;
+            let ids = stmt.query_map([now], |r| r.get::<_, String>(0))?;
+            ids.map(|s| rows::parse_uuid(&s?)).collect()
+        })
+    }
+
+    /// Every key that should have objects in the token (not destroyed, not awaiting
+    /// import).
+    pub fn keys_with_material(&self) -> Result<Vec<Uuid>, StoreError> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT key_id FROM keys WHERE state NOT IN ('DESTROYED', 'PENDING_IMPORT')",
+            )?;
+            let ids = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            ids.map(|s| rows::parse_uuid(&s?)).collect()
+        })
+    }
+
+    /// Creates an alias for a key.
+    pub fn create_alias(&self, alias: &str, key: Uuid, now: i64) -> Result<Alias, StoreError> {
+        self.with(|conn| {
+            rows::insert_alias(conn, alias, key, now)?;
+            Ok(Alias { name: alias.to_string(), key_id: key, create_time: now, update_time: now })
+        })
+    }
+
+    /// Points an alias at another key.
+    pub fn update_alias(&self, alias: &str, key: Uuid, now: i64) -> Result<Alias, StoreError> {
+        self.with(|conn| {
+            let n = conn.execute(
+                "UPDATE aliases SET key_id = ?1, update_time = ?2 WHERE alias = ?3",
+                params![key.to_string(), now, alias],
+            )?;
+            if n == 0 {
+                return Err(StoreError::AliasNotFound);
+            }
+            rows::get_alias(conn, alias)?.ok_or(StoreError::AliasNotFound)
+        })
+    }
+
+    /// Deletes an alias.
+    pub fn delete_alias(&self, alias: &str) -> Result<Uuid, StoreError> {
+        self.with(|conn| {
+            let a = rows::get_alias(conn, alias)?.ok_or(StoreError::AliasNotFound)?;
+            conn.execute("DELETE FROM aliases WHERE alias = ?1", [alias])?;
+            Ok(a.key_id)
+        })
+    }
+
+    /// Aliases in name order after `after`, optionally of one key.
+    pub fn list_aliases(
+        &self,
+        key: Option<Uuid>,
+        after: Option<&str>,
+        limit: usize,
+    ) -> Result<Vec<Alias>, StoreError> {
+        self.with(|conn| rows::list_aliases(conn, key, after, limit))
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,187 @@
+//! Row-level SQL for the store: reading and writing key and alias rows.
+
+use rusqlite::{Connection, Row, params};
+use uuid::Uuid;
+
+use super::{KeyFilter, StoreError};
+use crate::keys::model::KeyRecord;
+use crate::keys::spec::{KeyOrigin, KeySpec, KeyState, KeyUsage};
+
+/// One alias.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Alias {
+    /// Full name, "alias/NAME".
+    pub name: String,
+    pub key_id: Uuid,
+    pub create_time: i64,
+    pub update_time: i64,
+}
+
+const KEY_COLUMNS: &str = "key_id, spec, usage, origin, state, description, tags, created_by, \
+                           create_time, deletion_time, destroy_time, public_key";
+
+pub fn parse_uuid(s: &str) -> Result<Uuid, StoreError> {
+    Uuid::parse_str(s).map_err(|_| StoreError::Corrupt(format!("key id {s:?}")))
+}
+
+fn parse<T>(what: &str, v: &str, f: impl Fn(&str) -> Option<T>) -> Result<T, StoreError> {
+    f(v).ok_or_else(|| StoreError::Corrupt(format!("{what} {v:?}")))
+}
+
+fn key_from_row(row: &Row<'_>) -> Result<KeyRecord, StoreError> {
+    let id: String = row.get(0)?;
+    let tags: String = row.get(6)?;
+    Ok(KeyRecord {
+        id: parse_uuid(&id)?,
+        spec: parse("spec", &row.get::<_, String>(1)?, KeySpec::from_name)?,
+        usage: parse("usage", &row.get::<_, String>(2)?, KeyUsage::from_name)?,
+        origin: parse("origin", &row.get::<_, String>(3)?, KeyOrigin::from_name)?,
+        state: parse("state", &row.get::<_, String>(4)?, KeyState::from_name)?,
+        description: row.get(5)?,
+        tags: serde_json::from_str(&tags).map_err(|e| StoreError::Corrupt(format!("tags: {e}")))?,
+        created_by: row.get(7)?,
+        create_time: row.get(8)?,
+        deletion_time: row.get(9)?,
+        destroy_time: row.get(10)?,
+        public_key_der: row.get(11)?,
+        aliases: Vec::new(),
+    })
+}
+
+fn aliases_of(conn: &Connection, id: Uuid) -> Result<Vec<String>, StoreError> {
+    let mut stmt = conn.prepare_cached("SELECT alias FROM aliases WHERE key_id = ?1 ORDER BY alias")?;
+    let names = stmt.query_map([id.to_string()], |r| r.get::<_, String>(0))?;
+    Ok(names.collect::<Result<_, _>>()?)
+}
+
+pub fn insert_key(conn: &Connection, k: &KeyRecord, token: Option<&str>) -> Result<(), StoreError> {
+    let tags = serde_json::to_string(&k.tags).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    conn.execute(
+        &format!("INSERT INTO keys ({KEY_COLUMNS}, idempotency_token) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
+        params![
+            k.id.to_string(),
+            k.spec.name(),
+            k.usage.name(),
+            k.origin.name(),
+            k.state.name(),
+            k.description,
+            tags,
+            k.created_by,
+            k.create_time,
+            k.deletion_time,
+            k.destroy_time,
+            k.public_key_der,
+            token,
+        ],
+    )?;
+    Ok(())
+}
+
+pub fn get_key(conn: &Connection, id: Uuid) -> Result<Option<KeyRecord>, StoreError> {
+    let mut stmt = conn.prepare_cached(&format!("SELECT {KEY_COLUMNS} FROM keys WHERE key_id = ?1"))?;
+    let mut rows = stmt.query([id.to_string()])?;
+    let Some(row) = rows.next()? else { return Ok(None) };
+    let mut key = key_from_row(row)?;
+    key.aliases = aliases_of(conn, id)?;
+    Ok(Some(key))
+}
+
+pub fn list_keys(conn: &Connection, f: &KeyFilter) -> Result<Vec<KeyRecord>, StoreError> {
+    let mut sql = format!("SELECT {KEY_COLUMNS} FROM keys k WHERE 1=1");
+    let mut args: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
+    match f.state {
+        Some(s) => {
+            args.push(Box::new(s.name()));
+            sql += &format!(" AND state = ?{}", args.len());
+        }
+        None => sql += " AND state <> 'DESTROYED'",
+    }
+    if let Some(u) = f.usage {
+        args.push(Box::new(u.name()));
+        sql += &format!(" AND usage = ?{}", args.len());
+    }
+    if let Some(p) = &f.alias_prefix {
+        let escaped = p.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+        args.push(Box::new(format!("{escaped}%")));
+        sql += &format!(
+            " AND EXISTS (SELECT 1 FROM aliases a WHERE a.key_id = k.key_id AND a.alias LIKE ?{} ESCAPE '\\')",
+            args.len()
+        );
+    }
+    if let Some((t, id)) = &f.after {
+        args.push(Box::new(*t));
+        args.push(Box::new(id.clone()));
+        let (a, b) = (args.len() - 1, args.len());
+        sql += &format!(" AND (create_time < ?{a} OR (create_time = ?{a} AND key_id < ?{b}))");
+    }
+    args.push(Box::new(f.limit as i64));
+    sql += &format!(" ORDER BY create_time DESC, key_id DESC LIMIT ?{}", args.len());
+    let mut stmt = conn.prepare(&sql)?;
+    let params: Vec<&dyn rusqlite::ToSql> = args.iter().map(|b| b.as_ref()).collect();
+    let mut rows = stmt.query(params.as_slice())?;
+    let mut out = Vec::new();
+    while let Some(row) = rows.next()? {
+        out.push(key_from_row(row)?);
+    }
+    for k in &mut out {
+        k.aliases = aliases_of(conn, k.id)?;
+    }
+    Ok(out)
+}
+
+pub fn insert_alias(conn: &Connection, alias: &str, key: Uuid, now: i64) -> Result<(), StoreError> {
+    let r = conn.execute(
+        "INSERT INTO aliases (alias, key_id, create_time, update_time) VALUES (?1, ?2, ?3, ?3)",
+        params![alias, key.to_string(), now],
+    );
+    match r {
+        Ok(_) => Ok(()),
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_PRIMARYKEY =>
+        {
+            Err(StoreError::AliasExists)
+        }
+        Err(rusqlite::Error::SqliteFailure(e, _))
+            if e.extended_code == rusqlite::ffi::SQLITE_CONSTRAINT_FOREIGNKEY =>
+        {
+            Err(StoreError::KeyNotFound)
+        }
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn alias_from_row(r: &Row<'_>) -> Result<Alias, StoreError> {
+    Ok(Alias {
+        name: r.get(0)?,
+        key_id: parse_uuid(&r.get::<_, String>(1)?)?,
+        create_time: r.get(2)?,
+        update_time: r.get(3)?,
+    })
+}
+
+pub fn get_alias(conn: &Connection, alias: &str) -> Result<Option<Alias>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT alias, key_id, create_time, update_time FROM aliases WHERE alias = ?1",
+    )?;
+    let mut rows = stmt.query([alias])?;
+    rows.next()?.map(alias_from_row).transpose()
+}
+
+pub fn list_aliases(
+    conn: &Connection,
+    key: Option<Uuid>,
+    after: Option<&str>,
+    limit: usize,
+) -> Result<Vec<Alias>, StoreError> {
+    let mut stmt = conn.prepare_cached(
+        "SELECT alias, key_id, create_time, update_time FROM aliases
+         WHERE (?1 IS NULL OR key_id = ?1) AND alias > ?2 ORDER BY alias LIMIT ?3",
+    )?;
+    let mut rows = stmt.query(params![key.map(|k| k.to_string()), after.unwrap_or(""), limit as i64])?;
+    let mut out = Vec::new();
+    while let Some(r) = rows.next()? {
+        out.push(alias_from_row(r)?);
+    }
+    Ok(out)
+}
+
