@@ -73,6 +73,7 @@ mod tests {
         let first = fs::read(dir.path().join("client.pem")).unwrap();
         ensure(dir.path(), "spiffe://hsmd.dev/admin").unwrap();
         assert_eq!(first, fs::read(dir.path().join("client.pem")).unwrap());
+        use rustls::pki_types::pem::PemObject;
         let der = rustls::pki_types::CertificateDer::from_pem_slice(&first).unwrap();
         assert_eq!(
             crate::auth::principal_from_cert(&der).as_deref(),

@@ -1,7 +1,7 @@
 //! Walking the audit chain: every line must parse, carry the next sequence number and
 //! the hash of the line before it. The first record that does not fit is named.
 
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
 use super::AuditError;
@@ -48,6 +48,9 @@ pub fn verify_file(path: &Path) -> Result<VerifyReport, AuditError> {
     verify_reader(BufReader::new(file))
 }
 
+/// Longest line accepted as a record; longer ones are reported, not read whole.
+const MAX_LINE: u64 = 1 << 20;
+
 /// Verifies JSON lines from any reader.
 pub fn verify_reader(mut r: impl BufRead) -> Result<VerifyReport, AuditError> {
     let mut report = VerifyReport::default();
@@ -55,13 +58,20 @@ pub fn verify_reader(mut r: impl BufRead) -> Result<VerifyReport, AuditError> {
     let mut line_no = 0u64;
     loop {
         buf.clear();
-        let n = r.read_until(b'\n', &mut buf).map_err(|e| AuditError::Io(e.to_string()))?;
+        let n = (&mut r)
+            .take(MAX_LINE)
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| AuditError::Io(e.to_string()))?;
         if n == 0 {
             return Ok(report);
         }
         line_no += 1;
         let expected = report.head.sequence + 1;
         let bad = |sequence, problem: String| BadRecord { line: line_no, sequence, problem };
+        if buf.len() as u64 == MAX_LINE && buf.last() != Some(&b'\n') {
+            report.first_bad = Some(bad(expected, format!("line longer than {MAX_LINE} bytes")));
+            return Ok(report);
+        }
         if buf.last() != Some(&b'\n') {
             report.first_bad = Some(bad(expected, "torn line: no newline at end of file".into()));
             return Ok(report);

@@ -59,7 +59,12 @@ impl AuditLog {
             .append(true)
             .open(path)
             .map_err(|e| AuditError::Io(format!("{}: {e}", path.display())))?;
-        let head = Arc::new(Mutex::new(report.head));
+        Self::start(file, report.head, path)
+    }
+
+    /// Starts the writer thread on an open file whose chain ends at `head`.
+    fn start(file: File, head: ChainHead, path: &Path) -> Result<Self, AuditError> {
+        let head = Arc::new(Mutex::new(head));
         let (tx, rx) = mpsc::channel();
         let thread_head = head.clone();
         std::thread::Builder::new()
@@ -171,11 +176,12 @@ mod tests {
 
     #[tokio::test]
     async fn unwritable_log_fails_the_call() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("audit.log");
-        std::os::unix::fs::symlink("/dev/full", &path).unwrap();
-        let log = AuditLog::open(&path).unwrap();
+        // /dev/full fails every write with ENOSPC, like a full disk.
+        let full = OpenOptions::new().append(true).open("/dev/full").unwrap();
+        let log = AuditLog::start(full, ChainHead::default(), Path::new("/dev/full")).unwrap();
         assert!(matches!(log.append(event("x")).await, Err(AuditError::Io(_))));
+        // Nothing was made durable, so the head did not move.
+        assert_eq!(log.head(), ChainHead::default());
     }
 
     #[test]

@@ -79,7 +79,8 @@ mod tests {
         assert_eq!(der[0], 0x30);
         assert_eq!(ecdsa_der_to_raw(KeySpec::EcP256, &der), Some(raw));
         assert_eq!(ecdsa_der_to_raw(KeySpec::EcP256, b"garbage"), None);
-        assert_eq!(ecdsa_der_to_raw(KeySpec::EcP384, &der), None);
+        assert_eq!(ecdsa_der_to_raw(KeySpec::EcP256, &[]), None);
+        assert_eq!(ecdsa_der_to_raw(KeySpec::Rsa2048, &der), None);
     }
 
     #[test]

@@ -67,7 +67,7 @@ fn state_changes_are_compare_and_set() {
         store.set_state(a.id, KeyState::Enabled, KeyState::Disabled, None, None),
         Err(StoreError::Conflict)
     ));
-    assert_eq!(store.due_for_deletion(49).unwrap(), vec![]);
+    assert!(store.due_for_deletion(49).unwrap().is_empty());
     assert_eq!(store.due_for_deletion(50).unwrap(), vec![a.id]);
     store.set_state(a.id, KeyState::PendingDeletion, KeyState::Destroyed, Some(50), Some(60)).unwrap();
     assert!(store.keys_with_material().unwrap().is_empty());

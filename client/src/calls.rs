@@ -1,0 +1,262 @@
+//! Typed convenience methods for the common calls.
+//!
+//! Each one fills the request, unwraps the response to what callers want (a key's
+//! metadata, a signature, a verdict) and turns every status into a [`ClientError`].
+//! For anything not covered here, use [`Client::keys`], [`Client::audit`] or
+//! [`Client::token`] and the generated request types directly.
+
+use tonic::Streaming;
+
+use crate::client::Client;
+use crate::error::ClientError;
+use crate::v1::{
+    Alias, AuditRecord, CancelKeyDeletionRequest, CreateAliasRequest, CreateKeyRequest,
+    DeleteAliasRequest, DescribeKeyRequest, DisableKeyRequest, EnableKeyRequest,
+    GenerateRandomRequest, GetPublicKeyRequest, GetPublicKeyResponse, GetTokenInfoRequest,
+    GetTokenInfoResponse, KeyMetadata, ListAliasesRequest, ListAliasesResponse, ListKeysRequest,
+    ListKeysResponse, MessageType, QueryAuditRequest, ScheduleKeyDeletionRequest, SignRequest,
+    SigningAlgorithm, UpdateAliasRequest, VerifyAuditLogRequest, VerifyAuditLogResponse,
+    VerifyRequest,
+};
+
+/// Pages above this many are refused by the server; listing everything uses the maximum.
+const MAX_PAGE_SIZE: u32 = 1000;
+
+fn key_of(key: Option<KeyMetadata>, what: &'static str) -> Result<KeyMetadata, ClientError> {
+    key.ok_or(ClientError::MissingField(what))
+}
+
+impl Client {
+    /// Creates a key and returns its metadata. Set `idempotency_token` in the request to
+    /// make a retry return the same key instead of a second one.
+    pub async fn create_key(&self, req: CreateKeyRequest) -> Result<KeyMetadata, ClientError> {
+        let resp = self.keys().create_key(req).await?.into_inner();
+        key_of(resp.key, "CreateKeyResponse.key")
+    }
+
+    /// Returns a key's metadata. `key_id` is a UUID or `alias/NAME`.
+    pub async fn describe_key(&self, key_id: &str) -> Result<KeyMetadata, ClientError> {
+        let req = DescribeKeyRequest {
+            key_id: key_id.to_string(),
+        };
+        let resp = self.keys().describe_key(req).await?.into_inner();
+        key_of(resp.key, "DescribeKeyResponse.key")
+    }
+
+    /// Lists one page of keys (filters and paging as in the request).
+    pub async fn list_keys(&self, req: ListKeysRequest) -> Result<ListKeysResponse, ClientError> {
+        Ok(self.keys().list_keys(req).await?.into_inner())
+    }
+
+    /// Lists every key matching the request's filters, following `next_page_token`.
+    /// The request's `page_size` and `page_token` are ignored.
+    pub async fn list_all_keys(
+        &self,
+        mut req: ListKeysRequest,
+    ) -> Result<Vec<KeyMetadata>, ClientError> {
+        req.page_size = MAX_PAGE_SIZE;
+        req.page_token.clear();
+        let mut keys = Vec::new();
+        loop {
+            let page = self.list_keys(req.clone()).await?;
+            keys.extend(page.keys);
+            if page.next_page_token.is_empty() {
+                return Ok(keys);
+            }
+            req.page_token = page.next_page_token;
+        }
+    }
+
+    /// Returns the public half of an asymmetric key (DER and PEM) and its algorithms.
+    pub async fn get_public_key(&self, key_id: &str) -> Result<GetPublicKeyResponse, ClientError> {
+        let req = GetPublicKeyRequest {
+            key_id: key_id.to_string(),
+        };
+        Ok(self.keys().get_public_key(req).await?.into_inner())
+    }
+
+    /// Enables a DISABLED key (no-op when already ENABLED).
+    pub async fn enable_key(&self, key_id: &str) -> Result<KeyMetadata, ClientError> {
+        let req = EnableKeyRequest {
+            key_id: key_id.to_string(),
+        };
+        let resp = self.keys().enable_key(req).await?.into_inner();
+        key_of(resp.key, "EnableKeyResponse.key")
+    }
+
+    /// Disables an ENABLED key (no-op when already DISABLED).
+    pub async fn disable_key(&self, key_id: &str) -> Result<KeyMetadata, ClientError> {
+        let req = DisableKeyRequest {
+            key_id: key_id.to_string(),
+        };
+        let resp = self.keys().disable_key(req).await?.into_inner();
+        key_of(resp.key, "DisableKeyResponse.key")
+    }
+
+    /// Schedules a key's destruction after `pending_window_days` (7..30; 0 = 30).
+    /// The returned metadata carries the `deletion_time`.
+    pub async fn schedule_key_deletion(
+        &self,
+        key_id: &str,
+        pending_window_days: u32,
+    ) -> Result<KeyMetadata, ClientError> {
+        let req = ScheduleKeyDeletionRequest {
+            key_id: key_id.to_string(),
+            pending_window_days,
+        };
+        let resp = self.keys().schedule_key_deletion(req).await?.into_inner();
+        let mut key = key_of(resp.key, "ScheduleKeyDeletionResponse.key")?;
+        if key.deletion_time.is_none() {
+            key.deletion_time = resp.deletion_time;
+        }
+        Ok(key)
+    }
+
+    /// Cancels a scheduled deletion; the key becomes DISABLED.
+    pub async fn cancel_key_deletion(&self, key_id: &str) -> Result<KeyMetadata, ClientError> {
+        let req = CancelKeyDeletionRequest {
+            key_id: key_id.to_string(),
+        };
+        let resp = self.keys().cancel_key_deletion(req).await?.into_inner();
+        key_of(resp.key, "CancelKeyDeletionResponse.key")
+    }
+
+    /// Creates `alias/NAME` (or `NAME`) for the key with UUID `target_key_id`.
+    pub async fn create_alias(
+        &self,
+        alias_name: &str,
+        target_key_id: &str,
+    ) -> Result<Alias, ClientError> {
+        let req = CreateAliasRequest {
+            alias_name: alias_name.to_string(),
+            target_key_id: target_key_id.to_string(),
+        };
+        let resp = self.keys().create_alias(req).await?.into_inner();
+        resp.alias
+            .ok_or(ClientError::MissingField("CreateAliasResponse.alias"))
+    }
+
+    /// Points an existing alias at the key with UUID `target_key_id`.
+    pub async fn update_alias(
+        &self,
+        alias_name: &str,
+        target_key_id: &str,
+    ) -> Result<Alias, ClientError> {
+        let req = UpdateAliasRequest {
+            alias_name: alias_name.to_string(),
+            target_key_id: target_key_id.to_string(),
+        };
+        let resp = self.keys().update_alias(req).await?.into_inner();
+        resp.alias
+            .ok_or(ClientError::MissingField("UpdateAliasResponse.alias"))
+    }
+
+    /// Deletes an alias; its key is unchanged.
+    pub async fn delete_alias(&self, alias_name: &str) -> Result<(), ClientError> {
+        let req = DeleteAliasRequest {
+            alias_name: alias_name.to_string(),
+        };
+        self.keys().delete_alias(req).await?;
+        Ok(())
+    }
+
+    /// Lists every alias (or only those of `key_id`), following `next_page_token`.
+    pub async fn list_aliases(&self, key_id: Option<&str>) -> Result<Vec<Alias>, ClientError> {
+        let mut req = ListAliasesRequest {
+            key_id: key_id.unwrap_or_default().to_string(),
+            page_size: MAX_PAGE_SIZE,
+            page_token: String::new(),
+        };
+        let mut aliases = Vec::new();
+        loop {
+            let page: ListAliasesResponse =
+                self.keys().list_aliases(req.clone()).await?.into_inner();
+            aliases.extend(page.aliases);
+            if page.next_page_token.is_empty() {
+                return Ok(aliases);
+            }
+            req.page_token = page.next_page_token;
+        }
+    }
+
+    /// Signs `message` (RAW, at most 4096 bytes) or a digest (DIGEST) inside the token
+    /// and returns the signature bytes.
+    pub async fn sign(
+        &self,
+        key_id: &str,
+        algorithm: SigningAlgorithm,
+        message_type: MessageType,
+        message: Vec<u8>,
+    ) -> Result<Vec<u8>, ClientError> {
+        let req = SignRequest {
+            key_id: key_id.to_string(),
+            algorithm: algorithm as i32,
+            message_type: message_type as i32,
+            message,
+        };
+        Ok(self.keys().sign(req).await?.into_inner().signature)
+    }
+
+    /// Verifies a signature; `Ok(false)` for a signature that does not verify, an error
+    /// only for bad input or an unusable key.
+    pub async fn verify(
+        &self,
+        key_id: &str,
+        algorithm: SigningAlgorithm,
+        message_type: MessageType,
+        message: Vec<u8>,
+        signature: Vec<u8>,
+    ) -> Result<bool, ClientError> {
+        let req = VerifyRequest {
+            key_id: key_id.to_string(),
+            algorithm: algorithm as i32,
+            message_type: message_type as i32,
+            message,
+            signature,
+        };
+        Ok(self.keys().verify(req).await?.into_inner().valid)
+    }
+
+    /// Returns `length` (1..1024) bytes from the token's random number generator.
+    pub async fn generate_random(&self, length: u32) -> Result<Vec<u8>, ClientError> {
+        let req = GenerateRandomRequest { length };
+        Ok(self.keys().generate_random(req).await?.into_inner().random)
+    }
+
+    /// Describes the token and what hsmd offers on it.
+    pub async fn token_info(&self) -> Result<GetTokenInfoResponse, ClientError> {
+        let resp = self.token().get_token_info(GetTokenInfoRequest {}).await?;
+        Ok(resp.into_inner())
+    }
+
+    /// Streams the audit records matching the request, oldest first. Read it with
+    /// `stream.message().await` (errors convert with `ClientError::from`).
+    pub async fn query_audit(
+        &self,
+        req: QueryAuditRequest,
+    ) -> Result<Streaming<AuditRecord>, ClientError> {
+        Ok(self.audit().query_audit(req).await?.into_inner())
+    }
+
+    /// Collects every audit record matching the request.
+    pub async fn query_audit_all(
+        &self,
+        req: QueryAuditRequest,
+    ) -> Result<Vec<AuditRecord>, ClientError> {
+        let mut stream = self.query_audit(req).await?;
+        let mut records = Vec::new();
+        while let Some(record) = stream.message().await? {
+            records.push(record);
+        }
+        Ok(records)
+    }
+
+    /// Walks the audit log's hash chain on the server and reports the first break.
+    pub async fn verify_audit_log(&self) -> Result<VerifyAuditLogResponse, ClientError> {
+        let resp = self
+            .audit()
+            .verify_audit_log(VerifyAuditLogRequest {})
+            .await?;
+        Ok(resp.into_inner())
+    }
+}

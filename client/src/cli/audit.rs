@@ -1,0 +1,257 @@
+//! `hsmctl audit ...`: query the audit log (table for people, the records' own JSON
+//! lines for tools) and verify its hash chain.
+
+use clap::{Args, Subcommand};
+use hsm_client::ClientError;
+use hsm_client::names::{self, name_of};
+use hsm_client::v1::{AuditOutcome, AuditRecord, QueryAuditRequest, VerifyAuditLogResponse};
+use serde_json::json;
+use time::OffsetDateTime;
+
+use super::args::{
+    format_timestamp, parse_rfc3339, parse_since, print, print_json, println, to_timestamp,
+};
+use super::table::{Table, cell, or_dash};
+use super::{CliError, Ctx, Verdict};
+
+/// Audit commands.
+#[derive(Debug, Subcommand)]
+pub enum AuditCommand {
+    /// Print audit records matching every filter, oldest first. Table: time, seq,
+    /// principal, method, key, outcome, reason, duration. JSON: each record's log line
+    /// exactly as written (one JSON object per line).
+    Query(QueryArgs),
+    /// Check the audit log's hash chain on the server. Prints
+    /// `ok: N records, head <hash>` (exit 0) or
+    /// `BROKEN at record <sequence> (line <line>): <problem>` (exit 1).
+    Verify,
+}
+
+/// Arguments of `audit query`.
+#[derive(Debug, Args)]
+pub struct QueryArgs {
+    /// Only records from this far back (1h, 30m, 7d, 1h30m) or since an RFC 3339 time.
+    #[arg(long, value_name = "DURATION")]
+    since: Option<String>,
+    /// Only records before this RFC 3339 time (e.g. 2025-01-31T12:00:00Z).
+    #[arg(long, value_name = "RFC3339", value_parser = parse_rfc3339)]
+    until: Option<OffsetDateTime>,
+    /// Only records of this principal (exact, e.g. spiffe://corp/payments).
+    #[arg(long, value_name = "P")]
+    principal: Option<String>,
+    /// Only records about this key (UUID or alias, as recorded).
+    #[arg(long, value_name = "K")]
+    key: Option<String>,
+    /// Only records of this method ("Sign" or "/hsmd.v1.KeyService/Sign").
+    #[arg(long, value_name = "M")]
+    method: Option<String>,
+    /// Only records with this outcome: ok, denied, invalid, failed, throttled.
+    #[arg(long, value_name = "O", value_parser = names::parse::<AuditOutcome>)]
+    outcome: Option<AuditOutcome>,
+    /// At most N records (server default 1000, at most 100000).
+    #[arg(long, value_name = "N")]
+    limit: Option<u32>,
+}
+
+impl AuditCommand {
+    /// Runs the command.
+    pub async fn run(self, ctx: &Ctx) -> Result<Verdict, CliError> {
+        match self {
+            AuditCommand::Query(a) => a.run(ctx).await,
+            AuditCommand::Verify => {
+                let resp = ctx.client.verify_audit_log().await?;
+                if ctx.json() {
+                    print_json(&verify_json(&resp))?;
+                } else {
+                    println(verify_line(&resp))?;
+                }
+                Ok(if resp.ok { Verdict::Yes } else { Verdict::No })
+            }
+        }
+    }
+}
+
+impl QueryArgs {
+    fn request(&self, now: OffsetDateTime) -> Result<QueryAuditRequest, CliError> {
+        let since = match &self.since {
+            Some(s) => Some(parse_since(s, now).map_err(CliError::usage)?),
+            None => None,
+        };
+        Ok(QueryAuditRequest {
+            start_time: since.map(to_timestamp),
+            end_time: self.until.map(to_timestamp),
+            principal: self.principal.clone().unwrap_or_default(),
+            key_id: self.key.clone().unwrap_or_default(),
+            method: self.method.clone().unwrap_or_default(),
+            outcome: self.outcome.map_or(0, |o| o as i32),
+            limit: self.limit.unwrap_or(0),
+        })
+    }
+
+    async fn run(self, ctx: &Ctx) -> Result<Verdict, CliError> {
+        let req = self.request(OffsetDateTime::now_utc())?;
+        if !ctx.json() {
+            // Columns need every row before the first can be printed.
+            let records = ctx.client.query_audit_all(req).await?;
+            print(&records_table(&records))?;
+            return Ok(Verdict::Yes);
+        }
+        let mut stream = ctx.client.query_audit(req).await?;
+        while let Some(record) = stream.message().await.map_err(ClientError::from)? {
+            println(record.json.trim_end())?;
+        }
+        Ok(Verdict::Yes)
+    }
+}
+
+fn records_table(records: &[AuditRecord]) -> String {
+    let mut t = Table::new(&[
+        "TIME",
+        "SEQ",
+        "PRINCIPAL",
+        "METHOD",
+        "KEY",
+        "OUTCOME",
+        "REASON",
+        "DURATION",
+    ]);
+    for r in records {
+        let key = if r.alias.is_empty() {
+            &r.key_id
+        } else {
+            &r.alias
+        };
+        t.row([
+            or_dash(format_timestamp(r.time.as_ref()).unwrap_or_default()),
+            r.sequence.to_string(),
+            or_dash(cell(&r.principal)),
+            or_dash(short_method(&r.method)),
+            or_dash(cell(key)),
+            name_of::<AuditOutcome>(r.outcome).to_ascii_lowercase(),
+            or_dash(cell(&r.reason)),
+            format_micros(r.duration_us),
+        ]);
+    }
+    t.render()
+}
+
+/// `/hsmd.v1.KeyService/Sign` -> `Sign`: the service is clear from the method name.
+fn short_method(method: &str) -> String {
+    method.rsplit('/').next().unwrap_or(method).to_string()
+}
+
+/// 850us, 12.3ms, 1.25s.
+fn format_micros(us: u64) -> String {
+    if us < 1_000 {
+        format!("{us}us")
+    } else if us < 1_000_000 {
+        format!("{:.1}ms", us as f64 / 1e3)
+    } else {
+        format!("{:.2}s", us as f64 / 1e6)
+    }
+}
+
+fn verify_line(r: &VerifyAuditLogResponse) -> String {
+    if r.ok {
+        format!("ok: {} records, head {}", r.records_checked, r.head_hash)
+    } else {
+        format!(
+            "BROKEN at record {} (line {}): {}",
+            r.first_bad_sequence, r.first_bad_line, r.problem
+        )
+    }
+}
+
+fn verify_json(r: &VerifyAuditLogResponse) -> serde_json::Value {
+    json!({
+        "ok": r.ok,
+        "records_checked": r.records_checked,
+        "first_bad_sequence": r.first_bad_sequence,
+        "first_bad_line": r.first_bad_line,
+        "problem": r.problem,
+        "head_hash": r.head_hash,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn small_formats() {
+        assert_eq!(short_method("/hsmd.v1.KeyService/Sign"), "Sign");
+        assert_eq!(short_method("Sign"), "Sign");
+        assert_eq!(format_micros(850), "850us");
+        assert_eq!(format_micros(12_345), "12.3ms");
+        assert_eq!(format_micros(1_250_000), "1.25s");
+    }
+
+    #[test]
+    fn verify_lines() {
+        let ok = VerifyAuditLogResponse {
+            ok: true,
+            records_checked: 42,
+            head_hash: "ab12".into(),
+            ..Default::default()
+        };
+        assert_eq!(verify_line(&ok), "ok: 42 records, head ab12");
+        let broken = VerifyAuditLogResponse {
+            first_bad_sequence: 7,
+            first_bad_line: 8,
+            problem: "prev_hash does not match".into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            verify_line(&broken),
+            "BROKEN at record 7 (line 8): prev_hash does not match"
+        );
+    }
+
+    #[test]
+    fn query_filters_become_the_request() {
+        let now = parse_rfc3339("2025-01-31T12:00:00Z").unwrap();
+        let args = QueryArgs {
+            since: Some("1h".into()),
+            until: None,
+            principal: Some("spiffe://corp/x".into()),
+            key: None,
+            method: Some("Sign".into()),
+            outcome: Some(AuditOutcome::Denied),
+            limit: Some(5),
+        };
+        let req = args.request(now).unwrap();
+        assert_eq!(req.start_time.unwrap().seconds, now.unix_timestamp() - 3600);
+        assert_eq!(req.end_time, None);
+        assert_eq!(req.outcome, AuditOutcome::Denied as i32);
+        assert_eq!(req.limit, 5);
+    }
+
+    #[test]
+    fn table_columns() {
+        let r = AuditRecord {
+            sequence: 3,
+            principal: "spiffe://corp/x".into(),
+            method: "/hsmd.v1.KeyService/Sign".into(),
+            key_id: "k1".into(),
+            outcome: AuditOutcome::Ok as i32,
+            duration_us: 900,
+            ..Default::default()
+        };
+        let text = records_table(&[r]);
+        let row = text.lines().nth(1).unwrap();
+        let cols: Vec<&str> = row.split_whitespace().collect();
+        assert_eq!(
+            cols,
+            [
+                "-",
+                "3",
+                "spiffe://corp/x",
+                "Sign",
+                "k1",
+                "ok",
+                "-",
+                "900us"
+            ]
+        );
+    }
+}

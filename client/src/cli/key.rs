@@ -1,0 +1,232 @@
+//! `hsmctl key ...`: create, list, describe, export the public half, and the lifecycle
+//! (enable, disable, schedule and cancel deletion).
+
+use clap::{Args, Subcommand};
+use hsm_client::names::{self, name_of};
+use hsm_client::v1::{CreateKeyRequest, KeySpec, KeyState, KeyUsage, ListKeysRequest};
+use serde_json::json;
+
+use super::args::{parse_tag, print, print_json, println, write_output};
+use super::render::{key_json, key_table, keys_table, public_key_json};
+use super::{CliError, Ctx, Verdict};
+
+/// Key management commands.
+#[derive(Debug, Subcommand)]
+pub enum KeyCommand {
+    /// Create a key inside the token. Prints only the new key id (json: its metadata).
+    Create(CreateArgs),
+    /// List keys, newest first (all pages unless --page-size is given).
+    List(ListArgs),
+    /// Show a key's metadata.
+    Describe {
+        /// Key UUID or alias/NAME.
+        key: String,
+    },
+    /// Export the public key (SubjectPublicKeyInfo) as PEM (default) or DER.
+    Public(PublicArgs),
+    /// Enable a DISABLED key.
+    Enable {
+        /// Key UUID or alias/NAME.
+        key: String,
+    },
+    /// Disable a key: it can no longer sign or verify until enabled again.
+    Disable {
+        /// Key UUID or alias/NAME.
+        key: String,
+    },
+    /// Schedule a key's destruction in the token after a waiting period.
+    ScheduleDeletion {
+        /// Key UUID or alias/NAME.
+        key: String,
+        /// Waiting period in days, 7..30 (server default: 30).
+        #[arg(long, value_name = "N")]
+        days: Option<u32>,
+    },
+    /// Cancel a scheduled deletion; the key comes back DISABLED.
+    CancelDeletion {
+        /// Key UUID or alias/NAME.
+        key: String,
+    },
+}
+
+/// Arguments of `key create`.
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// Key spec: RSA_2048, RSA_3072, RSA_4096, EC_P256, EC_P384, ED25519, AES_256, SM2
+    /// (any case, `-` or `_`).
+    #[arg(long, value_name = "S", value_parser = names::parse::<KeySpec>)]
+    spec: KeySpec,
+    /// Key usage: sign-verify or encrypt-decrypt.
+    #[arg(long, value_name = "U", value_parser = names::parse::<KeyUsage>)]
+    usage: KeyUsage,
+    /// Alias to create with the key (alias/NAME or NAME).
+    #[arg(long, value_name = "A")]
+    alias: Option<String>,
+    /// Free-text description (at most 1024 bytes).
+    #[arg(long, value_name = "D")]
+    description: Option<String>,
+    /// Tag key=value; repeat for more tags.
+    #[arg(long = "tag", value_name = "K=V", value_parser = parse_tag)]
+    tags: Vec<(String, String)>,
+    /// Idempotency token: repeating the command with the same token returns the key the
+    /// first run made instead of making another one.
+    #[arg(long, value_name = "T")]
+    idempotency_token: Option<String>,
+}
+
+/// Arguments of `key list`.
+#[derive(Debug, Args)]
+pub struct ListArgs {
+    /// Only keys in this state (ENABLED, DISABLED, PENDING_DELETION, PENDING_IMPORT,
+    /// DESTROYED). Default: every state but DESTROYED.
+    #[arg(long, value_name = "S", value_parser = names::parse::<KeyState>)]
+    state: Option<KeyState>,
+    /// Only keys with this usage (sign-verify, encrypt-decrypt).
+    #[arg(long, value_name = "U", value_parser = names::parse::<KeyUsage>)]
+    usage: Option<KeyUsage>,
+    /// Only keys with an alias starting with this prefix (alias/pay or pay).
+    #[arg(long, value_name = "P")]
+    alias_prefix: Option<String>,
+    /// Fetch a single page of at most N keys (1..1000) instead of every page; the token
+    /// for the next page is printed on stderr (json: `next_page_token`).
+    #[arg(long, value_name = "N")]
+    page_size: Option<u32>,
+    /// Continue a paged listing (with --page-size).
+    #[arg(long, value_name = "T", requires = "page_size")]
+    page_token: Option<String>,
+}
+
+/// Arguments of `key public`.
+#[derive(Debug, Args)]
+pub struct PublicArgs {
+    /// Key UUID or alias/NAME.
+    key: String,
+    /// PEM ("-----BEGIN PUBLIC KEY-----"); the default.
+    #[arg(long, conflicts_with = "der")]
+    pem: bool,
+    /// DER bytes instead of PEM (use with --out; raw bytes on stdout otherwise).
+    #[arg(long)]
+    der: bool,
+    /// Write the key to this file instead of stdout.
+    #[arg(long, value_name = "F")]
+    out: Option<String>,
+}
+
+impl KeyCommand {
+    /// Runs the command.
+    pub async fn run(self, ctx: &Ctx) -> Result<Verdict, CliError> {
+        let key = match self {
+            KeyCommand::Create(a) => return a.run(ctx).await,
+            KeyCommand::List(a) => return a.run(ctx).await,
+            KeyCommand::Public(a) => return a.run(ctx).await,
+            KeyCommand::Describe { key } => {
+                let k = ctx.client.describe_key(&key).await?;
+                return if ctx.json() {
+                    print_json(&key_json(&k)).map(|()| Verdict::Yes)
+                } else {
+                    print(&key_table(&k)).map(|()| Verdict::Yes)
+                };
+            }
+            KeyCommand::Enable { key } => ctx.client.enable_key(&key).await?,
+            KeyCommand::Disable { key } => ctx.client.disable_key(&key).await?,
+            KeyCommand::ScheduleDeletion { key, days } => {
+                let days = days.unwrap_or(0);
+                ctx.client.schedule_key_deletion(&key, days).await?
+            }
+            KeyCommand::CancelDeletion { key } => ctx.client.cancel_key_deletion(&key).await?,
+        };
+        // Lifecycle changes: `<key id> <STATE> [<deletion time>]`, or the metadata.
+        if ctx.json() {
+            print_json(&key_json(&key))?;
+        } else {
+            let mut line = format!("{} {}", key.key_id, name_of::<KeyState>(key.state));
+            if let Some(t) = super::args::format_timestamp(key.deletion_time.as_ref()) {
+                line = format!("{line} {t}");
+            }
+            println(line)?;
+        }
+        Ok(Verdict::Yes)
+    }
+}
+
+impl CreateArgs {
+    async fn run(self, ctx: &Ctx) -> Result<Verdict, CliError> {
+        let req = CreateKeyRequest {
+            spec: self.spec as i32,
+            usage: self.usage as i32,
+            alias: self.alias.unwrap_or_default(),
+            description: self.description.unwrap_or_default(),
+            tags: self.tags.into_iter().collect(),
+            idempotency_token: self.idempotency_token.unwrap_or_default(),
+            ..Default::default()
+        };
+        let key = ctx.client.create_key(req).await?;
+        if ctx.json() {
+            print_json(&key_json(&key))?;
+        } else {
+            println(&key.key_id)?;
+        }
+        Ok(Verdict::Yes)
+    }
+}
+
+impl ListArgs {
+    async fn run(self, ctx: &Ctx) -> Result<Verdict, CliError> {
+        let req = ListKeysRequest {
+            page_size: self.page_size.unwrap_or(0),
+            page_token: self.page_token.unwrap_or_default(),
+            state: self.state.map_or(0, |s| s as i32),
+            usage: self.usage.map_or(0, |u| u as i32),
+            alias_prefix: self.alias_prefix.unwrap_or_default(),
+        };
+        let (keys, next) = if self.page_size.is_some() {
+            let page = ctx.client.list_keys(req).await?;
+            (page.keys, page.next_page_token)
+        } else {
+            (ctx.client.list_all_keys(req).await?, String::new())
+        };
+        if ctx.json() {
+            let keys: Vec<_> = keys.iter().map(key_json).collect();
+            print_json(&json!({ "keys": keys, "next_page_token": next }))?;
+        } else {
+            print(&keys_table(&keys))?;
+            if !next.is_empty() {
+                eprintln!("more keys: --page-token {next}");
+            }
+        }
+        Ok(Verdict::Yes)
+    }
+}
+
+impl PublicArgs {
+    async fn run(self, ctx: &Ctx) -> Result<Verdict, CliError> {
+        let public = ctx.client.get_public_key(&self.key).await?;
+        if ctx.json() {
+            let mut v = public_key_json(&public);
+            if let Some(out) = &self.out {
+                write_public(&public, self.der, out)?;
+                v["out"] = json!(out);
+            }
+            print_json(&v)?;
+        } else {
+            write_public(&public, self.der, self.out.as_deref().unwrap_or("-"))?;
+        }
+        Ok(Verdict::Yes)
+    }
+}
+
+fn write_public(
+    public: &hsm_client::v1::GetPublicKeyResponse,
+    der: bool,
+    out: &str,
+) -> Result<(), CliError> {
+    if der {
+        write_output("public key", out, &public.public_key_der)
+    } else {
+        let mut pem = public.public_key_pem.clone();
+        if !pem.ends_with('\n') {
+            pem.push('\n');
+        }
+        write_output("public key", out, pem.as_bytes())
+    }
+}

@@ -1,0 +1,164 @@
+//! How API messages look on the terminal: JSON objects for `-o json` (enums by proto
+//! name, times in RFC 3339, bytes in base64) and tables for people.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use hsm_client::names::{name_of, names_of};
+use hsm_client::v1::{
+    Alias, GetPublicKeyResponse, KeyMetadata, KeyOrigin, KeySpec, KeyState, KeyUsage,
+    SigningAlgorithm,
+};
+use serde_json::{Value, json};
+
+use super::args::format_timestamp;
+use super::table::{Table, cell, or_dash};
+
+/// A key's metadata as a JSON object.
+pub fn key_json(k: &KeyMetadata) -> Value {
+    json!({
+        "key_id": k.key_id,
+        "spec": name_of::<KeySpec>(k.spec),
+        "usage": name_of::<KeyUsage>(k.usage),
+        "origin": name_of::<KeyOrigin>(k.origin),
+        "state": name_of::<KeyState>(k.state),
+        "description": k.description,
+        "tags": k.tags,
+        "aliases": k.aliases,
+        "create_time": format_timestamp(k.create_time.as_ref()),
+        "deletion_time": format_timestamp(k.deletion_time.as_ref()),
+        "destroy_time": format_timestamp(k.destroy_time.as_ref()),
+        "created_by": k.created_by,
+        "signing_algorithms": names_of::<SigningAlgorithm>(&k.signing_algorithms),
+    })
+}
+
+/// A key's metadata as a `field  value` listing.
+pub fn key_table(k: &KeyMetadata) -> String {
+    let mut tags: Vec<String> = k.tags.iter().map(|(t, v)| format!("{t}={v}")).collect();
+    tags.sort();
+    let mut t = Table::plain();
+    t.row(["key_id", k.key_id.as_str()]);
+    t.row(["spec".into(), name_of::<KeySpec>(k.spec)]);
+    t.row(["usage".into(), name_of::<KeyUsage>(k.usage)]);
+    t.row(["origin".into(), name_of::<KeyOrigin>(k.origin)]);
+    t.row(["state".into(), name_of::<KeyState>(k.state)]);
+    t.row(["aliases".into(), or_dash(k.aliases.join(", "))]);
+    t.row(["description".into(), or_dash(cell(&k.description))]);
+    t.row(["tags".into(), or_dash(cell(&tags.join(", ")))]);
+    t.row(["created".into(), time_cell(k.create_time.as_ref())]);
+    t.row(["created_by".into(), or_dash(k.created_by.as_str())]);
+    if k.deletion_time.is_some() {
+        t.row(["deletion_time".into(), time_cell(k.deletion_time.as_ref())]);
+    }
+    if k.destroy_time.is_some() {
+        t.row(["destroy_time".into(), time_cell(k.destroy_time.as_ref())]);
+    }
+    let algorithms = names_of::<SigningAlgorithm>(&k.signing_algorithms).join(", ");
+    t.row(["signing_algorithms".into(), or_dash(algorithms)]);
+    t.render()
+}
+
+/// Many keys as a table, one line each.
+pub fn keys_table(keys: &[KeyMetadata]) -> String {
+    let mut t = Table::new(&["KEY ID", "SPEC", "USAGE", "STATE", "ALIASES", "CREATED"]);
+    for k in keys {
+        t.row([
+            k.key_id.clone(),
+            name_of::<KeySpec>(k.spec),
+            name_of::<KeyUsage>(k.usage),
+            name_of::<KeyState>(k.state),
+            or_dash(k.aliases.join(",")),
+            time_cell(k.create_time.as_ref()),
+        ]);
+    }
+    t.render()
+}
+
+/// An alias as a JSON object.
+pub fn alias_json(a: &Alias) -> Value {
+    json!({
+        "alias_name": a.alias_name,
+        "target_key_id": a.target_key_id,
+        "create_time": format_timestamp(a.create_time.as_ref()),
+        "update_time": format_timestamp(a.update_time.as_ref()),
+    })
+}
+
+/// Aliases as a table, one line each.
+pub fn aliases_table(aliases: &[Alias]) -> String {
+    let mut t = Table::new(&["ALIAS", "KEY ID", "CREATED", "UPDATED"]);
+    for a in aliases {
+        t.row([
+            a.alias_name.clone(),
+            a.target_key_id.clone(),
+            time_cell(a.create_time.as_ref()),
+            time_cell(a.update_time.as_ref()),
+        ]);
+    }
+    t.render()
+}
+
+/// A public key as a JSON object (DER in base64).
+pub fn public_key_json(p: &GetPublicKeyResponse) -> Value {
+    json!({
+        "key_id": p.key_id,
+        "spec": name_of::<KeySpec>(p.spec),
+        "usage": name_of::<KeyUsage>(p.usage),
+        "public_key_pem": p.public_key_pem,
+        "public_key_der_base64": BASE64.encode(&p.public_key_der),
+        "signing_algorithms": names_of::<SigningAlgorithm>(&p.signing_algorithms),
+    })
+}
+
+/// Bytes in base64, for JSON output.
+pub fn base64(bytes: &[u8]) -> String {
+    BASE64.encode(bytes)
+}
+
+/// A timestamp for a table cell: RFC 3339 or `-`.
+pub fn time_cell(ts: Option<&prost_types::Timestamp>) -> String {
+    or_dash(format_timestamp(ts).unwrap_or_default())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> KeyMetadata {
+        KeyMetadata {
+            key_id: "k1".into(),
+            spec: KeySpec::EcP256 as i32,
+            usage: KeyUsage::SignVerify as i32,
+            state: KeyState::Enabled as i32,
+            aliases: vec!["alias/a".into()],
+            create_time: Some(prost_types::Timestamp {
+                seconds: 0,
+                nanos: 0,
+            }),
+            signing_algorithms: vec![SigningAlgorithm::EcdsaSha256 as i32],
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn key_json_uses_names_and_rfc3339() {
+        let v = key_json(&key());
+        assert_eq!(v["spec"], "EC_P256");
+        assert_eq!(v["origin"], "KEY_ORIGIN_UNSPECIFIED");
+        assert_eq!(v["create_time"], "1970-01-01T00:00:00Z");
+        assert_eq!(v["deletion_time"], Value::Null);
+        assert_eq!(v["signing_algorithms"][0], "ECDSA_SHA_256");
+    }
+
+    #[test]
+    fn keys_table_has_one_line_per_key() {
+        let text = keys_table(&[key()]);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 2);
+        assert!(lines[0].starts_with("KEY ID  SPEC     USAGE"), "{text}");
+        assert!(
+            lines[1].starts_with("k1      EC_P256  SIGN_VERIFY  ENABLED"),
+            "{text}"
+        );
+    }
+}

@@ -1,0 +1,118 @@
+//! `hsmctl token info`: the token hsmd runs on, the capabilities it probed at start-up,
+//! and the key specs and signing algorithms it offers there.
+
+use clap::Subcommand;
+use hsm_client::names::names_of;
+use hsm_client::v1::{GetTokenInfoResponse, KeySpec, SigningAlgorithm};
+use serde_json::{Value, json};
+
+use super::args::{print, print_json};
+use super::table::{Table, cell, or_dash};
+use super::{CliError, Ctx, Verdict};
+
+/// Token commands.
+#[derive(Debug, Subcommand)]
+pub enum TokenCommand {
+    /// Describe the token: identity, PKCS#11 module, probed capabilities (with which
+    /// path each algorithm takes), key specs and signing algorithms offered.
+    Info,
+}
+
+impl TokenCommand {
+    /// Runs the command.
+    pub async fn run(self, ctx: &Ctx) -> Result<Verdict, CliError> {
+        match self {
+            TokenCommand::Info => {
+                let info = ctx.client.token_info().await?;
+                if ctx.json() {
+                    print_json(&token_json(&info))?;
+                } else {
+                    print(&token_text(&info))?;
+                }
+                Ok(Verdict::Yes)
+            }
+        }
+    }
+}
+
+fn token_json(i: &GetTokenInfoResponse) -> Value {
+    let capabilities: Vec<Value> = i
+        .capabilities
+        .iter()
+        .map(|c| json!({ "mechanism": c.mechanism, "supported": c.supported, "note": c.note }))
+        .collect();
+    json!({
+        "label": i.label,
+        "manufacturer": i.manufacturer,
+        "model": i.model,
+        "serial_number": i.serial_number,
+        "module_path": i.module_path,
+        "library_description": i.library_description,
+        "library_version": i.library_version,
+        "capabilities": capabilities,
+        "key_specs": names_of::<KeySpec>(&i.key_specs),
+        "signing_algorithms": names_of::<SigningAlgorithm>(&i.signing_algorithms),
+        "session_pool_size": i.session_pool_size,
+    })
+}
+
+/// Three blocks: the token's identity, the capability table, what is offered.
+fn token_text(i: &GetTokenInfoResponse) -> String {
+    let library = format!("{} {}", i.library_description, i.library_version);
+    let mut about = Table::plain();
+    about.row(["label".to_string(), or_dash(cell(&i.label))]);
+    about.row(["manufacturer".to_string(), or_dash(cell(&i.manufacturer))]);
+    about.row(["model".to_string(), or_dash(cell(&i.model))]);
+    about.row(["serial".to_string(), or_dash(cell(&i.serial_number))]);
+    about.row(["module".to_string(), or_dash(cell(&i.module_path))]);
+    about.row(["library".to_string(), or_dash(cell(library.trim()))]);
+    about.row(["sessions".to_string(), i.session_pool_size.to_string()]);
+
+    let mut caps = Table::new(&["MECHANISM", "SUPPORTED", "NOTE"]);
+    for c in &i.capabilities {
+        let supported = if c.supported { "yes" } else { "no" };
+        caps.row([cell(&c.mechanism), supported.to_string(), cell(&c.note)]);
+    }
+
+    let mut offered = Table::plain();
+    let specs = names_of::<KeySpec>(&i.key_specs).join(", ");
+    let algorithms = names_of::<SigningAlgorithm>(&i.signing_algorithms).join(", ");
+    offered.row(["key specs".to_string(), or_dash(specs)]);
+    offered.row(["signing algorithms".to_string(), or_dash(algorithms)]);
+
+    format!(
+        "{}\n{}\n{}",
+        about.render(),
+        caps.render(),
+        offered.render()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hsm_client::v1::Capability;
+
+    #[test]
+    fn text_has_identity_capabilities_and_offer() {
+        let info = GetTokenInfoResponse {
+            label: "hsmd-dev".into(),
+            library_description: "SoftHSM".into(),
+            library_version: "2.6".into(),
+            capabilities: vec![Capability {
+                mechanism: "CKM_ECDSA".into(),
+                supported: true,
+                note: "ECDSA over a digest made in hsmd".into(),
+            }],
+            key_specs: vec![KeySpec::EcP256 as i32],
+            signing_algorithms: vec![SigningAlgorithm::EcdsaSha256 as i32],
+            ..Default::default()
+        };
+        let text = token_text(&info);
+        assert!(text.starts_with("label         hsmd-dev\n"), "{text}");
+        assert!(text.contains("library       SoftHSM 2.6\n"), "{text}");
+        assert!(text.contains("CKM_ECDSA  yes        ECDSA over"), "{text}");
+        assert!(text.contains("key specs           EC_P256\n"), "{text}");
+        assert_eq!(token_json(&info)["signing_algorithms"][0], "ECDSA_SHA_256");
+    }
+}

@@ -1,0 +1,34 @@
+//! `hsm_client`: a typed client for hsmd.
+//!
+//! One [`Client`] holds one TLS channel (mutual TLS, client certificate from a
+//! [`Profile`]) and hands out the generated gRPC clients over it, plus typed convenience
+//! methods for the common calls. Every failure is a [`ClientError`]; server errors keep
+//! hsmd's stable reason (google.rpc.ErrorInfo) so programs can match on it.
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), hsm_client::ClientError> {
+//! use hsm_client::{Client, Profile};
+//! use hsm_client::v1::{MessageType, SigningAlgorithm};
+//!
+//! let profile = Profile::load(Profile::default_path()?)?;
+//! let client = Client::connect(&profile).await?;
+//! let sig = client
+//!     .sign("alias/payments", SigningAlgorithm::EcdsaSha256, MessageType::Raw, b"hello".to_vec())
+//!     .await?;
+//! # let _ = sig; Ok(()) }
+//! ```
+
+#![warn(missing_docs)]
+
+mod calls;
+mod client;
+mod error;
+pub mod names;
+mod profile;
+
+pub use client::Client;
+pub use error::{ClientError, code_name};
+pub use profile::{Profile, ProfileError};
+
+/// The generated API types and gRPC clients (`hsmd.v1`), re-exported for convenience.
+pub use hsmd_proto::v1;
