@@ -9,7 +9,7 @@ use super::{ApiError, Call, Ctx};
 use crate::audit::record::input_hash;
 use crate::keys::manager::NewKey;
 use crate::keys::model::{KeyRecord, Transition};
-use crate::keys::{KeyError, KeyRef, public};
+use crate::keys::{KeyError, KeyManager, KeyRef, public, validate_alias};
 use crate::store::KeyFilter;
 
 /// Largest GenerateRandom request.
@@ -36,6 +36,17 @@ impl KeyApi {
 
     /// Parses and resolves a key reference, noting it in the audit record.
     async fn resolve(&self, call: &mut Call, named: &str) -> Result<KeyRecord, ApiError> {
+        self.with_key(call, named, |_, key| Ok(key)).await
+    }
+
+    /// Resolves a key and runs `f` on it in the same blocking task (one hop into the
+    /// blocking pool per call), noting the key in the audit record either way.
+    async fn with_key<T: Send + 'static>(
+        &self,
+        call: &mut Call,
+        named: &str,
+        f: impl FnOnce(&KeyManager, KeyRecord) -> Result<T, KeyError> + Send + 'static,
+    ) -> Result<T, ApiError> {
         let key_ref = match KeyRef::parse(named) {
             Ok(r) => r,
             Err(e) => {
@@ -43,16 +54,23 @@ impl KeyApi {
                 return Err(e.into());
             }
         };
-        let found = self.ctx.blocking(move |m| m.resolve(&key_ref)).await;
-        call.note_key(named, found.as_ref().ok().map(|k| k.id));
-        found
+        let (id, result) = self
+            .ctx
+            .blocking(move |m| {
+                Ok(match m.resolve(&key_ref) {
+                    Ok(key) => (Some(key.id), f(m, key)),
+                    Err(e) => (None, Err(e)),
+                })
+            })
+            .await?;
+        call.note_key(named, id);
+        Ok(result?)
     }
 
     /// Resolves a key and applies a lifecycle transition to it.
     async fn transition(&self, call: &mut Call, named: &str, t: Transition, days: u32) -> Result<KeyRecord, ApiError> {
         call.authorize(&self.ctx.auth)?;
-        let key = self.resolve(call, named).await?;
-        self.ctx.blocking(move |m| m.transition(&key, t, days)).await
+        self.with_key(call, named, move |m, key| m.transition(&key, t, days)).await
     }
 }
 
@@ -82,7 +100,7 @@ impl KeyService for KeyApi {
             };
             call.event.algorithm = new.spec.name().to_string();
             if let Some(a) = &new.alias {
-                call.event.alias = a.clone();
+                call.event.alias = validate_alias(a).unwrap_or_else(|_| crate::keys::truncate(a, 300));
             }
             let key = self.ctx.blocking(move |m| m.create(&principal, new)).await?;
             call.event.key_id = key.id.to_string();
@@ -258,10 +276,11 @@ impl KeyService for KeyApi {
             let mt = mt_from_pb(r.message_type)?;
             call.event.algorithm = alg.name().into();
             call.event.message_type = mt.name().into();
-            let key = self.resolve(&mut call, &r.key_id).await?;
-            let id = key.id;
-            let sig = self.ctx.blocking(move |m| m.sign(&key, alg, mt, &r.message)).await?;
-            Ok(pb::SignResponse { key_id: id.to_string(), algorithm: r.algorithm, signature: sig })
+            let msg = r.message;
+            let (id, signature) = self
+                .with_key(&mut call, &r.key_id, move |m, key| Ok((key.id, m.sign(&key, alg, mt, &msg)?)))
+                .await?;
+            Ok(pb::SignResponse { key_id: id.to_string(), algorithm: r.algorithm, signature })
         }
         .await;
         self.ctx.finish(call, result).await
@@ -277,9 +296,10 @@ impl KeyService for KeyApi {
             let mt = mt_from_pb(r.message_type)?;
             call.event.algorithm = alg.name().into();
             call.event.message_type = mt.name().into();
-            let key = self.resolve(&mut call, &r.key_id).await?;
-            let id = key.id;
-            let valid = self.ctx.blocking(move |m| m.verify(&key, alg, mt, &r.message, &r.signature)).await?;
+            let (msg, sig) = (r.message, r.signature);
+            let (id, valid) = self
+                .with_key(&mut call, &r.key_id, move |m, key| Ok((key.id, m.verify(&key, alg, mt, &msg, &sig)?)))
+                .await?;
             Ok(pb::VerifyResponse { key_id: id.to_string(), valid })
         }
         .await;
