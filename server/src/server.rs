@@ -56,14 +56,23 @@ pub async fn run(cfg: Config, on_bound: impl FnOnce(SocketAddr) -> anyhow::Resul
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<KeyServiceServer<KeyApi>>().await;
     health.set_serving::<AuditServiceServer<AuditApi>>().await;
+    // Both reflection versions: grpcurl before 1.9 and many tools speak only v1alpha.
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(hsmd_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .build_v1()?;
+    let reflection_alpha = tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(hsmd_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+        .build_v1alpha()?;
     on_bound(addr)?;
     tracing::info!(%addr, "serving");
     Server::builder()
         .add_service(health_service)
         .add_service(reflection)
+        .add_service(reflection_alpha)
         .add_service(KeyServiceServer::new(KeyApi::new(ctx.clone())))
         .add_service(AuditServiceServer::new(AuditApi::new(ctx.clone())))
         .add_service(TokenServiceServer::new(TokenApi::new(ctx.clone())))
