@@ -1,0 +1,407 @@
+//! [`Daemon`]: one `hsmd dev` process on its own data folder, with connected clients.
+//!
+//! The daemon is started with `--listen 127.0.0.1:0`; it writes `DIR/client.toml` only
+//! after its listener is bound, so the harness deletes that file before every start and
+//! waits for it to reappear. The clients are built here from the profile with tonic's
+//! own TLS settings, independently of `hsm-client`.
+
+use std::{
+    fs,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::Once,
+    time::{Duration, Instant},
+};
+
+use hsmd_proto::v1::{
+    audit_service_client::AuditServiceClient, key_service_client::KeyServiceClient,
+    token_service_client::TokenServiceClient,
+};
+use tempfile::TempDir;
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+
+use crate::tools::{self, CmdOutput};
+
+/// How long the daemon may take to provision its folder and bind.
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+/// How long a graceful shutdown may take.
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+/// The dev client's principal (SAN URI of `DIR/tls/client.pem`).
+pub const ADMIN_PRINCIPAL: &str = "spiffe://hsmd.dev/admin";
+
+/// The contents of `DIR/client.toml`.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    pub endpoint: String,
+    pub server_name: String,
+    pub ca_cert: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl Profile {
+    fn parse(text: &str) -> Result<Profile, String> {
+        let table: toml::Table = text.parse().map_err(|e| format!("not TOML: {e}"))?;
+        let field = |name: &str| -> Result<String, String> {
+            table
+                .get(name)
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+                .ok_or_else(|| format!("no string field `{name}`"))
+        };
+        Ok(Profile {
+            endpoint: field("endpoint")?,
+            server_name: field("server_name")?,
+            ca_cert: field("ca_cert")?.into(),
+            client_cert: field("client_cert")?.into(),
+            client_key: field("client_key")?.into(),
+        })
+    }
+}
+
+/// A running `hsmd dev` with its temporary data folder. Dropping it stops the process.
+pub struct Daemon {
+    root: Option<TempDir>,
+    data_dir: PathBuf,
+    child: Option<Child>,
+    starts: u32,
+    profile: Option<Profile>,
+    channel: Option<Channel>,
+}
+
+fn install_crypto_provider() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // Another crate may have installed one already; either way ring is in use.
+        let _ = rustls::crypto::ring::default_provider().install_default();
+    });
+}
+
+impl Daemon {
+    /// Starts a daemon on a fresh data folder and connects to it.
+    pub async fn start() -> Daemon {
+        tools::require_tools();
+        install_crypto_provider();
+        let root = tempfile::Builder::new()
+            .prefix("hsmd-e2e-")
+            .tempdir()
+            .expect("create temp dir");
+        let data_dir = root.path().join("data");
+        let mut daemon = Daemon {
+            root: Some(root),
+            data_dir,
+            child: None,
+            starts: 0,
+            profile: None,
+            channel: None,
+        };
+        daemon.launch().await;
+        daemon
+    }
+
+    fn root(&self) -> &Path {
+        self.root.as_ref().expect("root dir").path()
+    }
+
+    /// The data folder given to `hsmd dev --data-dir`.
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
+    }
+
+    /// A scratch folder for the test's own files (outside the data folder).
+    pub fn scratch(&self) -> PathBuf {
+        let dir = self.root().join("scratch");
+        fs::create_dir_all(&dir).expect("create scratch dir");
+        dir
+    }
+
+    /// `DIR/client.toml`.
+    pub fn profile_path(&self) -> PathBuf {
+        self.data_dir.join("client.toml")
+    }
+
+    /// The parsed client profile of the current run.
+    pub fn profile(&self) -> &Profile {
+        self.profile.as_ref().expect("daemon is running")
+    }
+
+    /// `DIR/audit/audit.log`.
+    pub fn audit_log_path(&self) -> PathBuf {
+        self.data_dir.join("audit").join("audit.log")
+    }
+
+    /// The user PIN from `DIR/pin`.
+    pub fn pin(&self) -> String {
+        let path = self.data_dir.join("pin");
+        fs::read_to_string(&path)
+            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+            .trim()
+            .to_owned()
+    }
+
+    fn stdout_path(&self) -> PathBuf {
+        self.root().join(format!("hsmd-{}.stdout", self.starts))
+    }
+
+    fn stderr_path(&self) -> PathBuf {
+        self.root().join(format!("hsmd-{}.stderr", self.starts))
+    }
+
+    /// What the current run printed on stdout so far.
+    pub fn stdout_text(&self) -> String {
+        fs::read_to_string(self.stdout_path()).unwrap_or_default()
+    }
+
+    /// What the current run printed on stderr so far.
+    pub fn stderr_text(&self) -> String {
+        fs::read_to_string(self.stderr_path()).unwrap_or_default()
+    }
+
+    async fn launch(&mut self) {
+        self.starts += 1;
+        let profile_path = self.profile_path();
+        match fs::remove_file(&profile_path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => panic!("remove {}: {e}", profile_path.display()),
+        }
+        let stdout = fs::File::create(self.stdout_path()).expect("create stdout file");
+        let stderr = fs::File::create(self.stderr_path()).expect("create stderr file");
+        let mut cmd = Command::new(tools::workspace_bin("hsmd"));
+        cmd.arg("dev")
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--listen")
+            .arg("127.0.0.1:0")
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(stderr)
+            // The daemon must find its own token config; do not lend it ours.
+            .env_remove("SOFTHSM2_CONF");
+        for (name, _) in std::env::vars_os() {
+            if name.to_string_lossy().starts_with("HSMD_") {
+                cmd.env_remove(name);
+            }
+        }
+        self.child = Some(cmd.spawn().expect("spawn hsmd"));
+        let profile = self.wait_for_profile().await;
+        let channel = self
+            .connect_with(
+                &read(&profile.client_cert),
+                &read(&profile.client_key),
+                &profile,
+            )
+            .await
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot connect to {}: {e:?}\nhsmd stderr:\n{}",
+                    profile.endpoint,
+                    self.stderr_text()
+                )
+            });
+        self.profile = Some(profile);
+        self.channel = Some(channel);
+    }
+
+    async fn wait_for_profile(&mut self) -> Profile {
+        let path = self.profile_path();
+        let deadline = Instant::now() + START_TIMEOUT;
+        let mut last_problem = String::from("not written yet");
+        loop {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
+                panic!(
+                    "hsmd dev exited early with {status}\nhsmd stderr:\n{}",
+                    self.stderr_text()
+                );
+            }
+            if let Ok(text) = fs::read_to_string(&path) {
+                match Profile::parse(&text) {
+                    Ok(profile) => return profile,
+                    Err(problem) => last_problem = format!("{problem}:\n{text}"),
+                }
+            }
+            if Instant::now() > deadline {
+                panic!(
+                    "{} did not appear within {START_TIMEOUT:?} ({last_problem})\nhsmd stderr:\n{}",
+                    path.display(),
+                    self.stderr_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Opens a TLS channel to the daemon with the given client certificate and key (PEM),
+    /// trusting the daemon's CA. Used for certificates other than the dev client's.
+    pub async fn connect_as(
+        &self,
+        cert_pem: &[u8],
+        key_pem: &[u8],
+    ) -> Result<Channel, tonic::transport::Error> {
+        self.connect_with(cert_pem, key_pem, self.profile()).await
+    }
+
+    /// Tries to open a TLS channel without any client certificate.
+    pub async fn connect_anonymous(&self) -> Result<Channel, tonic::transport::Error> {
+        let profile = self.profile();
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read(&profile.ca_cert)))
+            .domain_name(profile.server_name.clone());
+        Channel::from_shared(profile.endpoint.clone())
+            .expect("endpoint is a URI")
+            .tls_config(tls)?
+            .timeout(Duration::from_secs(30))
+            .connect()
+            .await
+    }
+
+    async fn connect_with(
+        &self,
+        cert_pem: &[u8],
+        key_pem: &[u8],
+        profile: &Profile,
+    ) -> Result<Channel, tonic::transport::Error> {
+        let tls = ClientTlsConfig::new()
+            .ca_certificate(Certificate::from_pem(read(&profile.ca_cert)))
+            .identity(Identity::from_pem(cert_pem, key_pem))
+            .domain_name(profile.server_name.clone());
+        Channel::from_shared(profile.endpoint.clone())
+            .expect("endpoint is a URI")
+            .tls_config(tls)?
+            .timeout(Duration::from_secs(120))
+            .connect()
+            .await
+    }
+
+    /// The channel of the dev client (principal `spiffe://hsmd.dev/admin`).
+    pub fn channel(&self) -> Channel {
+        self.channel.clone().expect("daemon is running")
+    }
+
+    /// A KeyService client as the dev admin.
+    pub fn keys(&self) -> KeyServiceClient<Channel> {
+        KeyServiceClient::new(self.channel())
+    }
+
+    /// An AuditService client as the dev admin.
+    pub fn audit(&self) -> AuditServiceClient<Channel> {
+        AuditServiceClient::new(self.channel())
+    }
+
+    /// A TokenService client as the dev admin.
+    pub fn token(&self) -> TokenServiceClient<Channel> {
+        TokenServiceClient::new(self.channel())
+    }
+
+    /// Runs `hsmctl --profile DIR/client.toml ARGS...` and returns what it did.
+    pub fn hsmctl<I, S>(&self, args: I) -> CmdOutput
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut cmd = Command::new(tools::workspace_bin("hsmctl"));
+        cmd.arg("--profile")
+            .arg(self.profile_path())
+            .args(args)
+            .env_remove("HSMCTL_PROFILE")
+            .current_dir(self.scratch());
+        tools::run_unchecked(&mut cmd)
+    }
+
+    /// Like [`Daemon::hsmctl`] but panics unless it exits 0; returns trimmed stdout.
+    pub fn hsmctl_ok<I, S>(&self, args: I) -> String
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let out = self.hsmctl(args);
+        assert!(out.success(), "hsmctl failed\n{}", out.describe());
+        out.stdout.trim().to_owned()
+    }
+
+    /// Stops the daemon with SIGTERM and asserts that it exits cleanly.
+    pub async fn stop(&mut self) {
+        let Some(mut child) = self.child.take() else {
+            return;
+        };
+        self.channel = None;
+        terminate(&child);
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        let status = loop {
+            if let Some(status) = child.try_wait().expect("wait for hsmd") {
+                break status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!(
+                    "hsmd did not stop within {STOP_TIMEOUT:?} of SIGTERM\nhsmd stderr:\n{}",
+                    self.stderr_text()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        };
+        assert!(
+            status.success(),
+            "hsmd exited with {status} on SIGTERM (expected a graceful exit 0)\nhsmd stderr:\n{}",
+            self.stderr_text()
+        );
+    }
+
+    /// Starts the daemon again on the same data folder (after [`Daemon::stop`], or stops
+    /// it first) and reconnects. The port changes.
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        self.launch().await;
+    }
+}
+
+fn read(path: &Path) -> Vec<u8> {
+    fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
+}
+
+fn terminate(child: &Child) {
+    let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
+    // SAFETY: kill(2) on the pid of a child we own and have not reaped yet.
+    unsafe {
+        libc::kill(pid, libc::SIGTERM);
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            terminate(&child);
+            let deadline = Instant::now() + Duration::from_secs(5);
+            while Instant::now() < deadline {
+                if let Ok(Some(_)) = child.try_wait() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        if std::thread::panicking() {
+            let stderr = self.stderr_text();
+            let tail: Vec<&str> = stderr.lines().rev().take(80).collect();
+            eprintln!(
+                "---- hsmd data dir: {}\n---- last hsmd stderr lines (run {}):",
+                self.data_dir.display(),
+                self.starts
+            );
+            for line in tail.iter().rev() {
+                eprintln!("{line}");
+            }
+            if std::env::var_os("HSMD_E2E_KEEP").is_some()
+                && let Some(root) = self.root.take()
+            {
+                eprintln!("---- kept {}", root.keep().display());
+            }
+        }
+    }
+}

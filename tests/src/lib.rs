@@ -1,0 +1,22 @@
+//! Helpers for the end-to-end tests: the real `hsmd` binary on a real SoftHSM2 token.
+//!
+//! Every test starts its own daemon ([`Daemon::start`]) with `hsmd dev` on a fresh data
+//! folder and port 0, so tests run in parallel and never share a token. Results are
+//! cross-checked with tools that do not share code with hsmd: the `openssl` and
+//! `pkcs11-tool` command-line programs, and the audit log file read directly.
+//!
+//! The binaries `hsmd` and `hsmctl` must be built first (`cargo build --workspace --bins`);
+//! they are looked up next to the test executable.
+
+pub mod algorithms;
+pub mod audit;
+pub mod certs;
+pub mod daemon;
+pub mod pkcs11;
+pub mod status;
+pub mod tools;
+
+pub use daemon::Daemon;
+pub use hsmd_proto::v1;
+pub use status::{expect_error, expect_ok, reason_of, request_id};
+pub use tools::{CmdOutput, require_tools, run, run_unchecked};
