@@ -7,6 +7,7 @@
 mod alias;
 mod args;
 mod audit;
+mod bench;
 mod crypto;
 mod error;
 mod key;
@@ -90,6 +91,8 @@ enum Command {
     /// Query and verify the audit log.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Load-test a running daemon: ops/s and p50/p90/p99/max latency (exit 1 on errors).
+    Bench(bench::BenchArgs),
 }
 
 /// What a successful command concluded; decides the exit status.
@@ -142,6 +145,7 @@ impl Cli {
             Command::Random(a) => a.run(&ctx).await,
             Command::Token(cmd) => cmd.run(&ctx).await,
             Command::Audit(cmd) => cmd.run(&ctx).await,
+            Command::Bench(a) => a.run(&ctx, &profile).await,
         }
     }
 }

@@ -1,0 +1,244 @@
+//! `hsmd-bench`: what does hsmd cost? One command provisions a dev token (or reuses a
+//! data folder), starts the real daemon as a child process on it, drives it through
+//! hsm-client over mTLS (audit with fsync on), stops it, then runs the same operation
+//! in-process with cryptoki directly on the same token, and prints both with the ratio.
+
+mod raw;
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use clap::Parser;
+use hsm_client::bench::{self, BenchOp, BenchSpec, Length};
+use hsm_client::v1::{CreateKeyRequest, KeySpec as PbKeySpec, KeyUsage, SigningAlgorithm as PbAlg};
+use hsm_client::{Client, Profile};
+use hsmd::keys::spec::{KeySpec, SigningAlgorithm};
+
+#[derive(Parser)]
+#[command(name = "hsmd-bench", version, about = "hsmd throughput and latency against raw PKCS#11 on the same token, in one run")]
+struct Args {
+    /// Data folder of a dev token to reuse (default: a fresh temporary one).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Operation.
+    #[arg(long, value_enum, default_value = "sign")]
+    op: BenchOp,
+    /// Key spec (RSA_2048, EC_P256, ...).
+    #[arg(long, default_value = "RSA_2048")]
+    spec: String,
+    /// Signing algorithm (RSA_PKCS1_SHA_256, ECDSA_SHA_256, ...).
+    #[arg(long, default_value = "RSA_PKCS1_SHA_256")]
+    algorithm: String,
+    /// Calls in flight (hsmd) and threads with one session each (raw).
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// HTTP/2 connections to hsmd.
+    #[arg(long, default_value_t = 1)]
+    connections: usize,
+    /// Measured duration of each side, e.g. 10s.
+    #[arg(long, default_value = "10s", value_parser = parse_secs)]
+    duration: Duration,
+    /// Measure this many calls per side instead of a duration.
+    #[arg(long)]
+    calls: Option<u64>,
+    /// Unmeasured warm-up of each side.
+    #[arg(long, default_value = "2s", value_parser = parse_secs)]
+    warmup: Duration,
+    /// Other EC_P256 keys to create in the token first (lookup costs must stay flat).
+    #[arg(long, default_value_t = 0)]
+    extra_keys: usize,
+    /// Output: table or json.
+    #[arg(short, long, default_value = "table")]
+    output: String,
+}
+
+fn parse_secs(s: &str) -> Result<Duration, String> {
+    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len()));
+    let n: f64 = n.parse().map_err(|_| format!("bad duration '{s}'"))?;
+    let secs = match unit {
+        "" | "s" => n,
+        "ms" => n / 1000.0,
+        "m" => n * 60.0,
+        _ => return Err(format!("bad duration unit in '{s}' (use ms, s or m)")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let spec = KeySpec::from_name(&args.spec.to_uppercase()).context("--spec: unknown key spec")?;
+    let algorithm = SigningAlgorithm::from_name(&args.algorithm.to_uppercase()).context("--algorithm: unknown")?;
+    let tmp = tempfile::tempdir()?;
+    let dir = args.data_dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    // Provisioning sets SOFTHSM2_CONF for this process: before any thread exists.
+    let config_path = hsmd::dev::provision(&dir, "127.0.0.1:0")?;
+    let config = hsmd::config::Config::load(&config_path)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let length = args.calls.map(Length::Calls).unwrap_or(Length::Duration(args.duration));
+
+    let (hsmd_stats, first_error, rss) = runtime.block_on(run_hsmd(&args, &dir, spec, algorithm, length))?;
+    let raw_spec = raw::RawSpec { op: args.op, spec, algorithm, threads: args.concurrency, length, warmup: args.warmup };
+    let raw_stats = raw::run(&config, &raw_spec)?;
+    let ratio = if raw_stats.ops_per_sec > 0.0 { hsmd_stats.ops_per_sec / raw_stats.ops_per_sec } else { 0.0 };
+    if args.output == "json" {
+        let v = serde_json::json!({
+            "op": args.op, "spec": spec.name(), "algorithm": algorithm.name(),
+            "concurrency": args.concurrency, "connections": args.connections, "extra_keys": args.extra_keys,
+            "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+            "raw": raw_stats, "hsmd": hsmd_stats, "ratio": ratio, "hsmd_peak_rss_kib": rss,
+            "first_error": first_error,
+        });
+        println!("{v}");
+    } else {
+        println!(
+            "{} {} {} concurrency {} ({} connection(s)), {} extra keys",
+            args.op_name(), spec, algorithm, args.concurrency, args.connections, args.extra_keys
+        );
+        print!("{}", bench::table(&[("raw", &raw_stats), ("hsmd", &hsmd_stats)]));
+        println!("ratio hsmd/raw: {ratio:.3}   hsmd peak RSS: {rss} KiB");
+        if let Some(e) = first_error {
+            println!("first hsmd error: {e}");
+        }
+    }
+    Ok(())
+}
+
+impl Args {
+    fn op_name(&self) -> &'static str {
+        match self.op {
+            BenchOp::Sign => "sign",
+            BenchOp::Verify => "verify",
+            BenchOp::GetPublicKey => "get-public-key",
+        }
+    }
+}
+
+/// Starts the daemon, makes the keys, runs the load, reads the daemon's peak RSS and
+/// stops it.
+async fn run_hsmd(
+    args: &Args,
+    dir: &Path,
+    spec: KeySpec,
+    algorithm: SigningAlgorithm,
+    length: Length,
+) -> anyhow::Result<(bench::LatencyStats, Option<String>, u64)> {
+    let mut daemon = Daemon::start(dir)?;
+    let profile = Profile::load(dir.join("client.toml"))?;
+    let mut clients = Vec::new();
+    for _ in 0..args.connections.max(1) {
+        clients.push(Client::connect(&profile).await?);
+    }
+    make_extra_keys(&clients[0], args.extra_keys).await?;
+    let pb_spec = PbKeySpec::from_str_name(spec.name()).context("spec")?;
+    let key = clients[0]
+        .create_key(CreateKeyRequest { spec: pb_spec as i32, usage: KeyUsage::SignVerify as i32, ..Default::default() })
+        .await?;
+    let bench_spec = BenchSpec {
+        op: args.op,
+        key_id: key.key_id,
+        algorithm: PbAlg::from_str_name(algorithm.name()).context("algorithm")?,
+        concurrency: args.concurrency.max(1),
+        length,
+        warmup: args.warmup,
+    };
+    let (stats, first_error) = bench::run(&clients, &bench_spec).await?;
+    let rss = daemon.peak_rss_kib();
+    drop(clients);
+    daemon.stop();
+    Ok((stats, first_error, rss))
+}
+
+async fn make_extra_keys(client: &Client, n: usize) -> anyhow::Result<()> {
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in 0..n {
+        let c = client.clone();
+        tasks.spawn(async move {
+            c.create_key(CreateKeyRequest {
+                spec: PbKeySpec::EcP256 as i32,
+                usage: KeyUsage::SignVerify as i32,
+                description: format!("bench filler {i}"),
+                ..Default::default()
+            })
+            .await
+        });
+        if tasks.len() >= 8 {
+            if let Some(r) = tasks.join_next().await {
+                r??;
+            }
+        }
+    }
+    while let Some(r) = tasks.join_next().await {
+        r??;
+    }
+    Ok(())
+}
+
+/// The hsmd child process.
+struct Daemon {
+    child: Child,
+}
+
+impl Daemon {
+    fn start(dir: &Path) -> anyhow::Result<Daemon> {
+        let exe = std::env::current_exe()?.with_file_name("hsmd");
+        if !exe.exists() {
+            bail!("{} not found: build it first (cargo build --release -p hsmd)", exe.display());
+        }
+        let profile = dir.join("client.toml");
+        let _ = std::fs::remove_file(&profile);
+        let child = Command::new(&exe)
+            .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir)
+            .env("RUST_LOG", "warn,cryptoki::mechanism=off")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .with_context(|| format!("start {}", exe.display()))?;
+        let mut daemon = Daemon { child };
+        let start = Instant::now();
+        while !profile.exists() {
+            if let Some(status) = daemon.child.try_wait()? {
+                bail!("hsmd exited during start-up: {status}");
+            }
+            if start.elapsed() > Duration::from_secs(60) {
+                bail!("hsmd did not write {} within 60 s", profile.display());
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(daemon)
+    }
+
+    /// VmHWM of the child, KiB.
+    fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0)
+    }
+
+    fn stop(&mut self) {
+        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let start = Instant::now();
+        while start.elapsed() < Duration::from_secs(10) {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}

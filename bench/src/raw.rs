@@ -1,0 +1,134 @@
+//! The raw baseline: the same operation done in-process with cryptoki directly on the
+//! same token, with the same key template and the same input preparation as hsmd, one
+//! session per thread, the key's handles found once. This is the best a caller linked
+//! against the PKCS#11 module could do; hsmd's figure is compared with it.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::object::{Attribute, AttributeType, ObjectHandle};
+use cryptoki::session::{Session, UserType};
+use hsm_client::bench::{BENCH_MESSAGE, BenchOp, LatencyStats, Length};
+use hsmd::config::Config;
+use hsmd::hsm::objects::{self, KeyObjects};
+use hsmd::keys::manager::mechanism;
+use hsmd::keys::spec::{KeySpec, KeyUsage, MessageType, SigningAlgorithm};
+
+/// One raw run's parameters.
+pub struct RawSpec {
+    pub op: BenchOp,
+    pub spec: KeySpec,
+    pub algorithm: SigningAlgorithm,
+    pub threads: usize,
+    pub length: Length,
+    pub warmup: Duration,
+}
+
+/// Runs the baseline on the token of `cfg` and destroys its key afterwards.
+pub fn run(cfg: &Config, spec: &RawSpec) -> anyhow::Result<LatencyStats> {
+    let ctx = Pkcs11::new(&cfg.hsm.module).context("load module")?;
+    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))?;
+    let slot = ctx
+        .get_slots_with_token()?
+        .into_iter()
+        .find(|s| ctx.get_token_info(*s).map(|t| t.label().trim() == cfg.hsm.token_label).unwrap_or(false))
+        .context("token not found")?;
+    let admin = ctx.open_rw_session(slot)?;
+    admin.login(UserType::User, Some(&cfg.hsm.pin)).context("C_Login")?;
+    let id = uuid::Uuid::new_v4();
+    let template = objects::generation(spec.spec, KeyUsage::SignVerify, id.as_bytes(), &format!("raw-bench-{id}"))
+        .context("key spec")?;
+    let key = objects::generate(&admin, &template).context("generate key")?;
+    let result = measure(&ctx, slot, key, spec);
+    for h in [Some(key.private), key.public].into_iter().flatten() {
+        let _ = admin.destroy_object(h);
+    }
+    drop(admin);
+    ctx.finalize()?;
+    result
+}
+
+fn measure(ctx: &Pkcs11, slot: cryptoki::slot::Slot, key: KeyObjects, spec: &RawSpec) -> anyhow::Result<LatencyStats> {
+    let (mech, input) = mechanism(spec.algorithm, MessageType::Raw, BENCH_MESSAGE);
+    let sessions: Vec<Session> = (0..spec.threads.max(1)).map(|_| ctx.open_rw_session(slot)).collect::<Result<_, _>>()?;
+    let signature = sessions[0].sign(&mech.mechanism(), key.private, &mech.token_input(&input))?;
+    let op = Op { op: spec.op, algorithm: spec.algorithm, key, signature };
+    let mut sessions = sessions;
+    if !spec.warmup.is_zero() {
+        sessions = drive(sessions, &op, Length::Duration(spec.warmup))?.3;
+    }
+    let (micros, errors, elapsed, _) = drive(sessions, &op, spec.length)?;
+    Ok(LatencyStats::from_micros(micros, errors, elapsed))
+}
+
+struct Op {
+    op: BenchOp,
+    algorithm: SigningAlgorithm,
+    key: KeyObjects,
+    signature: Vec<u8>,
+}
+
+impl Op {
+    /// One call, doing what hsmd does for it: prepare the input, then the token call.
+    fn call(&self, s: &Session) -> cryptoki::error::Result<()> {
+        let (mech, input) = mechanism(self.algorithm, MessageType::Raw, BENCH_MESSAGE);
+        let data = mech.token_input(&input);
+        match self.op {
+            BenchOp::Sign => s.sign(&mech.mechanism(), self.key.private, &data).map(drop),
+            BenchOp::Verify => s.verify(&mech.mechanism(), public(self.key), &data, &self.signature),
+            BenchOp::GetPublicKey => s
+                .get_attributes(public(self.key), &[AttributeType::Modulus, AttributeType::EcPoint])
+                .map(|a: Vec<Attribute>| drop(a)),
+        }
+    }
+}
+
+fn public(k: KeyObjects) -> ObjectHandle {
+    k.public.unwrap_or(k.private)
+}
+
+/// Runs one thread per session (a `Session` is Send, not Sync: each thread owns one)
+/// and hands the sessions back.
+fn drive(sessions: Vec<Session>, op: &Op, length: Length) -> anyhow::Result<(Vec<u32>, u64, Duration, Vec<Session>)> {
+    let start = Instant::now();
+    let deadline = match length {
+        Length::Duration(d) => Some(start + d),
+        Length::Calls(_) => None,
+    };
+    let remaining = Arc::new(AtomicI64::new(match length {
+        Length::Calls(n) => n as i64,
+        Length::Duration(_) => i64::MAX,
+    }));
+    let results = std::thread::scope(|scope| {
+        let handles: Vec<_> = sessions
+            .into_iter()
+            .map(|s| {
+                let remaining = remaining.clone();
+                scope.spawn(move || {
+                    let (mut micros, mut errors) = (Vec::with_capacity(4096), 0u64);
+                    while !deadline.is_some_and(|d| Instant::now() >= d) && remaining.fetch_sub(1, Ordering::Relaxed) > 0 {
+                        let t = Instant::now();
+                        match op.call(&s) {
+                            Ok(()) => micros.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32),
+                            Err(_) => errors += 1,
+                        }
+                    }
+                    (micros, errors, s)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join()).collect::<Vec<_>>()
+    });
+    let elapsed = start.elapsed();
+    let (mut all, mut errors, mut back) = (Vec::new(), 0, Vec::new());
+    for r in results {
+        let (m, e, s) = r.map_err(|_| anyhow::anyhow!("bench thread panicked"))?;
+        all.extend(m);
+        errors += e;
+        back.push(s);
+    }
+    Ok((all, errors, elapsed, back))
+}

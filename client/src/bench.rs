@@ -1,0 +1,231 @@
+//! Load generation against hsmd, shared by `hsmctl bench` and `hsmd-bench`.
+//!
+//! `concurrency` tasks each keep one call in flight over one or several HTTP/2
+//! connections, for a duration or a call count, after a warm-up. Latencies are kept per
+//! call (microseconds) and summarised as percentiles; [`LatencyStats`] is also used for
+//! the raw PKCS#11 baseline so both sides are summarised the same way.
+
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::client::Client;
+use crate::error::ClientError;
+use crate::v1::{GetPublicKeyRequest, MessageType, SignRequest, SigningAlgorithm, VerifyRequest};
+
+/// Operations the load generator can drive.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BenchOp {
+    /// Sign a 32-byte RAW message.
+    Sign,
+    /// Verify a signature made once before the run.
+    Verify,
+    /// GetPublicKey (no token work: store and gRPC overhead only).
+    GetPublicKey,
+}
+
+/// How long a run lasts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Length {
+    /// Wall-clock duration of the measured part.
+    Duration(Duration),
+    /// Total calls in the measured part.
+    Calls(u64),
+}
+
+/// One run's parameters.
+#[derive(Debug, Clone)]
+pub struct BenchSpec {
+    /// Operation to drive.
+    pub op: BenchOp,
+    /// Key id or alias.
+    pub key_id: String,
+    /// Signing algorithm (sign and verify).
+    pub algorithm: SigningAlgorithm,
+    /// Calls in flight at once.
+    pub concurrency: usize,
+    /// How long the measured part lasts.
+    pub length: Length,
+    /// Unmeasured warm-up.
+    pub warmup: Duration,
+}
+
+/// Throughput and latency of one run.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct LatencyStats {
+    /// Successful calls measured.
+    pub calls: u64,
+    /// Failed calls.
+    pub errors: u64,
+    /// Measured wall-clock seconds.
+    pub seconds: f64,
+    /// Successful calls per second.
+    pub ops_per_sec: f64,
+    /// Latency percentiles and maximum, milliseconds.
+    pub p50_ms: f64,
+    /// 90th percentile, ms.
+    pub p90_ms: f64,
+    /// 99th percentile, ms.
+    pub p99_ms: f64,
+    /// Slowest call, ms.
+    pub max_ms: f64,
+}
+
+impl LatencyStats {
+    /// Summarises successful-call latencies (microseconds), error count and elapsed time.
+    pub fn from_micros(mut micros: Vec<u32>, errors: u64, elapsed: Duration) -> Self {
+        micros.sort_unstable();
+        let pct = |p: f64| -> f64 {
+            if micros.is_empty() {
+                return 0.0;
+            }
+            let rank = ((p / 100.0) * micros.len() as f64).ceil() as usize;
+            micros[rank.clamp(1, micros.len()) - 1] as f64 / 1000.0
+        };
+        let seconds = elapsed.as_secs_f64();
+        LatencyStats {
+            calls: micros.len() as u64,
+            errors,
+            seconds,
+            ops_per_sec: if seconds > 0.0 { micros.len() as f64 / seconds } else { 0.0 },
+            p50_ms: pct(50.0),
+            p90_ms: pct(90.0),
+            p99_ms: pct(99.0),
+            max_ms: micros.last().map(|m| *m as f64 / 1000.0).unwrap_or(0.0),
+        }
+    }
+}
+
+/// The message every benchmark call signs (RAW, 32 bytes).
+pub const BENCH_MESSAGE: &[u8; 32] = b"hsmd benchmark message 32 bytes!";
+
+/// Runs the load over `clients` (one connection each; tasks are spread over them).
+/// The first error's text is returned beside the stats so a failing run is explained.
+pub async fn run(clients: &[Client], spec: &BenchSpec) -> Result<(LatencyStats, Option<String>), ClientError> {
+    let first = clients.first().ok_or(ClientError::MissingField("at least one connection"))?;
+    let signature = match spec.op {
+        BenchOp::Verify => first.sign(&spec.key_id, spec.algorithm, MessageType::Raw, BENCH_MESSAGE.to_vec()).await?,
+        _ => Vec::new(),
+    };
+    if !spec.warmup.is_zero() {
+        drive(clients, spec, &signature, Length::Duration(spec.warmup)).await;
+    }
+    let (micros, errors, first_error, elapsed) = drive(clients, spec, &signature, spec.length).await;
+    Ok((LatencyStats::from_micros(micros, errors, elapsed), first_error))
+}
+
+async fn drive(
+    clients: &[Client],
+    spec: &BenchSpec,
+    signature: &[u8],
+    length: Length,
+) -> (Vec<u32>, u64, Option<String>, Duration) {
+    let start = Instant::now();
+    let deadline = match length {
+        Length::Duration(d) => Some(start + d),
+        Length::Calls(_) => None,
+    };
+    let remaining = std::sync::Arc::new(std::sync::atomic::AtomicI64::new(match length {
+        Length::Calls(n) => n as i64,
+        Length::Duration(_) => i64::MAX,
+    }));
+    let mut tasks = Vec::with_capacity(spec.concurrency);
+    for i in 0..spec.concurrency.max(1) {
+        let client = clients[i % clients.len()].clone();
+        let (spec, signature, remaining) = (spec.clone(), signature.to_vec(), remaining.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut micros = Vec::with_capacity(4096);
+            let (mut errors, mut first_error) = (0u64, None);
+            loop {
+                if deadline.is_some_and(|d| Instant::now() >= d)
+                    || remaining.fetch_sub(1, std::sync::atomic::Ordering::Relaxed) <= 0
+                {
+                    break;
+                }
+                let t = Instant::now();
+                match one_call(&client, &spec, &signature).await {
+                    Ok(()) => micros.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32),
+                    Err(e) => {
+                        errors += 1;
+                        first_error.get_or_insert_with(|| e.to_string());
+                    }
+                }
+            }
+            (micros, errors, first_error)
+        }));
+    }
+    let mut all = Vec::new();
+    let (mut errors, mut first_error) = (0, None);
+    for t in tasks {
+        if let Ok((m, e, f)) = t.await {
+            all.extend(m);
+            errors += e;
+            first_error = first_error.or(f);
+        }
+    }
+    (all, errors, first_error, start.elapsed())
+}
+
+async fn one_call(client: &Client, spec: &BenchSpec, signature: &[u8]) -> Result<(), ClientError> {
+    let mut keys = client.keys();
+    match spec.op {
+        BenchOp::Sign => {
+            let req = SignRequest {
+                key_id: spec.key_id.clone(),
+                algorithm: spec.algorithm as i32,
+                message_type: MessageType::Raw as i32,
+                message: BENCH_MESSAGE.to_vec(),
+            };
+            keys.sign(req).await?;
+        }
+        BenchOp::Verify => {
+            let req = VerifyRequest {
+                key_id: spec.key_id.clone(),
+                algorithm: spec.algorithm as i32,
+                message_type: MessageType::Raw as i32,
+                message: BENCH_MESSAGE.to_vec(),
+                signature: signature.to_vec(),
+            };
+            if !keys.verify(req).await?.into_inner().valid {
+                return Err(ClientError::MissingField("valid signature"));
+            }
+        }
+        BenchOp::GetPublicKey => {
+            keys.get_public_key(GetPublicKeyRequest { key_id: spec.key_id.clone() }).await?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn percentiles() {
+        let s = LatencyStats::from_micros((1..=100).map(|i| i * 1000).collect(), 2, Duration::from_secs(2));
+        assert_eq!(s.calls, 100);
+        assert_eq!(s.errors, 2);
+        assert_eq!(s.ops_per_sec, 50.0);
+        assert_eq!(s.p50_ms, 50.0);
+        assert_eq!(s.p99_ms, 99.0);
+        assert_eq!(s.max_ms, 100.0);
+        assert_eq!(LatencyStats::from_micros(vec![], 0, Duration::ZERO).p99_ms, 0.0);
+    }
+}
+
+/// A plain table of runs: one row per (name, stats).
+pub fn table(rows: &[(&str, &LatencyStats)]) -> String {
+    let mut out = format!(
+        "{:<8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}\n",
+        "", "ops/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "calls", "errors"
+    );
+    for (name, s) in rows {
+        out.push_str(&format!(
+            "{:<8} {:>10.0} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9} {:>7}\n",
+            name, s.ops_per_sec, s.p50_ms, s.p90_ms, s.p99_ms, s.max_ms, s.calls, s.errors
+        ));
+    }
+    out
+}
