@@ -1,6 +1,7 @@
 //! The raw baseline: the same operation done in-process with cryptoki directly on the
-//! same token, with the same key template and the same input preparation as hsmd, one
-//! session per thread, the key's handles found once. This is the best a caller linked
+//! same token, with the same key template, the same session-object copy of the private
+//! key and the same input preparation as hsmd, one session per thread, the key's handles
+//! found once. This is the best a caller linked
 //! against the PKCS#11 module could do; hsmd's figure is compared with it.
 
 use std::sync::Arc;
@@ -42,8 +43,10 @@ pub fn run(cfg: &Config, spec: &RawSpec) -> anyhow::Result<LatencyStats> {
     let template = objects::generation(spec.spec, KeyUsage::SignVerify, id.as_bytes(), &format!("raw-bench-{id}"))
         .context("key spec")?;
     let key = objects::generate(&admin, &template).context("generate key")?;
-    let result = measure(&ctx, slot, key, spec);
-    for h in [Some(key.private), key.public].into_iter().flatten() {
+    // Use the key as hsmd does: through a session-object copy of the private key.
+    let copy = admin.copy_object(key.private, &[Attribute::Token(false)]).context("C_CopyObject")?;
+    let result = measure(&ctx, slot, KeyObjects { private: copy, public: key.public }, spec);
+    for h in [Some(copy), Some(key.private), key.public].into_iter().flatten() {
         let _ = admin.destroy_object(h);
     }
     drop(admin);

@@ -118,8 +118,9 @@ pub fn generate(session: &Session, template: &Generation) -> cryptoki::error::Re
     }
 }
 
-/// Finds a key's objects by CKA_ID; `None` when the token has no private/secret object.
-pub fn find(session: &Session, id: &[u8]) -> cryptoki::error::Result<Option<KeyObjects>> {
+/// Finds a key's token objects (not session copies) by CKA_ID; `None` when the token has
+/// no private/secret object for it.
+pub fn find_token_objects(session: &Session, id: &[u8]) -> cryptoki::error::Result<Option<KeyObjects>> {
     let private = find_one(session, id, ObjectClass::PRIVATE_KEY)?
         .or(find_one(session, id, ObjectClass::SECRET_KEY)?);
     let Some(private) = private else { return Ok(None) };
@@ -132,7 +133,7 @@ fn find_one(
     id: &[u8],
     class: ObjectClass,
 ) -> cryptoki::error::Result<Option<ObjectHandle>> {
-    let template = [Attribute::Class(class), Attribute::Id(id.to_vec())];
+    let template = [Attribute::Token(true), Attribute::Class(class), Attribute::Id(id.to_vec())];
     Ok(session.find_objects(&template)?.into_iter().next())
 }
 
@@ -140,7 +141,7 @@ fn find_one(
 pub fn list_ids(session: &Session) -> cryptoki::error::Result<Vec<(ObjectClass, Vec<u8>)>> {
     let mut out = Vec::new();
     for class in [ObjectClass::PRIVATE_KEY, ObjectClass::SECRET_KEY, ObjectClass::PUBLIC_KEY] {
-        for h in session.find_objects(&[Attribute::Class(class)])? {
+        for h in session.find_objects(&[Attribute::Token(true), Attribute::Class(class)])? {
             for attr in session.get_attributes(h, &[AttributeType::Id])? {
                 if let Attribute::Id(id) = attr {
                     out.push((class, id));
