@@ -49,6 +49,9 @@ struct Args {
     /// Other EC_P256 keys to create in the token first (lookup costs must stay flat).
     #[arg(long, default_value_t = 0)]
     extra_keys: usize,
+    /// hsmd side: sign over the SignStream RPC (one stream per connection).
+    #[arg(long)]
+    stream: bool,
     /// Output: table or json.
     #[arg(short, long, default_value = "table")]
     output: String,
@@ -68,6 +71,9 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    if args.stream && args.op != BenchOp::Sign {
+        bail!("--stream works with --op sign only");
+    }
     let spec = KeySpec::from_name(&args.spec.to_uppercase()).context("--spec: unknown key spec")?;
     let algorithm = SigningAlgorithm::from_name(&args.algorithm.to_uppercase()).context("--algorithm: unknown")?;
     let tmp = tempfile::tempdir()?;
@@ -86,6 +92,7 @@ fn main() -> anyhow::Result<()> {
         let v = serde_json::json!({
             "op": args.op, "spec": spec.name(), "algorithm": algorithm.name(),
             "concurrency": args.concurrency, "connections": args.connections, "extra_keys": args.extra_keys,
+            "stream": args.stream,
             "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
             "raw": raw_stats, "hsmd": hsmd_stats, "ratio": ratio, "hsmd_peak_rss_kib": rss,
             "first_error": first_error,
@@ -93,8 +100,9 @@ fn main() -> anyhow::Result<()> {
         println!("{v}");
     } else {
         println!(
-            "{} {} {} concurrency {} ({} connection(s)), {} extra keys",
-            args.op_name(), spec, algorithm, args.concurrency, args.connections, args.extra_keys
+            "{} {} {} concurrency {} ({} connection(s){}), {} extra keys",
+            args.op_name(), spec, algorithm, args.concurrency, args.connections,
+            if args.stream { ", SignStream" } else { "" }, args.extra_keys
         );
         print!("{}", bench::table(&[("raw", &raw_stats), ("hsmd", &hsmd_stats)]));
         println!("ratio hsmd/raw: {ratio:.3}   hsmd peak RSS: {rss} KiB");
@@ -142,6 +150,7 @@ async fn run_hsmd(
         concurrency: args.concurrency.max(1),
         length,
         warmup: args.warmup,
+        stream: args.stream,
     };
     let (stats, first_error) = bench::run(&clients, &bench_spec).await?;
     let rss = daemon.peak_rss_kib();

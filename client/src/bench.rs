@@ -49,6 +49,9 @@ pub struct BenchSpec {
     pub length: Length,
     /// Unmeasured warm-up.
     pub warmup: Duration,
+    /// Sign over SignStream (one stream per connection, `concurrency` requests in
+    /// flight in all) instead of unary calls.
+    pub stream: bool,
 }
 
 /// Throughput and latency of one run.
@@ -121,6 +124,9 @@ async fn drive(
     signature: &[u8],
     length: Length,
 ) -> (Vec<u32>, u64, Option<String>, Duration) {
+    if spec.stream {
+        return stream::drive(clients, spec, length).await;
+    }
     let start = Instant::now();
     let deadline = match length {
         Length::Duration(d) => Some(start + d),
@@ -196,6 +202,111 @@ async fn one_call(client: &Client, spec: &BenchSpec, signature: &[u8]) -> Result
         }
     }
     Ok(())
+}
+
+/// Sign over SignStream: per stream, a sender keeps up to `window` requests in flight
+/// and a receiver takes the in-order answers, timing each from its send.
+mod stream {
+    use std::collections::VecDeque;
+    use std::sync::{Arc, Mutex};
+    use std::time::Instant;
+
+    use tokio::sync::Semaphore;
+
+    use super::{BENCH_MESSAGE, BenchSpec, Length};
+    use crate::client::Client;
+    use crate::v1::{MessageType, SignRequest, sign_stream_response};
+
+    pub async fn drive(clients: &[Client], spec: &BenchSpec, length: Length) -> (Vec<u32>, u64, Option<String>, std::time::Duration) {
+        let start = Instant::now();
+        let window = spec.concurrency.div_ceil(clients.len()).max(1);
+        let per_stream = match length {
+            Length::Calls(n) => Some(n.div_ceil(clients.len() as u64)),
+            Length::Duration(_) => None,
+        };
+        let deadline = match length {
+            Length::Duration(d) => Some(start + d),
+            Length::Calls(_) => None,
+        };
+        let mut tasks = Vec::new();
+        for client in clients {
+            let (client, spec) = (client.clone(), spec.clone());
+            tasks.push(tokio::spawn(async move { one_stream(client, spec, window, per_stream, deadline).await }));
+        }
+        let (mut all, mut errors, mut first_error) = (Vec::new(), 0, None);
+        for t in tasks {
+            match t.await {
+                Ok((m, e, f)) => {
+                    all.extend(m);
+                    errors += e;
+                    first_error = first_error.or(f);
+                }
+                Err(e) => first_error = first_error.or(Some(e.to_string())),
+            }
+        }
+        (all, errors, first_error, start.elapsed())
+    }
+
+    async fn one_stream(
+        client: Client,
+        spec: BenchSpec,
+        window: usize,
+        calls: Option<u64>,
+        deadline: Option<Instant>,
+    ) -> (Vec<u32>, u64, Option<String>) {
+        let (tx, rx) = tokio::sync::mpsc::channel::<SignRequest>(window);
+        let sent: Arc<Mutex<VecDeque<Instant>>> = Arc::default();
+        let permits = Arc::new(Semaphore::new(window));
+        let (sent2, permits2) = (sent.clone(), permits.clone());
+        let request = SignRequest {
+            key_id: spec.key_id.clone(),
+            algorithm: spec.algorithm as i32,
+            message_type: MessageType::Raw as i32,
+            message: BENCH_MESSAGE.to_vec(),
+        };
+        let sender = tokio::spawn(async move {
+            let mut n = 0u64;
+            while calls.is_none_or(|c| n < c) && deadline.is_none_or(|d| Instant::now() < d) {
+                let Ok(p) = permits2.acquire().await else { break };
+                p.forget();
+                sent2.lock().unwrap_or_else(|e| e.into_inner()).push_back(Instant::now());
+                if tx.send(request.clone()).await.is_err() {
+                    break;
+                }
+                n += 1;
+            }
+        });
+        let mut answers = match client.keys().sign_stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await {
+            Ok(r) => r.into_inner(),
+            Err(e) => return (Vec::new(), 1, Some(e.to_string())),
+        };
+        let (mut micros, mut errors, mut first_error) = (Vec::new(), 0, None);
+        loop {
+            match answers.message().await {
+                Ok(Some(a)) => {
+                    let t = sent.lock().unwrap_or_else(|e| e.into_inner()).pop_front();
+                    permits.add_permits(1);
+                    match a.result {
+                        Some(sign_stream_response::Result::Signature(_)) => {
+                            micros.push(t.map(|t| t.elapsed().as_micros().min(u32::MAX as u128) as u32).unwrap_or(0));
+                        }
+                        other => {
+                            errors += 1;
+                            first_error.get_or_insert_with(|| format!("{other:?}"));
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    errors += 1;
+                    first_error.get_or_insert_with(|| e.to_string());
+                    break;
+                }
+            }
+        }
+        let _ = sender.await;
+        (micros, errors, first_error)
+    }
 }
 
 #[cfg(test)]

@@ -38,6 +38,9 @@ pub struct BenchArgs {
     /// Unmeasured warm-up before the run.
     #[arg(long, default_value = "1s", value_parser = parse_duration)]
     warmup: Duration,
+    /// Sign over the SignStream RPC (one stream per connection) instead of unary calls.
+    #[arg(long)]
+    stream: bool,
 }
 
 impl BenchArgs {
@@ -55,12 +58,16 @@ impl BenchArgs {
             concurrency: self.concurrency.max(1),
             length: self.calls.map(Length::Calls).unwrap_or(Length::Duration(self.duration)),
             warmup: self.warmup,
+            stream: self.stream,
         };
+        if spec.stream && spec.op != BenchOp::Sign {
+            return Err(CliError::usage("--stream works with --op sign only"));
+        }
         let (stats, first_error) = bench::run(&clients, &spec).await?;
         if ctx.json() {
             let v = serde_json::json!({
                 "op": spec.op, "key_id": spec.key_id, "algorithm": algorithm.as_str_name(),
-                "concurrency": spec.concurrency, "connections": clients.len(),
+                "concurrency": spec.concurrency, "connections": clients.len(), "stream": spec.stream,
                 "hsmd": stats, "first_error": first_error,
             });
             println(v)?;

@@ -5,7 +5,7 @@ use hsmd_proto::v1::key_service_server::KeyService;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, alg_from_pb, mt_from_pb};
-use super::{ApiError, Call, Ctx};
+use super::{ApiError, Call, Ctx, Identity};
 use crate::audit::record::input_hash;
 use crate::keys::manager::NewKey;
 use crate::keys::model::{KeyRecord, Transition};
@@ -24,7 +24,13 @@ macro_rules! method {
     };
 }
 
+/// Requests of one SignStream worked on at once.
+const STREAM_WINDOW: usize = 32;
+
+type SignStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::SignStreamResponse, Status>> + Send>>;
+
 /// The KeyService implementation.
+#[derive(Clone)]
 pub struct KeyApi {
     ctx: Ctx,
 }
@@ -65,6 +71,21 @@ impl KeyApi {
             .await?;
         call.note_key(named, id);
         Ok(result?)
+    }
+
+    /// One Sign request, unary or from a stream.
+    async fn sign_one(&self, call: &mut Call, r: pb::SignRequest) -> Result<pb::SignResponse, ApiError> {
+        call.event.input_sha256 = input_hash(&r.message);
+        call.authorize(&self.ctx.auth)?;
+        let alg = alg_from_pb(r.algorithm)?;
+        let mt = mt_from_pb(r.message_type)?;
+        call.event.algorithm = alg.name().into();
+        call.event.message_type = mt.name().into();
+        let msg = r.message;
+        let (id, signature) = self
+            .with_key(call, &r.key_id, move |m, key| Ok((key.id, m.sign(&key, alg, mt, &msg)?)))
+            .await?;
+        Ok(pb::SignResponse { key_id: id.to_string(), algorithm: r.algorithm, signature })
     }
 
     /// Resolves a key and applies a lifecycle transition to it.
@@ -268,22 +289,45 @@ impl KeyService for KeyApi {
 
     async fn sign(&self, req: Request<pb::SignRequest>) -> Result<Response<pb::SignResponse>, Status> {
         let mut call = Call::begin(&req, method!("Sign"));
-        let r = req.into_inner();
-        call.event.input_sha256 = input_hash(&r.message);
-        let result = async {
-            call.authorize(&self.ctx.auth)?;
-            let alg = alg_from_pb(r.algorithm)?;
-            let mt = mt_from_pb(r.message_type)?;
-            call.event.algorithm = alg.name().into();
-            call.event.message_type = mt.name().into();
-            let msg = r.message;
-            let (id, signature) = self
-                .with_key(&mut call, &r.key_id, move |m, key| Ok((key.id, m.sign(&key, alg, mt, &msg)?)))
-                .await?;
-            Ok(pb::SignResponse { key_id: id.to_string(), algorithm: r.algorithm, signature })
-        }
-        .await;
+        let result = self.sign_one(&mut call, req.into_inner()).await;
         self.ctx.finish(call, result).await
+    }
+
+    type SignStreamStream = SignStream;
+
+    async fn sign_stream(
+        &self,
+        req: Request<tonic::Streaming<pb::SignRequest>>,
+    ) -> Result<Response<SignStream>, Status> {
+        use futures_util::StreamExt;
+        let who = Identity::of(&req);
+        let api = self.clone();
+        // Requests are worked on concurrently (up to STREAM_WINDOW) and answered in order.
+        let answers = req
+            .into_inner()
+            .take_while(|r| std::future::ready(r.is_ok()))
+            .filter_map(|r| std::future::ready(r.ok()))
+            .enumerate()
+            .map(move |(index, r)| {
+                let (api, who) = (api.clone(), who.clone());
+                async move {
+                    let mut call = Call::with_identity(&who, method!("SignStream"));
+                    let result = api.sign_one(&mut call, r).await;
+                    let (request_id, result) = api.ctx.record(call, result).await;
+                    let result = match result {
+                        Ok(s) => pb::sign_stream_response::Result::Signature(s),
+                        Err(e) => pb::sign_stream_response::Result::Error(pb::StreamError {
+                            code: e.code() as i32,
+                            reason: e.reason().into(),
+                            message: e.to_status().message().to_string(),
+                            request_id,
+                        }),
+                    };
+                    Ok(pb::SignStreamResponse { index: index as u64, result: Some(result) })
+                }
+            });
+        let ordered = answers.buffered(STREAM_WINDOW);
+        Ok(Response::new(Box::pin(ordered)))
     }
 
     async fn verify(&self, req: Request<pb::VerifyRequest>) -> Result<Response<pb::VerifyResponse>, Status> {

@@ -26,6 +26,24 @@ pub struct Ctx {
     pub auth: Arc<Authorizer>,
 }
 
+/// Who is calling, from the connection: principal (verified client certificate) and peer.
+#[derive(Debug, Clone)]
+pub struct Identity {
+    pub principal: Option<String>,
+    pub peer: String,
+}
+
+impl Identity {
+    /// Reads the identity of a request's connection.
+    pub fn of<T>(req: &Request<T>) -> Identity {
+        let principal = req
+            .peer_certs()
+            .and_then(|certs| certs.first().and_then(|c| principal_from_cert(c.as_ref())));
+        let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
+        Identity { principal, peer }
+    }
+}
+
 /// One call in flight: its audit facts and its caller.
 pub struct Call {
     started: Instant,
@@ -38,17 +56,19 @@ impl Call {
     /// Starts a call: request id, peer and principal (from the verified client
     /// certificate; TLS already refused certificates from other CAs).
     pub fn begin<T>(req: &Request<T>, method: &'static str) -> Call {
-        let principal = req
-            .peer_certs()
-            .and_then(|certs| certs.first().and_then(|c| principal_from_cert(c.as_ref())));
+        Call::with_identity(&Identity::of(req), method)
+    }
+
+    /// Starts a call for a caller already identified (the requests of one stream).
+    pub fn with_identity(who: &Identity, method: &'static str) -> Call {
         let event = AuditEvent {
             request_id: uuid::Uuid::new_v4().to_string(),
-            principal: principal.clone().unwrap_or_default(),
-            peer: req.remote_addr().map(|a| a.to_string()).unwrap_or_default(),
+            principal: who.principal.clone().unwrap_or_default(),
+            peer: who.peer.clone(),
             method: method.to_string(),
             ..Default::default()
         };
-        Call { started: Instant::now(), method, event, principal }
+        Call { started: Instant::now(), method, event, principal: who.principal.clone() }
     }
 
     /// The caller, if allowed to call at all.
@@ -93,7 +113,23 @@ impl Ctx {
 
     /// Writes the call's audit record and only then answers. If the record cannot be
     /// made durable, the answer is UNAVAILABLE whatever the call did.
-    pub async fn finish<T>(&self, mut call: Call, result: Result<T, ApiError>) -> Result<Response<T>, Status> {
+    pub async fn finish<T>(&self, call: Call, result: Result<T, ApiError>) -> Result<Response<T>, Status> {
+        let (request_id, result) = self.record(call, result).await;
+        match result {
+            Ok(v) => {
+                let mut resp = Response::new(v);
+                if let Ok(v) = request_id.parse() {
+                    resp.metadata_mut().insert("x-request-id", v);
+                }
+                Ok(resp)
+            }
+            Err(e) => Err(with_request_id(e.to_status(), &request_id)),
+        }
+    }
+
+    /// Makes the call's audit record durable; returns its request id and the result to
+    /// answer with (AUDIT_UNAVAILABLE if the record could not be written).
+    pub async fn record<T>(&self, mut call: Call, result: Result<T, ApiError>) -> (String, Result<T, ApiError>) {
         call.event.duration_us = call.started.elapsed().as_micros() as u64;
         match &result {
             Ok(_) => {
@@ -109,18 +145,9 @@ impl Ctx {
         let request_id = call.event.request_id.clone();
         if let Err(e) = self.audit.append(call.event).await {
             tracing::error!(error = %e, method = call.method, "audit record not written; failing the call");
-            return Err(with_request_id(ApiError::AuditUnavailable.to_status(), &request_id));
+            return (request_id, Err(ApiError::AuditUnavailable));
         }
-        match result {
-            Ok(v) => {
-                let mut resp = Response::new(v);
-                if let Ok(v) = request_id.parse() {
-                    resp.metadata_mut().insert("x-request-id", v);
-                }
-                Ok(resp)
-            }
-            Err(e) => Err(with_request_id(e.to_status(), &request_id)),
-        }
+        (request_id, result)
     }
 }
 
