@@ -4,13 +4,20 @@
 use std::{env, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["hsmd/v1/keys.proto", "hsmd/v1/audit.proto", "hsmd/v1/token.proto"];
+    let files = [
+        "hsmd/v1/keys.proto",
+        "hsmd/v1/audit.proto",
+        "hsmd/v1/token.proto",
+    ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
     }
     let fds = protox::compile(files, ["."])?;
     let out = PathBuf::from(env::var("OUT_DIR")?);
-    std::fs::write(out.join("hsmd_descriptor.bin"), prost::Message::encode_to_vec(&fds))?;
+    std::fs::write(
+        out.join("hsmd_descriptor.bin"),
+        prost::Message::encode_to_vec(&fds),
+    )?;
     tonic_prost_build::configure().compile_fds(fds)?;
     Ok(())
 }

@@ -17,7 +17,11 @@ use hsm_client::{Client, Profile};
 use hsmd::keys::spec::{KeySpec, SigningAlgorithm};
 
 #[derive(Parser)]
-#[command(name = "hsmd-bench", version, about = "hsmd throughput and latency against raw PKCS#11 on the same token, in one run")]
+#[command(
+    name = "hsmd-bench",
+    version,
+    about = "hsmd throughput and latency against raw PKCS#11 on the same token, in one run"
+)]
 struct Args {
     /// Data folder of a dev token to reuse (default: a fresh temporary one).
     #[arg(long, value_name = "DIR")]
@@ -58,7 +62,10 @@ struct Args {
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
-    let (n, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit() && c != '.').unwrap_or(s.len()));
+    let (n, unit) = s.split_at(
+        s.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(s.len()),
+    );
     let n: f64 = n.parse().map_err(|_| format!("bad duration '{s}'"))?;
     let secs = match unit {
         "" | "s" => n,
@@ -75,19 +82,40 @@ fn main() -> anyhow::Result<()> {
         bail!("--stream works with --op sign only");
     }
     let spec = KeySpec::from_name(&args.spec.to_uppercase()).context("--spec: unknown key spec")?;
-    let algorithm = SigningAlgorithm::from_name(&args.algorithm.to_uppercase()).context("--algorithm: unknown")?;
+    let algorithm = SigningAlgorithm::from_name(&args.algorithm.to_uppercase())
+        .context("--algorithm: unknown")?;
     let tmp = tempfile::tempdir()?;
-    let dir = args.data_dir.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    let dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| tmp.path().to_path_buf());
     // Provisioning sets SOFTHSM2_CONF for this process: before any thread exists.
     let config_path = hsmd::dev::provision(&dir, "127.0.0.1:0")?;
     let config = hsmd::config::Config::load(&config_path)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-    let length = args.calls.map(Length::Calls).unwrap_or(Length::Duration(args.duration));
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let length = args
+        .calls
+        .map(Length::Calls)
+        .unwrap_or(Length::Duration(args.duration));
 
-    let (hsmd_stats, first_error, rss) = runtime.block_on(run_hsmd(&args, &dir, spec, algorithm, length))?;
-    let raw_spec = raw::RawSpec { op: args.op, spec, algorithm, threads: args.concurrency, length, warmup: args.warmup };
+    let (hsmd_stats, first_error, rss) =
+        runtime.block_on(run_hsmd(&args, &dir, spec, algorithm, length))?;
+    let raw_spec = raw::RawSpec {
+        op: args.op,
+        spec,
+        algorithm,
+        threads: args.concurrency,
+        length,
+        warmup: args.warmup,
+    };
     let raw_stats = raw::run(&config, &raw_spec)?;
-    let ratio = if raw_stats.ops_per_sec > 0.0 { hsmd_stats.ops_per_sec / raw_stats.ops_per_sec } else { 0.0 };
+    let ratio = if raw_stats.ops_per_sec > 0.0 {
+        hsmd_stats.ops_per_sec / raw_stats.ops_per_sec
+    } else {
+        0.0
+    };
     if args.output == "json" {
         let v = serde_json::json!({
             "op": args.op, "spec": spec.name(), "algorithm": algorithm.name(),
@@ -101,10 +129,18 @@ fn main() -> anyhow::Result<()> {
     } else {
         println!(
             "{} {} {} concurrency {} ({} connection(s){}), {} extra keys",
-            args.op_name(), spec, algorithm, args.concurrency, args.connections,
-            if args.stream { ", SignStream" } else { "" }, args.extra_keys
+            args.op_name(),
+            spec,
+            algorithm,
+            args.concurrency,
+            args.connections,
+            if args.stream { ", SignStream" } else { "" },
+            args.extra_keys
         );
-        print!("{}", bench::table(&[("raw", &raw_stats), ("hsmd", &hsmd_stats)]));
+        print!(
+            "{}",
+            bench::table(&[("raw", &raw_stats), ("hsmd", &hsmd_stats)])
+        );
         println!("ratio hsmd/raw: {ratio:.3}   hsmd peak RSS: {rss} KiB");
         if let Some(e) = first_error {
             println!("first hsmd error: {e}");
@@ -141,7 +177,11 @@ async fn run_hsmd(
     make_extra_keys(&clients[0], args.extra_keys).await?;
     let pb_spec = PbKeySpec::from_str_name(spec.name()).context("spec")?;
     let key = clients[0]
-        .create_key(CreateKeyRequest { spec: pb_spec as i32, usage: KeyUsage::SignVerify as i32, ..Default::default() })
+        .create_key(CreateKeyRequest {
+            spec: pb_spec as i32,
+            usage: KeyUsage::SignVerify as i32,
+            ..Default::default()
+        })
         .await?;
     let bench_spec = BenchSpec {
         op: args.op,
@@ -172,10 +212,10 @@ async fn make_extra_keys(client: &Client, n: usize) -> anyhow::Result<()> {
             })
             .await
         });
-        if tasks.len() >= 8 {
-            if let Some(r) = tasks.join_next().await {
-                r??;
-            }
+        if tasks.len() >= 8
+            && let Some(r) = tasks.join_next().await
+        {
+            r??;
         }
     }
     while let Some(r) = tasks.join_next().await {
@@ -193,7 +233,10 @@ impl Daemon {
     fn start(dir: &Path) -> anyhow::Result<Daemon> {
         let exe = std::env::current_exe()?.with_file_name("hsmd");
         if !exe.exists() {
-            bail!("{} not found: build it first (cargo build --release -p hsmd)", exe.display());
+            bail!(
+                "{} not found: build it first (cargo build --release -p hsmd)",
+                exe.display()
+            );
         }
         let profile = dir.join("client.toml");
         let _ = std::fs::remove_file(&profile);
@@ -221,7 +264,8 @@ impl Daemon {
 
     /// VmHWM of the child, KiB.
     fn peak_rss_kib(&self) -> u64 {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id())).unwrap_or_default();
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.child.id()))
+            .unwrap_or_default();
         status
             .lines()
             .find_map(|l| l.strip_prefix("VmHWM:"))
@@ -230,7 +274,10 @@ impl Daemon {
     }
 
     fn stop(&mut self) {
-        let _ = Command::new("kill").arg("-TERM").arg(self.child.id().to_string()).status();
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
         let start = Instant::now();
         while start.elapsed() < Duration::from_secs(10) {
             if let Ok(Some(_)) = self.child.try_wait() {

@@ -35,18 +35,42 @@ pub fn run(cfg: &Config, spec: &RawSpec) -> anyhow::Result<LatencyStats> {
     let slot = ctx
         .get_slots_with_token()?
         .into_iter()
-        .find(|s| ctx.get_token_info(*s).map(|t| t.label().trim() == cfg.hsm.token_label).unwrap_or(false))
+        .find(|s| {
+            ctx.get_token_info(*s)
+                .map(|t| t.label().trim() == cfg.hsm.token_label)
+                .unwrap_or(false)
+        })
         .context("token not found")?;
     let admin = ctx.open_rw_session(slot)?;
-    admin.login(UserType::User, Some(&cfg.hsm.pin)).context("C_Login")?;
+    admin
+        .login(UserType::User, Some(&cfg.hsm.pin))
+        .context("C_Login")?;
     let id = uuid::Uuid::new_v4();
-    let template = objects::generation(spec.spec, KeyUsage::SignVerify, id.as_bytes(), &format!("raw-bench-{id}"))
-        .context("key spec")?;
+    let template = objects::generation(
+        spec.spec,
+        KeyUsage::SignVerify,
+        id.as_bytes(),
+        &format!("raw-bench-{id}"),
+    )
+    .context("key spec")?;
     let key = objects::generate(&admin, &template).context("generate key")?;
     // Use the key as hsmd does: through a session-object copy of the private key.
-    let copy = admin.copy_object(key.private, &[Attribute::Token(false)]).context("C_CopyObject")?;
-    let result = measure(&ctx, slot, KeyObjects { private: copy, public: key.public }, spec);
-    for h in [Some(copy), Some(key.private), key.public].into_iter().flatten() {
+    let copy = admin
+        .copy_object(key.private, &[Attribute::Token(false)])
+        .context("C_CopyObject")?;
+    let result = measure(
+        &ctx,
+        slot,
+        KeyObjects {
+            private: copy,
+            public: key.public,
+        },
+        spec,
+    );
+    for h in [Some(copy), Some(key.private), key.public]
+        .into_iter()
+        .flatten()
+    {
         let _ = admin.destroy_object(h);
     }
     drop(admin);
@@ -54,11 +78,23 @@ pub fn run(cfg: &Config, spec: &RawSpec) -> anyhow::Result<LatencyStats> {
     result
 }
 
-fn measure(ctx: &Pkcs11, slot: cryptoki::slot::Slot, key: KeyObjects, spec: &RawSpec) -> anyhow::Result<LatencyStats> {
+fn measure(
+    ctx: &Pkcs11,
+    slot: cryptoki::slot::Slot,
+    key: KeyObjects,
+    spec: &RawSpec,
+) -> anyhow::Result<LatencyStats> {
     let (mech, input) = mechanism(spec.algorithm, MessageType::Raw, BENCH_MESSAGE);
-    let sessions: Vec<Session> = (0..spec.threads.max(1)).map(|_| ctx.open_rw_session(slot)).collect::<Result<_, _>>()?;
+    let sessions: Vec<Session> = (0..spec.threads.max(1))
+        .map(|_| ctx.open_rw_session(slot))
+        .collect::<Result<_, _>>()?;
     let signature = sessions[0].sign(&mech.mechanism(), key.private, &mech.token_input(&input))?;
-    let op = Op { op: spec.op, algorithm: spec.algorithm, key, signature };
+    let op = Op {
+        op: spec.op,
+        algorithm: spec.algorithm,
+        key,
+        signature,
+    };
     let mut sessions = sessions;
     if !spec.warmup.is_zero() {
         sessions = drive(sessions, &op, Length::Duration(spec.warmup))?.3;
@@ -81,9 +117,14 @@ impl Op {
         let data = mech.token_input(&input);
         match self.op {
             BenchOp::Sign => s.sign(&mech.mechanism(), self.key.private, &data).map(drop),
-            BenchOp::Verify => s.verify(&mech.mechanism(), public(self.key), &data, &self.signature),
+            BenchOp::Verify => {
+                s.verify(&mech.mechanism(), public(self.key), &data, &self.signature)
+            }
             BenchOp::GetPublicKey => s
-                .get_attributes(public(self.key), &[AttributeType::Modulus, AttributeType::EcPoint])
+                .get_attributes(
+                    public(self.key),
+                    &[AttributeType::Modulus, AttributeType::EcPoint],
+                )
                 .map(|a: Vec<Attribute>| drop(a)),
         }
     }
@@ -95,7 +136,11 @@ fn public(k: KeyObjects) -> ObjectHandle {
 
 /// Runs one thread per session (a `Session` is Send, not Sync: each thread owns one)
 /// and hands the sessions back.
-fn drive(sessions: Vec<Session>, op: &Op, length: Length) -> anyhow::Result<(Vec<u32>, u64, Duration, Vec<Session>)> {
+fn drive(
+    sessions: Vec<Session>,
+    op: &Op,
+    length: Length,
+) -> anyhow::Result<(Vec<u32>, u64, Duration, Vec<Session>)> {
     let start = Instant::now();
     let deadline = match length {
         Length::Duration(d) => Some(start + d),
@@ -112,10 +157,14 @@ fn drive(sessions: Vec<Session>, op: &Op, length: Length) -> anyhow::Result<(Vec
                 let remaining = remaining.clone();
                 scope.spawn(move || {
                     let (mut micros, mut errors) = (Vec::with_capacity(4096), 0u64);
-                    while !deadline.is_some_and(|d| Instant::now() >= d) && remaining.fetch_sub(1, Ordering::Relaxed) > 0 {
+                    while deadline.is_none_or(|d| Instant::now() < d)
+                        && remaining.fetch_sub(1, Ordering::Relaxed) > 0
+                    {
                         let t = Instant::now();
                         match op.call(&s) {
-                            Ok(()) => micros.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32),
+                            Ok(()) => {
+                                micros.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32)
+                            }
                             Err(_) => errors += 1,
                         }
                     }

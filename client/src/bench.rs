@@ -91,7 +91,11 @@ impl LatencyStats {
             calls: micros.len() as u64,
             errors,
             seconds,
-            ops_per_sec: if seconds > 0.0 { micros.len() as f64 / seconds } else { 0.0 },
+            ops_per_sec: if seconds > 0.0 {
+                micros.len() as f64 / seconds
+            } else {
+                0.0
+            },
             p50_ms: pct(50.0),
             p90_ms: pct(90.0),
             p99_ms: pct(99.0),
@@ -105,17 +109,35 @@ pub const BENCH_MESSAGE: &[u8; 32] = b"hsmd benchmark message 32 bytes!";
 
 /// Runs the load over `clients` (one connection each; tasks are spread over them).
 /// The first error's text is returned beside the stats so a failing run is explained.
-pub async fn run(clients: &[Client], spec: &BenchSpec) -> Result<(LatencyStats, Option<String>), ClientError> {
-    let first = clients.first().ok_or(ClientError::MissingField("at least one connection"))?;
+pub async fn run(
+    clients: &[Client],
+    spec: &BenchSpec,
+) -> Result<(LatencyStats, Option<String>), ClientError> {
+    let first = clients
+        .first()
+        .ok_or(ClientError::MissingField("at least one connection"))?;
     let signature = match spec.op {
-        BenchOp::Verify => first.sign(&spec.key_id, spec.algorithm, MessageType::Raw, BENCH_MESSAGE.to_vec()).await?,
+        BenchOp::Verify => {
+            first
+                .sign(
+                    &spec.key_id,
+                    spec.algorithm,
+                    MessageType::Raw,
+                    BENCH_MESSAGE.to_vec(),
+                )
+                .await?
+        }
         _ => Vec::new(),
     };
     if !spec.warmup.is_zero() {
         drive(clients, spec, &signature, Length::Duration(spec.warmup)).await;
     }
-    let (micros, errors, first_error, elapsed) = drive(clients, spec, &signature, spec.length).await;
-    Ok((LatencyStats::from_micros(micros, errors, elapsed), first_error))
+    let (micros, errors, first_error, elapsed) =
+        drive(clients, spec, &signature, spec.length).await;
+    Ok((
+        LatencyStats::from_micros(micros, errors, elapsed),
+        first_error,
+    ))
 }
 
 async fn drive(
@@ -198,10 +220,28 @@ async fn one_call(client: &Client, spec: &BenchSpec, signature: &[u8]) -> Result
             }
         }
         BenchOp::GetPublicKey => {
-            keys.get_public_key(GetPublicKeyRequest { key_id: spec.key_id.clone() }).await?;
+            keys.get_public_key(GetPublicKeyRequest {
+                key_id: spec.key_id.clone(),
+            })
+            .await?;
         }
     }
     Ok(())
+}
+
+/// A plain table of runs: one row per (name, stats).
+pub fn table(rows: &[(&str, &LatencyStats)]) -> String {
+    let mut out = format!(
+        "{:<8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}\n",
+        "", "ops/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "calls", "errors"
+    );
+    for (name, s) in rows {
+        out.push_str(&format!(
+            "{:<8} {:>10.0} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9} {:>7}\n",
+            name, s.ops_per_sec, s.p50_ms, s.p90_ms, s.p99_ms, s.max_ms, s.calls, s.errors
+        ));
+    }
+    out
 }
 
 /// Sign over SignStream: per stream, a sender keeps up to `window` requests in flight
@@ -217,7 +257,11 @@ mod stream {
     use crate::client::Client;
     use crate::v1::{MessageType, SignRequest, sign_stream_response};
 
-    pub async fn drive(clients: &[Client], spec: &BenchSpec, length: Length) -> (Vec<u32>, u64, Option<String>, std::time::Duration) {
+    pub async fn drive(
+        clients: &[Client],
+        spec: &BenchSpec,
+        length: Length,
+    ) -> (Vec<u32>, u64, Option<String>, std::time::Duration) {
         let start = Instant::now();
         let window = spec.concurrency.div_ceil(clients.len()).max(1);
         let per_stream = match length {
@@ -231,7 +275,9 @@ mod stream {
         let mut tasks = Vec::new();
         for client in clients {
             let (client, spec) = (client.clone(), spec.clone());
-            tasks.push(tokio::spawn(async move { one_stream(client, spec, window, per_stream, deadline).await }));
+            tasks.push(tokio::spawn(async move {
+                one_stream(client, spec, window, per_stream, deadline).await
+            }));
         }
         let (mut all, mut errors, mut first_error) = (Vec::new(), 0, None);
         for t in tasks {
@@ -267,16 +313,25 @@ mod stream {
         let sender = tokio::spawn(async move {
             let mut n = 0u64;
             while calls.is_none_or(|c| n < c) && deadline.is_none_or(|d| Instant::now() < d) {
-                let Ok(p) = permits2.acquire().await else { break };
+                let Ok(p) = permits2.acquire().await else {
+                    break;
+                };
                 p.forget();
-                sent2.lock().unwrap_or_else(|e| e.into_inner()).push_back(Instant::now());
+                sent2
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .push_back(Instant::now());
                 if tx.send(request.clone()).await.is_err() {
                     break;
                 }
                 n += 1;
             }
         });
-        let mut answers = match client.keys().sign_stream(tokio_stream::wrappers::ReceiverStream::new(rx)).await {
+        let mut answers = match client
+            .keys()
+            .sign_stream(tokio_stream::wrappers::ReceiverStream::new(rx))
+            .await
+        {
             Ok(r) => r.into_inner(),
             Err(e) => return (Vec::new(), 1, Some(e.to_string())),
         };
@@ -288,7 +343,10 @@ mod stream {
                     permits.add_permits(1);
                     match a.result {
                         Some(sign_stream_response::Result::Signature(_)) => {
-                            micros.push(t.map(|t| t.elapsed().as_micros().min(u32::MAX as u128) as u32).unwrap_or(0));
+                            micros.push(
+                                t.map(|t| t.elapsed().as_micros().min(u32::MAX as u128) as u32)
+                                    .unwrap_or(0),
+                            );
                         }
                         other => {
                             errors += 1;
@@ -315,28 +373,20 @@ mod tests {
 
     #[test]
     fn percentiles() {
-        let s = LatencyStats::from_micros((1..=100).map(|i| i * 1000).collect(), 2, Duration::from_secs(2));
+        let s = LatencyStats::from_micros(
+            (1..=100).map(|i| i * 1000).collect(),
+            2,
+            Duration::from_secs(2),
+        );
         assert_eq!(s.calls, 100);
         assert_eq!(s.errors, 2);
         assert_eq!(s.ops_per_sec, 50.0);
         assert_eq!(s.p50_ms, 50.0);
         assert_eq!(s.p99_ms, 99.0);
         assert_eq!(s.max_ms, 100.0);
-        assert_eq!(LatencyStats::from_micros(vec![], 0, Duration::ZERO).p99_ms, 0.0);
+        assert_eq!(
+            LatencyStats::from_micros(vec![], 0, Duration::ZERO).p99_ms,
+            0.0
+        );
     }
-}
-
-/// A plain table of runs: one row per (name, stats).
-pub fn table(rows: &[(&str, &LatencyStats)]) -> String {
-    let mut out = format!(
-        "{:<8} {:>10} {:>9} {:>9} {:>9} {:>9} {:>9} {:>7}\n",
-        "", "ops/s", "p50 ms", "p90 ms", "p99 ms", "max ms", "calls", "errors"
-    );
-    for (name, s) in rows {
-        out.push_str(&format!(
-            "{:<8} {:>10.0} {:>9.3} {:>9.3} {:>9.3} {:>9.3} {:>9} {:>7}\n",
-            name, s.ops_per_sec, s.p50_ms, s.p90_ms, s.p99_ms, s.max_ms, s.calls, s.errors
-        ));
-    }
-    out
 }

@@ -24,7 +24,10 @@ pub struct ConfigError {
 }
 
 fn bad(key: &str, problem: impl Into<String>) -> ConfigError {
-    ConfigError { key: key.to_string(), problem: problem.into() }
+    ConfigError {
+        key: key.to_string(),
+        problem: problem.into(),
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -108,7 +111,10 @@ impl Config {
     /// `HSMD_HSM__PIN_FILE`), then validates.
     pub fn load(file: &Path) -> Result<Config, ConfigError> {
         if !file.exists() {
-            return Err(bad("--config", format!("{} does not exist", file.display())));
+            return Err(bad(
+                "--config",
+                format!("{} does not exist", file.display()),
+            ));
         }
         let raw: RawConfig = Figment::new()
             .merge(Toml::file(file))
@@ -116,7 +122,10 @@ impl Config {
             .extract()
             .map_err(|e| {
                 let key = e.path.join(".");
-                bad(if key.is_empty() { "file" } else { &key }, e.kind.to_string())
+                bad(
+                    if key.is_empty() { "file" } else { &key },
+                    e.kind.to_string(),
+                )
             })?;
         let base = file.parent().unwrap_or(Path::new("."));
         raw.validate(base)
@@ -127,11 +136,15 @@ impl RawConfig {
     fn validate(self, base: &Path) -> Result<Config, ConfigError> {
         let abs = |p: PathBuf| if p.is_absolute() { p } else { base.join(p) };
         let listen = self.listen.as_deref().unwrap_or(DEFAULT_LISTEN);
-        let listen: SocketAddr =
-            listen.parse().map_err(|_| bad("listen", format!("'{listen}' is not HOST:PORT")))?;
+        let listen: SocketAddr = listen
+            .parse()
+            .map_err(|_| bad("listen", format!("'{listen}' is not HOST:PORT")))?;
         let module = abs(self.hsm.module);
         if !module.exists() {
-            return Err(bad("hsm.module", format!("{} does not exist", module.display())));
+            return Err(bad(
+                "hsm.module",
+                format!("{} does not exist", module.display()),
+            ));
         }
         if self.hsm.token_label.trim().is_empty() {
             return Err(bad("hsm.token_label", "must not be empty"));
@@ -142,7 +155,9 @@ impl RawConfig {
             (Some(pin), None) => pin,
             (None, Some(f)) => read_pin_file(&abs(f))?,
         };
-        let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(2);
+        let cores = std::thread::available_parallelism()
+            .map(|n| n.get())
+            .unwrap_or(2);
         let sessions = self.hsm.sessions.unwrap_or(cores.max(2) * 2);
         if !(1..=256).contains(&sessions) {
             return Err(bad("hsm.sessions", "must be 1..256"));
@@ -153,7 +168,10 @@ impl RawConfig {
             client_ca: existing("tls.client_ca", abs(self.tls.client_ca))?,
         };
         if self.auth.allowed_principals.is_empty() {
-            return Err(bad("auth.allowed_principals", "empty: no client could call"));
+            return Err(bad(
+                "auth.allowed_principals",
+                "empty: no client could call",
+            ));
         }
         let sweep = self.lifecycle.sweep_interval_secs.unwrap_or(60);
         if sweep == 0 {
@@ -161,7 +179,12 @@ impl RawConfig {
         }
         Ok(Config {
             listen,
-            hsm: HsmConfig { module, token_label: self.hsm.token_label, pin, sessions },
+            hsm: HsmConfig {
+                module,
+                token_label: self.hsm.token_label,
+                pin,
+                sessions,
+            },
             softhsm2_conf: self.hsm.softhsm2_conf.map(abs),
             store_path: abs(self.store.path),
             audit_path: abs(self.audit.path),
@@ -173,7 +196,11 @@ impl RawConfig {
 }
 
 fn existing(key: &str, p: PathBuf) -> Result<PathBuf, ConfigError> {
-    if p.exists() { Ok(p) } else { Err(bad(key, format!("{} does not exist", p.display()))) }
+    if p.exists() {
+        Ok(p)
+    } else {
+        Err(bad(key, format!("{} does not exist", p.display())))
+    }
 }
 
 /// Reads a PIN file, which must not be readable by group or others.
@@ -183,7 +210,11 @@ fn read_pin_file(path: &Path) -> Result<SecretString, ConfigError> {
     if meta.permissions().mode() & 0o077 != 0 {
         return Err(bad(
             "hsm.pin_file",
-            format!("{} must be mode 0600 (chmod 600 {})", path.display(), path.display()),
+            format!(
+                "{} must be mode 0600 (chmod 600 {})",
+                path.display(),
+                path.display()
+            ),
         ));
     }
     let text = zeroize::Zeroizing::new(
@@ -237,7 +268,11 @@ mod tests {
         let err = Config::load(&write_fixture(dir.path(), "pin_file = \"pin\"")).unwrap_err();
         assert_eq!(err.key, "hsm.pin_file");
         assert!(err.problem.contains("0600"));
-        let err = Config::load(&write_fixture(dir.path(), "pin = \"1\"\npin_file = \"pin\"")).unwrap_err();
+        let err = Config::load(&write_fixture(
+            dir.path(),
+            "pin = \"1\"\npin_file = \"pin\"",
+        ))
+        .unwrap_err();
         assert_eq!(err.key, "hsm.pin");
         let err = Config::load(&write_fixture(dir.path(), "pin = \"1\"\nbogus = 1")).unwrap_err();
         assert!(err.problem.contains("bogus"), "{err}");

@@ -47,7 +47,8 @@ pub fn provision(dir: &Path, listen: &str) -> anyhow::Result<PathBuf> {
     let dir = dir.canonicalize()?;
     let module = ensure_softhsm()?;
     let conf = dir.join("softhsm2.conf");
-    let text = SOFTHSM2_CONF_TEMPLATE.replace("@TOKENDIR@", &dir.join("tokens").display().to_string());
+    let text =
+        SOFTHSM2_CONF_TEMPLATE.replace("@TOKENDIR@", &dir.join("tokens").display().to_string());
     fs::write(&conf, text)?;
     // SAFETY: called from main before the runtime or any other thread exists.
     unsafe { std::env::set_var("SOFTHSM2_CONF", &conf) };
@@ -89,7 +90,10 @@ pub fn write_profile(dir: &Path, addr: SocketAddr) -> anyhow::Result<()> {
     let tmp = dir.join("client.toml.tmp");
     fs::write(&tmp, profile)?;
     fs::rename(&tmp, &path)?;
-    println!("hsmd dev listening on https://{addr}; client profile {}", path.display());
+    println!(
+        "hsmd dev listening on https://{addr}; client profile {}",
+        path.display()
+    );
     std::io::stdout().flush()?;
     Ok(())
 }
@@ -100,13 +104,24 @@ fn ensure_softhsm() -> anyhow::Result<PathBuf> {
         return Ok(m);
     }
     eprintln!("hsmd dev: SoftHSM2 is not installed; installing softhsm2 and opensc with apt-get");
-    let root = Command::new("id").arg("-u").output().map(|o| o.stdout.starts_with(b"0")).unwrap_or(false);
+    let root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0"))
+        .unwrap_or(false);
     let apt = |args: &[&str]| -> anyhow::Result<()> {
-        let mut cmd = if root { Command::new("apt-get") } else { Command::new("sudo") };
+        let mut cmd = if root {
+            Command::new("apt-get")
+        } else {
+            Command::new("sudo")
+        };
         if !root {
             cmd.arg("apt-get");
         }
-        let status = cmd.args(args).env("DEBIAN_FRONTEND", "noninteractive").status();
+        let status = cmd
+            .args(args)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .status();
         match status {
             Ok(s) if s.success() => Ok(()),
             _ => bail!(
@@ -120,7 +135,10 @@ fn ensure_softhsm() -> anyhow::Result<PathBuf> {
 }
 
 fn find_module() -> Option<PathBuf> {
-    MODULE_CANDIDATES.iter().map(PathBuf::from).find(|p| p.exists())
+    MODULE_CANDIDATES
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.exists())
 }
 
 /// Initializes a fresh token in the first free slot and sets its user PIN.
@@ -132,12 +150,19 @@ fn init_token(module: &Path, pin_file: &Path) -> anyhow::Result<()> {
     let slot = ctx
         .get_all_slots()?
         .into_iter()
-        .find(|s| ctx.get_token_info(*s).map(|t| !t.token_initialized()).unwrap_or(false))
+        .find(|s| {
+            ctx.get_token_info(*s)
+                .map(|t| !t.token_initialized())
+                .unwrap_or(false)
+        })
         .context("SoftHSM2 offers no free slot")?;
-    ctx.init_token(slot, &so_pin, DEV_TOKEN_LABEL).context("C_InitToken")?;
+    ctx.init_token(slot, &so_pin, DEV_TOKEN_LABEL)
+        .context("C_InitToken")?;
     {
         let session = ctx.open_rw_session(slot)?;
-        session.login(UserType::So, Some(&so_pin)).context("C_Login (SO)")?;
+        session
+            .login(UserType::So, Some(&so_pin))
+            .context("C_Login (SO)")?;
         session.init_pin(&pin).context("C_InitPIN")?;
     }
     ctx.finalize()?;

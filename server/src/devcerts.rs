@@ -22,7 +22,9 @@ pub fn ensure(dir: &Path, client_principal: &str) -> anyhow::Result<()> {
     if !ca_pem.exists() || !ca_key_path.exists() {
         let key = KeyPair::generate()?;
         let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name.push(DnType::CommonName, "hsmd dev CA");
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "hsmd dev CA");
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
         params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let cert = params.self_signed(&key)?;
@@ -34,27 +36,43 @@ pub fn ensure(dir: &Path, client_principal: &str) -> anyhow::Result<()> {
         }
     }
     let ca_key = KeyPair::from_pem(&fs::read_to_string(&ca_key_path)?).context("ca.key")?;
-    let issuer = Issuer::from_ca_cert_pem(&fs::read_to_string(&ca_pem)?, ca_key).context("ca.pem")?;
+    let issuer =
+        Issuer::from_ca_cert_pem(&fs::read_to_string(&ca_pem)?, ca_key).context("ca.pem")?;
 
     if !dir.join("server.pem").exists() {
         let mut params = CertificateParams::new(vec!["localhost".to_string()])?;
-        params.distinguished_name.push(DnType::CommonName, "hsmd dev server");
-        params.subject_alt_names.push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
-        params.subject_alt_names.push(SanType::IpAddress(IpAddr::V6(Ipv6Addr::LOCALHOST)));
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "hsmd dev server");
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)));
+        params
+            .subject_alt_names
+            .push(SanType::IpAddress(IpAddr::V6(Ipv6Addr::LOCALHOST)));
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         issue(dir, "server", &params, &issuer)?;
     }
     if !dir.join("client.pem").exists() {
         let mut params = CertificateParams::new(Vec::<String>::new())?;
-        params.distinguished_name.push(DnType::CommonName, "hsmd-dev-admin");
-        params.subject_alt_names.push(SanType::URI(client_principal.try_into()?));
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "hsmd-dev-admin");
+        params
+            .subject_alt_names
+            .push(SanType::URI(client_principal.try_into()?));
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         issue(dir, "client", &params, &issuer)?;
     }
     Ok(())
 }
 
-fn issue(dir: &Path, name: &str, params: &CertificateParams, issuer: &Issuer<'_, KeyPair>) -> anyhow::Result<()> {
+fn issue(
+    dir: &Path,
+    name: &str,
+    params: &CertificateParams,
+    issuer: &Issuer<'_, KeyPair>,
+) -> anyhow::Result<()> {
     let key = KeyPair::generate()?;
     let cert = params.signed_by(&key, issuer)?;
     write_secret(&dir.join(format!("{name}.key")), &key.serialize_pem())?;
@@ -80,7 +98,10 @@ mod tests {
             Some("spiffe://hsmd.dev/admin")
         );
         use std::os::unix::fs::PermissionsExt;
-        let mode = fs::metadata(dir.path().join("client.key")).unwrap().permissions().mode();
+        let mode = fs::metadata(dir.path().join("client.key"))
+            .unwrap()
+            .permissions()
+            .mode();
         assert_eq!(mode & 0o777, 0o600);
     }
 }

@@ -7,7 +7,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "hsmd", version, about = "Key-management and signing daemon in front of a PKCS#11 token")]
+#[command(
+    name = "hsmd",
+    version,
+    about = "Key-management and signing daemon in front of a PKCS#11 token"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Cmd,
@@ -37,7 +41,8 @@ enum Cmd {
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,cryptoki::mechanism=off".into()),
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| "info,cryptoki::mechanism=off".into()),
         )
         .with_writer(std::io::stderr)
         .init();
@@ -65,7 +70,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         // SAFETY: no other thread exists yet.
         unsafe { std::env::set_var("SOFTHSM2_CONF", conf) };
     }
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     runtime.block_on(hsmd::server::run(cfg, move |addr| match &dev_dir {
         Some(dir) => hsmd::dev::write_profile(dir, addr),
         None => Ok(()),

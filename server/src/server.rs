@@ -16,10 +16,10 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tonic::transport::Server;
 
+use crate::api::Ctx;
 use crate::api::audit::AuditApi;
 use crate::api::keys::KeyApi;
 use crate::api::token::TokenApi;
-use crate::api::Ctx;
 use crate::audit::{AuditEvent, AuditLog, Outcome};
 use crate::auth::Authorizer;
 use crate::config::{Config, TlsConfig};
@@ -33,23 +33,33 @@ pub const SYSTEM_PRINCIPAL: &str = "hsmd";
 
 /// Runs the daemon. `on_bound` is called once the listener is bound (with its real
 /// address, so port 0 works) and before the first call is served.
-pub async fn run(cfg: Config, on_bound: impl FnOnce(SocketAddr) -> anyhow::Result<()>) -> anyhow::Result<()> {
+pub async fn run(
+    cfg: Config,
+    on_bound: impl FnOnce(SocketAddr) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
     let hsm_cfg = cfg.hsm.clone();
     let backend = tokio::task::spawn_blocking(move || Pkcs11Backend::open(&hsm_cfg)).await??;
     let backend = Arc::new(backend);
     log_capabilities(&backend);
     let store = Arc::new(
-        Store::open(&cfg.store_path).with_context(|| format!("metadata store {}", cfg.store_path.display()))?,
+        Store::open(&cfg.store_path)
+            .with_context(|| format!("metadata store {}", cfg.store_path.display()))?,
     );
     let audit = AuditLog::open(&cfg.audit_path)?;
     let keys = Arc::new(KeyManager::new(backend, store));
-    let ctx = Ctx { keys, audit, auth: Arc::new(Authorizer::new(cfg.allowed_principals.clone())) };
+    let ctx = Ctx {
+        keys,
+        audit,
+        auth: Arc::new(Authorizer::new(cfg.allowed_principals.clone())),
+    };
     reconcile(&ctx).await;
     sweep(&ctx).await;
     tokio::spawn(sweep_loop(ctx.clone(), cfg.sweep_interval));
 
     let acceptor = TlsAcceptor::from(Arc::new(tls_config(&cfg.tls)?));
-    let listener = TcpListener::bind(cfg.listen).await.with_context(|| format!("listen on {}", cfg.listen))?;
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
     let incoming = tls_incoming(listener, acceptor);
 
@@ -89,16 +99,20 @@ fn tls_config(tls: &TlsConfig) -> anyhow::Result<rustls::ServerConfig> {
         .with_context(|| format!("tls.cert {}", tls.cert.display()))?
         .collect::<Result<_, _>>()
         .with_context(|| format!("tls.cert {}", tls.cert.display()))?;
-    let key = PrivateKeyDer::from_pem_file(&tls.key).with_context(|| format!("tls.key {}", tls.key.display()))?;
+    let key = PrivateKeyDer::from_pem_file(&tls.key)
+        .with_context(|| format!("tls.key {}", tls.key.display()))?;
     let mut roots = rustls::RootCertStore::empty();
     for ca in CertificateDer::pem_file_iter(&tls.client_ca)
         .with_context(|| format!("tls.client_ca {}", tls.client_ca.display()))?
     {
         roots.add(ca.with_context(|| format!("tls.client_ca {}", tls.client_ca.display()))?)?;
     }
-    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .build()
-        .context("client CA")?;
+    let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .context("client CA")?;
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(verifier)
@@ -113,7 +127,9 @@ fn tls_config(tls: &TlsConfig) -> anyhow::Result<rustls::ServerConfig> {
 fn tls_incoming(
     listener: TcpListener,
     acceptor: TlsAcceptor,
-) -> tokio_stream::wrappers::ReceiverStream<Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>> {
+) -> tokio_stream::wrappers::ReceiverStream<
+    Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>,
+> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
         loop {
@@ -166,7 +182,11 @@ async fn reconcile(ctx: &Ctx) {
     let keys = ctx.keys.clone();
     match tokio::task::spawn_blocking(move || keys.reconcile()).await {
         Ok(Ok(r)) => {
-            tracing::info!(matched = r.matched, foreign_objects = r.foreign_objects, "token and store reconciled");
+            tracing::info!(
+                matched = r.matched,
+                foreign_objects = r.foreign_objects,
+                "token and store reconciled"
+            );
             for id in &r.orphans {
                 tracing::warn!(key_id = %id, "token holds key objects with no live key in the store (left in place; inspect and remove by hand)");
             }
@@ -207,7 +227,9 @@ pub async fn sweep(ctx: &Ctx) {
         };
         match &result {
             Ok(Ok(_)) => tracing::info!(key_id = %id, "key destroyed after its deletion date"),
-            Ok(Err(e)) => tracing::error!(key_id = %id, error = %e, "destroying a key failed; retried next sweep"),
+            Ok(Err(e)) => {
+                tracing::error!(key_id = %id, error = %e, "destroying a key failed; retried next sweep")
+            }
             Err(e) => tracing::error!(key_id = %id, error = %e, "destroy task failed"),
         }
         let event = AuditEvent {

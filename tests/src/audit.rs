@@ -11,7 +11,7 @@ use crate::Daemon;
 /// One line of the audit log.
 #[derive(Debug, Clone)]
 pub struct AuditLine {
-    /// The exact bytes of the line, without the newline (what the next prev_hash covers).
+    /// The exact bytes of the line, without the newline.
     pub raw: String,
     pub json: Value,
 }
@@ -30,9 +30,18 @@ impl AuditLine {
             .unwrap_or_else(|| panic!("audit record without numeric seq: {}", self.raw))
     }
 
-    /// Hex SHA-256 of the line's bytes.
+    /// The record's body: its line as written without the final `,"hash":"..."` field.
+    pub fn body(&self) -> &str {
+        match self.raw.rfind(",\"hash\":\"") {
+            Some(i) if self.raw.ends_with("\"}") => &self.raw[..i],
+            _ => &self.raw,
+        }
+    }
+
+    /// Hex SHA-256 of the body followed by the closing brace: what the record's own
+    /// `hash` field must say (README "Audit log").
     pub fn hash(&self) -> String {
-        hex::encode(Sha256::digest(self.raw.as_bytes()))
+        hex::encode(Sha256::digest(format!("{}}}", self.body()).as_bytes()))
     }
 }
 
@@ -127,9 +136,21 @@ impl Daemon {
     }
 }
 
-/// Checks the chain the way an outside auditor would: sequence numbers go up by one
-/// and each prev_hash is the SHA-256 of the line before. Returns the first problem.
+/// Checks the chain the way an outside auditor would, from the documented format only:
+/// each record's `hash` is the SHA-256 of its line without that field, sequence numbers
+/// go up by one and each prev_hash is the `hash` of the record before. Returns the first
+/// problem.
 pub fn check_chain(lines: &[AuditLine]) -> Result<(), String> {
+    for rec in lines {
+        if rec.str("hash") != rec.hash() {
+            return Err(format!(
+                "record seq {} has hash {:?} but its body hashes to {}",
+                rec.seq(),
+                rec.str("hash"),
+                rec.hash()
+            ));
+        }
+    }
     for pair in lines.windows(2) {
         let (prev, rec) = (&pair[0], &pair[1]);
         if rec.seq() != prev.seq() + 1 {
@@ -142,9 +163,10 @@ pub fn check_chain(lines: &[AuditLine]) -> Result<(), String> {
         }
         if rec.str("prev_hash") != prev.hash() {
             return Err(format!(
-                "record seq {} has prev_hash {:?}, but the line before hashes to {}",
+                "record seq {} has prev_hash {:?}, but the record before (seq {}) hashes to {}",
                 rec.seq(),
                 rec.str("prev_hash"),
+                prev.seq(),
                 prev.hash()
             ));
         }
@@ -153,7 +175,7 @@ pub fn check_chain(lines: &[AuditLine]) -> Result<(), String> {
 }
 
 /// The fields every audit record must carry (DESIGN.md "Audit log").
-pub const REQUIRED_FIELDS: [&str; 16] = [
+pub const REQUIRED_FIELDS: [&str; 17] = [
     "seq",
     "time",
     "request_id",
@@ -170,4 +192,5 @@ pub const REQUIRED_FIELDS: [&str; 16] = [
     "reason",
     "duration_us",
     "prev_hash",
+    "hash",
 ];

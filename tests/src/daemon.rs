@@ -20,53 +20,36 @@ use hsmd_proto::v1::{
 use tempfile::TempDir;
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
 
+pub use crate::profile::Profile;
 use crate::tools::{self, CmdOutput};
 
 /// How long the daemon may take to provision its folder and bind.
-const START_TIMEOUT: Duration = Duration::from_secs(60);
+pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a graceful shutdown may take.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 /// The dev client's principal (SAN URI of `DIR/tls/client.pem`).
 pub const ADMIN_PRINCIPAL: &str = "spiffe://hsmd.dev/admin";
 
-/// The contents of `DIR/client.toml`.
+/// How the daemon is started.
 #[derive(Debug, Clone)]
-pub struct Profile {
-    pub endpoint: String,
-    pub server_name: String,
-    pub ca_cert: PathBuf,
-    pub client_cert: PathBuf,
-    pub client_key: PathBuf,
+pub(crate) enum Mode {
+    /// `hsmd dev --data-dir DIR --listen 127.0.0.1:0`; ready when `DIR/client.toml` appears.
+    Dev,
+    /// `hsmd serve --config FILE` on a data folder `hsmd dev` provisioned; ready when the
+    /// endpoint (from the config's `listen`) accepts a connection. `profile` is a client
+    /// profile the harness writes for hsmctl.
+    Serve { config: PathBuf, profile: PathBuf },
 }
 
-impl Profile {
-    fn parse(text: &str) -> Result<Profile, String> {
-        let table: toml::Table = text.parse().map_err(|e| format!("not TOML: {e}"))?;
-        let field = |name: &str| -> Result<String, String> {
-            table
-                .get(name)
-                .and_then(|v| v.as_str())
-                .map(str::to_owned)
-                .ok_or_else(|| format!("no string field `{name}`"))
-        };
-        Ok(Profile {
-            endpoint: field("endpoint")?,
-            server_name: field("server_name")?,
-            ca_cert: field("ca_cert")?.into(),
-            client_cert: field("client_cert")?.into(),
-            client_key: field("client_key")?.into(),
-        })
-    }
-}
-
-/// A running `hsmd dev` with its temporary data folder. Dropping it stops the process.
+/// A running `hsmd` with its temporary data folder. Dropping it stops the process.
 pub struct Daemon {
-    root: Option<TempDir>,
-    data_dir: PathBuf,
-    child: Option<Child>,
-    starts: u32,
-    profile: Option<Profile>,
-    channel: Option<Channel>,
+    pub(crate) root: Option<TempDir>,
+    pub(crate) data_dir: PathBuf,
+    pub(crate) mode: Mode,
+    pub(crate) child: Option<Child>,
+    pub(crate) starts: u32,
+    pub(crate) profile: Option<Profile>,
+    pub(crate) channel: Option<Channel>,
 }
 
 fn install_crypto_provider() {
@@ -90,6 +73,7 @@ impl Daemon {
         let mut daemon = Daemon {
             root: Some(root),
             data_dir,
+            mode: Mode::Dev,
             child: None,
             starts: 0,
             profile: None,
@@ -115,9 +99,12 @@ impl Daemon {
         dir
     }
 
-    /// `DIR/client.toml`.
+    /// The client profile hsmctl uses: `DIR/client.toml` under `hsmd dev`.
     pub fn profile_path(&self) -> PathBuf {
-        self.data_dir.join("client.toml")
+        match &self.mode {
+            Mode::Dev => self.data_dir.join("client.toml"),
+            Mode::Serve { profile, .. } => profile.clone(),
+        }
     }
 
     /// The parsed client profile of the current run.
@@ -157,50 +144,84 @@ impl Daemon {
         fs::read_to_string(self.stderr_path()).unwrap_or_default()
     }
 
-    async fn launch(&mut self) {
-        self.starts += 1;
-        let profile_path = self.profile_path();
-        match fs::remove_file(&profile_path) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => panic!("remove {}: {e}", profile_path.display()),
-        }
+    /// A `hsmd` command with stdio going to this run's files and no inherited hsmd or
+    /// SoftHSM2 settings: the daemon must find its own token config.
+    pub(crate) fn hsmd_command(&self) -> Command {
         let stdout = fs::File::create(self.stdout_path()).expect("create stdout file");
         let stderr = fs::File::create(self.stderr_path()).expect("create stderr file");
         let mut cmd = Command::new(tools::workspace_bin("hsmd"));
-        cmd.arg("dev")
-            .arg("--data-dir")
-            .arg(&self.data_dir)
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .stdin(Stdio::null())
+        cmd.stdin(Stdio::null())
             .stdout(stdout)
             .stderr(stderr)
-            // The daemon must find its own token config; do not lend it ours.
+            .env("NO_COLOR", "1")
             .env_remove("SOFTHSM2_CONF");
         for (name, _) in std::env::vars_os() {
             if name.to_string_lossy().starts_with("HSMD_") {
                 cmd.env_remove(name);
             }
         }
-        self.child = Some(cmd.spawn().expect("spawn hsmd"));
-        let profile = self.wait_for_profile().await;
-        let channel = self
-            .connect_with(
-                &read(&profile.client_cert),
-                &read(&profile.client_key),
-                &profile,
-            )
-            .await
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot connect to {}: {e:?}\nhsmd stderr:\n{}",
-                    profile.endpoint,
-                    self.stderr_text()
-                )
-            });
+        cmd
+    }
+
+    pub(crate) async fn launch(&mut self) {
+        self.starts += 1;
+        let profile = match self.mode.clone() {
+            Mode::Dev => {
+                let profile_path = self.profile_path();
+                match fs::remove_file(&profile_path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => panic!("remove {}: {e}", profile_path.display()),
+                }
+                let mut cmd = self.hsmd_command();
+                cmd.arg("dev")
+                    .arg("--data-dir")
+                    .arg(&self.data_dir)
+                    .args(["--listen", "127.0.0.1:0"]);
+                self.child = Some(cmd.spawn().expect("spawn hsmd dev"));
+                self.wait_for_profile().await
+            }
+            Mode::Serve { config, profile } => {
+                let mut cmd = self.hsmd_command();
+                cmd.arg("serve").arg("--config").arg(&config);
+                self.child = Some(cmd.spawn().expect("spawn hsmd serve"));
+                let text = fs::read_to_string(&profile).expect("read serve profile");
+                Profile::parse(&text).expect("serve profile")
+            }
+        };
+        let deadline = Instant::now() + START_TIMEOUT;
+        let channel = loop {
+            let cert = read(&profile.client_cert);
+            let key = read(&profile.client_key);
+            match self.connect_with(&cert, &key, &profile).await {
+                Ok(channel) => break channel,
+                Err(e) => {
+                    self.panic_if_exited();
+                    assert!(
+                        Instant::now() < deadline,
+                        "cannot connect to {}: {e:?}\nhsmd stderr:\n{}",
+                        profile.endpoint,
+                        self.stderr_text()
+                    );
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
         self.profile = Some(profile);
         self.channel = Some(channel);
+    }
+
+    fn panic_if_exited(&mut self) {
+        if let Some(status) = self
+            .child
+            .as_mut()
+            .and_then(|c| c.try_wait().ok().flatten())
+        {
+            panic!(
+                "hsmd exited early with {status}\nhsmd stderr:\n{}",
+                self.stderr_text()
+            );
+        }
     }
 
     async fn wait_for_profile(&mut self) -> Profile {
@@ -208,16 +229,7 @@ impl Daemon {
         let deadline = Instant::now() + START_TIMEOUT;
         let mut last_problem = String::from("not written yet");
         loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
-                panic!(
-                    "hsmd dev exited early with {status}\nhsmd stderr:\n{}",
-                    self.stderr_text()
-                );
-            }
+            self.panic_if_exited();
             if let Ok(text) = fs::read_to_string(&path) {
                 match Profile::parse(&text) {
                     Ok(profile) => return profile,
@@ -360,11 +372,11 @@ impl Daemon {
     }
 }
 
-fn read(path: &Path) -> Vec<u8> {
+pub(crate) fn read(path: &Path) -> Vec<u8> {
     fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 
-fn terminate(child: &Child) {
+pub(crate) fn terminate(child: &Child) {
     let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
     // SAFETY: kill(2) on the pid of a child we own and have not reaped yet.
     unsafe {

@@ -13,6 +13,8 @@ pub mod audit;
 pub mod certs;
 pub mod daemon;
 pub mod pkcs11;
+pub mod profile;
+pub mod serve;
 pub mod status;
 pub mod tools;
 

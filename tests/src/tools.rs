@@ -138,15 +138,6 @@ pub fn run(cmd: &mut Command) -> CmdOutput {
     out
 }
 
-/// `openssl` with the given arguments, panicking on failure.
-pub fn openssl<I, S>(args: I) -> CmdOutput
-where
-    I: IntoIterator<Item = S>,
-    S: AsRef<OsStr>,
-{
-    run(Command::new("openssl").args(args))
-}
-
 /// Writes `data` to `dir/name` and returns the path.
 pub fn write_file(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
     let path = dir.join(name);
@@ -161,4 +152,13 @@ macro_rules! args {
     ($($arg:expr),* $(,)?) => {
         vec![$(::std::ffi::OsString::from(::std::convert::AsRef::<::std::ffi::OsStr>::as_ref(&$arg))),*]
     };
+}
+
+/// A TCP port on 127.0.0.1 that was free a moment ago, for `hsmd serve` configs (which,
+/// unlike `hsmd dev`, write no profile to learn a port-0 address from).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("bind 127.0.0.1:0")
+        .port()
 }

@@ -14,8 +14,24 @@ fn hsmd_bench_reports_raw_and_hsmd() {
     let out = run(Command::new(workspace_bin("hsmd-bench"))
         .args(["--data-dir"])
         .arg(dir.path())
-        .args(["--spec", "EC_P256", "--algorithm", "ECDSA_SHA_256", "--concurrency", "2"])
-        .args(["--calls", "40", "--warmup", "0s", "--extra-keys", "3", "-o", "json"]));
+        .args([
+            "--spec",
+            "EC_P256",
+            "--algorithm",
+            "ECDSA_SHA_256",
+            "--concurrency",
+            "2",
+        ])
+        .args([
+            "--calls",
+            "40",
+            "--warmup",
+            "0s",
+            "--extra-keys",
+            "3",
+            "-o",
+            "json",
+        ]));
     let report: serde_json::Value = serde_json::from_str(out.stdout.trim())
         .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", out.describe()));
     for side in ["raw", "hsmd"] {
@@ -23,21 +39,50 @@ fn hsmd_bench_reports_raw_and_hsmd() {
         assert_eq!(s["calls"], 40, "{side}: {report}");
         assert_eq!(s["errors"], 0, "{side}: {report}");
         for f in ["ops_per_sec", "p50_ms", "p99_ms"] {
-            assert!(s[f].as_f64().is_some_and(|v| v > 0.0), "{side}.{f}: {report}");
+            assert!(
+                s[f].as_f64().is_some_and(|v| v > 0.0),
+                "{side}.{f}: {report}"
+            );
         }
     }
-    assert!(report["ratio"].as_f64().is_some_and(|r| r > 0.0), "{report}");
-    assert!(report["hsmd_peak_rss_kib"].as_u64().is_some_and(|r| r > 1000), "{report}");
+    assert!(
+        report["ratio"].as_f64().is_some_and(|r| r > 0.0),
+        "{report}"
+    );
+    assert!(
+        report["hsmd_peak_rss_kib"]
+            .as_u64()
+            .is_some_and(|r| r > 1000),
+        "{report}"
+    );
     assert_eq!(report["extra_keys"], 3);
 }
 
 #[tokio::test]
 async fn hsmctl_bench_drives_a_running_daemon() {
     let daemon = Daemon::start().await;
-    let key = daemon.hsmctl_ok(["key", "create", "--spec", "EC_P256", "--usage", "sign-verify"]);
+    let key = daemon.hsmctl_ok([
+        "key",
+        "create",
+        "--spec",
+        "EC_P256",
+        "--usage",
+        "sign-verify",
+    ]);
     let out = daemon.hsmctl_ok([
-        "-o", "json", "bench", "--key", key.trim(), "--algorithm", "ECDSA_SHA_256",
-        "--concurrency", "2", "--calls", "30", "--warmup", "0s",
+        "-o",
+        "json",
+        "bench",
+        "--key",
+        key.trim(),
+        "--algorithm",
+        "ECDSA_SHA_256",
+        "--concurrency",
+        "2",
+        "--calls",
+        "30",
+        "--warmup",
+        "0s",
     ]);
     let report: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
     assert_eq!(report["hsmd"]["calls"], 30, "{report}");

@@ -155,37 +155,58 @@ async fn hsmctl_errors_exit_2_with_a_message() {
     let dir = d.scratch();
     let msg = write_file(&dir, "m.txt", b"m");
     let never = dir.join("never.sig");
-    let cases = [
-        args![
-            "sign",
-            UNKNOWN_KEY,
-            "--algorithm",
-            "ECDSA_SHA_256",
-            "--in",
-            msg,
-            "--out",
-            never
-        ],
-        args![
-            "verify",
-            UNKNOWN_KEY,
-            "--algorithm",
-            "ECDSA_SHA_256",
-            "--in",
-            msg,
-            "--signature",
-            msg
-        ],
-        args!["key", "disable", "alias/nothing-here"],
-        args!["key", "schedule-deletion", UNKNOWN_KEY, "--days", "7"],
-        args!["alias", "create", "x", UNKNOWN_KEY],
+    // (arguments, what stderr must name: the stable reason, or clap's complaint)
+    let sign_unknown = args![
+        "sign",
+        UNKNOWN_KEY,
+        "--algorithm",
+        "ECDSA_SHA_256",
+        "--in",
+        msg,
+        "--out",
+        never
     ];
-    for a in cases {
+    let verify_unknown = args![
+        "verify",
+        UNKNOWN_KEY,
+        "--algorithm",
+        "ECDSA_SHA_256",
+        "--in",
+        msg,
+        "--signature",
+        msg
+    ];
+    let bad_algorithm = args![
+        "sign",
+        UNKNOWN_KEY,
+        "--algorithm",
+        "NO_SUCH_ALG",
+        "--in",
+        msg,
+        "--out",
+        never
+    ];
+    let cases = [
+        (sign_unknown, "KEY_NOT_FOUND"),
+        (verify_unknown, "KEY_NOT_FOUND"),
+        (
+            args!["key", "disable", "alias/nothing-here"],
+            "ALIAS_NOT_FOUND",
+        ),
+        (args!["key", "describe", "not-a-key-id"], "INVALID_KEY_ID"),
+        (
+            args!["key", "schedule-deletion", UNKNOWN_KEY, "--days", "7"],
+            "KEY_NOT_FOUND",
+        ),
+        (args!["alias", "create", "x", UNKNOWN_KEY], "KEY_NOT_FOUND"),
+        (bad_algorithm, "NO_SUCH_ALG"),
+    ];
+    for (a, reason) in cases {
         let out = d.hsmctl(a);
         out.expect_code(2);
         assert!(
-            out.stderr.trim_start().starts_with("error:"),
-            "stderr must start with `error:`\n{}",
+            out.stderr.trim_start().starts_with("error:") && out.stderr.contains(reason),
+            "stderr must start with `error:` and name {reason}\n{}",
             out.describe()
         );
     }
@@ -215,11 +236,19 @@ async fn hsmctl_lifecycle_aliases_random_token_and_audit() {
             sig
         ])
     };
-    sign(&key).expect_code(2);
+    let out = sign(&key);
+    out.expect_code(2);
+    assert!(out.stderr.contains("KEY_DISABLED"), "{}", out.describe());
     d.hsmctl_ok(args!["key", "enable", key]);
     sign("alias/ops").expect_code(0);
     d.hsmctl_ok(args!["key", "schedule-deletion", key, "--days", "7"]);
-    sign(&key).expect_code(2);
+    let out = sign(&key);
+    out.expect_code(2);
+    assert!(
+        out.stderr.contains("KEY_PENDING_DELETION"),
+        "{}",
+        out.describe()
+    );
 
     let random = d.hsmctl_ok(args!["random", "16"]);
     assert!(!random.is_empty(), "random prints the bytes");

@@ -36,12 +36,19 @@ async fn stream_answers_in_order_with_per_request_errors_and_audit() {
         req(SigningAlgorithm::EcdsaSha256, b"last"),
     ];
     let before = daemon.audit_lines().len();
-    let mut answers = keys.sign_stream(tokio_stream::iter(requests)).await.unwrap().into_inner();
+    let mut answers = keys
+        .sign_stream(tokio_stream::iter(requests))
+        .await
+        .unwrap()
+        .into_inner();
     let mut got = Vec::new();
     while let Some(a) = answers.message().await.unwrap() {
         got.push(a);
     }
-    assert_eq!(got.iter().map(|a| a.index).collect::<Vec<_>>(), vec![0, 1, 2, 3]);
+    assert_eq!(
+        got.iter().map(|a| a.index).collect::<Vec<_>>(),
+        vec![0, 1, 2, 3]
+    );
     let reasons: Vec<String> = got
         .iter()
         .map(|a| match a.result.as_ref().unwrap() {
@@ -49,9 +56,14 @@ async fn stream_answers_in_order_with_per_request_errors_and_audit() {
             Answer::Error(e) => e.reason.clone(),
         })
         .collect();
-    assert_eq!(reasons, ["ok", "ALGORITHM_NOT_ALLOWED", "MESSAGE_TOO_LARGE", "ok"]);
+    assert_eq!(
+        reasons,
+        ["ok", "ALGORITHM_NOT_ALLOWED", "MESSAGE_TOO_LARGE", "ok"]
+    );
     for (a, msg) in [(&got[0], &b"first"[..]), (&got[3], &b"last"[..])] {
-        let Some(Answer::Signature(s)) = &a.result else { unreachable!() };
+        let Some(Answer::Signature(s)) = &a.result else {
+            unreachable!()
+        };
         let valid = keys
             .verify(VerifyRequest {
                 key_id: key.clone(),
@@ -75,7 +87,12 @@ async fn stream_answers_in_order_with_per_request_errors_and_audit() {
     assert_eq!(stream.len(), 4);
     let mut audited: Vec<&str> = stream.iter().map(|l| l.str("reason")).collect();
     audited.sort();
-    assert_eq!(audited, ["", "", "ALGORITHM_NOT_ALLOWED", "MESSAGE_TOO_LARGE"]);
-    let Some(Answer::Error(e)) = &got[1].result else { unreachable!() };
+    assert_eq!(
+        audited,
+        ["", "", "ALGORITHM_NOT_ALLOWED", "MESSAGE_TOO_LARGE"]
+    );
+    let Some(Answer::Error(e)) = &got[1].result else {
+        unreachable!()
+    };
     assert_eq!(daemon.audit_record(&e.request_id).str("outcome"), "invalid");
 }

@@ -4,8 +4,8 @@
 use std::time::Duration;
 
 use clap::Args;
-use hsm_client::bench::{self, BenchOp, BenchSpec, Length};
 use hsm_client::Client;
+use hsm_client::bench::{self, BenchOp, BenchSpec, Length};
 use hsm_client::v1::SigningAlgorithm;
 
 use super::args::{parse_duration, println};
@@ -56,7 +56,10 @@ impl BenchArgs {
             key_id: self.key,
             algorithm,
             concurrency: self.concurrency.max(1),
-            length: self.calls.map(Length::Calls).unwrap_or(Length::Duration(self.duration)),
+            length: self
+                .calls
+                .map(Length::Calls)
+                .unwrap_or(Length::Duration(self.duration)),
             warmup: self.warmup,
             stream: self.stream,
         };
@@ -77,6 +80,10 @@ impl BenchArgs {
                 eprintln!("first error: {e}");
             }
         }
-        Ok(if stats.errors == 0 { Verdict::Yes } else { Verdict::No })
+        Ok(if stats.errors == 0 {
+            Verdict::Yes
+        } else {
+            Verdict::No
+        })
     }
 }

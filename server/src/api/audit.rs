@@ -34,7 +34,8 @@ fn rfc3339(t: &prost_types::Timestamp) -> Result<String, ApiError> {
     let fmt = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
     );
-    dt.format(&fmt).map_err(|e| KeyError::InvalidArgument(format!("timestamp: {e}")).into())
+    dt.format(&fmt)
+        .map_err(|e| KeyError::InvalidArgument(format!("timestamp: {e}")).into())
 }
 
 fn outcome_from_pb(v: i32) -> Result<Option<Outcome>, ApiError> {
@@ -60,8 +61,12 @@ fn outcome_to_pb(o: Outcome) -> i32 {
 }
 
 fn parse_time(rfc: &str) -> Option<prost_types::Timestamp> {
-    let t = time::OffsetDateTime::parse(rfc, &time::format_description::well_known::Rfc3339).ok()?;
-    Some(prost_types::Timestamp { seconds: t.unix_timestamp(), nanos: t.nanosecond() as i32 })
+    let t =
+        time::OffsetDateTime::parse(rfc, &time::format_description::well_known::Rfc3339).ok()?;
+    Some(prost_types::Timestamp {
+        seconds: t.unix_timestamp(),
+        nanos: t.nanosecond() as i32,
+    })
 }
 
 /// Proto form of a record and its line.
@@ -83,20 +88,23 @@ pub fn record_to_pb(r: AuditRecord, line: String) -> pb::AuditRecord {
         reason: r.reason,
         duration_us: r.duration_us,
         prev_hash: r.prev_hash,
+        hash: r.hash,
         json: line,
     }
 }
 
 fn query(r: pb::QueryAuditRequest) -> Result<AuditQuery, ApiError> {
     if r.limit > MAX_LIMIT {
-        return Err(KeyError::InvalidArgument(format!("limit {} is over {MAX_LIMIT}", r.limit)).into());
+        return Err(
+            KeyError::InvalidArgument(format!("limit {} is over {MAX_LIMIT}", r.limit)).into(),
+        );
     }
     let start = r.start_time.as_ref().map(rfc3339).transpose()?;
     let end = r.end_time.as_ref().map(rfc3339).transpose()?;
-    if let (Some(s), Some(e)) = (&start, &end) {
-        if s > e {
-            return Err(KeyError::InvalidArgument("start_time is after end_time".into()).into());
-        }
+    if let (Some(s), Some(e)) = (&start, &end)
+        && s > e
+    {
+        return Err(KeyError::InvalidArgument("start_time is after end_time".into()).into());
     }
     let nonempty = |s: String| Some(s).filter(|s| !s.is_empty());
     Ok(AuditQuery {
@@ -114,26 +122,38 @@ fn query(r: pb::QueryAuditRequest) -> Result<AuditQuery, ApiError> {
 impl AuditService for AuditApi {
     type QueryAuditStream = RecordStream;
 
-    async fn query_audit(&self, req: Request<pb::QueryAuditRequest>) -> Result<Response<RecordStream>, Status> {
+    async fn query_audit(
+        &self,
+        req: Request<pb::QueryAuditRequest>,
+    ) -> Result<Response<RecordStream>, Status> {
         let call = Call::begin(&req, "/hsmd.v1.AuditService/QueryAudit");
         let r = req.into_inner();
-        let result = call.authorize(&self.ctx.auth).and_then(|_| query(r)).map(|q| {
-            let (tx, rx) = tokio::sync::mpsc::channel(256);
-            let path = self.ctx.audit.path().to_path_buf();
-            tokio::task::spawn_blocking(move || {
-                let res = audit::query_file(&path, &q, |rec, line| {
-                    tx.blocking_send(Ok(record_to_pb(rec, line))).is_ok()
+        let result = call
+            .authorize(&self.ctx.auth)
+            .and_then(|_| query(r))
+            .map(|q| {
+                let (tx, rx) = tokio::sync::mpsc::channel(256);
+                let path = self.ctx.audit.path().to_path_buf();
+                tokio::task::spawn_blocking(move || {
+                    let res = audit::query_file(&path, &q, |rec, line| {
+                        tx.blocking_send(Ok(record_to_pb(rec, line))).is_ok()
+                    });
+                    if let Err(e) = res {
+                        let _ = tx.blocking_send(Err(ApiError::Key(KeyError::Unavailable(
+                            e.to_string(),
+                        ))
+                        .to_status()));
+                    }
                 });
-                if let Err(e) = res {
-                    let _ = tx.blocking_send(Err(ApiError::Key(KeyError::Unavailable(e.to_string())).to_status()));
-                }
+                Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)) as RecordStream
             });
-            Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)) as RecordStream
-        });
         self.ctx.finish(call, result).await
     }
 
-    async fn verify_audit_log(&self, req: Request<pb::VerifyAuditLogRequest>) -> Result<Response<pb::VerifyAuditLogResponse>, Status> {
+    async fn verify_audit_log(
+        &self,
+        req: Request<pb::VerifyAuditLogRequest>,
+    ) -> Result<Response<pb::VerifyAuditLogResponse>, Status> {
         let call = Call::begin(&req, "/hsmd.v1.AuditService/VerifyAuditLog");
         let result = async {
             call.authorize(&self.ctx.auth)?;

@@ -10,7 +10,10 @@ use crate::store::Alias;
 
 /// Seconds since the epoch as a protobuf Timestamp.
 pub fn ts(secs: i64) -> prost_types::Timestamp {
-    prost_types::Timestamp { seconds: secs, nanos: 0 }
+    prost_types::Timestamp {
+        seconds: secs,
+        nanos: 0,
+    }
 }
 
 macro_rules! enum_conv {
@@ -26,7 +29,11 @@ macro_rules! enum_conv {
                     _ => Err(KeyError::InvalidArgument(format!(
                         "{} is required; one of: {}",
                         $field,
-                        <$model>::ALL.iter().map(|x| x.name()).collect::<Vec<_>>().join(", ")
+                        <$model>::ALL
+                            .iter()
+                            .map(|x| x.name())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ))),
                 },
             }
@@ -34,17 +41,61 @@ macro_rules! enum_conv {
 
         /// Encodes a model enum as the proto enum value.
         pub fn $to(m: $model) -> i32 {
-            <$pb>::from_str_name(m.name()).map(|e| e as i32).unwrap_or(0)
+            <$pb>::from_str_name(m.name())
+                .map(|e| e as i32)
+                .unwrap_or(0)
         }
     };
 }
 
-enum_conv!(spec_from_pb, spec_to_pb, pb::KeySpec, KeySpec, "spec", None::<KeySpec>);
-enum_conv!(usage_from_pb, usage_to_pb, pb::KeyUsage, KeyUsage, "usage", None::<KeyUsage>);
-enum_conv!(origin_from_pb, origin_to_pb, pb::KeyOrigin, KeyOrigin, "origin", Some(KeyOrigin::Hsm));
-enum_conv!(state_from_pb, state_to_pb, pb::KeyState, KeyState, "state", None::<KeyState>);
-enum_conv!(alg_from_pb, alg_to_pb, pb::SigningAlgorithm, SigningAlgorithm, "algorithm", None::<SigningAlgorithm>);
-enum_conv!(mt_from_pb, mt_to_pb, pb::MessageType, MessageType, "message_type", Some(MessageType::Raw));
+enum_conv!(
+    spec_from_pb,
+    spec_to_pb,
+    pb::KeySpec,
+    KeySpec,
+    "spec",
+    None::<KeySpec>
+);
+enum_conv!(
+    usage_from_pb,
+    usage_to_pb,
+    pb::KeyUsage,
+    KeyUsage,
+    "usage",
+    None::<KeyUsage>
+);
+enum_conv!(
+    origin_from_pb,
+    origin_to_pb,
+    pb::KeyOrigin,
+    KeyOrigin,
+    "origin",
+    Some(KeyOrigin::Hsm)
+);
+enum_conv!(
+    state_from_pb,
+    state_to_pb,
+    pb::KeyState,
+    KeyState,
+    "state",
+    None::<KeyState>
+);
+enum_conv!(
+    alg_from_pb,
+    alg_to_pb,
+    pb::SigningAlgorithm,
+    SigningAlgorithm,
+    "algorithm",
+    None::<SigningAlgorithm>
+);
+enum_conv!(
+    mt_from_pb,
+    mt_to_pb,
+    pb::MessageType,
+    MessageType,
+    "message_type",
+    Some(MessageType::Raw)
+);
 
 /// Proto metadata of a key record.
 pub fn metadata(k: &KeyRecord) -> pb::KeyMetadata {
@@ -58,11 +109,18 @@ pub fn metadata(k: &KeyRecord) -> pb::KeyMetadata {
         tags: k.tags.clone().into_iter().collect(),
         aliases: k.aliases.clone(),
         create_time: Some(ts(k.create_time)),
-        deletion_time: k.deletion_time.filter(|_| k.state == KeyState::PendingDeletion).map(ts),
+        deletion_time: k
+            .deletion_time
+            .filter(|_| k.state == KeyState::PendingDeletion)
+            .map(ts),
         destroy_time: k.destroy_time.map(ts),
         created_by: k.created_by.clone(),
         signing_algorithms: if k.usage == KeyUsage::SignVerify {
-            k.spec.signing_algorithms().iter().map(|a| alg_to_pb(*a)).collect()
+            k.spec
+                .signing_algorithms()
+                .iter()
+                .map(|a| alg_to_pb(*a))
+                .collect()
         } else {
             Vec::new()
         },

@@ -27,7 +27,9 @@ macro_rules! method {
 /// Requests of one SignStream worked on at once.
 const STREAM_WINDOW: usize = 32;
 
-type SignStream = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = Result<pb::SignStreamResponse, Status>> + Send>>;
+type SignStream = std::pin::Pin<
+    Box<dyn tokio_stream::Stream<Item = Result<pb::SignStreamResponse, Status>> + Send>,
+>;
 
 /// The KeyService implementation.
 #[derive(Clone)]
@@ -74,7 +76,11 @@ impl KeyApi {
     }
 
     /// One Sign request, unary or from a stream.
-    async fn sign_one(&self, call: &mut Call, r: pb::SignRequest) -> Result<pb::SignResponse, ApiError> {
+    async fn sign_one(
+        &self,
+        call: &mut Call,
+        r: pb::SignRequest,
+    ) -> Result<pb::SignResponse, ApiError> {
         call.event.input_sha256 = input_hash(&r.message);
         call.authorize(&self.ctx.auth)?;
         let alg = alg_from_pb(r.algorithm)?;
@@ -83,15 +89,28 @@ impl KeyApi {
         call.event.message_type = mt.name().into();
         let msg = r.message;
         let (id, signature) = self
-            .with_key(call, &r.key_id, move |m, key| Ok((key.id, m.sign(&key, alg, mt, &msg)?)))
+            .with_key(call, &r.key_id, move |m, key| {
+                Ok((key.id, m.sign(&key, alg, mt, &msg)?))
+            })
             .await?;
-        Ok(pb::SignResponse { key_id: id.to_string(), algorithm: r.algorithm, signature })
+        Ok(pb::SignResponse {
+            key_id: id.to_string(),
+            algorithm: r.algorithm,
+            signature,
+        })
     }
 
     /// Resolves a key and applies a lifecycle transition to it.
-    async fn transition(&self, call: &mut Call, named: &str, t: Transition, days: u32) -> Result<KeyRecord, ApiError> {
+    async fn transition(
+        &self,
+        call: &mut Call,
+        named: &str,
+        t: Transition,
+        days: u32,
+    ) -> Result<KeyRecord, ApiError> {
         call.authorize(&self.ctx.auth)?;
-        self.with_key(call, named, move |m, key| m.transition(&key, t, days)).await
+        self.with_key(call, named, move |m, key| m.transition(&key, t, days))
+            .await
     }
 }
 
@@ -105,7 +124,10 @@ fn page_size(n: u32) -> Result<usize, ApiError> {
 
 #[tonic::async_trait]
 impl KeyService for KeyApi {
-    async fn create_key(&self, req: Request<pb::CreateKeyRequest>) -> Result<Response<pb::CreateKeyResponse>, Status> {
+    async fn create_key(
+        &self,
+        req: Request<pb::CreateKeyRequest>,
+    ) -> Result<Response<pb::CreateKeyResponse>, Status> {
         let mut call = Call::begin(&req, method!("CreateKey"));
         let r = req.into_inner();
         let result = async {
@@ -121,58 +143,90 @@ impl KeyService for KeyApi {
             };
             call.event.algorithm = new.spec.name().to_string();
             if let Some(a) = &new.alias {
-                call.event.alias = validate_alias(a).unwrap_or_else(|_| crate::keys::truncate(a, 300));
+                call.event.alias =
+                    validate_alias(a).unwrap_or_else(|_| crate::keys::truncate(a, 300));
             }
-            let key = self.ctx.blocking(move |m| m.create(&principal, new)).await?;
+            let key = self
+                .ctx
+                .blocking(move |m| m.create(&principal, new))
+                .await?;
             call.event.key_id = key.id.to_string();
-            Ok(pb::CreateKeyResponse { key: Some(convert::metadata(&key)) })
+            Ok(pb::CreateKeyResponse {
+                key: Some(convert::metadata(&key)),
+            })
         }
         .await;
         self.ctx.finish(call, result).await
     }
 
-    async fn describe_key(&self, req: Request<pb::DescribeKeyRequest>) -> Result<Response<pb::DescribeKeyResponse>, Status> {
+    async fn describe_key(
+        &self,
+        req: Request<pb::DescribeKeyRequest>,
+    ) -> Result<Response<pb::DescribeKeyResponse>, Status> {
         let mut call = Call::begin(&req, method!("DescribeKey"));
         let r = req.into_inner();
         let result = async {
             call.authorize(&self.ctx.auth)?;
             let key = self.resolve(&mut call, &r.key_id).await?;
-            Ok(pb::DescribeKeyResponse { key: Some(convert::metadata(&key)) })
+            Ok(pb::DescribeKeyResponse {
+                key: Some(convert::metadata(&key)),
+            })
         }
         .await;
         self.ctx.finish(call, result).await
     }
 
-    async fn list_keys(&self, req: Request<pb::ListKeysRequest>) -> Result<Response<pb::ListKeysResponse>, Status> {
+    async fn list_keys(
+        &self,
+        req: Request<pb::ListKeysRequest>,
+    ) -> Result<Response<pb::ListKeysResponse>, Status> {
         let call = Call::begin(&req, method!("ListKeys"));
         let r = req.into_inner();
         let result = async {
             call.authorize(&self.ctx.auth)?;
             let filter = KeyFilter {
-                state: (r.state != 0).then(|| convert::state_from_pb(r.state)).transpose()?,
-                usage: (r.usage != 0).then(|| convert::usage_from_pb(r.usage)).transpose()?,
-                alias_prefix: Some(r.alias_prefix)
-                    .filter(|p| !p.is_empty())
-                    .map(|p| if p.starts_with("alias/") { p } else { format!("alias/{p}") }),
+                state: (r.state != 0)
+                    .then(|| convert::state_from_pb(r.state))
+                    .transpose()?,
+                usage: (r.usage != 0)
+                    .then(|| convert::usage_from_pb(r.usage))
+                    .transpose()?,
+                alias_prefix: Some(r.alias_prefix).filter(|p| !p.is_empty()).map(|p| {
+                    if p.starts_with("alias/") {
+                        p
+                    } else {
+                        format!("alias/{p}")
+                    }
+                }),
                 after: None,
                 limit: page_size(r.page_size)?,
             };
             let token = r.page_token;
             let (keys, next) = self.ctx.blocking(move |m| m.list(filter, &token)).await?;
-            Ok(pb::ListKeysResponse { keys: keys.iter().map(convert::metadata).collect(), next_page_token: next })
+            Ok(pb::ListKeysResponse {
+                keys: keys.iter().map(convert::metadata).collect(),
+                next_page_token: next,
+            })
         }
         .await;
         self.ctx.finish(call, result).await
     }
 
-    async fn get_public_key(&self, req: Request<pb::GetPublicKeyRequest>) -> Result<Response<pb::GetPublicKeyResponse>, Status> {
+    async fn get_public_key(
+        &self,
+        req: Request<pb::GetPublicKeyRequest>,
+    ) -> Result<Response<pb::GetPublicKeyResponse>, Status> {
         let mut call = Call::begin(&req, method!("GetPublicKey"));
         let r = req.into_inner();
         let result = async {
             call.authorize(&self.ctx.auth)?;
             let key = self.resolve(&mut call, &r.key_id).await?;
             if key.state == crate::keys::spec::KeyState::Destroyed {
-                return Err(KeyError::KeyState { key: key.id, state: key.state }.into());
+                return Err(KeyError::KeyState {
+                    key: key.id,
+                    state: key.state,
+                }
+                .into());
             }
             let der = key.public_key_der.clone().ok_or_else(|| {
                 KeyError::InvalidArgument(format!("{} keys have no public key", key.spec))
@@ -191,23 +245,40 @@ impl KeyService for KeyApi {
         self.ctx.finish(call, result).await
     }
 
-    async fn enable_key(&self, req: Request<pb::EnableKeyRequest>) -> Result<Response<pb::EnableKeyResponse>, Status> {
+    async fn enable_key(
+        &self,
+        req: Request<pb::EnableKeyRequest>,
+    ) -> Result<Response<pb::EnableKeyResponse>, Status> {
         let mut call = Call::begin(&req, method!("EnableKey"));
         let r = req.into_inner();
-        let result = self.transition(&mut call, &r.key_id, Transition::Enable, 0).await;
-        let result = result.map(|k| pb::EnableKeyResponse { key: Some(convert::metadata(&k)) });
+        let result = self
+            .transition(&mut call, &r.key_id, Transition::Enable, 0)
+            .await;
+        let result = result.map(|k| pb::EnableKeyResponse {
+            key: Some(convert::metadata(&k)),
+        });
         self.ctx.finish(call, result).await
     }
 
-    async fn disable_key(&self, req: Request<pb::DisableKeyRequest>) -> Result<Response<pb::DisableKeyResponse>, Status> {
+    async fn disable_key(
+        &self,
+        req: Request<pb::DisableKeyRequest>,
+    ) -> Result<Response<pb::DisableKeyResponse>, Status> {
         let mut call = Call::begin(&req, method!("DisableKey"));
         let r = req.into_inner();
-        let result = self.transition(&mut call, &r.key_id, Transition::Disable, 0).await;
-        let result = result.map(|k| pb::DisableKeyResponse { key: Some(convert::metadata(&k)) });
+        let result = self
+            .transition(&mut call, &r.key_id, Transition::Disable, 0)
+            .await;
+        let result = result.map(|k| pb::DisableKeyResponse {
+            key: Some(convert::metadata(&k)),
+        });
         self.ctx.finish(call, result).await
     }
 
-    async fn schedule_key_deletion(&self, req: Request<pb::ScheduleKeyDeletionRequest>) -> Result<Response<pb::ScheduleKeyDeletionResponse>, Status> {
+    async fn schedule_key_deletion(
+        &self,
+        req: Request<pb::ScheduleKeyDeletionRequest>,
+    ) -> Result<Response<pb::ScheduleKeyDeletionResponse>, Status> {
         let mut call = Call::begin(&req, method!("ScheduleKeyDeletion"));
         let r = req.into_inner();
         let result = async {
@@ -216,56 +287,95 @@ impl KeyService for KeyApi {
                 call.note_key(&r.key_id, None);
                 return Err(KeyError::InvalidDeletionWindow(r.pending_window_days).into());
             }
-            let k = self.transition(&mut call, &r.key_id, Transition::ScheduleDeletion, r.pending_window_days).await?;
-            Ok(pb::ScheduleKeyDeletionResponse { deletion_time: k.deletion_time.map(convert::ts), key: Some(convert::metadata(&k)) })
+            let k = self
+                .transition(
+                    &mut call,
+                    &r.key_id,
+                    Transition::ScheduleDeletion,
+                    r.pending_window_days,
+                )
+                .await?;
+            Ok(pb::ScheduleKeyDeletionResponse {
+                deletion_time: k.deletion_time.map(convert::ts),
+                key: Some(convert::metadata(&k)),
+            })
         }
         .await;
         self.ctx.finish(call, result).await
     }
 
-    async fn cancel_key_deletion(&self, req: Request<pb::CancelKeyDeletionRequest>) -> Result<Response<pb::CancelKeyDeletionResponse>, Status> {
+    async fn cancel_key_deletion(
+        &self,
+        req: Request<pb::CancelKeyDeletionRequest>,
+    ) -> Result<Response<pb::CancelKeyDeletionResponse>, Status> {
         let mut call = Call::begin(&req, method!("CancelKeyDeletion"));
         let r = req.into_inner();
-        let result = self.transition(&mut call, &r.key_id, Transition::CancelDeletion, 0).await;
-        let result = result.map(|k| pb::CancelKeyDeletionResponse { key: Some(convert::metadata(&k)) });
+        let result = self
+            .transition(&mut call, &r.key_id, Transition::CancelDeletion, 0)
+            .await;
+        let result = result.map(|k| pb::CancelKeyDeletionResponse {
+            key: Some(convert::metadata(&k)),
+        });
         self.ctx.finish(call, result).await
     }
 
-    async fn create_alias(&self, req: Request<pb::CreateAliasRequest>) -> Result<Response<pb::CreateAliasResponse>, Status> {
+    async fn create_alias(
+        &self,
+        req: Request<pb::CreateAliasRequest>,
+    ) -> Result<Response<pb::CreateAliasResponse>, Status> {
         let mut call = Call::begin(&req, method!("CreateAlias"));
         let r = req.into_inner();
         let result = async {
             call.authorize(&self.ctx.auth)?;
             let key = self.resolve(&mut call, &r.target_key_id).await?;
             call.event.alias = crate::keys::truncate(&r.alias_name, 300);
-            let a = self.ctx.blocking(move |m| m.create_alias(&r.alias_name, &key)).await?;
-            Ok(pb::CreateAliasResponse { alias: Some(convert::alias(&a)) })
+            let a = self
+                .ctx
+                .blocking(move |m| m.create_alias(&r.alias_name, &key))
+                .await?;
+            Ok(pb::CreateAliasResponse {
+                alias: Some(convert::alias(&a)),
+            })
         }
         .await;
         self.ctx.finish(call, result).await
     }
 
-    async fn update_alias(&self, req: Request<pb::UpdateAliasRequest>) -> Result<Response<pb::UpdateAliasResponse>, Status> {
+    async fn update_alias(
+        &self,
+        req: Request<pb::UpdateAliasRequest>,
+    ) -> Result<Response<pb::UpdateAliasResponse>, Status> {
         let mut call = Call::begin(&req, method!("UpdateAlias"));
         let r = req.into_inner();
         let result = async {
             call.authorize(&self.ctx.auth)?;
             let key = self.resolve(&mut call, &r.target_key_id).await?;
             call.event.alias = crate::keys::truncate(&r.alias_name, 300);
-            let a = self.ctx.blocking(move |m| m.update_alias(&r.alias_name, &key)).await?;
-            Ok(pb::UpdateAliasResponse { alias: Some(convert::alias(&a)) })
+            let a = self
+                .ctx
+                .blocking(move |m| m.update_alias(&r.alias_name, &key))
+                .await?;
+            Ok(pb::UpdateAliasResponse {
+                alias: Some(convert::alias(&a)),
+            })
         }
         .await;
         self.ctx.finish(call, result).await
     }
 
-    async fn delete_alias(&self, req: Request<pb::DeleteAliasRequest>) -> Result<Response<pb::DeleteAliasResponse>, Status> {
+    async fn delete_alias(
+        &self,
+        req: Request<pb::DeleteAliasRequest>,
+    ) -> Result<Response<pb::DeleteAliasResponse>, Status> {
         let mut call = Call::begin(&req, method!("DeleteAlias"));
         let r = req.into_inner();
         let result = async {
             call.authorize(&self.ctx.auth)?;
             call.event.alias = crate::keys::truncate(&r.alias_name, 300);
-            let key = self.ctx.blocking(move |m| m.delete_alias(&r.alias_name)).await?;
+            let key = self
+                .ctx
+                .blocking(move |m| m.delete_alias(&r.alias_name))
+                .await?;
             call.event.key_id = key.to_string();
             Ok(pb::DeleteAliasResponse {})
         }
@@ -273,21 +383,37 @@ impl KeyService for KeyApi {
         self.ctx.finish(call, result).await
     }
 
-    async fn list_aliases(&self, req: Request<pb::ListAliasesRequest>) -> Result<Response<pb::ListAliasesResponse>, Status> {
+    async fn list_aliases(
+        &self,
+        req: Request<pb::ListAliasesRequest>,
+    ) -> Result<Response<pb::ListAliasesResponse>, Status> {
         let mut call = Call::begin(&req, method!("ListAliases"));
         let r = req.into_inner();
         let result = async {
             call.authorize(&self.ctx.auth)?;
-            let key = if r.key_id.is_empty() { None } else { Some(self.resolve(&mut call, &r.key_id).await?.id) };
+            let key = if r.key_id.is_empty() {
+                None
+            } else {
+                Some(self.resolve(&mut call, &r.key_id).await?.id)
+            };
             let limit = page_size(r.page_size)?;
-            let (list, next) = self.ctx.blocking(move |m| m.list_aliases(key, &r.page_token, limit)).await?;
-            Ok(pb::ListAliasesResponse { aliases: list.iter().map(convert::alias).collect(), next_page_token: next })
+            let (list, next) = self
+                .ctx
+                .blocking(move |m| m.list_aliases(key, &r.page_token, limit))
+                .await?;
+            Ok(pb::ListAliasesResponse {
+                aliases: list.iter().map(convert::alias).collect(),
+                next_page_token: next,
+            })
         }
         .await;
         self.ctx.finish(call, result).await
     }
 
-    async fn sign(&self, req: Request<pb::SignRequest>) -> Result<Response<pb::SignResponse>, Status> {
+    async fn sign(
+        &self,
+        req: Request<pb::SignRequest>,
+    ) -> Result<Response<pb::SignResponse>, Status> {
         let mut call = Call::begin(&req, method!("Sign"));
         let result = self.sign_one(&mut call, req.into_inner()).await;
         self.ctx.finish(call, result).await
@@ -323,14 +449,20 @@ impl KeyService for KeyApi {
                             request_id,
                         }),
                     };
-                    Ok(pb::SignStreamResponse { index: index as u64, result: Some(result) })
+                    Ok(pb::SignStreamResponse {
+                        index: index as u64,
+                        result: Some(result),
+                    })
                 }
             });
         let ordered = answers.buffered(STREAM_WINDOW);
         Ok(Response::new(Box::pin(ordered)))
     }
 
-    async fn verify(&self, req: Request<pb::VerifyRequest>) -> Result<Response<pb::VerifyResponse>, Status> {
+    async fn verify(
+        &self,
+        req: Request<pb::VerifyRequest>,
+    ) -> Result<Response<pb::VerifyResponse>, Status> {
         let mut call = Call::begin(&req, method!("Verify"));
         let r = req.into_inner();
         call.event.input_sha256 = input_hash(&r.message);
@@ -342,23 +474,37 @@ impl KeyService for KeyApi {
             call.event.message_type = mt.name().into();
             let (msg, sig) = (r.message, r.signature);
             let (id, valid) = self
-                .with_key(&mut call, &r.key_id, move |m, key| Ok((key.id, m.verify(&key, alg, mt, &msg, &sig)?)))
+                .with_key(&mut call, &r.key_id, move |m, key| {
+                    Ok((key.id, m.verify(&key, alg, mt, &msg, &sig)?))
+                })
                 .await?;
-            Ok(pb::VerifyResponse { key_id: id.to_string(), valid })
+            Ok(pb::VerifyResponse {
+                key_id: id.to_string(),
+                valid,
+            })
         }
         .await;
         self.ctx.finish(call, result).await
     }
 
-    async fn generate_random(&self, req: Request<pb::GenerateRandomRequest>) -> Result<Response<pb::GenerateRandomResponse>, Status> {
+    async fn generate_random(
+        &self,
+        req: Request<pb::GenerateRandomRequest>,
+    ) -> Result<Response<pb::GenerateRandomResponse>, Status> {
         let call = Call::begin(&req, method!("GenerateRandom"));
         let n = req.into_inner().length;
         let result = async {
             call.authorize(&self.ctx.auth)?;
             if n == 0 || n > MAX_RANDOM {
-                return Err(KeyError::InvalidArgument(format!("length {n} is outside 1..{MAX_RANDOM}")).into());
+                return Err(KeyError::InvalidArgument(format!(
+                    "length {n} is outside 1..{MAX_RANDOM}"
+                ))
+                .into());
             }
-            let random = self.ctx.blocking(move |m| Ok(m.backend().random(n as usize)?)).await?;
+            let random = self
+                .ctx
+                .blocking(move |m| Ok(m.backend().random(n as usize)?))
+                .await?;
             Ok(pb::GenerateRandomResponse { random })
         }
         .await;

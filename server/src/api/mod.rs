@@ -68,7 +68,12 @@ impl Call {
             method: method.to_string(),
             ..Default::default()
         };
-        Call { started: Instant::now(), method, event, principal: who.principal.clone() }
+        Call {
+            started: Instant::now(),
+            method,
+            event,
+            principal: who.principal.clone(),
+        }
     }
 
     /// The caller, if allowed to call at all.
@@ -77,7 +82,10 @@ impl Call {
         if auth.allows(p) {
             Ok(p.to_string())
         } else {
-            Err(ApiError::PermissionDenied { principal: p.to_string(), method: short(self.method) })
+            Err(ApiError::PermissionDenied {
+                principal: p.to_string(),
+                method: short(self.method),
+            })
         }
     }
 
@@ -113,7 +121,11 @@ impl Ctx {
 
     /// Writes the call's audit record and only then answers. If the record cannot be
     /// made durable, the answer is UNAVAILABLE whatever the call did.
-    pub async fn finish<T>(&self, call: Call, result: Result<T, ApiError>) -> Result<Response<T>, Status> {
+    pub async fn finish<T>(
+        &self,
+        call: Call,
+        result: Result<T, ApiError>,
+    ) -> Result<Response<T>, Status> {
         let (request_id, result) = self.record(call, result).await;
         match result {
             Ok(v) => {
@@ -129,7 +141,11 @@ impl Ctx {
 
     /// Makes the call's audit record durable; returns its request id and the result to
     /// answer with (AUDIT_UNAVAILABLE if the record could not be written).
-    pub async fn record<T>(&self, mut call: Call, result: Result<T, ApiError>) -> (String, Result<T, ApiError>) {
+    pub async fn record<T>(
+        &self,
+        mut call: Call,
+        result: Result<T, ApiError>,
+    ) -> (String, Result<T, ApiError>) {
         call.event.duration_us = call.started.elapsed().as_micros() as u64;
         match &result {
             Ok(_) => {

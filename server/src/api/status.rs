@@ -21,7 +21,10 @@ pub enum ApiError {
     #[error("no verified client certificate identity")]
     Unauthenticated,
     #[error("principal '{principal}' is not allowed to call {method}")]
-    PermissionDenied { principal: String, method: &'static str },
+    PermissionDenied {
+        principal: String,
+        method: &'static str,
+    },
     #[error("audit log unavailable: the call was not carried out; retry later")]
     AuditUnavailable,
 }
@@ -44,9 +47,9 @@ impl ApiError {
                 | KeyError::UnsupportedKeySpec(_) => Code::InvalidArgument,
                 KeyError::KeyNotFound(_) | KeyError::AliasNotFound(_) => Code::NotFound,
                 KeyError::AliasExists(_) => Code::AlreadyExists,
-                KeyError::KeyState { .. } | KeyError::InvalidKeyState(_) | KeyError::WrongUsage { .. } => {
-                    Code::FailedPrecondition
-                }
+                KeyError::KeyState { .. }
+                | KeyError::InvalidKeyState(_)
+                | KeyError::WrongUsage { .. } => Code::FailedPrecondition,
                 KeyError::Unavailable(_) => Code::Unavailable,
                 KeyError::Internal(_) => Code::Internal,
             },
@@ -86,7 +89,8 @@ impl ApiError {
             }
             other => other.to_string(),
         };
-        let details = ErrorDetails::with_error_info(self.reason(), DOMAIN, HashMap::<String, String>::new());
+        let details =
+            ErrorDetails::with_error_info(self.reason(), DOMAIN, HashMap::<String, String>::new());
         Status::with_error_details(self.code(), message, details)
     }
 }
@@ -122,22 +126,60 @@ mod tests {
     #[test]
     fn mapping_table() {
         let cases: Vec<(ApiError, Code, &str)> = vec![
-            (KeyError::KeyNotFound("k".into()).into(), Code::NotFound, "KEY_NOT_FOUND"),
-            (KeyError::AliasExists("a".into()).into(), Code::AlreadyExists, "ALIAS_EXISTS"),
-            (KeyError::MessageTooLarge { len: 5000, max: 4096 }.into(), Code::InvalidArgument, "MESSAGE_TOO_LARGE"),
             (
-                KeyError::KeyState { key: uuid::Uuid::nil(), state: KeyState::Disabled }.into(),
+                KeyError::KeyNotFound("k".into()).into(),
+                Code::NotFound,
+                "KEY_NOT_FOUND",
+            ),
+            (
+                KeyError::AliasExists("a".into()).into(),
+                Code::AlreadyExists,
+                "ALIAS_EXISTS",
+            ),
+            (
+                KeyError::MessageTooLarge {
+                    len: 5000,
+                    max: 4096,
+                }
+                .into(),
+                Code::InvalidArgument,
+                "MESSAGE_TOO_LARGE",
+            ),
+            (
+                KeyError::KeyState {
+                    key: uuid::Uuid::nil(),
+                    state: KeyState::Disabled,
+                }
+                .into(),
                 Code::FailedPrecondition,
                 "KEY_DISABLED",
             ),
-            (KeyError::Unavailable("x".into()).into(), Code::Unavailable, "TOKEN_UNAVAILABLE"),
-            (ApiError::AuditUnavailable, Code::Unavailable, "AUDIT_UNAVAILABLE"),
-            (ApiError::PermissionDenied { principal: "p".into(), method: "Sign" }, Code::PermissionDenied, "PRINCIPAL_NOT_ALLOWED"),
+            (
+                KeyError::Unavailable("x".into()).into(),
+                Code::Unavailable,
+                "TOKEN_UNAVAILABLE",
+            ),
+            (
+                ApiError::AuditUnavailable,
+                Code::Unavailable,
+                "AUDIT_UNAVAILABLE",
+            ),
+            (
+                ApiError::PermissionDenied {
+                    principal: "p".into(),
+                    method: "Sign",
+                },
+                Code::PermissionDenied,
+                "PRINCIPAL_NOT_ALLOWED",
+            ),
         ];
         for (err, code, reason) in cases {
             let status = err.to_status();
             assert_eq!(status.code(), code);
-            assert_eq!(status.get_error_details().error_info().unwrap().reason, reason);
+            assert_eq!(
+                status.get_error_details().error_info().unwrap().reason,
+                reason
+            );
         }
     }
 
@@ -146,6 +188,9 @@ mod tests {
         let s = ApiError::Key(KeyError::Internal("CKR_GENERAL_ERROR pin=1234".into())).to_status();
         assert!(!s.message().contains("1234"));
         assert_eq!(ApiError::Unauthenticated.outcome(), Outcome::Denied);
-        assert_eq!(ApiError::Key(KeyError::InvalidKeyId("x".into())).outcome(), Outcome::Invalid);
+        assert_eq!(
+            ApiError::Key(KeyError::InvalidKeyId("x".into())).outcome(),
+            Outcome::Invalid
+        );
     }
 }

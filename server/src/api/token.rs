@@ -20,7 +20,10 @@ impl TokenApi {
 
 #[tonic::async_trait]
 impl TokenService for TokenApi {
-    async fn get_token_info(&self, req: Request<pb::GetTokenInfoRequest>) -> Result<Response<pb::GetTokenInfoResponse>, Status> {
+    async fn get_token_info(
+        &self,
+        req: Request<pb::GetTokenInfoRequest>,
+    ) -> Result<Response<pb::GetTokenInfoResponse>, Status> {
         let call = Call::begin(&req, "/hsmd.v1.TokenService/GetTokenInfo");
         let result = call.authorize(&self.ctx.auth).map(|_| {
             let backend = self.ctx.keys.backend();
@@ -37,10 +40,18 @@ impl TokenService for TokenApi {
                 capabilities: caps
                     .mechanisms
                     .iter()
-                    .map(|c| pb::Capability { mechanism: c.mechanism.to_string(), supported: c.supported, note: c.note.clone() })
+                    .map(|c| pb::Capability {
+                        mechanism: c.mechanism.to_string(),
+                        supported: c.supported,
+                        note: c.note.clone(),
+                    })
                     .collect(),
                 key_specs: caps.key_specs.iter().map(|s| spec_to_pb(*s)).collect(),
-                signing_algorithms: caps.signing_algorithms.iter().map(|a| alg_to_pb(*a)).collect(),
+                signing_algorithms: caps
+                    .signing_algorithms
+                    .iter()
+                    .map(|a| alg_to_pb(*a))
+                    .collect(),
                 session_pool_size: backend.pool_size() as u32,
             }
         });

@@ -39,13 +39,17 @@ pub struct AuditQuery {
 impl AuditQuery {
     /// True if a record passes every filter.
     pub fn matches(&self, r: &AuditRecord) -> bool {
-        let method_ok = self.method.as_deref().is_none_or(|m| {
-            r.method == m || r.method.rsplit('/').next() == Some(m)
-        });
+        let method_ok = self
+            .method
+            .as_deref()
+            .is_none_or(|m| r.method == m || r.method.rsplit('/').next() == Some(m));
         self.start.as_deref().is_none_or(|s| r.time.as_str() >= s)
             && self.end.as_deref().is_none_or(|e| r.time.as_str() < e)
             && self.principal.as_deref().is_none_or(|p| r.principal == p)
-            && self.key.as_deref().is_none_or(|k| r.key_id == k || r.alias == k)
+            && self
+                .key
+                .as_deref()
+                .is_none_or(|k| r.key_id == k || r.alias == k)
             && method_ok
             && self.outcome.is_none_or(|o| r.outcome == o)
     }
@@ -66,7 +70,9 @@ pub fn query_file(
     let mut sent = 0;
     for line in BufReader::new(file).lines() {
         let line = line.map_err(|e| AuditError::Io(e.to_string()))?;
-        let Ok(rec) = serde_json::from_str::<AuditRecord>(&line) else { continue };
+        let Ok(rec) = serde_json::from_str::<AuditRecord>(&line) else {
+            continue;
+        };
         if q.matches(&rec) {
             sent += 1;
             if !emit(rec, line) || sent >= q.limit {

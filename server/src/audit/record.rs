@@ -113,7 +113,10 @@ impl AuditRecord {
 
     /// Hex SHA-256 of the record serialized without its `hash` field.
     pub fn body_hash(&self) -> String {
-        let body = AuditRecord { hash: String::new(), ..self.clone() };
+        let body = AuditRecord {
+            hash: String::new(),
+            ..self.clone()
+        };
         let json = serde_json::to_string(&body).expect("audit record serializes");
         hex::encode(Sha256::digest(json.as_bytes()))
     }
@@ -135,7 +138,8 @@ pub fn now_rfc3339() -> String {
     let fmt = time::macros::format_description!(
         "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
     );
-    now.format(&fmt).unwrap_or_else(|_| now.unix_timestamp().to_string())
+    now.format(&fmt)
+        .unwrap_or_else(|_| now.unix_timestamp().to_string())
 }
 
 #[cfg(test)]

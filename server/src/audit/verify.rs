@@ -16,7 +16,10 @@ pub struct ChainHead {
 
 impl Default for ChainHead {
     fn default() -> Self {
-        ChainHead { sequence: 0, hash: GENESIS_HASH.to_string() }
+        ChainHead {
+            sequence: 0,
+            hash: GENESIS_HASH.to_string(),
+        }
     }
 }
 
@@ -67,7 +70,11 @@ pub fn verify_reader(mut r: impl BufRead) -> Result<VerifyReport, AuditError> {
         }
         line_no += 1;
         let expected = report.head.sequence + 1;
-        let bad = |sequence, problem: String| BadRecord { line: line_no, sequence, problem };
+        let bad = |sequence, problem: String| BadRecord {
+            line: line_no,
+            sequence,
+            problem,
+        };
         if buf.len() as u64 == MAX_LINE && buf.last() != Some(&b'\n') {
             report.first_bad = Some(bad(expected, format!("line longer than {MAX_LINE} bytes")));
             return Ok(report);
@@ -103,7 +110,10 @@ pub fn verify_reader(mut r: impl BufRead) -> Result<VerifyReport, AuditError> {
             return Ok(report);
         }
         report.records += 1;
-        report.head = ChainHead { sequence: record.seq, hash: record.hash };
+        report.head = ChainHead {
+            sequence: record.seq,
+            hash: record.hash,
+        };
     }
 }
 
@@ -116,9 +126,16 @@ mod tests {
         let mut head = ChainHead::default();
         let mut lines = Vec::new();
         for seq in 1..=n {
-            let ev = AuditEvent { method: format!("m{seq}"), outcome: Some(Outcome::Ok), ..Default::default() };
+            let ev = AuditEvent {
+                method: format!("m{seq}"),
+                outcome: Some(Outcome::Ok),
+                ..Default::default()
+            };
             let rec = AuditRecord::new(ev, seq, "t".into(), head.hash.clone());
-            head = ChainHead { sequence: seq, hash: rec.hash.clone() };
+            head = ChainHead {
+                sequence: seq,
+                hash: rec.hash.clone(),
+            };
             lines.push(rec.to_line());
         }
         lines

@@ -14,9 +14,9 @@ use std::sync::{Arc, Mutex, mpsc};
 
 use tokio::sync::oneshot;
 
+use super::AuditError;
 use super::record::{AuditEvent, AuditRecord, now_rfc3339};
 use super::verify::{self, ChainHead};
-use super::AuditError;
 
 /// Most events written under one fsync.
 const MAX_GROUP: usize = 1024;
@@ -41,7 +41,8 @@ impl AuditLog {
     /// dropped or continued.
     pub fn open(path: &Path) -> Result<Self, AuditError> {
         if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir).map_err(|e| AuditError::Io(format!("{}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir)
+                .map_err(|e| AuditError::Io(format!("{}: {e}", dir.display())))?;
         }
         let report = verify::verify_file(path)?;
         if let Some(bad) = &report.first_bad {
@@ -71,7 +72,11 @@ impl AuditLog {
             .name("audit-writer".into())
             .spawn(move || run(file, rx, thread_head))
             .map_err(|e| AuditError::Io(e.to_string()))?;
-        Ok(AuditLog { tx, path: path.to_path_buf(), head })
+        Ok(AuditLog {
+            tx,
+            path: path.to_path_buf(),
+            head,
+        })
     }
 
     /// Appends an event and waits until it is durable. Returns its sequence number.
@@ -80,7 +85,8 @@ impl AuditLog {
         self.tx
             .send(Pending { event, reply })
             .map_err(|_| AuditError::Io("audit writer stopped".into()))?;
-        rx.await.map_err(|_| AuditError::Io("audit writer stopped".into()))?
+        rx.await
+            .map_err(|_| AuditError::Io("audit writer stopped".into()))?
     }
 
     /// Path of the log file.
@@ -111,7 +117,10 @@ fn run(mut file: File, rx: mpsc::Receiver<Pending>, head: Arc<Mutex<ChainHead>>)
             let seq = state.sequence + 1;
             let record = AuditRecord::new(p.event, seq, now_rfc3339(), state.hash.clone());
             let line = record.to_line();
-            state = ChainHead { sequence: seq, hash: record.hash };
+            state = ChainHead {
+                sequence: seq,
+                hash: record.hash,
+            };
             buf.extend_from_slice(line.as_bytes());
             buf.push(b'\n');
             seqs.push(seq);
@@ -146,7 +155,11 @@ mod tests {
     use crate::audit::record::Outcome;
 
     fn event(m: &str) -> AuditEvent {
-        AuditEvent { method: m.into(), outcome: Some(Outcome::Ok), ..Default::default() }
+        AuditEvent {
+            method: m.into(),
+            outcome: Some(Outcome::Ok),
+            ..Default::default()
+        }
     }
 
     #[tokio::test]
@@ -157,7 +170,9 @@ mod tests {
         let mut tasks = Vec::new();
         for i in 0..50 {
             let log = log.clone();
-            tasks.push(tokio::spawn(async move { log.append(event(&format!("m{i}"))).await }));
+            tasks.push(tokio::spawn(async move {
+                log.append(event(&format!("m{i}"))).await
+            }));
         }
         let mut seqs: Vec<u64> = Vec::new();
         for t in tasks {
@@ -179,7 +194,10 @@ mod tests {
         // /dev/full fails every write with ENOSPC, like a full disk.
         let full = OpenOptions::new().append(true).open("/dev/full").unwrap();
         let log = AuditLog::start(full, ChainHead::default(), Path::new("/dev/full")).unwrap();
-        assert!(matches!(log.append(event("x")).await, Err(AuditError::Io(_))));
+        assert!(matches!(
+            log.append(event("x")).await,
+            Err(AuditError::Io(_))
+        ));
         // Nothing was made durable, so the head did not move.
         assert_eq!(log.head(), ChainHead::default());
     }

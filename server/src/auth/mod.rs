@@ -40,7 +40,9 @@ fn directory_string(any: &der::Any) -> Option<String> {
     if let Ok(s) = any.decode_as::<der::asn1::PrintableStringRef<'_>>() {
         return Some(s.to_string());
     }
-    any.decode_as::<der::asn1::Ia5StringRef<'_>>().ok().map(|s| s.to_string())
+    any.decode_as::<der::asn1::Ia5StringRef<'_>>()
+        .ok()
+        .map(|s| s.to_string())
 }
 
 /// The principals allowed to call.
@@ -51,7 +53,9 @@ pub struct Authorizer {
 
 impl Authorizer {
     pub fn new(allowed: impl IntoIterator<Item = String>) -> Self {
-        Authorizer { allowed: allowed.into_iter().collect() }
+        Authorizer {
+            allowed: allowed.into_iter().collect(),
+        }
     }
 
     /// True if `principal` may call hsmd.
@@ -66,9 +70,13 @@ mod tests {
 
     fn cert(san_uri: Option<&str>, cn: &str) -> Vec<u8> {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, cn);
         if let Some(u) = san_uri {
-            params.subject_alt_names.push(rcgen::SanType::URI(u.try_into().unwrap()));
+            params
+                .subject_alt_names
+                .push(rcgen::SanType::URI(u.try_into().unwrap()));
         }
         let key = rcgen::KeyPair::generate().unwrap();
         params.self_signed(&key).unwrap().der().to_vec()
@@ -80,7 +88,10 @@ mod tests {
             principal_from_cert(&cert(Some("spiffe://corp/payments"), "pay")).as_deref(),
             Some("spiffe://corp/payments")
         );
-        assert_eq!(principal_from_cert(&cert(None, "batch-job")).as_deref(), Some("batch-job"));
+        assert_eq!(
+            principal_from_cert(&cert(None, "batch-job")).as_deref(),
+            Some("batch-job")
+        );
         assert_eq!(principal_from_cert(b"not a cert"), None);
     }
 

@@ -32,7 +32,10 @@ pub fn classify(what: &'static str, err: CkError) -> HsmError {
     match err {
         CkError::Pkcs11(rv, function) => classify_rv(what, rv, function),
         CkError::LibraryLoading(e) => HsmError::Unavailable(format!("{what}: module: {e}")),
-        other => HsmError::Pkcs11 { function: what.to_string(), rv: other.to_string() },
+        other => HsmError::Pkcs11 {
+            function: what.to_string(),
+            rv: other.to_string(),
+        },
     }
 }
 
@@ -40,16 +43,33 @@ fn classify_rv(what: &'static str, rv: RvError, function: Function) -> HsmError 
     use RvError::*;
     match rv {
         ObjectHandleInvalid | KeyHandleInvalid => HsmError::ObjectMissing,
-        DeviceRemoved | DeviceError | TokenNotPresent | TokenNotRecognized | SessionClosed
-        | SessionHandleInvalid | UserNotLoggedIn | CryptokiNotInitialized | DeviceMemory
+        DeviceRemoved
+        | DeviceError
+        | TokenNotPresent
+        | TokenNotRecognized
+        | SessionClosed
+        | SessionHandleInvalid
+        | UserNotLoggedIn
+        | CryptokiNotInitialized
+        | DeviceMemory
         | SessionCount => HsmError::Unavailable(format!("{what} ({function}): {rv}")),
-        MechanismInvalid | MechanismParamInvalid | FunctionNotSupported | KeyTypeInconsistent
-        | KeyFunctionNotPermitted | KeySizeRange | DomainParamsInvalid | CurveNotSupported => {
-            HsmError::Unsupported(format!("{what} ({function}): {rv}"))
-        }
-        DataLenRange | DataInvalid | EncryptedDataInvalid | EncryptedDataLenRange
+        MechanismInvalid
+        | MechanismParamInvalid
+        | FunctionNotSupported
+        | KeyTypeInconsistent
+        | KeyFunctionNotPermitted
+        | KeySizeRange
+        | DomainParamsInvalid
+        | CurveNotSupported => HsmError::Unsupported(format!("{what} ({function}): {rv}")),
+        DataLenRange
+        | DataInvalid
+        | EncryptedDataInvalid
+        | EncryptedDataLenRange
         | ArgumentsBad => HsmError::BadInput(format!("{what} ({function}): {rv}")),
-        _ => HsmError::Pkcs11 { function: format!("{what} ({function})"), rv: rv.to_string() },
+        _ => HsmError::Pkcs11 {
+            function: format!("{what} ({function})"),
+            rv: rv.to_string(),
+        },
     }
 }
 

@@ -70,7 +70,11 @@ fn pss_params(h: HashAlg) -> PkcsPssParams {
         HashAlg::Sha384 => (MechanismType::SHA384, PkcsMgfType::MGF1_SHA384),
         HashAlg::Sha512 => (MechanismType::SHA512, PkcsMgfType::MGF1_SHA512),
     };
-    PkcsPssParams { hash_alg, mgf, s_len: (h.len() as u64).into() }
+    PkcsPssParams {
+        hash_alg,
+        mgf,
+        s_len: (h.output_len() as u64).into(),
+    }
 }
 
 /// DER of DigestInfo up to the digest itself (RFC 8017 section 9.2, note 1).
@@ -100,9 +104,9 @@ mod tests {
         for h in HashAlg::ALL {
             let p = digest_info_prefix(*h);
             assert_eq!(p.len(), 19);
-            assert_eq!(p[18] as usize, h.len());
+            assert_eq!(p[18] as usize, h.output_len());
             // Outer SEQUENCE length covers the rest of the prefix plus the digest.
-            assert_eq!(p[1] as usize, 17 + h.len());
+            assert_eq!(p[1] as usize, 17 + h.output_len());
         }
     }
 

@@ -76,14 +76,22 @@ impl Pkcs11Backend {
             ))
         };
         if !Path::new(&cfg.module).exists() {
-            return Err(setup("module file not found", "install it or fix hsm.module".into()));
+            return Err(setup(
+                "module file not found",
+                "install it or fix hsm.module".into(),
+            ));
         }
-        let ctx = Pkcs11::new(&cfg.module).map_err(|e| setup("cannot load module", e.to_string()))?;
+        let ctx =
+            Pkcs11::new(&cfg.module).map_err(|e| setup("cannot load module", e.to_string()))?;
         ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
             .map_err(|e| setup("C_Initialize failed", e.to_string()))?;
         let slot = find_slot(&ctx, &cfg.token_label).map_err(|d| setup("token", d))?;
-        let info = ctx.get_token_info(slot).map_err(|e| setup("C_GetTokenInfo", e.to_string()))?;
-        let lib = ctx.get_library_info().map_err(|e| setup("C_GetInfo", e.to_string()))?;
+        let info = ctx
+            .get_token_info(slot)
+            .map_err(|e| setup("C_GetTokenInfo", e.to_string()))?;
+        let lib = ctx
+            .get_library_info()
+            .map_err(|e| setup("C_GetInfo", e.to_string()))?;
         let description = TokenDescription {
             label: info.label().trim().to_string(),
             manufacturer: info.manufacturer_id().trim().to_string(),
@@ -99,7 +107,12 @@ impl Pkcs11Backend {
         let capabilities = Capabilities::from_mechanisms(&mechs);
         let pool = pool::SessionPool::open(ctx, slot, cfg.pin.clone(), cfg.sessions)
             .map_err(|e| setup("login", login_hint(e)))?;
-        Ok(Pkcs11Backend { pool, handles: RwLock::new(HashMap::new()), capabilities, description })
+        Ok(Pkcs11Backend {
+            pool,
+            handles: RwLock::new(HashMap::new()),
+            capabilities,
+            description,
+        })
     }
 
     /// What the start-up probe found.
@@ -143,15 +156,18 @@ impl Pkcs11Backend {
         let template = objects::generation(spec, usage, id.as_bytes(), &id.to_string())
             .ok_or_else(|| HsmError::Unsupported(format!("{spec} keys on this token")))?;
         // Handles are cached on first use (with the session-object copy, see `objects`).
-        self.with_session("C_GenerateKeyPair", |s| objects::generate(s, &template)).map(drop)
+        self.with_session("C_GenerateKeyPair", |s| objects::generate(s, &template))
+            .map(drop)
     }
 
     /// Reads the public half of a key pair.
     pub fn public_key(&self, id: Uuid, spec: KeySpec) -> Result<PublicKeyMaterial, HsmError> {
         let objs = self.objects(id)?;
         let public = objs.public.ok_or(HsmError::ObjectMissing)?;
-        self.with_session("C_GetAttributeValue", |s| objects::public_key(s, spec, public))?
-            .ok_or(HsmError::ObjectMissing)
+        self.with_session("C_GetAttributeValue", |s| {
+            objects::public_key(s, spec, public)
+        })?
+        .ok_or(HsmError::ObjectMissing)
     }
 
     /// Signs `input` (message or digest, as the mechanism expects) with the key's
@@ -172,7 +188,10 @@ impl Pkcs11Backend {
     ) -> Result<T, HsmError> {
         let result = op(self.objects(id)?);
         if matches!(result, Err(HsmError::ObjectMissing)) {
-            self.handles.write().unwrap_or_else(|p| p.into_inner()).remove(&id);
+            self.handles
+                .write()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&id);
             return op(self.objects(id)?);
         }
         result
@@ -191,7 +210,10 @@ impl Pkcs11Backend {
         self.retry_if_missing(id, |objs| {
             let public = objs.public.ok_or(HsmError::ObjectMissing)?;
             let s = self.pool.get()?;
-            match s.session().verify(&mech.mechanism(), public, &data, signature) {
+            match s
+                .session()
+                .verify(&mech.mechanism(), public, &data, signature)
+            {
                 Ok(()) => Ok(true),
                 Err(cryptoki::error::Error::Pkcs11(
                     RvError::SignatureInvalid | RvError::SignatureLenRange,
@@ -216,10 +238,16 @@ impl Pkcs11Backend {
 
     /// Destroys every object with the key's CKA_ID. Missing objects are not an error.
     pub fn destroy(&self, id: Uuid) -> Result<(), HsmError> {
-        self.handles.write().unwrap_or_else(|p| p.into_inner()).remove(&id);
+        self.handles
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&id);
         self.with_session("C_DestroyObject", |s| {
-            for class in [ObjectClass::PRIVATE_KEY, ObjectClass::SECRET_KEY, ObjectClass::PUBLIC_KEY]
-            {
+            for class in [
+                ObjectClass::PRIVATE_KEY,
+                ObjectClass::SECRET_KEY,
+                ObjectClass::PUBLIC_KEY,
+            ] {
                 let template = [
                     cryptoki::object::Attribute::Class(class),
                     cryptoki::object::Attribute::Id(id.as_bytes().to_vec()),
@@ -257,29 +285,46 @@ impl Pkcs11Backend {
     /// lives as long as the pooled session that made it; if that session is replaced the
     /// handle fails once and `retry_if_missing` loads a new copy.
     fn objects(&self, id: Uuid) -> Result<KeyObjects, HsmError> {
-        if let Some(o) = self.handles.read().unwrap_or_else(|p| p.into_inner()).get(&id) {
+        if let Some(o) = self
+            .handles
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&id)
+        {
             return Ok(*o);
         }
         let found = self.with_session("C_FindObjects", |s| {
-            let Some(objs) = objects::find_token_objects(s, id.as_bytes())? else { return Ok(None) };
+            let Some(objs) = objects::find_token_objects(s, id.as_bytes())? else {
+                return Ok(None);
+            };
             let private = s
                 .copy_object(objs.private, &[cryptoki::object::Attribute::Token(false)])
                 .unwrap_or(objs.private);
-            Ok(Some(KeyObjects { private, public: objs.public }))
+            Ok(Some(KeyObjects {
+                private,
+                public: objs.public,
+            }))
         })?;
         let objs = found.ok_or(HsmError::ObjectMissing)?;
-        self.handles.write().unwrap_or_else(|p| p.into_inner()).insert(id, objs);
+        self.handles
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id, objs);
         Ok(objs)
     }
 
     fn flush_handles(&self) {
-        self.handles.write().unwrap_or_else(|p| p.into_inner()).clear();
+        self.handles
+            .write()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
     }
-
 }
 
 fn find_slot(ctx: &Pkcs11, label: &str) -> Result<Slot, String> {
-    let slots = ctx.get_slots_with_token().map_err(|e| format!("C_GetSlotList: {e}"))?;
+    let slots = ctx
+        .get_slots_with_token()
+        .map_err(|e| format!("C_GetSlotList: {e}"))?;
     let mut seen = Vec::new();
     for slot in slots {
         if let Ok(info) = ctx.get_token_info(slot) {
@@ -292,12 +337,15 @@ fn find_slot(ctx: &Pkcs11, label: &str) -> Result<Slot, String> {
             }
         }
     }
-    Err(format!("no initialized token with this label (tokens found: {seen:?})"))
+    Err(format!(
+        "no initialized token with this label (tokens found: {seen:?})"
+    ))
 }
 
 fn login_hint(e: HsmError) -> String {
     let text = e.to_string();
-    if text.contains("PinIncorrect") || text.contains("PIN_INCORRECT") || text.contains("incorrect") {
+    if text.contains("PinIncorrect") || text.contains("PIN_INCORRECT") || text.contains("incorrect")
+    {
         format!("wrong PIN ({text})")
     } else if text.contains("Locked") || text.contains("LOCKED") {
         format!("PIN locked ({text})")

@@ -30,10 +30,18 @@ pub struct KeyObjects {
 /// The public half of a key as the token stores it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum PublicKeyMaterial {
-    Rsa { modulus: Vec<u8>, exponent: Vec<u8> },
+    Rsa {
+        modulus: Vec<u8>,
+        exponent: Vec<u8>,
+    },
     /// SEC1 uncompressed point.
-    Ec { spec: KeySpec, point: Vec<u8> },
-    Ed25519 { key: [u8; 32] },
+    Ec {
+        spec: KeySpec,
+        point: Vec<u8>,
+    },
+    Ed25519 {
+        key: [u8; 32],
+    },
 }
 
 /// What the token is asked to generate.
@@ -77,7 +85,11 @@ pub fn generation(spec: KeySpec, usage: KeyUsage, id: &[u8], label: &str) -> Opt
             Mechanism::RsaPkcsKeyPairGen
         }
         KeySpec::EcP256 | KeySpec::EcP384 => {
-            let oid = if spec == KeySpec::EcP256 { OID_P256 } else { OID_P384 };
+            let oid = if spec == KeySpec::EcP256 {
+                OID_P256
+            } else {
+                OID_P384
+            };
             public.push(Attribute::EcParams(oid.to_vec()));
             Mechanism::EccKeyPairGen
         }
@@ -97,33 +109,56 @@ pub fn generation(spec: KeySpec, usage: KeyUsage, id: &[u8], label: &str) -> Opt
                 Attribute::Verify(false),
                 Attribute::Sign(false),
             ]);
-            return Some(Generation { mechanism: Mechanism::AesKeyGen, public: None, private });
+            return Some(Generation {
+                mechanism: Mechanism::AesKeyGen,
+                public: None,
+                private,
+            });
         }
         KeySpec::Sm2 => return None,
     };
-    Some(Generation { mechanism, public: Some(public), private })
+    Some(Generation {
+        mechanism,
+        public: Some(public),
+        private,
+    })
 }
 
 /// Generates a key in the token; destroys what was made if any step fails.
 pub fn generate(session: &Session, template: &Generation) -> cryptoki::error::Result<KeyObjects> {
     match &template.public {
         Some(public) => {
-            let (pubh, privh) = session.generate_key_pair(&template.mechanism, public, &template.private)?;
-            Ok(KeyObjects { private: privh, public: Some(pubh) })
+            let (pubh, privh) =
+                session.generate_key_pair(&template.mechanism, public, &template.private)?;
+            Ok(KeyObjects {
+                private: privh,
+                public: Some(pubh),
+            })
         }
         None => {
             let h = session.generate_key(&template.mechanism, &template.private)?;
-            Ok(KeyObjects { private: h, public: None })
+            Ok(KeyObjects {
+                private: h,
+                public: None,
+            })
         }
     }
 }
 
 /// Finds a key's token objects (not session copies) by CKA_ID; `None` when the token has
 /// no private/secret object for it.
-pub fn find_token_objects(session: &Session, id: &[u8]) -> cryptoki::error::Result<Option<KeyObjects>> {
-    let private = find_one(session, id, ObjectClass::PRIVATE_KEY)?
-        .or(find_one(session, id, ObjectClass::SECRET_KEY)?);
-    let Some(private) = private else { return Ok(None) };
+pub fn find_token_objects(
+    session: &Session,
+    id: &[u8],
+) -> cryptoki::error::Result<Option<KeyObjects>> {
+    let private = find_one(session, id, ObjectClass::PRIVATE_KEY)?.or(find_one(
+        session,
+        id,
+        ObjectClass::SECRET_KEY,
+    )?);
+    let Some(private) = private else {
+        return Ok(None);
+    };
     let public = find_one(session, id, ObjectClass::PUBLIC_KEY)?;
     Ok(Some(KeyObjects { private, public }))
 }
@@ -133,14 +168,22 @@ fn find_one(
     id: &[u8],
     class: ObjectClass,
 ) -> cryptoki::error::Result<Option<ObjectHandle>> {
-    let template = [Attribute::Token(true), Attribute::Class(class), Attribute::Id(id.to_vec())];
+    let template = [
+        Attribute::Token(true),
+        Attribute::Class(class),
+        Attribute::Id(id.to_vec()),
+    ];
     Ok(session.find_objects(&template)?.into_iter().next())
 }
 
 /// Every (class, CKA_ID) of key objects in the token, for reconciliation.
 pub fn list_ids(session: &Session) -> cryptoki::error::Result<Vec<(ObjectClass, Vec<u8>)>> {
     let mut out = Vec::new();
-    for class in [ObjectClass::PRIVATE_KEY, ObjectClass::SECRET_KEY, ObjectClass::PUBLIC_KEY] {
+    for class in [
+        ObjectClass::PRIVATE_KEY,
+        ObjectClass::SECRET_KEY,
+        ObjectClass::PUBLIC_KEY,
+    ] {
         for h in session.find_objects(&[Attribute::Token(true), Attribute::Class(class)])? {
             for attr in session.get_attributes(h, &[AttributeType::Id])? {
                 if let Attribute::Id(id) = attr {
@@ -160,8 +203,10 @@ pub fn public_key(
 ) -> cryptoki::error::Result<Option<PublicKeyMaterial>> {
     let material = match spec {
         KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096 => {
-            let attrs = session
-                .get_attributes(handle, &[AttributeType::Modulus, AttributeType::PublicExponent])?;
+            let attrs = session.get_attributes(
+                handle,
+                &[AttributeType::Modulus, AttributeType::PublicExponent],
+            )?;
             let (mut modulus, mut exponent) = (None, None);
             for a in attrs {
                 match a {
@@ -176,7 +221,9 @@ pub fn public_key(
             }
         }
         KeySpec::EcP256 | KeySpec::EcP384 | KeySpec::Ed25519 => {
-            let Some(point) = ec_point(session, handle)? else { return Ok(None) };
+            let Some(point) = ec_point(session, handle)? else {
+                return Ok(None);
+            };
             if spec == KeySpec::Ed25519 {
                 match <[u8; 32]>::try_from(point.as_slice()) {
                     Ok(key) => PublicKeyMaterial::Ed25519 { key },
@@ -215,7 +262,9 @@ fn unwrap_octet_string(der: &[u8]) -> Option<Vec<u8>> {
         if n == 0 || n > 2 || rest.len() < n {
             return None;
         }
-        let len = rest[..n].iter().fold(0usize, |acc, b| (acc << 8) | *b as usize);
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | *b as usize);
         (len, &rest[n..])
     };
     (body.len() == len).then(|| body.to_vec())
@@ -227,7 +276,10 @@ mod tests {
 
     #[test]
     fn octet_string_unwrapping() {
-        assert_eq!(unwrap_octet_string(&[0x04, 0x02, 0xaa, 0xbb]), Some(vec![0xaa, 0xbb]));
+        assert_eq!(
+            unwrap_octet_string(&[0x04, 0x02, 0xaa, 0xbb]),
+            Some(vec![0xaa, 0xbb])
+        );
         assert_eq!(unwrap_octet_string(&[0x04, 0x03, 0xaa, 0xbb]), None);
         let long: Vec<u8> = [vec![0x04, 0x81, 0x85], vec![1u8; 0x85]].concat();
         assert_eq!(unwrap_octet_string(&long).map(|v| v.len()), Some(0x85));

@@ -40,10 +40,20 @@ impl SessionPool {
         let size = size.max(1);
         let mut sessions = Vec::with_capacity(size);
         for _ in 0..size {
-            sessions.push(ctx.open_rw_session(slot).map_err(|e| classify("C_OpenSession", e))?);
+            sessions.push(
+                ctx.open_rw_session(slot)
+                    .map_err(|e| classify("C_OpenSession", e))?,
+            );
         }
         login(&sessions[0], &pin)?;
-        Ok(SessionPool { ctx, slot, pin, idle: Mutex::new(sessions), freed: Condvar::new(), size })
+        Ok(SessionPool {
+            ctx,
+            slot,
+            pin,
+            idle: Mutex::new(sessions),
+            freed: Condvar::new(),
+            size,
+        })
     }
 
     /// Number of sessions in the pool.
@@ -56,7 +66,10 @@ impl SessionPool {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             if let Some(session) = idle.pop() {
-                return Ok(PooledSession { pool: self, session: Some(session) });
+                return Ok(PooledSession {
+                    pool: self,
+                    session: Some(session),
+                });
             }
             let (guard, timeout) = self
                 .freed
@@ -70,7 +83,10 @@ impl SessionPool {
     }
 
     fn put_back(&self, session: Session) {
-        self.idle.lock().unwrap_or_else(|p| p.into_inner()).push(session);
+        self.idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(session);
         self.freed.notify_one();
     }
 

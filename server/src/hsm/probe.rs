@@ -23,29 +23,101 @@ pub struct Capabilities {
 }
 
 const WANTED: &[(MechanismType, &str, &str)] = &[
-    (MechanismType::RSA_PKCS_KEY_PAIR_GEN, "CKM_RSA_PKCS_KEY_PAIR_GEN", "RSA key generation"),
-    (MechanismType::SHA256_RSA_PKCS, "CKM_SHA256_RSA_PKCS", "RSA_PKCS1_SHA_256 RAW"),
-    (MechanismType::SHA384_RSA_PKCS, "CKM_SHA384_RSA_PKCS", "RSA_PKCS1_SHA_384 RAW"),
-    (MechanismType::SHA512_RSA_PKCS, "CKM_SHA512_RSA_PKCS", "RSA_PKCS1_SHA_512 RAW"),
-    (MechanismType::RSA_PKCS, "CKM_RSA_PKCS", "RSA_PKCS1_* DIGEST (DigestInfo built by hsmd)"),
-    (MechanismType::SHA256_RSA_PKCS_PSS, "CKM_SHA256_RSA_PKCS_PSS", "RSA_PSS_SHA_256 RAW"),
-    (MechanismType::SHA384_RSA_PKCS_PSS, "CKM_SHA384_RSA_PKCS_PSS", "RSA_PSS_SHA_384 RAW"),
-    (MechanismType::SHA512_RSA_PKCS_PSS, "CKM_SHA512_RSA_PKCS_PSS", "RSA_PSS_SHA_512 RAW"),
-    (MechanismType::RSA_PKCS_PSS, "CKM_RSA_PKCS_PSS", "RSA_PSS_* DIGEST"),
-    (MechanismType::ECC_KEY_PAIR_GEN, "CKM_EC_KEY_PAIR_GEN", "EC P-256/P-384 key generation"),
-    (MechanismType::ECDSA, "CKM_ECDSA", "ECDSA_SHA_256/384 (hsmd hashes RAW messages)"),
-    (MechanismType::ECDSA_SHA256, "CKM_ECDSA_SHA256", "not needed: hsmd hashes, token signs"),
+    (
+        MechanismType::RSA_PKCS_KEY_PAIR_GEN,
+        "CKM_RSA_PKCS_KEY_PAIR_GEN",
+        "RSA key generation",
+    ),
+    (
+        MechanismType::SHA256_RSA_PKCS,
+        "CKM_SHA256_RSA_PKCS",
+        "RSA_PKCS1_SHA_256 RAW",
+    ),
+    (
+        MechanismType::SHA384_RSA_PKCS,
+        "CKM_SHA384_RSA_PKCS",
+        "RSA_PKCS1_SHA_384 RAW",
+    ),
+    (
+        MechanismType::SHA512_RSA_PKCS,
+        "CKM_SHA512_RSA_PKCS",
+        "RSA_PKCS1_SHA_512 RAW",
+    ),
+    (
+        MechanismType::RSA_PKCS,
+        "CKM_RSA_PKCS",
+        "RSA_PKCS1_* DIGEST (DigestInfo built by hsmd)",
+    ),
+    (
+        MechanismType::SHA256_RSA_PKCS_PSS,
+        "CKM_SHA256_RSA_PKCS_PSS",
+        "RSA_PSS_SHA_256 RAW",
+    ),
+    (
+        MechanismType::SHA384_RSA_PKCS_PSS,
+        "CKM_SHA384_RSA_PKCS_PSS",
+        "RSA_PSS_SHA_384 RAW",
+    ),
+    (
+        MechanismType::SHA512_RSA_PKCS_PSS,
+        "CKM_SHA512_RSA_PKCS_PSS",
+        "RSA_PSS_SHA_512 RAW",
+    ),
+    (
+        MechanismType::RSA_PKCS_PSS,
+        "CKM_RSA_PKCS_PSS",
+        "RSA_PSS_* DIGEST",
+    ),
+    (
+        MechanismType::ECC_KEY_PAIR_GEN,
+        "CKM_EC_KEY_PAIR_GEN",
+        "EC P-256/P-384 key generation",
+    ),
+    (
+        MechanismType::ECDSA,
+        "CKM_ECDSA",
+        "ECDSA_SHA_256/384 (hsmd hashes RAW messages)",
+    ),
+    (
+        MechanismType::ECDSA_SHA256,
+        "CKM_ECDSA_SHA256",
+        "not needed: hsmd hashes, token signs",
+    ),
     (
         MechanismType::ECC_EDWARDS_KEY_PAIR_GEN,
         "CKM_EC_EDWARDS_KEY_PAIR_GEN",
         "Ed25519 key generation",
     ),
-    (MechanismType::EDDSA, "CKM_EDDSA", "ED25519_SHA_512 (pure Ed25519)"),
-    (MechanismType::AES_KEY_GEN, "CKM_AES_KEY_GEN", "AES key generation"),
-    (MechanismType::AES_GCM, "CKM_AES_GCM", "AES-256-GCM encryption"),
-    (MechanismType::RSA_PKCS_OAEP, "CKM_RSA_PKCS_OAEP", "RSAES_OAEP decryption and unwrap"),
-    (MechanismType::RSA_X_509, "CKM_RSA_X_509", "raw RSA for host-side OAEP-SHA-256 decode"),
-    (MechanismType::AES_KEY_WRAP_PAD, "CKM_AES_KEY_WRAP_PAD", "RFC 5649 unwrap for import"),
+    (
+        MechanismType::EDDSA,
+        "CKM_EDDSA",
+        "ED25519_SHA_512 (pure Ed25519)",
+    ),
+    (
+        MechanismType::AES_KEY_GEN,
+        "CKM_AES_KEY_GEN",
+        "AES key generation",
+    ),
+    (
+        MechanismType::AES_GCM,
+        "CKM_AES_GCM",
+        "AES-256-GCM encryption",
+    ),
+    (
+        MechanismType::RSA_PKCS_OAEP,
+        "CKM_RSA_PKCS_OAEP",
+        "RSAES_OAEP decryption and unwrap",
+    ),
+    (
+        MechanismType::RSA_X_509,
+        "CKM_RSA_X_509",
+        "raw RSA for host-side OAEP-SHA-256 decode",
+    ),
+    (
+        MechanismType::AES_KEY_WRAP_PAD,
+        "CKM_AES_KEY_WRAP_PAD",
+        "RFC 5649 unwrap for import",
+    ),
 ];
 
 impl Capabilities {
@@ -68,7 +140,10 @@ impl Capabilities {
         let all = |ms: &[MechanismType]| ms.iter().all(|m| have.contains(m));
         let mut key_specs = Vec::new();
         let mut signing_algorithms = Vec::new();
-        if all(&[MechanismType::RSA_PKCS_KEY_PAIR_GEN, MechanismType::RSA_PKCS]) {
+        if all(&[
+            MechanismType::RSA_PKCS_KEY_PAIR_GEN,
+            MechanismType::RSA_PKCS,
+        ]) {
             key_specs.extend([KeySpec::Rsa2048, KeySpec::Rsa3072, KeySpec::Rsa4096]);
             use SigningAlgorithm::*;
             let rsa = [
@@ -92,16 +167,24 @@ impl Capabilities {
         }
         if all(&[MechanismType::ECC_KEY_PAIR_GEN, MechanismType::ECDSA]) {
             key_specs.extend([KeySpec::EcP256, KeySpec::EcP384]);
-            signing_algorithms.extend([SigningAlgorithm::EcdsaSha256, SigningAlgorithm::EcdsaSha384]);
+            signing_algorithms
+                .extend([SigningAlgorithm::EcdsaSha256, SigningAlgorithm::EcdsaSha384]);
         }
-        if all(&[MechanismType::ECC_EDWARDS_KEY_PAIR_GEN, MechanismType::EDDSA]) {
+        if all(&[
+            MechanismType::ECC_EDWARDS_KEY_PAIR_GEN,
+            MechanismType::EDDSA,
+        ]) {
             key_specs.push(KeySpec::Ed25519);
             signing_algorithms.push(SigningAlgorithm::Ed25519);
         }
         if all(&[MechanismType::AES_KEY_GEN]) {
             key_specs.push(KeySpec::Aes256);
         }
-        Capabilities { mechanisms, key_specs, signing_algorithms }
+        Capabilities {
+            mechanisms,
+            key_specs,
+            signing_algorithms,
+        }
     }
 
     /// True if CreateKey may make keys of `spec` on this token.
@@ -142,6 +225,10 @@ mod tests {
         ]);
         assert!(caps.offers_algorithm(SigningAlgorithm::RsaPkcs1Sha256));
         assert!(!caps.offers_algorithm(SigningAlgorithm::RsaPssSha256));
-        assert!(caps.mechanisms.iter().any(|c| c.mechanism.contains("SM2") && !c.supported));
+        assert!(
+            caps.mechanisms
+                .iter()
+                .any(|c| c.mechanism.contains("SM2") && !c.supported)
+        );
     }
 }

@@ -11,7 +11,9 @@ use std::sync::Arc;
 use uuid::Uuid;
 
 use super::model::{KeyRecord, Transition, deletion_window};
-use super::spec::{HashAlg, KeyOrigin, KeySpec, KeyState, KeyUsage, MAX_RAW_MESSAGE, MessageType, SigningAlgorithm};
+use super::spec::{
+    HashAlg, KeyOrigin, KeySpec, KeyState, KeyUsage, MAX_RAW_MESSAGE, MessageType, SigningAlgorithm,
+};
 use super::{KeyError, KeyRef, public, truncate, validate_alias};
 use crate::hsm::{Pkcs11Backend, SignMechanism};
 use crate::store::{Alias, KeyFilter, Store, StoreError};
@@ -53,11 +55,14 @@ impl KeyManager {
     pub fn resolve(&self, key: &KeyRef) -> Result<KeyRecord, KeyError> {
         let id = match key {
             KeyRef::Id(id) => *id,
-            KeyRef::Alias(a) => {
-                self.store.resolve_alias(a)?.ok_or_else(|| KeyError::AliasNotFound(a.clone()))?
-            }
+            KeyRef::Alias(a) => self
+                .store
+                .resolve_alias(a)?
+                .ok_or_else(|| KeyError::AliasNotFound(a.clone()))?,
         };
-        self.store.get_key(id)?.ok_or_else(|| KeyError::KeyNotFound(id.to_string()))
+        self.store
+            .get_key(id)?
+            .ok_or_else(|| KeyError::KeyNotFound(id.to_string()))
     }
 
     /// Creates a key in the token and records it. With an idempotency token already used
@@ -68,32 +73,39 @@ impl KeyManager {
             return Err(KeyError::UnsupportedKeySpec(format!(
                 "{} keys are not supported by this token (it lacks the mechanisms); offered: {}",
                 req.spec,
-                join(self.backend.capabilities().key_specs.iter().map(|s| s.name()))
+                join(
+                    self.backend
+                        .capabilities()
+                        .key_specs
+                        .iter()
+                        .map(|s| s.name())
+                )
             )));
         }
         let alias = req.alias.as_deref().map(validate_alias).transpose()?;
-        if let Some(token) = &req.idempotency_token {
-            if let Some(existing) = self.store.key_by_idempotency(principal, token)? {
-                if existing.spec != req.spec || existing.usage != req.usage {
-                    return Err(KeyError::InvalidArgument(
-                        "idempotency_token was already used for a key with another spec or usage".into(),
-                    ));
-                }
-                return Ok(existing);
+        if let Some(token) = &req.idempotency_token
+            && let Some(existing) = self.store.key_by_idempotency(principal, token)?
+        {
+            if existing.spec != req.spec || existing.usage != req.usage {
+                return Err(KeyError::InvalidArgument(
+                    "idempotency_token was already used for a key with another spec or usage"
+                        .into(),
+                ));
             }
+            return Ok(existing);
         }
-        if let Some(a) = &alias {
-            if self.store.resolve_alias(a)?.is_some() {
-                return Err(KeyError::AliasExists(a.clone()));
-            }
+        if let Some(a) = &alias
+            && self.store.resolve_alias(a)?.is_some()
+        {
+            return Err(KeyError::AliasExists(a.clone()));
         }
         let id = Uuid::new_v4();
         self.backend.generate(id, req.spec, req.usage)?;
         let record = self.finish_create(id, principal, &req, alias.as_deref());
-        if record.is_err() {
-            if let Err(e) = self.backend.destroy(id) {
-                tracing::error!(key_id = %id, error = %e, "rollback of a half-made key failed; start-up reconciliation will report it");
-            }
+        if record.is_err()
+            && let Err(e) = self.backend.destroy(id)
+        {
+            tracing::error!(key_id = %id, error = %e, "rollback of a half-made key failed; start-up reconciliation will report it");
         }
         record
     }
@@ -129,7 +141,9 @@ impl KeyManager {
         self.store
             .insert_key(&record, alias, req.idempotency_token.as_deref())
             .map_err(|e| match e {
-                StoreError::AliasExists => KeyError::AliasExists(alias.unwrap_or_default().to_string()),
+                StoreError::AliasExists => {
+                    KeyError::AliasExists(alias.unwrap_or_default().to_string())
+                }
                 other => other.into(),
             })?;
         record.aliases.sort();
@@ -137,7 +151,11 @@ impl KeyManager {
     }
 
     /// Lists keys; returns the page and the token of the next one ("" when last).
-    pub fn list(&self, mut filter: KeyFilter, page_token: &str) -> Result<(Vec<KeyRecord>, String), KeyError> {
+    pub fn list(
+        &self,
+        mut filter: KeyFilter,
+        page_token: &str,
+    ) -> Result<(Vec<KeyRecord>, String), KeyError> {
         if !page_token.is_empty() {
             filter.after = Some(decode_page_token(page_token)?);
         }
@@ -146,7 +164,9 @@ impl KeyManager {
         let mut keys = self.store.list_keys(&filter)?;
         let next = if keys.len() > limit {
             keys.truncate(limit);
-            keys.last().map(|k| hex::encode(format!("{}:{}", k.create_time, k.id))).unwrap_or_default()
+            keys.last()
+                .map(|k| hex::encode(format!("{}:{}", k.create_time, k.id)))
+                .unwrap_or_default()
         } else {
             String::new()
         };
@@ -155,7 +175,12 @@ impl KeyManager {
 
     /// Applies a lifecycle transition. `days` is the deletion window for
     /// ScheduleKeyDeletion (0 = default).
-    pub fn transition(&self, key: &KeyRecord, t: Transition, days: u32) -> Result<KeyRecord, KeyError> {
+    pub fn transition(
+        &self,
+        key: &KeyRecord,
+        t: Transition,
+        days: u32,
+    ) -> Result<KeyRecord, KeyError> {
         let to = t.apply(key.state).map_err(|r| {
             KeyError::InvalidKeyState(format!(
                 "cannot {:?} key {} while it is {}",
@@ -175,40 +200,59 @@ impl KeyManager {
                 self.backend.destroy(key.id)?;
             }
             let destroy_time = (t == Transition::Destroy).then(now);
-            self.store.set_state(key.id, key.state, to, deletion_time, destroy_time)?;
+            self.store
+                .set_state(key.id, key.state, to, deletion_time, destroy_time)?;
         }
-        self.store.get_key(key.id)?.ok_or_else(|| KeyError::KeyNotFound(key.id.to_string()))
+        self.store
+            .get_key(key.id)?
+            .ok_or_else(|| KeyError::KeyNotFound(key.id.to_string()))
     }
 
     /// Creates an alias for a key.
     pub fn create_alias(&self, alias: &str, key: &KeyRecord) -> Result<Alias, KeyError> {
         let alias = validate_alias(alias)?;
-        self.store.create_alias(&alias, key.id, now()).map_err(|e| alias_error(e, &alias))
+        self.store
+            .create_alias(&alias, key.id, now())
+            .map_err(|e| alias_error(e, &alias))
     }
 
     /// Points an alias at another key.
     pub fn update_alias(&self, alias: &str, key: &KeyRecord) -> Result<Alias, KeyError> {
         let alias = validate_alias(alias)?;
-        self.store.update_alias(&alias, key.id, now()).map_err(|e| alias_error(e, &alias))
+        self.store
+            .update_alias(&alias, key.id, now())
+            .map_err(|e| alias_error(e, &alias))
     }
 
     /// Deletes an alias; returns the key it pointed at.
     pub fn delete_alias(&self, alias: &str) -> Result<Uuid, KeyError> {
         let alias = validate_alias(alias)?;
-        self.store.delete_alias(&alias).map_err(|e| alias_error(e, &alias))
+        self.store
+            .delete_alias(&alias)
+            .map_err(|e| alias_error(e, &alias))
     }
 
     /// Lists aliases in name order after `page_token`.
-    pub fn list_aliases(&self, key: Option<Uuid>, page_token: &str, limit: usize) -> Result<(Vec<Alias>, String), KeyError> {
+    pub fn list_aliases(
+        &self,
+        key: Option<Uuid>,
+        page_token: &str,
+        limit: usize,
+    ) -> Result<(Vec<Alias>, String), KeyError> {
         let after = if page_token.is_empty() {
             None
         } else {
-            Some(String::from_utf8(hex::decode(page_token).map_err(|_| bad_page())?).map_err(|_| bad_page())?)
+            Some(
+                String::from_utf8(hex::decode(page_token).map_err(|_| bad_page())?)
+                    .map_err(|_| bad_page())?,
+            )
         };
         let mut list = self.store.list_aliases(key, after.as_deref(), limit + 1)?;
         let next = if list.len() > limit {
             list.truncate(limit);
-            list.last().map(|a| hex::encode(&a.name)).unwrap_or_default()
+            list.last()
+                .map(|a| hex::encode(&a.name))
+                .unwrap_or_default()
         } else {
             String::new()
         };
@@ -216,7 +260,13 @@ impl KeyManager {
     }
 
     /// Signs with an ENABLED SIGN_VERIFY key.
-    pub fn sign(&self, key: &KeyRecord, alg: SigningAlgorithm, mt: MessageType, msg: &[u8]) -> Result<Vec<u8>, KeyError> {
+    pub fn sign(
+        &self,
+        key: &KeyRecord,
+        alg: SigningAlgorithm,
+        mt: MessageType,
+        msg: &[u8],
+    ) -> Result<Vec<u8>, KeyError> {
         let (mech, input) = self.prepare(key, alg, mt, msg)?;
         let sig = self.backend.sign(key.id, mech, &input)?;
         match alg {
@@ -228,7 +278,14 @@ impl KeyManager {
     }
 
     /// Verifies in the token; a signature that does not verify gives `Ok(false)`.
-    pub fn verify(&self, key: &KeyRecord, alg: SigningAlgorithm, mt: MessageType, msg: &[u8], sig: &[u8]) -> Result<bool, KeyError> {
+    pub fn verify(
+        &self,
+        key: &KeyRecord,
+        alg: SigningAlgorithm,
+        mt: MessageType,
+        msg: &[u8],
+        sig: &[u8],
+    ) -> Result<bool, KeyError> {
         let (mech, input) = self.prepare(key, alg, mt, msg)?;
         let sig = match alg {
             SigningAlgorithm::EcdsaSha256 | SigningAlgorithm::EcdsaSha384 => {
@@ -247,9 +304,19 @@ impl KeyManager {
 
     /// Checks usage, algorithm, message and state; returns the token mechanism and the
     /// bytes it takes.
-    fn prepare(&self, key: &KeyRecord, alg: SigningAlgorithm, mt: MessageType, msg: &[u8]) -> Result<(SignMechanism, Vec<u8>), KeyError> {
+    fn prepare(
+        &self,
+        key: &KeyRecord,
+        alg: SigningAlgorithm,
+        mt: MessageType,
+        msg: &[u8],
+    ) -> Result<(SignMechanism, Vec<u8>), KeyError> {
         if key.usage != KeyUsage::SignVerify {
-            return Err(KeyError::WrongUsage { key: key.id, usage: key.usage.name(), needed: "SIGN_VERIFY" });
+            return Err(KeyError::WrongUsage {
+                key: key.id,
+                usage: key.usage.name(),
+                needed: "SIGN_VERIFY",
+            });
         }
         let allowed = key.spec.signing_algorithms();
         if !allowed.contains(&alg) || !self.backend.capabilities().offers_algorithm(alg) {
@@ -261,7 +328,10 @@ impl KeyManager {
         }
         check_message(alg, mt, msg)?;
         if key.state != KeyState::Enabled {
-            return Err(KeyError::KeyState { key: key.id, state: key.state });
+            return Err(KeyError::KeyState {
+                key: key.id,
+                state: key.state,
+            });
         }
         Ok(mechanism(alg, mt, msg))
     }
@@ -277,13 +347,20 @@ fn check_new_key(req: &NewKey) -> Result<(), KeyError> {
         )));
     }
     if req.origin == KeyOrigin::External {
-        return Err(KeyError::InvalidArgument("origin EXTERNAL (import) is not offered yet; use HSM".into()));
+        return Err(KeyError::InvalidArgument(
+            "origin EXTERNAL (import) is not offered yet; use HSM".into(),
+        ));
     }
     if req.description.len() > 1024 {
-        return Err(KeyError::InvalidArgument("description is over 1024 bytes".into()));
+        return Err(KeyError::InvalidArgument(
+            "description is over 1024 bytes".into(),
+        ));
     }
     if req.tags.len() > 50 {
-        return Err(KeyError::InvalidArgument(format!("{} tags; at most 50 are allowed", req.tags.len())));
+        return Err(KeyError::InvalidArgument(format!(
+            "{} tags; at most 50 are allowed",
+            req.tags.len()
+        )));
     }
     for (k, v) in &req.tags {
         if k.is_empty() || k.len() > 128 || v.len() > 256 {
@@ -293,24 +370,35 @@ fn check_new_key(req: &NewKey) -> Result<(), KeyError> {
             )));
         }
     }
-    if req.idempotency_token.as_ref().is_some_and(|t| t.len() > 128) {
-        return Err(KeyError::InvalidArgument("idempotency_token is over 128 bytes".into()));
+    if req
+        .idempotency_token
+        .as_ref()
+        .is_some_and(|t| t.len() > 128)
+    {
+        return Err(KeyError::InvalidArgument(
+            "idempotency_token is over 128 bytes".into(),
+        ));
     }
     Ok(())
 }
 
 fn check_message(alg: SigningAlgorithm, mt: MessageType, msg: &[u8]) -> Result<(), KeyError> {
     match (mt, alg.hash()) {
-        (MessageType::Raw, _) if msg.len() > MAX_RAW_MESSAGE => {
-            Err(KeyError::MessageTooLarge { len: msg.len(), max: MAX_RAW_MESSAGE })
-        }
+        (MessageType::Raw, _) if msg.len() > MAX_RAW_MESSAGE => Err(KeyError::MessageTooLarge {
+            len: msg.len(),
+            max: MAX_RAW_MESSAGE,
+        }),
         (MessageType::Raw, _) => Ok(()),
         (MessageType::Digest, None) => Err(KeyError::InvalidArgument(format!(
             "{} signs RAW messages only (pure Ed25519 has no DIGEST form)",
             alg.name()
         ))),
-        (MessageType::Digest, Some(h)) if msg.len() != h.len() => {
-            Err(KeyError::DigestLength { algorithm: alg.name(), expected: h.len(), got: msg.len() })
+        (MessageType::Digest, Some(h)) if msg.len() != h.output_len() => {
+            Err(KeyError::DigestLength {
+                algorithm: alg.name(),
+                expected: h.output_len(),
+                got: msg.len(),
+            })
         }
         (MessageType::Digest, Some(_)) => Ok(()),
     }
@@ -323,10 +411,18 @@ pub fn mechanism(alg: SigningAlgorithm, mt: MessageType, msg: &[u8]) -> (SignMec
     let raw = mt == MessageType::Raw;
     let h = alg.hash().unwrap_or(HashAlg::Sha512);
     match alg {
-        RsaPkcs1Sha256 | RsaPkcs1Sha384 | RsaPkcs1Sha512 if raw => (SignMechanism::RsaPkcs1(h), msg.to_vec()),
-        RsaPkcs1Sha256 | RsaPkcs1Sha384 | RsaPkcs1Sha512 => (SignMechanism::RsaPkcs1Digest(h), msg.to_vec()),
-        RsaPssSha256 | RsaPssSha384 | RsaPssSha512 if raw => (SignMechanism::RsaPss(h), msg.to_vec()),
-        RsaPssSha256 | RsaPssSha384 | RsaPssSha512 => (SignMechanism::RsaPssDigest(h), msg.to_vec()),
+        RsaPkcs1Sha256 | RsaPkcs1Sha384 | RsaPkcs1Sha512 if raw => {
+            (SignMechanism::RsaPkcs1(h), msg.to_vec())
+        }
+        RsaPkcs1Sha256 | RsaPkcs1Sha384 | RsaPkcs1Sha512 => {
+            (SignMechanism::RsaPkcs1Digest(h), msg.to_vec())
+        }
+        RsaPssSha256 | RsaPssSha384 | RsaPssSha512 if raw => {
+            (SignMechanism::RsaPss(h), msg.to_vec())
+        }
+        RsaPssSha256 | RsaPssSha384 | RsaPssSha512 => {
+            (SignMechanism::RsaPssDigest(h), msg.to_vec())
+        }
         EcdsaSha256 | EcdsaSha384 if raw => (SignMechanism::EcdsaDigest, h.digest(msg)),
         EcdsaSha256 | EcdsaSha384 => (SignMechanism::EcdsaDigest, msg.to_vec()),
         Ed25519 => (SignMechanism::Ed25519, msg.to_vec()),
@@ -342,7 +438,8 @@ fn alias_error(e: StoreError, alias: &str) -> KeyError {
 }
 
 fn decode_page_token(t: &str) -> Result<(i64, String), KeyError> {
-    let text = String::from_utf8(hex::decode(t).map_err(|_| bad_page())?).map_err(|_| bad_page())?;
+    let text =
+        String::from_utf8(hex::decode(t).map_err(|_| bad_page())?).map_err(|_| bad_page())?;
     let (time, id) = text.split_once(':').ok_or_else(bad_page)?;
     Ok((time.parse().map_err(|_| bad_page())?, id.to_string()))
 }
@@ -353,7 +450,11 @@ fn bad_page() -> KeyError {
 
 fn join<'a>(names: impl Iterator<Item = &'a str>) -> String {
     let v: Vec<&str> = names.collect();
-    if v.is_empty() { "none".into() } else { v.join(", ") }
+    if v.is_empty() {
+        "none".into()
+    } else {
+        v.join(", ")
+    }
 }
 
 #[cfg(test)]
@@ -370,10 +471,17 @@ mod tests {
         ));
         assert!(matches!(
             check_message(EcdsaSha384, MessageType::Digest, &[0; 32]),
-            Err(KeyError::DigestLength { expected: 48, got: 32, .. })
+            Err(KeyError::DigestLength {
+                expected: 48,
+                got: 32,
+                ..
+            })
         ));
         assert!(check_message(RsaPssSha512, MessageType::Digest, &[0; 64]).is_ok());
-        assert!(matches!(check_message(Ed25519, MessageType::Digest, &[0; 64]), Err(KeyError::InvalidArgument(_))));
+        assert!(matches!(
+            check_message(Ed25519, MessageType::Digest, &[0; 64]),
+            Err(KeyError::InvalidArgument(_))
+        ));
     }
 
     #[test]
@@ -381,7 +489,11 @@ mod tests {
         let (mech, input) = mechanism(SigningAlgorithm::EcdsaSha256, MessageType::Raw, b"abc");
         assert_eq!(mech, SignMechanism::EcdsaDigest);
         assert_eq!(input, HashAlg::Sha256.digest(b"abc"));
-        let (mech, input) = mechanism(SigningAlgorithm::RsaPssSha384, MessageType::Digest, &[1; 48]);
+        let (mech, input) = mechanism(
+            SigningAlgorithm::RsaPssSha384,
+            MessageType::Digest,
+            &[1; 48],
+        );
         assert_eq!(mech, SignMechanism::RsaPssDigest(HashAlg::Sha384));
         assert_eq!(input, vec![1; 48]);
     }

@@ -26,12 +26,22 @@ pub enum KeyError {
     #[error("RAW message is {len} bytes; at most {max} are allowed (send a DIGEST instead)")]
     MessageTooLarge { len: usize, max: usize },
     #[error("digest is {got} bytes; {algorithm} needs exactly {expected}")]
-    DigestLength { algorithm: &'static str, expected: usize, got: usize },
+    DigestLength {
+        algorithm: &'static str,
+        expected: usize,
+        got: usize,
+    },
     #[error("algorithm {algorithm} is not valid for a {spec} key; allowed: {allowed}")]
-    AlgorithmNotAllowed { algorithm: String, spec: &'static str, allowed: String },
+    AlgorithmNotAllowed {
+        algorithm: String,
+        spec: &'static str,
+        allowed: String,
+    },
     #[error("deletion window of {0} days is outside 7..30")]
     InvalidDeletionWindow(u32),
-    #[error("invalid alias '{0}': use alias/NAME with NAME of 1..256 characters [A-Za-z0-9/_-], not starting with 'hsmd'")]
+    #[error(
+        "invalid alias '{0}': use alias/NAME with NAME of 1..256 characters [A-Za-z0-9/_-], not starting with 'hsmd'"
+    )]
     InvalidAlias(String),
     #[error("{0}")]
     UnsupportedKeySpec(String),
@@ -46,7 +56,11 @@ pub enum KeyError {
     #[error("{0}")]
     InvalidKeyState(String),
     #[error("key {key} has usage {usage}; {needed} is needed")]
-    WrongUsage { key: Uuid, usage: &'static str, needed: &'static str },
+    WrongUsage {
+        key: Uuid,
+        usage: &'static str,
+        needed: &'static str,
+    },
     #[error("token unavailable")]
     Unavailable(String),
     #[error("internal error")]
@@ -102,8 +116,12 @@ impl From<HsmError> for KeyError {
     fn from(e: HsmError) -> Self {
         match e {
             HsmError::Unavailable(d) => KeyError::Unavailable(d),
-            HsmError::Unsupported(d) => KeyError::UnsupportedKeySpec(format!("not supported by this token: {d}")),
-            HsmError::BadInput(d) => KeyError::InvalidArgument(format!("rejected by the token: {d}")),
+            HsmError::Unsupported(d) => {
+                KeyError::UnsupportedKeySpec(format!("not supported by this token: {d}"))
+            }
+            HsmError::BadInput(d) => {
+                KeyError::InvalidArgument(format!("rejected by the token: {d}"))
+            }
             other => KeyError::Internal(other.to_string()),
         }
     }
@@ -144,8 +162,14 @@ pub fn validate_alias(s: &str) -> Result<String, KeyError> {
     let ok = !name.is_empty()
         && name.len() <= 256
         && !name.starts_with("hsmd")
-        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b"/_-".contains(&b));
-    if ok { Ok(format!("alias/{name}")) } else { Err(KeyError::InvalidAlias(truncate(s, 80))) }
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/_-".contains(&b));
+    if ok {
+        Ok(format!("alias/{name}"))
+    } else {
+        Err(KeyError::InvalidAlias(truncate(s, 80)))
+    }
 }
 
 /// Caps caller-supplied text echoed into error messages.
@@ -168,17 +192,35 @@ mod tests {
     fn key_refs() {
         let id = Uuid::new_v4();
         assert_eq!(KeyRef::parse(&id.to_string()).unwrap(), KeyRef::Id(id));
-        assert_eq!(KeyRef::parse("alias/pay").unwrap(), KeyRef::Alias("alias/pay".into()));
-        assert!(matches!(KeyRef::parse("not-a-key"), Err(KeyError::InvalidKeyId(_))));
-        assert!(matches!(KeyRef::parse(&id.simple().to_string()), Err(KeyError::InvalidKeyId(_))));
-        assert!(matches!(KeyRef::parse("alias/"), Err(KeyError::InvalidAlias(_))));
-        assert!(matches!(KeyRef::parse("alias/a b"), Err(KeyError::InvalidAlias(_))));
+        assert_eq!(
+            KeyRef::parse("alias/pay").unwrap(),
+            KeyRef::Alias("alias/pay".into())
+        );
+        assert!(matches!(
+            KeyRef::parse("not-a-key"),
+            Err(KeyError::InvalidKeyId(_))
+        ));
+        assert!(matches!(
+            KeyRef::parse(&id.simple().to_string()),
+            Err(KeyError::InvalidKeyId(_))
+        ));
+        assert!(matches!(
+            KeyRef::parse("alias/"),
+            Err(KeyError::InvalidAlias(_))
+        ));
+        assert!(matches!(
+            KeyRef::parse("alias/a b"),
+            Err(KeyError::InvalidAlias(_))
+        ));
     }
 
     #[test]
     fn aliases_are_normalized_and_checked() {
         assert_eq!(validate_alias("pay").unwrap(), "alias/pay");
-        assert_eq!(validate_alias("alias/team/pay-1_x").unwrap(), "alias/team/pay-1_x");
+        assert_eq!(
+            validate_alias("alias/team/pay-1_x").unwrap(),
+            "alias/team/pay-1_x"
+        );
         assert!(validate_alias("alias/hsmd-internal").is_err());
         assert!(validate_alias(&"a".repeat(257)).is_err());
     }
@@ -186,9 +228,20 @@ mod tests {
     #[test]
     fn state_reasons_are_specific() {
         let k = Uuid::nil();
-        assert_eq!(KeyError::KeyState { key: k, state: KeyState::Disabled }.reason(), "KEY_DISABLED");
         assert_eq!(
-            KeyError::KeyState { key: k, state: KeyState::PendingDeletion }.reason(),
+            KeyError::KeyState {
+                key: k,
+                state: KeyState::Disabled
+            }
+            .reason(),
+            "KEY_DISABLED"
+        );
+        assert_eq!(
+            KeyError::KeyState {
+                key: k,
+                state: KeyState::PendingDeletion
+            }
+            .reason(),
             "KEY_PENDING_DELETION"
         );
     }

@@ -60,7 +60,12 @@ impl Transition {
             (Transition::ScheduleDeletion, Enabled | Disabled | PendingImport) => PendingDeletion,
             (Transition::CancelDeletion, PendingDeletion) => Disabled,
             (Transition::Destroy, PendingDeletion) => Destroyed,
-            _ => return Err(TransitionRefused { from, transition: self }),
+            _ => {
+                return Err(TransitionRefused {
+                    from,
+                    transition: self,
+                });
+            }
         };
         Ok(to)
     }
@@ -85,8 +90,14 @@ mod tests {
         assert_eq!(Transition::Enable.apply(Disabled), Ok(Enabled));
         assert_eq!(Transition::Enable.apply(Enabled), Ok(Enabled));
         assert_eq!(Transition::Disable.apply(Enabled), Ok(Disabled));
-        assert_eq!(Transition::ScheduleDeletion.apply(Enabled), Ok(PendingDeletion));
-        assert_eq!(Transition::CancelDeletion.apply(PendingDeletion), Ok(Disabled));
+        assert_eq!(
+            Transition::ScheduleDeletion.apply(Enabled),
+            Ok(PendingDeletion)
+        );
+        assert_eq!(
+            Transition::CancelDeletion.apply(PendingDeletion),
+            Ok(Disabled)
+        );
         assert_eq!(Transition::Destroy.apply(PendingDeletion), Ok(Destroyed));
         assert!(Transition::Enable.apply(PendingDeletion).is_err());
         assert!(Transition::Disable.apply(Destroyed).is_err());

@@ -15,10 +15,16 @@ pub fn spki_der(material: &PublicKeyMaterial) -> Result<Vec<u8>, String> {
             let key = rsa::RsaPublicKey::new(n, e).map_err(|e| format!("RSA public key: {e}"))?;
             key.to_public_key_der()
         }
-        PublicKeyMaterial::Ec { spec: KeySpec::EcP256, point } => p256::PublicKey::from_sec1_bytes(point)
+        PublicKeyMaterial::Ec {
+            spec: KeySpec::EcP256,
+            point,
+        } => p256::PublicKey::from_sec1_bytes(point)
             .map_err(|e| format!("P-256 point: {e}"))?
             .to_public_key_der(),
-        PublicKeyMaterial::Ec { spec: KeySpec::EcP384, point } => p384::PublicKey::from_sec1_bytes(point)
+        PublicKeyMaterial::Ec {
+            spec: KeySpec::EcP384,
+            point,
+        } => p384::PublicKey::from_sec1_bytes(point)
             .map_err(|e| format!("P-384 point: {e}"))?
             .to_public_key_der(),
         PublicKeyMaterial::Ec { spec, .. } => return Err(format!("EC point for {spec}")),
@@ -26,7 +32,8 @@ pub fn spki_der(material: &PublicKeyMaterial) -> Result<Vec<u8>, String> {
             .map_err(|e| format!("Ed25519 key: {e}"))?
             .to_public_key_der(),
     };
-    doc.map(|d| d.as_bytes().to_vec()).map_err(|e| format!("SPKI encoding: {e}"))
+    doc.map(|d| d.as_bytes().to_vec())
+        .map_err(|e| format!("SPKI encoding: {e}"))
 }
 
 /// PEM ("PUBLIC KEY") of an SPKI DER.
@@ -59,8 +66,12 @@ pub fn ecdsa_raw_to_der(spec: KeySpec, raw: &[u8]) -> Result<Vec<u8>, String> {
 /// the curve (the caller answers valid=false).
 pub fn ecdsa_der_to_raw(spec: KeySpec, der: &[u8]) -> Option<Vec<u8>> {
     match spec {
-        KeySpec::EcP256 => p256::ecdsa::Signature::from_der(der).ok().map(|s| s.to_bytes().to_vec()),
-        KeySpec::EcP384 => p384::ecdsa::Signature::from_der(der).ok().map(|s| s.to_bytes().to_vec()),
+        KeySpec::EcP256 => p256::ecdsa::Signature::from_der(der)
+            .ok()
+            .map(|s| s.to_bytes().to_vec()),
+        KeySpec::EcP384 => p384::ecdsa::Signature::from_der(der)
+            .ok()
+            .map(|s| s.to_bytes().to_vec()),
         _ => None,
     }
 }
@@ -92,7 +103,9 @@ mod tests {
 
     #[test]
     fn ed25519_spki_has_the_oid() {
-        let real = ed25519_dalek::SigningKey::from_bytes(&[7; 32]).verifying_key().to_bytes();
+        let real = ed25519_dalek::SigningKey::from_bytes(&[7; 32])
+            .verifying_key()
+            .to_bytes();
         let der = spki_der(&PublicKeyMaterial::Ed25519 { key: real }).unwrap();
         assert_eq!(der.len(), 44);
         assert!(der.windows(5).any(|w| w == [0x06, 0x03, 0x2b, 0x65, 0x70]));

@@ -174,7 +174,7 @@ impl KeySpec {
 
 impl HashAlg {
     /// Digest length in bytes.
-    pub fn len(self) -> usize {
+    pub fn output_len(self) -> usize {
         match self {
             HashAlg::Sha256 => 32,
             HashAlg::Sha384 => 48,
@@ -227,23 +227,41 @@ mod tests {
 
     #[test]
     fn ecdsa_hash_strength_matches_curve() {
-        assert!(KeySpec::EcP256.signing_algorithms().contains(&SigningAlgorithm::EcdsaSha256));
-        assert!(!KeySpec::EcP256.signing_algorithms().contains(&SigningAlgorithm::EcdsaSha384));
-        assert!(!KeySpec::Rsa2048.signing_algorithms().contains(&SigningAlgorithm::EcdsaSha256));
-        assert_eq!(KeySpec::Ed25519.signing_algorithms(), &[SigningAlgorithm::Ed25519]);
+        assert!(
+            KeySpec::EcP256
+                .signing_algorithms()
+                .contains(&SigningAlgorithm::EcdsaSha256)
+        );
+        assert!(
+            !KeySpec::EcP256
+                .signing_algorithms()
+                .contains(&SigningAlgorithm::EcdsaSha384)
+        );
+        assert!(
+            !KeySpec::Rsa2048
+                .signing_algorithms()
+                .contains(&SigningAlgorithm::EcdsaSha256)
+        );
+        assert_eq!(
+            KeySpec::Ed25519.signing_algorithms(),
+            &[SigningAlgorithm::Ed25519]
+        );
     }
 
     #[test]
     fn symmetric_specs_cannot_sign() {
         assert!(KeySpec::Aes256.signing_algorithms().is_empty());
-        assert_eq!(KeySpec::Aes256.allowed_usages(), &[KeyUsage::EncryptDecrypt]);
+        assert_eq!(
+            KeySpec::Aes256.allowed_usages(),
+            &[KeyUsage::EncryptDecrypt]
+        );
         assert_eq!(KeySpec::EcP384.allowed_usages(), &[KeyUsage::SignVerify]);
     }
 
     #[test]
     fn digest_lengths() {
         for h in HashAlg::ALL {
-            assert_eq!(h.digest(b"abc").len(), h.len());
+            assert_eq!(h.digest(b"abc").len(), h.output_len());
         }
     }
 }

@@ -82,10 +82,17 @@ pub struct Store {
 impl Store {
     /// Opens (creating if needed) the store and its schema.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
-        let store = Store { path: path.to_path_buf(), idle: Mutex::new(Vec::new()) };
+        let store = Store {
+            path: path.to_path_buf(),
+            idle: Mutex::new(Vec::new()),
+        };
         let conn = store.connect()?;
         conn.execute_batch(SCHEMA)?;
-        store.idle.lock().unwrap_or_else(|p| p.into_inner()).push(conn);
+        store
+            .idle
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(conn);
         Ok(store)
     }
 
@@ -99,7 +106,10 @@ impl Store {
     }
 
     /// Runs `f` on a pooled connection.
-    fn with<T>(&self, f: impl FnOnce(&mut Connection) -> Result<T, StoreError>) -> Result<T, StoreError> {
+    fn with<T>(
+        &self,
+        f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
         let conn = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut conn = match conn {
             Some(c) => c,
@@ -137,7 +147,11 @@ impl Store {
     }
 
     /// The key a principal created with an idempotency token, if any.
-    pub fn key_by_idempotency(&self, principal: &str, token: &str) -> Result<Option<KeyRecord>, StoreError> {
+    pub fn key_by_idempotency(
+        &self,
+        principal: &str,
+        token: &str,
+    ) -> Result<Option<KeyRecord>, StoreError> {
         self.with(|conn| {
             let id: Option<String> = conn
                 .query_row(
@@ -157,7 +171,11 @@ impl Store {
     pub fn resolve_alias(&self, alias: &str) -> Result<Option<Uuid>, StoreError> {
         self.with(|conn| {
             let id: Option<String> = conn
-                .query_row("SELECT key_id FROM aliases WHERE alias = ?1", [alias], |r| r.get(0))
+                .query_row(
+                    "SELECT key_id FROM aliases WHERE alias = ?1",
+                    [alias],
+                    |r| r.get(0),
+                )
                 .optional()?;
             id.map(|s| rows::parse_uuid(&s)).transpose()
         })
@@ -182,9 +200,19 @@ impl Store {
             let n = conn.execute(
                 "UPDATE keys SET state = ?1, deletion_time = ?2, destroy_time = ?3
                  WHERE key_id = ?4 AND state = ?5",
-                params![to.name(), deletion_time, destroy_time, id.to_string(), from.name()],
+                params![
+                    to.name(),
+                    deletion_time,
+                    destroy_time,
+                    id.to_string(),
+                    from.name()
+                ],
             )?;
-            if n == 1 { Ok(()) } else { Err(StoreError::Conflict) }
+            if n == 1 {
+                Ok(())
+            } else {
+                Err(StoreError::Conflict)
+            }
         })
     }
 
@@ -226,7 +254,12 @@ impl Store {
     pub fn create_alias(&self, alias: &str, key: Uuid, now: i64) -> Result<Alias, StoreError> {
         self.with(|conn| {
             rows::insert_alias(conn, alias, key, now)?;
-            Ok(Alias { name: alias.to_string(), key_id: key, create_time: now, update_time: now })
+            Ok(Alias {
+                name: alias.to_string(),
+                key_id: key,
+                create_time: now,
+                update_time: now,
+            })
         })
     }
 

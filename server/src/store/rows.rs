@@ -49,7 +49,8 @@ fn key_from_row(row: &Row<'_>) -> Result<KeyRecord, StoreError> {
 }
 
 fn aliases_of(conn: &Connection, id: Uuid) -> Result<Vec<String>, StoreError> {
-    let mut stmt = conn.prepare_cached("SELECT alias FROM aliases WHERE key_id = ?1 ORDER BY alias")?;
+    let mut stmt =
+        conn.prepare_cached("SELECT alias FROM aliases WHERE key_id = ?1 ORDER BY alias")?;
     let names = stmt.query_map([id.to_string()], |r| r.get::<_, String>(0))?;
     Ok(names.collect::<Result<_, _>>()?)
 }
@@ -78,9 +79,12 @@ pub fn insert_key(conn: &Connection, k: &KeyRecord, token: Option<&str>) -> Resu
 }
 
 pub fn get_key(conn: &Connection, id: Uuid) -> Result<Option<KeyRecord>, StoreError> {
-    let mut stmt = conn.prepare_cached(&format!("SELECT {KEY_COLUMNS} FROM keys WHERE key_id = ?1"))?;
+    let mut stmt =
+        conn.prepare_cached(&format!("SELECT {KEY_COLUMNS} FROM keys WHERE key_id = ?1"))?;
     let mut rows = stmt.query([id.to_string()])?;
-    let Some(row) = rows.next()? else { return Ok(None) };
+    let Some(row) = rows.next()? else {
+        return Ok(None);
+    };
     let mut key = key_from_row(row)?;
     key.aliases = aliases_of(conn, id)?;
     Ok(Some(key))
@@ -101,7 +105,10 @@ pub fn list_keys(conn: &Connection, f: &KeyFilter) -> Result<Vec<KeyRecord>, Sto
         sql += &format!(" AND usage = ?{}", args.len());
     }
     if let Some(p) = &f.alias_prefix {
-        let escaped = p.replace('\\', "\\\\").replace('%', "\\%").replace('_', "\\_");
+        let escaped = p
+            .replace('\\', "\\\\")
+            .replace('%', "\\%")
+            .replace('_', "\\_");
         args.push(Box::new(format!("{escaped}%")));
         sql += &format!(
             " AND EXISTS (SELECT 1 FROM aliases a WHERE a.key_id = k.key_id AND a.alias LIKE ?{} ESCAPE '\\')",
@@ -115,7 +122,10 @@ pub fn list_keys(conn: &Connection, f: &KeyFilter) -> Result<Vec<KeyRecord>, Sto
         sql += &format!(" AND (create_time < ?{a} OR (create_time = ?{a} AND key_id < ?{b}))");
     }
     args.push(Box::new(f.limit as i64));
-    sql += &format!(" ORDER BY create_time DESC, key_id DESC LIMIT ?{}", args.len());
+    sql += &format!(
+        " ORDER BY create_time DESC, key_id DESC LIMIT ?{}",
+        args.len()
+    );
     let mut stmt = conn.prepare(&sql)?;
     let params: Vec<&dyn rusqlite::ToSql> = args.iter().map(|b| b.as_ref()).collect();
     let mut rows = stmt.query(params.as_slice())?;
@@ -177,11 +187,14 @@ pub fn list_aliases(
         "SELECT alias, key_id, create_time, update_time FROM aliases
          WHERE (?1 IS NULL OR key_id = ?1) AND alias > ?2 ORDER BY alias LIMIT ?3",
     )?;
-    let mut rows = stmt.query(params![key.map(|k| k.to_string()), after.unwrap_or(""), limit as i64])?;
+    let mut rows = stmt.query(params![
+        key.map(|k| k.to_string()),
+        after.unwrap_or(""),
+        limit as i64
+    ])?;
     let mut out = Vec::new();
     while let Some(r) = rows.next()? {
         out.push(alias_from_row(r)?);
     }
     Ok(out)
 }
-

@@ -1,0 +1,34 @@
+//! The client profile `hsmd dev` writes (`DIR/client.toml`): where the daemon listens
+//! and which certificates a client presents.
+
+use std::path::PathBuf;
+
+/// The contents of `DIR/client.toml`.
+#[derive(Debug, Clone)]
+pub struct Profile {
+    pub endpoint: String,
+    pub server_name: String,
+    pub ca_cert: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl Profile {
+    pub(crate) fn parse(text: &str) -> Result<Profile, String> {
+        let table: toml::Table = text.parse().map_err(|e| format!("not TOML: {e}"))?;
+        let field = |name: &str| -> Result<String, String> {
+            table
+                .get(name)
+                .and_then(|v| v.as_str())
+                .map(str::to_owned)
+                .ok_or_else(|| format!("no string field `{name}`"))
+        };
+        Ok(Profile {
+            endpoint: field("endpoint")?,
+            server_name: field("server_name")?,
+            ca_cert: field("ca_cert")?.into(),
+            client_cert: field("client_cert")?.into(),
+            client_key: field("client_key")?.into(),
+        })
+    }
+}
