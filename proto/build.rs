@@ -4,7 +4,7 @@
 use std::{env, path::PathBuf};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let files = ["hsmd/v1/keys.proto", "hsmd/v1/audit.proto", "hsmd/v1/token.proto"];
+    let files = ["hsmd/v1/keys.proto", "hsmd/v1/audit.proto", "hsmd/v1/token.proto", "hsmd/v1/certs.proto"];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");
     }
