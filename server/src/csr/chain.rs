@@ -172,10 +172,12 @@ pub fn check_leaf_key(chain: &Chain, key: Uuid, key_spki: &[u8]) -> Result<(), C
     let key_alg = spki::SubjectPublicKeyInfoRef::from_der(key_spki)
         .map(|s| s.algorithm.oid.to_string())
         .unwrap_or_default();
-    let detail = if leaf.algorithm.oid.to_string() != key_alg {
+    let leaf_alg = leaf.algorithm.oid.to_string();
+    let detail = if leaf_alg != key_alg {
         format!(
-            "the certificate is for a {} key, the key is a {key_alg} key",
-            leaf.algorithm.oid
+            "the certificate is for an {} key, the key is an {} key",
+            key_type(&leaf_alg),
+            key_type(&key_alg)
         )
     } else {
         format!(
@@ -185,6 +187,16 @@ pub fn check_leaf_key(chain: &Chain, key: Uuid, key_spki: &[u8]) -> Result<(), C
         )
     };
     Err(CertError::KeyMismatch { key, detail })
+}
+
+/// A readable name for a public key algorithm OID.
+fn key_type(oid: &str) -> &str {
+    match oid {
+        "1.2.840.113549.1.1.1" => "RSA",
+        "1.2.840.10045.2.1" => "EC",
+        "1.3.101.112" => "Ed25519",
+        other => other,
+    }
 }
 
 /// Subject, issuer, serial and validity of a certificate.
