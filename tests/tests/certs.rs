@@ -596,3 +596,36 @@ fn issue(dir: &Path, name: &str, csr: &Path, ca_cert: &Path, ca_key: &Path) -> P
     assert!(r.success());
     out
 }
+
+/// Server reflection lists the service, so grpcurl and friends find it.
+#[tokio::test]
+async fn reflection_lists_the_certificate_service() {
+    use tonic_reflection::pb::v1::{
+        ServerReflectionRequest, server_reflection_client::ServerReflectionClient,
+        server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+    };
+    let d = Daemon::start().await;
+    let req = ServerReflectionRequest {
+        host: String::new(),
+        message_request: Some(MessageRequest::ListServices(String::new())),
+    };
+    let mut stream = ServerReflectionClient::new(d.channel())
+        .server_reflection_info(tokio_stream::iter(vec![req]))
+        .await
+        .expect("server reflection")
+        .into_inner();
+    let resp = stream
+        .message()
+        .await
+        .expect("answer")
+        .expect("one message");
+    let Some(MessageResponse::ListServicesResponse(list)) = resp.message_response else {
+        panic!("unexpected reflection answer {resp:?}");
+    };
+    assert!(
+        list.service
+            .iter()
+            .any(|s| s.name == "hsmd.v1.CertificateService"),
+        "{list:?}"
+    );
+}
