@@ -75,13 +75,16 @@ fn hsmctl_csr(d: &Daemon, key: &str, name: &str, subject: &str, extra: &[&str]) 
     out
 }
 
+/// An algorithm name ("": the spec's default) and what `openssl req -text` must show.
+type AlgorithmCase<'a> = (&'a str, &'a [&'a str]);
+
 /// Every key spec with every algorithm it allows: the token-signed request verifies,
 /// names the right signature algorithm (RSA-PSS with its parameters), and carries the
 /// key's public key. Self-signed certificates of each spec pass `openssl verify`.
 #[tokio::test]
 async fn csr_and_self_signed_for_every_spec_and_algorithm() {
     let d = Daemon::start().await;
-    let cases: &[(KeySpec, &[(&str, &[&str])])] = &[
+    let cases: &[(KeySpec, &[AlgorithmCase])] = &[
         (
             KeySpec::Rsa2048,
             &[
