@@ -8,6 +8,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "hsmd/v1/keys.proto",
         "hsmd/v1/audit.proto",
         "hsmd/v1/token.proto",
+        "hsmd/v1/certs.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

@@ -1,4 +1,4 @@
-//! The connection: one TLS channel to hsmd, shared by the three service clients.
+//! The connection: one TLS channel to hsmd, shared by the service clients.
 //!
 //! A tonic `Channel` multiplexes calls over one HTTP/2 connection and is cheap to clone,
 //! so the accessors hand out fresh generated clients over the same channel. The typed
@@ -11,6 +11,7 @@ use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity
 use crate::error::ClientError;
 use crate::profile::{Profile, ProfileError};
 use crate::v1::audit_service_client::AuditServiceClient;
+use crate::v1::certificate_service_client::CertificateServiceClient;
 use crate::v1::key_service_client::KeyServiceClient;
 use crate::v1::token_service_client::TokenServiceClient;
 
@@ -61,6 +62,11 @@ impl Client {
     /// A TokenService client over the shared channel.
     pub fn token(&self) -> TokenServiceClient<Channel> {
         TokenServiceClient::new(self.channel.clone())
+    }
+
+    /// A CertificateService client over the shared channel.
+    pub fn certs(&self) -> CertificateServiceClient<Channel> {
+        CertificateServiceClient::new(self.channel.clone())
     }
 }
 

@@ -5,7 +5,7 @@
 
 #![allow(clippy::all, missing_docs)]
 
-/// `hsmd.v1`: KeyService, AuditService, TokenService and their messages.
+/// `hsmd.v1`: KeyService, AuditService, TokenService, CertificateService and their messages.
 pub mod v1 {
     tonic::include_proto!("hsmd.v1");
 }

@@ -1,13 +1,15 @@
 //! hsmd: a key-management and signing daemon in front of a PKCS#11 token.
 //!
 //! Layers point one way: `api` (gRPC, statuses) → `keys` (rules) → `hsm` (cryptoki) and
-//! `store` (SQLite); `audit` records every call; `auth` names the caller. See the
+//! `store` (SQLite); `csr` builds certificate requests and certificates signed by the
+//! token (`api` → `csr` → `keys`); `audit` records every call; `auth` names the caller. See the
 //! README's architecture section for the shape and the data flow of one call.
 
 pub mod api;
 pub mod audit;
 pub mod auth;
 pub mod config;
+pub mod csr;
 pub mod dev;
 pub mod devcerts;
 pub mod hsm;

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use hsmd_proto::v1::audit_service_server::AuditServiceServer;
+use hsmd_proto::v1::certificate_service_server::CertificateServiceServer;
 use hsmd_proto::v1::key_service_server::KeyServiceServer;
 use hsmd_proto::v1::token_service_server::TokenServiceServer;
 use rustls::pki_types::pem::PemObject;
@@ -18,6 +19,7 @@ use tonic::transport::Server;
 
 use crate::api::Ctx;
 use crate::api::audit::AuditApi;
+use crate::api::certs::CertApi;
 use crate::api::keys::KeyApi;
 use crate::api::token::TokenApi;
 use crate::audit::{AuditEvent, AuditLog, Outcome};
@@ -66,6 +68,9 @@ pub async fn run(
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<KeyServiceServer<KeyApi>>().await;
     health.set_serving::<AuditServiceServer<AuditApi>>().await;
+    health
+        .set_serving::<CertificateServiceServer<CertApi>>()
+        .await;
     // Both reflection versions: grpcurl before 1.9 and many tools speak only v1alpha.
     let reflection = tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(hsmd_proto::FILE_DESCRIPTOR_SET)
@@ -86,6 +91,7 @@ pub async fn run(
         .add_service(KeyServiceServer::new(KeyApi::new(ctx.clone())))
         .add_service(AuditServiceServer::new(AuditApi::new(ctx.clone())))
         .add_service(TokenServiceServer::new(TokenApi::new(ctx.clone())))
+        .add_service(CertificateServiceServer::new(CertApi::new(ctx.clone())))
         .serve_with_incoming_shutdown(incoming, shutdown_signal())
         .await?;
     tracing::info!("stopped");

@@ -138,6 +138,15 @@ pub fn run(cmd: &mut Command) -> CmdOutput {
     out
 }
 
+/// Runs `openssl` with these arguments; panics, with its stderr, unless it succeeds.
+pub fn openssl<I, S>(args: I) -> CmdOutput
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    run(Command::new("openssl").args(args))
+}
+
 /// Writes `data` to `dir/name` and returns the path.
 pub fn write_file(dir: &Path, name: &str, data: &[u8]) -> PathBuf {
     let path = dir.join(name);

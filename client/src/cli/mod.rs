@@ -1,6 +1,6 @@
 //! The `hsmctl` command line: global flags, the command tree, and dispatch.
 //!
-//! One file per command family (`key`, `alias`, `crypto`, `token`, `audit`); each turns
+//! One file per command family (`key`, `alias`, `crypto`, `csr`, `token`, `audit`); each turns
 //! its arguments into calls on [`hsm_client::Client`] and prints a table (for people)
 //! or JSON (`-o json`, for programs).
 
@@ -9,6 +9,7 @@ mod args;
 mod audit;
 mod bench;
 mod crypto;
+mod csr;
 mod error;
 mod key;
 mod render;
@@ -85,6 +86,11 @@ enum Command {
     Verify(crypto::VerifyArgs),
     /// Random bytes from the token's RNG, printed in hex.
     Random(crypto::RandomArgs),
+    /// Make a PKCS#10 certificate signing request for a key, signed inside the token.
+    Csr(csr::CsrArgs),
+    /// Import, fetch and self-sign the certificates of keys.
+    #[command(subcommand)]
+    Cert(csr::CertCommand),
     /// What token hsmd runs on and what it offers there.
     #[command(subcommand)]
     Token(token::TokenCommand),
@@ -143,6 +149,8 @@ impl Cli {
             Command::Sign(a) => a.run(&ctx).await,
             Command::Verify(a) => a.run(&ctx).await,
             Command::Random(a) => a.run(&ctx).await,
+            Command::Csr(a) => a.run(&ctx).await,
+            Command::Cert(cmd) => cmd.run(&ctx).await,
             Command::Token(cmd) => cmd.run(&ctx).await,
             Command::Audit(cmd) => cmd.run(&ctx).await,
             Command::Bench(a) => a.run(&ctx, &profile).await,

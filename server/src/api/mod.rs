@@ -3,6 +3,7 @@
 //! to finish; `Ctx::finish` makes the record durable before any answer leaves.
 
 pub mod audit;
+pub mod certs;
 pub mod convert;
 pub mod keys;
 pub mod status;

@@ -8,6 +8,7 @@ use tonic::{Code, Status};
 use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::audit::Outcome;
+use crate::csr::CertError;
 use crate::keys::KeyError;
 
 /// ErrorInfo domain of every hsmd error.
@@ -27,6 +28,17 @@ pub enum ApiError {
     },
     #[error("audit log unavailable: the call was not carried out; retry later")]
     AuditUnavailable,
+    #[error(transparent)]
+    Cert(CertError),
+}
+
+impl From<CertError> for ApiError {
+    fn from(e: CertError) -> Self {
+        match e {
+            CertError::Key(k) => ApiError::Key(k),
+            other => ApiError::Cert(other),
+        }
+    }
 }
 
 impl ApiError {
@@ -36,6 +48,7 @@ impl ApiError {
             ApiError::Unauthenticated => Code::Unauthenticated,
             ApiError::PermissionDenied { .. } => Code::PermissionDenied,
             ApiError::AuditUnavailable => Code::Unavailable,
+            ApiError::Cert(c) => cert_code(c),
             ApiError::Key(k) => match k {
                 KeyError::InvalidArgument(_)
                 | KeyError::InvalidKeyId(_)
@@ -62,6 +75,7 @@ impl ApiError {
             ApiError::Unauthenticated => "NO_CLIENT_IDENTITY",
             ApiError::PermissionDenied { .. } => "PRINCIPAL_NOT_ALLOWED",
             ApiError::AuditUnavailable => "AUDIT_UNAVAILABLE",
+            ApiError::Cert(c) => c.reason(),
             ApiError::Key(k) => k.reason(),
         }
     }
@@ -92,6 +106,20 @@ impl ApiError {
         let details =
             ErrorDetails::with_error_info(self.reason(), DOMAIN, HashMap::<String, String>::new());
         Status::with_error_details(self.code(), message, details)
+    }
+}
+
+/// gRPC code of a certificate error (its key errors are mapped as `ApiError::Key`).
+fn cert_code(e: &CertError) -> Code {
+    match e {
+        CertError::Subject(_)
+        | CertError::San(_)
+        | CertError::InvalidArgument(_)
+        | CertError::InvalidCertificate(_) => Code::InvalidArgument,
+        CertError::KeyMismatch { .. } => Code::FailedPrecondition,
+        CertError::NotFound(_) => Code::NotFound,
+        // Never built: `From<CertError>` turns key errors into `ApiError::Key`.
+        CertError::Key(_) => Code::Internal,
     }
 }
 
@@ -171,6 +199,40 @@ mod tests {
                 },
                 Code::PermissionDenied,
                 "PRINCIPAL_NOT_ALLOWED",
+            ),
+            (
+                CertError::Subject("x".into()).into(),
+                Code::InvalidArgument,
+                "INVALID_SUBJECT",
+            ),
+            (
+                CertError::San("x".into()).into(),
+                Code::InvalidArgument,
+                "INVALID_SAN",
+            ),
+            (
+                CertError::InvalidCertificate("x".into()).into(),
+                Code::InvalidArgument,
+                "INVALID_CERTIFICATE",
+            ),
+            (
+                CertError::KeyMismatch {
+                    key: uuid::Uuid::nil(),
+                    detail: "x".into(),
+                }
+                .into(),
+                Code::FailedPrecondition,
+                "CERTIFICATE_KEY_MISMATCH",
+            ),
+            (
+                CertError::NotFound(uuid::Uuid::nil()).into(),
+                Code::NotFound,
+                "CERTIFICATE_NOT_FOUND",
+            ),
+            (
+                CertError::Key(KeyError::KeyNotFound("k".into())).into(),
+                Code::NotFound,
+                "KEY_NOT_FOUND",
             ),
         ];
         for (err, code, reason) in cases {

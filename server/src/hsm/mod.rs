@@ -5,6 +5,7 @@
 //! a bounded pool of sessions stays open for the life of the process, and object handles
 //! are cached per key so that no call pays for C_FindObjects on the hot path.
 
+pub mod certs;
 pub mod error;
 pub mod mechanisms;
 pub mod objects;
@@ -23,6 +24,7 @@ use cryptoki::slot::Slot;
 use secrecy::SecretString;
 use uuid::Uuid;
 
+pub use certs::CertificateObject;
 pub use error::HsmError;
 pub use mechanisms::SignMechanism;
 pub use objects::{KeyObjects, PublicKeyMaterial};
@@ -236,7 +238,8 @@ impl Pkcs11Backend {
         self.with_session("C_GenerateRandom", |s| s.generate_random_vec(len))
     }
 
-    /// Destroys every object with the key's CKA_ID. Missing objects are not an error.
+    /// Destroys every object with the key's CKA_ID (its certificate too). Missing
+    /// objects are not an error.
     pub fn destroy(&self, id: Uuid) -> Result<(), HsmError> {
         self.handles
             .write()
@@ -247,6 +250,7 @@ impl Pkcs11Backend {
                 ObjectClass::PRIVATE_KEY,
                 ObjectClass::SECRET_KEY,
                 ObjectClass::PUBLIC_KEY,
+                ObjectClass::CERTIFICATE,
             ] {
                 let template = [
                     cryptoki::object::Attribute::Class(class),

@@ -51,6 +51,11 @@ impl KeyManager {
         &self.backend
     }
 
+    /// The metadata store (the certificate operations keep their own table in it).
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
     /// Looks a key up by id or alias.
     pub fn resolve(&self, key: &KeyRef) -> Result<KeyRecord, KeyError> {
         let id = match key {

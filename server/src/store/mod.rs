@@ -5,6 +5,7 @@
 //! changes are compare-and-set on the expected state, so two replicas (or two calls)
 //! never both win a transition.
 
+mod certs;
 mod rows;
 
 use std::path::Path;
@@ -15,6 +16,7 @@ use uuid::Uuid;
 
 use crate::keys::model::KeyRecord;
 use crate::keys::spec::{KeyState, KeyUsage};
+pub use certs::StoredChain;
 pub use rows::Alias;
 
 /// Store failures.
@@ -88,6 +90,7 @@ impl Store {
         };
         let conn = store.connect()?;
         conn.execute_batch(SCHEMA)?;
+        conn.execute_batch(certs::SCHEMA)?;
         store
             .idle
             .lock()

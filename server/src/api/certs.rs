@@ -1,0 +1,307 @@
+//! CertificateService: CSRs and self-signed certificates signed in the token, and the
+//! certificate chains imported for keys. Decode and check the request, authorize, then
+//! one hop into the blocking pool that resolves the key and runs the operation.
+
+use hsmd_proto::v1 as pb;
+use hsmd_proto::v1::certificate_service_server::CertificateService;
+use tonic::{Request, Response, Status};
+
+use super::convert::{alg_from_pb, alg_to_pb, ts};
+use super::{ApiError, Call, Ctx};
+use crate::audit::record::input_hash;
+use crate::csr::chain::{self, CertInfo};
+use crate::csr::ops::{self, CertRequest};
+use crate::csr::san::{self, Eku, KeyUsageBit, RequestedExtensions, SanKind};
+use crate::csr::{CertError, subject};
+use crate::keys::model::KeyRecord;
+use crate::keys::{KeyError, KeyManager, KeyRef};
+
+macro_rules! method {
+    ($name:literal) => {
+        concat!("/hsmd.v1.CertificateService/", $name)
+    };
+}
+
+/// The CertificateService implementation.
+pub struct CertApi {
+    ctx: Ctx,
+}
+
+impl CertApi {
+    pub fn new(ctx: Ctx) -> Self {
+        CertApi { ctx }
+    }
+
+    /// Resolves a key and runs `f` on it in the same blocking task, noting the key in
+    /// the audit record either way.
+    async fn with_key<T: Send + 'static>(
+        &self,
+        call: &mut Call,
+        named: &str,
+        f: impl FnOnce(&KeyManager, KeyRecord) -> Result<T, CertError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let key_ref = match KeyRef::parse(named) {
+            Ok(r) => r,
+            Err(e) => {
+                call.note_key(named, None);
+                return Err(e.into());
+            }
+        };
+        let keys = self.ctx.keys.clone();
+        let (id, result) = tokio::task::spawn_blocking(move || match keys.resolve(&key_ref) {
+            Ok(key) => (Some(key.id), f(&keys, key)),
+            Err(e) => (None, Err(e.into())),
+        })
+        .await
+        .map_err(|e| ApiError::Key(KeyError::Internal(format!("blocking task: {e}"))))?;
+        call.note_key(named, id);
+        Ok(result?)
+    }
+}
+
+/// Decodes and checks what GenerateCsr and SelfSignedCertificate share.
+fn cert_request(
+    subject_text: &str,
+    sans: Vec<pb::SubjectAltName>,
+    key_usage: &[i32],
+    eku: &[i32],
+    algorithm: i32,
+) -> Result<CertRequest, ApiError> {
+    let algorithm = if algorithm == 0 {
+        None
+    } else {
+        Some(alg_from_pb(algorithm)?)
+    };
+    let subject = subject::parse(subject_text)?;
+    let mut names = Vec::with_capacity(sans.len());
+    for (i, s) in sans.into_iter().enumerate() {
+        use pb::subject_alt_name::Name;
+        let (kind, value) = match s.name {
+            Some(Name::DnsName(v)) => (SanKind::Dns, v),
+            Some(Name::IpAddress(v)) => (SanKind::Ip, v),
+            Some(Name::Uri(v)) => (SanKind::Uri, v),
+            Some(Name::Email(v)) => (SanKind::Email, v),
+            None => {
+                return Err(CertError::San(format!(
+                    "entry {} sets no name (one of dns_name, ip_address, uri, email)",
+                    i + 1
+                ))
+                .into());
+            }
+        };
+        names.push(san::parse(kind, &value)?);
+    }
+    san::check_list(&names)?;
+    let key_usage = key_usage
+        .iter()
+        .map(|v| key_usage_from_pb(*v))
+        .collect::<Result<_, _>>()?;
+    let eku = eku
+        .iter()
+        .map(|v| eku_from_pb(*v))
+        .collect::<Result<_, _>>()?;
+    Ok(CertRequest {
+        subject,
+        extensions: RequestedExtensions {
+            sans: names,
+            key_usage,
+            eku,
+        },
+        algorithm,
+    })
+}
+
+fn key_usage_from_pb(v: i32) -> Result<KeyUsageBit, CertError> {
+    use pb::CertKeyUsage as P;
+    Ok(match P::try_from(v).unwrap_or(P::Unspecified) {
+        P::DigitalSignature => KeyUsageBit::DigitalSignature,
+        P::NonRepudiation => KeyUsageBit::NonRepudiation,
+        P::KeyEncipherment => KeyUsageBit::KeyEncipherment,
+        P::DataEncipherment => KeyUsageBit::DataEncipherment,
+        P::KeyAgreement => KeyUsageBit::KeyAgreement,
+        P::KeyCertSign => KeyUsageBit::KeyCertSign,
+        P::CrlSign => KeyUsageBit::CrlSign,
+        P::Unspecified => {
+            return Err(CertError::InvalidArgument(format!(
+                "key_usage value {v} is not one of DIGITAL_SIGNATURE, NON_REPUDIATION, KEY_ENCIPHERMENT, \
+                 DATA_ENCIPHERMENT, KEY_AGREEMENT, KEY_CERT_SIGN, CRL_SIGN"
+            )));
+        }
+    })
+}
+
+fn eku_from_pb(v: i32) -> Result<Eku, CertError> {
+    use pb::ExtendedKeyUsage as P;
+    Ok(match P::try_from(v).unwrap_or(P::Unspecified) {
+        P::ServerAuth => Eku::ServerAuth,
+        P::ClientAuth => Eku::ClientAuth,
+        P::CodeSigning => Eku::CodeSigning,
+        P::EmailProtection => Eku::EmailProtection,
+        P::TimeStamping => Eku::TimeStamping,
+        P::Unspecified => {
+            return Err(CertError::InvalidArgument(format!(
+                "extended_key_usage value {v} is not one of SERVER_AUTH, CLIENT_AUTH, CODE_SIGNING, \
+                 EMAIL_PROTECTION, TIME_STAMPING"
+            )));
+        }
+    })
+}
+
+/// Notes the requested algorithm in the audit record (the one used is noted on success).
+fn note_algorithm(call: &mut Call, algorithm: i32) {
+    if let Ok(a) = alg_from_pb(algorithm) {
+        call.event.algorithm = a.name().into();
+    }
+}
+
+fn info_to_pb(i: &CertInfo) -> pb::CertificateInfo {
+    pb::CertificateInfo {
+        subject: i.subject.clone(),
+        issuer: i.issuer.clone(),
+        serial_number: i.serial.clone(),
+        not_before: Some(ts(i.not_before)),
+        not_after: Some(ts(i.not_after)),
+    }
+}
+
+#[tonic::async_trait]
+impl CertificateService for CertApi {
+    async fn generate_csr(
+        &self,
+        req: Request<pb::GenerateCsrRequest>,
+    ) -> Result<Response<pb::GenerateCsrResponse>, Status> {
+        let mut call = Call::begin(&req, method!("GenerateCsr"));
+        let r = req.into_inner();
+        let result = async {
+            call.authorize(&self.ctx.auth)?;
+            note_algorithm(&mut call, r.algorithm);
+            let cr = cert_request(
+                &r.subject,
+                r.subject_alt_names,
+                &r.key_usage,
+                &r.extended_key_usage,
+                r.algorithm,
+            );
+            let cr = match cr {
+                Ok(cr) => cr,
+                Err(e) => {
+                    call.note_key(&r.key_id, None);
+                    return Err(e);
+                }
+            };
+            let (id, issued) = self
+                .with_key(&mut call, &r.key_id, move |m, key| {
+                    Ok((key.id, ops::generate_csr(m, &key, &cr)?))
+                })
+                .await?;
+            call.event.algorithm = issued.algorithm.name().into();
+            call.event.input_sha256 = issued.signed.signed_sha256.clone();
+            Ok(pb::GenerateCsrResponse {
+                key_id: id.to_string(),
+                algorithm: alg_to_pb(issued.algorithm),
+                csr_der: issued.signed.der,
+                csr_pem: issued.signed.pem,
+            })
+        }
+        .await;
+        self.ctx.finish(call, result).await
+    }
+
+    async fn self_signed_certificate(
+        &self,
+        req: Request<pb::SelfSignedCertificateRequest>,
+    ) -> Result<Response<pb::SelfSignedCertificateResponse>, Status> {
+        let mut call = Call::begin(&req, method!("SelfSignedCertificate"));
+        let r = req.into_inner();
+        let result = async {
+            call.authorize(&self.ctx.auth)?;
+            note_algorithm(&mut call, r.algorithm);
+            let cr = cert_request(
+                &r.subject,
+                r.subject_alt_names,
+                &r.key_usage,
+                &r.extended_key_usage,
+                r.algorithm,
+            );
+            let cr = match cr {
+                Ok(cr) => cr,
+                Err(e) => {
+                    call.note_key(&r.key_id, None);
+                    return Err(e);
+                }
+            };
+            let (days, import) = (r.validity_days, r.import);
+            let (id, (issued, info)) = self
+                .with_key(&mut call, &r.key_id, move |m, key| {
+                    Ok((key.id, ops::self_signed(m, &key, &cr, days, import)?))
+                })
+                .await?;
+            call.event.algorithm = issued.algorithm.name().into();
+            call.event.input_sha256 = issued.signed.signed_sha256.clone();
+            Ok(pb::SelfSignedCertificateResponse {
+                key_id: id.to_string(),
+                algorithm: alg_to_pb(issued.algorithm),
+                certificate_der: issued.signed.der,
+                certificate_pem: issued.signed.pem,
+                info: Some(info_to_pb(&info)),
+                imported: import,
+            })
+        }
+        .await;
+        self.ctx.finish(call, result).await
+    }
+
+    async fn import_certificate(
+        &self,
+        req: Request<pb::ImportCertificateRequest>,
+    ) -> Result<Response<pb::ImportCertificateResponse>, Status> {
+        let mut call = Call::begin(&req, method!("ImportCertificate"));
+        let r = req.into_inner();
+        call.event.input_sha256 = input_hash(&r.certificate_chain);
+        let result = async {
+            call.authorize(&self.ctx.auth)?;
+            let input = r.certificate_chain;
+            let (id, (info, len)) = self
+                .with_key(&mut call, &r.key_id, move |m, key| {
+                    Ok((key.id, ops::import(m, &key, &input)?))
+                })
+                .await?;
+            Ok(pb::ImportCertificateResponse {
+                key_id: id.to_string(),
+                info: Some(info_to_pb(&info)),
+                chain_length: len as u32,
+            })
+        }
+        .await;
+        self.ctx.finish(call, result).await
+    }
+
+    async fn get_certificate(
+        &self,
+        req: Request<pb::GetCertificateRequest>,
+    ) -> Result<Response<pb::GetCertificateResponse>, Status> {
+        let mut call = Call::begin(&req, method!("GetCertificate"));
+        let r = req.into_inner();
+        let result = async {
+            call.authorize(&self.ctx.auth)?;
+            let (id, kc) = self
+                .with_key(&mut call, &r.key_id, |m, key| {
+                    Ok((key.id, ops::get(m, &key)?))
+                })
+                .await?;
+            let leaf = kc.chain.der[0].clone();
+            let info = chain::info(&kc.chain.certs[0]);
+            Ok(pb::GetCertificateResponse {
+                key_id: id.to_string(),
+                certificate_pem: chain::to_pem(&leaf),
+                certificate_der: leaf,
+                chain_pem: kc.chain.der.iter().map(|d| chain::to_pem(d)).collect(),
+                chain_der: kc.chain.der,
+                info: Some(info_to_pb(&info)),
+                import_time: Some(ts(kc.stored.import_time)),
+            })
+        }
+        .await;
+        self.ctx.finish(call, result).await
+    }
+}
