@@ -26,7 +26,8 @@ struct Args {
     /// Data folder of a dev token to reuse (default: a fresh temporary one).
     #[arg(long, value_name = "DIR")]
     data_dir: Option<PathBuf>,
-    /// Operation.
+    /// Operation. decrypt: RSAES_OAEP_SHA_1 with an RSA key of --spec; encrypt and
+    /// generate-data-key: an AES_256 key (--spec is ignored).
     #[arg(long, value_enum, default_value = "sign")]
     op: BenchOp,
     /// Key spec (RSA_2048, EC_P256, ...).
@@ -82,6 +83,10 @@ fn main() -> anyhow::Result<()> {
         bail!("--stream works with --op sign only");
     }
     let spec = KeySpec::from_name(&args.spec.to_uppercase()).context("--spec: unknown key spec")?;
+    let spec = op_spec(args.op, spec);
+    if args.op == BenchOp::Decrypt && spec.rsa_bits().is_none() {
+        bail!("--op decrypt needs an RSA --spec (RSA-OAEP decryption)");
+    }
     let algorithm = SigningAlgorithm::from_name(&args.algorithm.to_uppercase())
         .context("--algorithm: unknown")?;
     let tmp = tempfile::tempdir()?;
@@ -118,7 +123,7 @@ fn main() -> anyhow::Result<()> {
     };
     if args.output == "json" {
         let v = serde_json::json!({
-            "op": args.op, "spec": spec.name(), "algorithm": algorithm.name(),
+            "op": args.op, "spec": spec.name(), "algorithm": alg_name(args.op, algorithm),
             "concurrency": args.concurrency, "connections": args.connections, "extra_keys": args.extra_keys,
             "stream": args.stream,
             "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
@@ -131,7 +136,7 @@ fn main() -> anyhow::Result<()> {
             "{} {} {} concurrency {} ({} connection(s){}), {} extra keys",
             args.op_name(),
             spec,
-            algorithm,
+            alg_name(args.op, algorithm),
             args.concurrency,
             args.connections,
             if args.stream { ", SignStream" } else { "" },
@@ -151,11 +156,25 @@ fn main() -> anyhow::Result<()> {
 
 impl Args {
     fn op_name(&self) -> &'static str {
-        match self.op {
-            BenchOp::Sign => "sign",
-            BenchOp::Verify => "verify",
-            BenchOp::GetPublicKey => "get-public-key",
-        }
+        self.op.name()
+    }
+}
+
+/// The algorithm an operation runs with, for the report.
+fn alg_name(op: BenchOp, signing: SigningAlgorithm) -> &'static str {
+    match op {
+        BenchOp::Decrypt => "RSAES_OAEP_SHA_1",
+        BenchOp::Encrypt | BenchOp::GenerateDataKey => "SYMMETRIC_DEFAULT",
+        _ => signing.name(),
+    }
+}
+
+/// The key spec an operation runs with: encrypt and generate-data-key need an AES_256
+/// key whatever --spec says; the others use --spec.
+fn op_spec(op: BenchOp, spec: KeySpec) -> KeySpec {
+    match op {
+        BenchOp::Encrypt | BenchOp::GenerateDataKey => KeySpec::Aes256,
+        _ => spec,
     }
 }
 
@@ -179,7 +198,11 @@ async fn run_hsmd(
     let key = clients[0]
         .create_key(CreateKeyRequest {
             spec: pb_spec as i32,
-            usage: KeyUsage::SignVerify as i32,
+            usage: (if args.op.encrypts() {
+                KeyUsage::EncryptDecrypt
+            } else {
+                KeyUsage::SignVerify
+            }) as i32,
             ..Default::default()
         })
         .await?;

@@ -3,6 +3,11 @@
 //! key and the same input preparation as hsmd, one session per thread, the key's handles
 //! found once. This is the best a caller linked
 //! against the PKCS#11 module could do; hsmd's figure is compared with it.
+//!
+//! The encryption operations do the token calls hsmd does: decrypt is C_Decrypt with
+//! CKM_RSA_PKCS_OAEP (SHA-1); encrypt is C_GenerateRandom for the IV, then C_Encrypt with
+//! CKM_AES_GCM; generate-data-key is C_GenerateRandom for the key and the IV, then
+//! C_Encrypt with CKM_AES_GCM.
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicI64, Ordering};
@@ -10,10 +15,14 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::object::{Attribute, AttributeType, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use hsm_client::bench::{BENCH_MESSAGE, BenchOp, LatencyStats, Length};
 use hsmd::config::Config;
+use hsmd::hsm::OaepHash;
+use hsmd::hsm::crypt::oaep;
 use hsmd::hsm::objects::{self, KeyObjects};
 use hsmd::keys::manager::mechanism;
 use hsmd::keys::spec::{KeySpec, KeyUsage, MessageType, SigningAlgorithm};
@@ -46,13 +55,13 @@ pub fn run(cfg: &Config, spec: &RawSpec) -> anyhow::Result<LatencyStats> {
         .login(UserType::User, Some(&cfg.hsm.pin))
         .context("C_Login")?;
     let id = uuid::Uuid::new_v4();
-    let template = objects::generation(
-        spec.spec,
-        KeyUsage::SignVerify,
-        id.as_bytes(),
-        &format!("raw-bench-{id}"),
-    )
-    .context("key spec")?;
+    let usage = if spec.op.encrypts() {
+        KeyUsage::EncryptDecrypt
+    } else {
+        KeyUsage::SignVerify
+    };
+    let template = objects::generation(spec.spec, usage, id.as_bytes(), &format!("raw-bench-{id}"))
+        .context("key spec")?;
     let key = objects::generate(&admin, &template).context("generate key")?;
     // Use the key as hsmd does: through a session-object copy of the private key.
     let copy = admin
@@ -88,12 +97,21 @@ fn measure(
     let sessions: Vec<Session> = (0..spec.threads.max(1))
         .map(|_| ctx.open_rw_session(slot))
         .collect::<Result<_, _>>()?;
-    let signature = sessions[0].sign(&mech.mechanism(), key.private, &mech.token_input(&input))?;
+    // Verify checks a signature and decrypt opens a ciphertext, both made once here.
+    let prepared = match spec.op {
+        BenchOp::Verify => {
+            sessions[0].sign(&mech.mechanism(), key.private, &mech.token_input(&input))?
+        }
+        BenchOp::Decrypt => {
+            sessions[0].encrypt(&oaep(OaepHash::Sha1), public(key), BENCH_MESSAGE)?
+        }
+        _ => Vec::new(),
+    };
     let op = Op {
         op: spec.op,
         algorithm: spec.algorithm,
         key,
-        signature,
+        prepared,
     };
     let mut sessions = sessions;
     if !spec.warmup.is_zero() {
@@ -107,18 +125,33 @@ struct Op {
     op: BenchOp,
     algorithm: SigningAlgorithm,
     key: KeyObjects,
-    signature: Vec<u8>,
+    /// Verify: the signature; decrypt: the ciphertext.
+    prepared: Vec<u8>,
 }
 
 impl Op {
     /// One call, doing what hsmd does for it: prepare the input, then the token call.
     fn call(&self, s: &Session) -> cryptoki::error::Result<()> {
-        let (mech, input) = mechanism(self.algorithm, MessageType::Raw, BENCH_MESSAGE);
-        let data = mech.token_input(&input);
+        let signing = || {
+            let (mech, input) = mechanism(self.algorithm, MessageType::Raw, BENCH_MESSAGE);
+            (mech.mechanism(), mech.token_input(&input))
+        };
         match self.op {
-            BenchOp::Sign => s.sign(&mech.mechanism(), self.key.private, &data).map(drop),
+            BenchOp::Sign => {
+                let (mech, data) = signing();
+                s.sign(&mech, self.key.private, &data).map(drop)
+            }
             BenchOp::Verify => {
-                s.verify(&mech.mechanism(), public(self.key), &data, &self.signature)
+                let (mech, data) = signing();
+                s.verify(&mech, public(self.key), &data, &self.prepared)
+            }
+            BenchOp::Decrypt => s
+                .decrypt(&oaep(OaepHash::Sha1), self.key.private, &self.prepared)
+                .map(drop),
+            BenchOp::Encrypt => gcm_encrypt(s, self.key.private, BENCH_MESSAGE),
+            BenchOp::GenerateDataKey => {
+                let data_key = s.generate_random_vec(32)?;
+                gcm_encrypt(s, self.key.private, &data_key)
             }
             BenchOp::GetPublicKey => s
                 .get_attributes(
@@ -128,6 +161,15 @@ impl Op {
                 .map(|a: Vec<Attribute>| drop(a)),
         }
     }
+}
+
+/// What hsmd's Encrypt does in the token: a fresh IV, then AES-GCM with the blob header
+/// as AAD.
+fn gcm_encrypt(s: &Session, key: ObjectHandle, data: &[u8]) -> cryptoki::error::Result<()> {
+    let mut iv = s.generate_random_vec(12)?;
+    let aad = [0u8; 21];
+    let params = GcmParams::new(&mut iv, &aad, 128u64.into())?;
+    s.encrypt(&Mechanism::AesGcm(params), key, data).map(drop)
 }
 
 fn public(k: KeyObjects) -> ObjectHandle {

@@ -11,7 +11,10 @@ use serde::Serialize;
 
 use crate::client::Client;
 use crate::error::ClientError;
-use crate::v1::{GetPublicKeyRequest, MessageType, SignRequest, SigningAlgorithm, VerifyRequest};
+use crate::v1::{
+    DecryptRequest, EncryptRequest, EncryptionAlgorithm, GenerateDataKeyRequest,
+    GetPublicKeyRequest, KeySpec, MessageType, SignRequest, SigningAlgorithm, VerifyRequest,
+};
 
 /// Operations the load generator can drive.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
@@ -23,6 +26,35 @@ pub enum BenchOp {
     Verify,
     /// GetPublicKey (no token work: store and gRPC overhead only).
     GetPublicKey,
+    /// Decrypt a 32-byte message encrypted once before the run with RSAES_OAEP_SHA_1
+    /// (an RSA ENCRYPT_DECRYPT key; OAEP-SHA-1 is the token's own OAEP).
+    Decrypt,
+    /// Encrypt the 32-byte message (an AES_256 key: AES-GCM in the token).
+    Encrypt,
+    /// GenerateDataKey AES_256 under an AES_256 key.
+    GenerateDataKey,
+}
+
+impl BenchOp {
+    /// The name on the command line and in reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            BenchOp::Sign => "sign",
+            BenchOp::Verify => "verify",
+            BenchOp::GetPublicKey => "get-public-key",
+            BenchOp::Decrypt => "decrypt",
+            BenchOp::Encrypt => "encrypt",
+            BenchOp::GenerateDataKey => "generate-data-key",
+        }
+    }
+
+    /// True for the operations that need an ENCRYPT_DECRYPT key.
+    pub fn encrypts(self) -> bool {
+        matches!(
+            self,
+            BenchOp::Decrypt | BenchOp::Encrypt | BenchOp::GenerateDataKey
+        )
+    }
 }
 
 /// How long a run lasts.
@@ -116,6 +148,7 @@ pub async fn run(
     let first = clients
         .first()
         .ok_or(ClientError::MissingField("at least one connection"))?;
+    // Verify checks a signature and Decrypt opens a ciphertext, both made once here.
     let signature = match spec.op {
         BenchOp::Verify => {
             first
@@ -126,6 +159,17 @@ pub async fn run(
                     BENCH_MESSAGE.to_vec(),
                 )
                 .await?
+        }
+        BenchOp::Decrypt => {
+            first
+                .encrypt(
+                    &spec.key_id,
+                    Some(EncryptionAlgorithm::RsaesOaepSha1),
+                    BENCH_MESSAGE,
+                    b"",
+                )
+                .await?
+                .ciphertext
         }
         _ => Vec::new(),
     };
@@ -224,6 +268,34 @@ async fn one_call(client: &Client, spec: &BenchSpec, signature: &[u8]) -> Result
                 key_id: spec.key_id.clone(),
             })
             .await?;
+        }
+        BenchOp::Decrypt => {
+            let req = DecryptRequest {
+                key_id: spec.key_id.clone(),
+                ciphertext: signature.to_vec(),
+                encryption_algorithm: EncryptionAlgorithm::RsaesOaepSha1 as i32,
+                aad: Vec::new(),
+            };
+            if keys.decrypt(req).await?.get_ref().plaintext != BENCH_MESSAGE {
+                return Err(ClientError::MissingField("the benchmark message back"));
+            }
+        }
+        BenchOp::Encrypt => {
+            let req = EncryptRequest {
+                key_id: spec.key_id.clone(),
+                plaintext: BENCH_MESSAGE.to_vec(),
+                encryption_algorithm: 0,
+                aad: Vec::new(),
+            };
+            keys.encrypt(req).await?;
+        }
+        BenchOp::GenerateDataKey => {
+            let req = GenerateDataKeyRequest {
+                key_id: spec.key_id.clone(),
+                key_spec: KeySpec::Aes256 as i32,
+                aad: Vec::new(),
+            };
+            keys.generate_data_key(req).await?;
         }
     }
     Ok(())

@@ -23,11 +23,14 @@
 pub mod bench;
 mod calls;
 mod client;
+mod encryption;
+pub mod envelope;
 mod error;
 pub mod names;
 mod profile;
 
 pub use client::Client;
+pub use encryption::{DataKey, Decrypted};
 pub use error::{ClientError, code_name};
 pub use profile::{Profile, ProfileError};
 

@@ -6,7 +6,8 @@
 //! `i32` fields of messages back into names.
 
 use crate::v1::{
-    AuditOutcome, KeyOrigin, KeySpec, KeyState, KeyUsage, MessageType, SigningAlgorithm,
+    AuditOutcome, EncryptionAlgorithm, KeyOrigin, KeySpec, KeyState, KeyUsage, MessageType,
+    SigningAlgorithm,
 };
 
 /// A generated API enum that has proto names.
@@ -43,6 +44,7 @@ proto_enum!(KeyOrigin, "key origin");
 proto_enum!(KeyState, "key state");
 proto_enum!(MessageType, "message type");
 proto_enum!(AuditOutcome, "audit outcome");
+proto_enum!(EncryptionAlgorithm, "encryption algorithm");
 
 impl ProtoEnum for SigningAlgorithm {
     const WHAT: &'static str = "signing algorithm";

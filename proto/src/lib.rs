@@ -8,6 +8,22 @@
 /// `hsmd.v1`: KeyService, AuditService, TokenService, CertificateService and their messages.
 pub mod v1 {
     tonic::include_proto!("hsmd.v1");
+
+    /// Messages that carry plaintexts or data keys wipe them when dropped: tonic drops a
+    /// response right after encoding it, and a request right after the handler took it.
+    /// (A field is taken out with `std::mem::take`: a type with `Drop` cannot be moved
+    /// out of.) The encoded HTTP/2 frames are tonic's and are not wiped.
+    macro_rules! wipe_on_drop {
+        ($($ty:ident),+) => {$(
+            impl Drop for $ty {
+                fn drop(&mut self) {
+                    zeroize::Zeroize::zeroize(&mut self.plaintext);
+                }
+            }
+        )+};
+    }
+
+    wipe_on_drop!(EncryptRequest, DecryptResponse, GenerateDataKeyResponse);
 }
 
 /// Encoded `FileDescriptorSet` of the API, for gRPC server reflection.

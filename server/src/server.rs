@@ -182,6 +182,9 @@ fn log_capabilities(backend: &Pkcs11Backend) {
     for c in &backend.capabilities().mechanisms {
         tracing::info!(mechanism = c.mechanism, supported = c.supported, use_ = %c.note, "capability");
     }
+    for p in &backend.capabilities().algorithm_paths {
+        tracing::info!(algorithm = p.algorithm.name(), offered = p.offered, path = %p.path, "encryption path");
+    }
 }
 
 async fn reconcile(ctx: &Ctx) {

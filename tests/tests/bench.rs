@@ -58,6 +58,38 @@ fn hsmd_bench_reports_raw_and_hsmd() {
     assert_eq!(report["extra_keys"], 3);
 }
 
+/// Each encryption operation gives a well-formed report on both sides.
+#[test]
+fn hsmd_bench_reports_the_encryption_operations() {
+    require_tools();
+    for op in ["decrypt", "encrypt", "generate-data-key"] {
+        let dir = tempfile::tempdir().unwrap();
+        let out = run(Command::new(workspace_bin("hsmd-bench"))
+            .args(["--data-dir"])
+            .arg(dir.path())
+            .args(["--op", op, "--spec", "RSA_2048", "--concurrency", "2"])
+            .args(["--calls", "30", "--warmup", "0s", "-o", "json"]));
+        let report: serde_json::Value = serde_json::from_str(out.stdout.trim())
+            .unwrap_or_else(|e| panic!("{op}: not JSON ({e}):\n{}", out.describe()));
+        assert_eq!(report["op"], op, "{report}");
+        for side in ["raw", "hsmd"] {
+            let s = &report[side];
+            assert_eq!(s["calls"], 30, "{op} {side}: {report}");
+            assert_eq!(s["errors"], 0, "{op} {side}: {report}");
+            assert!(
+                s["ops_per_sec"].as_f64().is_some_and(|v| v > 0.0),
+                "{op} {side}: {report}"
+            );
+        }
+        let expected_spec = if op == "decrypt" {
+            "RSA_2048"
+        } else {
+            "AES_256"
+        };
+        assert_eq!(report["spec"], expected_spec, "{report}");
+    }
+}
+
 #[tokio::test]
 async fn hsmctl_bench_drives_a_running_daemon() {
     let daemon = Daemon::start().await;

@@ -29,7 +29,7 @@ pub enum KeyCommand {
         /// Key UUID or alias/NAME.
         key: String,
     },
-    /// Disable a key: it can no longer sign or verify until enabled again.
+    /// Disable a key: it can no longer sign, verify, encrypt or decrypt until enabled again.
     Disable {
         /// Key UUID or alias/NAME.
         key: String,

@@ -1,6 +1,7 @@
 //! The `hsmctl` command line: global flags, the command tree, and dispatch.
 //!
-//! One file per command family (`key`, `alias`, `crypto`, `csr`, `token`, `audit`); each turns
+//! One file per command family (`key`, `alias`, `crypto`, `encrypt`, `envelope`, `csr`,
+//! `token`, `audit`); each turns
 //! its arguments into calls on [`hsm_client::Client`] and prints a table (for people)
 //! or JSON (`-o json`, for programs).
 
@@ -10,6 +11,8 @@ mod audit;
 mod bench;
 mod crypto;
 mod csr;
+mod encrypt;
+mod envelope;
 mod error;
 mod key;
 mod render;
@@ -86,6 +89,16 @@ enum Command {
     Verify(crypto::VerifyArgs),
     /// Random bytes from the token's RNG, printed in hex.
     Random(crypto::RandomArgs),
+    /// Encrypt a small secret (at most 4 KiB) with an AES_256 key in the token (or with
+    /// an RSA key's public half); write the ciphertext to a file.
+    Encrypt(encrypt::EncryptArgs),
+    /// Decrypt a ciphertext blob (AES keys: no key id needed) or an RSA-OAEP ciphertext.
+    Decrypt(encrypt::DecryptArgs),
+    /// Generate a data key: wrapped under an AES_256 key, and in plaintext if asked.
+    Datakey(encrypt::DataKeyArgs),
+    /// Encrypt or decrypt files of any size locally under a data key from hsmd.
+    #[command(subcommand)]
+    Envelope(envelope::EnvelopeCommand),
     /// Make a PKCS#10 certificate signing request for a key, signed inside the token.
     Csr(csr::CsrArgs),
     /// Import, fetch and self-sign the certificates of keys.
@@ -149,6 +162,10 @@ impl Cli {
             Command::Sign(a) => a.run(&ctx).await,
             Command::Verify(a) => a.run(&ctx).await,
             Command::Random(a) => a.run(&ctx).await,
+            Command::Encrypt(a) => a.run(&ctx).await,
+            Command::Decrypt(a) => a.run(&ctx).await,
+            Command::Datakey(a) => a.run(&ctx).await,
+            Command::Envelope(cmd) => cmd.run(&ctx).await,
             Command::Csr(a) => a.run(&ctx).await,
             Command::Cert(cmd) => cmd.run(&ctx).await,
             Command::Token(cmd) => cmd.run(&ctx).await,
@@ -199,5 +216,44 @@ mod tests {
             "s",
         ]);
         assert!(sign.is_ok());
+        for args in [
+            &["hsmctl", "decrypt", "--in", "c", "--out", "p"][..],
+            &[
+                "hsmctl",
+                "decrypt",
+                "k",
+                "--in",
+                "c",
+                "--out",
+                "p",
+                "--algorithm",
+                "rsaes-oaep-sha-256",
+            ],
+            &[
+                "hsmctl", "encrypt", "k", "--in", "p", "--out", "c", "--aad", "ctx",
+            ],
+            &[
+                "hsmctl",
+                "datakey",
+                "k",
+                "--spec",
+                "aes-128",
+                "--no-plaintext",
+            ],
+            &[
+                "hsmctl", "envelope", "encrypt", "k", "--in", "f", "--out", "e",
+            ],
+            &["hsmctl", "envelope", "decrypt", "--in", "e", "--out", "f"],
+        ] {
+            assert!(Cli::try_parse_from(args).is_ok(), "{args:?}");
+        }
+        let both = Cli::try_parse_from([
+            "hsmctl",
+            "datakey",
+            "k",
+            "--no-plaintext",
+            "--show-plaintext",
+        ]);
+        assert!(both.is_err());
     }
 }

@@ -5,8 +5,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use hsm_client::names::{name_of, names_of};
 use hsm_client::v1::{
-    Alias, GetPublicKeyResponse, KeyMetadata, KeyOrigin, KeySpec, KeyState, KeyUsage,
-    SigningAlgorithm,
+    Alias, EncryptionAlgorithm, GetPublicKeyResponse, KeyMetadata, KeyOrigin, KeySpec, KeyState,
+    KeyUsage, SigningAlgorithm,
 };
 use serde_json::{Value, json};
 
@@ -29,6 +29,7 @@ pub fn key_json(k: &KeyMetadata) -> Value {
         "destroy_time": format_timestamp(k.destroy_time.as_ref()),
         "created_by": k.created_by,
         "signing_algorithms": names_of::<SigningAlgorithm>(&k.signing_algorithms),
+        "encryption_algorithms": names_of::<EncryptionAlgorithm>(&k.encryption_algorithms),
     })
 }
 
@@ -55,6 +56,8 @@ pub fn key_table(k: &KeyMetadata) -> String {
     }
     let algorithms = names_of::<SigningAlgorithm>(&k.signing_algorithms).join(", ");
     t.row(["signing_algorithms".into(), or_dash(algorithms)]);
+    let algorithms = names_of::<EncryptionAlgorithm>(&k.encryption_algorithms).join(", ");
+    t.row(["encryption_algorithms".into(), or_dash(algorithms)]);
     t.render()
 }
 
@@ -107,6 +110,7 @@ pub fn public_key_json(p: &GetPublicKeyResponse) -> Value {
         "public_key_pem": p.public_key_pem,
         "public_key_der_base64": BASE64.encode(&p.public_key_der),
         "signing_algorithms": names_of::<SigningAlgorithm>(&p.signing_algorithms),
+        "encryption_algorithms": names_of::<EncryptionAlgorithm>(&p.encryption_algorithms),
     })
 }
 

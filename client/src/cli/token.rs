@@ -3,7 +3,7 @@
 
 use clap::Subcommand;
 use hsm_client::names::names_of;
-use hsm_client::v1::{GetTokenInfoResponse, KeySpec, SigningAlgorithm};
+use hsm_client::v1::{EncryptionAlgorithm, GetTokenInfoResponse, KeySpec, SigningAlgorithm};
 use serde_json::{Value, json};
 
 use super::args::{print, print_json};
@@ -53,10 +53,15 @@ fn token_json(i: &GetTokenInfoResponse) -> Value {
         "key_specs": names_of::<KeySpec>(&i.key_specs),
         "signing_algorithms": names_of::<SigningAlgorithm>(&i.signing_algorithms),
         "session_pool_size": i.session_pool_size,
+        "encryption_algorithms": names_of::<EncryptionAlgorithm>(&i.encryption_algorithms),
+        "algorithm_paths": i.algorithm_paths.iter().map(|p| json!({
+            "algorithm": p.algorithm, "offered": p.offered, "path": p.path,
+        })).collect::<Vec<Value>>(),
     })
 }
 
-/// Three blocks: the token's identity, the capability table, what is offered.
+/// Four blocks: the token's identity, the capability table, what is offered, and the
+/// path each encryption algorithm takes.
 fn token_text(i: &GetTokenInfoResponse) -> String {
     let library = format!("{} {}", i.library_description, i.library_version);
     let mut about = Table::plain();
@@ -79,12 +84,21 @@ fn token_text(i: &GetTokenInfoResponse) -> String {
     let algorithms = names_of::<SigningAlgorithm>(&i.signing_algorithms).join(", ");
     offered.row(["key specs".to_string(), or_dash(specs)]);
     offered.row(["signing algorithms".to_string(), or_dash(algorithms)]);
+    let encryption = names_of::<EncryptionAlgorithm>(&i.encryption_algorithms).join(", ");
+    offered.row(["encryption algorithms".to_string(), or_dash(encryption)]);
+
+    let mut paths = Table::new(&["ENCRYPTION ALGORITHM", "OFFERED", "PATH"]);
+    for p in &i.algorithm_paths {
+        let offered = if p.offered { "yes" } else { "no" };
+        paths.row([cell(&p.algorithm), offered.to_string(), cell(&p.path)]);
+    }
 
     format!(
-        "{}\n{}\n{}",
+        "{}\n{}\n{}\n{}",
         about.render(),
         caps.render(),
-        offered.render()
+        offered.render(),
+        paths.render()
     )
 }
 
@@ -112,7 +126,7 @@ mod tests {
         assert!(text.starts_with("label         hsmd-dev\n"), "{text}");
         assert!(text.contains("library       SoftHSM 2.6\n"), "{text}");
         assert!(text.contains("CKM_ECDSA  yes        ECDSA over"), "{text}");
-        assert!(text.contains("key specs           EC_P256\n"), "{text}");
+        assert!(text.contains("key specs              EC_P256\n"), "{text}");
         assert_eq!(token_json(&info)["signing_algorithms"][0], "ECDSA_SHA_256");
     }
 }

@@ -5,7 +5,9 @@ use hsmd_proto::v1 as pb;
 
 use crate::keys::KeyError;
 use crate::keys::model::KeyRecord;
-use crate::keys::spec::{KeyOrigin, KeySpec, KeyState, KeyUsage, MessageType, SigningAlgorithm};
+use crate::keys::spec::{
+    EncryptionAlgorithm, KeyOrigin, KeySpec, KeyState, KeyUsage, MessageType, SigningAlgorithm,
+};
 use crate::store::Alias;
 
 /// Seconds since the epoch as a protobuf Timestamp.
@@ -97,6 +99,38 @@ enum_conv!(
     Some(MessageType::Raw)
 );
 
+enum_conv!(
+    enc_alg_from_pb_required,
+    enc_alg_to_pb,
+    pb::EncryptionAlgorithm,
+    EncryptionAlgorithm,
+    "encryption_algorithm",
+    None::<EncryptionAlgorithm>
+);
+
+/// Decodes an optional encryption algorithm: unspecified is `None` (the key's default),
+/// an unknown value is INVALID_ARGUMENT.
+pub fn enc_alg_from_pb(v: i32) -> Result<Option<EncryptionAlgorithm>, KeyError> {
+    if v == 0 {
+        Ok(None)
+    } else {
+        enc_alg_from_pb_required(v).map(Some)
+    }
+}
+
+/// The encryption algorithms a key allows, as proto values (none for signing keys).
+pub fn encryption_algorithms(k: &KeyRecord) -> Vec<i32> {
+    if k.usage == KeyUsage::EncryptDecrypt {
+        k.spec
+            .encryption_algorithms()
+            .iter()
+            .map(|a| enc_alg_to_pb(*a))
+            .collect()
+    } else {
+        Vec::new()
+    }
+}
+
 /// Proto metadata of a key record.
 pub fn metadata(k: &KeyRecord) -> pb::KeyMetadata {
     pb::KeyMetadata {
@@ -124,6 +158,7 @@ pub fn metadata(k: &KeyRecord) -> pb::KeyMetadata {
         } else {
             Vec::new()
         },
+        encryption_algorithms: encryption_algorithms(k),
     }
 }
 
@@ -152,6 +187,11 @@ mod tests {
         for s in KeyState::ALL {
             assert_eq!(state_from_pb(state_to_pb(*s)).unwrap(), *s);
         }
+        for a in EncryptionAlgorithm::ALL {
+            assert_eq!(enc_alg_from_pb(enc_alg_to_pb(*a)).unwrap(), Some(*a));
+        }
+        assert_eq!(enc_alg_from_pb(0).unwrap(), None);
+        assert!(enc_alg_from_pb(77).is_err());
     }
 
     #[test]

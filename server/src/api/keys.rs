@@ -1,4 +1,5 @@
-//! KeyService: key management, aliases, signing and random bytes.
+//! KeyService: key management, aliases, signing and random bytes. The encryption calls
+//! (Encrypt, Decrypt, GenerateDataKey...) live in `crypt.rs`.
 
 use hsmd_proto::v1 as pb;
 use hsmd_proto::v1::key_service_server::KeyService;
@@ -42,6 +43,11 @@ impl KeyApi {
         KeyApi { ctx }
     }
 
+    /// The shared state (for the encryption calls in `crypt.rs`).
+    pub(super) fn ctx(&self) -> &Ctx {
+        &self.ctx
+    }
+
     /// Parses and resolves a key reference, noting it in the audit record.
     async fn resolve(&self, call: &mut Call, named: &str) -> Result<KeyRecord, ApiError> {
         self.with_key(call, named, |_, key| Ok(key)).await
@@ -49,7 +55,7 @@ impl KeyApi {
 
     /// Resolves a key and runs `f` on it in the same blocking task (one hop into the
     /// blocking pool per call), noting the key in the audit record either way.
-    async fn with_key<T: Send + 'static>(
+    pub(super) async fn with_key<T: Send + 'static>(
         &self,
         call: &mut Call,
         named: &str,
@@ -239,6 +245,7 @@ impl KeyService for KeyApi {
                 public_key_pem: public::spki_pem(&der),
                 public_key_der: der,
                 signing_algorithms: meta.signing_algorithms,
+                encryption_algorithms: meta.encryption_algorithms,
             })
         }
         .await;
@@ -509,5 +516,33 @@ impl KeyService for KeyApi {
         }
         .await;
         self.ctx.finish(call, result).await
+    }
+
+    async fn encrypt(
+        &self,
+        req: Request<pb::EncryptRequest>,
+    ) -> Result<Response<pb::EncryptResponse>, Status> {
+        self.encrypt_call(req).await
+    }
+
+    async fn decrypt(
+        &self,
+        req: Request<pb::DecryptRequest>,
+    ) -> Result<Response<pb::DecryptResponse>, Status> {
+        self.decrypt_call(req).await
+    }
+
+    async fn generate_data_key(
+        &self,
+        req: Request<pb::GenerateDataKeyRequest>,
+    ) -> Result<Response<pb::GenerateDataKeyResponse>, Status> {
+        self.generate_data_key_call(req).await
+    }
+
+    async fn generate_data_key_without_plaintext(
+        &self,
+        req: Request<pb::GenerateDataKeyWithoutPlaintextRequest>,
+    ) -> Result<Response<pb::GenerateDataKeyWithoutPlaintextResponse>, Status> {
+        self.generate_data_key_without_plaintext_call(req).await
     }
 }

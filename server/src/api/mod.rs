@@ -5,6 +5,7 @@
 pub mod audit;
 pub mod certs;
 pub mod convert;
+pub mod crypt;
 pub mod keys;
 pub mod status;
 pub mod token;

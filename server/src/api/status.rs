@@ -57,7 +57,10 @@ impl ApiError {
                 | KeyError::AlgorithmNotAllowed { .. }
                 | KeyError::InvalidDeletionWindow(_)
                 | KeyError::InvalidAlias(_)
-                | KeyError::UnsupportedKeySpec(_) => Code::InvalidArgument,
+                | KeyError::UnsupportedKeySpec(_)
+                | KeyError::PlaintextTooLarge { .. }
+                | KeyError::InvalidCiphertext(_)
+                | KeyError::DecryptionFailed => Code::InvalidArgument,
                 KeyError::KeyNotFound(_) | KeyError::AliasNotFound(_) => Code::NotFound,
                 KeyError::AliasExists(_) => Code::AlreadyExists,
                 KeyError::KeyState { .. }
@@ -186,6 +189,26 @@ mod tests {
                 KeyError::Unavailable("x".into()).into(),
                 Code::Unavailable,
                 "TOKEN_UNAVAILABLE",
+            ),
+            (
+                KeyError::DecryptionFailed.into(),
+                Code::InvalidArgument,
+                "DECRYPTION_FAILED",
+            ),
+            (
+                KeyError::InvalidCiphertext("x".into()).into(),
+                Code::InvalidArgument,
+                "INVALID_CIPHERTEXT",
+            ),
+            (
+                KeyError::PlaintextTooLarge {
+                    len: 5000,
+                    max: 4096,
+                    hint: "",
+                }
+                .into(),
+                Code::InvalidArgument,
+                "PLAINTEXT_TOO_LARGE",
             ),
             (
                 ApiError::AuditUnavailable,

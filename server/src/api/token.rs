@@ -4,7 +4,7 @@ use hsmd_proto::v1 as pb;
 use hsmd_proto::v1::token_service_server::TokenService;
 use tonic::{Request, Response, Status};
 
-use super::convert::{alg_to_pb, spec_to_pb};
+use super::convert::{alg_to_pb, enc_alg_to_pb, spec_to_pb};
 use super::{Call, Ctx};
 
 /// The TokenService implementation.
@@ -53,6 +53,20 @@ impl TokenService for TokenApi {
                     .map(|a| alg_to_pb(*a))
                     .collect(),
                 session_pool_size: backend.pool_size() as u32,
+                encryption_algorithms: caps
+                    .encryption_algorithms
+                    .iter()
+                    .map(|a| enc_alg_to_pb(*a))
+                    .collect(),
+                algorithm_paths: caps
+                    .algorithm_paths
+                    .iter()
+                    .map(|p| pb::AlgorithmPath {
+                        algorithm: p.algorithm.name().to_string(),
+                        offered: p.offered,
+                        path: p.path.clone(),
+                    })
+                    .collect(),
             }
         });
         self.ctx.finish(call, result).await

@@ -19,6 +19,10 @@ pub enum HsmError {
     /// The data handed to the token is not valid for the operation (length, range).
     #[error("input rejected by the token: {0}")]
     BadInput(String),
+    /// A decryption the token refused because of the ciphertext (bad padding, bad tag,
+    /// wrong length, out of range). One variant for all of them: no padding oracle.
+    #[error("decryption failed")]
+    DecryptFailed,
     /// Any other failure of a PKCS#11 call.
     #[error("PKCS#11 {function}: {rv}")]
     Pkcs11 { function: String, rv: String },
@@ -74,7 +78,8 @@ fn classify_rv(what: &'static str, rv: RvError, function: Function) -> HsmError 
 }
 
 /// True when the error means the session (or the login) is gone and a fresh session
-/// would fix it.
+/// would fix it. A session left with an operation active (a token that did not end a
+/// failed C_Decrypt) is replaced too, so it cannot fail every later call.
 pub fn session_lost(err: &CkError) -> bool {
     matches!(
         err,
@@ -82,7 +87,25 @@ pub fn session_lost(err: &CkError) -> bool {
             RvError::SessionClosed
                 | RvError::SessionHandleInvalid
                 | RvError::UserNotLoggedIn
-                | RvError::DeviceRemoved,
+                | RvError::DeviceRemoved
+                | RvError::OperationActive,
+            _
+        )
+    )
+}
+
+/// True when a failed C_Decrypt was refused because of the ciphertext (its padding,
+/// tag, length or range), as opposed to the key, the session or the token.
+pub fn is_decrypt_failure(err: &CkError) -> bool {
+    matches!(
+        err,
+        CkError::Pkcs11(
+            RvError::EncryptedDataInvalid
+                | RvError::EncryptedDataLenRange
+                | RvError::DataInvalid
+                | RvError::DataLenRange
+                | RvError::GeneralError
+                | RvError::FunctionFailed,
             _
         )
     )

@@ -6,6 +6,7 @@
 //! are cached per key so that no call pays for C_FindObjects on the hot path.
 
 pub mod certs;
+pub mod crypt;
 pub mod error;
 pub mod mechanisms;
 pub mod objects;
@@ -25,10 +26,11 @@ use secrecy::SecretString;
 use uuid::Uuid;
 
 pub use certs::CertificateObject;
+pub use crypt::OaepHash;
 pub use error::HsmError;
 pub use mechanisms::SignMechanism;
 pub use objects::{KeyObjects, PublicKeyMaterial};
-pub use probe::{Capabilities, Capability};
+pub use probe::{AlgorithmPath, Capabilities, Capability, EncryptionProbe, OaepPath};
 
 use crate::keys::spec::{KeySpec, KeyUsage};
 use error::{classify, session_lost};
@@ -106,9 +108,12 @@ impl Pkcs11Backend {
         let mechs = ctx
             .get_mechanism_list(slot)
             .map_err(|e| setup("C_GetMechanismList", e.to_string()))?;
-        let capabilities = Capabilities::from_mechanisms(&mechs);
         let pool = pool::SessionPool::open(ctx, slot, cfg.pin.clone(), cfg.sessions)
             .map_err(|e| setup("login", login_hint(e)))?;
+        // Tried, not read from the mechanism list: SoftHSM2 lists CKM_RSA_PKCS_OAEP but
+        // refuses it with SHA-256.
+        let probe = crypt::probe_encryption(pool.get()?.session(), &mechs);
+        let capabilities = Capabilities::from_mechanisms(&mechs).with_encryption(probe);
         Ok(Pkcs11Backend {
             pool,
             handles: RwLock::new(HashMap::new()),

@@ -4,7 +4,7 @@
 
 use cryptoki::mechanism::MechanismType;
 
-use crate::keys::spec::{KeySpec, SigningAlgorithm};
+use crate::keys::spec::{EncryptionAlgorithm, KeySpec, SigningAlgorithm};
 
 /// One mechanism hsmd may use, and whether the token reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,12 +14,45 @@ pub struct Capability {
     pub note: String,
 }
 
+/// How RSAES_OAEP_SHA_256 ciphertexts are decrypted on this token.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum OaepPath {
+    /// CKM_RSA_PKCS_OAEP with SHA-256 in the token.
+    Token,
+    /// CKM_RSA_X_509 in the token, then the constant-time OAEP decode in hsmd.
+    HostDecode,
+    /// Neither works: not offered.
+    #[default]
+    Unavailable,
+}
+
+/// What trying the encryption mechanisms on probe keys found.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct EncryptionProbe {
+    /// AES-GCM encrypt and decrypt round trip in the token.
+    pub aes_gcm: bool,
+    /// CKM_RSA_PKCS_OAEP with SHA-1 decrypts a standard OAEP-SHA-1 ciphertext.
+    pub oaep_sha1: bool,
+    pub oaep_sha256: OaepPath,
+}
+
+/// Where one encryption algorithm's work happens on this token.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AlgorithmPath {
+    pub algorithm: EncryptionAlgorithm,
+    pub offered: bool,
+    pub path: String,
+}
+
 /// What the probe found.
 #[derive(Debug, Clone, Default)]
 pub struct Capabilities {
     pub mechanisms: Vec<Capability>,
     pub key_specs: Vec<KeySpec>,
     pub signing_algorithms: Vec<SigningAlgorithm>,
+    pub encryption_algorithms: Vec<EncryptionAlgorithm>,
+    pub encryption: EncryptionProbe,
+    pub algorithm_paths: Vec<AlgorithmPath>,
 }
 
 const WANTED: &[(MechanismType, &str, &str)] = &[
@@ -184,6 +217,7 @@ impl Capabilities {
             mechanisms,
             key_specs,
             signing_algorithms,
+            ..Default::default()
         }
     }
 
@@ -195,6 +229,76 @@ impl Capabilities {
     /// True if Sign may use `alg` on this token.
     pub fn offers_algorithm(&self, alg: SigningAlgorithm) -> bool {
         self.signing_algorithms.contains(&alg)
+    }
+
+    /// True if Encrypt/Decrypt may use `alg` on this token.
+    pub fn offers_encryption(&self, alg: EncryptionAlgorithm) -> bool {
+        self.encryption_algorithms.contains(&alg)
+    }
+
+    /// Records what the encryption probe found: the algorithms offered and the path
+    /// each one takes (for the start-up log and `hsmctl token info`).
+    pub fn with_encryption(mut self, probe: EncryptionProbe) -> Self {
+        use EncryptionAlgorithm::*;
+        let rsa = self.key_specs.contains(&KeySpec::Rsa2048);
+        let oaep256 = match probe.oaep_sha256 {
+            OaepPath::Token => "decrypt: CKM_RSA_PKCS_OAEP (SHA-256, MGF1-SHA-256) in the token",
+            OaepPath::HostDecode => {
+                "decrypt: CKM_RSA_X_509 private operation in the token + constant-time OAEP decode in hsmd (the token refuses OAEP with SHA-256)"
+            }
+            OaepPath::Unavailable => {
+                "not offered: the token can do neither OAEP-SHA-256 nor CKM_RSA_X_509"
+            }
+        };
+        let paths = [
+            (
+                SymmetricDefault,
+                probe.aes_gcm && self.key_specs.contains(&KeySpec::Aes256),
+                if probe.aes_gcm {
+                    "encrypt and decrypt: CKM_AES_GCM in the token (96-bit IV from C_GenerateRandom, 128-bit tag); data keys from C_GenerateRandom"
+                } else {
+                    "not offered: AES-GCM round trip failed on this token"
+                },
+            ),
+            (
+                RsaesOaepSha256,
+                rsa && probe.oaep_sha256 != OaepPath::Unavailable,
+                oaep256,
+            ),
+            (
+                RsaesOaepSha1,
+                rsa && probe.oaep_sha1,
+                if probe.oaep_sha1 {
+                    "decrypt: CKM_RSA_PKCS_OAEP (SHA-1, MGF1-SHA-1) in the token"
+                } else {
+                    "not offered: the token's OAEP-SHA-1 failed"
+                },
+            ),
+            (
+                RsaesPkcs1V15,
+                false,
+                "refused: PKCS#1 v1.5 decryption is a padding oracle; use RSAES_OAEP_SHA_256",
+            ),
+        ];
+        self.encryption = probe;
+        self.encryption_algorithms = paths
+            .iter()
+            .filter(|(_, offered, _)| *offered)
+            .map(|(a, _, _)| *a)
+            .collect();
+        self.algorithm_paths = paths
+            .into_iter()
+            .map(|(algorithm, offered, path)| AlgorithmPath {
+                algorithm,
+                offered,
+                path: if offered && algorithm != SymmetricDefault {
+                    format!("{path}; encrypt: OAEP with the public key in hsmd")
+                } else {
+                    path.to_string()
+                },
+            })
+            .collect();
+        self
     }
 }
 
@@ -213,6 +317,34 @@ mod tests {
         assert!(caps.offers_spec(KeySpec::Ed25519));
         assert!(caps.offers_algorithm(SigningAlgorithm::Ed25519));
         assert!(!caps.offers_spec(KeySpec::Sm2));
+    }
+
+    #[test]
+    fn encryption_paths_follow_the_probe() {
+        let caps = Capabilities::from_mechanisms(&[
+            MechanismType::RSA_PKCS_KEY_PAIR_GEN,
+            MechanismType::RSA_PKCS,
+            MechanismType::AES_KEY_GEN,
+        ])
+        .with_encryption(EncryptionProbe {
+            aes_gcm: true,
+            oaep_sha1: true,
+            oaep_sha256: OaepPath::HostDecode,
+        });
+        use EncryptionAlgorithm::*;
+        assert_eq!(
+            caps.encryption_algorithms,
+            [SymmetricDefault, RsaesOaepSha256, RsaesOaepSha1]
+        );
+        assert!(!caps.offers_encryption(RsaesPkcs1V15));
+        let p256 = caps
+            .algorithm_paths
+            .iter()
+            .find(|p| p.algorithm == RsaesOaepSha256)
+            .unwrap();
+        assert!(p256.path.contains("CKM_RSA_X_509"), "{}", p256.path);
+        let caps = Capabilities::from_mechanisms(&[]).with_encryption(EncryptionProbe::default());
+        assert!(caps.encryption_algorithms.is_empty());
     }
 
     #[test]

@@ -1,9 +1,12 @@
 //! Key model and rules: specs, usages, states, algorithms, aliases, lifecycle. The
 //! `KeyManager` applies them, with the store for metadata and the backend for material.
 
+pub mod blob;
+pub mod crypt;
 pub mod lifecycle;
 pub mod manager;
 pub mod model;
+pub mod oaep;
 pub mod public;
 pub mod spec;
 
@@ -61,6 +64,18 @@ pub enum KeyError {
         usage: &'static str,
         needed: &'static str,
     },
+    #[error("plaintext is {len} bytes; at most {max} are allowed here{hint}")]
+    PlaintextTooLarge {
+        len: usize,
+        max: usize,
+        hint: &'static str,
+    },
+    #[error("invalid ciphertext: {0}")]
+    InvalidCiphertext(String),
+    /// Every failure to decrypt a ciphertext, whatever the cause, with one fixed message:
+    /// the API must not be a padding oracle.
+    #[error("{DECRYPTION_FAILED_MESSAGE}")]
+    DecryptionFailed,
     #[error("token unavailable")]
     Unavailable(String),
     #[error("internal error")]
@@ -91,11 +106,17 @@ impl KeyError {
             },
             KeyError::InvalidKeyState(_) => "INVALID_KEY_STATE",
             KeyError::WrongUsage { .. } => "WRONG_KEY_USAGE",
+            KeyError::PlaintextTooLarge { .. } => "PLAINTEXT_TOO_LARGE",
+            KeyError::InvalidCiphertext(_) => "INVALID_CIPHERTEXT",
+            KeyError::DecryptionFailed => "DECRYPTION_FAILED",
             KeyError::Unavailable(_) => "TOKEN_UNAVAILABLE",
             KeyError::Internal(_) => "INTERNAL",
         }
     }
 }
+
+/// The one message of every decryption failure.
+pub const DECRYPTION_FAILED_MESSAGE: &str = "decryption failed: the ciphertext does not decrypt with this key and algorithm (wrong key or algorithm, altered or truncated ciphertext, or another AAD)";
 
 impl From<StoreError> for KeyError {
     fn from(e: StoreError) -> Self {
@@ -122,6 +143,7 @@ impl From<HsmError> for KeyError {
             HsmError::BadInput(d) => {
                 KeyError::InvalidArgument(format!("rejected by the token: {d}"))
             }
+            HsmError::DecryptFailed => KeyError::DecryptionFailed,
             other => KeyError::Internal(other.to_string()),
         }
     }

@@ -65,6 +65,17 @@ pub enum SigningAlgorithm {
     Ed25519,
 }
 
+/// Encryption algorithms, named as in the cloud KMS APIs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum EncryptionAlgorithm {
+    /// AES-256-GCM in the token, self-describing blob.
+    SymmetricDefault,
+    RsaesOaepSha1,
+    RsaesOaepSha256,
+    /// Named only to be refused: PKCS#1 v1.5 decryption is a padding oracle.
+    RsaesPkcs1V15,
+}
+
 /// How the message of a Sign or Verify call is to be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MessageType {
@@ -122,6 +133,10 @@ names!(SigningAlgorithm {
     Ed25519 => "ED25519_SHA_512",
 });
 names!(MessageType { Raw => "RAW", Digest => "DIGEST" });
+names!(EncryptionAlgorithm {
+    SymmetricDefault => "SYMMETRIC_DEFAULT", RsaesOaepSha1 => "RSAES_OAEP_SHA_1",
+    RsaesOaepSha256 => "RSAES_OAEP_SHA_256", RsaesPkcs1V15 => "RSAES_PKCS1_V1_5",
+});
 
 impl KeySpec {
     /// True for RSA, EC and Ed25519 specs (a key pair in the token).
@@ -170,7 +185,23 @@ impl KeySpec {
             KeySpec::Aes256 | KeySpec::Aes128 | KeySpec::Sm2 => &[],
         }
     }
+
+    /// Encryption algorithms an ENCRYPT_DECRYPT key of this spec allows (SHA-256 first:
+    /// the one to prefer). AES_128 is a data-key size only, never a key in the token.
+    pub fn encryption_algorithms(self) -> &'static [EncryptionAlgorithm] {
+        use EncryptionAlgorithm::*;
+        match self {
+            KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096 => {
+                &[RsaesOaepSha256, RsaesOaepSha1]
+            }
+            KeySpec::Aes256 => &[SymmetricDefault],
+            _ => &[],
+        }
+    }
 }
+
+/// Largest plaintext Encrypt takes with an AES key.
+pub const MAX_PLAINTEXT: usize = 4096;
 
 impl HashAlg {
     /// Digest length in bytes.
@@ -256,6 +287,24 @@ mod tests {
             &[KeyUsage::EncryptDecrypt]
         );
         assert_eq!(KeySpec::EcP384.allowed_usages(), &[KeyUsage::SignVerify]);
+    }
+
+    #[test]
+    fn encryption_algorithms_by_spec() {
+        use EncryptionAlgorithm::*;
+        assert_eq!(KeySpec::Aes256.encryption_algorithms(), &[SymmetricDefault]);
+        assert!(
+            KeySpec::Rsa3072
+                .encryption_algorithms()
+                .contains(&RsaesOaepSha1)
+        );
+        for s in KeySpec::ALL {
+            assert!(!s.encryption_algorithms().contains(&RsaesPkcs1V15));
+        }
+        assert!(KeySpec::EcP256.encryption_algorithms().is_empty());
+        for a in EncryptionAlgorithm::ALL {
+            assert_eq!(EncryptionAlgorithm::from_name(a.name()), Some(*a));
+        }
     }
 
     #[test]

@@ -1,0 +1,185 @@
+//! KeyService encryption calls: Encrypt, Decrypt, GenerateDataKey and
+//! GenerateDataKeyWithoutPlaintext (the trait methods in `keys.rs` call these).
+//!
+//! Plaintexts and data keys stay in `Zeroizing` buffers until they are moved into the
+//! response, whose `Drop` wipes them once tonic has encoded it. The audit record gets
+//! the SHA-256 of the ciphertext (the input of Decrypt, the output of Encrypt and
+//! GenerateDataKey): never the plaintext, nor a hash of it (a hash of a short secret is
+//! a dictionary away from the secret).
+
+use hsmd_proto::v1 as pb;
+use tonic::{Request, Response, Status};
+use uuid::Uuid;
+use zeroize::Zeroizing;
+
+use super::convert::{enc_alg_from_pb, enc_alg_to_pb, spec_from_pb, spec_to_pb};
+use super::keys::KeyApi;
+use super::{ApiError, Call};
+use crate::audit::record::input_hash;
+use crate::keys::KeyError;
+use crate::keys::crypt::DataKey;
+use crate::keys::spec::{EncryptionAlgorithm, KeySpec};
+
+const ENCRYPT: &str = "/hsmd.v1.KeyService/Encrypt";
+const DECRYPT: &str = "/hsmd.v1.KeyService/Decrypt";
+const DATA_KEY: &str = "/hsmd.v1.KeyService/GenerateDataKey";
+const DATA_KEY_NO_PLAINTEXT: &str = "/hsmd.v1.KeyService/GenerateDataKeyWithoutPlaintext";
+
+impl KeyApi {
+    pub(super) async fn encrypt_call(
+        &self,
+        req: Request<pb::EncryptRequest>,
+    ) -> Result<Response<pb::EncryptResponse>, Status> {
+        let mut call = Call::begin(&req, ENCRYPT);
+        let mut r = req.into_inner();
+        let plaintext = Zeroizing::new(std::mem::take(&mut r.plaintext));
+        let aad = std::mem::take(&mut r.aad);
+        let result = async {
+            call.authorize(&self.ctx().auth)?;
+            let alg = enc_alg_from_pb(r.encryption_algorithm)?;
+            note_algorithm(&mut call, alg);
+            let (id, alg, ciphertext) = self
+                .with_key(&mut call, &r.key_id, move |m, key| {
+                    let (alg, ct) = m.encrypt(&key, alg, &plaintext, &aad)?;
+                    Ok((key.id, alg, ct))
+                })
+                .await?;
+            note_algorithm(&mut call, Some(alg));
+            call.event.input_sha256 = input_hash(&ciphertext);
+            Ok(pb::EncryptResponse {
+                key_id: id.to_string(),
+                ciphertext,
+                encryption_algorithm: enc_alg_to_pb(alg),
+            })
+        }
+        .await;
+        self.ctx().finish(call, result).await
+    }
+
+    pub(super) async fn decrypt_call(
+        &self,
+        req: Request<pb::DecryptRequest>,
+    ) -> Result<Response<pb::DecryptResponse>, Status> {
+        let mut call = Call::begin(&req, DECRYPT);
+        let r = req.into_inner();
+        call.event.input_sha256 = input_hash(&r.ciphertext);
+        let result = async {
+            call.authorize(&self.ctx().auth)?;
+            let alg = enc_alg_from_pb(r.encryption_algorithm)?;
+            note_algorithm(&mut call, alg);
+            let (ciphertext, aad) = (r.ciphertext, r.aad);
+            let (id, alg, mut plaintext) = if r.key_id.is_empty() {
+                self.decrypt_blob(&mut call, alg, ciphertext, aad).await?
+            } else {
+                self.with_key(&mut call, &r.key_id, move |m, key| {
+                    let (alg, pt) = m.decrypt(&key, alg, &ciphertext, &aad)?;
+                    Ok((key.id, alg, pt))
+                })
+                .await?
+            };
+            note_algorithm(&mut call, Some(alg));
+            Ok(pb::DecryptResponse {
+                key_id: id.to_string(),
+                plaintext: std::mem::take(&mut *plaintext),
+                encryption_algorithm: enc_alg_to_pb(alg),
+            })
+        }
+        .await;
+        self.ctx().finish(call, result).await
+    }
+
+    /// Decrypt without a key id: the blob names its key.
+    async fn decrypt_blob(
+        &self,
+        call: &mut Call,
+        alg: Option<EncryptionAlgorithm>,
+        ciphertext: Vec<u8>,
+        aad: Vec<u8>,
+    ) -> Result<(Uuid, EncryptionAlgorithm, Zeroizing<Vec<u8>>), ApiError> {
+        if let Some(a) = alg.filter(|a| *a != EncryptionAlgorithm::SymmetricDefault) {
+            return Err(KeyError::InvalidArgument(format!(
+                "key_id is required for {}: only SYMMETRIC_DEFAULT blobs name their key",
+                a.name()
+            ))
+            .into());
+        }
+        let (id, result) = self
+            .ctx()
+            .blocking(move |m| Ok(m.decrypt_blob(&ciphertext, &aad)))
+            .await?;
+        if let Some(id) = id {
+            call.event.key_id = id.to_string();
+        }
+        let plaintext = result?;
+        let id = id.ok_or_else(|| KeyError::Internal("blob decrypted without a key".into()))?;
+        Ok((id, EncryptionAlgorithm::SymmetricDefault, plaintext))
+    }
+
+    pub(super) async fn generate_data_key_call(
+        &self,
+        req: Request<pb::GenerateDataKeyRequest>,
+    ) -> Result<Response<pb::GenerateDataKeyResponse>, Status> {
+        let mut call = Call::begin(&req, DATA_KEY);
+        let r = req.into_inner();
+        let result = self
+            .data_key(&mut call, &r.key_id, r.key_spec, r.aad)
+            .await
+            .map(|(id, spec, mut dk)| pb::GenerateDataKeyResponse {
+                key_id: id.to_string(),
+                key_spec: spec_to_pb(spec),
+                plaintext: std::mem::take(&mut *dk.plaintext),
+                ciphertext_blob: dk.blob,
+            });
+        self.ctx().finish(call, result).await
+    }
+
+    pub(super) async fn generate_data_key_without_plaintext_call(
+        &self,
+        req: Request<pb::GenerateDataKeyWithoutPlaintextRequest>,
+    ) -> Result<Response<pb::GenerateDataKeyWithoutPlaintextResponse>, Status> {
+        let mut call = Call::begin(&req, DATA_KEY_NO_PLAINTEXT);
+        let r = req.into_inner();
+        let result = self
+            .data_key(&mut call, &r.key_id, r.key_spec, r.aad)
+            .await
+            .map(
+                |(id, spec, dk)| pb::GenerateDataKeyWithoutPlaintextResponse {
+                    key_id: id.to_string(),
+                    key_spec: spec_to_pb(spec),
+                    ciphertext_blob: dk.blob,
+                },
+            );
+        self.ctx().finish(call, result).await
+    }
+
+    /// A data key under the named master key; the audit record names the data key spec
+    /// as its algorithm and the SHA-256 of the blob as its input hash.
+    async fn data_key(
+        &self,
+        call: &mut Call,
+        key_id: &str,
+        key_spec: i32,
+        aad: Vec<u8>,
+    ) -> Result<(Uuid, KeySpec, DataKey), ApiError> {
+        call.authorize(&self.ctx().auth)?;
+        let spec = if key_spec == 0 {
+            KeySpec::Aes256
+        } else {
+            spec_from_pb(key_spec)?
+        };
+        call.event.algorithm = spec.name().into();
+        let (id, dk) = self
+            .with_key(call, key_id, move |m, key| {
+                Ok((key.id, m.generate_data_key(&key, spec, &aad)?))
+            })
+            .await?;
+        call.event.input_sha256 = input_hash(&dk.blob);
+        Ok((id, spec, dk))
+    }
+}
+
+fn note_algorithm(call: &mut Call, alg: Option<EncryptionAlgorithm>) {
+    if let Some(a) = alg {
+        call.event.algorithm = a.name().into();
+    }
+}
