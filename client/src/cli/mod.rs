@@ -27,7 +27,7 @@ use hsm_client::{Client, Profile};
 
 pub use error::CliError;
 
-/// Command-line client for hsmd, the PKCS#11 key-management and signing daemon.
+/// Command-line client for hsmd, the PKCS#11 key-management, signing and encryption daemon.
 ///
 /// Connects with the client profile written by `hsmd dev` (or the one named by
 /// --profile / $HSMCTL_PROFILE). Keys are named by UUID or `alias/NAME`.
