@@ -105,14 +105,21 @@ impl KeyApi {
         }
         let (id, result) = self
             .ctx()
-            .blocking(move |m| Ok(m.decrypt_blob(&ciphertext, &aad)))
+            .blocking(move |m| {
+                let key = match m.blob_key(&ciphertext) {
+                    Ok(k) => k,
+                    Err(e) => return Ok((None, Err(e))),
+                };
+                let alg = Some(EncryptionAlgorithm::SymmetricDefault);
+                Ok((Some(key.id), m.decrypt(&key, alg, &ciphertext, &aad)))
+            })
             .await?;
         if let Some(id) = id {
             call.event.key_id = id.to_string();
         }
-        let plaintext = result?;
+        let (alg, plaintext) = result?;
         let id = id.ok_or_else(|| KeyError::Internal("blob decrypted without a key".into()))?;
-        Ok((id, EncryptionAlgorithm::SymmetricDefault, plaintext))
+        Ok((id, alg, plaintext))
     }
 
     pub(super) async fn generate_data_key_call(

@@ -94,36 +94,17 @@ impl KeyManager {
         Ok((alg, pt))
     }
 
-    /// Decrypts a SYMMETRIC_DEFAULT blob with the key it names. A blob naming a key this
-    /// hsmd does not have is an invalid blob (tampered, or from another hsmd). Returns
-    /// the key's id beside the result so the call can be audited with it.
-    pub fn decrypt_blob(
-        &self,
-        ciphertext: &[u8],
-        aad: &[u8],
-    ) -> (Option<Uuid>, Result<Zeroizing<Vec<u8>>, KeyError>) {
-        let parsed = match blob::parse(ciphertext) {
-            Ok(p) => p,
-            Err(e) => return (None, Err(KeyError::InvalidCiphertext(e))),
-        };
-        let key = match self.resolve(&KeyRef::Id(parsed.key_id)) {
-            Ok(k) => k,
-            Err(KeyError::KeyNotFound(_)) => {
-                return (
-                    None,
-                    Err(KeyError::InvalidCiphertext(format!(
-                        "the blob names key {}, which this hsmd does not have (altered blob, or one from another hsmd)",
-                        parsed.key_id
-                    ))),
-                );
-            }
-            Err(e) => return (None, Err(e)),
-        };
-        let result = self
-            .check_crypt(&key, Some(EncryptionAlgorithm::SymmetricDefault))
-            .and_then(|_| check_aad(EncryptionAlgorithm::SymmetricDefault, aad))
-            .and_then(|_| self.open(key.id, &parsed, aad));
-        (Some(key.id), result)
+    /// The key a SYMMETRIC_DEFAULT blob names (Decrypt without a key id). A blob naming
+    /// a key this hsmd does not have is an invalid blob (altered, or from another hsmd).
+    pub fn blob_key(&self, ciphertext: &[u8]) -> Result<KeyRecord, KeyError> {
+        let parsed = blob::parse(ciphertext).map_err(KeyError::InvalidCiphertext)?;
+        match self.resolve(&KeyRef::Id(parsed.key_id)) {
+            Err(KeyError::KeyNotFound(_)) => Err(KeyError::InvalidCiphertext(format!(
+                "the blob names key {}, which this hsmd does not have (altered blob, or one from another hsmd)",
+                parsed.key_id
+            ))),
+            other => other,
+        }
     }
 
     /// A fresh data key of `spec` (AES_256 or AES_128) from the token's RNG, and its
