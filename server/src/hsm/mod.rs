@@ -5,6 +5,7 @@
 //! a bounded pool of sessions stays open for the life of the process, and object handles
 //! are cached per key so that no call pays for C_FindObjects on the hot path.
 
+pub mod audit_key;
 pub mod certs;
 pub mod error;
 pub mod mechanisms;
@@ -64,6 +65,7 @@ pub struct Pkcs11Backend {
     handles: RwLock<HashMap<Uuid, KeyObjects>>,
     capabilities: Capabilities,
     description: TokenDescription,
+    audit_key: audit_key::AuditKeyCache,
 }
 
 impl Pkcs11Backend {
@@ -114,6 +116,7 @@ impl Pkcs11Backend {
             handles: RwLock::new(HashMap::new()),
             capabilities,
             description,
+            audit_key: Default::default(),
         })
     }
 
@@ -322,6 +325,7 @@ impl Pkcs11Backend {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+        self.audit_key.clear();
     }
 }
 

@@ -61,6 +61,10 @@ pub enum KeyError {
         usage: &'static str,
         needed: &'static str,
     },
+    #[error(
+        "idempotency_token was already used for key {0} with other parameters (spec, usage, origin, alias, description or tags); use a new token"
+    )]
+    IdempotencyMismatch(Uuid),
     #[error("token unavailable")]
     Unavailable(String),
     #[error("internal error")]
@@ -91,6 +95,7 @@ impl KeyError {
             },
             KeyError::InvalidKeyState(_) => "INVALID_KEY_STATE",
             KeyError::WrongUsage { .. } => "WRONG_KEY_USAGE",
+            KeyError::IdempotencyMismatch(_) => "IDEMPOTENCY_MISMATCH",
             KeyError::Unavailable(_) => "TOKEN_UNAVAILABLE",
             KeyError::Internal(_) => "INTERNAL",
         }
@@ -171,6 +176,10 @@ pub fn validate_alias(s: &str) -> Result<String, KeyError> {
         Err(KeyError::InvalidAlias(truncate(s, 80)))
     }
 }
+
+/// Tag every key carries: the principal that created it (set by hsmd, whatever the
+/// request said), so policy rules can grant on `tag:created-by=...`.
+pub const CREATED_BY_TAG: &str = "created-by";
 
 /// Caps caller-supplied text echoed into error messages.
 pub fn truncate(s: &str, max: usize) -> String {
