@@ -29,7 +29,7 @@ macro_rules! retried {
     ($self:ident, $name:literal, $svc:ident, $method:ident, $req:expr) => {{
         let req = $req;
         $self
-            .retrying($name, || {
+            .with_retries($name, || {
                 let mut c = $self.$svc();
                 let req = req.clone();
                 async move { c.$method(req).await }

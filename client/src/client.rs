@@ -95,12 +95,10 @@ impl Client {
         self.retries.load(Ordering::Relaxed)
     }
 
-    /// Runs one call under the retry policy.
-    pub(crate) async fn retrying<T, F, Fut>(
-        &self,
-        call: &'static str,
-        f: F,
-    ) -> Result<T, ClientError>
+    /// Runs one call under the retry policy: `f` makes a fresh try each time it is
+    /// called (e.g. `|| { let mut c = client.keys(); let r = req.clone(); async move {
+    /// c.sign(r).await } }`); `call` names it for observers.
+    pub async fn with_retries<T, F, Fut>(&self, call: &'static str, f: F) -> Result<T, ClientError>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, tonic::Status>>,

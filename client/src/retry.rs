@@ -88,9 +88,17 @@ pub struct RetryNotice {
     pub delay: Duration,
 }
 
-/// True for the statuses worth retrying.
+/// True for the status codes worth retrying.
 pub fn retryable(code: Code) -> bool {
     matches!(code, Code::Unavailable | Code::ResourceExhausted)
+}
+
+/// True for the answers worth retrying: UNAVAILABLE, RESOURCE_EXHAUSTED, and a call
+/// whose connection broke before any answer came (tonic reports that as UNKNOWN
+/// "transport error", with no details): it is UNAVAILABLE in all but name.
+pub fn retryable_status(s: &tonic::Status) -> bool {
+    retryable(s.code())
+        || (s.code() == Code::Unknown && s.message() == "transport error" && s.details().is_empty())
 }
 
 /// The server's retry delay: RetryInfo in the details, else `retry-after-ms`.
@@ -129,7 +137,7 @@ where
             Ok(v) => return Ok(v),
             Err(s) => s,
         };
-        if !retryable(status.code()) || retry + 1 >= policy.max_attempts.max(1) {
+        if !retryable_status(&status) || retry + 1 >= policy.max_attempts.max(1) {
             return Err(status);
         }
         retry += 1;
@@ -244,6 +252,8 @@ mod tests {
         })
         .await;
         assert_eq!(r.unwrap(), 7);
+        assert!(retryable_status(&tonic::Status::unknown("transport error")));
+        assert!(!retryable_status(&tonic::Status::unknown("boom")));
 
         // A server delay past the total deadline ends the retries at once.
         let short = RetryPolicy {

@@ -88,6 +88,7 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
+    let shutdown = shutdown_signal();
     on_bound(addr)?;
     tracing::info!(%addr, "serving");
     Server::builder()
@@ -98,9 +99,9 @@ pub async fn run(
         .add_service(AuditServiceServer::new(AuditApi::new(ctx.clone())))
         .add_service(TokenServiceServer::new(TokenApi::new(ctx.clone())))
         .add_service(CertificateServiceServer::new(CertApi::new(ctx.clone())))
-        .serve_with_incoming_shutdown(incoming, shutdown_signal())
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
-    match ctx.audit.checkpoint().await {
+    match ctx.audit.close().await {
         Ok(head) => tracing::info!(
             sequence = head.sequence,
             "audit log sealed with a checkpoint"
@@ -224,16 +225,27 @@ fn tls_incoming(
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term.recv() => {},
+/// Listens for SIGTERM and SIGINT from now on (so a signal that arrives before the
+/// server is polled still means a clean stop) and resolves at the first of them.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate()).ok();
+    let int = signal(SignalKind::interrupt()).ok();
+    async move {
+        let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+            match s {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = wait(term) => {},
+            _ = wait(int) => {},
+        }
+        tracing::info!("shutting down");
     }
-    tracing::info!("shutting down");
 }
 
 fn log_capabilities(backend: &Pkcs11Backend) {

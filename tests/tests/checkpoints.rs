@@ -180,7 +180,8 @@ async fn checkpoints_rotation_and_offline_verification() {
 
     // Each kind of tampering, on a rotated file, found and located.
     let victim_name = all[1].file_name().unwrap().to_string_lossy().into_owned();
-    let cases: Vec<(&str, Box<dyn Fn(&mut Vec<String>)>, &str, usize)> = vec![
+    type Tamper = Box<dyn Fn(&mut Vec<String>)>;
+    let cases: Vec<(&str, Tamper, &str, usize)> = vec![
         (
             "edited",
             Box::new(|l| {

@@ -86,7 +86,7 @@ async fn burst_over_the_limit_is_throttled_with_a_retry_delay() {
             .unwrap()
             .parse()
             .unwrap();
-        assert!(ms >= 1 && ms <= 2000, "{ms}");
+        assert!((1..=2000).contains(&ms), "{ms}");
     }
     // Throttled calls are audited (they share a group commit: give it a moment).
     tokio::time::sleep(Duration::from_millis(300)).await;

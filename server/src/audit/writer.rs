@@ -35,9 +35,12 @@ type Reply = oneshot::Sender<Result<u64, AuditError>>;
 
 enum Msg {
     /// An event; `None` reply = lazy (nobody waits).
-    Event(AuditEvent, Option<Reply>),
+    Event(Box<AuditEvent>, Option<Reply>),
     /// Write a checkpoint now (if any record is unsigned); answers with the head.
     Checkpoint(oneshot::Sender<Result<ChainHead, AuditError>>),
+    /// Seal the log with a checkpoint and stop the thread (dropping the signer, and so
+    /// its hold on the token, before the process exits).
+    Close(oneshot::Sender<Result<ChainHead, AuditError>>),
 }
 
 /// Handle to the writer thread. Cheap to clone.
@@ -92,7 +95,7 @@ impl AuditLog {
     pub async fn append(&self, event: AuditEvent) -> Result<u64, AuditError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Msg::Event(event, Some(reply)))
+            .send(Msg::Event(Box::new(event), Some(reply)))
             .map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
     }
@@ -100,7 +103,9 @@ impl AuditLog {
     /// Queues an event without waiting: it is written with the next group (for
     /// throttled calls, which did nothing and must not cost an fsync each).
     pub fn append_lazy(&self, event: AuditEvent) -> Result<(), AuditError> {
-        self.tx.send(Msg::Event(event, None)).map_err(|_| stopped())
+        self.tx
+            .send(Msg::Event(Box::new(event), None))
+            .map_err(|_| stopped())
     }
 
     /// Writes a checkpoint now if any record is not yet covered by one (at shutdown).
@@ -109,6 +114,14 @@ impl AuditLog {
         self.tx
             .send(Msg::Checkpoint(reply))
             .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// Seals the log with a last checkpoint and stops the writer; later appends fail.
+    /// Call it at shutdown, once no call is in flight.
+    pub async fn close(&self) -> Result<ChainHead, AuditError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Msg::Close(reply)).map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
     }
 
@@ -159,8 +172,10 @@ impl Writer {
             };
             let mut group = Vec::new();
             let mut controls = Vec::new();
+            let mut close = None;
             let had_lazy = !lazy.is_empty();
             match first {
+                Ok(Msg::Close(reply)) => close = Some(reply),
                 Ok(m) => sort(m, &mut group, &mut lazy, &mut controls),
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
@@ -168,11 +183,22 @@ impl Writer {
                     return;
                 }
             }
-            while group.len() + lazy.len() < MAX_GROUP {
+            while close.is_none() && group.len() + lazy.len() < MAX_GROUP {
                 match rx.try_recv() {
+                    Ok(Msg::Close(reply)) => close = Some(reply),
                     Ok(m) => sort(m, &mut group, &mut lazy, &mut controls),
                     Err(_) => break,
                 }
+            }
+            if let Some(reply) = close {
+                self.flush(group, std::mem::take(&mut lazy));
+                if self.unsigned > 0 {
+                    self.checkpoint();
+                }
+                let head = self.state.clone();
+                drop(self);
+                let _ = reply.send(Ok(head));
+                return;
             }
             if !had_lazy && !lazy.is_empty() {
                 lazy_since = Instant::now();
@@ -332,9 +358,13 @@ fn sort(
     controls: &mut Vec<oneshot::Sender<Result<ChainHead, AuditError>>>,
 ) {
     match m {
-        Msg::Event(ev, Some(reply)) => group.push((ev, reply)),
-        Msg::Event(ev, None) => lazy.push(ev),
+        Msg::Event(ev, Some(reply)) => group.push((*ev, reply)),
+        Msg::Event(ev, None) => lazy.push(*ev),
         Msg::Checkpoint(reply) => controls.push(reply),
+        // Taken out by the caller before sorting.
+        Msg::Close(reply) => {
+            let _ = reply.send(Err(AuditError::Io("audit writer closing".into())));
+        }
     }
 }
 

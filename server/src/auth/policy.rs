@@ -178,7 +178,7 @@ impl Policy {
     pub fn may_on_any_key(&self, principal: &str, action: Action) -> bool {
         self.rules
             .iter()
-            .any(|r| r.grants(principal, action) && r.keys.iter().any(|k| *k == KeyPattern::Any))
+            .any(|r| r.grants(principal, action) && r.keys.contains(&KeyPattern::Any))
     }
 }
 

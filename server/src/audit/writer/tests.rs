@@ -152,9 +152,19 @@ async fn checkpoints_by_count_and_on_demand_verify() {
     let r = verify(&v.clone().sealed(true), &c.path);
     assert!(r.ok(), "{:?}", r.problems);
     assert_eq!(r.checkpoints_verified, 3);
+    let v = v.clone();
     assert_eq!(r.head, head);
     // A second on-demand checkpoint with nothing new adds nothing.
     assert_eq!(log.checkpoint().await.unwrap(), head);
+    log.append(event("last")).await.unwrap();
+    let sealed = log.close().await.unwrap();
+    assert_eq!(
+        sealed.sequence,
+        head.sequence + 2,
+        "the call and its checkpoint"
+    );
+    assert!(log.append(event("late")).await.is_err(), "closed");
+    assert!(verify(&v.sealed(true), &c.path).ok());
 }
 
 #[tokio::test]
