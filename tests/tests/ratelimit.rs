@@ -142,15 +142,10 @@ async fn client_with_retries_completes_every_call() {
     }
     assert!(c.retries() > 0, "the client had to retry");
 
-    // Without retries, the same burst fails; non-retryable errors are never retried.
+    // Non-retryable errors are never retried (DescribeKey: manage class, not limited).
     let none = client(&d, RetryPolicy::none()).await;
     let err = none
-        .sign(
-            "alias/nope",
-            SigningAlgorithm::EcdsaSha256,
-            MessageType::Raw,
-            vec![1],
-        )
+        .describe_key("alias/nope")
         .await
         .expect_err("no such alias");
     assert_eq!(err.code(), Some(Code::NotFound));
