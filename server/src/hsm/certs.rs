@@ -43,7 +43,7 @@ impl Pkcs11Backend {
             Attribute::Class(ObjectClass::CERTIFICATE),
             Attribute::Id(id.as_bytes().to_vec()),
         ];
-        self.with_session("C_CreateObject", |s| {
+        self.with_token_write("C_CreateObject", |s| {
             let old = s.find_objects(&find)?;
             s.create_object(&template)?;
             for h in old {

@@ -63,6 +63,12 @@ pub struct TokenDescription {
 pub struct Pkcs11Backend {
     pool: pool::SessionPool,
     handles: RwLock<HashMap<Uuid, KeyObjects>>,
+    /// Guards the token's object files: a call that creates or destroys token objects
+    /// holds it exclusively, one that reads them (find, copy) shares it. SoftHSM2's file
+    /// object store fails concurrent token-object writes, and reads racing a write, with
+    /// CKR_GENERAL_ERROR (softhsm/SoftHSMv2#573; seen here at 8 concurrent CreateKey
+    /// calls). Signing and verifying use session-object copies and never take it.
+    token_objects: RwLock<()>,
     capabilities: Capabilities,
     description: TokenDescription,
     audit_key: audit_key::AuditKeyCache,
@@ -114,6 +120,7 @@ impl Pkcs11Backend {
         Ok(Pkcs11Backend {
             pool,
             handles: RwLock::new(HashMap::new()),
+            token_objects: RwLock::new(()),
             capabilities,
             description,
             audit_key: Default::default(),
@@ -155,13 +162,38 @@ impl Pkcs11Backend {
         }
     }
 
+    /// Like `with_session`, for calls that create or destroy token objects: one at a
+    /// time, and never while a call reads token objects.
+    pub(crate) fn with_token_write<T>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&Session) -> cryptoki::error::Result<T>,
+    ) -> Result<T, HsmError> {
+        let _writer = self
+            .token_objects
+            .write()
+            .unwrap_or_else(|p| p.into_inner());
+        self.with_session(what, f)
+    }
+
+    /// Like `with_session`, for calls that read token objects (find, copy, attributes):
+    /// in parallel with each other, never during a token write.
+    pub(crate) fn with_token_read<T>(
+        &self,
+        what: &'static str,
+        f: impl FnOnce(&Session) -> cryptoki::error::Result<T>,
+    ) -> Result<T, HsmError> {
+        let _reader = self.token_objects.read().unwrap_or_else(|p| p.into_inner());
+        self.with_session(what, f)
+    }
+
     /// Generates a key in the token with CKA_ID = the id's 16 bytes and CKA_LABEL = its
     /// text. On success the handles are cached.
     pub fn generate(&self, id: Uuid, spec: KeySpec, usage: KeyUsage) -> Result<(), HsmError> {
         let template = objects::generation(spec, usage, id.as_bytes(), &id.to_string())
             .ok_or_else(|| HsmError::Unsupported(format!("{spec} keys on this token")))?;
         // Handles are cached on first use (with the session-object copy, see `objects`).
-        self.with_session("C_GenerateKeyPair", |s| objects::generate(s, &template))
+        self.with_token_write("C_GenerateKeyPair", |s| objects::generate(s, &template))
             .map(drop)
     }
 
@@ -248,7 +280,7 @@ impl Pkcs11Backend {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
-        self.with_session("C_DestroyObject", |s| {
+        self.with_token_write("C_DestroyObject", |s| {
             for class in [
                 ObjectClass::PRIVATE_KEY,
                 ObjectClass::SECRET_KEY,
@@ -270,7 +302,7 @@ impl Pkcs11Backend {
     /// Key ids of every key object in the token (objects whose CKA_ID is not a UUID
     /// are reported separately), for start-up reconciliation.
     pub fn token_key_ids(&self) -> Result<(Vec<Uuid>, usize), HsmError> {
-        let ids = self.with_session("C_FindObjects", objects::list_ids)?;
+        let ids = self.with_token_read("C_FindObjects", objects::list_ids)?;
         let mut keys = Vec::new();
         let mut foreign = 0;
         for (class, id) in ids {
@@ -285,12 +317,13 @@ impl Pkcs11Backend {
         Ok((keys, foreign))
     }
 
-    /// Looks the key's handles up once and caches them. The private key is used through
-    /// a session-object copy (C_CopyObject with CKA_TOKEN false): it stays inside the
-    /// token, sensitive and non-extractable like the original, but SoftHSM2 no longer
-    /// re-reads the token file on every use (measured: ECDSA ~20k/s vs ~29k/s). The copy
-    /// lives as long as the pooled session that made it; if that session is replaced the
-    /// handle fails once and `retry_if_missing` loads a new copy.
+    /// Looks the key's handles up once and caches them. Both halves are used through
+    /// session-object copies (C_CopyObject with CKA_TOKEN false): the private copy stays
+    /// inside the token, sensitive and non-extractable like the original, but SoftHSM2
+    /// no longer re-reads the token file on every use (measured: ECDSA ~20k/s vs
+    /// ~29k/s), and uses never race token-object writes. A copy lives as long as the
+    /// pooled session that made it; if that session is replaced the handle fails once
+    /// and `retry_if_missing` loads a new copy.
     fn objects(&self, id: Uuid) -> Result<KeyObjects, HsmError> {
         if let Some(o) = self
             .handles
@@ -300,16 +333,17 @@ impl Pkcs11Backend {
         {
             return Ok(*o);
         }
-        let found = self.with_session("C_FindObjects", |s| {
+        let found = self.with_token_read("C_FindObjects", |s| {
             let Some(objs) = objects::find_token_objects(s, id.as_bytes())? else {
                 return Ok(None);
             };
-            let private = s
-                .copy_object(objs.private, &[cryptoki::object::Attribute::Token(false)])
-                .unwrap_or(objs.private);
+            let session_copy = |h| {
+                s.copy_object(h, &[cryptoki::object::Attribute::Token(false)])
+                    .unwrap_or(h)
+            };
             Ok(Some(KeyObjects {
-                private,
-                public: objs.public,
+                private: session_copy(objs.private),
+                public: objs.public.map(session_copy),
             }))
         })?;
         let objs = found.ok_or(HsmError::ObjectMissing)?;
