@@ -35,41 +35,45 @@ impl Pkcs11Backend {
     pub fn audit_public_key(&self) -> Result<PublicKeyMaterial, HsmError> {
         let objs = self.audit_objects()?;
         let public = objs.public.ok_or(HsmError::ObjectMissing)?;
-        self.with_session("C_GetAttributeValue", |s| {
+        self.with_token_read("C_GetAttributeValue", |s| {
             objects::public_key(s, KeySpec::EcP256, public)
         })?
         .ok_or(HsmError::ObjectMissing)
     }
 
-    /// Signs a SHA-256 digest with the audit key (CKM_ECDSA); raw r‖s.
+    /// Signs a SHA-256 digest with the audit key (CKM_ECDSA); raw r‖s. The key is used
+    /// as a token object (checkpoints are rare), so the call shares the token-object
+    /// lock like every other read of token objects.
     pub fn sign_audit_digest(&self, digest: &[u8]) -> Result<Vec<u8>, HsmError> {
-        let objs = self.audit_objects()?;
-        let r = self.with_session("C_Sign", |s| {
-            s.sign(&Mechanism::Ecdsa, objs.private, digest)
-        });
+        let sign = |objs: KeyObjects| {
+            self.with_token_read("C_Sign", |s| {
+                s.sign(&Mechanism::Ecdsa, objs.private, digest)
+            })
+        };
+        let r = sign(self.audit_objects()?);
         if matches!(r, Err(HsmError::ObjectMissing)) {
             self.audit_key.clear();
-            let objs = self.audit_objects()?;
-            return self.with_session("C_Sign", |s| {
-                s.sign(&Mechanism::Ecdsa, objs.private, digest)
-            });
+            return sign(self.audit_objects()?);
         }
         r
     }
 
     fn audit_objects(&self) -> Result<KeyObjects, HsmError> {
-        let mut cached = self.audit_key.0.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(o) = *cached {
+        if let Some(o) = *self.audit_key.0.lock().unwrap_or_else(|p| p.into_inner()) {
             return Ok(o);
         }
-        let objs = self.with_session(
-            "C_GenerateKeyPair",
-            |s| match objects::find_token_objects(s, AUDIT_KEY_ID)? {
+        // Not holding the cache lock here: a lost session flushes the cache while the
+        // token lock is held. Find-or-create runs under the token write lock, so two
+        // first calls still make one key.
+        let objs =
+            self.with_token_write("C_GenerateKeyPair", |s| match objects::find_token_objects(
+                s,
+                AUDIT_KEY_ID,
+            )? {
                 Some(o) => Ok(o),
                 None => generate(s),
-            },
-        )?;
-        *cached = Some(objs);
+            })?;
+        *self.audit_key.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(objs);
         Ok(objs)
     }
 }
