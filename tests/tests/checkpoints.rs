@@ -303,6 +303,34 @@ async fn checkpoints_rotation_and_offline_verification() {
     assert!(seqs.windows(2).all(|w| w[1] == w[0] + 1));
     let out = d.hsmctl(["audit", "verify"]);
     assert!(out.success(), "{}", out.describe());
+
+    // Review: a summary per principal and method, and filtered queries.
+    let out = d.hsmctl(["audit", "stats", "--since", "1h"]);
+    assert!(out.success(), "{}", out.describe());
+    let row = out
+        .stdout
+        .lines()
+        .find(|l| l.starts_with("spiffe://hsmd.dev/admin") && l.contains(" Sign "))
+        .unwrap_or_else(|| panic!("no Sign row:\n{}", out.stdout));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cols[2], "63", "60 + 3 signatures, all ok: {row}");
+    let out = d.hsmctl([
+        "audit",
+        "query",
+        "--since",
+        "1h",
+        "--method",
+        "Sign",
+        "--outcome",
+        "ok",
+        "--principal",
+        "spiffe://hsmd.dev/admin",
+        "--key",
+        key.as_str(),
+    ]);
+    assert!(out.success(), "{}", out.describe());
+    assert_eq!(out.stdout.lines().count(), 1 + 63, "{}", out.stdout);
+    assert!(out.stdout.starts_with("TIME"), "{}", out.stdout);
 }
 
 #[tokio::test]
