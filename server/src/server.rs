@@ -1,7 +1,8 @@
 //! Putting the daemon together: open the token, the store and the audit log (with the
 //! token's audit key signing its checkpoints), reconcile, start the lifecycle task,
 //! listen with TLS 1.3 and client certificates, reload the policy on SIGHUP, and serve
-//! until SIGINT/SIGTERM, then seal the audit log with a last checkpoint.
+//! (each call in a task of its own, so it runs to its audit record even if the client
+//! goes away) until SIGINT/SIGTERM, then seal the audit log with a last checkpoint.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -92,6 +93,7 @@ pub async fn run(
     on_bound(addr)?;
     tracing::info!(%addr, "serving");
     Server::builder()
+        .layer(tower_layer::layer_fn(crate::api::complete::RunToCompletion))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)

@@ -267,3 +267,46 @@ async fn create_key_with_a_lost_answer_retried_makes_one_key() {
     assert_eq!(err.code(), Some(Code::InvalidArgument));
     assert_eq!(err.reason(), Some("IDEMPOTENCY_MISMATCH"));
 }
+
+#[tokio::test]
+async fn a_call_the_client_abandons_still_gets_its_audit_record() {
+    let d = Daemon::start().await;
+    let mut req = tonic::Request::new(CreateKeyRequest {
+        spec: KeySpec::Rsa4096 as i32,
+        usage: KeyUsage::SignVerify as i32,
+        alias: "abandoned".into(),
+        ..Default::default()
+    });
+    // RSA-4096 generation takes far longer than this: the client gives up mid-call.
+    req.set_timeout(Duration::from_millis(20));
+    let r = d.keys().create_key(req).await;
+    assert!(r.is_err(), "the client was expected to give up first");
+    // The server finishes the call: the key exists, and so does its record.
+    let deadline = std::time::Instant::now() + Duration::from_secs(90);
+    let rec = loop {
+        let found = d.audit_lines().into_iter().find(|l| {
+            l.str("method") == "/hsmd.v1.KeyService/CreateKey"
+                && l.str("alias") == "alias/abandoned"
+        });
+        if let Some(rec) = found {
+            break rec;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no audit record of the abandoned CreateKey"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(rec.str("outcome"), "ok", "{}", rec.raw);
+    let key = d
+        .keys()
+        .describe_key(hsmd_e2e::v1::DescribeKeyRequest {
+            key_id: "alias/abandoned".into(),
+        })
+        .await
+        .expect("the key was made")
+        .into_inner()
+        .key
+        .expect("key");
+    assert_eq!(key.key_id, rec.str("key_id"));
+}

@@ -8,6 +8,7 @@
 
 pub mod audit;
 pub mod certs;
+pub mod complete;
 pub mod convert;
 pub mod keys;
 pub mod status;
