@@ -1,7 +1,9 @@
 //! Typed convenience methods for the common calls.
 //!
-//! Each one fills the request, unwraps the response to what callers want (a key's
-//! metadata, a signature, a verdict) and turns every status into a [`ClientError`].
+//! Each one fills the request, runs it under the client's retry policy (only
+//! RESOURCE_EXHAUSTED and UNAVAILABLE are retried), unwraps the response to what
+//! callers want (a key's metadata, a signature, a verdict) and turns every status into
+//! a [`ClientError`].
 //! For anything not covered here, use [`Client::keys`], [`Client::audit`] or
 //! [`Client::token`] and the generated request types directly.
 
@@ -12,25 +14,50 @@ use crate::error::ClientError;
 use crate::v1::{
     Alias, AuditRecord, CancelKeyDeletionRequest, CreateAliasRequest, CreateKeyRequest,
     DeleteAliasRequest, DescribeKeyRequest, DisableKeyRequest, EnableKeyRequest,
-    GenerateRandomRequest, GetPublicKeyRequest, GetPublicKeyResponse, GetTokenInfoRequest,
-    GetTokenInfoResponse, KeyMetadata, ListAliasesRequest, ListAliasesResponse, ListKeysRequest,
-    ListKeysResponse, MessageType, QueryAuditRequest, ScheduleKeyDeletionRequest, SignRequest,
-    SigningAlgorithm, UpdateAliasRequest, VerifyAuditLogRequest, VerifyAuditLogResponse,
-    VerifyRequest,
+    GenerateRandomRequest, GetAuditPublicKeyRequest, GetAuditPublicKeyResponse,
+    GetPublicKeyRequest, GetPublicKeyResponse, GetTokenInfoRequest, GetTokenInfoResponse,
+    KeyMetadata, ListAliasesRequest, ListAliasesResponse, ListKeysRequest, ListKeysResponse,
+    MessageType, QueryAuditRequest, ScheduleKeyDeletionRequest, SignRequest, SigningAlgorithm,
+    UpdateAliasRequest, VerifyAuditLogRequest, VerifyAuditLogResponse, VerifyRequest,
 };
 
 /// Pages above this many are refused by the server; listing everything uses the maximum.
 const MAX_PAGE_SIZE: u32 = 1000;
+
+/// One retried call: `retried!(self, "Sign", keys, sign, req)` is the response.
+macro_rules! retried {
+    ($self:ident, $name:literal, $svc:ident, $method:ident, $req:expr) => {{
+        let req = $req;
+        $self
+            .with_retries($name, || {
+                let mut c = $self.$svc();
+                let req = req.clone();
+                async move { c.$method(req).await }
+            })
+            .await?
+            .into_inner()
+    }};
+}
+
+/// A fresh idempotency token: 128 random bits in hex.
+fn idempotency_token() -> String {
+    let bytes: [u8; 16] = rand::random();
+    hex::encode(bytes)
+}
 
 fn key_of(key: Option<KeyMetadata>, what: &'static str) -> Result<KeyMetadata, ClientError> {
     key.ok_or(ClientError::MissingField(what))
 }
 
 impl Client {
-    /// Creates a key and returns its metadata. Set `idempotency_token` in the request to
-    /// make a retry return the same key instead of a second one.
-    pub async fn create_key(&self, req: CreateKeyRequest) -> Result<KeyMetadata, ClientError> {
-        let resp = self.keys().create_key(req).await?.into_inner();
+    /// Creates a key and returns its metadata. Without an `idempotency_token` in the
+    /// request one is made up, so that a retry (after a lost answer, say) returns the
+    /// key the first try made instead of making a second one.
+    pub async fn create_key(&self, mut req: CreateKeyRequest) -> Result<KeyMetadata, ClientError> {
+        if req.idempotency_token.is_empty() {
+            req.idempotency_token = idempotency_token();
+        }
+        let resp = retried!(self, "CreateKey", keys, create_key, req);
         key_of(resp.key, "CreateKeyResponse.key")
     }
 
@@ -39,13 +66,13 @@ impl Client {
         let req = DescribeKeyRequest {
             key_id: key_id.to_string(),
         };
-        let resp = self.keys().describe_key(req).await?.into_inner();
+        let resp = retried!(self, "DescribeKey", keys, describe_key, req);
         key_of(resp.key, "DescribeKeyResponse.key")
     }
 
     /// Lists one page of keys (filters and paging as in the request).
     pub async fn list_keys(&self, req: ListKeysRequest) -> Result<ListKeysResponse, ClientError> {
-        Ok(self.keys().list_keys(req).await?.into_inner())
+        Ok(retried!(self, "ListKeys", keys, list_keys, req))
     }
 
     /// Lists every key matching the request's filters, following `next_page_token`.
@@ -72,7 +99,7 @@ impl Client {
         let req = GetPublicKeyRequest {
             key_id: key_id.to_string(),
         };
-        Ok(self.keys().get_public_key(req).await?.into_inner())
+        Ok(retried!(self, "GetPublicKey", keys, get_public_key, req))
     }
 
     /// Enables a DISABLED key (no-op when already ENABLED).
@@ -80,7 +107,7 @@ impl Client {
         let req = EnableKeyRequest {
             key_id: key_id.to_string(),
         };
-        let resp = self.keys().enable_key(req).await?.into_inner();
+        let resp = retried!(self, "EnableKey", keys, enable_key, req);
         key_of(resp.key, "EnableKeyResponse.key")
     }
 
@@ -89,7 +116,7 @@ impl Client {
         let req = DisableKeyRequest {
             key_id: key_id.to_string(),
         };
-        let resp = self.keys().disable_key(req).await?.into_inner();
+        let resp = retried!(self, "DisableKey", keys, disable_key, req);
         key_of(resp.key, "DisableKeyResponse.key")
     }
 
@@ -104,7 +131,13 @@ impl Client {
             key_id: key_id.to_string(),
             pending_window_days,
         };
-        let resp = self.keys().schedule_key_deletion(req).await?.into_inner();
+        let resp = retried!(
+            self,
+            "ScheduleKeyDeletion",
+            keys,
+            schedule_key_deletion,
+            req
+        );
         let mut key = key_of(resp.key, "ScheduleKeyDeletionResponse.key")?;
         if key.deletion_time.is_none() {
             key.deletion_time = resp.deletion_time;
@@ -117,7 +150,7 @@ impl Client {
         let req = CancelKeyDeletionRequest {
             key_id: key_id.to_string(),
         };
-        let resp = self.keys().cancel_key_deletion(req).await?.into_inner();
+        let resp = retried!(self, "CancelKeyDeletion", keys, cancel_key_deletion, req);
         key_of(resp.key, "CancelKeyDeletionResponse.key")
     }
 
@@ -131,7 +164,7 @@ impl Client {
             alias_name: alias_name.to_string(),
             target_key_id: target_key_id.to_string(),
         };
-        let resp = self.keys().create_alias(req).await?.into_inner();
+        let resp = retried!(self, "CreateAlias", keys, create_alias, req);
         resp.alias
             .ok_or(ClientError::MissingField("CreateAliasResponse.alias"))
     }
@@ -146,7 +179,7 @@ impl Client {
             alias_name: alias_name.to_string(),
             target_key_id: target_key_id.to_string(),
         };
-        let resp = self.keys().update_alias(req).await?.into_inner();
+        let resp = retried!(self, "UpdateAlias", keys, update_alias, req);
         resp.alias
             .ok_or(ClientError::MissingField("UpdateAliasResponse.alias"))
     }
@@ -156,7 +189,7 @@ impl Client {
         let req = DeleteAliasRequest {
             alias_name: alias_name.to_string(),
         };
-        self.keys().delete_alias(req).await?;
+        retried!(self, "DeleteAlias", keys, delete_alias, req);
         Ok(())
     }
 
@@ -170,7 +203,7 @@ impl Client {
         let mut aliases = Vec::new();
         loop {
             let page: ListAliasesResponse =
-                self.keys().list_aliases(req.clone()).await?.into_inner();
+                retried!(self, "ListAliases", keys, list_aliases, req.clone());
             aliases.extend(page.aliases);
             if page.next_page_token.is_empty() {
                 return Ok(aliases);
@@ -194,7 +227,7 @@ impl Client {
             message_type: message_type as i32,
             message,
         };
-        Ok(self.keys().sign(req).await?.into_inner().signature)
+        Ok(retried!(self, "Sign", keys, sign, req).signature)
     }
 
     /// Verifies a signature; `Ok(false)` for a signature that does not verify, an error
@@ -214,19 +247,24 @@ impl Client {
             message,
             signature,
         };
-        Ok(self.keys().verify(req).await?.into_inner().valid)
+        Ok(retried!(self, "Verify", keys, verify, req).valid)
     }
 
     /// Returns `length` (1..1024) bytes from the token's random number generator.
     pub async fn generate_random(&self, length: u32) -> Result<Vec<u8>, ClientError> {
         let req = GenerateRandomRequest { length };
-        Ok(self.keys().generate_random(req).await?.into_inner().random)
+        Ok(retried!(self, "GenerateRandom", keys, generate_random, req).random)
     }
 
     /// Describes the token and what hsmd offers on it.
     pub async fn token_info(&self) -> Result<GetTokenInfoResponse, ClientError> {
-        let resp = self.token().get_token_info(GetTokenInfoRequest {}).await?;
-        Ok(resp.into_inner())
+        Ok(retried!(
+            self,
+            "GetTokenInfo",
+            token,
+            get_token_info,
+            GetTokenInfoRequest {}
+        ))
     }
 
     /// Streams the audit records matching the request, oldest first. Read it with
@@ -235,7 +273,7 @@ impl Client {
         &self,
         req: QueryAuditRequest,
     ) -> Result<Streaming<AuditRecord>, ClientError> {
-        Ok(self.audit().query_audit(req).await?.into_inner())
+        Ok(retried!(self, "QueryAudit", audit, query_audit, req))
     }
 
     /// Collects every audit record matching the request.
@@ -253,10 +291,24 @@ impl Client {
 
     /// Walks the audit log's hash chain on the server and reports the first break.
     pub async fn verify_audit_log(&self) -> Result<VerifyAuditLogResponse, ClientError> {
-        let resp = self
-            .audit()
-            .verify_audit_log(VerifyAuditLogRequest {})
-            .await?;
-        Ok(resp.into_inner())
+        Ok(retried!(
+            self,
+            "VerifyAuditLog",
+            audit,
+            verify_audit_log,
+            VerifyAuditLogRequest {}
+        ))
+    }
+
+    /// The audit key's public half (PEM and DER), for offline verification of the
+    /// checkpoints.
+    pub async fn audit_public_key(&self) -> Result<GetAuditPublicKeyResponse, ClientError> {
+        Ok(retried!(
+            self,
+            "GetAuditPublicKey",
+            audit,
+            get_audit_public_key,
+            GetAuditPublicKeyRequest {}
+        ))
     }
 }

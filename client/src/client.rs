@@ -1,15 +1,21 @@
-//! The connection: one TLS channel to hsmd, shared by the service clients.
+//! The connection: one TLS channel to hsmd, shared by the service clients, and the
+//! retry policy of the typed calls.
 //!
 //! A tonic `Channel` multiplexes calls over one HTTP/2 connection and is cheap to clone,
 //! so the accessors hand out fresh generated clients over the same channel. The typed
-//! convenience methods live in `calls.rs`.
+//! convenience methods live in `calls.rs`; they retry as `retry.rs` says (the raw
+//! generated clients do not).
 
+use std::future::Future;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::error::ClientError;
 use crate::profile::{Profile, ProfileError};
+use crate::retry::{self, RetryNotice, RetryPolicy};
 use crate::v1::audit_service_client::AuditServiceClient;
 use crate::v1::certificate_service_client::CertificateServiceClient;
 use crate::v1::key_service_client::KeyServiceClient;
@@ -18,10 +24,27 @@ use crate::v1::token_service_client::TokenServiceClient;
 /// How long to wait for TCP + TLS + HTTP/2 set-up before giving up.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// A connection to one hsmd. Clone it freely: clones share the channel.
-#[derive(Debug, Clone)]
+/// Called before each retry (e.g. to print it).
+pub type RetryObserver = Arc<dyn Fn(&RetryNotice) + Send + Sync>;
+
+/// A connection to one hsmd. Clone it freely: clones share the channel and the retry
+/// counter.
+#[derive(Clone)]
 pub struct Client {
     channel: Channel,
+    retry: RetryPolicy,
+    retries: Arc<AtomicU64>,
+    observer: Option<RetryObserver>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("channel", &self.channel)
+            .field("retry", &self.retry)
+            .field("retries", &self.retries())
+            .finish_non_exhaustive()
+    }
 }
 
 impl Client {
@@ -36,12 +59,59 @@ impl Client {
             .connect()
             .await
             .map_err(|e| ClientError::connect(&profile.endpoint, &e))?;
-        Ok(Client { channel })
+        Ok(Client::from_channel(channel).with_retry(profile.retry.clone()))
     }
 
-    /// Wraps an existing channel (e.g. one built with custom settings).
+    /// Wraps an existing channel (e.g. one built with custom settings), with the
+    /// default retry policy.
     pub fn from_channel(channel: Channel) -> Client {
-        Client { channel }
+        Client {
+            channel,
+            retry: RetryPolicy::default(),
+            retries: Arc::default(),
+            observer: None,
+        }
+    }
+
+    /// Sets the retry policy of the typed calls.
+    pub fn with_retry(mut self, policy: RetryPolicy) -> Client {
+        self.retry = policy;
+        self
+    }
+
+    /// Calls `observer` before every retry.
+    pub fn with_retry_observer(mut self, observer: RetryObserver) -> Client {
+        self.observer = Some(observer);
+        self
+    }
+
+    /// The retry policy of the typed calls.
+    pub fn retry_policy(&self) -> &RetryPolicy {
+        &self.retry
+    }
+
+    /// Retries made so far by this client and its clones.
+    pub fn retries(&self) -> u64 {
+        self.retries.load(Ordering::Relaxed)
+    }
+
+    /// Runs one call under the retry policy: `f` makes a fresh try each time it is
+    /// called (e.g. `|| { let mut c = client.keys(); let r = req.clone(); async move {
+    /// c.sign(r).await } }`); `call` names it for observers.
+    pub async fn with_retries<T, F, Fut>(&self, call: &'static str, f: F) -> Result<T, ClientError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, tonic::Status>>,
+    {
+        let notify = |n: &RetryNotice| {
+            self.retries.fetch_add(1, Ordering::Relaxed);
+            if let Some(o) = &self.observer {
+                o(n);
+            }
+        };
+        retry::run(&self.retry, call, &notify, f)
+            .await
+            .map_err(ClientError::from)
     }
 
     /// The underlying channel.

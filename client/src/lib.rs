@@ -3,7 +3,11 @@
 //! One [`Client`] holds one TLS channel (mutual TLS, client certificate from a
 //! [`Profile`]) and hands out the generated gRPC clients over it, plus typed convenience
 //! methods for the common calls. Every failure is a [`ClientError`]; server errors keep
-//! hsmd's stable reason (google.rpc.ErrorInfo) so programs can match on it.
+//! hsmd's stable reason (google.rpc.ErrorInfo) so programs can match on it. The typed
+//! methods retry RESOURCE_EXHAUSTED and UNAVAILABLE with exponential backoff and full
+//! jitter ([`RetryPolicy`], from the profile's `[retry]` table), honouring the server's
+//! retry delay; [`Client::create_key`] fills in an idempotency token, so its retries
+//! never make a second key.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), hsm_client::ClientError> {
@@ -28,11 +32,13 @@ pub mod envelope;
 mod error;
 pub mod names;
 mod profile;
+pub mod retry;
 
-pub use client::Client;
+pub use client::{Client, RetryObserver};
 pub use encryption::{DataKey, Decrypted};
 pub use error::{ClientError, code_name};
 pub use profile::{Profile, ProfileError};
+pub use retry::{RetryNotice, RetryPolicy};
 
 /// The generated API types and gRPC clients (`hsmd.v1`), re-exported for convenience.
 pub use hsmd_proto::v1;

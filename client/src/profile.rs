@@ -16,7 +16,7 @@ pub const PROFILE_ENV: &str = "HSMCTL_PROFILE";
 const PROFILE_UNDER_DATA_HOME: &str = "hsmd/dev/client.toml";
 
 /// How to reach and authenticate to one hsmd.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Profile {
     /// gRPC endpoint, e.g. `https://127.0.0.1:40123`.
@@ -29,6 +29,9 @@ pub struct Profile {
     pub client_cert: PathBuf,
     /// PEM file with the client certificate's private key.
     pub client_key: PathBuf,
+    /// How typed calls retry (optional `[retry]` table; see [`crate::RetryPolicy`]).
+    #[serde(default)]
+    pub retry: crate::RetryPolicy,
 }
 
 /// Why a profile could not be found, read or used.
@@ -191,6 +194,25 @@ mod tests {
         assert_eq!(p.ca_cert, PathBuf::from("/data/dev/ca.pem"));
         assert_eq!(p.client_cert, PathBuf::from("/data/dev/certs/client.pem"));
         assert_eq!(p.client_key, PathBuf::from("/abs/client.key"));
+        assert_eq!(p.retry, crate::RetryPolicy::default());
+    }
+
+    #[test]
+    fn retry_table_is_read() {
+        let text = r#"
+            endpoint = "https://127.0.0.1:1"
+            server_name = "localhost"
+            ca_cert = "ca.pem"
+            client_cert = "c.pem"
+            client_key = "k.pem"
+            [retry]
+            max_attempts = 9
+            initial_delay_ms = 10
+        "#;
+        let p = Profile::parse(text, Path::new("p.toml")).unwrap();
+        assert_eq!(p.retry.max_attempts, 9);
+        assert_eq!(p.retry.initial_delay_ms, 10);
+        assert_eq!(p.retry.multiplier, 2.0);
     }
 
     #[test]

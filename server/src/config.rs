@@ -3,6 +3,7 @@
 //! into the typed `Config`. A bad config stops start-up with one line naming the key
 //! and the problem; after `validate()` no code handles a raw `Option`.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -13,6 +14,8 @@ use figment::providers::{Env, Format, Toml};
 use secrecy::SecretString;
 use serde::Deserialize;
 
+use crate::audit::AuditConfig;
+use crate::auth::{LimitClass, Policy, Rate, RawRule, Rule};
 use crate::hsm::HsmConfig;
 
 /// A config problem: the key and what is wrong with it.
@@ -36,11 +39,43 @@ struct RawConfig {
     listen: Option<String>,
     hsm: RawHsm,
     store: RawPath,
-    audit: RawPath,
+    audit: RawAudit,
     tls: RawTls,
-    auth: RawAuth,
+    #[serde(default)]
+    auth: Option<RawAuth>,
+    #[serde(default)]
+    policy: Option<RawPolicy>,
+    #[serde(default)]
+    rate_limits: RawRateLimits,
     #[serde(default)]
     lifecycle: RawLifecycle,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAudit {
+    path: PathBuf,
+    checkpoint_every: Option<u64>,
+    checkpoint_interval: Option<String>,
+    max_file_bytes: Option<u64>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawPolicy {
+    #[serde(default)]
+    rules: Vec<RawRule>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRateLimits {
+    sign: Option<String>,
+    verify: Option<String>,
+    crypt: Option<String>,
+    random: Option<String>,
+    manage: Option<String>,
+    audit: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -91,14 +126,19 @@ pub struct TlsConfig {
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The file it was read from (reread on SIGHUP).
+    pub source: PathBuf,
     pub listen: SocketAddr,
     pub hsm: HsmConfig,
     /// SOFTHSM2_CONF to set for the module (SoftHSM2 tokens outside the default folder).
     pub softhsm2_conf: Option<PathBuf>,
     pub store_path: PathBuf,
-    pub audit_path: PathBuf,
+    pub audit: AuditConfig,
     pub tls: TlsConfig,
-    pub allowed_principals: Vec<String>,
+    /// Who may do what (deny by default).
+    pub policy: Policy,
+    /// Token buckets per principal, by operation class; absent classes are unlimited.
+    pub rate_limits: HashMap<LimitClass, Rate>,
     /// How often the lifecycle task looks for keys to destroy.
     pub sweep_interval: Duration,
 }
@@ -128,7 +168,9 @@ impl Config {
                 )
             })?;
         let base = file.parent().unwrap_or(Path::new("."));
-        raw.validate(base)
+        let mut cfg = raw.validate(base)?;
+        cfg.source = file.to_path_buf();
+        Ok(cfg)
     }
 }
 
@@ -167,12 +209,9 @@ impl RawConfig {
             key: existing("tls.key", abs(self.tls.key))?,
             client_ca: existing("tls.client_ca", abs(self.tls.client_ca))?,
         };
-        if self.auth.allowed_principals.is_empty() {
-            return Err(bad(
-                "auth.allowed_principals",
-                "empty: no client could call",
-            ));
-        }
+        let policy = policy(self.auth, self.policy)?;
+        let rate_limits = rate_limits(self.rate_limits)?;
+        let audit = audit(self.audit, abs)?;
         let sweep = self.lifecycle.sweep_interval_secs.unwrap_or(60);
         if sweep == 0 {
             return Err(bad("lifecycle.sweep_interval_secs", "must be at least 1"));
@@ -186,12 +225,113 @@ impl RawConfig {
                 sessions,
             },
             softhsm2_conf: self.hsm.softhsm2_conf.map(abs),
+            source: PathBuf::new(),
             store_path: abs(self.store.path),
-            audit_path: abs(self.audit.path),
+            audit,
             tls,
-            allowed_principals: self.auth.allowed_principals,
+            policy,
+            rate_limits,
             sweep_interval: Duration::from_secs(sweep),
         })
+    }
+}
+
+/// The policy: `[[policy.rules]]`, plus the older `[auth] allowed_principals`, which
+/// still works and means "these principals may do everything on every key".
+fn policy(auth: Option<RawAuth>, policy: Option<RawPolicy>) -> Result<Policy, ConfigError> {
+    let mut rules = Vec::new();
+    for (i, raw) in policy
+        .map(|p| p.rules)
+        .unwrap_or_default()
+        .iter()
+        .enumerate()
+    {
+        let rule = Rule::parse(raw)
+            .map_err(|(field, problem)| bad(&format!("policy.rules[{i}].{field}"), problem))?;
+        rules.push(rule);
+    }
+    if let Some(auth) = auth {
+        if auth.allowed_principals.is_empty() {
+            return Err(bad(
+                "auth.allowed_principals",
+                "empty: remove it and write [[policy.rules]]",
+            ));
+        }
+        let all = RawRule {
+            principals: auth.allowed_principals,
+            actions: vec!["*".into()],
+            keys: Some(vec!["*".into()]),
+        };
+        rules.push(Rule::parse(&all).map_err(|(_, p)| bad("auth.allowed_principals", p))?);
+    }
+    if rules.is_empty() {
+        return Err(bad(
+            "policy.rules",
+            "no rule: deny by default means no client could call",
+        ));
+    }
+    Ok(Policy::new(rules))
+}
+
+fn rate_limits(raw: RawRateLimits) -> Result<HashMap<LimitClass, Rate>, ConfigError> {
+    let mut out = HashMap::new();
+    for (class, text) in [
+        (LimitClass::Sign, raw.sign),
+        (LimitClass::Verify, raw.verify),
+        (LimitClass::Crypt, raw.crypt),
+        (LimitClass::Random, raw.random),
+        (LimitClass::Manage, raw.manage),
+        (LimitClass::Audit, raw.audit),
+    ] {
+        if let Some(t) = text {
+            let rate =
+                Rate::parse(&t).map_err(|p| bad(&format!("rate_limits.{}", class.name()), p))?;
+            out.insert(class, rate);
+        }
+    }
+    Ok(out)
+}
+
+fn audit(raw: RawAudit, abs: impl Fn(PathBuf) -> PathBuf) -> Result<AuditConfig, ConfigError> {
+    let mut cfg = AuditConfig::at(abs(raw.path));
+    if let Some(n) = raw.checkpoint_every {
+        if n == 0 {
+            return Err(bad("audit.checkpoint_every", "must be at least 1"));
+        }
+        cfg.checkpoint_every = n;
+    }
+    if let Some(t) = raw.checkpoint_interval {
+        cfg.checkpoint_interval = parse_interval(&t).filter(|d| !d.is_zero()).ok_or_else(|| {
+            bad(
+                "audit.checkpoint_interval",
+                format!("'{t}': write e.g. \"60s\", \"500ms\", \"5m\" or \"1h\" (above 0)"),
+            )
+        })?;
+    }
+    if let Some(n) = raw.max_file_bytes {
+        if n != 0 && n < 4096 {
+            return Err(bad(
+                "audit.max_file_bytes",
+                "must be 0 (never rotate) or at least 4096",
+            ));
+        }
+        cfg.max_file_bytes = n;
+    }
+    Ok(cfg)
+}
+
+/// `500ms`, `60s`, `5m`, `1h`.
+fn parse_interval(t: &str) -> Option<Duration> {
+    let t = t.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit())?;
+    let (n, unit) = t.split_at(split);
+    let n: u64 = n.parse().ok()?;
+    match unit {
+        "ms" => Some(Duration::from_millis(n)),
+        "s" => Some(Duration::from_secs(n)),
+        "m" => n.checked_mul(60).map(Duration::from_secs),
+        "h" => n.checked_mul(3600).map(Duration::from_secs),
+        _ => None,
     }
 }
 
@@ -233,6 +373,10 @@ mod tests {
     use super::*;
 
     fn write_fixture(dir: &Path, extra_hsm: &str) -> PathBuf {
+        write_fixture_with(dir, extra_hsm, "")
+    }
+
+    fn write_fixture_with(dir: &Path, extra_hsm: &str, extra: &str) -> PathBuf {
         for f in ["module.so", "cert.pem", "key.pem", "ca.pem"] {
             std::fs::write(dir.join(f), "x").unwrap();
         }
@@ -240,7 +384,7 @@ mod tests {
             "listen = \"127.0.0.1:0\"\n[hsm]\nmodule = \"module.so\"\ntoken_label = \"t\"\n{extra_hsm}\n\
              [store]\npath = \"m.db\"\n[audit]\npath = \"audit.log\"\n\
              [tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\nclient_ca = \"ca.pem\"\n\
-             [auth]\nallowed_principals = [\"spiffe://x\"]\n"
+             [auth]\nallowed_principals = [\"spiffe://x\"]\n{extra}"
         );
         let path = dir.join("hsmd.toml");
         std::fs::write(&path, cfg).unwrap();
@@ -278,5 +422,40 @@ mod tests {
         assert!(err.problem.contains("bogus"), "{err}");
         let err = Config::load(&write_fixture(dir.path(), "")).unwrap_err();
         assert_eq!(err.key, "hsm.pin_file");
+    }
+
+    #[test]
+    fn policy_limits_and_audit_settings() {
+        let dir = tempfile::tempdir().unwrap();
+        let extra = "[[policy.rules]]\nprincipals = [\"spiffe://corp/pay/*\"]\nactions = [\"use\"]\n\
+                     keys = [\"tag:team=pay\"]\n\
+                     [rate_limits]\nsign = \"500/s burst 1000\"\n";
+        let cfg = Config::load(&write_fixture_with(dir.path(), "pin = \"1\"", extra)).unwrap();
+        assert_eq!(cfg.policy.len(), 2, "the rule and allowed_principals");
+        assert!(
+            cfg.policy
+                .may("spiffe://corp/pay/api", crate::auth::Action::Sign)
+        );
+        assert!(
+            cfg.policy
+                .may("spiffe://x", crate::auth::Action::QueryAudit)
+        );
+        assert_eq!(cfg.rate_limits[&LimitClass::Sign].burst, 1000.0);
+        assert_eq!(cfg.audit.checkpoint_every, 1000);
+
+        let bad_rule =
+            "[[policy.rules]]\nprincipals = [\"p\"]\nactions = [\"Sing\"]\nkeys = [\"*\"]\n";
+        let err =
+            Config::load(&write_fixture_with(dir.path(), "pin = \"1\"", bad_rule)).unwrap_err();
+        assert_eq!(err.key, "policy.rules[0].actions");
+        assert!(err.problem.contains("Sing"), "{err}");
+        let bad_rate = "[rate_limits]\nsign = \"fast\"\n";
+        let err =
+            Config::load(&write_fixture_with(dir.path(), "pin = \"1\"", bad_rate)).unwrap_err();
+        assert_eq!(err.key, "rate_limits.sign");
+        assert_eq!(parse_interval("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_interval("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_interval("2"), None);
+        assert_eq!(parse_interval("2d"), None);
     }
 }

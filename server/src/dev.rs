@@ -1,7 +1,7 @@
 //! `hsmd dev`: everything a newcomer needs under one data folder. A SoftHSM2 token with
 //! its own softhsm2.conf (installing SoftHSM2 with apt-get if it is missing), a PIN file
-//! (0600), a local CA with server and client certificates, a config that lets the local
-//! client do everything, and (once the listener is bound) the client profile that
+//! (0600), a local CA with server and client certificates, a config whose policy lets
+//! the local client do everything, and (once the listener is bound) the client profile that
 //! `hsmctl` finds on its own. Reuses what is already there.
 
 use std::fs;
@@ -72,7 +72,8 @@ fn config_text(dir: &Path, module: &Path, listen: &str) -> String {
          [store]\npath = \"{d}/hsmd.db\"\n\n\
          [audit]\npath = \"{d}/audit/audit.log\"\n\n\
          [tls]\ncert = \"{d}/tls/server.pem\"\nkey = \"{d}/tls/server.key\"\nclient_ca = \"{d}/tls/ca.pem\"\n\n\
-         [auth]\nallowed_principals = [\"{DEV_PRINCIPAL}\"]\n",
+         # The local client may do everything on every key.\n\
+         [[policy.rules]]\nprincipals = [\"{DEV_PRINCIPAL}\"]\nactions = [\"*\"]\nkeys = [\"*\"]\n",
         module.display()
     )
 }

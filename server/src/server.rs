@@ -1,6 +1,8 @@
-//! Putting the daemon together: open the token, the store and the audit log, reconcile,
-//! start the lifecycle task, listen with TLS 1.3 and client certificates, and serve
-//! until SIGINT/SIGTERM.
+//! Putting the daemon together: open the token, the store and the audit log (with the
+//! token's audit key signing its checkpoints), reconcile, start the lifecycle task,
+//! listen with TLS 1.3 and client certificates, reload the policy on SIGHUP, and serve
+//! (each call in a task of its own, so it runs to its audit record even if the client
+//! goes away) until SIGINT/SIGTERM, then seal the audit log with a last checkpoint.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -22,7 +24,7 @@ use crate::api::audit::AuditApi;
 use crate::api::certs::CertApi;
 use crate::api::keys::KeyApi;
 use crate::api::token::TokenApi;
-use crate::audit::{AuditEvent, AuditLog, Outcome};
+use crate::audit::{AuditEvent, AuditLog, CheckpointSigner, Outcome};
 use crate::auth::Authorizer;
 use crate::config::{Config, TlsConfig};
 use crate::hsm::Pkcs11Backend;
@@ -47,13 +49,18 @@ pub async fn run(
         Store::open(&cfg.store_path)
             .with_context(|| format!("metadata store {}", cfg.store_path.display()))?,
     );
-    let audit = AuditLog::open(&cfg.audit_path)?;
+    let signer = token_signer(&backend).await?;
+    let audit_cfg = cfg.audit.clone();
+    let audit =
+        tokio::task::spawn_blocking(move || AuditLog::open(&audit_cfg, Some(signer))).await??;
     let keys = Arc::new(KeyManager::new(backend, store));
     let ctx = Ctx {
         keys,
         audit,
-        auth: Arc::new(Authorizer::new(cfg.allowed_principals.clone())),
+        auth: Arc::new(Authorizer::new(cfg.policy.clone(), cfg.rate_limits.clone())),
     };
+    tracing::info!(rules = cfg.policy.len(), "policy loaded");
+    tokio::spawn(reload_on_sighup(ctx.clone(), cfg.source.clone()));
     reconcile(&ctx).await;
     sweep(&ctx).await;
     tokio::spawn(sweep_loop(ctx.clone(), cfg.sweep_interval));
@@ -82,9 +89,11 @@ pub async fn run(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
+    let shutdown = shutdown_signal();
     on_bound(addr)?;
     tracing::info!(%addr, "serving");
     Server::builder()
+        .layer(tower_layer::layer_fn(crate::api::complete::RunToCompletion))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
@@ -92,10 +101,64 @@ pub async fn run(
         .add_service(AuditServiceServer::new(AuditApi::new(ctx.clone())))
         .add_service(TokenServiceServer::new(TokenApi::new(ctx.clone())))
         .add_service(CertificateServiceServer::new(CertApi::new(ctx.clone())))
-        .serve_with_incoming_shutdown(incoming, shutdown_signal())
+        .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
+    match ctx.audit.close().await {
+        Ok(head) => tracing::info!(
+            sequence = head.sequence,
+            "audit log sealed with a checkpoint"
+        ),
+        Err(e) => tracing::error!(error = %e, "final audit checkpoint not written"),
+    }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Signs audit checkpoints with the token's audit key (created on first start).
+struct TokenSigner(Arc<Pkcs11Backend>);
+
+impl CheckpointSigner for TokenSigner {
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, String> {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(msg);
+        let raw = self
+            .0
+            .sign_audit_digest(&digest)
+            .map_err(|e| e.to_string())?;
+        crate::keys::public::ecdsa_raw_to_der(crate::keys::spec::KeySpec::EcP256, &raw)
+    }
+}
+
+async fn token_signer(backend: &Arc<Pkcs11Backend>) -> anyhow::Result<Arc<dyn CheckpointSigner>> {
+    let b = backend.clone();
+    tokio::task::spawn_blocking(move || b.audit_public_key())
+        .await?
+        .context("audit checkpoint key in the token")?;
+    Ok(Arc::new(TokenSigner(backend.clone())))
+}
+
+/// On SIGHUP, rereads the config file and swaps in its policy and rate limits. Calls in
+/// flight finish under the policy they started with; a file that does not validate
+/// keeps the old policy, and the log says why.
+async fn reload_on_sighup(ctx: Ctx, source: std::path::PathBuf) {
+    let kind = tokio::signal::unix::SignalKind::hangup();
+    let Ok(mut hup) = tokio::signal::unix::signal(kind) else {
+        return tracing::warn!("cannot listen for SIGHUP: policy reload disabled");
+    };
+    while hup.recv().await.is_some() {
+        let path = source.clone();
+        match tokio::task::spawn_blocking(move || Config::load(&path)).await {
+            Ok(Ok(cfg)) => {
+                let rules = cfg.policy.len();
+                ctx.auth.replace(cfg.policy, cfg.rate_limits);
+                tracing::info!(file = %source.display(), rules, "policy and rate limits reloaded (other settings need a restart)");
+            }
+            Ok(Err(e)) => {
+                tracing::error!(file = %source.display(), error = %e, "config reload refused; the previous policy stays in force")
+            }
+            Err(e) => tracing::error!(error = %e, "config reload task failed"),
+        }
+    }
 }
 
 /// Server TLS: TLS 1.3 only, a client certificate from the configured CA required.
@@ -164,16 +227,27 @@ fn tls_incoming(
     tokio_stream::wrappers::ReceiverStream::new(rx)
 }
 
-async fn shutdown_signal() {
-    let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(_) => return std::future::pending().await,
-    };
-    tokio::select! {
-        _ = tokio::signal::ctrl_c() => {},
-        _ = term.recv() => {},
+/// Listens for SIGTERM and SIGINT from now on (so a signal that arrives before the
+/// server is polled still means a clean stop) and resolves at the first of them.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate()).ok();
+    let int = signal(SignalKind::interrupt()).ok();
+    async move {
+        let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+            match s {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = wait(term) => {},
+            _ = wait(int) => {},
+        }
+        tracing::info!("shutting down");
     }
-    tracing::info!("shutting down");
 }
 
 fn log_capabilities(backend: &Pkcs11Backend) {

@@ -11,6 +11,7 @@
 pub mod algorithms;
 pub mod audit;
 pub mod certs;
+pub mod configured;
 pub mod crypt;
 pub mod daemon;
 pub mod pkcs11;

@@ -130,12 +130,7 @@ async fn audit_log_has_exactly_one_record_per_call() {
     let r = KeyServiceClient::new(channel)
         .generate_random(GenerateRandomRequest { length: 8 })
         .await;
-    let rid = expect_error(
-        r,
-        Code::PermissionDenied,
-        "PRINCIPAL_NOT_ALLOWED",
-        "intruder",
-    );
+    let rid = expect_error(r, Code::PermissionDenied, "ACCESS_DENIED", "intruder");
     calls.push((rid, key_method("GenerateRandom"), "denied"));
     let rogue_ca = make_ca(&d.scratch(), "rogue");
     let rogue = issue_client_cert(

@@ -150,7 +150,7 @@ async fn principal_not_allowed_is_denied_and_audited() {
             result.map(tonic::Response::new),
             &key_method(method),
             Code::PermissionDenied,
-            "PRINCIPAL_NOT_ALLOWED",
+            "ACCESS_DENIED",
         );
         assert_eq!(
             rec.str("principal"),
@@ -168,7 +168,7 @@ async fn principal_not_allowed_is_denied_and_audited() {
         r.map(tonic::Response::new),
         "/hsmd.v1.AuditService/QueryAudit",
         Code::PermissionDenied,
-        "PRINCIPAL_NOT_ALLOWED",
+        "ACCESS_DENIED",
     );
     assert_eq!(rec.str("principal"), intruder);
 }
@@ -188,7 +188,7 @@ async fn principal_falls_back_to_common_name() {
         r,
         &key_method("GenerateRandom"),
         Code::PermissionDenied,
-        "PRINCIPAL_NOT_ALLOWED",
+        "ACCESS_DENIED",
     );
     assert_eq!(
         rec.str("principal"),

@@ -65,15 +65,18 @@ async fn dev_provisions_the_data_dir_and_prints_where_it_listens() {
         .expect("hsmd.toml")
         .parse()
         .expect("hsmd.toml is TOML");
-    let allowed = config["auth"]["allowed_principals"]
+    let rules = config["policy"]["rules"]
         .as_array()
-        .expect("[auth] allowed_principals");
-    assert!(
-        allowed
-            .iter()
-            .any(|p| p.as_str() == Some("spiffe://hsmd.dev/admin")),
-        "{allowed:?}"
-    );
+        .expect("[[policy.rules]]");
+    let everything = rules.iter().any(|r| {
+        let has = |field: &str, v: &str| {
+            r[field]
+                .as_array()
+                .is_some_and(|a| a.iter().any(|x| x.as_str() == Some(v)))
+        };
+        has("principals", "spiffe://hsmd.dev/admin") && has("actions", "*") && has("keys", "*")
+    });
+    assert!(everything, "the dev client may do everything: {rules:?}");
 
     let p = d.profile();
     assert!(

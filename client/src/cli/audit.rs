@@ -1,5 +1,8 @@
 //! `hsmctl audit ...`: query the audit log (table for people, the records' own JSON
-//! lines for tools) and verify its hash chain.
+//! lines for tools), summarize it, export the audit public key, and verify the hash
+//! chain and the signed checkpoints, on the server or offline from the files.
+
+use std::collections::BTreeMap;
 
 use clap::{Args, Subcommand};
 use hsm_client::ClientError;
@@ -21,10 +24,36 @@ pub enum AuditCommand {
     /// principal, method, key, outcome, reason, duration. JSON: each record's log line
     /// exactly as written (one JSON object per line).
     Query(QueryArgs),
-    /// Check the audit log's hash chain on the server. Prints
-    /// `ok: N records, head <hash>` (exit 0) or
-    /// `BROKEN at record <sequence> (line <line>): <problem>` (exit 1).
-    Verify,
+    /// Check the audit log. Without FILES: on the server (chain and checkpoint
+    /// signatures), printing `ok: N records, head <hash>` (exit 0) or
+    /// `BROKEN at record <sequence> (line <line>): <problem>` (exit 1). With FILES (or a
+    /// folder): offline, without the daemon; every edited, inserted, deleted or
+    /// reordered record, bad checkpoint signature and torn line is printed as
+    /// `KIND: FILE:LINE (seq N): what` (exit 1).
+    Verify(super::verify::VerifyArgs),
+    /// Summarize calls per principal, method and outcome.
+    Stats(StatsArgs),
+    /// Print the audit public key (PEM) that checkpoint signatures verify with.
+    PublicKey(PublicKeyArgs),
+}
+
+/// Arguments of `audit stats`.
+#[derive(Debug, Args)]
+pub struct StatsArgs {
+    /// Only records from this far back (1h, 24h, 7d) or since an RFC 3339 time.
+    #[arg(long, value_name = "DURATION", default_value = "24h")]
+    since: String,
+    /// Only records of this principal.
+    #[arg(long, value_name = "P")]
+    principal: Option<String>,
+}
+
+/// Arguments of `audit public-key`.
+#[derive(Debug, Args)]
+pub struct PublicKeyArgs {
+    /// Write the PEM to this file instead of stdout.
+    #[arg(long, value_name = "FILE")]
+    out: Option<String>,
 }
 
 /// Arguments of `audit query`.
@@ -58,7 +87,24 @@ impl AuditCommand {
     pub async fn run(self, ctx: &Ctx) -> Result<Verdict, CliError> {
         match self {
             AuditCommand::Query(a) => a.run(ctx).await,
-            AuditCommand::Verify => {
+            AuditCommand::Stats(a) => a.run(ctx).await,
+            AuditCommand::PublicKey(a) => {
+                let key = ctx.client.audit_public_key().await?;
+                if ctx.json() {
+                    print_json(&json!({
+                        "public_key_pem": key.public_key_pem,
+                        "algorithm": key.algorithm,
+                    }))?;
+                } else {
+                    super::args::write_output(
+                        "public key",
+                        a.out.as_deref().unwrap_or("-"),
+                        key.public_key_pem.as_bytes(),
+                    )?;
+                }
+                Ok(Verdict::Yes)
+            }
+            AuditCommand::Verify(_) => {
                 let resp = ctx.client.verify_audit_log().await?;
                 if ctx.json() {
                     print_json(&verify_json(&resp))?;
@@ -101,6 +147,96 @@ impl QueryArgs {
             println(record.json.trim_end())?;
         }
         Ok(Verdict::Yes)
+    }
+}
+
+impl StatsArgs {
+    async fn run(self, ctx: &Ctx) -> Result<Verdict, CliError> {
+        let since = parse_since(&self.since, OffsetDateTime::now_utc()).map_err(CliError::usage)?;
+        let req = QueryAuditRequest {
+            start_time: Some(to_timestamp(since)),
+            principal: self.principal.clone().unwrap_or_default(),
+            limit: 100_000,
+            ..Default::default()
+        };
+        let mut stream = ctx.client.query_audit(req).await?;
+        let mut stats = Stats::default();
+        while let Some(r) = stream.message().await.map_err(ClientError::from)? {
+            stats.add(&r);
+        }
+        if ctx.json() {
+            print_json(&stats.json())?;
+        } else {
+            print(&stats.table())?;
+        }
+        Ok(Verdict::Yes)
+    }
+}
+
+/// Calls counted per (principal, method), by outcome.
+#[derive(Debug, Default)]
+struct Stats {
+    rows: BTreeMap<(String, String), [u64; 5]>,
+}
+
+const OUTCOMES: [AuditOutcome; 5] = [
+    AuditOutcome::Ok,
+    AuditOutcome::Denied,
+    AuditOutcome::Invalid,
+    AuditOutcome::Failed,
+    AuditOutcome::Throttled,
+];
+
+impl Stats {
+    fn add(&mut self, r: &AuditRecord) {
+        let key = (r.principal.clone(), short_method(&r.method));
+        let row = self.rows.entry(key).or_default();
+        if let Some(i) = OUTCOMES.iter().position(|o| *o as i32 == r.outcome) {
+            row[i] += 1;
+        }
+    }
+
+    fn table(&self) -> String {
+        let mut t = Table::new(&[
+            "PRINCIPAL",
+            "METHOD",
+            "OK",
+            "DENIED",
+            "INVALID",
+            "FAILED",
+            "THROTTLED",
+            "TOTAL",
+        ]);
+        let mut totals = [0u64; 5];
+        for ((p, m), counts) in &self.rows {
+            let mut cells = vec![or_dash(cell(p)), m.clone()];
+            cells.extend(counts.iter().map(u64::to_string));
+            cells.push(counts.iter().sum::<u64>().to_string());
+            t.row(cells);
+            for (i, c) in counts.iter().enumerate() {
+                totals[i] += c;
+            }
+        }
+        let mut cells = vec!["TOTAL".to_string(), String::new()];
+        cells.extend(totals.iter().map(u64::to_string));
+        cells.push(totals.iter().sum::<u64>().to_string());
+        t.row(cells);
+        t.render()
+    }
+
+    fn json(&self) -> serde_json::Value {
+        let rows: Vec<serde_json::Value> = self
+            .rows
+            .iter()
+            .map(|((p, m), c)| {
+                json!({
+                    "principal": p, "method": m, "ok": c[0], "denied": c[1],
+                    "invalid": c[2], "failed": c[3], "throttled": c[4],
+                    "total": c.iter().sum::<u64>(),
+                })
+            })
+            .collect();
+        json!({ "rows": rows })
     }
 }
 
@@ -224,6 +360,29 @@ mod tests {
         assert_eq!(req.end_time, None);
         assert_eq!(req.outcome, AuditOutcome::Denied as i32);
         assert_eq!(req.limit, 5);
+    }
+
+    #[test]
+    fn stats_count_per_principal_method_and_outcome() {
+        let rec = |p: &str, m: &str, o: AuditOutcome| AuditRecord {
+            principal: p.into(),
+            method: format!("/hsmd.v1.KeyService/{m}"),
+            outcome: o as i32,
+            ..Default::default()
+        };
+        let mut s = Stats::default();
+        s.add(&rec("a", "Sign", AuditOutcome::Ok));
+        s.add(&rec("a", "Sign", AuditOutcome::Throttled));
+        s.add(&rec("b", "Sign", AuditOutcome::Denied));
+        let text = s.table();
+        let lines: Vec<Vec<&str>> = text
+            .lines()
+            .map(|l| l.split_whitespace().collect())
+            .collect();
+        assert_eq!(lines[1], ["a", "Sign", "1", "0", "0", "0", "1", "2"]);
+        assert_eq!(lines[2], ["b", "Sign", "0", "1", "0", "0", "0", "1"]);
+        assert_eq!(lines[3], ["TOTAL", "1", "1", "0", "0", "1", "3"]);
+        assert_eq!(s.json()["rows"][0]["throttled"], 1);
     }
 
     #[test]

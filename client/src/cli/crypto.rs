@@ -90,10 +90,12 @@ impl SignArgs {
         };
         let resp = ctx
             .client
-            .keys()
-            .sign(req)
-            .await
-            .map_err(hsm_client::ClientError::from)?;
+            .with_retries("Sign", || {
+                let mut c = ctx.client.keys();
+                let req = req.clone();
+                async move { c.sign(req).await }
+            })
+            .await?;
         let resp = resp.into_inner();
         write_output("signature", &self.out, &resp.signature)?;
         if ctx.json() {
@@ -125,10 +127,12 @@ impl VerifyArgs {
         };
         let resp = ctx
             .client
-            .keys()
-            .verify(req)
-            .await
-            .map_err(hsm_client::ClientError::from)?;
+            .with_retries("Verify", || {
+                let mut c = ctx.client.keys();
+                let req = req.clone();
+                async move { c.verify(req).await }
+            })
+            .await?;
         let resp = resp.into_inner();
         if ctx.json() {
             print_json(&json!({ "key_id": resp.key_id, "valid": resp.valid }))?;

@@ -132,10 +132,12 @@ impl CsrArgs {
         };
         let resp = ctx
             .client
-            .certs()
-            .generate_csr(req)
-            .await
-            .map_err(hsm_client::ClientError::from)?
+            .with_retries("GenerateCsr", || {
+                let mut c = ctx.client.certs();
+                let req = req.clone();
+                async move { c.generate_csr(req).await }
+            })
+            .await?
             .into_inner();
         if ctx.json() {
             if out != "-" {
@@ -179,10 +181,12 @@ impl CertCommand {
                 };
                 let resp = ctx
                     .client
-                    .certs()
-                    .import_certificate(req)
-                    .await
-                    .map_err(hsm_client::ClientError::from)?;
+                    .with_retries("ImportCertificate", || {
+                        let mut c = ctx.client.certs();
+                        let req = req.clone();
+                        async move { c.import_certificate(req).await }
+                    })
+                    .await?;
                 let resp = resp.into_inner();
                 let mut extra = vec![("chain_length", json!(resp.chain_length))];
                 extra.insert(0, ("key_id", json!(resp.key_id)));
@@ -192,10 +196,12 @@ impl CertCommand {
                 let req = GetCertificateRequest { key_id: key };
                 let resp = ctx
                     .client
-                    .certs()
-                    .get_certificate(req)
-                    .await
-                    .map_err(hsm_client::ClientError::from)?;
+                    .with_retries("GetCertificate", || {
+                        let mut c = ctx.client.certs();
+                        let req = req.clone();
+                        async move { c.get_certificate(req).await }
+                    })
+                    .await?;
                 let resp = resp.into_inner();
                 let pem = if chain {
                     &resp.chain_pem
@@ -243,10 +249,12 @@ impl SelfSignedArgs {
         };
         let resp = ctx
             .client
-            .certs()
-            .self_signed_certificate(req)
-            .await
-            .map_err(hsm_client::ClientError::from)?;
+            .with_retries("SelfSignedCertificate", || {
+                let mut c = ctx.client.certs();
+                let req = req.clone();
+                async move { c.self_signed_certificate(req).await }
+            })
+            .await?;
         let resp = resp.into_inner();
         write_output("certificate", &self.out, resp.certificate_pem.as_bytes())?;
         if ctx.json() {

@@ -18,12 +18,14 @@ mod key;
 mod render;
 mod table;
 mod token;
+mod verify;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use hsm_client::{Client, Profile};
+use hsm_client::{Client, Profile, RetryNotice};
 
 pub use error::CliError;
 
@@ -61,6 +63,16 @@ pub struct Cli {
         help_heading = "Global options"
     )]
     output: Output,
+
+    /// Retries of a call refused with RESOURCE_EXHAUSTED (rate limit) or UNAVAILABLE,
+    /// with exponential backoff and jitter (default: the profile's [retry] table, else 5;
+    /// 0 = never retry). Other errors are never retried.
+    #[arg(long, global = true, value_name = "N", help_heading = "Global options")]
+    max_retries: Option<u32>,
+
+    /// Print each retry (call, status, reason, delay) on stderr.
+    #[arg(short, long, global = true, help_heading = "Global options")]
+    verbose: bool,
 
     #[command(subcommand)]
     command: Command,
@@ -107,7 +119,7 @@ enum Command {
     /// What token hsmd runs on and what it offers there.
     #[command(subcommand)]
     Token(token::TokenCommand),
-    /// Query and verify the audit log.
+    /// Query, summarize and verify the audit log; export the audit public key.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
     /// Load-test a running daemon: ops/s and p50/p90/p99/max latency (exit 1 on errors).
@@ -145,15 +157,37 @@ impl Ctx {
 }
 
 impl Cli {
-    /// Loads the profile, connects, and runs the command.
+    /// Loads the profile, connects, and runs the command (offline audit verification
+    /// needs neither).
     pub async fn run(self) -> Result<Verdict, CliError> {
+        if let Command::Audit(audit::AuditCommand::Verify(v)) = &self.command
+            && v.offline()
+        {
+            return v.run_offline(self.output);
+        }
         let path = match self.profile {
             Some(p) => p,
             None => Profile::default_path()?,
         };
-        let profile = Profile::load(&path)?;
+        let mut profile = Profile::load(&path)?;
+        if let Some(n) = self.max_retries {
+            profile.retry.max_attempts = n.saturating_add(1);
+        }
+        let mut client = Client::connect(&profile).await?;
+        if self.verbose {
+            client = client.with_retry_observer(Arc::new(|n: &RetryNotice| {
+                eprintln!(
+                    "retry {} of {} after {} {}: waiting {} ms",
+                    n.retry,
+                    n.call,
+                    hsm_client::code_name(n.code),
+                    if n.reason.is_empty() { "-" } else { &n.reason },
+                    n.delay.as_millis()
+                );
+            }));
+        }
         let ctx = Ctx {
-            client: Client::connect(&profile).await?,
+            client,
             output: self.output,
         };
         match self.command {

@@ -1,5 +1,5 @@
-//! AuditService: streaming queries over the log and chain verification. These calls
-//! are audited too.
+//! AuditService: streaming queries over every file of the log, chain and checkpoint
+//! verification, and the audit public key. These calls are audited too.
 
 use std::pin::Pin;
 
@@ -9,8 +9,9 @@ use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
 use super::{ApiError, Call, Ctx};
-use crate::audit::{self, AuditQuery, AuditRecord, Outcome, verify};
-use crate::keys::KeyError;
+use crate::audit::{self, AuditQuery, AuditRecord, Outcome};
+use crate::auth::Action;
+use crate::keys::{KeyError, public};
 
 const MAX_LIMIT: u32 = 100_000;
 
@@ -129,14 +130,16 @@ impl AuditService for AuditApi {
         let call = Call::begin(&req, "/hsmd.v1.AuditService/QueryAudit");
         let r = req.into_inner();
         let result = call
-            .authorize(&self.ctx.auth)
+            .authorize(&self.ctx, Action::QueryAudit)
             .and_then(|_| query(r))
             .map(|q| {
                 let (tx, rx) = tokio::sync::mpsc::channel(256);
-                let path = self.ctx.audit.path().to_path_buf();
+                let log = self.ctx.audit.clone();
                 tokio::task::spawn_blocking(move || {
-                    let res = audit::query_file(&path, &q, |rec, line| {
-                        tx.blocking_send(Ok(record_to_pb(rec, line))).is_ok()
+                    let res = log.files().and_then(|files| {
+                        audit::query_files(&files, &q, |rec, line| {
+                            tx.blocking_send(Ok(record_to_pb(rec, line))).is_ok()
+                        })
                     });
                     if let Err(e) = res {
                         let _ = tx.blocking_send(Err(ApiError::Key(KeyError::Unavailable(
@@ -156,36 +159,95 @@ impl AuditService for AuditApi {
     ) -> Result<Response<pb::VerifyAuditLogResponse>, Status> {
         let call = Call::begin(&req, "/hsmd.v1.AuditService/VerifyAuditLog");
         let result = async {
-            call.authorize(&self.ctx.auth)?;
+            call.authorize(&self.ctx, Action::VerifyAuditLog)?;
+            let pem = self.public_key_pem().await?;
+            let verifier = audit_chain::Verifier::from_pem(&pem).map_err(KeyError::Internal)?;
             let written = self.ctx.audit.head();
-            let path = self.ctx.audit.path().to_path_buf();
-            let report = tokio::task::spawn_blocking(move || verify::verify_file(&path))
-                .await
-                .map_err(|e| KeyError::Internal(e.to_string()))?
-                .map_err(|e| KeyError::Unavailable(e.to_string()))?;
-            let mut resp = pb::VerifyAuditLogResponse {
-                ok: report.first_bad.is_none(),
-                records_checked: report.records,
-                head_hash: report.head.hash.clone(),
-                ..Default::default()
-            };
-            if let Some(bad) = report.first_bad {
-                resp.first_bad_sequence = bad.sequence;
-                resp.first_bad_line = bad.line;
-                resp.problem = bad.problem;
-            } else if report.head.sequence < written.sequence {
-                // Records hsmd made durable are gone from the end of the file.
-                resp.ok = false;
-                resp.first_bad_sequence = report.head.sequence + 1;
-                resp.first_bad_line = report.records + 1;
-                resp.problem = format!(
-                    "log ends at record {} but hsmd wrote up to record {}: records were removed from the end",
-                    report.head.sequence, written.sequence
-                );
+            let log = self.ctx.audit.clone();
+            let mut report = tokio::task::spawn_blocking(move || {
+                let files = log.files().map_err(|e| e.to_string())?;
+                verifier.verify_files(&files).map_err(|e| e.to_string())
+            })
+            .await
+            .map_err(|e| KeyError::Internal(e.to_string()))?
+            .map_err(KeyError::Unavailable)?;
+            // A group being written right now can look like a torn last line.
+            if let Some(last) = report.problems.last()
+                && last.kind == audit_chain::ProblemKind::TornLine
+                && written.sequence > report.head.sequence
+            {
+                report.problems.pop();
             }
-            Ok(resp)
+            Ok(verify_response(report, written))
         }
         .await;
         self.ctx.finish(call, result).await
     }
+
+    async fn get_audit_public_key(
+        &self,
+        req: Request<pb::GetAuditPublicKeyRequest>,
+    ) -> Result<Response<pb::GetAuditPublicKeyResponse>, Status> {
+        let call = Call::begin(&req, "/hsmd.v1.AuditService/GetAuditPublicKey");
+        let result = async {
+            call.authorize(&self.ctx, Action::GetAuditPublicKey)?;
+            let der = self.public_key_der().await?;
+            Ok(pb::GetAuditPublicKeyResponse {
+                public_key_pem: public::spki_pem(&der),
+                public_key_der: der,
+                algorithm: "ECDSA_P256_SHA256".into(),
+            })
+        }
+        .await;
+        self.ctx.finish(call, result).await
+    }
+}
+
+impl AuditApi {
+    async fn public_key_der(&self) -> Result<Vec<u8>, ApiError> {
+        self.ctx
+            .blocking(|m| {
+                let material = m.backend().audit_public_key()?;
+                public::spki_der(&material).map_err(KeyError::Internal)
+            })
+            .await
+    }
+
+    async fn public_key_pem(&self) -> Result<String, ApiError> {
+        Ok(public::spki_pem(&self.public_key_der().await?))
+    }
+}
+
+/// The proto answer of a verification; records hsmd made durable that are gone from
+/// the end of the files are a problem too.
+fn verify_response(
+    report: audit_chain::ChainReport,
+    written: audit::ChainHead,
+) -> pb::VerifyAuditLogResponse {
+    let mut problems: Vec<String> = report.problems.iter().map(|p| p.to_string()).collect();
+    let mut resp = pb::VerifyAuditLogResponse {
+        ok: report.ok(),
+        records_checked: report.records,
+        head_hash: report.head.hash.clone(),
+        checkpoints_verified: report.checkpoints_verified,
+        last_checkpoint_sequence: report.last_checkpoint.as_ref().map_or(0, |c| c.record_seq),
+        unsigned_records: report.unsigned_tail,
+        ..Default::default()
+    };
+    if let Some(bad) = report.problems.first() {
+        resp.first_bad_sequence = bad.seq;
+        resp.first_bad_line = bad.line;
+        resp.problem = format!("{}: {}: {}", bad.kind.name(), bad.file, bad.detail);
+    } else if report.head.sequence < written.sequence {
+        resp.ok = false;
+        resp.first_bad_sequence = report.head.sequence + 1;
+        resp.first_bad_line = report.records + 1;
+        resp.problem = format!(
+            "log ends at record {} but hsmd wrote up to record {}: records were removed from the end",
+            report.head.sequence, written.sequence
+        );
+        problems.push(resp.problem.clone());
+    }
+    resp.problems = problems;
+    resp
 }

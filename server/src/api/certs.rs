@@ -7,8 +7,9 @@ use hsmd_proto::v1::certificate_service_server::CertificateService;
 use tonic::{Request, Response, Status};
 
 use super::convert::{alg_from_pb, alg_to_pb, ts};
-use super::{ApiError, Call, Ctx};
+use super::{ApiError, Call, Ctx, Grant};
 use crate::audit::record::input_hash;
+use crate::auth::Action;
 use crate::csr::chain::{self, CertInfo};
 use crate::csr::ops::{self, CertRequest};
 use crate::csr::san::{self, Eku, KeyUsageBit, RequestedExtensions, SanKind};
@@ -32,11 +33,12 @@ impl CertApi {
         CertApi { ctx }
     }
 
-    /// Resolves a key and runs `f` on it in the same blocking task, noting the key in
-    /// the audit record either way.
+    /// Resolves a key, checks the grant allows it, and runs `f` on it in the same
+    /// blocking task, noting the key in the audit record either way.
     async fn with_key<T: Send + 'static>(
         &self,
         call: &mut Call,
+        grant: &Grant,
         named: &str,
         f: impl FnOnce(&KeyManager, KeyRecord) -> Result<T, CertError> + Send + 'static,
     ) -> Result<T, ApiError> {
@@ -48,14 +50,19 @@ impl CertApi {
             }
         };
         let keys = self.ctx.keys.clone();
+        let g = grant.clone();
         let (id, result) = tokio::task::spawn_blocking(move || match keys.resolve(&key_ref) {
-            Ok(key) => (Some(key.id), f(&keys, key)),
-            Err(e) => (None, Err(e.into())),
+            Ok(key) => (
+                Some(key.id),
+                g.check_key(&key)
+                    .and_then(|()| f(&keys, key).map_err(ApiError::from)),
+            ),
+            Err(e) => (None, Err(ApiError::from(e))),
         })
         .await
         .map_err(|e| ApiError::Key(KeyError::Internal(format!("blocking task: {e}"))))?;
         call.note_key(named, id);
-        Ok(result?)
+        result.map_err(|e| grant.hide_missing(named, e))
     }
 }
 
@@ -173,7 +180,7 @@ impl CertificateService for CertApi {
         let mut call = Call::begin(&req, method!("GenerateCsr"));
         let r = req.into_inner();
         let result = async {
-            call.authorize(&self.ctx.auth)?;
+            let grant = call.authorize(&self.ctx, Action::GenerateCsr)?;
             note_algorithm(&mut call, r.algorithm);
             let cr = cert_request(
                 &r.subject,
@@ -190,7 +197,7 @@ impl CertificateService for CertApi {
                 }
             };
             let (id, issued) = self
-                .with_key(&mut call, &r.key_id, move |m, key| {
+                .with_key(&mut call, &grant, &r.key_id, move |m, key| {
                     Ok((key.id, ops::generate_csr(m, &key, &cr)?))
                 })
                 .await?;
@@ -214,7 +221,7 @@ impl CertificateService for CertApi {
         let mut call = Call::begin(&req, method!("SelfSignedCertificate"));
         let r = req.into_inner();
         let result = async {
-            call.authorize(&self.ctx.auth)?;
+            let grant = call.authorize(&self.ctx, Action::SelfSignedCertificate)?;
             note_algorithm(&mut call, r.algorithm);
             let cr = cert_request(
                 &r.subject,
@@ -232,7 +239,7 @@ impl CertificateService for CertApi {
             };
             let (days, import) = (r.validity_days, r.import);
             let (id, (issued, info)) = self
-                .with_key(&mut call, &r.key_id, move |m, key| {
+                .with_key(&mut call, &grant, &r.key_id, move |m, key| {
                     Ok((key.id, ops::self_signed(m, &key, &cr, days, import)?))
                 })
                 .await?;
@@ -259,10 +266,10 @@ impl CertificateService for CertApi {
         let r = req.into_inner();
         call.event.input_sha256 = input_hash(&r.certificate_chain);
         let result = async {
-            call.authorize(&self.ctx.auth)?;
+            let grant = call.authorize(&self.ctx, Action::ImportCertificate)?;
             let input = r.certificate_chain;
             let (id, (info, len)) = self
-                .with_key(&mut call, &r.key_id, move |m, key| {
+                .with_key(&mut call, &grant, &r.key_id, move |m, key| {
                     Ok((key.id, ops::import(m, &key, &input)?))
                 })
                 .await?;
@@ -283,9 +290,9 @@ impl CertificateService for CertApi {
         let mut call = Call::begin(&req, method!("GetCertificate"));
         let r = req.into_inner();
         let result = async {
-            call.authorize(&self.ctx.auth)?;
+            let grant = call.authorize(&self.ctx, Action::GetCertificate)?;
             let (id, kc) = self
-                .with_key(&mut call, &r.key_id, |m, key| {
+                .with_key(&mut call, &grant, &r.key_id, |m, key| {
                     Ok((key.id, ops::get(m, &key)?))
                 })
                 .await?;

@@ -14,8 +14,9 @@ use zeroize::Zeroizing;
 
 use super::convert::{enc_alg_from_pb, enc_alg_to_pb, spec_from_pb, spec_to_pb};
 use super::keys::KeyApi;
-use super::{ApiError, Call};
+use super::{ApiError, Call, Grant};
 use crate::audit::record::input_hash;
+use crate::auth::Action;
 use crate::keys::KeyError;
 use crate::keys::crypt::DataKey;
 use crate::keys::spec::{EncryptionAlgorithm, KeySpec};
@@ -35,11 +36,11 @@ impl KeyApi {
         let plaintext = Zeroizing::new(std::mem::take(&mut r.plaintext));
         let aad = std::mem::take(&mut r.aad);
         let result = async {
-            call.authorize(&self.ctx().auth)?;
+            let grant = call.authorize(self.ctx(), Action::Encrypt)?;
             let alg = enc_alg_from_pb(r.encryption_algorithm)?;
             note_algorithm(&mut call, alg);
             let (id, alg, ciphertext) = self
-                .with_key(&mut call, &r.key_id, move |m, key| {
+                .with_key(&mut call, &grant, &r.key_id, move |m, key| {
                     let (alg, ct) = m.encrypt(&key, alg, &plaintext, &aad)?;
                     Ok((key.id, alg, ct))
                 })
@@ -64,14 +65,15 @@ impl KeyApi {
         let r = req.into_inner();
         call.event.input_sha256 = input_hash(&r.ciphertext);
         let result = async {
-            call.authorize(&self.ctx().auth)?;
+            let grant = call.authorize(self.ctx(), Action::Decrypt)?;
             let alg = enc_alg_from_pb(r.encryption_algorithm)?;
             note_algorithm(&mut call, alg);
             let (ciphertext, aad) = (r.ciphertext, r.aad);
             let (id, alg, mut plaintext) = if r.key_id.is_empty() {
-                self.decrypt_blob(&mut call, alg, ciphertext, aad).await?
+                self.decrypt_blob(&mut call, &grant, alg, ciphertext, aad)
+                    .await?
             } else {
-                self.with_key(&mut call, &r.key_id, move |m, key| {
+                self.with_key(&mut call, &grant, &r.key_id, move |m, key| {
                     let (alg, pt) = m.decrypt(&key, alg, &ciphertext, &aad)?;
                     Ok((key.id, alg, pt))
                 })
@@ -88,10 +90,11 @@ impl KeyApi {
         self.ctx().finish(call, result).await
     }
 
-    /// Decrypt without a key id: the blob names its key.
+    /// Decrypt without a key id: the blob names its key, which the grant must allow.
     async fn decrypt_blob(
         &self,
         call: &mut Call,
+        grant: &Grant,
         alg: Option<EncryptionAlgorithm>,
         ciphertext: Vec<u8>,
         aad: Vec<u8>,
@@ -103,15 +106,21 @@ impl KeyApi {
             ))
             .into());
         }
+        let g = grant.clone();
         let (id, result) = self
             .ctx()
             .blocking(move |m| {
                 let key = match m.blob_key(&ciphertext) {
                     Ok(k) => k,
-                    Err(e) => return Ok((None, Err(e))),
+                    Err(KeyError::KeyNotFound(id)) => return Ok((None, Err(unknown_key(&g, id)))),
+                    Err(e) => return Ok((None, Err(ApiError::from(e)))),
                 };
                 let alg = Some(EncryptionAlgorithm::SymmetricDefault);
-                Ok((Some(key.id), m.decrypt(&key, alg, &ciphertext, &aad)))
+                let result = g.check_key(&key).and_then(|()| {
+                    m.decrypt(&key, alg, &ciphertext, &aad)
+                        .map_err(ApiError::from)
+                });
+                Ok((Some(key.id), result))
             })
             .await?;
         if let Some(id) = id {
@@ -129,7 +138,13 @@ impl KeyApi {
         let mut call = Call::begin(&req, DATA_KEY);
         let r = req.into_inner();
         let result = self
-            .data_key(&mut call, &r.key_id, r.key_spec, r.aad)
+            .data_key(
+                &mut call,
+                Action::GenerateDataKey,
+                &r.key_id,
+                r.key_spec,
+                r.aad,
+            )
             .await
             .map(|(id, spec, mut dk)| pb::GenerateDataKeyResponse {
                 key_id: id.to_string(),
@@ -147,7 +162,13 @@ impl KeyApi {
         let mut call = Call::begin(&req, DATA_KEY_NO_PLAINTEXT);
         let r = req.into_inner();
         let result = self
-            .data_key(&mut call, &r.key_id, r.key_spec, r.aad)
+            .data_key(
+                &mut call,
+                Action::GenerateDataKeyWithoutPlaintext,
+                &r.key_id,
+                r.key_spec,
+                r.aad,
+            )
             .await
             .map(
                 |(id, spec, dk)| pb::GenerateDataKeyWithoutPlaintextResponse {
@@ -164,11 +185,12 @@ impl KeyApi {
     async fn data_key(
         &self,
         call: &mut Call,
+        action: Action,
         key_id: &str,
         key_spec: i32,
         aad: Vec<u8>,
     ) -> Result<(Uuid, KeySpec, DataKey), ApiError> {
-        call.authorize(&self.ctx().auth)?;
+        let grant = call.authorize(self.ctx(), action)?;
         let spec = if key_spec == 0 {
             KeySpec::Aes256
         } else {
@@ -176,12 +198,24 @@ impl KeyApi {
         };
         call.event.algorithm = spec.name().into();
         let (id, dk) = self
-            .with_key(call, key_id, move |m, key| {
+            .with_key(call, &grant, key_id, move |m, key| {
                 Ok((key.id, m.generate_data_key(&key, spec, &aad)?))
             })
             .await?;
         call.event.input_sha256 = input_hash(&dk.blob);
         Ok((id, spec, dk))
+    }
+}
+
+/// A blob naming a key this hsmd does not have is an invalid blob (altered, or from
+/// another hsmd), unless the policy hides which keys exist from this caller.
+fn unknown_key(grant: &Grant, id: String) -> ApiError {
+    match grant.hide_missing(&id, KeyError::KeyNotFound(id.clone()).into()) {
+        ApiError::Key(KeyError::KeyNotFound(_)) => KeyError::InvalidCiphertext(format!(
+            "the blob names key {id}, which this hsmd does not have (altered blob, or one from another hsmd)"
+        ))
+        .into(),
+        refused => refused,
     }
 }
 

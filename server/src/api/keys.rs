@@ -6,8 +6,9 @@ use hsmd_proto::v1::key_service_server::KeyService;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, alg_from_pb, mt_from_pb};
-use super::{ApiError, Call, Ctx, Identity};
+use super::{ApiError, Call, Ctx, Grant, Identity};
 use crate::audit::record::input_hash;
+use crate::auth::Action;
 use crate::keys::manager::NewKey;
 use crate::keys::model::{KeyRecord, Transition};
 use crate::keys::{KeyError, KeyManager, KeyRef, public, validate_alias};
@@ -48,16 +49,24 @@ impl KeyApi {
         &self.ctx
     }
 
-    /// Parses and resolves a key reference, noting it in the audit record.
-    async fn resolve(&self, call: &mut Call, named: &str) -> Result<KeyRecord, ApiError> {
-        self.with_key(call, named, |_, key| Ok(key)).await
+    /// Parses and resolves a key reference the grant allows, noting it in the audit
+    /// record.
+    async fn resolve(
+        &self,
+        call: &mut Call,
+        grant: &Grant,
+        named: &str,
+    ) -> Result<KeyRecord, ApiError> {
+        self.with_key(call, grant, named, |_, key| Ok(key)).await
     }
 
-    /// Resolves a key and runs `f` on it in the same blocking task (one hop into the
-    /// blocking pool per call), noting the key in the audit record either way.
+    /// Resolves a key, checks the grant allows it, and runs `f` on it in the same
+    /// blocking task (one hop into the blocking pool per call), noting the key in the
+    /// audit record either way.
     pub(super) async fn with_key<T: Send + 'static>(
         &self,
         call: &mut Call,
+        grant: &Grant,
         named: &str,
         f: impl FnOnce(&KeyManager, KeyRecord) -> Result<T, KeyError> + Send + 'static,
     ) -> Result<T, ApiError> {
@@ -68,17 +77,22 @@ impl KeyApi {
                 return Err(e.into());
             }
         };
+        let g = grant.clone();
         let (id, result) = self
             .ctx
             .blocking(move |m| {
                 Ok(match m.resolve(&key_ref) {
-                    Ok(key) => (Some(key.id), f(m, key)),
-                    Err(e) => (None, Err(e)),
+                    Ok(key) => (
+                        Some(key.id),
+                        g.check_key(&key)
+                            .and_then(|()| f(m, key).map_err(ApiError::from)),
+                    ),
+                    Err(e) => (None, Err(ApiError::from(e))),
                 })
             })
             .await?;
         call.note_key(named, id);
-        Ok(result?)
+        result.map_err(|e| grant.hide_missing(named, e))
     }
 
     /// One Sign request, unary or from a stream.
@@ -88,14 +102,14 @@ impl KeyApi {
         r: pb::SignRequest,
     ) -> Result<pb::SignResponse, ApiError> {
         call.event.input_sha256 = input_hash(&r.message);
-        call.authorize(&self.ctx.auth)?;
+        let grant = call.authorize(&self.ctx, Action::Sign)?;
         let alg = alg_from_pb(r.algorithm)?;
         let mt = mt_from_pb(r.message_type)?;
         call.event.algorithm = alg.name().into();
         call.event.message_type = mt.name().into();
         let msg = r.message;
         let (id, signature) = self
-            .with_key(call, &r.key_id, move |m, key| {
+            .with_key(call, &grant, &r.key_id, move |m, key| {
                 Ok((key.id, m.sign(&key, alg, mt, &msg)?))
             })
             .await?;
@@ -114,9 +128,34 @@ impl KeyApi {
         t: Transition,
         days: u32,
     ) -> Result<KeyRecord, ApiError> {
-        call.authorize(&self.ctx.auth)?;
-        self.with_key(call, named, move |m, key| m.transition(&key, t, days))
-            .await
+        let action = match t {
+            Transition::Enable => Action::EnableKey,
+            Transition::Disable => Action::DisableKey,
+            Transition::ScheduleDeletion | Transition::Destroy => Action::ScheduleKeyDeletion,
+            Transition::CancelDeletion => Action::CancelKeyDeletion,
+        };
+        let grant = call.authorize(&self.ctx, action)?;
+        self.with_key(call, &grant, named, move |m, key| {
+            m.transition(&key, t, days)
+        })
+        .await
+    }
+
+    /// Keeps the keys of a page the caller may see (may do some action on).
+    fn visible(&self, grant: &Grant, keys: Vec<KeyRecord>) -> Vec<KeyRecord> {
+        let policy = self.ctx.auth.policy();
+        keys.into_iter()
+            .filter(|k| policy.may_see(grant.principal(), &facts(k)))
+            .collect()
+    }
+}
+
+/// What the policy sees of a key.
+fn facts(k: &KeyRecord) -> crate::auth::KeyFacts<'_> {
+    crate::auth::KeyFacts {
+        id: Some(k.id),
+        aliases: &k.aliases,
+        tags: &k.tags,
     }
 }
 
@@ -137,8 +176,9 @@ impl KeyService for KeyApi {
         let mut call = Call::begin(&req, method!("CreateKey"));
         let r = req.into_inner();
         let result = async {
-            let principal = call.authorize(&self.ctx.auth)?;
-            let new = NewKey {
+            let grant = call.authorize(&self.ctx, Action::CreateKey)?;
+            let principal = grant.principal().to_string();
+            let mut new = NewKey {
                 spec: convert::spec_from_pb(r.spec)?,
                 usage: convert::usage_from_pb(r.usage)?,
                 origin: convert::origin_from_pb(r.origin)?,
@@ -152,6 +192,10 @@ impl KeyService for KeyApi {
                 call.event.alias =
                     validate_alias(a).unwrap_or_else(|_| crate::keys::truncate(a, 300));
             }
+            new.tags
+                .insert(crate::keys::CREATED_BY_TAG.into(), principal.clone());
+            let alias = Some(call.event.alias.as_str()).filter(|a| !a.is_empty());
+            grant.check_new_key(alias, &new.tags)?;
             let key = self
                 .ctx
                 .blocking(move |m| m.create(&principal, new))
@@ -172,8 +216,8 @@ impl KeyService for KeyApi {
         let mut call = Call::begin(&req, method!("DescribeKey"));
         let r = req.into_inner();
         let result = async {
-            call.authorize(&self.ctx.auth)?;
-            let key = self.resolve(&mut call, &r.key_id).await?;
+            let grant = call.authorize(&self.ctx, Action::DescribeKey)?;
+            let key = self.resolve(&mut call, &grant, &r.key_id).await?;
             Ok(pb::DescribeKeyResponse {
                 key: Some(convert::metadata(&key)),
             })
@@ -189,7 +233,7 @@ impl KeyService for KeyApi {
         let call = Call::begin(&req, method!("ListKeys"));
         let r = req.into_inner();
         let result = async {
-            call.authorize(&self.ctx.auth)?;
+            let grant = call.authorize(&self.ctx, Action::ListKeys)?;
             let filter = KeyFilter {
                 state: (r.state != 0)
                     .then(|| convert::state_from_pb(r.state))
@@ -209,6 +253,7 @@ impl KeyService for KeyApi {
             };
             let token = r.page_token;
             let (keys, next) = self.ctx.blocking(move |m| m.list(filter, &token)).await?;
+            let keys = self.visible(&grant, keys);
             Ok(pb::ListKeysResponse {
                 keys: keys.iter().map(convert::metadata).collect(),
                 next_page_token: next,
@@ -225,8 +270,8 @@ impl KeyService for KeyApi {
         let mut call = Call::begin(&req, method!("GetPublicKey"));
         let r = req.into_inner();
         let result = async {
-            call.authorize(&self.ctx.auth)?;
-            let key = self.resolve(&mut call, &r.key_id).await?;
+            let grant = call.authorize(&self.ctx, Action::GetPublicKey)?;
+            let key = self.resolve(&mut call, &grant, &r.key_id).await?;
             if key.state == crate::keys::spec::KeyState::Destroyed {
                 return Err(KeyError::KeyState {
                     key: key.id,
@@ -290,7 +335,7 @@ impl KeyService for KeyApi {
         let r = req.into_inner();
         let result = async {
             if crate::keys::model::deletion_window(r.pending_window_days).is_none() {
-                call.authorize(&self.ctx.auth)?;
+                call.authorize(&self.ctx, Action::ScheduleKeyDeletion)?;
                 call.note_key(&r.key_id, None);
                 return Err(KeyError::InvalidDeletionWindow(r.pending_window_days).into());
             }
@@ -333,8 +378,8 @@ impl KeyService for KeyApi {
         let mut call = Call::begin(&req, method!("CreateAlias"));
         let r = req.into_inner();
         let result = async {
-            call.authorize(&self.ctx.auth)?;
-            let key = self.resolve(&mut call, &r.target_key_id).await?;
+            let grant = call.authorize(&self.ctx, Action::CreateAlias)?;
+            let key = self.resolve(&mut call, &grant, &r.target_key_id).await?;
             call.event.alias = crate::keys::truncate(&r.alias_name, 300);
             let a = self
                 .ctx
@@ -355,8 +400,11 @@ impl KeyService for KeyApi {
         let mut call = Call::begin(&req, method!("UpdateAlias"));
         let r = req.into_inner();
         let result = async {
-            call.authorize(&self.ctx.auth)?;
-            let key = self.resolve(&mut call, &r.target_key_id).await?;
+            let grant = call.authorize(&self.ctx, Action::UpdateAlias)?;
+            // The key the alias leaves must be the caller's to move, as must the new one.
+            let named = validate_alias(&r.alias_name)?;
+            self.resolve(&mut call, &grant, &named).await?;
+            let key = self.resolve(&mut call, &grant, &r.target_key_id).await?;
             call.event.alias = crate::keys::truncate(&r.alias_name, 300);
             let a = self
                 .ctx
@@ -377,7 +425,9 @@ impl KeyService for KeyApi {
         let mut call = Call::begin(&req, method!("DeleteAlias"));
         let r = req.into_inner();
         let result = async {
-            call.authorize(&self.ctx.auth)?;
+            let grant = call.authorize(&self.ctx, Action::DeleteAlias)?;
+            let named = validate_alias(&r.alias_name)?;
+            self.resolve(&mut call, &grant, &named).await?;
             call.event.alias = crate::keys::truncate(&r.alias_name, 300);
             let key = self
                 .ctx
@@ -397,16 +447,36 @@ impl KeyService for KeyApi {
         let mut call = Call::begin(&req, method!("ListAliases"));
         let r = req.into_inner();
         let result = async {
-            call.authorize(&self.ctx.auth)?;
+            let grant = call.authorize(&self.ctx, Action::ListAliases)?;
+            let policy = self.ctx.auth.policy();
             let key = if r.key_id.is_empty() {
                 None
             } else {
-                Some(self.resolve(&mut call, &r.key_id).await?.id)
+                let key = self.resolve(&mut call, &grant, &r.key_id).await?;
+                if !policy.may_see(grant.principal(), &facts(&key)) {
+                    return Err(ApiError::AccessDenied {
+                        principal: grant.principal().into(),
+                        action: Action::ListAliases.name(),
+                        key: Some(key.id.to_string()),
+                    });
+                }
+                Some(key.id)
             };
             let limit = page_size(r.page_size)?;
+            let principal = grant.principal().to_string();
             let (list, next) = self
                 .ctx
-                .blocking(move |m| m.list_aliases(key, &r.page_token, limit))
+                .blocking(move |m| {
+                    let (list, next) = m.list_aliases(key, &r.page_token, limit)?;
+                    let mut shown = Vec::with_capacity(list.len());
+                    for a in list {
+                        let k = m.resolve(&KeyRef::Id(a.key_id))?;
+                        if policy.may_see(&principal, &facts(&k)) {
+                            shown.push(a);
+                        }
+                    }
+                    Ok((shown, next))
+                })
                 .await?;
             Ok(pb::ListAliasesResponse {
                 aliases: list.iter().map(convert::alias).collect(),
@@ -474,14 +544,14 @@ impl KeyService for KeyApi {
         let r = req.into_inner();
         call.event.input_sha256 = input_hash(&r.message);
         let result = async {
-            call.authorize(&self.ctx.auth)?;
+            let grant = call.authorize(&self.ctx, Action::Verify)?;
             let alg = alg_from_pb(r.algorithm)?;
             let mt = mt_from_pb(r.message_type)?;
             call.event.algorithm = alg.name().into();
             call.event.message_type = mt.name().into();
             let (msg, sig) = (r.message, r.signature);
             let (id, valid) = self
-                .with_key(&mut call, &r.key_id, move |m, key| {
+                .with_key(&mut call, &grant, &r.key_id, move |m, key| {
                     Ok((key.id, m.verify(&key, alg, mt, &msg, &sig)?))
                 })
                 .await?;
@@ -501,7 +571,7 @@ impl KeyService for KeyApi {
         let call = Call::begin(&req, method!("GenerateRandom"));
         let n = req.into_inner().length;
         let result = async {
-            call.authorize(&self.ctx.auth)?;
+            call.authorize(&self.ctx, Action::GenerateRandom)?;
             if n == 0 || n > MAX_RANDOM {
                 return Err(KeyError::InvalidArgument(format!(
                     "length {n} is outside 1..{MAX_RANDOM}"

@@ -1,9 +1,14 @@
 //! gRPC services. Thin: decode and validate, authorize, call the key rules in the
 //! blocking pool, audit, answer. `Call` carries one request's audit facts from start
 //! to finish; `Ctx::finish` makes the record durable before any answer leaves.
+//!
+//! Authorization is two steps: `call.authorize(&ctx, Action::Sign)?` checks that the
+//! caller may do the action on some key and takes a rate-limit token, and returns a
+//! [`Grant`]; once the key is resolved, `grant.check_key(&key)?` checks that key.
 
 pub mod audit;
 pub mod certs;
+pub mod complete;
 pub mod convert;
 pub mod crypt;
 pub mod keys;
@@ -16,7 +21,8 @@ use std::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::audit::{AuditEvent, AuditLog, Outcome};
-use crate::auth::{Authorizer, principal_from_cert};
+use crate::auth::{Action, Authorizer, KeyFacts, Policy, principal_from_cert};
+use crate::keys::model::KeyRecord;
 use crate::keys::{KeyError, KeyManager};
 pub use status::ApiError;
 
@@ -78,17 +84,31 @@ impl Call {
         }
     }
 
-    /// The caller, if allowed to call at all.
-    pub fn authorize(&self, auth: &Authorizer) -> Result<String, ApiError> {
+    /// Checks that the caller may do `action` (on some key, for key actions) and takes
+    /// a token from its rate limit for the action's class. Refusals are
+    /// PERMISSION_DENIED (ACCESS_DENIED) and RESOURCE_EXHAUSTED (RATE_LIMITED).
+    pub fn authorize(&self, ctx: &Ctx, action: Action) -> Result<Grant, ApiError> {
         let p = self.principal.as_deref().ok_or(ApiError::Unauthenticated)?;
-        if auth.allows(p) {
-            Ok(p.to_string())
-        } else {
-            Err(ApiError::PermissionDenied {
+        let policy = ctx.auth.policy();
+        if !policy.may(p, action) {
+            return Err(ApiError::AccessDenied {
                 principal: p.to_string(),
-                method: short(self.method),
-            })
+                action: action.name(),
+                key: None,
+            });
         }
+        let class = action.limit_class();
+        if let Err(wait) = ctx.auth.limits().check(p, class) {
+            return Err(ApiError::RateLimited {
+                class: class.name(),
+                retry_after: wait,
+            });
+        }
+        Ok(Grant {
+            principal: p.to_string(),
+            action,
+            policy,
+        })
     }
 
     /// Notes the key as the caller named it (alias) and as it resolved (id).
@@ -104,8 +124,82 @@ impl Call {
     }
 }
 
-fn short(method: &'static str) -> &'static str {
-    method.rsplit('/').next().unwrap_or(method)
+/// What `Call::authorize` allowed: an action for a principal, under the policy in force
+/// when the call began. Cheap to clone into a blocking task.
+#[derive(Debug, Clone)]
+pub struct Grant {
+    principal: String,
+    action: Action,
+    policy: std::sync::Arc<Policy>,
+}
+
+impl Grant {
+    /// The caller.
+    pub fn principal(&self) -> &str {
+        &self.principal
+    }
+
+    /// Checks the policy allows the action on this key.
+    pub fn check_key(&self, key: &KeyRecord) -> Result<(), ApiError> {
+        if self.may_see(key) {
+            Ok(())
+        } else {
+            Err(self.denied(key.id.to_string()))
+        }
+    }
+
+    /// True if the action is allowed on this key (lists show only such keys).
+    pub fn may_see(&self, key: &KeyRecord) -> bool {
+        let facts = KeyFacts {
+            id: Some(key.id),
+            aliases: &key.aliases,
+            tags: &key.tags,
+        };
+        self.policy.may_on(&self.principal, self.action, &facts)
+    }
+
+    /// Checks a key about to be created (its alias and tags; it has no id yet).
+    pub fn check_new_key(
+        &self,
+        alias: Option<&str>,
+        tags: &std::collections::BTreeMap<String, String>,
+    ) -> Result<(), ApiError> {
+        let aliases: Vec<String> = alias.map(str::to_string).into_iter().collect();
+        let facts = KeyFacts {
+            id: None,
+            aliases: &aliases,
+            tags,
+        };
+        if self.policy.may_on(&self.principal, self.action, &facts) {
+            Ok(())
+        } else {
+            let what = alias.map_or("(new key with these tags)".to_string(), str::to_string);
+            Err(self.denied(what))
+        }
+    }
+
+    /// What a caller who named a key that does not resolve is told: the real error if
+    /// it may act on every key, else the same refusal as for a key it may not use (so
+    /// the answer does not tell which keys exist).
+    pub fn hide_missing(&self, named: &str, err: ApiError) -> ApiError {
+        let missing = matches!(
+            err,
+            ApiError::Key(KeyError::KeyNotFound(_) | KeyError::AliasNotFound(_))
+        );
+        if missing && !self.policy.may_on_any_key(&self.principal, self.action) {
+            self.denied(crate::keys::truncate(named, 80))
+        } else {
+            err
+        }
+    }
+
+    fn denied(&self, key: String) -> ApiError {
+        ApiError::AccessDenied {
+            principal: self.principal.clone(),
+            action: self.action.name(),
+            key: Some(key),
+        }
+    }
 }
 
 impl Ctx {
@@ -161,6 +255,15 @@ impl Ctx {
             }
         }
         let request_id = call.event.request_id.clone();
+        if matches!(result, Err(ApiError::RateLimited { .. })) {
+            // A throttled call did nothing: its record shares the next group's fsync
+            // instead of costing one of its own (see `audit::writer`).
+            if let Err(e) = self.audit.append_lazy(call.event) {
+                tracing::error!(error = %e, "audit record of a throttled call not queued");
+                return (request_id, Err(ApiError::AuditUnavailable));
+            }
+            return (request_id, result);
+        }
         if let Err(e) = self.audit.append(call.event).await {
             tracing::error!(error = %e, method = call.method, "audit record not written; failing the call");
             return (request_id, Err(ApiError::AuditUnavailable));

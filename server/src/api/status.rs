@@ -13,6 +13,9 @@ use crate::keys::KeyError;
 
 /// ErrorInfo domain of every hsmd error.
 pub const DOMAIN: &str = "hsmd";
+/// Metadata key of a throttled call's retry delay, in milliseconds (also in the
+/// status details as google.rpc.RetryInfo).
+pub const RETRY_AFTER_MS: &str = "retry-after-ms";
 
 /// Errors a handler can end with.
 #[derive(Debug, thiserror::Error)]
@@ -21,10 +24,17 @@ pub enum ApiError {
     Key(#[from] KeyError),
     #[error("no verified client certificate identity")]
     Unauthenticated,
-    #[error("principal '{principal}' is not allowed to call {method}")]
-    PermissionDenied {
+    /// The policy does not allow it. Names the action and the key, never the rules.
+    #[error("principal '{principal}' may not {action} {}", key_phrase(key))]
+    AccessDenied {
         principal: String,
-        method: &'static str,
+        action: &'static str,
+        key: Option<String>,
+    },
+    #[error("rate limit for {class} calls reached; retry in {} ms", retry_after.as_millis().max(1))]
+    RateLimited {
+        class: &'static str,
+        retry_after: std::time::Duration,
     },
     #[error("audit log unavailable: the call was not carried out; retry later")]
     AuditUnavailable,
@@ -41,12 +51,20 @@ impl From<CertError> for ApiError {
     }
 }
 
+fn key_phrase(key: &Option<String>) -> String {
+    match key {
+        Some(k) => format!("key {k}"),
+        None => "(no rule grants it this action)".into(),
+    }
+}
+
 impl ApiError {
     /// gRPC code of this error.
     pub fn code(&self) -> Code {
         match self {
             ApiError::Unauthenticated => Code::Unauthenticated,
-            ApiError::PermissionDenied { .. } => Code::PermissionDenied,
+            ApiError::AccessDenied { .. } => Code::PermissionDenied,
+            ApiError::RateLimited { .. } => Code::ResourceExhausted,
             ApiError::AuditUnavailable => Code::Unavailable,
             ApiError::Cert(c) => cert_code(c),
             ApiError::Key(k) => match k {
@@ -57,6 +75,7 @@ impl ApiError {
                 | KeyError::AlgorithmNotAllowed { .. }
                 | KeyError::InvalidDeletionWindow(_)
                 | KeyError::InvalidAlias(_)
+                | KeyError::IdempotencyMismatch(_)
                 | KeyError::UnsupportedKeySpec(_)
                 | KeyError::PlaintextTooLarge { .. }
                 | KeyError::InvalidCiphertext(_)
@@ -76,7 +95,8 @@ impl ApiError {
     pub fn reason(&self) -> &'static str {
         match self {
             ApiError::Unauthenticated => "NO_CLIENT_IDENTITY",
-            ApiError::PermissionDenied { .. } => "PRINCIPAL_NOT_ALLOWED",
+            ApiError::AccessDenied { .. } => "ACCESS_DENIED",
+            ApiError::RateLimited { .. } => "RATE_LIMITED",
             ApiError::AuditUnavailable => "AUDIT_UNAVAILABLE",
             ApiError::Cert(c) => c.reason(),
             ApiError::Key(k) => k.reason(),
@@ -106,9 +126,18 @@ impl ApiError {
             }
             other => other.to_string(),
         };
-        let details =
+        let mut details =
             ErrorDetails::with_error_info(self.reason(), DOMAIN, HashMap::<String, String>::new());
-        Status::with_error_details(self.code(), message, details)
+        if let ApiError::RateLimited { retry_after, .. } = self {
+            details.set_retry_info(Some(*retry_after));
+        }
+        let mut status = Status::with_error_details(self.code(), message, details);
+        if let ApiError::RateLimited { retry_after, .. } = self
+            && let Ok(v) = retry_after.as_millis().max(1).to_string().parse()
+        {
+            status.metadata_mut().insert(RETRY_AFTER_MS, v);
+        }
+        status
     }
 }
 
@@ -216,12 +245,21 @@ mod tests {
                 "AUDIT_UNAVAILABLE",
             ),
             (
-                ApiError::PermissionDenied {
+                ApiError::AccessDenied {
                     principal: "p".into(),
-                    method: "Sign",
+                    action: "Sign",
+                    key: Some("k".into()),
                 },
                 Code::PermissionDenied,
-                "PRINCIPAL_NOT_ALLOWED",
+                "ACCESS_DENIED",
+            ),
+            (
+                ApiError::RateLimited {
+                    class: "sign",
+                    retry_after: std::time::Duration::from_millis(5),
+                },
+                Code::ResourceExhausted,
+                "RATE_LIMITED",
             ),
             (
                 CertError::Subject("x".into()).into(),
@@ -276,6 +314,31 @@ mod tests {
         assert_eq!(
             ApiError::Key(KeyError::InvalidKeyId("x".into())).outcome(),
             Outcome::Invalid
+        );
+    }
+
+    #[test]
+    fn throttled_status_carries_the_retry_delay() {
+        let e = ApiError::RateLimited {
+            class: "sign",
+            retry_after: std::time::Duration::from_millis(250),
+        };
+        let s = e.to_status();
+        assert_eq!(s.metadata().get(RETRY_AFTER_MS).unwrap(), "250");
+        let d = s.get_error_details();
+        assert_eq!(
+            d.retry_info().unwrap().retry_delay,
+            Some(std::time::Duration::from_millis(250))
+        );
+        assert_eq!(e.outcome(), Outcome::Throttled);
+        let denied = ApiError::AccessDenied {
+            principal: "spiffe://a".into(),
+            action: "Sign",
+            key: Some("alias/x".into()),
+        };
+        assert_eq!(
+            denied.to_status().message(),
+            "principal 'spiffe://a' may not Sign key alias/x"
         );
     }
 }

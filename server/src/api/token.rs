@@ -6,6 +6,7 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{alg_to_pb, enc_alg_to_pb, spec_to_pb};
 use super::{Call, Ctx};
+use crate::auth::Action;
 
 /// The TokenService implementation.
 pub struct TokenApi {
@@ -25,7 +26,7 @@ impl TokenService for TokenApi {
         req: Request<pb::GetTokenInfoRequest>,
     ) -> Result<Response<pb::GetTokenInfoResponse>, Status> {
         let call = Call::begin(&req, "/hsmd.v1.TokenService/GetTokenInfo");
-        let result = call.authorize(&self.ctx.auth).map(|_| {
+        let result = call.authorize(&self.ctx, Action::GetTokenInfo).map(|_| {
             let backend = self.ctx.keys.backend();
             let d = backend.description();
             let caps = backend.capabilities();

@@ -1,16 +1,20 @@
 //! Audit log: one JSON-lines record per call, hash-chained, made durable before the
-//! call is answered; queries and chain verification over the file.
+//! call is answered, sealed by signed checkpoints and rotated by size; queries over
+//! every file of the log. The record format and the verifier live in `audit-chain`.
 
+pub mod checkpoint;
+mod open;
 pub mod record;
-pub mod verify;
 mod writer;
 
 use std::io::{BufRead, BufReader};
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+pub use audit_chain::walk::ChainHead;
+pub use checkpoint::CheckpointSigner;
 pub use record::{AuditEvent, AuditRecord, Outcome};
-pub use verify::{ChainHead, VerifyReport};
-pub use writer::AuditLog;
+pub use writer::{AuditLog, LAZY_WAIT};
 
 /// Audit failures. Any of them makes the call that needed a record fail UNAVAILABLE.
 #[derive(Debug, Clone, thiserror::Error)]
@@ -19,6 +23,32 @@ pub enum AuditError {
     Io(String),
     #[error("audit log chain is broken: {0}")]
     Broken(String),
+}
+
+/// Where the log is, and when to checkpoint and rotate it.
+#[derive(Debug, Clone)]
+pub struct AuditConfig {
+    /// The current file; rotated files sit beside it.
+    pub path: PathBuf,
+    /// A checkpoint after this many records...
+    pub checkpoint_every: u64,
+    /// ...or this long after the last one, whichever comes first (and at shutdown).
+    pub checkpoint_interval: Duration,
+    /// Rotate once the current file reaches this size; 0 = never.
+    pub max_file_bytes: u64,
+}
+
+impl AuditConfig {
+    /// Defaults for a log at `path`: a checkpoint every 1000 records or 60 s, files of
+    /// at most 64 MiB.
+    pub fn at(path: PathBuf) -> Self {
+        AuditConfig {
+            path,
+            checkpoint_every: 1000,
+            checkpoint_interval: Duration::from_secs(60),
+            max_file_bytes: 64 << 20,
+        }
+    }
 }
 
 /// Filters of a query; empty fields match everything.
@@ -55,30 +85,46 @@ impl AuditQuery {
     }
 }
 
-/// Reads the log and sends each matching record (with its line) to `emit`, oldest
-/// first, until `emit` returns false or the limit is reached. Blocking.
-pub fn query_file(
-    path: &Path,
+/// Reads the log's files in order and sends each matching record (with its line) to
+/// `emit`, oldest first, until `emit` returns false or the limit is reached. Blocking.
+pub fn query_files(
+    files: &[PathBuf],
     q: &AuditQuery,
     mut emit: impl FnMut(AuditRecord, String) -> bool,
 ) -> Result<(), AuditError> {
+    let mut sent = 0;
+    for path in files {
+        if !query_file(path, q, &mut sent, &mut emit)? {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// One file of [`query_files`]; false once the query is done.
+fn query_file(
+    path: &Path,
+    q: &AuditQuery,
+    sent: &mut usize,
+    emit: &mut impl FnMut(AuditRecord, String) -> bool,
+) -> Result<bool, AuditError> {
     let file = match std::fs::File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        // Rotated away between listing and opening: its records are in the next name.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(true),
         Err(e) => return Err(AuditError::Io(format!("{}: {e}", path.display()))),
     };
-    let mut sent = 0;
     for line in BufReader::new(file).lines() {
         let line = line.map_err(|e| AuditError::Io(e.to_string()))?;
         let Ok(rec) = serde_json::from_str::<AuditRecord>(&line) else {
             continue;
         };
         if q.matches(&rec) {
-            sent += 1;
-            if !emit(rec, line) || sent >= q.limit {
-                break;
+            *sent += 1;
+            if !emit(rec, line) || *sent >= q.limit {
+                return Ok(false);
             }
         }
     }
-    Ok(())
+    Ok(true)
 }

@@ -6,92 +6,133 @@
 //! record is on disk. If the write or the sync fails, every caller in the group gets an
 //! error (their calls fail UNAVAILABLE) and the file is cut back to its last good
 //! length so the chain stays whole.
+//!
+//! Records of throttled calls are "lazy": their caller does not wait, and they are
+//! held (at most [`LAZY_WAIT`]) to share the next group's fsync, so a flood of refused
+//! calls cannot turn into a flood of fsyncs. The thread also writes the signed
+//! checkpoints (see `checkpoint.rs`) and rotates the file by size.
 
-use std::fs::{File, OpenOptions};
+use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
 
+use audit_chain::files;
 use tokio::sync::oneshot;
 
-use super::AuditError;
+use super::checkpoint::{self, CheckpointSigner};
 use super::record::{AuditEvent, AuditRecord, now_rfc3339};
-use super::verify::{self, ChainHead};
+use super::{AuditConfig, AuditError, open};
+use audit_chain::walk::ChainHead;
 
 /// Most events written under one fsync.
 const MAX_GROUP: usize = 1024;
+/// Longest a lazy (throttled-call) record waits for company before it is written.
+pub const LAZY_WAIT: Duration = Duration::from_millis(25);
 
-struct Pending {
-    event: AuditEvent,
-    reply: oneshot::Sender<Result<u64, AuditError>>,
+type Reply = oneshot::Sender<Result<u64, AuditError>>;
+
+enum Msg {
+    /// An event; `None` reply = lazy (nobody waits).
+    Event(Box<AuditEvent>, Option<Reply>),
+    /// Write a checkpoint now (if any record is unsigned); answers with the head.
+    Checkpoint(oneshot::Sender<Result<ChainHead, AuditError>>),
+    /// Seal the log with a checkpoint and stop the thread (dropping the signer, and so
+    /// its hold on the token, before the process exits).
+    Close(oneshot::Sender<Result<ChainHead, AuditError>>),
 }
 
 /// Handle to the writer thread. Cheap to clone.
 #[derive(Clone)]
 pub struct AuditLog {
-    tx: mpsc::Sender<Pending>,
+    tx: mpsc::Sender<Msg>,
     path: PathBuf,
     head: Arc<Mutex<ChainHead>>,
 }
 
 impl AuditLog {
-    /// Opens (creating if needed) the log, checks the existing chain to find its head,
-    /// and starts the writer thread. A torn last line (a crash mid-write) or a broken
-    /// chain stops start-up with the file and the place named: it is never silently
-    /// dropped or continued.
-    pub fn open(path: &Path) -> Result<Self, AuditError> {
-        if let Some(dir) = path.parent() {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| AuditError::Io(format!("{}: {e}", dir.display())))?;
+    /// Opens the log (see `open.rs`: head across rotated files, torn-line recovery),
+    /// appends the record of a torn line moved aside, signs any unsigned tail a crash
+    /// left, and starts the writer thread.
+    pub fn open(
+        cfg: &AuditConfig,
+        signer: Option<Arc<dyn CheckpointSigner>>,
+    ) -> Result<Self, AuditError> {
+        let o = open::open(&cfg.path)?;
+        let mut w = Writer {
+            file: o.file,
+            path: cfg.path.clone(),
+            cfg: cfg.clone(),
+            head: Arc::new(Mutex::new(o.head.clone())),
+            state: o.head,
+            signer,
+            unsigned: o.unsigned,
+            last_checkpoint: Instant::now(),
+            file_first_seq: o.file_first_seq,
+            file_len: o.file_len,
+        };
+        if let Some(ev) = o.torn {
+            w.write(vec![ev])?;
         }
-        let report = verify::verify_file(path)?;
-        if let Some(bad) = &report.first_bad {
-            return Err(AuditError::Broken(format!(
-                "{}: line {} (record {}): {}; refusing to continue the chain: move the file aside \
-                 after inspecting it with `hsmctl audit verify`",
-                path.display(),
-                bad.line,
-                bad.sequence,
-                bad.problem
-            )));
+        if w.unsigned > 0 {
+            w.checkpoint();
         }
-        let file = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(path)
-            .map_err(|e| AuditError::Io(format!("{}: {e}", path.display())))?;
-        Self::start(file, report.head, path)
+        Self::spawn(w)
     }
 
-    /// Starts the writer thread on an open file whose chain ends at `head`.
-    fn start(file: File, head: ChainHead, path: &Path) -> Result<Self, AuditError> {
-        let head = Arc::new(Mutex::new(head));
+    fn spawn(w: Writer) -> Result<Self, AuditError> {
         let (tx, rx) = mpsc::channel();
-        let thread_head = head.clone();
+        let (path, head) = (w.path.clone(), w.head.clone());
         std::thread::Builder::new()
             .name("audit-writer".into())
-            .spawn(move || run(file, rx, thread_head))
+            .spawn(move || w.run(rx))
             .map_err(|e| AuditError::Io(e.to_string()))?;
-        Ok(AuditLog {
-            tx,
-            path: path.to_path_buf(),
-            head,
-        })
+        Ok(AuditLog { tx, path, head })
     }
 
     /// Appends an event and waits until it is durable. Returns its sequence number.
     pub async fn append(&self, event: AuditEvent) -> Result<u64, AuditError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Pending { event, reply })
-            .map_err(|_| AuditError::Io("audit writer stopped".into()))?;
-        rx.await
-            .map_err(|_| AuditError::Io("audit writer stopped".into()))?
+            .send(Msg::Event(Box::new(event), Some(reply)))
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
     }
 
-    /// Path of the log file.
+    /// Queues an event without waiting: it is written with the next group (for
+    /// throttled calls, which did nothing and must not cost an fsync each).
+    pub fn append_lazy(&self, event: AuditEvent) -> Result<(), AuditError> {
+        self.tx
+            .send(Msg::Event(Box::new(event), None))
+            .map_err(|_| stopped())
+    }
+
+    /// Writes a checkpoint now if any record is not yet covered by one (at shutdown).
+    pub async fn checkpoint(&self) -> Result<ChainHead, AuditError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Msg::Checkpoint(reply))
+            .map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// Seals the log with a last checkpoint and stops the writer; later appends fail.
+    /// Call it at shutdown, once no call is in flight.
+    pub async fn close(&self) -> Result<ChainHead, AuditError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx.send(Msg::Close(reply)).map_err(|_| stopped())?;
+        rx.await.map_err(|_| stopped())?
+    }
+
+    /// Path of the current log file.
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Every file of the log, oldest first.
+    pub fn files(&self) -> Result<Vec<PathBuf>, AuditError> {
+        files::log_files(&self.path).map_err(|e| AuditError::Io(e.to_string()))
     }
 
     /// Sequence number and hash of the last durable record.
@@ -100,38 +141,229 @@ impl AuditLog {
     }
 }
 
-fn run(mut file: File, rx: mpsc::Receiver<Pending>, head: Arc<Mutex<ChainHead>>) {
-    while let Ok(first) = rx.recv() {
-        let mut group = vec![first];
-        while group.len() < MAX_GROUP {
-            match rx.try_recv() {
-                Ok(p) => group.push(p),
-                Err(_) => break,
+fn stopped() -> AuditError {
+    AuditError::Io("audit writer stopped".into())
+}
+
+/// The writer thread's state.
+struct Writer {
+    file: File,
+    path: PathBuf,
+    cfg: AuditConfig,
+    /// Head as published to callers (durable records only).
+    head: Arc<Mutex<ChainHead>>,
+    state: ChainHead,
+    signer: Option<Arc<dyn CheckpointSigner>>,
+    /// Records written since the last checkpoint.
+    unsigned: u64,
+    last_checkpoint: Instant,
+    file_first_seq: u64,
+    file_len: u64,
+}
+
+impl Writer {
+    fn run(mut self, rx: mpsc::Receiver<Msg>) {
+        let mut lazy: Vec<AuditEvent> = Vec::new();
+        let mut lazy_since = Instant::now();
+        loop {
+            let first = match self.next_timeout(!lazy.is_empty(), lazy_since) {
+                None => rx.recv().map_err(|_| mpsc::RecvTimeoutError::Disconnected),
+                Some(t) => rx.recv_timeout(t),
+            };
+            let mut group = Vec::new();
+            let mut controls = Vec::new();
+            let mut close = None;
+            let had_lazy = !lazy.is_empty();
+            match first {
+                Ok(Msg::Close(reply)) => close = Some(reply),
+                Ok(m) => sort(m, &mut group, &mut lazy, &mut controls),
+                Err(mpsc::RecvTimeoutError::Timeout) => {}
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    self.flush(Vec::new(), std::mem::take(&mut lazy));
+                    return;
+                }
+            }
+            while close.is_none() && group.len() + lazy.len() < MAX_GROUP {
+                match rx.try_recv() {
+                    Ok(Msg::Close(reply)) => close = Some(reply),
+                    Ok(m) => sort(m, &mut group, &mut lazy, &mut controls),
+                    Err(_) => break,
+                }
+            }
+            if let Some(reply) = close {
+                self.flush(group, std::mem::take(&mut lazy));
+                if self.unsigned > 0 {
+                    self.checkpoint();
+                }
+                let head = self.state.clone();
+                drop(self);
+                let _ = reply.send(Ok(head));
+                return;
+            }
+            if !had_lazy && !lazy.is_empty() {
+                lazy_since = Instant::now();
+            }
+            let lazy_due = lazy_since.elapsed() >= LAZY_WAIT || lazy.len() >= MAX_GROUP;
+            if !group.is_empty() || !controls.is_empty() || lazy_due {
+                self.flush(group, std::mem::take(&mut lazy));
+            }
+            self.maybe_checkpoint();
+            for reply in controls {
+                if self.unsigned > 0 {
+                    self.checkpoint();
+                }
+                let _ = reply.send(Ok(self.state.clone()));
             }
         }
-        let mut state = head.lock().unwrap_or_else(|p| p.into_inner()).clone();
-        let mut buf = Vec::with_capacity(group.len() * 512);
-        let mut seqs = Vec::with_capacity(group.len());
-        let mut replies = Vec::with_capacity(group.len());
-        for p in group {
+    }
+
+    /// How long to wait for the next message: until held lazy records are due, or the
+    /// next timed checkpoint; `None` = no deadline.
+    fn next_timeout(&self, lazy: bool, lazy_since: Instant) -> Option<Duration> {
+        let mut t = None;
+        if lazy {
+            t = Some(LAZY_WAIT.saturating_sub(lazy_since.elapsed()));
+        }
+        if self.unsigned > 0 && self.signer.is_some() {
+            let cp = self
+                .cfg
+                .checkpoint_interval
+                .saturating_sub(self.last_checkpoint.elapsed());
+            t = Some(t.map_or(cp, |x: Duration| x.min(cp)));
+        }
+        t
+    }
+
+    /// Writes waiting events and held lazy ones under one fsync, and answers.
+    fn flush(&mut self, group: Vec<(AuditEvent, Reply)>, lazy: Vec<AuditEvent>) {
+        if group.is_empty() && lazy.is_empty() {
+            return;
+        }
+        let (events, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
+        let n = events.len();
+        let all = events.into_iter().chain(lazy).collect();
+        match self.write(all) {
+            Ok(seqs) => {
+                for (reply, seq) in replies.into_iter().zip(seqs.into_iter().take(n)) {
+                    let _ = reply.send(Ok(seq));
+                }
+            }
+            Err(e) => {
+                for reply in replies {
+                    let _ = reply.send(Err(e.clone()));
+                }
+            }
+        }
+    }
+
+    /// Numbers, chains and writes events with one fsync; returns their numbers.
+    fn write(&mut self, events: Vec<AuditEvent>) -> Result<Vec<u64>, AuditError> {
+        let mut state = self.state.clone();
+        let mut buf = Vec::with_capacity(events.len() * 512);
+        let mut seqs = Vec::with_capacity(events.len());
+        for ev in events {
             let seq = state.sequence + 1;
-            let record = AuditRecord::new(p.event, seq, now_rfc3339(), state.hash.clone());
-            let line = record.to_line();
+            let record = AuditRecord::new(ev, seq, now_rfc3339(), state.hash.clone());
+            buf.extend_from_slice(record.to_line().as_bytes());
+            buf.push(b'\n');
             state = ChainHead {
                 sequence: seq,
                 hash: record.hash,
             };
-            buf.extend_from_slice(line.as_bytes());
-            buf.push(b'\n');
             seqs.push(seq);
-            replies.push(p.reply);
         }
-        let result = write_durably(&mut file, &buf);
-        if result.is_ok() {
-            *head.lock().unwrap_or_else(|p| p.into_inner()) = state;
+        write_durably(&mut self.file, &buf)?;
+        self.file_len += buf.len() as u64;
+        self.unsigned += seqs.len() as u64;
+        self.state = state.clone();
+        *self.head.lock().unwrap_or_else(|p| p.into_inner()) = state;
+        if self.cfg.max_file_bytes > 0 && self.file_len >= self.cfg.max_file_bytes {
+            self.rotate();
         }
-        for (reply, seq) in replies.into_iter().zip(seqs) {
-            let _ = reply.send(result.clone().map(|()| seq));
+        Ok(seqs)
+    }
+
+    fn maybe_checkpoint(&mut self) {
+        let due = self.unsigned >= self.cfg.checkpoint_every
+            || (self.unsigned > 0
+                && self.last_checkpoint.elapsed() >= self.cfg.checkpoint_interval);
+        if due {
+            self.checkpoint();
+        }
+    }
+
+    /// Appends a signed checkpoint of the current head. A signing failure is logged and
+    /// retried at the next occasion; it never fails a call.
+    fn checkpoint(&mut self) {
+        let Some(signer) = self.signer.clone() else {
+            return;
+        };
+        self.last_checkpoint = Instant::now();
+        let ev = match checkpoint::event(signer.as_ref(), &self.state) {
+            Ok(ev) => ev,
+            Err(e) => {
+                return tracing::error!(error = %e, "audit checkpoint not signed; retried later");
+            }
+        };
+        match self.write_unrotated(ev) {
+            // The checkpoint record itself is covered by the next checkpoint's hash
+            // chain, but needs no checkpoint of its own.
+            Ok(()) => self.unsigned = 0,
+            Err(e) => tracing::error!(error = %e, "audit checkpoint not written; retried later"),
+        }
+    }
+
+    /// Writes one record without rotating afterwards (rotation writes a checkpoint).
+    fn write_unrotated(&mut self, ev: AuditEvent) -> Result<(), AuditError> {
+        let max = std::mem::replace(&mut self.cfg.max_file_bytes, 0);
+        let r = self.write(vec![ev]).map(drop);
+        self.cfg.max_file_bytes = max;
+        r
+    }
+
+    /// Seals the current file with a checkpoint and renames it
+    /// `audit.log.<first seq>`; the chain goes on in a new current file.
+    fn rotate(&mut self) {
+        if self.unsigned > 0 {
+            self.checkpoint();
+        }
+        let target = files::rotated_name(&self.path, self.file_first_seq);
+        let result = std::fs::rename(&self.path, &target)
+            .map_err(|e| AuditError::Io(format!("rename to {}: {e}", target.display())))
+            .and_then(|()| {
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(&self.path)
+                    .map_err(|e| AuditError::Io(format!("{}: {e}", self.path.display())))
+            })
+            .and_then(|f| open::sync_dir(&self.path).map(|()| f));
+        match result {
+            Ok(f) => {
+                tracing::info!(rotated_to = %target.display(), "audit log rotated");
+                self.file = f;
+                self.file_first_seq = self.state.sequence + 1;
+                self.file_len = 0;
+            }
+            Err(e) => tracing::error!(error = %e, "audit log rotation failed; writing on"),
+        }
+    }
+}
+
+/// Files a message under the right list.
+fn sort(
+    m: Msg,
+    group: &mut Vec<(AuditEvent, Reply)>,
+    lazy: &mut Vec<AuditEvent>,
+    controls: &mut Vec<oneshot::Sender<Result<ChainHead, AuditError>>>,
+) {
+    match m {
+        Msg::Event(ev, Some(reply)) => group.push((*ev, reply)),
+        Msg::Event(ev, None) => lazy.push(*ev),
+        Msg::Checkpoint(reply) => controls.push(reply),
+        // Taken out by the caller before sorting.
+        Msg::Close(reply) => {
+            let _ = reply.send(Err(AuditError::Io("audit writer closing".into())));
         }
     }
 }
@@ -150,64 +382,4 @@ fn write_durably(file: &mut File, buf: &[u8]) -> Result<(), AuditError> {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::audit::record::Outcome;
-
-    fn event(m: &str) -> AuditEvent {
-        AuditEvent {
-            method: m.into(),
-            outcome: Some(Outcome::Ok),
-            ..Default::default()
-        }
-    }
-
-    #[tokio::test]
-    async fn concurrent_appends_chain_and_survive_reopen() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("audit.log");
-        let log = AuditLog::open(&path).unwrap();
-        let mut tasks = Vec::new();
-        for i in 0..50 {
-            let log = log.clone();
-            tasks.push(tokio::spawn(async move {
-                log.append(event(&format!("m{i}"))).await
-            }));
-        }
-        let mut seqs: Vec<u64> = Vec::new();
-        for t in tasks {
-            seqs.push(t.await.unwrap().unwrap());
-        }
-        seqs.sort();
-        assert_eq!(seqs, (1..=50).collect::<Vec<_>>());
-        let report = verify::verify_file(&path).unwrap();
-        assert!(report.first_bad.is_none());
-        assert_eq!(report.records, 50);
-        assert_eq!(report.head, log.head());
-        drop(log);
-        let again = AuditLog::open(&path).unwrap();
-        assert_eq!(again.append(event("after")).await.unwrap(), 51);
-    }
-
-    #[tokio::test]
-    async fn unwritable_log_fails_the_call() {
-        // /dev/full fails every write with ENOSPC, like a full disk.
-        let full = OpenOptions::new().append(true).open("/dev/full").unwrap();
-        let log = AuditLog::start(full, ChainHead::default(), Path::new("/dev/full")).unwrap();
-        assert!(matches!(
-            log.append(event("x")).await,
-            Err(AuditError::Io(_))
-        ));
-        // Nothing was made durable, so the head did not move.
-        assert_eq!(log.head(), ChainHead::default());
-    }
-
-    #[test]
-    fn torn_tail_stops_start_up() {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("audit.log");
-        std::fs::write(&path, b"{\"seq\":1,\"ti").unwrap();
-        let err = AuditLog::open(&path).err().expect("refused");
-        assert!(err.to_string().contains("line 1"), "{err}");
-    }
-}
+mod tests;

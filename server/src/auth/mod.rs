@@ -1,8 +1,20 @@
-//! Who is calling: the principal from the client certificate (its SAN URI, else its
-//! subject CN), and whether that principal may call at all. Per-action policy comes
-//! later; today the config lists the principals allowed to call.
+//! Who is calling and what they may do: the principal from the client certificate
+//! (its SAN URI, else its subject CN), the authorization policy (`policy.rs`: who may
+//! do which action on which keys) and the rate limits (`limits.rs`). The policy and the
+//! limits are swapped whole on a config reload; calls in flight keep the policy they
+//! started with.
 
-use std::collections::HashSet;
+pub mod action;
+pub mod glob;
+pub mod limits;
+pub mod policy;
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+pub use action::{Action, LimitClass};
+pub use limits::{Rate, RateLimiter};
+pub use policy::{KeyFacts, Policy, RawRule, Rule};
 
 use der::Decode;
 use x509_cert::Certificate;
@@ -45,22 +57,38 @@ fn directory_string(any: &der::Any) -> Option<String> {
         .map(|s| s.to_string())
 }
 
-/// The principals allowed to call.
-#[derive(Debug, Clone)]
+/// The policy in force and the rate limiter.
+#[derive(Debug)]
 pub struct Authorizer {
-    allowed: HashSet<String>,
+    policy: RwLock<Arc<Policy>>,
+    limits: RateLimiter,
 }
 
 impl Authorizer {
-    pub fn new(allowed: impl IntoIterator<Item = String>) -> Self {
+    pub fn new(policy: Policy, limits: HashMap<LimitClass, Rate>) -> Self {
         Authorizer {
-            allowed: allowed.into_iter().collect(),
+            policy: RwLock::new(Arc::new(policy)),
+            limits: RateLimiter::new(limits),
         }
     }
 
-    /// True if `principal` may call hsmd.
-    pub fn allows(&self, principal: &str) -> bool {
-        self.allowed.contains(principal)
+    /// The policy in force (a call keeps the one it started with).
+    pub fn policy(&self) -> Arc<Policy> {
+        self.policy
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// The rate limiter.
+    pub fn limits(&self) -> &RateLimiter {
+        &self.limits
+    }
+
+    /// Swaps in a new policy and new limits (config reload).
+    pub fn replace(&self, policy: Policy, limits: HashMap<LimitClass, Rate>) {
+        *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
+        self.limits.set_limits(limits);
     }
 }
 
@@ -93,12 +121,5 @@ mod tests {
             Some("batch-job")
         );
         assert_eq!(principal_from_cert(b"not a cert"), None);
-    }
-
-    #[test]
-    fn allow_list() {
-        let a = Authorizer::new(["spiffe://x".to_string()]);
-        assert!(a.allows("spiffe://x"));
-        assert!(!a.allows("spiffe://y"));
     }
 }

@@ -5,6 +5,7 @@
 //! a bounded pool of sessions stays open for the life of the process, and object handles
 //! are cached per key so that no call pays for C_FindObjects on the hot path.
 
+pub mod audit_key;
 pub mod certs;
 pub mod crypt;
 pub mod error;
@@ -72,6 +73,7 @@ pub struct Pkcs11Backend {
     token_objects: RwLock<()>,
     capabilities: Capabilities,
     description: TokenDescription,
+    audit_key: audit_key::AuditKeyCache,
 }
 
 impl Pkcs11Backend {
@@ -126,6 +128,7 @@ impl Pkcs11Backend {
             token_objects: RwLock::new(()),
             capabilities,
             description,
+            audit_key: Default::default(),
         })
     }
 
@@ -361,6 +364,7 @@ impl Pkcs11Backend {
             .write()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
+        self.audit_key.clear();
     }
 }
 

@@ -94,17 +94,12 @@ impl KeyManager {
         Ok((alg, pt))
     }
 
-    /// The key a SYMMETRIC_DEFAULT blob names (Decrypt without a key id). A blob naming
-    /// a key this hsmd does not have is an invalid blob (altered, or from another hsmd).
+    /// The key a SYMMETRIC_DEFAULT blob names (Decrypt without a key id): KEY_NOT_FOUND
+    /// if this hsmd has no such key (the api layer turns that into INVALID_CIPHERTEXT,
+    /// or into the policy's refusal for a caller who may not learn which keys exist).
     pub fn blob_key(&self, ciphertext: &[u8]) -> Result<KeyRecord, KeyError> {
         let parsed = blob::parse(ciphertext).map_err(KeyError::InvalidCiphertext)?;
-        match self.resolve(&KeyRef::Id(parsed.key_id)) {
-            Err(KeyError::KeyNotFound(_)) => Err(KeyError::InvalidCiphertext(format!(
-                "the blob names key {}, which this hsmd does not have (altered blob, or one from another hsmd)",
-                parsed.key_id
-            ))),
-            other => other,
-        }
+        self.resolve(&KeyRef::Id(parsed.key_id))
     }
 
     /// A fresh data key of `spec` (AES_256 or AES_128) from the token's RNG, and its

@@ -70,10 +70,14 @@ impl KeyManager {
             .ok_or_else(|| KeyError::KeyNotFound(id.to_string()))
     }
 
-    /// Creates a key in the token and records it. With an idempotency token already used
-    /// by this principal, returns the key made then.
-    pub fn create(&self, principal: &str, req: NewKey) -> Result<KeyRecord, KeyError> {
+    /// Creates a key in the token and records it, tagged `created-by=<principal>`. With
+    /// an idempotency token already used by this principal, returns the key made then
+    /// (or INVALID_ARGUMENT if the request differs from that one's); two concurrent
+    /// calls with one token still make one key.
+    pub fn create(&self, principal: &str, mut req: NewKey) -> Result<KeyRecord, KeyError> {
         check_new_key(&req)?;
+        req.tags
+            .insert(super::CREATED_BY_TAG.to_string(), principal.to_string());
         if !self.backend.capabilities().offers_spec(req.spec) {
             return Err(KeyError::UnsupportedKeySpec(format!(
                 "{} keys are not supported by this token (it lacks the mechanisms); offered: {}",
@@ -88,15 +92,7 @@ impl KeyManager {
             )));
         }
         let alias = req.alias.as_deref().map(validate_alias).transpose()?;
-        if let Some(token) = &req.idempotency_token
-            && let Some(existing) = self.store.key_by_idempotency(principal, token)?
-        {
-            if existing.spec != req.spec || existing.usage != req.usage {
-                return Err(KeyError::InvalidArgument(
-                    "idempotency_token was already used for a key with another spec or usage"
-                        .into(),
-                ));
-            }
+        if let Some(existing) = self.earlier(principal, &req, alias.as_deref())? {
             return Ok(existing);
         }
         if let Some(a) = &alias
@@ -107,12 +103,41 @@ impl KeyManager {
         let id = Uuid::new_v4();
         self.backend.generate(id, req.spec, req.usage)?;
         let record = self.finish_create(id, principal, &req, alias.as_deref());
-        if record.is_err()
-            && let Err(e) = self.backend.destroy(id)
-        {
-            tracing::error!(key_id = %id, error = %e, "rollback of a half-made key failed; start-up reconciliation will report it");
+        if record.is_err() {
+            if let Err(e) = self.backend.destroy(id) {
+                tracing::error!(key_id = %id, error = %e, "rollback of a half-made key failed; start-up reconciliation will report it");
+            }
+            // Lost a race with a call carrying the same token: answer with its key.
+            if let Some(existing) = self.earlier(principal, &req, alias.as_deref())? {
+                return Ok(existing);
+            }
         }
         record
+    }
+
+    /// The key an earlier CreateKey with the same idempotency token made, if any.
+    fn earlier(
+        &self,
+        principal: &str,
+        req: &NewKey,
+        alias: Option<&str>,
+    ) -> Result<Option<KeyRecord>, KeyError> {
+        let Some(token) = &req.idempotency_token else {
+            return Ok(None);
+        };
+        let Some(existing) = self.store.key_by_idempotency(principal, token)? else {
+            return Ok(None);
+        };
+        let same = existing.spec == req.spec
+            && existing.usage == req.usage
+            && existing.origin == req.origin
+            && existing.description == req.description
+            && existing.tags == req.tags
+            && alias.is_none_or(|a| existing.aliases.iter().any(|x| x == a));
+        if !same {
+            return Err(KeyError::IdempotencyMismatch(existing.id));
+        }
+        Ok(Some(existing))
     }
 
     fn finish_create(

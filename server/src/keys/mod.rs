@@ -64,6 +64,10 @@ pub enum KeyError {
         usage: &'static str,
         needed: &'static str,
     },
+    #[error(
+        "idempotency_token was already used for key {0} with other parameters (spec, usage, origin, alias, description or tags); use a new token"
+    )]
+    IdempotencyMismatch(Uuid),
     #[error("plaintext is {len} bytes; at most {max} are allowed here{hint}")]
     PlaintextTooLarge {
         len: usize,
@@ -106,6 +110,7 @@ impl KeyError {
             },
             KeyError::InvalidKeyState(_) => "INVALID_KEY_STATE",
             KeyError::WrongUsage { .. } => "WRONG_KEY_USAGE",
+            KeyError::IdempotencyMismatch(_) => "IDEMPOTENCY_MISMATCH",
             KeyError::PlaintextTooLarge { .. } => "PLAINTEXT_TOO_LARGE",
             KeyError::InvalidCiphertext(_) => "INVALID_CIPHERTEXT",
             KeyError::DecryptionFailed => "DECRYPTION_FAILED",
@@ -193,6 +198,10 @@ pub fn validate_alias(s: &str) -> Result<String, KeyError> {
         Err(KeyError::InvalidAlias(truncate(s, 80)))
     }
 }
+
+/// Tag every key carries: the principal that created it (set by hsmd, whatever the
+/// request said), so policy rules can grant on `tag:created-by=...`.
+pub const CREATED_BY_TAG: &str = "created-by";
 
 /// Caps caller-supplied text echoed into error messages.
 pub fn truncate(s: &str, max: usize) -> String {

@@ -1,11 +1,12 @@
-//! Walking the audit chain: every line must parse, carry the next sequence number and
-//! the hash of the line before it. The first record that does not fit is named.
+//! The strict walk over one file: every line must parse, carry the next sequence number
+//! and the hash of the line before it. The first record that does not fit is named.
+//! hsmd uses it at start-up to find the head of its current file; [`crate::verify`] is
+//! the fuller, multi-file report for people.
 
 use std::io::{BufRead, BufReader, Read};
 use std::path::Path;
 
-use super::AuditError;
-use super::record::{AuditRecord, GENESIS_HASH};
+use crate::record::{AuditRecord, GENESIS_HASH};
 
 /// Sequence number and chain hash of the last record.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -31,40 +32,67 @@ pub struct BadRecord {
     /// The sequence number the record claims, or the one expected if unreadable.
     pub sequence: u64,
     pub problem: String,
+    /// The line is the file's last and has no newline.
+    pub torn: bool,
 }
 
 /// Result of a walk.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct VerifyReport {
+pub struct WalkReport {
     pub records: u64,
     pub head: ChainHead,
     pub first_bad: Option<BadRecord>,
+    /// Length in bytes of the whole, valid lines before `first_bad`.
+    pub good_len: u64,
+    /// Sequence number of the last checkpoint record walked (0 if none).
+    pub last_checkpoint: u64,
 }
 
-/// Verifies a log file; a missing file is an empty, valid log.
-pub fn verify_file(path: &Path) -> Result<VerifyReport, AuditError> {
+impl WalkReport {
+    /// True when the only problem is a last line without its newline (a crash while it
+    /// was written).
+    pub fn torn_tail_only(&self) -> bool {
+        self.first_bad.as_ref().is_some_and(|b| b.torn)
+    }
+}
+
+/// Walks a log file from `start` (the head of the files before it); a missing file is an
+/// empty, valid log.
+pub fn walk_file(path: &Path, start: ChainHead) -> std::io::Result<WalkReport> {
     let file = match std::fs::File::open(path) {
         Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(VerifyReport::default()),
-        Err(e) => return Err(AuditError::Io(format!("{}: {e}", path.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            return Ok(WalkReport {
+                head: start,
+                ..Default::default()
+            });
+        }
+        Err(e) => {
+            return Err(std::io::Error::new(
+                e.kind(),
+                format!("{}: {e}", path.display()),
+            ));
+        }
     };
-    verify_reader(BufReader::new(file))
+    walk_reader(BufReader::new(file), start)
 }
 
 /// Longest line accepted as a record; longer ones are reported, not read whole.
-const MAX_LINE: u64 = 1 << 20;
+pub const MAX_LINE: u64 = 1 << 20;
 
-/// Verifies JSON lines from any reader.
-pub fn verify_reader(mut r: impl BufRead) -> Result<VerifyReport, AuditError> {
-    let mut report = VerifyReport::default();
+/// Walks JSON lines from any reader, starting after `start`.
+pub fn walk_reader(mut r: impl BufRead, start: ChainHead) -> std::io::Result<WalkReport> {
+    let mut report = WalkReport {
+        head: start,
+        ..Default::default()
+    };
+    // Byte offset just after the last whole, valid line (where a torn tail starts).
+    let mut good_len = 0u64;
     let mut buf = Vec::new();
     let mut line_no = 0u64;
     loop {
         buf.clear();
-        let n = (&mut r)
-            .take(MAX_LINE)
-            .read_until(b'\n', &mut buf)
-            .map_err(|e| AuditError::Io(e.to_string()))?;
+        let n = (&mut r).take(MAX_LINE).read_until(b'\n', &mut buf)?;
         if n == 0 {
             return Ok(report);
         }
@@ -74,13 +102,16 @@ pub fn verify_reader(mut r: impl BufRead) -> Result<VerifyReport, AuditError> {
             line: line_no,
             sequence,
             problem,
+            torn: false,
         };
         if buf.len() as u64 == MAX_LINE && buf.last() != Some(&b'\n') {
             report.first_bad = Some(bad(expected, format!("line longer than {MAX_LINE} bytes")));
             return Ok(report);
         }
         if buf.last() != Some(&b'\n') {
-            report.first_bad = Some(bad(expected, "torn line: no newline at end of file".into()));
+            let mut b = bad(expected, "torn line: no newline at end of file".into());
+            b.torn = true;
+            report.first_bad = Some(b);
             return Ok(report);
         }
         buf.pop();
@@ -110,6 +141,11 @@ pub fn verify_reader(mut r: impl BufRead) -> Result<VerifyReport, AuditError> {
             return Ok(report);
         }
         report.records += 1;
+        if record.is_checkpoint() {
+            report.last_checkpoint = record.seq;
+        }
+        good_len += n as u64;
+        report.good_len = good_len;
         report.head = ChainHead {
             sequence: record.seq,
             hash: record.hash,
@@ -120,7 +156,7 @@ pub fn verify_reader(mut r: impl BufRead) -> Result<VerifyReport, AuditError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::audit::record::{AuditEvent, Outcome};
+    use crate::record::{AuditEvent, Outcome};
 
     fn log(n: u64) -> Vec<String> {
         let mut head = ChainHead::default();
@@ -141,9 +177,19 @@ mod tests {
         lines
     }
 
-    fn check(lines: &[String]) -> VerifyReport {
+    fn check(lines: &[String]) -> WalkReport {
         let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
-        verify_reader(text.as_bytes()).unwrap()
+        walk_reader(text.as_bytes(), ChainHead::default()).unwrap()
+    }
+
+    #[test]
+    fn torn_tail_is_told_apart() {
+        let lines = log(2);
+        let text = format!("{}\n{}", lines[0], &lines[1][..20]);
+        let r = walk_reader(text.as_bytes(), ChainHead::default()).unwrap();
+        assert!(r.torn_tail_only());
+        assert_eq!(r.good_len, lines[0].len() as u64 + 1);
+        assert_eq!(r.head.sequence, 1);
     }
 
     #[test]

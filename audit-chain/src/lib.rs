@@ -1,0 +1,18 @@
+//! hsmd's audit log format, shared by the daemon (which writes it) and by `hsmctl`
+//! (which verifies it offline, without the daemon).
+//!
+//! - [`record`]: one JSON line per call, its own `hash` and the `prev_hash` chain, and the
+//!   signed checkpoint records;
+//! - [`walk`]: the strict walk hsmd does over its current file at start-up;
+//! - [`verify`]: the offline verifier over rotated files, which names every edited,
+//!   inserted, deleted or reordered record, bad checkpoint signatures and a cut tail,
+//!   each with its file, line and sequence number.
+
+pub mod files;
+pub mod record;
+pub mod verify;
+pub mod walk;
+
+pub use record::{AuditEvent, AuditRecord, Checkpoint, GENESIS_HASH, Outcome};
+pub use verify::{ChainReport, Problem, ProblemKind, Verifier};
+pub use walk::{BadRecord, ChainHead, WalkReport};

@@ -1,0 +1,203 @@
+//! The writer: group commit, reopen, write failures, torn-line recovery, checkpoints
+//! and rotation, checked with the offline verifier.
+
+use std::fs::OpenOptions;
+use std::sync::Arc;
+
+use audit_chain::{Verifier, files};
+use p256::ecdsa::signature::Signer as _;
+use p256::ecdsa::{Signature, SigningKey};
+
+use super::*;
+use crate::audit::record::{Outcome, TORN_LINE_METHOD};
+
+struct SoftSigner(SigningKey);
+
+impl CheckpointSigner for SoftSigner {
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, String> {
+        let sig: Signature = self.0.sign(msg);
+        Ok(sig.to_der().as_bytes().to_vec())
+    }
+}
+
+fn signer() -> (Arc<dyn CheckpointSigner>, Verifier) {
+    let key = SigningKey::from_bytes(&[3u8; 32].into()).unwrap();
+    let v = Verifier::with_key(*key.verifying_key());
+    (Arc::new(SoftSigner(key)), v)
+}
+
+fn event(m: &str) -> AuditEvent {
+    AuditEvent {
+        method: m.into(),
+        outcome: Some(Outcome::Ok),
+        ..Default::default()
+    }
+}
+
+fn cfg(dir: &Path) -> AuditConfig {
+    AuditConfig {
+        max_file_bytes: 0,
+        ..AuditConfig::at(dir.join("audit.log"))
+    }
+}
+
+fn verify(v: &Verifier, path: &Path) -> audit_chain::ChainReport {
+    v.verify_files(&files::log_files(path).unwrap()).unwrap()
+}
+
+#[tokio::test]
+async fn concurrent_appends_chain_and_survive_reopen() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path());
+    let log = AuditLog::open(&c, None).unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let log = log.clone();
+        tasks.push(tokio::spawn(async move {
+            log.append(event(&format!("m{i}"))).await
+        }));
+    }
+    let mut seqs: Vec<u64> = Vec::new();
+    for t in tasks {
+        seqs.push(t.await.unwrap().unwrap());
+    }
+    seqs.sort();
+    assert_eq!(seqs, (1..=50).collect::<Vec<_>>());
+    let report = verify(&Verifier::default(), &c.path);
+    assert!(report.ok(), "{:?}", report.problems);
+    assert_eq!(report.records, 50);
+    assert_eq!(report.head, log.head());
+    drop(log);
+    let again = AuditLog::open(&c, None).unwrap();
+    assert_eq!(again.append(event("after")).await.unwrap(), 51);
+}
+
+#[tokio::test]
+async fn unwritable_log_fails_the_call() {
+    // /dev/full fails every write with ENOSPC, like a full disk.
+    let full = OpenOptions::new().append(true).open("/dev/full").unwrap();
+    let w = Writer {
+        file: full,
+        path: PathBuf::from("/dev/full"),
+        cfg: AuditConfig::at(PathBuf::from("/dev/full")),
+        head: Arc::new(Mutex::new(ChainHead::default())),
+        state: ChainHead::default(),
+        signer: None,
+        unsigned: 0,
+        last_checkpoint: Instant::now(),
+        file_first_seq: 1,
+        file_len: 0,
+    };
+    let log = AuditLog::spawn(w).unwrap();
+    assert!(matches!(
+        log.append(event("x")).await,
+        Err(AuditError::Io(_))
+    ));
+    // Nothing was made durable, so the head did not move.
+    assert_eq!(log.head(), ChainHead::default());
+}
+
+#[tokio::test]
+async fn torn_tail_is_moved_aside_and_recorded() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path());
+    let log = AuditLog::open(&c, None).unwrap();
+    log.append(event("a")).await.unwrap();
+    drop(log);
+    let mut f = OpenOptions::new().append(true).open(&c.path).unwrap();
+    f.write_all(b"{\"seq\":2,\"ti").unwrap();
+    drop(f);
+    let log = AuditLog::open(&c, None).unwrap();
+    let text = std::fs::read_to_string(&c.path).unwrap();
+    let last: AuditRecord = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!((last.seq, last.method.as_str()), (2, TORN_LINE_METHOD));
+    assert_eq!(last.reason, "TORN_LINE_REMOVED");
+    let aside: Vec<_> = std::fs::read_dir(dir.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("audit.log.torn-"))
+        .collect();
+    assert_eq!(aside.len(), 1);
+    assert!(last.note.contains(&aside[0]), "{}", last.note);
+    assert_eq!(
+        std::fs::read(dir.path().join(&aside[0])).unwrap(),
+        b"{\"seq\":2,\"ti"
+    );
+    assert_eq!(log.append(event("b")).await.unwrap(), 3);
+    assert!(verify(&Verifier::default(), &c.path).ok());
+}
+
+#[test]
+fn broken_chain_stops_start_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path());
+    std::fs::write(&c.path, b"{\"seq\":1,\"ti\n").unwrap();
+    let err = AuditLog::open(&c, None).err().expect("refused");
+    assert!(err.to_string().contains("line 1"), "{err}");
+}
+
+#[tokio::test]
+async fn checkpoints_by_count_and_on_demand_verify() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = AuditConfig {
+        checkpoint_every: 5,
+        ..cfg(dir.path())
+    };
+    let (s, v) = signer();
+    let log = AuditLog::open(&c, Some(s)).unwrap();
+    for i in 0..12 {
+        log.append(event(&format!("m{i}"))).await.unwrap();
+    }
+    let head = log.checkpoint().await.unwrap();
+    let r = verify(&v.clone().sealed(true), &c.path);
+    assert!(r.ok(), "{:?}", r.problems);
+    assert_eq!(r.checkpoints_verified, 3);
+    let v = v.clone();
+    assert_eq!(r.head, head);
+    // A second on-demand checkpoint with nothing new adds nothing.
+    assert_eq!(log.checkpoint().await.unwrap(), head);
+    log.append(event("last")).await.unwrap();
+    let sealed = log.close().await.unwrap();
+    assert_eq!(
+        sealed.sequence,
+        head.sequence + 2,
+        "the call and its checkpoint"
+    );
+    assert!(log.append(event("late")).await.is_err(), "closed");
+    assert!(verify(&v.sealed(true), &c.path).ok());
+}
+
+#[tokio::test]
+async fn rotation_keeps_one_chain_across_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = AuditConfig {
+        max_file_bytes: 2000,
+        ..cfg(dir.path())
+    };
+    let (s, v) = signer();
+    let log = AuditLog::open(&c, Some(s.clone())).unwrap();
+    for i in 0..40 {
+        log.append(event(&format!("m{i}"))).await.unwrap();
+    }
+    drop(log);
+    let log = AuditLog::open(&c, Some(s)).unwrap();
+    log.append(event("after-reopen")).await.unwrap();
+    log.checkpoint().await.unwrap();
+    let files = files::log_files(&c.path).unwrap();
+    assert!(files.len() > 3, "{files:?}");
+    let r = verify(&v.sealed(true), &c.path);
+    assert!(r.ok(), "{:?}", r.problems);
+    assert!(r.records > 41);
+}
+
+#[tokio::test]
+async fn lazy_records_share_a_group() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path());
+    let log = AuditLog::open(&c, None).unwrap();
+    for i in 0..20 {
+        log.append_lazy(event(&format!("t{i}"))).unwrap();
+    }
+    std::thread::sleep(LAZY_WAIT * 4);
+    assert_eq!(log.append(event("durable")).await.unwrap(), 21);
+}

@@ -1,0 +1,241 @@
+//! What a caller can be allowed to do: one [`Action`] per operation, the groups a
+//! policy can grant at once, and the rate-limit class of each.
+
+/// One operation, as named in policy rules and refusals.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Action {
+    CreateKey,
+    DescribeKey,
+    ListKeys,
+    GetPublicKey,
+    EnableKey,
+    DisableKey,
+    ScheduleKeyDeletion,
+    CancelKeyDeletion,
+    CreateAlias,
+    UpdateAlias,
+    DeleteAlias,
+    ListAliases,
+    Sign,
+    Verify,
+    Encrypt,
+    Decrypt,
+    GenerateDataKey,
+    GenerateDataKeyWithoutPlaintext,
+    GenerateRandom,
+    GetParametersForImport,
+    ImportKeyMaterial,
+    DeleteImportedKeyMaterial,
+    GenerateCsr,
+    SelfSignedCertificate,
+    ImportCertificate,
+    GetCertificate,
+    GetTokenInfo,
+    QueryAudit,
+    VerifyAuditLog,
+    GetAuditPublicKey,
+}
+
+/// Rate-limit class of an action (`[rate_limits]` keys).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum LimitClass {
+    Sign,
+    Verify,
+    Crypt,
+    Random,
+    Manage,
+    Audit,
+}
+
+impl LimitClass {
+    pub const ALL: [LimitClass; 6] = [
+        LimitClass::Sign,
+        LimitClass::Verify,
+        LimitClass::Crypt,
+        LimitClass::Random,
+        LimitClass::Manage,
+        LimitClass::Audit,
+    ];
+
+    /// Name as written in `[rate_limits]`.
+    pub fn name(self) -> &'static str {
+        match self {
+            LimitClass::Sign => "sign",
+            LimitClass::Verify => "verify",
+            LimitClass::Crypt => "crypt",
+            LimitClass::Random => "random",
+            LimitClass::Manage => "manage",
+            LimitClass::Audit => "audit",
+        }
+    }
+}
+
+use Action::*;
+
+impl Action {
+    pub const ALL: [Action; 30] = [
+        CreateKey,
+        DescribeKey,
+        ListKeys,
+        GetPublicKey,
+        EnableKey,
+        DisableKey,
+        ScheduleKeyDeletion,
+        CancelKeyDeletion,
+        CreateAlias,
+        UpdateAlias,
+        DeleteAlias,
+        ListAliases,
+        Sign,
+        Verify,
+        Encrypt,
+        Decrypt,
+        GenerateDataKey,
+        GenerateDataKeyWithoutPlaintext,
+        GenerateRandom,
+        GetParametersForImport,
+        ImportKeyMaterial,
+        DeleteImportedKeyMaterial,
+        GenerateCsr,
+        SelfSignedCertificate,
+        ImportCertificate,
+        GetCertificate,
+        GetTokenInfo,
+        QueryAudit,
+        VerifyAuditLog,
+        GetAuditPublicKey,
+    ];
+
+    /// The operation's name (the gRPC method's last segment).
+    pub fn name(self) -> &'static str {
+        match self {
+            CreateKey => "CreateKey",
+            DescribeKey => "DescribeKey",
+            ListKeys => "ListKeys",
+            GetPublicKey => "GetPublicKey",
+            EnableKey => "EnableKey",
+            DisableKey => "DisableKey",
+            ScheduleKeyDeletion => "ScheduleKeyDeletion",
+            CancelKeyDeletion => "CancelKeyDeletion",
+            CreateAlias => "CreateAlias",
+            UpdateAlias => "UpdateAlias",
+            DeleteAlias => "DeleteAlias",
+            ListAliases => "ListAliases",
+            Sign => "Sign",
+            Verify => "Verify",
+            Encrypt => "Encrypt",
+            Decrypt => "Decrypt",
+            GenerateDataKey => "GenerateDataKey",
+            GenerateDataKeyWithoutPlaintext => "GenerateDataKeyWithoutPlaintext",
+            GenerateRandom => "GenerateRandom",
+            GetParametersForImport => "GetParametersForImport",
+            ImportKeyMaterial => "ImportKeyMaterial",
+            DeleteImportedKeyMaterial => "DeleteImportedKeyMaterial",
+            GenerateCsr => "GenerateCsr",
+            SelfSignedCertificate => "SelfSignedCertificate",
+            ImportCertificate => "ImportCertificate",
+            GetCertificate => "GetCertificate",
+            GetTokenInfo => "GetTokenInfo",
+            QueryAudit => "QueryAudit",
+            VerifyAuditLog => "VerifyAuditLog",
+            GetAuditPublicKey => "GetAuditPublicKey",
+        }
+    }
+
+    /// The actions a name stands for: a group (`use`, `manage`, `audit`, `*`) or one
+    /// operation (case-insensitive).
+    pub fn parse(name: &str) -> Option<Vec<Action>> {
+        let group = |g: Group| Action::ALL.into_iter().filter(|a| a.group() == g).collect();
+        match name.to_ascii_lowercase().as_str() {
+            "*" | "all" => Some(Action::ALL.to_vec()),
+            "use" => Some(group(Group::Use)),
+            "manage" => Some(group(Group::Manage)),
+            "audit" => Some(group(Group::Audit)),
+            lower => Action::ALL
+                .into_iter()
+                .find(|a| a.name().to_ascii_lowercase() == lower)
+                .map(|a| vec![a]),
+        }
+    }
+
+    /// The group that grants this action.
+    pub fn group(self) -> Group {
+        match self {
+            Sign
+            | Verify
+            | Encrypt
+            | Decrypt
+            | GenerateDataKey
+            | GenerateDataKeyWithoutPlaintext
+            | GetPublicKey
+            | GenerateRandom => Group::Use,
+            QueryAudit | VerifyAuditLog | GetAuditPublicKey => Group::Audit,
+            _ => Group::Manage,
+        }
+    }
+
+    /// True if the action is about one key, so rules' `keys` decide; false for calls
+    /// about no key (lists are filtered to the keys the caller may see instead).
+    pub fn key_bound(self) -> bool {
+        !matches!(
+            self,
+            ListKeys
+                | ListAliases
+                | GenerateRandom
+                | GetTokenInfo
+                | QueryAudit
+                | VerifyAuditLog
+                | GetAuditPublicKey
+        )
+    }
+
+    /// The rate-limit class.
+    pub fn limit_class(self) -> LimitClass {
+        match self {
+            Sign => LimitClass::Sign,
+            Verify | GetPublicKey => LimitClass::Verify,
+            Encrypt | Decrypt | GenerateDataKey | GenerateDataKeyWithoutPlaintext => {
+                LimitClass::Crypt
+            }
+            GenerateRandom => LimitClass::Random,
+            QueryAudit | VerifyAuditLog | GetAuditPublicKey => LimitClass::Audit,
+            _ => LimitClass::Manage,
+        }
+    }
+}
+
+/// Action groups.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Group {
+    /// Cryptography with keys (and random bytes).
+    Use,
+    /// Key administration: create, lifecycle, aliases, import, certificates, token info.
+    Manage,
+    /// Reading and checking the audit log.
+    Audit,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_and_groups() {
+        for a in Action::ALL {
+            assert_eq!(Action::parse(a.name()), Some(vec![a]));
+        }
+        assert_eq!(Action::parse("sign"), Some(vec![Sign]));
+        let use_ = Action::parse("use").unwrap();
+        assert!(use_.contains(&Sign) && use_.contains(&Decrypt) && use_.contains(&GetPublicKey));
+        assert!(!use_.contains(&CreateKey));
+        let manage = Action::parse("manage").unwrap();
+        assert!(manage.contains(&CreateKey) && manage.contains(&GenerateCsr));
+        assert!(!manage.contains(&Sign) && !manage.contains(&QueryAudit));
+        assert_eq!(
+            Action::parse("audit").unwrap(),
+            [QueryAudit, VerifyAuditLog, GetAuditPublicKey]
+        );
+        assert_eq!(Action::parse("*").unwrap().len(), Action::ALL.len());
+        assert_eq!(Action::parse("Frobnicate"), None);
+    }
+}
