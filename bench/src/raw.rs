@@ -15,14 +15,12 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
-use cryptoki::mechanism::Mechanism;
-use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::object::{Attribute, AttributeType, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use hsm_client::bench::{BENCH_MESSAGE, BenchOp, LatencyStats, Length};
 use hsmd::config::Config;
 use hsmd::hsm::OaepHash;
-use hsmd::hsm::crypt::oaep;
+use hsmd::hsm::crypt::{aes_gcm, oaep};
 use hsmd::hsm::objects::{self, KeyObjects};
 use hsmd::keys::manager::mechanism;
 use hsmd::keys::spec::{KeySpec, KeyUsage, MessageType, SigningAlgorithm};
@@ -168,8 +166,7 @@ impl Op {
 fn gcm_encrypt(s: &Session, key: ObjectHandle, data: &[u8]) -> cryptoki::error::Result<()> {
     let mut iv = s.generate_random_vec(12)?;
     let aad = [0u8; 21];
-    let params = GcmParams::new(&mut iv, &aad, 128u64.into())?;
-    s.encrypt(&Mechanism::AesGcm(params), key, data).map(drop)
+    s.encrypt(&aes_gcm(&mut iv, &aad)?, key, data).map(drop)
 }
 
 fn public(k: KeyObjects) -> ObjectHandle {

@@ -14,7 +14,7 @@ use cryptoki::session::Session;
 use uuid::Uuid;
 use zeroize::Zeroizing;
 
-use super::error::{classify, is_decrypt_failure, session_lost};
+use super::error::is_decrypt_failure;
 use super::probe::{EncryptionProbe, OaepPath};
 use super::{HsmError, Pkcs11Backend};
 
@@ -39,6 +39,12 @@ pub fn oaep(hash: OaepHash) -> Mechanism<'static> {
     Mechanism::RsaPkcsOaep(PkcsOaepParams::new(h, mgf, PkcsOaepSource::empty()))
 }
 
+/// CKM_AES_GCM with `iv`, `aad` and a 128-bit tag. Public so the benchmark's raw
+/// baseline uses exactly this mechanism.
+pub fn aes_gcm<'a>(iv: &'a mut [u8], aad: &'a [u8]) -> cryptoki::error::Result<Mechanism<'a>> {
+    Ok(Mechanism::AesGcm(GcmParams::new(iv, aad, TAG_BITS.into())?))
+}
+
 impl Pkcs11Backend {
     /// AES-GCM encryption with the key's secret object: returns ciphertext || tag.
     pub fn aes_gcm_encrypt(
@@ -51,8 +57,7 @@ impl Pkcs11Backend {
         self.retry_if_missing(id, |objs| {
             self.with_session("C_Encrypt (AES-GCM)", |s| {
                 let mut iv = iv.to_vec();
-                let params = GcmParams::new(&mut iv, aad, TAG_BITS.into())?;
-                s.encrypt(&Mechanism::AesGcm(params), objs.private, plaintext)
+                s.encrypt(&aes_gcm(&mut iv, aad)?, objs.private, plaintext)
             })
         })
     }
@@ -68,8 +73,7 @@ impl Pkcs11Backend {
         self.retry_if_missing(id, |objs| {
             self.decrypt_op("C_Decrypt (AES-GCM)", |s| {
                 let mut iv = iv.to_vec();
-                let params = GcmParams::new(&mut iv, aad, TAG_BITS.into())?;
-                s.decrypt(&Mechanism::AesGcm(params), objs.private, ciphertext_and_tag)
+                s.decrypt(&aes_gcm(&mut iv, aad)?, objs.private, ciphertext_and_tag)
             })
         })
     }
@@ -102,25 +106,19 @@ impl Pkcs11Backend {
         })
     }
 
-    /// Runs one C_Decrypt on a pooled session. Refusals because of the ciphertext become
-    /// `DecryptFailed`; a lost session is replaced as in `with_session`.
+    /// Runs one C_Decrypt on a pooled session (`with_session`). Refusals because of the
+    /// ciphertext become `DecryptFailed`.
     fn decrypt_op(
         &self,
         what: &'static str,
         f: impl FnOnce(&Session) -> cryptoki::error::Result<Vec<u8>>,
     ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
-        let s = self.pool.get()?;
-        match f(s.session()) {
-            Ok(v) => Ok(Zeroizing::new(v)),
-            Err(e) if is_decrypt_failure(&e) => Err(HsmError::DecryptFailed),
-            Err(e) => {
-                if session_lost(&e) {
-                    s.mark_lost();
-                    self.flush_handles();
-                }
-                Err(classify(what, e))
-            }
-        }
+        self.with_session(what, |s| match f(s) {
+            Ok(v) => Ok(Some(Zeroizing::new(v))),
+            Err(e) if is_decrypt_failure(&e) => Ok(None),
+            Err(e) => Err(e),
+        })?
+        .ok_or(HsmError::DecryptFailed)
     }
 }
 
@@ -165,9 +163,7 @@ fn probe_aes_gcm(s: &Session) -> Result<bool, String> {
         let mut iv = [3u8; 12];
         let ct = s
             .encrypt(
-                &Mechanism::AesGcm(
-                    GcmParams::new(&mut iv, b"aad", TAG_BITS.into()).map_err(|e| e.to_string())?,
-                ),
+                &aes_gcm(&mut iv, b"aad").map_err(|e| e.to_string())?,
                 key,
                 msg,
             )
@@ -175,9 +171,7 @@ fn probe_aes_gcm(s: &Session) -> Result<bool, String> {
         let mut iv = [3u8; 12];
         let pt = s
             .decrypt(
-                &Mechanism::AesGcm(
-                    GcmParams::new(&mut iv, b"aad", TAG_BITS.into()).map_err(|e| e.to_string())?,
-                ),
+                &aes_gcm(&mut iv, b"aad").map_err(|e| e.to_string())?,
                 key,
                 &ct,
             )

@@ -251,24 +251,16 @@ impl Pkcs11Backend {
         let data = mech.token_input(input);
         self.retry_if_missing(id, |objs| {
             let public = objs.public.ok_or(HsmError::ObjectMissing)?;
-            let s = self.pool.get()?;
-            match s
-                .session()
-                .verify(&mech.mechanism(), public, &data, signature)
-            {
-                Ok(()) => Ok(true),
-                Err(cryptoki::error::Error::Pkcs11(
-                    RvError::SignatureInvalid | RvError::SignatureLenRange,
-                    _,
-                )) => Ok(false),
-                Err(e) => {
-                    if session_lost(&e) {
-                        s.mark_lost();
-                        self.flush_handles();
-                    }
-                    Err(classify("C_Verify", e))
+            self.with_session("C_Verify", |s| {
+                match s.verify(&mech.mechanism(), public, &data, signature) {
+                    Ok(()) => Ok(true),
+                    Err(cryptoki::error::Error::Pkcs11(
+                        RvError::SignatureInvalid | RvError::SignatureLenRange,
+                        _,
+                    )) => Ok(false),
+                    Err(e) => Err(e),
                 }
-            }
+            })
         })
     }
 
