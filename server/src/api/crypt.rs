@@ -13,7 +13,7 @@ use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use super::convert::{enc_alg_from_pb, enc_alg_to_pb, spec_from_pb, spec_to_pb};
-use super::keys::KeyApi;
+use super::keys::{KeyApi, method};
 use super::{ApiError, Call, Grant};
 use crate::audit::record::input_hash;
 use crate::auth::Action;
@@ -21,17 +21,12 @@ use crate::keys::KeyError;
 use crate::keys::crypt::DataKey;
 use crate::keys::spec::{EncryptionAlgorithm, KeySpec};
 
-const ENCRYPT: &str = "/hsmd.v1.KeyService/Encrypt";
-const DECRYPT: &str = "/hsmd.v1.KeyService/Decrypt";
-const DATA_KEY: &str = "/hsmd.v1.KeyService/GenerateDataKey";
-const DATA_KEY_NO_PLAINTEXT: &str = "/hsmd.v1.KeyService/GenerateDataKeyWithoutPlaintext";
-
 impl KeyApi {
     pub(super) async fn encrypt_call(
         &self,
         req: Request<pb::EncryptRequest>,
     ) -> Result<Response<pb::EncryptResponse>, Status> {
-        let mut call = Call::begin(&req, ENCRYPT);
+        let mut call = Call::begin(&req, method!("Encrypt"));
         let mut r = req.into_inner();
         let plaintext = Zeroizing::new(std::mem::take(&mut r.plaintext));
         let aad = std::mem::take(&mut r.aad);
@@ -61,7 +56,7 @@ impl KeyApi {
         &self,
         req: Request<pb::DecryptRequest>,
     ) -> Result<Response<pb::DecryptResponse>, Status> {
-        let mut call = Call::begin(&req, DECRYPT);
+        let mut call = Call::begin(&req, method!("Decrypt"));
         let r = req.into_inner();
         call.event.input_sha256 = input_hash(&r.ciphertext);
         let result = async {
@@ -135,7 +130,7 @@ impl KeyApi {
         &self,
         req: Request<pb::GenerateDataKeyRequest>,
     ) -> Result<Response<pb::GenerateDataKeyResponse>, Status> {
-        let mut call = Call::begin(&req, DATA_KEY);
+        let mut call = Call::begin(&req, method!("GenerateDataKey"));
         let r = req.into_inner();
         let result = self
             .data_key(
@@ -159,7 +154,7 @@ impl KeyApi {
         &self,
         req: Request<pb::GenerateDataKeyWithoutPlaintextRequest>,
     ) -> Result<Response<pb::GenerateDataKeyWithoutPlaintextResponse>, Status> {
-        let mut call = Call::begin(&req, DATA_KEY_NO_PLAINTEXT);
+        let mut call = Call::begin(&req, method!("GenerateDataKeyWithoutPlaintext"));
         let r = req.into_inner();
         let result = self
             .data_key(

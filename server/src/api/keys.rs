@@ -25,6 +25,7 @@ macro_rules! method {
         concat!("/hsmd.v1.KeyService/", $name)
     };
 }
+pub(super) use method;
 
 /// Requests of one SignStream worked on at once.
 const STREAM_WINDOW: usize = 32;

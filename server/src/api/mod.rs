@@ -141,21 +141,16 @@ impl Grant {
 
     /// Checks the policy allows the action on this key.
     pub fn check_key(&self, key: &KeyRecord) -> Result<(), ApiError> {
-        if self.may_see(key) {
-            Ok(())
-        } else {
-            Err(self.denied(key.id.to_string()))
-        }
-    }
-
-    /// True if the action is allowed on this key (lists show only such keys).
-    pub fn may_see(&self, key: &KeyRecord) -> bool {
         let facts = KeyFacts {
             id: Some(key.id),
             aliases: &key.aliases,
             tags: &key.tags,
         };
-        self.policy.may_on(&self.principal, self.action, &facts)
+        if self.policy.may_on(&self.principal, self.action, &facts) {
+            Ok(())
+        } else {
+            Err(self.denied(key.id.to_string()))
+        }
     }
 
     /// Checks a key about to be created (its alias and tags; it has no id yet).

@@ -187,14 +187,7 @@ fn prepare(
     key: &KeyRecord,
     req: &CertRequest,
 ) -> Result<(SigningAlgorithm, SubjectPublicKeyInfoOwned), CertError> {
-    if key.usage != KeyUsage::SignVerify {
-        return Err(KeyError::WrongUsage {
-            key: key.id,
-            usage: key.usage.name(),
-            needed: "SIGN_VERIFY",
-        }
-        .into());
-    }
+    key.require_usage(KeyUsage::SignVerify)?;
     let alg = req
         .algorithm
         .or_else(|| default_algorithm(key.spec))

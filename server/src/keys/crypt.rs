@@ -13,7 +13,7 @@ use zeroize::Zeroizing;
 
 use super::manager::KeyManager;
 use super::model::KeyRecord;
-use super::spec::{EncryptionAlgorithm, KeySpec, KeyState, KeyUsage, MAX_PLAINTEXT};
+use super::spec::{EncryptionAlgorithm, KeySpec, KeyUsage, MAX_PLAINTEXT};
 use super::{KeyError, KeyRef, blob, oaep};
 use crate::hsm::{OaepHash, OaepPath};
 
@@ -133,13 +133,7 @@ impl KeyManager {
         key: &KeyRecord,
         alg: Option<EncryptionAlgorithm>,
     ) -> Result<EncryptionAlgorithm, KeyError> {
-        if key.usage != KeyUsage::EncryptDecrypt {
-            return Err(KeyError::WrongUsage {
-                key: key.id,
-                usage: key.usage.name(),
-                needed: "ENCRYPT_DECRYPT",
-            });
-        }
+        key.require_usage(KeyUsage::EncryptDecrypt)?;
         let allowed = key.spec.encryption_algorithms();
         let offered: Vec<&str> = allowed
             .iter()
@@ -178,12 +172,7 @@ impl KeyManager {
                 },
             });
         }
-        if key.state != KeyState::Enabled {
-            return Err(KeyError::KeyState {
-                key: key.id,
-                state: key.state,
-            });
-        }
+        key.require_enabled()?;
         Ok(alg)
     }
 

@@ -341,13 +341,7 @@ impl KeyManager {
         mt: MessageType,
         msg: &[u8],
     ) -> Result<(SignMechanism, Vec<u8>), KeyError> {
-        if key.usage != KeyUsage::SignVerify {
-            return Err(KeyError::WrongUsage {
-                key: key.id,
-                usage: key.usage.name(),
-                needed: "SIGN_VERIFY",
-            });
-        }
+        key.require_usage(KeyUsage::SignVerify)?;
         let allowed = key.spec.signing_algorithms();
         if !allowed.contains(&alg) || !self.backend.capabilities().offers_algorithm(alg) {
             return Err(KeyError::AlgorithmNotAllowed {
@@ -357,12 +351,7 @@ impl KeyManager {
             });
         }
         check_message(alg, mt, msg)?;
-        if key.state != KeyState::Enabled {
-            return Err(KeyError::KeyState {
-                key: key.id,
-                state: key.state,
-            });
-        }
+        key.require_enabled()?;
         Ok(mechanism(alg, mt, msg))
     }
 }

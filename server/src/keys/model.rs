@@ -31,6 +31,31 @@ pub struct KeyRecord {
     pub aliases: Vec<String>,
 }
 
+impl KeyRecord {
+    /// Refuses a key made for another usage (WRONG_KEY_USAGE).
+    pub fn require_usage(&self, usage: KeyUsage) -> Result<(), super::KeyError> {
+        if self.usage == usage {
+            return Ok(());
+        }
+        Err(super::KeyError::WrongUsage {
+            key: self.id,
+            usage: self.usage.name(),
+            needed: usage.name(),
+        })
+    }
+
+    /// Refuses a key that is not ENABLED (its state's reason: KEY_DISABLED...).
+    pub fn require_enabled(&self) -> Result<(), super::KeyError> {
+        if self.state == KeyState::Enabled {
+            return Ok(());
+        }
+        Err(super::KeyError::KeyState {
+            key: self.id,
+            state: self.state,
+        })
+    }
+}
+
 /// A lifecycle change a caller asks for.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Transition {
