@@ -242,7 +242,14 @@ impl Writer {
         let (events, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
         let n = events.len();
         let all = events.into_iter().chain(lazy).collect();
-        match self.write(all) {
+        let written = self.write(all);
+        if written.is_ok()
+            && self.cfg.max_file_bytes > 0
+            && self.file_len >= self.cfg.max_file_bytes
+        {
+            self.rotate();
+        }
+        match written {
             Ok(seqs) => {
                 for (reply, seq) in replies.into_iter().zip(seqs.into_iter().take(n)) {
                     let _ = reply.send(Ok(seq));
@@ -256,7 +263,8 @@ impl Writer {
         }
     }
 
-    /// Numbers, chains and writes events with one fsync; returns their numbers.
+    /// Numbers, chains and writes events with one fsync; returns their numbers. Never
+    /// rotates (`flush` does, after a group; rotation itself writes a checkpoint).
     fn write(&mut self, events: Vec<AuditEvent>) -> Result<Vec<u64>, AuditError> {
         let mut state = self.state.clone();
         let mut buf = Vec::with_capacity(events.len() * 512);
@@ -272,14 +280,11 @@ impl Writer {
             };
             seqs.push(seq);
         }
-        write_durably(&mut self.file, &buf)?;
+        write_durably(&mut self.file, self.file_len, &buf)?;
         self.file_len += buf.len() as u64;
         self.unsigned += seqs.len() as u64;
         self.state = state.clone();
         *self.head.lock().unwrap_or_else(|p| p.into_inner()) = state;
-        if self.cfg.max_file_bytes > 0 && self.file_len >= self.cfg.max_file_bytes {
-            self.rotate();
-        }
         Ok(seqs)
     }
 
@@ -305,20 +310,12 @@ impl Writer {
                 return tracing::error!(error = %e, "audit checkpoint not signed; retried later");
             }
         };
-        match self.write_unrotated(ev) {
+        match self.write(vec![ev]) {
             // The checkpoint record itself is covered by the next checkpoint's hash
             // chain, but needs no checkpoint of its own.
-            Ok(()) => self.unsigned = 0,
+            Ok(_) => self.unsigned = 0,
             Err(e) => tracing::error!(error = %e, "audit checkpoint not written; retried later"),
         }
-    }
-
-    /// Writes one record without rotating afterwards (rotation writes a checkpoint).
-    fn write_unrotated(&mut self, ev: AuditEvent) -> Result<(), AuditError> {
-        let max = std::mem::replace(&mut self.cfg.max_file_bytes, 0);
-        let r = self.write(vec![ev]).map(drop);
-        self.cfg.max_file_bytes = max;
-        r
     }
 
     /// Seals the current file with a checkpoint and renames it
@@ -368,15 +365,14 @@ fn sort(
     }
 }
 
-fn write_durably(file: &mut File, buf: &[u8]) -> Result<(), AuditError> {
-    let before = file.metadata().map(|m| m.len()).ok();
+/// Appends `buf` to a file of `len` bytes and fsyncs it; on failure cuts the file back
+/// to `len`.
+fn write_durably(file: &mut File, len: u64, buf: &[u8]) -> Result<(), AuditError> {
     let result = file.write_all(buf).and_then(|()| file.sync_data());
     result.map_err(|e| {
         tracing::error!(error = %e, "audit log write failed; calls fail UNAVAILABLE");
         // Cut a partial write back so the chain on disk stays whole.
-        if let Some(len) = before {
-            let _ = file.set_len(len);
-        }
+        let _ = file.set_len(len);
         AuditError::Io(format!("audit write: {e}"))
     })
 }
