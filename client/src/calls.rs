@@ -38,6 +38,7 @@ macro_rules! retried {
             .into_inner()
     }};
 }
+pub(crate) use retried;
 
 /// A fresh idempotency token: 128 random bits in hex.
 fn idempotency_token() -> String {

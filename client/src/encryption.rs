@@ -5,6 +5,7 @@
 
 use zeroize::Zeroizing;
 
+use crate::calls::retried;
 use crate::client::Client;
 use crate::error::ClientError;
 use crate::v1::{
@@ -76,7 +77,7 @@ impl Client {
             encryption_algorithm: alg(algorithm),
             aad: aad.to_vec(),
         };
-        Ok(self.keys().encrypt(req).await?.into_inner())
+        Ok(retried!(self, "Encrypt", keys, encrypt, req))
     }
 
     /// Decrypts a ciphertext. `key_id` may be `None` for SYMMETRIC_DEFAULT blobs (they
@@ -94,7 +95,7 @@ impl Client {
             encryption_algorithm: alg(algorithm),
             aad: aad.to_vec(),
         };
-        let mut resp = self.keys().decrypt(req).await?.into_inner();
+        let mut resp = retried!(self, "Decrypt", keys, decrypt, req);
         Ok(Decrypted {
             key_id: std::mem::take(&mut resp.key_id),
             algorithm: resp.encryption_algorithm,
@@ -117,11 +118,13 @@ impl Client {
                 key_spec: key_spec as i32,
                 aad: aad.to_vec(),
             };
-            let resp = self
-                .keys()
-                .generate_data_key_without_plaintext(req)
-                .await?
-                .into_inner();
+            let resp = retried!(
+                self,
+                "GenerateDataKeyWithoutPlaintext",
+                keys,
+                generate_data_key_without_plaintext,
+                req
+            );
             return Ok(DataKey {
                 key_id: resp.key_id,
                 key_spec: resp.key_spec,
@@ -134,7 +137,7 @@ impl Client {
             key_spec: key_spec as i32,
             aad: aad.to_vec(),
         };
-        let mut resp = self.keys().generate_data_key(req).await?.into_inner();
+        let mut resp = retried!(self, "GenerateDataKey", keys, generate_data_key, req);
         Ok(DataKey {
             key_id: std::mem::take(&mut resp.key_id),
             key_spec: resp.key_spec,
