@@ -156,38 +156,55 @@ async fn client_with_retries_completes_every_call() {
     assert!(out.success(), "{}", out.describe());
     let msg = d.scratch().join("m");
     std::fs::write(&msg, b"x").unwrap();
+    // hsmctl must meet an empty bucket: a drainer keeps taking every token until the
+    // audit log holds a throttled record it did not cause (hsmctl's first attempt), then
+    // stops so that hsmctl's retry gets through. hsmctl runs in a thread of its own so
+    // the drainer keeps running while it starts up, however slow the machine.
+    let drainer = client(&d, RetryPolicy::none()).await;
+    let throttled_in_log = || {
+        d.audit_lines_if_any()
+            .iter()
+            .filter(|l| l.str("outcome") == "throttled")
+            .count()
+    };
+    let drain_once = || async {
+        drainer
+            .sign(
+                &key,
+                SigningAlgorithm::EcdsaSha256,
+                MessageType::Raw,
+                vec![1],
+            )
+            .await
+            .is_err()
+    };
     let mut retried = false;
     for _ in 0..5 {
-        let mut burst = Vec::new();
-        for _ in 0..8 {
-            let c = c.clone();
-            let key = key.clone();
-            burst.push(tokio::spawn(async move {
-                c.sign(
-                    &key,
-                    SigningAlgorithm::EcdsaSha256,
-                    MessageType::Raw,
-                    vec![0],
-                )
-                .await
-            }));
+        // Lazy records of earlier calls are written within 25 ms.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let before = throttled_in_log();
+        let mut own_throttled = 0;
+        while !drain_once().await {}
+        own_throttled += 1;
+        let mut cmd = std::process::Command::new(hsmd_e2e::tools::workspace_bin("hsmctl"));
+        cmd.arg("--profile")
+            .arg(d.profile_path())
+            .args(["-v", "--max-retries", "20", "sign", &key])
+            .args(["--algorithm", "ecdsa-sha-256", "--in"])
+            .arg(&msg)
+            .arg("--out")
+            .arg(d.scratch().join("sig"))
+            .env_remove("HSMCTL_PROFILE");
+        let hsmctl = std::thread::spawn(move || hsmd_e2e::run_unchecked(&mut cmd));
+        // Own throttled records are counted from `before` on; the log may lag them,
+        // never lead them, so a surplus is somebody else's.
+        while !hsmctl.is_finished() && throttled_in_log() < before + own_throttled {
+            if drain_once().await {
+                own_throttled += 1;
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
         }
-        let out = d.hsmctl(hsmd_e2e::args![
-            "-v",
-            "--max-retries",
-            "20",
-            "sign",
-            &key,
-            "--algorithm",
-            "ecdsa-sha-256",
-            "--in",
-            &msg,
-            "--out",
-            d.scratch().join("sig")
-        ]);
-        for b in burst {
-            let _ = b.await;
-        }
+        let out = hsmctl.join().expect("hsmctl thread");
         assert!(out.success(), "{}", out.describe());
         if out
             .stderr
