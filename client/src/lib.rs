@@ -7,7 +7,7 @@
 //! methods retry RESOURCE_EXHAUSTED and UNAVAILABLE with exponential backoff and full
 //! jitter ([`RetryPolicy`], from the profile's `[retry]` table), honouring the server's
 //! retry delay; [`Client::create_key`] fills in an idempotency token, so its retries
-//! never make a second key.
+//! never make a second key. [`import`] wraps key material for bring your own key.
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), hsm_client::ClientError> {
@@ -30,6 +30,8 @@ mod client;
 mod encryption;
 pub mod envelope;
 mod error;
+pub mod import;
+mod import_calls;
 pub mod names;
 mod profile;
 pub mod retry;

@@ -7,7 +7,7 @@
 
 use crate::v1::{
     AuditOutcome, EncryptionAlgorithm, KeyOrigin, KeySpec, KeyState, KeyUsage, MessageType,
-    SigningAlgorithm,
+    SigningAlgorithm, WrappingAlgorithm,
 };
 
 /// A generated API enum that has proto names.
@@ -56,6 +56,31 @@ impl ProtoEnum for SigningAlgorithm {
     }
     fn alias(normalized: &str) -> Option<Self> {
         (normalized == "ED25519").then_some(SigningAlgorithm::Ed25519Sha512)
+    }
+}
+
+impl ProtoEnum for WrappingAlgorithm {
+    const WHAT: &'static str = "wrapping algorithm";
+    fn proto_name(self) -> &'static str {
+        self.as_str_name()
+    }
+    fn from_proto_name(name: &str) -> Option<Self> {
+        Self::from_str_name(name)
+    }
+    /// The names of AWS KMS, without the proto prefix (`RSA_AES_KEY_WRAP_SHA_256`).
+    fn alias(normalized: &str) -> Option<Self> {
+        Self::from_str_name(&format!("WRAPPING_ALGORITHM_{normalized}"))
+            .filter(|a| *a != WrappingAlgorithm::Unspecified)
+    }
+}
+
+/// A wrapping algorithm's name as hsmctl takes it: without the `WRAPPING_ALGORITHM_`
+/// prefix (`RSA_AES_KEY_WRAP_SHA_256`), or `UNKNOWN(n)`.
+pub fn wrapping_algorithm_name(value: i32) -> String {
+    let name = name_of::<WrappingAlgorithm>(value);
+    match name.strip_prefix("WRAPPING_ALGORITHM_") {
+        Some(short) => short.to_string(),
+        None => name,
     }
 }
 
@@ -166,6 +191,33 @@ mod tests {
         assert!(!err.expected.contains("UNSPECIFIED"));
         assert!(parse::<KeyUsage>("sign").is_err());
         assert!(parse::<SigningAlgorithm>("").is_err());
+    }
+
+    #[test]
+    fn wrapping_algorithms_with_or_without_prefix() {
+        for (input, want) in [
+            ("RSAES_OAEP_SHA_1", WrappingAlgorithm::RsaesOaepSha1),
+            ("rsaes-oaep-sha-256", WrappingAlgorithm::RsaesOaepSha256),
+            (
+                "RSA_AES_KEY_WRAP_SHA_1",
+                WrappingAlgorithm::RsaAesKeyWrapSha1,
+            ),
+            (
+                "rsa_aes_key_wrap_sha_256",
+                WrappingAlgorithm::RsaAesKeyWrapSha256,
+            ),
+            (
+                "WRAPPING_ALGORITHM_RSA_AES_KEY_WRAP_SHA_256",
+                WrappingAlgorithm::RsaAesKeyWrapSha256,
+            ),
+        ] {
+            assert_eq!(parse::<WrappingAlgorithm>(input), Ok(want), "{input}");
+        }
+        assert!(parse::<WrappingAlgorithm>("unspecified").is_err());
+        assert!(parse::<WrappingAlgorithm>("RSA_AES_KEY_WRAP").is_err());
+        assert_eq!(wrapping_algorithm_name(4), "RSA_AES_KEY_WRAP_SHA_256");
+        assert_eq!(wrapping_algorithm_name(0), "UNSPECIFIED");
+        assert_eq!(wrapping_algorithm_name(42), "UNKNOWN(42)");
     }
 
     #[test]

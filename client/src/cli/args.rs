@@ -77,6 +77,16 @@ pub fn parse_since(input: &str, now: OffsetDateTime) -> Result<OffsetDateTime, S
         .ok_or_else(|| format!("--since {input:?} reaches before the year -9999"))
 }
 
+/// Parses `--valid-to`: an RFC 3339 time, or `+DURATION` from now (`+1h`, `+30d`).
+pub fn parse_valid_to(input: &str, now: OffsetDateTime) -> Result<OffsetDateTime, String> {
+    let Some(ahead) = input.trim().strip_prefix('+') else {
+        return parse_rfc3339(input);
+    };
+    let ahead = parse_duration(ahead)?;
+    now.checked_add(time::Duration::try_from(ahead).map_err(|e| e.to_string())?)
+        .ok_or_else(|| format!("--valid-to {input:?} reaches past the year 9999"))
+}
+
 /// A time as a protobuf timestamp.
 pub fn to_timestamp(t: OffsetDateTime) -> Timestamp {
     Timestamp {
@@ -152,6 +162,21 @@ mod tests {
         assert_eq!(parse_duration("2w"), Ok(Duration::from_secs(1_209_600)));
         for bad in ["", "h", "10", "5y", "1.5h", "-1h", "99999999999999999999d"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn valid_to_is_a_time_or_a_duration_ahead() {
+        let now = parse_rfc3339("2025-01-31T12:00:00Z").unwrap();
+        let at = |s: &str| parse_valid_to(s, now).map(|t| t.format(&Rfc3339).unwrap());
+        assert_eq!(at("+1h").as_deref(), Ok("2025-01-31T13:00:00Z"));
+        assert_eq!(at("+30m").as_deref(), Ok("2025-01-31T12:30:00Z"));
+        assert_eq!(
+            at("2026-02-01T00:00:00Z").as_deref(),
+            Ok("2026-02-01T00:00:00Z")
+        );
+        for bad in ["1h", "+", "+1x", "tomorrow", "+99999999999999w"] {
+            assert!(parse_valid_to(bad, now).is_err(), "{bad}");
         }
     }
 

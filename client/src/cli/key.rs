@@ -1,9 +1,9 @@
 //! `hsmctl key ...`: create, list, describe, export the public half, and the lifecycle
-//! (enable, disable, schedule and cancel deletion).
+//! (enable, disable, schedule and cancel deletion, and deleting imported material).
 
 use clap::{Args, Subcommand};
 use hsm_client::names::{self, name_of};
-use hsm_client::v1::{CreateKeyRequest, KeySpec, KeyState, KeyUsage, ListKeysRequest};
+use hsm_client::v1::{CreateKeyRequest, KeyOrigin, KeySpec, KeyState, KeyUsage, ListKeysRequest};
 use serde_json::json;
 
 use super::args::{parse_tag, print, print_json, println, write_output};
@@ -13,7 +13,9 @@ use super::{CliError, Ctx, Verdict};
 /// Key management commands.
 #[derive(Debug, Subcommand)]
 pub enum KeyCommand {
-    /// Create a key inside the token. Prints only the new key id (json: its metadata).
+    /// Create a key inside the token (with --origin external: a key without material,
+    /// PENDING_IMPORT, for `hsmctl import`). Prints only the new key id (json: its
+    /// metadata).
     Create(CreateArgs),
     /// List keys, newest first (all pages unless --page-size is given).
     List(ListArgs),
@@ -47,18 +49,34 @@ pub enum KeyCommand {
         /// Key UUID or alias/NAME.
         key: String,
     },
+    /// Destroy an EXTERNAL key's imported material in the token. The key goes back to
+    /// PENDING_IMPORT and takes only the same material again (`hsmctl import`).
+    DeleteMaterial {
+        /// Key UUID or alias/NAME of an EXTERNAL key.
+        key: String,
+    },
 }
 
 /// Arguments of `key create`.
 #[derive(Debug, Args)]
 pub struct CreateArgs {
-    /// Key spec: RSA_2048, RSA_3072, RSA_4096, EC_P256, EC_P384, ED25519, AES_256, SM2
-    /// (any case, `-` or `_`).
+    /// Key spec: RSA_2048, RSA_3072, RSA_4096, EC_P256, EC_P384, ED25519, AES_256, SM2,
+    /// or AES_128 (with --origin external only) (any case, `-` or `_`).
     #[arg(long, value_name = "S", value_parser = names::parse::<KeySpec>)]
     spec: KeySpec,
     /// Key usage: sign-verify or encrypt-decrypt.
     #[arg(long, value_name = "U", value_parser = names::parse::<KeyUsage>)]
     usage: KeyUsage,
+    /// Where the key material comes from: hsm (generated in the token) or external
+    /// (the key is created without material, PENDING_IMPORT, and takes material you
+    /// bring with `hsmctl import key`, or `import params` then `import material`).
+    #[arg(
+        long,
+        value_name = "O",
+        default_value = "hsm",
+        value_parser = names::parse::<KeyOrigin>
+    )]
+    origin: KeyOrigin,
     /// Alias to create with the key (alias/NAME or NAME).
     #[arg(long, value_name = "A")]
     alias: Option<String>,
@@ -134,6 +152,9 @@ impl KeyCommand {
                 ctx.client.schedule_key_deletion(&key, days).await?
             }
             KeyCommand::CancelDeletion { key } => ctx.client.cancel_key_deletion(&key).await?,
+            KeyCommand::DeleteMaterial { key } => {
+                ctx.client.delete_imported_key_material(&key).await?
+            }
         };
         // Lifecycle changes: `<key id> <STATE> [<deletion time>]`, or the metadata.
         if ctx.json() {
@@ -150,15 +171,21 @@ impl KeyCommand {
 }
 
 impl CreateArgs {
+    /// The origin asked for (hsm unless --origin says otherwise).
+    #[cfg(test)]
+    pub fn origin(&self) -> KeyOrigin {
+        self.origin
+    }
+
     async fn run(self, ctx: &Ctx) -> Result<Verdict, CliError> {
         let req = CreateKeyRequest {
             spec: self.spec as i32,
             usage: self.usage as i32,
+            origin: self.origin as i32,
             alias: self.alias.unwrap_or_default(),
             description: self.description.unwrap_or_default(),
             tags: self.tags.into_iter().collect(),
             idempotency_token: self.idempotency_token.unwrap_or_default(),
-            ..Default::default()
         };
         let key = ctx.client.create_key(req).await?;
         if ctx.json() {

@@ -1,7 +1,7 @@
 //! The `hsmctl` command line: global flags, the command tree, and dispatch.
 //!
 //! One file per command family (`key`, `alias`, `crypto`, `encrypt`, `envelope`, `csr`,
-//! `token`, `audit`); each turns
+//! `import`, `token`, `audit`); each turns
 //! its arguments into calls on [`hsm_client::Client`] and prints a table (for people)
 //! or JSON (`-o json`, for programs).
 
@@ -14,6 +14,7 @@ mod csr;
 mod encrypt;
 mod envelope;
 mod error;
+mod import;
 mod key;
 mod render;
 mod table;
@@ -111,6 +112,10 @@ enum Command {
     /// Encrypt or decrypt files of any size locally under a data key from hsmd.
     #[command(subcommand)]
     Envelope(envelope::EnvelopeCommand),
+    /// Bring your own key: import key material into an EXTERNAL key (`key create
+    /// --origin external`), wrapped locally under a wrapping key from hsmd.
+    #[command(subcommand)]
+    Import(import::ImportCommand),
     /// Make a PKCS#10 certificate signing request for a key, signed inside the token.
     Csr(csr::CsrArgs),
     /// Import, fetch and self-sign the certificates of keys.
@@ -158,12 +163,15 @@ impl Ctx {
 
 impl Cli {
     /// Loads the profile, connects, and runs the command (offline audit verification
-    /// needs neither).
+    /// and `import wrap` need neither).
     pub async fn run(self) -> Result<Verdict, CliError> {
         if let Command::Audit(audit::AuditCommand::Verify(v)) = &self.command
             && v.offline()
         {
             return v.run_offline(self.output);
+        }
+        if let Command::Import(import::ImportCommand::Wrap(w)) = &self.command {
+            return w.run_offline(self.output);
         }
         let path = match self.profile {
             Some(p) => p,
@@ -200,6 +208,7 @@ impl Cli {
             Command::Decrypt(a) => a.run(&ctx).await,
             Command::Datakey(a) => a.run(&ctx).await,
             Command::Envelope(cmd) => cmd.run(&ctx).await,
+            Command::Import(cmd) => cmd.run(&ctx).await,
             Command::Csr(a) => a.run(&ctx).await,
             Command::Cert(cmd) => cmd.run(&ctx).await,
             Command::Token(cmd) => cmd.run(&ctx).await,
@@ -289,5 +298,50 @@ mod tests {
             "--show-plaintext",
         ]);
         assert!(both.is_err());
+    }
+
+    #[test]
+    fn import_commands_parse() {
+        let parses = |line: &str| Cli::try_parse_from(line.split_whitespace()).is_ok();
+        for good in [
+            "hsmctl key create --spec aes-128 --usage encrypt-decrypt --origin external",
+            "hsmctl key delete-material alias/k",
+            "hsmctl import params k --out-dir d",
+            "hsmctl import params k --wrapping-algorithm RSA_AES_KEY_WRAP_SHA_256 \
+             --wrapping-key-spec RSA_3072 --out-dir d",
+            "hsmctl import material k --token t --material m --public-key p --valid-to +1h",
+            "hsmctl import material k --token t --material m --valid-to 2030-01-31T12:00:00Z",
+            "hsmctl import wrap --public-key w.pem --algorithm rsaes-oaep-sha-1 --in k --out m",
+            "hsmctl import key k --in k.pem --valid-to +30m -o json",
+        ] {
+            assert!(parses(good), "{good}");
+        }
+        for bad in [
+            "hsmctl key create --spec rsa-2048 --usage sign-verify --origin elsewhere",
+            "hsmctl import params k --wrapping-key-spec EC_P256 --out-dir d",
+            "hsmctl import params k --wrapping-algorithm unspecified --out-dir d",
+            "hsmctl import params k",
+            "hsmctl import wrap --public-key w --in k --out m",
+            "hsmctl import material k --token t --material m --valid-to 1h",
+            "hsmctl import key k",
+        ] {
+            assert!(!parses(bad), "{bad}");
+        }
+    }
+
+    #[test]
+    fn key_create_origin_defaults_to_hsm() {
+        let origin = |extra: &[&str]| {
+            let line = "hsmctl key create --spec aes-256 --usage encrypt-decrypt";
+            let args = line.split_whitespace().chain(extra.iter().copied());
+            match Cli::try_parse_from(args).unwrap().command {
+                Command::Key(key::KeyCommand::Create(c)) => c.origin(),
+                other => panic!("{other:?}"),
+            }
+        };
+        use hsm_client::v1::KeyOrigin;
+        assert_eq!(origin(&[]), KeyOrigin::Hsm);
+        assert_eq!(origin(&["--origin", "external"]), KeyOrigin::External);
+        assert_eq!(origin(&["--origin", "HSM"]), KeyOrigin::Hsm);
     }
 }

@@ -30,6 +30,9 @@ pub fn key_json(k: &KeyMetadata) -> Value {
         "created_by": k.created_by,
         "signing_algorithms": names_of::<SigningAlgorithm>(&k.signing_algorithms),
         "encryption_algorithms": names_of::<EncryptionAlgorithm>(&k.encryption_algorithms),
+        "import_time": format_timestamp(k.import_time.as_ref()),
+        "valid_to": format_timestamp(k.valid_to.as_ref()),
+        "key_check_value": (!k.key_check_value.is_empty()).then_some(&k.key_check_value),
     })
 }
 
@@ -53,6 +56,15 @@ pub fn key_table(k: &KeyMetadata) -> String {
     }
     if k.destroy_time.is_some() {
         t.row(["destroy_time".into(), time_cell(k.destroy_time.as_ref())]);
+    }
+    if k.import_time.is_some() {
+        t.row(["import_time".into(), time_cell(k.import_time.as_ref())]);
+    }
+    if k.valid_to.is_some() {
+        t.row(["valid_to".into(), time_cell(k.valid_to.as_ref())]);
+    }
+    if !k.key_check_value.is_empty() {
+        t.row(["key_check_value", k.key_check_value.as_str()]);
     }
     let algorithms = names_of::<SigningAlgorithm>(&k.signing_algorithms).join(", ");
     t.row(["signing_algorithms".into(), or_dash(algorithms)]);
@@ -152,6 +164,41 @@ mod tests {
         assert_eq!(v["create_time"], "1970-01-01T00:00:00Z");
         assert_eq!(v["deletion_time"], Value::Null);
         assert_eq!(v["signing_algorithms"][0], "ECDSA_SHA_256");
+    }
+
+    #[test]
+    fn imported_keys_show_origin_times_and_check_value() {
+        let mut k = key();
+        assert_eq!(key_json(&k)["valid_to"], Value::Null);
+        assert_eq!(key_json(&k)["key_check_value"], Value::Null);
+        assert!(!key_table(&k).contains("import_time"));
+        k.origin = KeyOrigin::External as i32;
+        k.state = KeyState::PendingImport as i32;
+        k.import_time = Some(prost_types::Timestamp {
+            seconds: 60,
+            nanos: 0,
+        });
+        k.valid_to = Some(prost_types::Timestamp {
+            seconds: 3600,
+            nanos: 0,
+        });
+        k.key_check_value = "A1B2C3".into();
+        let v = key_json(&k);
+        assert_eq!(v["origin"], "EXTERNAL");
+        assert_eq!(v["state"], "PENDING_IMPORT");
+        assert_eq!(v["import_time"], "1970-01-01T00:01:00Z");
+        assert_eq!(v["valid_to"], "1970-01-01T01:00:00Z");
+        assert_eq!(v["key_check_value"], "A1B2C3");
+        let text = key_table(&k);
+        for line in [
+            "origin                 EXTERNAL",
+            "state                  PENDING_IMPORT",
+            "import_time            1970-01-01T00:01:00Z",
+            "valid_to               1970-01-01T01:00:00Z",
+            "key_check_value        A1B2C3",
+        ] {
+            assert!(text.contains(line), "{line:?} in\n{text}");
+        }
     }
 
     #[test]
