@@ -59,7 +59,8 @@ pub fn wrap_bytes(
             let mut kek = Zeroizing::new([0u8; 32]);
             OsRng.fill_bytes(&mut kek[..]);
             let mut out = oaep(&public, algorithm, &kek[..])?;
-            // try_from a slice: no unzeroized copy of the key on the stack.
+            // try_from a slice: no unzeroized copy of the key on the stack; the key
+            // schedule is wiped on drop (aes's `zeroize` feature, see Cargo.toml).
             let wrapped = aes_kw::KekAes256::try_from(&kek[..])
                 .and_then(|kek| kek.wrap_with_padding_vec(material))
                 .map_err(|e| ImportError::Wrap(format!("AES key wrap: {e}")))?;
