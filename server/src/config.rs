@@ -17,6 +17,7 @@ use serde::Deserialize;
 use crate::audit::AuditConfig;
 use crate::auth::{LimitClass, Policy, Rate, RawRule, Rule};
 use crate::hsm::HsmConfig;
+use crate::keys::import::{IMPORT_TOKEN_LIFETIME_SECS, ImportConfig};
 
 /// A config problem: the key and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +50,15 @@ struct RawConfig {
     rate_limits: RawRateLimits,
     #[serde(default)]
     lifecycle: RawLifecycle,
+    #[serde(default)]
+    import: RawImport,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawImport {
+    allow_host_oaep_sha256: Option<bool>,
+    token_lifetime_secs: Option<i64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -141,6 +151,8 @@ pub struct Config {
     pub rate_limits: HashMap<LimitClass, Rate>,
     /// How often the lifecycle task looks for keys to destroy.
     pub sweep_interval: Duration,
+    /// Key import settings.
+    pub import: ImportConfig,
 }
 
 /// Default listen address.
@@ -216,6 +228,20 @@ impl RawConfig {
         if sweep == 0 {
             return Err(bad("lifecycle.sweep_interval_secs", "must be at least 1"));
         }
+        let lifetime = self
+            .import
+            .token_lifetime_secs
+            .unwrap_or(IMPORT_TOKEN_LIFETIME_SECS);
+        if !(1..=IMPORT_TOKEN_LIFETIME_SECS).contains(&lifetime) {
+            return Err(bad(
+                "import.token_lifetime_secs",
+                format!("must be 1..{IMPORT_TOKEN_LIFETIME_SECS}"),
+            ));
+        }
+        let import = ImportConfig {
+            token_lifetime_secs: lifetime,
+            allow_host_oaep_sha256: self.import.allow_host_oaep_sha256.unwrap_or(false),
+        };
         Ok(Config {
             listen,
             hsm: HsmConfig {
@@ -232,6 +258,7 @@ impl RawConfig {
             policy,
             rate_limits,
             sweep_interval: Duration::from_secs(sweep),
+            import,
         })
     }
 }

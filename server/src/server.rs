@@ -53,7 +53,17 @@ pub async fn run(
     let audit_cfg = cfg.audit.clone();
     let audit =
         tokio::task::spawn_blocking(move || AuditLog::open(&audit_cfg, Some(signer))).await??;
-    let keys = Arc::new(KeyManager::new(backend, store));
+    let keys = Arc::new(KeyManager::new(backend, store).with_import(cfg.import));
+    for (alg, path) in keys.import_paths() {
+        match path {
+            Ok(p) => {
+                tracing::info!(algorithm = alg.name(), offered = true, path = %p, "import path")
+            }
+            Err(why) => {
+                tracing::info!(algorithm = alg.name(), offered = false, path = %why, "import path")
+            }
+        }
+    }
     let ctx = Ctx {
         keys,
         audit,
@@ -291,42 +301,84 @@ async fn sweep_loop(ctx: Ctx, every: Duration) {
     }
 }
 
-/// Destroys every key whose deletion date has passed, each with an audit record.
+/// Destroys every key whose deletion date has passed, and imported material whose
+/// valid-to has passed (the key returns to PENDING_IMPORT), each with an audit record;
+/// then the wrapping keys of superseded and expired import tokens.
 pub async fn sweep(ctx: &Ctx) {
     let keys = ctx.keys.clone();
-    let due = match tokio::task::spawn_blocking(move || keys.due_for_deletion(now())).await {
+    let found = tokio::task::spawn_blocking(move || {
+        Ok::<_, crate::keys::KeyError>((
+            keys.due_for_deletion(now())?,
+            keys.expired_material(now())?,
+        ))
+    })
+    .await;
+    let (due, expired) = match found {
         Ok(Ok(d)) => d,
-        Ok(Err(e)) => return tracing::error!(error = %e, "deletion sweep failed"),
-        Err(e) => return tracing::error!(error = %e, "deletion sweep task failed"),
+        Ok(Err(e)) => return tracing::error!(error = %e, "lifecycle sweep failed"),
+        Err(e) => return tracing::error!(error = %e, "lifecycle sweep task failed"),
     };
     for key in due {
         let id = key.id;
         let keys = ctx.keys.clone();
-        let result = tokio::task::spawn_blocking(move || keys.destroy(&key)).await;
-        let (outcome, status, reason) = match &result {
-            Ok(Ok(_)) => (Outcome::Ok, "OK", String::new()),
-            Ok(Err(e)) => (Outcome::Failed, "INTERNAL", e.reason().to_string()),
-            Err(_) => (Outcome::Failed, "INTERNAL", "INTERNAL".to_string()),
-        };
+        let result = tokio::task::spawn_blocking(move || keys.destroy(&key).map(drop)).await;
         match &result {
-            Ok(Ok(_)) => tracing::info!(key_id = %id, "key destroyed after its deletion date"),
+            Ok(Ok(())) => tracing::info!(key_id = %id, "key destroyed after its deletion date"),
             Ok(Err(e)) => {
                 tracing::error!(key_id = %id, error = %e, "destroying a key failed; retried next sweep")
             }
             Err(e) => tracing::error!(key_id = %id, error = %e, "destroy task failed"),
         }
-        let event = AuditEvent {
-            request_id: uuid::Uuid::new_v4().to_string(),
-            principal: SYSTEM_PRINCIPAL.into(),
-            method: "hsmd/DestroyKey".into(),
-            key_id: id.to_string(),
-            outcome: Some(outcome),
-            status: status.into(),
-            reason,
-            ..Default::default()
-        };
-        if let Err(e) = ctx.audit.append(event).await {
-            tracing::error!(key_id = %id, error = %e, "audit record of a key destruction not written");
+        system_record(ctx, "hsmd/DestroyKey", id, &result).await;
+    }
+    for key in expired {
+        let id = key.id;
+        let keys = ctx.keys.clone();
+        let result =
+            tokio::task::spawn_blocking(move || keys.delete_imported_material(&key).map(drop))
+                .await;
+        match &result {
+            Ok(Ok(())) => {
+                tracing::info!(key_id = %id, "imported key material destroyed at its valid-to; key is PENDING_IMPORT")
+            }
+            Ok(Err(e)) => {
+                tracing::error!(key_id = %id, error = %e, "destroying expired key material failed; retried next sweep")
+            }
+            Err(e) => tracing::error!(key_id = %id, error = %e, "expiry task failed"),
         }
+        system_record(ctx, "hsmd/ExpireKeyMaterial", id, &result).await;
+    }
+    let keys = ctx.keys.clone();
+    if let Err(e) =
+        tokio::task::spawn_blocking(move || keys.destroy_stale_wrapping_keys(now())).await
+    {
+        tracing::error!(error = %e, "wrapping key sweep task failed");
+    }
+}
+
+/// The audit record of a change hsmd made on its own (principal `hsmd`).
+async fn system_record(
+    ctx: &Ctx,
+    method: &str,
+    id: uuid::Uuid,
+    result: &Result<Result<(), crate::keys::KeyError>, tokio::task::JoinError>,
+) {
+    let (outcome, status, reason) = match result {
+        Ok(Ok(())) => (Outcome::Ok, "OK", String::new()),
+        Ok(Err(e)) => (Outcome::Failed, "INTERNAL", e.reason().to_string()),
+        Err(_) => (Outcome::Failed, "INTERNAL", "INTERNAL".to_string()),
+    };
+    let event = AuditEvent {
+        request_id: uuid::Uuid::new_v4().to_string(),
+        principal: SYSTEM_PRINCIPAL.into(),
+        method: method.into(),
+        key_id: id.to_string(),
+        outcome: Some(outcome),
+        status: status.into(),
+        reason,
+        ..Default::default()
+    };
+    if let Err(e) = ctx.audit.append(event).await {
+        tracing::error!(key_id = %id, method, error = %e, "audit record of a lifecycle change not written");
     }
 }

@@ -14,6 +14,7 @@ pub mod certs;
 pub mod configured;
 pub mod crypt;
 pub mod daemon;
+pub mod import;
 pub mod pkcs11;
 pub mod profile;
 pub mod serve;

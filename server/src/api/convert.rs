@@ -159,6 +159,9 @@ pub fn metadata(k: &KeyRecord) -> pb::KeyMetadata {
             Vec::new()
         },
         encryption_algorithms: encryption_algorithms(k),
+        import_time: k.import_time.map(ts),
+        valid_to: k.valid_to.map(ts),
+        key_check_value: k.key_check_value.clone().unwrap_or_default(),
     }
 }
 

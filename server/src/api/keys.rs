@@ -616,4 +616,25 @@ impl KeyService for KeyApi {
     ) -> Result<Response<pb::GenerateDataKeyWithoutPlaintextResponse>, Status> {
         self.generate_data_key_without_plaintext_call(req).await
     }
+
+    async fn get_parameters_for_import(
+        &self,
+        req: Request<pb::GetParametersForImportRequest>,
+    ) -> Result<Response<pb::GetParametersForImportResponse>, Status> {
+        self.get_parameters_for_import_call(req).await
+    }
+
+    async fn import_key_material(
+        &self,
+        req: Request<pb::ImportKeyMaterialRequest>,
+    ) -> Result<Response<pb::ImportKeyMaterialResponse>, Status> {
+        self.import_key_material_call(req).await
+    }
+
+    async fn delete_imported_key_material(
+        &self,
+        req: Request<pb::DeleteImportedKeyMaterialRequest>,
+    ) -> Result<Response<pb::DeleteImportedKeyMaterialResponse>, Status> {
+        self.delete_imported_key_material_call(req).await
+    }
 }

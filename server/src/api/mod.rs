@@ -11,6 +11,7 @@ pub mod certs;
 pub mod complete;
 pub mod convert;
 pub mod crypt;
+pub mod import;
 pub mod keys;
 pub mod status;
 pub mod token;

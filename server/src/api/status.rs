@@ -80,6 +80,10 @@ impl ApiError {
                 | KeyError::PlaintextTooLarge { .. }
                 | KeyError::InvalidCiphertext(_)
                 | KeyError::DecryptionFailed => Code::InvalidArgument,
+                KeyError::Import { reason, .. } if reason.is_precondition() => {
+                    Code::FailedPrecondition
+                }
+                KeyError::Import { .. } => Code::InvalidArgument,
                 KeyError::KeyNotFound(_) | KeyError::AliasNotFound(_) => Code::NotFound,
                 KeyError::AliasExists(_) => Code::AlreadyExists,
                 KeyError::KeyState { .. }

@@ -9,6 +9,7 @@ pub mod audit_key;
 pub mod certs;
 pub mod crypt;
 pub mod error;
+pub mod import;
 pub mod mechanisms;
 pub mod objects;
 pub mod pool;

@@ -124,6 +124,104 @@ pub fn generation(spec: KeySpec, usage: KeyUsage, id: &[u8], label: &str) -> Opt
     })
 }
 
+/// CKA_EC_PARAMS of an elliptic-curve spec.
+pub fn ec_params(spec: KeySpec) -> Option<&'static [u8]> {
+    match spec {
+        KeySpec::EcP256 => Some(OID_P256),
+        KeySpec::EcP384 => Some(OID_P384),
+        KeySpec::Ed25519 => Some(OID_ED25519),
+        _ => None,
+    }
+}
+
+/// CKA_KEY_TYPE of a spec.
+pub fn key_type(spec: KeySpec) -> Option<KeyType> {
+    match spec {
+        KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096 => Some(KeyType::RSA),
+        KeySpec::EcP256 | KeySpec::EcP384 => Some(KeyType::EC),
+        KeySpec::Ed25519 => Some(KeyType::EC_EDWARDS),
+        KeySpec::Aes256 | KeySpec::Aes128 => Some(KeyType::AES),
+        KeySpec::Sm2 => None,
+    }
+}
+
+/// Template of imported material while it is checked: the private (or secret) object
+/// of `generation` with its class and key type, as a session object (CKA_TOKEN false),
+/// without CKA_VALUE_LEN (the material sets it; SoftHSM2 refuses it). A secret key's
+/// session copy is extractable so that its length can be learnt in the token (see
+/// `import::aes_key_len`); the token object made from it is not.
+pub fn import_template(
+    spec: KeySpec,
+    usage: KeyUsage,
+    id: &[u8],
+    label: &str,
+) -> Option<Vec<Attribute>> {
+    let mut t = generation(spec, usage, id, label)?.private;
+    t.retain(|a| {
+        !matches!(
+            a,
+            Attribute::Token(_)
+                | Attribute::Class(_)
+                | Attribute::KeyType(_)
+                | Attribute::ValueLen(_)
+                | Attribute::Extractable(_)
+        )
+    });
+    t.push(Attribute::Extractable(!spec.is_asymmetric()));
+    let class = if spec.is_asymmetric() {
+        ObjectClass::PRIVATE_KEY
+    } else {
+        ObjectClass::SECRET_KEY
+    };
+    t.extend([
+        Attribute::Token(false),
+        Attribute::Class(class),
+        Attribute::KeyType(key_type(spec)?),
+    ]);
+    Some(t)
+}
+
+/// Template of the token public key object of imported key-pair material: the public
+/// template of `generation` with the key's public values.
+pub fn public_object(
+    spec: KeySpec,
+    usage: KeyUsage,
+    id: &[u8],
+    label: &str,
+    material: &PublicKeyMaterial,
+) -> Option<Vec<Attribute>> {
+    let mut t = generation(spec, usage, id, label)?.public?;
+    t.retain(|a| !matches!(a, Attribute::ModulusBits(_) | Attribute::PublicExponent(_)));
+    t.extend([
+        Attribute::Class(ObjectClass::PUBLIC_KEY),
+        Attribute::KeyType(key_type(spec)?),
+    ]);
+    match material {
+        PublicKeyMaterial::Rsa { modulus, exponent } => t.extend([
+            Attribute::Modulus(modulus.clone()),
+            Attribute::PublicExponent(exponent.clone()),
+        ]),
+        PublicKeyMaterial::Ec { point, .. } => t.push(Attribute::EcPoint(octet_string(point))),
+        PublicKeyMaterial::Ed25519 { key } => t.push(Attribute::EcPoint(octet_string(key))),
+    }
+    Some(t)
+}
+
+/// DER OCTET STRING of `bytes` (at most 65535 bytes), as CKA_EC_POINT is stored.
+fn octet_string(bytes: &[u8]) -> Vec<u8> {
+    let len = bytes.len();
+    let mut v = vec![0x04];
+    if len < 0x80 {
+        v.push(len as u8);
+    } else if len < 0x100 {
+        v.extend([0x81, len as u8]);
+    } else {
+        v.extend([0x82, (len >> 8) as u8, len as u8]);
+    }
+    v.extend_from_slice(bytes);
+    v
+}
+
 /// Generates a key in the token; destroys what was made if any step fails.
 pub fn generate(session: &Session, template: &Generation) -> cryptoki::error::Result<KeyObjects> {
     match &template.public {
@@ -176,7 +274,12 @@ fn find_one(
     Ok(session.find_objects(&template)?.into_iter().next())
 }
 
-/// Every (class, CKA_ID) of key objects in the token, for reconciliation.
+/// CKA_ID prefix of import wrapping keys (followed by the import token's 16 bytes), so
+/// that reconciliation tells them from key material.
+pub const WRAPPING_KEY_ID_PREFIX: &[u8] = b"hsmd-wrap:";
+
+/// Every (class, CKA_ID) of key objects in the token, for reconciliation (import
+/// wrapping keys are left out).
 pub fn list_ids(session: &Session) -> cryptoki::error::Result<Vec<(ObjectClass, Vec<u8>)>> {
     let mut out = Vec::new();
     for class in [
@@ -186,7 +289,9 @@ pub fn list_ids(session: &Session) -> cryptoki::error::Result<Vec<(ObjectClass, 
     ] {
         for h in session.find_objects(&[Attribute::Token(true), Attribute::Class(class)])? {
             for attr in session.get_attributes(h, &[AttributeType::Id])? {
-                if let Attribute::Id(id) = attr {
+                if let Attribute::Id(id) = attr
+                    && !id.starts_with(WRAPPING_KEY_ID_PREFIX)
+                {
                     out.push((class, id));
                 }
             }
@@ -282,6 +387,11 @@ mod tests {
         );
         assert_eq!(unwrap_octet_string(&[0x04, 0x03, 0xaa, 0xbb]), None);
         let long: Vec<u8> = [vec![0x04, 0x81, 0x85], vec![1u8; 0x85]].concat();
+        assert_eq!(octet_string(&[1u8; 0x85]), long);
+        assert_eq!(
+            unwrap_octet_string(&octet_string(&[7u8; 65])),
+            Some(vec![7u8; 65])
+        );
         assert_eq!(unwrap_octet_string(&long).map(|v| v.len()), Some(0x85));
         // A raw uncompressed point starts with 0x04 too but is not a valid OCTET STRING.
         let raw = [vec![0x04], vec![9u8; 64]].concat();

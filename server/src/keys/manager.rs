@@ -34,6 +34,7 @@ pub struct NewKey {
 pub struct KeyManager {
     pub(super) backend: Arc<Pkcs11Backend>,
     pub(super) store: Arc<Store>,
+    pub(super) import: super::import::ImportConfig,
 }
 
 /// Current time in unix seconds.
@@ -43,7 +44,17 @@ pub fn now() -> i64 {
 
 impl KeyManager {
     pub fn new(backend: Arc<Pkcs11Backend>, store: Arc<Store>) -> Self {
-        KeyManager { backend, store }
+        KeyManager {
+            backend,
+            store,
+            import: Default::default(),
+        }
+    }
+
+    /// With `[import]` settings other than the defaults.
+    pub fn with_import(mut self, import: super::import::ImportConfig) -> Self {
+        self.import = import;
+        self
     }
 
     /// The backend (for token info and random bytes).
@@ -78,7 +89,16 @@ impl KeyManager {
         check_new_key(&req)?;
         req.tags
             .insert(super::CREATED_BY_TAG.to_string(), principal.to_string());
-        if !self.backend.capabilities().offers_spec(req.spec) {
+        let caps = self.backend.capabilities();
+        let external = req.origin == KeyOrigin::External;
+        if req.spec == KeySpec::Aes128 && !external {
+            return Err(KeyError::UnsupportedKeySpec(
+                "AES_128 is offered for imported keys only (origin EXTERNAL); generated AES keys are AES_256".into(),
+            ));
+        }
+        let offered = caps.offers_spec(req.spec)
+            || (external && req.spec == KeySpec::Aes128 && caps.offers_spec(KeySpec::Aes256));
+        if !offered {
             return Err(KeyError::UnsupportedKeySpec(format!(
                 "{} keys are not supported by this token (it lacks the mechanisms); offered: {}",
                 req.spec,
@@ -101,6 +121,16 @@ impl KeyManager {
             return Err(KeyError::AliasExists(a.clone()));
         }
         let id = Uuid::new_v4();
+        if external {
+            // No material yet: nothing in the token to roll back.
+            let record = self.finish_create(id, principal, &req, alias.as_deref());
+            if record.is_err()
+                && let Some(existing) = self.earlier(principal, &req, alias.as_deref())?
+            {
+                return Ok(existing);
+            }
+            return record;
+        }
         self.backend.generate(id, req.spec, req.usage)?;
         let record = self.finish_create(id, principal, &req, alias.as_deref());
         if record.is_err() {
@@ -147,7 +177,8 @@ impl KeyManager {
         req: &NewKey,
         alias: Option<&str>,
     ) -> Result<KeyRecord, KeyError> {
-        let public_key_der = if req.spec.is_asymmetric() {
+        let external = req.origin == KeyOrigin::External;
+        let public_key_der = if req.spec.is_asymmetric() && !external {
             let material = self.backend.public_key(id, req.spec)?;
             Some(public::spki_der(&material).map_err(KeyError::Internal)?)
         } else {
@@ -158,7 +189,11 @@ impl KeyManager {
             spec: req.spec,
             usage: req.usage,
             origin: req.origin,
-            state: KeyState::Enabled,
+            state: if external {
+                KeyState::PendingImport
+            } else {
+                KeyState::Enabled
+            },
             description: req.description.clone(),
             tags: req.tags.clone(),
             created_by: principal.to_string(),
@@ -166,6 +201,9 @@ impl KeyManager {
             deletion_time: None,
             destroy_time: None,
             public_key_der,
+            import_time: None,
+            valid_to: None,
+            key_check_value: None,
             aliases: alias.iter().map(|a| a.to_string()).collect(),
         };
         self.store
@@ -364,11 +402,6 @@ fn check_new_key(req: &NewKey) -> Result<(), KeyError> {
             req.spec,
             join(req.spec.allowed_usages().iter().map(|u| u.name()))
         )));
-    }
-    if req.origin == KeyOrigin::External {
-        return Err(KeyError::InvalidArgument(
-            "origin EXTERNAL (import) is not offered yet; use HSM".into(),
-        ));
     }
     if req.description.len() > 1024 {
         return Err(KeyError::InvalidArgument(

@@ -3,6 +3,7 @@
 
 pub mod blob;
 pub mod crypt;
+pub mod import;
 pub mod lifecycle;
 pub mod manager;
 pub mod model;
@@ -80,6 +81,12 @@ pub enum KeyError {
     /// the API must not be a padding oracle.
     #[error("{DECRYPTION_FAILED_MESSAGE}")]
     DecryptionFailed,
+    /// A refused import step; `reason` says which rule.
+    #[error("{message}")]
+    Import {
+        reason: import::ImportReason,
+        message: String,
+    },
     #[error("token unavailable")]
     Unavailable(String),
     #[error("internal error")]
@@ -114,6 +121,7 @@ impl KeyError {
             KeyError::PlaintextTooLarge { .. } => "PLAINTEXT_TOO_LARGE",
             KeyError::InvalidCiphertext(_) => "INVALID_CIPHERTEXT",
             KeyError::DecryptionFailed => "DECRYPTION_FAILED",
+            KeyError::Import { reason, .. } => reason.name(),
             KeyError::Unavailable(_) => "TOKEN_UNAVAILABLE",
             KeyError::Internal(_) => "INTERNAL",
         }

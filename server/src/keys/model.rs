@@ -28,6 +28,11 @@ pub struct KeyRecord {
     pub destroy_time: Option<i64>,
     /// SubjectPublicKeyInfo DER for key pairs, read from the token at creation.
     pub public_key_der: Option<Vec<u8>>,
+    /// EXTERNAL keys holding material: when it was imported and when it expires.
+    pub import_time: Option<i64>,
+    pub valid_to: Option<i64>,
+    /// EXTERNAL AES keys ever imported: key check value (upper-case hex, 3 bytes).
+    pub key_check_value: Option<String>,
     pub aliases: Vec<String>,
 }
 
@@ -44,8 +49,16 @@ impl KeyRecord {
         })
     }
 
-    /// Refuses a key that is not ENABLED (its state's reason: KEY_DISABLED...).
+    /// Refuses a key that is not ENABLED (its state's reason: KEY_DISABLED...). Imported
+    /// material past its valid-to counts as gone (KEY_PENDING_IMPORT) even before the
+    /// sweep destroys it.
     pub fn require_enabled(&self) -> Result<(), super::KeyError> {
+        if self.valid_to.is_some_and(|t| t <= super::manager::now()) {
+            return Err(super::KeyError::KeyState {
+                key: self.id,
+                state: KeyState::PendingImport,
+            });
+        }
         if self.state == KeyState::Enabled {
             return Ok(());
         }

@@ -76,6 +76,88 @@ pub fn ecdsa_der_to_raw(spec: KeySpec, der: &[u8]) -> Option<Vec<u8>> {
     }
 }
 
+/// The public key material of a SubjectPublicKeyInfo DER for a key of `spec`, or why it
+/// is not one.
+pub fn from_spki(spec: KeySpec, der: &[u8]) -> Result<PublicKeyMaterial, String> {
+    use p256::elliptic_curve::sec1::ToEncodedPoint;
+    use p256::pkcs8::DecodePublicKey;
+    let bad = |e: &dyn std::fmt::Display| format!("public_key_der is not a {spec} public key: {e}");
+    match spec {
+        KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096 => {
+            use rsa::traits::PublicKeyParts;
+            let k = rsa::RsaPublicKey::from_public_key_der(der).map_err(|e| bad(&e))?;
+            Ok(PublicKeyMaterial::Rsa {
+                modulus: k.n().to_bytes_be(),
+                exponent: k.e().to_bytes_be(),
+            })
+        }
+        KeySpec::EcP256 => {
+            let k = p256::PublicKey::from_public_key_der(der).map_err(|e| bad(&e))?;
+            Ok(PublicKeyMaterial::Ec {
+                spec,
+                point: k.to_encoded_point(false).as_bytes().to_vec(),
+            })
+        }
+        KeySpec::EcP384 => {
+            let k = p384::PublicKey::from_public_key_der(der).map_err(|e| bad(&e))?;
+            Ok(PublicKeyMaterial::Ec {
+                spec,
+                point: k.to_encoded_point(false).as_bytes().to_vec(),
+            })
+        }
+        KeySpec::Ed25519 => {
+            let k = ed25519_dalek::VerifyingKey::from_public_key_der(der).map_err(|e| bad(&e))?;
+            Ok(PublicKeyMaterial::Ed25519 { key: k.to_bytes() })
+        }
+        _ => Err(format!("{spec} keys have no public key")),
+    }
+}
+
+/// True when `sig` is a valid Ed25519 signature of `msg` by `key`.
+pub fn ed25519_verifies(key: &[u8; 32], msg: &[u8], sig: &[u8]) -> bool {
+    let Ok(key) = ed25519_dalek::VerifyingKey::from_bytes(key) else {
+        return false;
+    };
+    let Ok(sig) = ed25519_dalek::Signature::from_slice(sig) else {
+        return false;
+    };
+    key.verify_strict(msg, &sig).is_ok()
+}
+
+/// The uncompressed public point of the key that made two ECDSA signatures (raw r‖s)
+/// over two digests: the candidates recovered from the first that verify the second.
+pub fn recover_ec_point(spec: KeySpec, signed: &[(Vec<u8>, Vec<u8>)]) -> Option<Vec<u8>> {
+    macro_rules! recover {
+        ($curve:ident) => {{
+            use ecdsa::RecoveryId;
+            use $curve::ecdsa::signature::hazmat::PrehashVerifier;
+            use $curve::ecdsa::{Signature, VerifyingKey};
+            let [(d1, s1), rest @ ..] = signed else {
+                return None;
+            };
+            let s1 = Signature::from_slice(s1).ok()?;
+            let others: Vec<(&[u8], Signature)> = rest
+                .iter()
+                .map(|(d, s)| Some((d.as_slice(), Signature::from_slice(s).ok()?)))
+                .collect::<Option<_>>()?;
+            let found: Vec<VerifyingKey> = (0u8..4)
+                .filter_map(RecoveryId::from_byte)
+                .filter_map(|id| VerifyingKey::recover_from_prehash(d1, &s1, id).ok())
+                .filter(|k| others.iter().all(|(d, s)| k.verify_prehash(d, s).is_ok()))
+                .collect();
+            match found.as_slice() {
+                [k] => Some(k.to_encoded_point(false).as_bytes().to_vec()),
+                _ => None,
+            }
+        }};
+    }
+    match spec {
+        KeySpec::EcP256 => recover!(p256),
+        KeySpec::EcP384 => recover!(p384),
+        _ => None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,6 +174,40 @@ mod tests {
         assert_eq!(ecdsa_der_to_raw(KeySpec::EcP256, b"garbage"), None);
         assert_eq!(ecdsa_der_to_raw(KeySpec::EcP256, &[]), None);
         assert_eq!(ecdsa_der_to_raw(KeySpec::Rsa2048, &der), None);
+    }
+
+    #[test]
+    fn ec_public_key_is_recovered_from_two_signatures() {
+        use p256::ecdsa::signature::hazmat::PrehashSigner;
+        let sk = p256::ecdsa::SigningKey::from_slice(&[9u8; 32]).unwrap();
+        let signed: Vec<(Vec<u8>, Vec<u8>)> = [[1u8; 32], [2u8; 32]]
+            .iter()
+            .map(|d| {
+                let sig: p256::ecdsa::Signature = sk.sign_prehash(d).unwrap();
+                (d.to_vec(), sig.to_bytes().to_vec())
+            })
+            .collect();
+        let want = sk
+            .verifying_key()
+            .to_encoded_point(false)
+            .as_bytes()
+            .to_vec();
+        assert_eq!(
+            recover_ec_point(KeySpec::EcP256, &signed),
+            Some(want.clone())
+        );
+        let material = PublicKeyMaterial::Ec {
+            spec: KeySpec::EcP256,
+            point: want,
+        };
+        let der = spki_der(&material).unwrap();
+        assert_eq!(from_spki(KeySpec::EcP256, &der).unwrap(), material);
+        assert!(from_spki(KeySpec::EcP384, &der).is_err());
+        assert!(from_spki(KeySpec::Rsa2048, &der).is_err());
+        // A second signature over another digest that the key did not make: no key.
+        let mut forged = signed.clone();
+        forged[1].0 = vec![3u8; 32];
+        assert_eq!(recover_ec_point(KeySpec::EcP256, &forged), None);
     }
 
     #[test]

@@ -76,6 +76,30 @@ pub enum EncryptionAlgorithm {
     RsaesPkcs1V15,
 }
 
+/// How key material is wrapped for import, named as in the cloud KMS APIs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WrappingAlgorithm {
+    /// Raw AES key bytes under RSA-OAEP-SHA-1.
+    RsaesOaepSha1,
+    RsaesOaepSha256,
+    /// An ephemeral AES-256 key under RSA-OAEP-SHA-1, then the material under AES key
+    /// wrap with padding (RFC 5649).
+    RsaAesKeyWrapSha1,
+    RsaAesKeyWrapSha256,
+}
+
+impl WrappingAlgorithm {
+    /// The OAEP block uses SHA-256 (else SHA-1).
+    pub fn sha256(self) -> bool {
+        matches!(self, Self::RsaesOaepSha256 | Self::RsaAesKeyWrapSha256)
+    }
+
+    /// The material follows an ephemeral AES key, under AES key wrap with padding.
+    pub fn key_wrap(self) -> bool {
+        matches!(self, Self::RsaAesKeyWrapSha1 | Self::RsaAesKeyWrapSha256)
+    }
+}
+
 /// How the message of a Sign or Verify call is to be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum MessageType {
@@ -133,6 +157,10 @@ names!(SigningAlgorithm {
     Ed25519 => "ED25519_SHA_512",
 });
 names!(MessageType { Raw => "RAW", Digest => "DIGEST" });
+names!(WrappingAlgorithm {
+    RsaesOaepSha1 => "RSAES_OAEP_SHA_1", RsaesOaepSha256 => "RSAES_OAEP_SHA_256",
+    RsaAesKeyWrapSha1 => "RSA_AES_KEY_WRAP_SHA_1", RsaAesKeyWrapSha256 => "RSA_AES_KEY_WRAP_SHA_256",
+});
 names!(EncryptionAlgorithm {
     SymmetricDefault => "SYMMETRIC_DEFAULT", RsaesOaepSha1 => "RSAES_OAEP_SHA_1",
     RsaesOaepSha256 => "RSAES_OAEP_SHA_256", RsaesPkcs1V15 => "RSAES_PKCS1_V1_5",
@@ -194,7 +222,7 @@ impl KeySpec {
             KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096 => {
                 &[RsaesOaepSha256, RsaesOaepSha1]
             }
-            KeySpec::Aes256 => &[SymmetricDefault],
+            KeySpec::Aes256 | KeySpec::Aes128 => &[SymmetricDefault],
             _ => &[],
         }
     }

@@ -119,6 +119,9 @@ mod tests {
             deletion_time: None,
             destroy_time: None,
             public_key_der: Some(vec![1]),
+            import_time: None,
+            valid_to: None,
+            key_check_value: None,
             aliases: vec![],
         };
         store.insert_key(&key, None, None).unwrap();

@@ -6,6 +6,7 @@
 //! never both win a transition.
 
 mod certs;
+mod imports;
 mod rows;
 
 use std::path::Path;
@@ -17,6 +18,7 @@ use uuid::Uuid;
 use crate::keys::model::KeyRecord;
 use crate::keys::spec::{KeyState, KeyUsage};
 pub use certs::StoredChain;
+pub use imports::{ImportToken, ImportedMaterial};
 pub use rows::Alias;
 
 /// Store failures.
@@ -91,6 +93,7 @@ impl Store {
         let conn = store.connect()?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(certs::SCHEMA)?;
+        conn.execute_batch(imports::SCHEMA)?;
         store
             .idle
             .lock()

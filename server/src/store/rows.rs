@@ -20,6 +20,12 @@ pub struct Alias {
 const KEY_COLUMNS: &str = "key_id, spec, usage, origin, state, description, tags, created_by, \
                            create_time, deletion_time, destroy_time, public_key";
 
+/// What `key_from_row` reads: the key row and its imported material's row, if any.
+const SELECT_KEY: &str = "SELECT k.key_id, k.spec, k.usage, k.origin, k.state, k.description, \
+                          k.tags, k.created_by, k.create_time, k.deletion_time, k.destroy_time, \
+                          k.public_key, m.import_time, m.valid_to, m.key_check_value \
+                          FROM keys k LEFT JOIN key_material m ON m.key_id = k.key_id";
+
 pub fn parse_uuid(s: &str) -> Result<Uuid, StoreError> {
     Uuid::parse_str(s).map_err(|_| StoreError::Corrupt(format!("key id {s:?}")))
 }
@@ -44,6 +50,9 @@ fn key_from_row(row: &Row<'_>) -> Result<KeyRecord, StoreError> {
         deletion_time: row.get(9)?,
         destroy_time: row.get(10)?,
         public_key_der: row.get(11)?,
+        import_time: row.get(12)?,
+        valid_to: row.get(13)?,
+        key_check_value: row.get(14)?,
         aliases: Vec::new(),
     })
 }
@@ -79,8 +88,7 @@ pub fn insert_key(conn: &Connection, k: &KeyRecord, token: Option<&str>) -> Resu
 }
 
 pub fn get_key(conn: &Connection, id: Uuid) -> Result<Option<KeyRecord>, StoreError> {
-    let mut stmt =
-        conn.prepare_cached(&format!("SELECT {KEY_COLUMNS} FROM keys WHERE key_id = ?1"))?;
+    let mut stmt = conn.prepare_cached(&format!("{SELECT_KEY} WHERE k.key_id = ?1"))?;
     let mut rows = stmt.query([id.to_string()])?;
     let Some(row) = rows.next()? else {
         return Ok(None);
@@ -91,18 +99,18 @@ pub fn get_key(conn: &Connection, id: Uuid) -> Result<Option<KeyRecord>, StoreEr
 }
 
 pub fn list_keys(conn: &Connection, f: &KeyFilter) -> Result<Vec<KeyRecord>, StoreError> {
-    let mut sql = format!("SELECT {KEY_COLUMNS} FROM keys k WHERE 1=1");
+    let mut sql = format!("{SELECT_KEY} WHERE 1=1");
     let mut args: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
     match f.state {
         Some(s) => {
             args.push(Box::new(s.name()));
-            sql += &format!(" AND state = ?{}", args.len());
+            sql += &format!(" AND k.state = ?{}", args.len());
         }
-        None => sql += " AND state <> 'DESTROYED'",
+        None => sql += " AND k.state <> 'DESTROYED'",
     }
     if let Some(u) = f.usage {
         args.push(Box::new(u.name()));
-        sql += &format!(" AND usage = ?{}", args.len());
+        sql += &format!(" AND k.usage = ?{}", args.len());
     }
     if let Some(p) = &f.alias_prefix {
         let escaped = p
@@ -119,11 +127,12 @@ pub fn list_keys(conn: &Connection, f: &KeyFilter) -> Result<Vec<KeyRecord>, Sto
         args.push(Box::new(*t));
         args.push(Box::new(id.clone()));
         let (a, b) = (args.len() - 1, args.len());
-        sql += &format!(" AND (create_time < ?{a} OR (create_time = ?{a} AND key_id < ?{b}))");
+        sql +=
+            &format!(" AND (k.create_time < ?{a} OR (k.create_time = ?{a} AND k.key_id < ?{b}))");
     }
     args.push(Box::new(f.limit as i64));
     sql += &format!(
-        " ORDER BY create_time DESC, key_id DESC LIMIT ?{}",
+        " ORDER BY k.create_time DESC, k.key_id DESC LIMIT ?{}",
         args.len()
     );
     let mut stmt = conn.prepare(&sql)?;

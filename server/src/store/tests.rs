@@ -19,6 +19,9 @@ fn key(t: i64) -> KeyRecord {
         deletion_time: None,
         destroy_time: None,
         public_key_der: Some(vec![1, 2, 3]),
+        import_time: None,
+        valid_to: None,
+        key_check_value: None,
         aliases: vec![],
     }
 }

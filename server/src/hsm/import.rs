@@ -1,0 +1,579 @@
+//! Key import in the token: the RSA wrapping key pair behind an import token, and the
+//! unwrapping of wrapped material into a key's objects.
+//!
+//! Everything happens in one pooled session under the token-object write lock:
+//! 1. the OAEP block is opened with the wrapping private key: C_UnwrapKey with
+//!    CKM_RSA_PKCS_OAEP, or (host-side OAEP-SHA-256, only where the config allows it)
+//!    CKM_RSA_X_509 and the decode in hsmd, the bytes going straight into C_CreateObject;
+//! 2. for the key-wrap algorithms, the ephemeral AES key from step 1 unwraps the rest
+//!    with CKM_AES_KEY_WRAP_PAD (RFC 5649) and is destroyed;
+//! 3. the unwrapped material, still a session object, is checked against the key's spec
+//!    and by the caller's `accept` (same material as before);
+//! 4. only then is it copied to a token object, with a public key object for key pairs.
+//!
+//! Every session object made here is destroyed before returning, whatever happened, so a
+//! refused import leaves nothing in the token.
+
+use cryptoki::error::{Error as CkError, RvError};
+use cryptoki::mechanism::Mechanism;
+use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::session::Session;
+use uuid::Uuid;
+use zeroize::{Zeroize, Zeroizing};
+
+use super::crypt::{OaepHash, oaep};
+use super::objects::{self, WRAPPING_KEY_ID_PREFIX};
+use super::{HsmError, Pkcs11Backend, PublicKeyMaterial, SignMechanism};
+use crate::keys::spec::{KeySpec, KeyUsage};
+
+/// How the OAEP block of wrapped material is opened.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OaepUnwrap {
+    /// C_UnwrapKey with CKM_RSA_PKCS_OAEP and this hash: wholly in the token.
+    Token(OaepHash),
+    /// CKM_RSA_X_509 in the token, the OAEP-SHA-256 decode in hsmd (config switch).
+    HostSha256,
+}
+
+/// What to unwrap with which import token's wrapping key.
+pub struct Unwrapping<'a> {
+    /// The import token's id (the wrapping key's CKA_ID suffix).
+    pub token: Uuid,
+    pub oaep: OaepUnwrap,
+    /// The OAEP block carries an ephemeral AES-256 key, and the material follows it
+    /// wrapped with AES key wrap with padding.
+    pub key_wrap: bool,
+    /// The modulus length of the wrapping key, in bytes (the OAEP block's length).
+    pub modulus_len: usize,
+    pub wrapped: &'a [u8],
+}
+
+/// The key the material is for.
+pub struct Target<'a> {
+    pub id: Uuid,
+    pub spec: KeySpec,
+    pub usage: KeyUsage,
+    /// The public half the caller says the material has (required for Ed25519).
+    pub public_key: Option<&'a PublicKeyMaterial>,
+}
+
+/// What the unwrapped material is, for the caller's checks before it is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Inspected {
+    /// The public half of key-pair material.
+    pub public: Option<PublicKeyMaterial>,
+    /// AES keys: AES-ECB encryption of a zero block under the key, computed in the token
+    /// (its first 3 bytes are the key check value).
+    pub check_block: Option<[u8; 16]>,
+}
+
+/// Why an import is refused.
+#[derive(Debug, thiserror::Error)]
+pub enum ImportRefused {
+    /// The wrapped bytes do not unwrap with this wrapping key (altered, wrapped under
+    /// another public key or with another algorithm).
+    #[error("{0}")]
+    Unwrap(String),
+    /// It unwrapped, but is not material of the key's type or size.
+    #[error("{0}")]
+    Spec(String),
+    /// The public key given with the material does not match it, or is missing.
+    #[error("{0}")]
+    PublicKey(String),
+    /// Refused by the caller's check (`accept`).
+    #[error("{0}")]
+    Refused(String),
+    #[error(transparent)]
+    Hsm(#[from] HsmError),
+}
+
+/// Session objects made during one import, destroyed on drop.
+struct Scratch<'s> {
+    session: &'s Session,
+    objects: Vec<ObjectHandle>,
+}
+
+impl Scratch<'_> {
+    fn keep(&mut self, h: ObjectHandle) -> ObjectHandle {
+        self.objects.push(h);
+        h
+    }
+}
+
+impl Drop for Scratch<'_> {
+    fn drop(&mut self) {
+        for h in self.objects.drain(..) {
+            if let Err(e) = self.session.destroy_object(h) {
+                tracing::error!(error = %e, "destroying an import session object failed");
+            }
+        }
+    }
+}
+
+fn ck(what: &'static str) -> impl FnOnce(CkError) -> ImportRefused {
+    move |e| ImportRefused::Hsm(super::error::classify(what, e))
+}
+
+impl Pkcs11Backend {
+    /// Generates the wrapping key pair of an import token: the private half a token
+    /// object (CKA_ID = prefix + token id) that can only unwrap (and, for the host-side
+    /// OAEP-SHA-256 decode, do the raw RSA operation), sensitive, never extractable; the
+    /// public half a session object, read and destroyed. Returns the public half.
+    pub fn generate_wrapping_key(
+        &self,
+        token: Uuid,
+        key: Uuid,
+        bits: u32,
+        raw_decrypt: bool,
+    ) -> Result<PublicKeyMaterial, HsmError> {
+        let public = [
+            Attribute::Token(false),
+            Attribute::ModulusBits(u64::from(bits).into()),
+            Attribute::PublicExponent(vec![0x01, 0x00, 0x01]),
+            Attribute::Encrypt(false),
+            Attribute::Wrap(false),
+            Attribute::Verify(false),
+        ];
+        let private = [
+            Attribute::Token(true),
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Extractable(false),
+            Attribute::Id(wrapping_id(token)),
+            Attribute::Label(format!("hsmd-wrapping-key/{key}").into_bytes()),
+            Attribute::Unwrap(true),
+            Attribute::Decrypt(raw_decrypt),
+            Attribute::Sign(false),
+            Attribute::Derive(false),
+        ];
+        self.with_token_write("C_GenerateKeyPair (wrapping key)", |s| {
+            let (pubh, privh) =
+                s.generate_key_pair(&Mechanism::RsaPkcsKeyPairGen, &public, &private)?;
+            let material = objects::public_key(s, KeySpec::Rsa2048, pubh);
+            let _ = s.destroy_object(pubh);
+            match material {
+                Ok(Some(m)) => Ok(Some(m)),
+                other => {
+                    let _ = s.destroy_object(privh);
+                    other
+                }
+            }
+        })?
+        .ok_or(HsmError::ObjectMissing)
+    }
+
+    /// Destroys an import token's wrapping key (missing is not an error).
+    pub fn destroy_wrapping_key(&self, token: Uuid) -> Result<(), HsmError> {
+        self.with_token_write("C_DestroyObject (wrapping key)", |s| {
+            for h in s.find_objects(&wrapping_key_template(token))? {
+                s.destroy_object(h)?;
+            }
+            Ok(())
+        })
+    }
+
+    /// Unwraps `u.wrapped` into the key `t`'s objects (see the module comment). `accept`
+    /// sees what the material is before it is kept, and may refuse it.
+    pub fn import_material(
+        &self,
+        u: &Unwrapping<'_>,
+        t: &Target<'_>,
+        accept: impl FnOnce(&Inspected) -> Result<(), String>,
+    ) -> Result<Inspected, ImportRefused> {
+        let label = t.id.to_string();
+        let template = objects::import_template(t.spec, t.usage, t.id.as_bytes(), &label)
+            .ok_or_else(|| HsmError::Unsupported(format!("import of {} keys", t.spec)))?;
+        let (block, rest) = u.wrapped.split_at(u.modulus_len.min(u.wrapped.len()));
+        let mut outcome = None;
+        self.with_token_write("C_UnwrapKey", |s| {
+            outcome = Some(install(s, u, t, &template, block, rest, accept));
+            Ok(())
+        })?;
+        outcome.unwrap_or_else(|| Err(HsmError::ObjectMissing.into()))
+    }
+}
+
+/// Steps 1 to 4 of the module comment, on one session.
+fn install(
+    s: &Session,
+    u: &Unwrapping<'_>,
+    t: &Target<'_>,
+    template: &[Attribute],
+    block: &[u8],
+    rest: &[u8],
+    accept: impl FnOnce(&Inspected) -> Result<(), String>,
+) -> Result<Inspected, ImportRefused> {
+    let mut scratch = Scratch {
+        session: s,
+        objects: Vec::new(),
+    };
+    let wrapping = s
+        .find_objects(&wrapping_key_template(u.token))
+        .map_err(ck("C_FindObjects (wrapping key)"))?
+        .into_iter()
+        .next()
+        .ok_or_else(|| {
+            ImportRefused::Unwrap(
+                "the import token's wrapping key is no longer in the token".into(),
+            )
+        })?;
+    let ephemeral_template = [
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Unwrap(true),
+        Attribute::Encrypt(false),
+        Attribute::Decrypt(false),
+    ];
+    let first: &[Attribute] = if u.key_wrap {
+        &ephemeral_template
+    } else {
+        template
+    };
+    let opened = open_oaep(s, u.oaep, wrapping, block, first)?;
+    let material = scratch.keep(opened);
+    let material = if u.key_wrap {
+        let unwrapped = s
+            .unwrap_key(&Mechanism::AesKeyWrapPad, material, rest, template)
+            .map_err(|e| kwp_refusal(t.spec, e))?;
+        scratch.keep(unwrapped)
+    } else {
+        material
+    };
+    let inspected = inspect(s, t, material)?;
+    accept(&inspected).map_err(ImportRefused::Refused)?;
+    // The secret key's session copy was extractable for `aes_key_len`; SoftHSM2 refuses
+    // CKA_EXTRACTABLE in the copy template of a key where it is already false.
+    let mut copy = vec![Attribute::Token(true)];
+    if !t.spec.is_asymmetric() {
+        copy.push(Attribute::Extractable(false));
+    }
+    let private = s
+        .copy_object(material, &copy)
+        .map_err(ck("C_CopyObject (imported key)"))?;
+    if let Some(public) = &inspected.public {
+        let label = t.id.to_string();
+        let made = objects::public_object(t.spec, t.usage, t.id.as_bytes(), &label, public)
+            .ok_or_else(|| HsmError::Unsupported(format!("public key object for {}", t.spec)))
+            .and_then(|tpl| {
+                s.create_object(&tpl)
+                    .map_err(|e| super::error::classify("C_CreateObject (public key)", e))
+            });
+        if let Err(e) = made {
+            let _ = s.destroy_object(private);
+            return Err(e.into());
+        }
+    }
+    Ok(inspected)
+}
+
+/// Step 1: the OAEP block, opened into a session object made with `template`.
+fn open_oaep(
+    s: &Session,
+    path: OaepUnwrap,
+    wrapping: ObjectHandle,
+    block: &[u8],
+    template: &[Attribute],
+) -> Result<ObjectHandle, ImportRefused> {
+    let refused = || {
+        ImportRefused::Unwrap(
+            "the wrapped key material does not unwrap with this import token's wrapping key and algorithm (altered bytes, another wrapping key, or another algorithm)".into(),
+        )
+    };
+    match path {
+        OaepUnwrap::Token(hash) => s
+            .unwrap_key(&oaep(hash), wrapping, block, template)
+            .map_err(|e| match e {
+                CkError::Pkcs11(rv, _) if is_bad_wrapped(rv) => refused(),
+                other => ck("C_UnwrapKey (RSA-OAEP)")(other),
+            }),
+        OaepUnwrap::HostSha256 => {
+            let raw = Zeroizing::new(match s.decrypt(&Mechanism::RsaX509, wrapping, block) {
+                Ok(v) => v,
+                Err(CkError::Pkcs11(rv, _)) if is_bad_wrapped(rv) => return Err(refused()),
+                Err(e) => return Err(ck("C_Decrypt (RSA X.509)")(e)),
+            });
+            let em = crate::keys::oaep::left_pad(&raw, block.len()).ok_or_else(refused)?;
+            let key = crate::keys::oaep::decode::<sha2::Sha256>(&em, b"").map_err(|_| refused())?;
+            let mut with_value = template.to_vec();
+            with_value.push(Attribute::Value(key.to_vec()));
+            let made = s.create_object(&with_value);
+            for a in &mut with_value {
+                if let Attribute::Value(v) = a {
+                    v.zeroize();
+                }
+            }
+            made.map_err(ck("C_CreateObject (unwrapped key)"))
+        }
+    }
+}
+
+/// Return values of a token refusing the wrapped bytes themselves.
+fn is_bad_wrapped(rv: RvError) -> bool {
+    matches!(
+        rv,
+        RvError::EncryptedDataInvalid
+            | RvError::EncryptedDataLenRange
+            | RvError::WrappedKeyInvalid
+            | RvError::WrappedKeyLenRange
+            | RvError::DataInvalid
+            | RvError::DataLenRange
+            | RvError::GeneralError
+            | RvError::FunctionFailed
+            | RvError::ArgumentsBad
+    )
+}
+
+/// Step 2's refusals: SoftHSM2 answers CKR_GENERAL_ERROR for a block whose integrity
+/// check fails (altered bytes) and CKR_FUNCTION_FAILED or a template error when the
+/// plaintext is not a key of the template's type.
+fn kwp_refusal(spec: KeySpec, e: CkError) -> ImportRefused {
+    match e {
+        CkError::Pkcs11(
+            RvError::GeneralError
+            | RvError::EncryptedDataInvalid
+            | RvError::EncryptedDataLenRange
+            | RvError::WrappedKeyInvalid
+            | RvError::WrappedKeyLenRange,
+            _,
+        ) => ImportRefused::Unwrap(
+            "the AES-key-wrapped part does not unwrap under the ephemeral key (altered or truncated bytes)".into(),
+        ),
+        CkError::Pkcs11(
+            rv @ (RvError::FunctionFailed
+            | RvError::TemplateInconsistent
+            | RvError::KeyTypeInconsistent),
+            _,
+        ) if spec == KeySpec::Ed25519 => ImportRefused::Spec(format!(
+            "the token could not unwrap it as an Ed25519 private key ({rv}): either the material is not a PKCS#8 Ed25519 key, or this token cannot import Ed25519 keys (SoftHSM2 2.6 cannot)"
+        )),
+        CkError::Pkcs11(
+            RvError::FunctionFailed
+            | RvError::TemplateInconsistent
+            | RvError::AttributeValueInvalid
+            | RvError::KeyTypeInconsistent
+            | RvError::DataInvalid,
+            _,
+        ) => ImportRefused::Spec(format!(
+            "the unwrapped material is not {} as {spec} needs (traditional PKCS#1/SEC1 files must be converted: openssl pkcs8 -topk8 -nocrypt -outform DER)",
+            expected_material(spec),
+        )),
+        other => ck("C_UnwrapKey (AES key wrap with padding)")(other),
+    }
+}
+
+fn expected_material(spec: KeySpec) -> &'static str {
+    match spec {
+        KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096 => "a PKCS#8 RSA private key",
+        KeySpec::EcP256 | KeySpec::EcP384 => "a PKCS#8 EC private key",
+        KeySpec::Ed25519 => "a PKCS#8 Ed25519 private key",
+        KeySpec::Aes256 | KeySpec::Aes128 => "raw AES key bytes",
+        KeySpec::Sm2 => "SM2 material",
+    }
+}
+
+/// Step 3: checks the unwrapped session object against the key's spec and reads what
+/// the caller compares.
+fn inspect(s: &Session, t: &Target<'_>, h: ObjectHandle) -> Result<Inspected, ImportRefused> {
+    let spec = t.spec;
+    let mismatch = |found: String| {
+        ImportRefused::Spec(format!(
+            "the key material is {found}; key {} is {spec}",
+            t.id
+        ))
+    };
+    match spec {
+        KeySpec::Aes256 | KeySpec::Aes128 => {
+            let want = if spec == KeySpec::Aes256 { 32 } else { 16 };
+            let len = aes_key_len(s, h)?;
+            if len != want {
+                return Err(mismatch(format!("a {len}-byte key")));
+            }
+            let ct = s
+                .encrypt(&Mechanism::AesEcb, h, &[0u8; 16])
+                .map_err(|e| match e {
+                    CkError::Pkcs11(RvError::KeySizeRange | RvError::KeyTypeInconsistent, _) => {
+                        mismatch(format!("not a valid AES key ({len} bytes)"))
+                    }
+                    other => ck("C_Encrypt (AES-ECB check value)")(other),
+                })?;
+            let block = <[u8; 16]>::try_from(ct.as_slice())
+                .map_err(|_| HsmError::BadInput("AES-ECB check value length".into()))?;
+            Ok(Inspected {
+                public: None,
+                check_block: Some(block),
+            })
+        }
+        KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096 => {
+            let public = objects::public_key(s, spec, h)
+                .map_err(ck("C_GetAttributeValue (modulus)"))?
+                .ok_or(HsmError::ObjectMissing)?;
+            if let PublicKeyMaterial::Rsa { modulus, .. } = &public {
+                let bits = rsa::BigUint::from_bytes_be(modulus).bits();
+                if Some(bits as u32) != spec.rsa_bits() {
+                    return Err(mismatch(format!("an RSA-{bits} key")));
+                }
+            }
+            check_given(t, &public)?;
+            Ok(Inspected {
+                public: Some(public),
+                check_block: None,
+            })
+        }
+        KeySpec::EcP256 | KeySpec::EcP384 => {
+            let params = ec_params(s, h)?;
+            if Some(params.as_slice()) != objects::ec_params(spec) {
+                let found = if Some(params.as_slice()) == objects::ec_params(KeySpec::EcP256) {
+                    "an EC P-256 key".to_string()
+                } else if Some(params.as_slice()) == objects::ec_params(KeySpec::EcP384) {
+                    "an EC P-384 key".to_string()
+                } else {
+                    format!(
+                        "an EC key on another curve (params {})",
+                        hex::encode(&params)
+                    )
+                };
+                return Err(mismatch(found));
+            }
+            let public = recover_ec(s, spec, h)?;
+            check_given(t, &public)?;
+            Ok(Inspected {
+                public: Some(public),
+                check_block: None,
+            })
+        }
+        KeySpec::Ed25519 => {
+            let Some(given) = t.public_key else {
+                return Err(ImportRefused::PublicKey(
+                    "ED25519 keys need public_key_der with the material: the token cannot derive the public half of an imported Ed25519 key".into(),
+                ));
+            };
+            let PublicKeyMaterial::Ed25519 { key } = given else {
+                return Err(ImportRefused::PublicKey(
+                    "public_key_der is not an Ed25519 public key".into(),
+                ));
+            };
+            let challenge = s
+                .generate_random_vec(32)
+                .map_err(ck("C_GenerateRandom (Ed25519 challenge)"))?;
+            let sig = s
+                .sign(&SignMechanism::Ed25519.mechanism(), h, &challenge)
+                .map_err(ck("C_Sign (Ed25519 challenge)"))?;
+            if !crate::keys::public::ed25519_verifies(key, &challenge, &sig) {
+                return Err(ImportRefused::PublicKey(
+                    "public_key_der does not match the imported Ed25519 private key (a challenge signed in the token does not verify with it)".into(),
+                ));
+            }
+            Ok(Inspected {
+                public: Some(given.clone()),
+                check_block: None,
+            })
+        }
+        KeySpec::Sm2 => Err(HsmError::Unsupported("SM2 import".into()).into()),
+    }
+}
+
+/// A public key given with the material must be the one the token derived.
+fn check_given(t: &Target<'_>, derived: &PublicKeyMaterial) -> Result<(), ImportRefused> {
+    let spki = crate::keys::public::spki_der;
+    match t.public_key {
+        Some(given) if spki(given).ok() != spki(derived).ok() => Err(ImportRefused::PublicKey(
+            "public_key_der does not match the imported private key".into(),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The public point of an EC private key, recovered from two ECDSA signatures made in
+/// the token over random digests (the private object has no CKA_EC_POINT).
+fn recover_ec(
+    s: &Session,
+    spec: KeySpec,
+    h: ObjectHandle,
+) -> Result<PublicKeyMaterial, ImportRefused> {
+    let len: u32 = if spec == KeySpec::EcP256 { 32 } else { 48 };
+    let mut signed = Vec::with_capacity(2);
+    for _ in 0..2 {
+        let digest = s
+            .generate_random_vec(len)
+            .map_err(ck("C_GenerateRandom (ECDSA recovery)"))?;
+        let sig = s
+            .sign(&Mechanism::Ecdsa, h, &digest)
+            .map_err(ck("C_Sign (ECDSA, public key recovery)"))?;
+        signed.push((digest, sig));
+    }
+    let point = crate::keys::public::recover_ec_point(spec, &signed).ok_or_else(|| {
+        HsmError::BadInput("the public key of the imported EC key could not be recovered".into())
+    })?;
+    Ok(PublicKeyMaterial::Ec { spec, point })
+}
+
+/// The length of an unwrapped AES key. SoftHSM2 leaves CKA_VALUE_LEN at 0 on unwrapped
+/// keys (and refuses it in the unwrap template), so where it is 0 the key is wrapped in
+/// the token under a throw-away session key with AES key wrap with padding, whose output
+/// is the key's length rounded up to 8, plus 8: 24, 32 or 40 bytes for the AES sizes (an
+/// odd length is then refused by the AES-ECB check). The session copy is extractable for
+/// this alone; the token object is not.
+fn aes_key_len(s: &Session, h: ObjectHandle) -> Result<u64, ImportRefused> {
+    let len = value_len(s, h)?;
+    if len != 0 {
+        return Ok(len);
+    }
+    let kek = s
+        .generate_key(
+            &Mechanism::AesKeyGen,
+            &[
+                Attribute::Class(ObjectClass::SECRET_KEY),
+                Attribute::KeyType(KeyType::AES),
+                Attribute::ValueLen(32u64.into()),
+                Attribute::Token(false),
+                Attribute::Sensitive(true),
+                Attribute::Extractable(false),
+                Attribute::Wrap(true),
+            ],
+        )
+        .map_err(ck("C_GenerateKey (length probe)"))?;
+    let wrapped = s.wrap_key(&Mechanism::AesKeyWrapPad, kek, h);
+    let _ = s.destroy_object(kek);
+    let wrapped = wrapped.map_err(ck("C_WrapKey (length probe)"))?;
+    Ok((wrapped.len() as u64).saturating_sub(8))
+}
+
+fn value_len(s: &Session, h: ObjectHandle) -> Result<u64, ImportRefused> {
+    for a in s
+        .get_attributes(h, &[AttributeType::ValueLen])
+        .map_err(ck("C_GetAttributeValue (CKA_VALUE_LEN)"))?
+    {
+        if let Attribute::ValueLen(n) = a {
+            return Ok(n.into());
+        }
+    }
+    Err(HsmError::ObjectMissing.into())
+}
+
+fn ec_params(s: &Session, h: ObjectHandle) -> Result<Vec<u8>, ImportRefused> {
+    for a in s
+        .get_attributes(h, &[AttributeType::EcParams])
+        .map_err(ck("C_GetAttributeValue (CKA_EC_PARAMS)"))?
+    {
+        if let Attribute::EcParams(p) = a {
+            return Ok(p);
+        }
+    }
+    Err(HsmError::ObjectMissing.into())
+}
+
+fn wrapping_id(token: Uuid) -> Vec<u8> {
+    [WRAPPING_KEY_ID_PREFIX, token.as_bytes()].concat()
+}
+
+fn wrapping_key_template(token: Uuid) -> [Attribute; 3] {
+    [
+        Attribute::Token(true),
+        Attribute::Class(ObjectClass::PRIVATE_KEY),
+        Attribute::Id(wrapping_id(token)),
+    ]
+}

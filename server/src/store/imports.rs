@@ -1,0 +1,242 @@
+//! Import tokens and imported key material.
+//!
+//! `import_tokens`: one row per GetParametersForImport; the newest token of a key is the
+//! only valid one (older rows carry `superseded_by`), and a token's wrapping key is
+//! destroyed in the token once it is superseded or expired (`wrapping_key_destroyed`).
+//! `key_material`: per EXTERNAL key, the fingerprint of the first material imported
+//! (kept after deletion, so that a re-import must be the same material), and while the
+//! key holds material, when it was imported and when it expires.
+
+use rusqlite::{OptionalExtension, params};
+use uuid::Uuid;
+
+use super::{Store, StoreError, rows};
+use crate::keys::spec::KeyState;
+
+/// Created with the rest of the schema at `Store::open`.
+pub(super) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS import_tokens (
+    token_id TEXT PRIMARY KEY,
+    key_id TEXT NOT NULL REFERENCES keys (key_id),
+    algorithm TEXT NOT NULL,
+    wrapping_spec TEXT NOT NULL,
+    modulus_len INTEGER NOT NULL,
+    create_time INTEGER NOT NULL,
+    expire_time INTEGER NOT NULL,
+    superseded_by TEXT,
+    wrapping_key_destroyed INTEGER NOT NULL DEFAULT 0
+);
+CREATE INDEX IF NOT EXISTS import_tokens_by_key ON import_tokens (key_id);
+CREATE TABLE IF NOT EXISTS key_material (
+    key_id TEXT PRIMARY KEY REFERENCES keys (key_id),
+    fingerprint BLOB NOT NULL,
+    key_check_value TEXT,
+    import_time INTEGER,
+    valid_to INTEGER
+);
+CREATE INDEX IF NOT EXISTS key_material_by_expiry ON key_material (valid_to);
+";
+
+/// One import token as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportToken {
+    pub id: Uuid,
+    pub key_id: Uuid,
+    /// Wrapping algorithm name (RSAES_OAEP_SHA_1...).
+    pub algorithm: String,
+    /// Wrapping key spec name (RSA_2048...).
+    pub wrapping_spec: String,
+    /// The wrapping key's modulus length in bytes.
+    pub modulus_len: usize,
+    pub create_time: i64,
+    pub expire_time: i64,
+    /// The token that replaced this one.
+    pub superseded_by: Option<Uuid>,
+}
+
+/// What ImportKeyMaterial records.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImportedMaterial {
+    pub fingerprint: Vec<u8>,
+    pub key_check_value: Option<String>,
+    pub public_key_der: Option<Vec<u8>>,
+    pub import_time: i64,
+    pub valid_to: Option<i64>,
+}
+
+impl Store {
+    /// Records a new import token for its key; every older token of the key is
+    /// superseded by it.
+    pub fn insert_import_token(&self, t: &ImportToken) -> Result<(), StoreError> {
+        self.with(|conn| {
+            let tx = conn.transaction()?;
+            tx.execute(
+                "UPDATE import_tokens SET superseded_by = ?1 WHERE key_id = ?2 AND superseded_by IS NULL",
+                params![t.id.to_string(), t.key_id.to_string()],
+            )?;
+            tx.execute(
+                "INSERT INTO import_tokens (token_id, key_id, algorithm, wrapping_spec, modulus_len, create_time, expire_time)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                params![
+                    t.id.to_string(),
+                    t.key_id.to_string(),
+                    t.algorithm,
+                    t.wrapping_spec,
+                    t.modulus_len as i64,
+                    t.create_time,
+                    t.expire_time
+                ],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// An import token by id.
+    pub fn get_import_token(&self, id: Uuid) -> Result<Option<ImportToken>, StoreError> {
+        self.with(|conn| {
+            let row = conn
+                .query_row(
+                    "SELECT key_id, algorithm, wrapping_spec, modulus_len, create_time, expire_time, superseded_by
+                     FROM import_tokens WHERE token_id = ?1",
+                    [id.to_string()],
+                    |r| {
+                        Ok((
+                            r.get::<_, String>(0)?,
+                            r.get::<_, String>(1)?,
+                            r.get::<_, String>(2)?,
+                            r.get::<_, i64>(3)?,
+                            r.get::<_, i64>(4)?,
+                            r.get::<_, i64>(5)?,
+                            r.get::<_, Option<String>>(6)?,
+                        ))
+                    },
+                )
+                .optional()?;
+            let Some((key, algorithm, wrapping_spec, modulus_len, create, expire, sup)) = row
+            else {
+                return Ok(None);
+            };
+            Ok(Some(ImportToken {
+                id,
+                key_id: rows::parse_uuid(&key)?,
+                algorithm,
+                wrapping_spec,
+                modulus_len: usize::try_from(modulus_len)
+                    .map_err(|_| StoreError::Corrupt(format!("modulus_len {modulus_len}")))?,
+                create_time: create,
+                expire_time: expire,
+                superseded_by: sup.as_deref().map(rows::parse_uuid).transpose()?,
+            }))
+        })
+    }
+
+    /// Tokens whose wrapping key is still in the token although the token is superseded
+    /// or expired at `now` (or its key is destroyed).
+    pub fn stale_wrapping_keys(&self, now: i64) -> Result<Vec<Uuid>, StoreError> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT t.token_id FROM import_tokens t JOIN keys k ON k.key_id = t.key_id
+                 WHERE t.wrapping_key_destroyed = 0
+                   AND (t.superseded_by IS NOT NULL OR t.expire_time <= ?1 OR k.state = 'DESTROYED')",
+            )?;
+            let ids = stmt.query_map([now], |r| r.get::<_, String>(0))?;
+            ids.map(|s| rows::parse_uuid(&s?)).collect()
+        })
+    }
+
+    /// Notes that a token's wrapping key is gone from the token.
+    pub fn wrapping_key_destroyed(&self, token: Uuid) -> Result<(), StoreError> {
+        self.with(|conn| {
+            conn.execute(
+                "UPDATE import_tokens SET wrapping_key_destroyed = 1 WHERE token_id = ?1",
+                [token.to_string()],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// The fingerprint of the first material imported for a key, if any.
+    pub fn material_fingerprint(&self, key: Uuid) -> Result<Option<Vec<u8>>, StoreError> {
+        self.with(|conn| {
+            Ok(conn
+                .query_row(
+                    "SELECT fingerprint FROM key_material WHERE key_id = ?1",
+                    [key.to_string()],
+                    |r| r.get(0),
+                )
+                .optional()?)
+        })
+    }
+
+    /// Records imported material and moves the key from PENDING_IMPORT to ENABLED, in
+    /// one transaction (`Conflict` if the key left PENDING_IMPORT meanwhile). The
+    /// fingerprint of the first import is kept.
+    pub fn record_import(&self, key: Uuid, m: &ImportedMaterial) -> Result<(), StoreError> {
+        self.with(|conn| {
+            let tx = conn.transaction()?;
+            let n = tx.execute(
+                "UPDATE keys SET state = ?1, public_key = COALESCE(?2, public_key)
+                 WHERE key_id = ?3 AND state = ?4",
+                params![
+                    KeyState::Enabled.name(),
+                    m.public_key_der,
+                    key.to_string(),
+                    KeyState::PendingImport.name()
+                ],
+            )?;
+            if n != 1 {
+                return Err(StoreError::Conflict);
+            }
+            tx.execute(
+                "INSERT INTO key_material (key_id, fingerprint, key_check_value, import_time, valid_to)
+                 VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (key_id) DO UPDATE SET import_time = excluded.import_time,
+                   valid_to = excluded.valid_to,
+                   key_check_value = COALESCE(key_material.key_check_value, excluded.key_check_value)",
+                params![
+                    key.to_string(),
+                    m.fingerprint,
+                    m.key_check_value,
+                    m.import_time,
+                    m.valid_to
+                ],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Moves a key whose material was destroyed from `from` back to PENDING_IMPORT and
+    /// clears its import and expiry times (`Conflict` if it left `from` meanwhile).
+    pub fn material_deleted(&self, key: Uuid, from: KeyState) -> Result<(), StoreError> {
+        self.with(|conn| {
+            let tx = conn.transaction()?;
+            let n = tx.execute(
+                "UPDATE keys SET state = ?1 WHERE key_id = ?2 AND state = ?3",
+                params![KeyState::PendingImport.name(), key.to_string(), from.name()],
+            )?;
+            if n != 1 {
+                return Err(StoreError::Conflict);
+            }
+            tx.execute(
+                "UPDATE key_material SET import_time = NULL, valid_to = NULL WHERE key_id = ?1",
+                [key.to_string()],
+            )?;
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Keys holding imported material whose valid-to is at or before `now`.
+    pub fn expired_material(&self, now: i64) -> Result<Vec<Uuid>, StoreError> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT m.key_id FROM key_material m JOIN keys k ON k.key_id = m.key_id
+                 WHERE m.valid_to <= ?1 AND k.state IN ('ENABLED', 'DISABLED')",
+            )?;
+            let ids = stmt.query_map([now], |r| r.get::<_, String>(0))?;
+            ids.map(|s| rows::parse_uuid(&s?)).collect()
+        })
+    }
+}
