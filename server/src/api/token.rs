@@ -67,6 +67,14 @@ impl TokenService for TokenApi {
                         offered: p.offered,
                         path: p.path.clone(),
                     })
+                    .chain(self.ctx.keys.import_paths().into_iter().map(|(alg, path)| {
+                        let offered = path.is_ok();
+                        pb::AlgorithmPath {
+                            algorithm: alg.name().to_string(),
+                            offered,
+                            path: path.unwrap_or_else(|why| why),
+                        }
+                    }))
                     .collect(),
             }
         });
