@@ -72,7 +72,7 @@ impl TokenService for TokenApi {
                         pb::AlgorithmPath {
                             algorithm: alg.name().to_string(),
                             offered,
-                            path: path.unwrap_or_else(|why| why),
+                            path: path.unwrap_or_else(|why| format!("import: {why}")),
                         }
                     }))
                     .collect(),
