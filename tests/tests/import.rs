@@ -711,3 +711,54 @@ async fn material_expires_at_valid_to() {
         "KEY_PENDING_IMPORT",
     );
 }
+
+/// Concurrent imports into one key: exactly one succeeds, the others are refused
+/// (INVALID_KEY_STATE: the key already holds material) and the token holds exactly one
+/// private and one public object for the key.
+#[tokio::test]
+async fn concurrent_imports_into_one_key_make_one_set_of_objects() {
+    let d = Daemon::start().await;
+    let dir = d.scratch();
+    let mut keys = d.keys();
+    let key = create_external(&mut keys, KeySpec::EcP256, KeyUsage::SignVerify).await;
+    let material = openssl_genpkey(&dir, "ec", KeySpec::EcP256);
+    let alg = WrappingAlgorithm::RsaAesKeyWrapSha1;
+    let (p, pem) = parameters(&mut keys, &dir, &key, alg).await;
+    let calls: Vec<_> = (0..4)
+        .map(|_| {
+            let wrapped = openssl_wrap(&dir, &pem, alg, &material.pkcs8_der);
+            let mut keys = d.keys();
+            let req = ImportKeyMaterialRequest {
+                key_id: key.clone(),
+                import_token: p.import_token.clone(),
+                encrypted_key_material: wrapped,
+                ..Default::default()
+            };
+            tokio::spawn(async move { keys.import_key_material(req).await })
+        })
+        .collect();
+    let mut ok = 0;
+    for c in calls {
+        match c.await.expect("task") {
+            Ok(_) => ok += 1,
+            Err(s) => assert_eq!(
+                hsmd_e2e::reason_of(&s).as_deref(),
+                Some("INVALID_KEY_STATE"),
+                "{}",
+                describe(&s)
+            ),
+        }
+    }
+    assert_eq!(ok, 1, "exactly one import wins");
+    let objs = objects_of(&d, &key);
+    assert_eq!(
+        objs.iter().filter(|o| o.is_private_key()).count(),
+        1,
+        "{objs:#?}"
+    );
+    assert_eq!(
+        objs.iter().filter(|o| o.is_public_key()).count(),
+        1,
+        "{objs:#?}"
+    );
+}

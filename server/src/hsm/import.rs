@@ -23,7 +23,7 @@ use zeroize::{Zeroize, Zeroizing};
 
 use super::crypt::{OaepHash, oaep};
 use super::objects::{self, WRAPPING_KEY_ID_PREFIX};
-use super::{HsmError, Pkcs11Backend, PublicKeyMaterial, SignMechanism};
+use super::{HsmError, KeyObjects, Pkcs11Backend, PublicKeyMaterial, SignMechanism};
 use crate::keys::spec::{KeySpec, KeyUsage};
 
 /// How the OAEP block of wrapped material is opened.
@@ -97,6 +97,14 @@ impl Scratch<'_> {
     fn keep(&mut self, h: ObjectHandle) -> ObjectHandle {
         self.objects.push(h);
         h
+    }
+
+    /// Destroys one of the kept objects now.
+    fn destroy(&mut self, h: ObjectHandle) {
+        self.objects.retain(|o| *o != h);
+        if let Err(e) = self.session.destroy_object(h) {
+            tracing::error!(error = %e, "destroying an import session object failed");
+        }
     }
 }
 
@@ -173,13 +181,14 @@ impl Pkcs11Backend {
     }
 
     /// Unwraps `u.wrapped` into the key `t`'s objects (see the module comment). `accept`
-    /// sees what the material is before it is kept, and may refuse it.
+    /// sees what the material is before it is kept, and may refuse it. Returns what the
+    /// material is and the token objects made (for `destroy_objects` if recording fails).
     pub fn import_material(
         &self,
         u: &Unwrapping<'_>,
         t: &Target<'_>,
         accept: impl FnOnce(&Inspected) -> Result<(), String>,
-    ) -> Result<Inspected, ImportRefused> {
+    ) -> Result<(Inspected, KeyObjects), ImportRefused> {
         let label = t.id.to_string();
         let template = objects::import_template(t.spec, t.usage, t.id.as_bytes(), &label)
             .ok_or_else(|| HsmError::Unsupported(format!("import of {} keys", t.spec)))?;
@@ -190,6 +199,18 @@ impl Pkcs11Backend {
             Ok(())
         })?;
         outcome.unwrap_or_else(|| Err(HsmError::ObjectMissing.into()))
+    }
+
+    /// Destroys exactly these token objects (the rollback of an import that could not be
+    /// recorded; other objects with the same CKA_ID are left alone).
+    pub fn destroy_objects(&self, objs: KeyObjects) -> Result<(), HsmError> {
+        self.with_token_write("C_DestroyObject (rollback)", |s| {
+            s.destroy_object(objs.private)?;
+            if let Some(p) = objs.public {
+                s.destroy_object(p)?;
+            }
+            Ok(())
+        })
     }
 }
 
@@ -202,7 +223,7 @@ fn install(
     block: &[u8],
     rest: &[u8],
     accept: impl FnOnce(&Inspected) -> Result<(), String>,
-) -> Result<Inspected, ImportRefused> {
+) -> Result<(Inspected, KeyObjects), ImportRefused> {
     let mut scratch = Scratch {
         session: s,
         objects: Vec::new(),
@@ -236,10 +257,10 @@ fn install(
     let opened = open_oaep(s, u.oaep, wrapping, block, first)?;
     let material = scratch.keep(opened);
     let material = if u.key_wrap {
-        let unwrapped = s
-            .unwrap_key(&Mechanism::AesKeyWrapPad, material, rest, template)
-            .map_err(|e| kwp_refusal(t.spec, e))?;
-        scratch.keep(unwrapped)
+        let unwrapped = s.unwrap_key(&Mechanism::AesKeyWrapPad, material, rest, template);
+        // The ephemeral key has done its one job.
+        scratch.destroy(material);
+        scratch.keep(unwrapped.map_err(|e| kwp_refusal(t.spec, e))?)
     } else {
         material
     };
@@ -254,20 +275,27 @@ fn install(
     let private = s
         .copy_object(material, &copy)
         .map_err(ck("C_CopyObject (imported key)"))?;
+    let mut made = KeyObjects {
+        private,
+        public: None,
+    };
     if let Some(public) = &inspected.public {
         let label = t.id.to_string();
-        let made = objects::public_object(t.spec, t.usage, t.id.as_bytes(), &label, public)
+        let created = objects::public_object(t.spec, t.usage, t.id.as_bytes(), &label, public)
             .ok_or_else(|| HsmError::Unsupported(format!("public key object for {}", t.spec)))
             .and_then(|tpl| {
                 s.create_object(&tpl)
                     .map_err(|e| super::error::classify("C_CreateObject (public key)", e))
             });
-        if let Err(e) = made {
-            let _ = s.destroy_object(private);
-            return Err(e.into());
+        match created {
+            Ok(h) => made.public = Some(h),
+            Err(e) => {
+                let _ = s.destroy_object(private);
+                return Err(e.into());
+            }
         }
     }
-    Ok(inspected)
+    Ok((inspected, made))
 }
 
 /// Step 1: the OAEP block, opened into a session object made with `template`.

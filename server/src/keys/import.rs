@@ -267,6 +267,8 @@ impl KeyManager {
         key: &KeyRecord,
         req: &MaterialImport,
     ) -> Result<KeyRecord, KeyError> {
+        let _one_at_a_time = self.material_lock();
+        let key = &self.reload(key.id)?;
         let now = super::manager::now();
         let token = self.valid_token(key, &req.import_token, now)?;
         require_external(key)?;
@@ -306,7 +308,7 @@ impl KeyManager {
         };
         let expected = self.store.material_fingerprint(key.id)?;
         let mut fingerprint = None;
-        let inspected = self
+        let (inspected, objects) = self
             .backend
             .import_material(
                 &Unwrapping {
@@ -350,7 +352,7 @@ impl KeyManager {
             valid_to: req.valid_to,
         };
         if let Err(e) = self.store.record_import(key.id, &material) {
-            if let Err(d) = self.backend.destroy(key.id) {
+            if let Err(d) = self.backend.destroy_objects(objects) {
                 tracing::error!(key_id = %key.id, error = %d, "rollback of imported material failed; start-up reconciliation will report it");
             }
             return Err(e.into());
@@ -361,6 +363,8 @@ impl KeyManager {
     /// DeleteImportedKeyMaterial: destroys the material in the token; the key goes back
     /// to PENDING_IMPORT.
     pub fn delete_imported_material(&self, key: &KeyRecord) -> Result<KeyRecord, KeyError> {
+        let _one_at_a_time = self.material_lock();
+        let key = &self.reload(key.id)?;
         require_external(key)?;
         match key.state {
             KeyState::Enabled | KeyState::Disabled => {}
@@ -372,7 +376,7 @@ impl KeyManager {
             }
             state => return Err(KeyError::KeyState { key: key.id, state }),
         }
-        self.backend.destroy(key.id)?;
+        self.backend.destroy_key_material(key.id)?;
         self.store.material_deleted(key.id, key.state)?;
         self.reload(key.id)
     }
@@ -445,6 +449,10 @@ impl KeyManager {
             )));
         }
         Ok(token)
+    }
+
+    fn material_lock(&self) -> std::sync::MutexGuard<'_, ()> {
+        self.material_lock.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn reload(&self, id: Uuid) -> Result<KeyRecord, KeyError> {

@@ -35,6 +35,9 @@ pub struct KeyManager {
     pub(super) backend: Arc<Pkcs11Backend>,
     pub(super) store: Arc<Store>,
     pub(super) import: super::import::ImportConfig,
+    /// Held by every import-material change (import, delete, expiry), which re-reads the
+    /// key under it: two calls on one key never both put objects in the token.
+    pub(super) material_lock: std::sync::Mutex<()>,
 }
 
 /// Current time in unix seconds.
@@ -48,6 +51,7 @@ impl KeyManager {
             backend,
             store,
             import: Default::default(),
+            material_lock: Default::default(),
         }
     }
 
