@@ -335,7 +335,7 @@ pub async fn sweep(ctx: &Ctx) {
         let id = key.id;
         let keys = ctx.keys.clone();
         let result =
-            tokio::task::spawn_blocking(move || keys.delete_imported_material(&key).map(drop))
+            tokio::task::spawn_blocking(move || keys.expire_material(key.id, now()).map(drop))
                 .await;
         match &result {
             Ok(Ok(())) => {

@@ -510,6 +510,55 @@ async fn refused_imports_leave_the_key_as_it_was() {
     );
 }
 
+/// An EXTERNAL key scheduled for deletion before it got material goes back to
+/// PENDING_IMPORT when the deletion is cancelled (not DISABLED, which EnableKey would turn
+/// into an ENABLED key without material), and still takes its material.
+#[tokio::test]
+async fn cancelled_deletion_of_a_key_without_material_waits_for_import() {
+    let d = Daemon::start().await;
+    let dir = d.scratch();
+    let mut keys = d.keys();
+    let key = create_external(&mut keys, KeySpec::Aes256, KeyUsage::EncryptDecrypt).await;
+    expect_ok(
+        keys.schedule_key_deletion(hsmd_e2e::v1::ScheduleKeyDeletionRequest {
+            key_id: key.clone(),
+            pending_window_days: 7,
+        })
+        .await,
+        "ScheduleKeyDeletion",
+    );
+    expect_ok(
+        keys.cancel_key_deletion(hsmd_e2e::v1::CancelKeyDeletionRequest {
+            key_id: key.clone(),
+        })
+        .await,
+        "CancelKeyDeletion",
+    );
+    assert_eq!(
+        describe_key(&d, &key).await.state,
+        KeyState::PendingImport as i32
+    );
+    let r = keys
+        .enable_key(hsmd_e2e::v1::EnableKeyRequest {
+            key_id: key.clone(),
+        })
+        .await;
+    d.assert_refused(
+        r,
+        &key_method("EnableKey"),
+        Code::FailedPrecondition,
+        "INVALID_KEY_STATE",
+    );
+    openssl_rand(&dir, "aes", 32);
+    let alg = WrappingAlgorithm::RsaesOaepSha1;
+    let (p, pem) = parameters(&mut keys, &dir, &key, alg).await;
+    let wrapped = openssl_wrap(&dir, &pem, alg, &dir.join("aes"));
+    expect_ok(
+        import(&d, &key, &p.import_token, wrapped).await,
+        "ImportKeyMaterial",
+    );
+}
+
 /// Keys generated in the token take no imported material.
 #[tokio::test]
 async fn hsm_keys_take_no_material() {

@@ -94,9 +94,21 @@ impl KeyApi {
         let result = async {
             let grant = call.authorize(self.ctx(), Action::ImportKeyMaterial)?;
             let valid_to = match &r.valid_to {
-                Some(t) if t.seconds <= 0 && t.nanos == 0 => None,
-                Some(t) => Some(t.seconds + i64::from(t.nanos > 0)),
                 None => None,
+                Some(t) if (0..1_000_000_000).contains(&t.nanos) => Some(
+                    // A fraction of a second rounds up: the material never outlives it.
+                    t.seconds
+                        .checked_add(i64::from(t.nanos > 0))
+                        .ok_or_else(|| {
+                            KeyError::InvalidArgument("valid_to is out of range".into())
+                        })?,
+                ),
+                Some(_) => {
+                    return Err(KeyError::InvalidArgument(
+                        "valid_to has nanos outside 0..999999999".into(),
+                    )
+                    .into());
+                }
             };
             let import = MaterialImport {
                 import_token: r.import_token,

@@ -152,7 +152,9 @@ impl Pkcs11Backend {
             Attribute::Unwrap(true),
             Attribute::Decrypt(raw_decrypt),
             Attribute::Sign(false),
+            Attribute::SignRecover(false),
             Attribute::Derive(false),
+            Attribute::Modifiable(false),
         ];
         self.with_token_write("C_GenerateKeyPair (wrapping key)", |s| {
             let (pubh, privh) =
@@ -196,7 +198,8 @@ impl Pkcs11Backend {
         let mut outcome = None;
         self.with_token_write("C_UnwrapKey", |s| {
             outcome = Some(install(s, u, t, &template, block, rest, accept));
-            Ok(())
+            // Hand a lost session (or login) back to the pool's check, which replaces it.
+            s.get_session_info().map(drop)
         })?;
         outcome.unwrap_or_else(|| Err(HsmError::ObjectMissing.into()))
     }
@@ -205,11 +208,8 @@ impl Pkcs11Backend {
     /// recorded; other objects with the same CKA_ID are left alone).
     pub fn destroy_objects(&self, objs: KeyObjects) -> Result<(), HsmError> {
         self.with_token_write("C_DestroyObject (rollback)", |s| {
-            s.destroy_object(objs.private)?;
-            if let Some(p) = objs.public {
-                s.destroy_object(p)?;
-            }
-            Ok(())
+            let public = objs.public.map(|p| s.destroy_object(p)).unwrap_or(Ok(()));
+            s.destroy_object(objs.private).and(public)
         })
     }
 }
@@ -246,8 +246,12 @@ fn install(
         Attribute::Sensitive(true),
         Attribute::Extractable(false),
         Attribute::Unwrap(true),
+        Attribute::Wrap(false),
         Attribute::Encrypt(false),
         Attribute::Decrypt(false),
+        Attribute::Sign(false),
+        Attribute::Verify(false),
+        Attribute::Derive(false),
     ];
     let first: &[Attribute] = if u.key_wrap {
         &ephemeral_template
@@ -264,8 +268,29 @@ fn install(
     } else {
         material
     };
-    let inspected = inspect(s, t, material)?;
+    let inspected = inspect(&mut scratch, t, material)?;
     accept(&inspected).map_err(ImportRefused::Refused)?;
+    // The key is PENDING_IMPORT: objects with its CKA_ID are leftovers of an import that
+    // was not recorded (a failed rollback, a crash). Never let them stand beside the new
+    // material, where a lookup could pick either.
+    for class in [
+        ObjectClass::PRIVATE_KEY,
+        ObjectClass::SECRET_KEY,
+        ObjectClass::PUBLIC_KEY,
+    ] {
+        let leftovers = s
+            .find_objects(&[
+                Attribute::Token(true),
+                Attribute::Class(class),
+                Attribute::Id(t.id.as_bytes().to_vec()),
+            ])
+            .map_err(ck("C_FindObjects (leftovers)"))?;
+        for h in leftovers {
+            tracing::warn!(key_id = %t.id, "destroying a leftover object of an unrecorded import");
+            s.destroy_object(h)
+                .map_err(ck("C_DestroyObject (leftover)"))?;
+        }
+    }
     // The secret key's session copy was extractable for `aes_key_len`; SoftHSM2 refuses
     // CKA_EXTRACTABLE in the copy template of a key where it is already false.
     let mut copy = vec![Attribute::Token(true)];
@@ -326,6 +351,12 @@ fn open_oaep(
             });
             let em = crate::keys::oaep::left_pad(&raw, block.len()).ok_or_else(refused)?;
             let key = crate::keys::oaep::decode::<sha2::Sha256>(&em, b"").map_err(|_| refused())?;
+            if ![16, 24, 32].contains(&key.len()) {
+                return Err(ImportRefused::Spec(format!(
+                    "the unwrapped key is {} bytes: not an AES key (16, 24 or 32 bytes)",
+                    key.len()
+                )));
+            }
             let mut with_value = template.to_vec();
             with_value.push(Attribute::Value(key.to_vec()));
             let made = s.create_object(&with_value);
@@ -405,7 +436,12 @@ fn expected_material(spec: KeySpec) -> &'static str {
 
 /// Step 3: checks the unwrapped session object against the key's spec and reads what
 /// the caller compares.
-fn inspect(s: &Session, t: &Target<'_>, h: ObjectHandle) -> Result<Inspected, ImportRefused> {
+fn inspect(
+    scratch: &mut Scratch<'_>,
+    t: &Target<'_>,
+    h: ObjectHandle,
+) -> Result<Inspected, ImportRefused> {
+    let s = scratch.session;
     let spec = t.spec;
     let mismatch = |found: String| {
         ImportRefused::Spec(format!(
@@ -416,16 +452,21 @@ fn inspect(s: &Session, t: &Target<'_>, h: ObjectHandle) -> Result<Inspected, Im
     match spec {
         KeySpec::Aes256 | KeySpec::Aes128 => {
             let want = if spec == KeySpec::Aes256 { 32 } else { 16 };
-            let len = aes_key_len(s, h)?;
+            let len = aes_key_len(scratch, h)?;
             if len != want {
                 return Err(mismatch(format!("a {len}-byte key")));
             }
             let ct = s
                 .encrypt(&Mechanism::AesEcb, h, &[0u8; 16])
                 .map_err(|e| match e {
-                    CkError::Pkcs11(RvError::KeySizeRange | RvError::KeyTypeInconsistent, _) => {
-                        mismatch(format!("not a valid AES key ({len} bytes)"))
-                    }
+                    CkError::Pkcs11(
+                        RvError::KeySizeRange
+                        | RvError::KeyTypeInconsistent
+                        | RvError::MechanismInvalid
+                        | RvError::FunctionFailed
+                        | RvError::GeneralError,
+                        _,
+                    ) => mismatch(format!("not a valid AES key ({len} bytes)")),
                     other => ck("C_Encrypt (AES-ECB check value)")(other),
                 })?;
             let block = <[u8; 16]>::try_from(ct.as_slice())
@@ -439,10 +480,16 @@ fn inspect(s: &Session, t: &Target<'_>, h: ObjectHandle) -> Result<Inspected, Im
             let public = objects::public_key(s, spec, h)
                 .map_err(ck("C_GetAttributeValue (modulus)"))?
                 .ok_or(HsmError::ObjectMissing)?;
-            if let PublicKeyMaterial::Rsa { modulus, .. } = &public {
+            if let PublicKeyMaterial::Rsa { modulus, exponent } = &public {
                 let bits = rsa::BigUint::from_bytes_be(modulus).bits();
                 if Some(bits as u32) != spec.rsa_bits() {
                     return Err(mismatch(format!("an RSA-{bits} key")));
+                }
+                let e = rsa::BigUint::from_bytes_be(exponent);
+                if e < rsa::BigUint::from(3u8) || exponent.last().is_none_or(|b| b % 2 == 0) {
+                    return Err(mismatch(format!(
+                        "an RSA key with public exponent {e} (an odd exponent of at least 3 is needed)"
+                    )));
                 }
             }
             check_given(t, &public)?;
@@ -545,7 +592,8 @@ fn recover_ec(
 /// is the key's length rounded up to 8, plus 8: 24, 32 or 40 bytes for the AES sizes (an
 /// odd length is then refused by the AES-ECB check). The session copy is extractable for
 /// this alone; the token object is not.
-fn aes_key_len(s: &Session, h: ObjectHandle) -> Result<u64, ImportRefused> {
+fn aes_key_len(scratch: &mut Scratch<'_>, h: ObjectHandle) -> Result<u64, ImportRefused> {
+    let s = scratch.session;
     let len = value_len(s, h)?;
     if len != 0 {
         return Ok(len);
@@ -561,11 +609,18 @@ fn aes_key_len(s: &Session, h: ObjectHandle) -> Result<u64, ImportRefused> {
                 Attribute::Sensitive(true),
                 Attribute::Extractable(false),
                 Attribute::Wrap(true),
+                Attribute::Unwrap(false),
+                Attribute::Encrypt(false),
+                Attribute::Decrypt(false),
+                Attribute::Sign(false),
+                Attribute::Verify(false),
+                Attribute::Derive(false),
             ],
         )
         .map_err(ck("C_GenerateKey (length probe)"))?;
+    let kek = scratch.keep(kek);
     let wrapped = s.wrap_key(&Mechanism::AesKeyWrapPad, kek, h);
-    let _ = s.destroy_object(kek);
+    scratch.destroy(kek);
     let wrapped = wrapped.map_err(ck("C_WrapKey (length probe)"))?;
     Ok((wrapped.len() as u64).saturating_sub(8))
 }

@@ -61,6 +61,7 @@ pub enum ImportReason {
     KeyMaterialMismatch,
     InvalidValidTo,
     AlgorithmNotAllowed,
+    PublicKeyMismatch,
 }
 
 impl ImportReason {
@@ -76,6 +77,7 @@ impl ImportReason {
             Self::KeyMaterialMismatch => "KEY_MATERIAL_MISMATCH",
             Self::InvalidValidTo => "INVALID_VALID_TO",
             Self::AlgorithmNotAllowed => "ALGORITHM_NOT_ALLOWED",
+            Self::PublicKeyMismatch => "PUBLIC_KEY_MISMATCH",
         }
     }
 
@@ -205,6 +207,8 @@ impl KeyManager {
         algorithm: Option<WrappingAlgorithm>,
         wrapping_spec: Option<KeySpec>,
     ) -> Result<ImportParameters, KeyError> {
+        let _one_at_a_time = self.material_lock();
+        let key = &self.reload(key.id)?;
         require_external(key)?;
         if !matches!(
             key.state,
@@ -249,7 +253,7 @@ impl KeyManager {
             }
             return Err(e.into());
         }
-        self.destroy_stale_wrapping_keys(now);
+        self.destroy_stale_wrapping_keys_locked(now);
         Ok(ImportParameters {
             key_id: key.id,
             algorithm,
@@ -381,6 +385,22 @@ impl KeyManager {
         self.reload(key.id)
     }
 
+    /// Destroys a key's imported material if its valid-to is still at or before `now`
+    /// (checked again under the lock: a key deleted and re-imported since the sweep
+    /// listed it keeps its new material). `Ok(None)` when there was nothing to expire.
+    pub fn expire_material(&self, id: Uuid, now: i64) -> Result<Option<KeyRecord>, KeyError> {
+        let _one_at_a_time = self.material_lock();
+        let key = self.reload(id)?;
+        let due = key.valid_to.is_some_and(|t| t <= now)
+            && matches!(key.state, KeyState::Enabled | KeyState::Disabled);
+        if !due {
+            return Ok(None);
+        }
+        self.backend.destroy_key_material(key.id)?;
+        self.store.material_deleted(key.id, key.state)?;
+        self.reload(id).map(Some)
+    }
+
     /// Keys whose imported material's valid-to is at or before `now`.
     pub fn expired_material(&self, now: i64) -> Result<Vec<KeyRecord>, KeyError> {
         let mut out = Vec::new();
@@ -393,6 +413,11 @@ impl KeyManager {
     /// Destroys the wrapping keys of superseded and expired import tokens (failures are
     /// logged and retried by the next sweep).
     pub fn destroy_stale_wrapping_keys(&self, now: i64) {
+        let _one_at_a_time = self.material_lock();
+        self.destroy_stale_wrapping_keys_locked(now);
+    }
+
+    fn destroy_stale_wrapping_keys_locked(&self, now: i64) {
         let stale = match self.store.stale_wrapping_keys(now) {
             Ok(s) => s,
             Err(e) => return tracing::error!(error = %e, "listing stale wrapping keys failed"),
@@ -521,7 +546,7 @@ fn import_refusal(e: ImportRefused) -> KeyError {
     match e {
         ImportRefused::Unwrap(m) => ImportReason::InvalidWrappedKeyMaterial.err(m),
         ImportRefused::Spec(m) => ImportReason::KeyMaterialSpecMismatch.err(m),
-        ImportRefused::PublicKey(m) => KeyError::InvalidArgument(m),
+        ImportRefused::PublicKey(m) => ImportReason::PublicKeyMismatch.err(m),
         ImportRefused::Refused(m) => ImportReason::KeyMaterialMismatch.err(m),
         ImportRefused::Hsm(e) => e.into(),
     }

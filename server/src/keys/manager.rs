@@ -253,12 +253,21 @@ impl KeyManager {
         t: Transition,
         days: u32,
     ) -> Result<KeyRecord, KeyError> {
-        let to = t.apply(key.state).map_err(|r| {
+        let mut to = t.apply(key.state).map_err(|r| {
             KeyError::InvalidKeyState(format!(
                 "cannot {:?} key {} while it is {}",
                 r.transition, key.id, r.from
             ))
         })?;
+        // An EXTERNAL key scheduled for deletion before it got material goes back to
+        // waiting for it, not to DISABLED (which EnableKey would turn into an ENABLED
+        // key without material).
+        if t == Transition::CancelDeletion
+            && key.origin == KeyOrigin::External
+            && key.import_time.is_none()
+        {
+            to = KeyState::PendingImport;
+        }
         let deletion_time = match t {
             Transition::ScheduleDeletion => {
                 let d = deletion_window(days).ok_or(KeyError::InvalidDeletionWindow(days))?;

@@ -69,10 +69,12 @@ fn mgf1_xor<D: Digest>(seed: &[u8], out: &mut [u8]) {
         let mut h = D::new();
         h.update(seed);
         h.update((counter as u32).to_be_bytes());
-        let mask = h.finalize();
+        let mut mask = h.finalize();
         for (o, m) in chunk.iter_mut().zip(mask.iter()) {
             *o ^= m;
         }
+        // The mask XORed with the public masked DB gives DB (the plaintext).
+        zeroize::Zeroize::zeroize(&mut mask[..]);
     }
 }
 

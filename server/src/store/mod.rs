@@ -245,11 +245,13 @@ impl Store {
     }
 
     /// Every key that should have objects in the token (not destroyed, not awaiting
-    /// import).
+    /// import, not an EXTERNAL key without material pending deletion).
     pub fn keys_with_material(&self) -> Result<Vec<Uuid>, StoreError> {
         self.with(|conn| {
             let mut stmt = conn.prepare(
-                "SELECT key_id FROM keys WHERE state NOT IN ('DESTROYED', 'PENDING_IMPORT')",
+                "SELECT k.key_id FROM keys k LEFT JOIN key_material m ON m.key_id = k.key_id
+                 WHERE k.state NOT IN ('DESTROYED', 'PENDING_IMPORT')
+                   AND (k.origin <> 'EXTERNAL' OR m.import_time IS NOT NULL)",
             )?;
             let ids = stmt.query_map([], |r| r.get::<_, String>(0))?;
             ids.map(|s| rows::parse_uuid(&s?)).collect()
