@@ -811,3 +811,31 @@ async fn concurrent_imports_into_one_key_make_one_set_of_objects() {
         "{objs:#?}"
     );
 }
+
+/// An imported RSA ENCRYPT_DECRYPT key decrypts what openssl encrypts with the original
+/// public key (hsmd checks the pair in the token at import: an OAEP round trip).
+#[tokio::test]
+async fn imported_rsa_key_decrypts_openssl_ciphertexts() {
+    let d = Daemon::start().await;
+    let dir = d.scratch();
+    let mut keys = d.keys();
+    let key = create_external(&mut keys, KeySpec::Rsa2048, KeyUsage::EncryptDecrypt).await;
+    let material = openssl_genpkey(&dir, "rsa", KeySpec::Rsa2048);
+    let alg = WrappingAlgorithm::RsaAesKeyWrapSha1;
+    let (p, pem) = parameters(&mut keys, &dir, &key, alg).await;
+    let wrapped = openssl_wrap(&dir, &pem, alg, &material.pkcs8_der);
+    expect_ok(
+        import(&d, &key, &p.import_token, wrapped).await,
+        "ImportKeyMaterial",
+    );
+    let secret = b"imported keys decrypt too";
+    for (alg, md) in [
+        (EncryptionAlgorithm::RsaesOaepSha1, "sha1"),
+        (EncryptionAlgorithm::RsaesOaepSha256, "sha256"),
+    ] {
+        let ct = hsmd_e2e::crypt::openssl_oaep_encrypt(&dir, &material.public_pem, md, secret);
+        let pt = plaintext_of(decrypt(&mut keys, &key, alg, &ct, b"").await, md);
+        assert_eq!(pt, secret, "{alg:?}");
+    }
+    assert_protected(&d, &key, true);
+}

@@ -492,6 +492,7 @@ fn inspect(
                     )));
                 }
             }
+            rsa_pair_works(s, t, h, &public)?;
             check_given(t, &public)?;
             Ok(Inspected {
                 public: Some(public),
@@ -548,6 +549,59 @@ fn inspect(
             })
         }
         KeySpec::Sm2 => Err(HsmError::Unsupported("SM2 import".into()).into()),
+    }
+}
+
+/// The RSA public values read from the imported private object must belong to its
+/// private exponent: a signature made in the token verifies on the host (SIGN_VERIFY), or
+/// an OAEP ciphertext made on the host decrypts in the token (ENCRYPT_DECRYPT). Material
+/// whose halves do not match would pass the "same public key" check and then fail every
+/// call.
+fn rsa_pair_works(
+    s: &Session,
+    t: &Target<'_>,
+    h: ObjectHandle,
+    public: &PublicKeyMaterial,
+) -> Result<(), ImportRefused> {
+    let PublicKeyMaterial::Rsa { modulus, exponent } = public else {
+        return Ok(());
+    };
+    let key = rsa::RsaPublicKey::new(
+        rsa::BigUint::from_bytes_be(modulus),
+        rsa::BigUint::from_bytes_be(exponent),
+    )
+    .map_err(|e| ImportRefused::Spec(format!("the RSA public values are not a valid key: {e}")))?;
+    let challenge = s
+        .generate_random_vec(32)
+        .map_err(ck("C_GenerateRandom (RSA pair check)"))?;
+    let works = match t.usage {
+        KeyUsage::SignVerify => {
+            let sig = s
+                .sign(&Mechanism::Sha256RsaPkcs, h, &challenge)
+                .map_err(ck("C_Sign (RSA pair check)"))?;
+            use sha2::Digest as _;
+            let digest = sha2::Sha256::digest(&challenge);
+            key.verify(rsa::Pkcs1v15Sign::new::<sha2::Sha256>(), &digest, &sig)
+                .is_ok()
+        }
+        KeyUsage::EncryptDecrypt => {
+            let ct = key
+                .encrypt(
+                    &mut rsa::rand_core::OsRng,
+                    rsa::Oaep::new::<sha1::Sha1>(),
+                    &challenge,
+                )
+                .map_err(|e| HsmError::BadInput(format!("OAEP for the pair check: {e}")))?;
+            s.decrypt(&oaep(OaepHash::Sha1), h, &ct)
+                .is_ok_and(|pt| pt == challenge)
+        }
+    };
+    if works {
+        Ok(())
+    } else {
+        Err(ImportRefused::Spec(
+            "the RSA private key does not match its own public values (a check in the token failed)".into(),
+        ))
     }
 }
 
