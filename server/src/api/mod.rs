@@ -22,7 +22,7 @@ use std::time::Instant;
 use tonic::{Request, Response, Status};
 
 use crate::audit::{AuditEvent, AuditLog, Outcome};
-use crate::auth::{Action, Authorizer, KeyFacts, Policy, principal_from_cert};
+use crate::auth::{Action, Authorizer, KeyFacts, Policy, principal_of};
 use crate::keys::model::KeyRecord;
 use crate::keys::{KeyError, KeyManager};
 pub use status::ApiError;
@@ -47,7 +47,7 @@ impl Identity {
     pub fn of<T>(req: &Request<T>) -> Identity {
         let principal = req
             .peer_certs()
-            .and_then(|certs| certs.first().and_then(|c| principal_from_cert(c.as_ref())));
+            .and_then(|certs| certs.first().and_then(|c| principal_of(c.as_ref())));
         let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
         Identity { principal, peer }
     }

@@ -24,6 +24,33 @@ use x509_cert::ext::pkix::name::GeneralName;
 /// OID of the subject common name (2.5.4.3).
 const CN: der::asn1::ObjectIdentifier = der::asn1::ObjectIdentifier::new_unwrap("2.5.4.3");
 
+/// Certificates whose principal was already read, at most this many (then the memo
+/// starts over): clients present the same certificate on every call of a connection.
+const PRINCIPAL_MEMO: usize = 1024;
+
+/// `principal_from_cert`, remembered per certificate (its DER bytes), so a call does not
+/// decode the whole X.509 structure again (a visible share of per-call CPU under load).
+/// The principal is a pure function of the bytes, which TLS has already verified.
+pub fn principal_of(der_bytes: &[u8]) -> Option<String> {
+    type Memo = RwLock<HashMap<Vec<u8>, Option<String>>>;
+    static MEMO: std::sync::OnceLock<Memo> = std::sync::OnceLock::new();
+    let memo = MEMO.get_or_init(Default::default);
+    if let Some(p) = memo
+        .read()
+        .unwrap_or_else(|p| p.into_inner())
+        .get(der_bytes)
+    {
+        return p.clone();
+    }
+    let principal = principal_from_cert(der_bytes);
+    let mut w = memo.write().unwrap_or_else(|p| p.into_inner());
+    if w.len() >= PRINCIPAL_MEMO {
+        w.clear();
+    }
+    w.insert(der_bytes.to_vec(), principal.clone());
+    principal
+}
+
 /// The principal named by a DER client certificate: its first SAN URI, else its CN.
 pub fn principal_from_cert(der_bytes: &[u8]) -> Option<String> {
     let cert = Certificate::from_der(der_bytes).ok()?;
@@ -121,5 +148,14 @@ mod tests {
             Some("batch-job")
         );
         assert_eq!(principal_from_cert(b"not a cert"), None);
+        let der = cert(Some("spiffe://corp/memo"), "m");
+        for _ in 0..2 {
+            assert_eq!(
+                principal_of(&der).as_deref(),
+                Some("spiffe://corp/memo"),
+                "the remembered principal is the decoded one"
+            );
+        }
+        assert_eq!(principal_of(b"still not a cert"), None);
     }
 }
