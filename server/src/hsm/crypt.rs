@@ -9,7 +9,7 @@
 use cryptoki::mechanism::aead::GcmParams;
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsOaepParams, PkcsOaepSource};
 use cryptoki::mechanism::{Mechanism, MechanismType};
-use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
+use cryptoki::object::{Attribute, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 use uuid::Uuid;
 use zeroize::Zeroizing;
@@ -213,25 +213,14 @@ fn probe_rsa_key(
     public: ObjectHandle,
     private: ObjectHandle,
 ) -> Result<(bool, OaepPath), String> {
-    let attrs = s
-        .get_attributes(
-            public,
-            &[AttributeType::Modulus, AttributeType::PublicExponent],
-        )
-        .map_err(|e| format!("C_GetAttributeValue: {e}"))?;
-    let (mut n, mut e) = (Vec::new(), Vec::new());
-    for a in attrs {
-        match a {
-            Attribute::Modulus(m) => n = m,
-            Attribute::PublicExponent(x) => e = x,
-            _ => {}
-        }
-    }
-    let key = rsa::RsaPublicKey::new(
-        rsa::BigUint::from_bytes_be(&n),
-        rsa::BigUint::from_bytes_be(&e),
-    )
-    .map_err(|e| format!("probe public key: {e}"))?;
+    let Some(super::PublicKeyMaterial::Rsa { modulus, exponent }) =
+        super::objects::public_key(s, crate::keys::spec::KeySpec::Rsa2048, public)
+            .map_err(|e| format!("C_GetAttributeValue: {e}"))?
+    else {
+        return Err("probe key has no modulus".into());
+    };
+    let key = crate::keys::public::rsa_public(&modulus, &exponent)
+        .map_err(|e| format!("probe public key: {e}"))?;
     let msg = b"hsmd probe";
     let mut rng = rsa::rand_core::OsRng;
     let oaep_mech = mechs.contains(&MechanismType::RSA_PKCS_OAEP);
@@ -255,7 +244,7 @@ fn probe_rsa_key(
         && s.decrypt(&Mechanism::RsaX509, private, &ct)
             .ok()
             .and_then(|raw| {
-                let em = crate::keys::oaep::left_pad(&raw, n.len())?;
+                let em = crate::keys::oaep::left_pad(&raw, modulus.len())?;
                 crate::keys::oaep::decode::<sha2::Sha256>(&em, b"").ok()
             })
             .is_some_and(|pt| pt.as_slice() == msg);

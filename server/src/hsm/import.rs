@@ -273,23 +273,15 @@ fn install(
     // The key is PENDING_IMPORT: objects with its CKA_ID are leftovers of an import that
     // was not recorded (a failed rollback, a crash). Never let them stand beside the new
     // material, where a lookup could pick either.
-    for class in [
-        ObjectClass::PRIVATE_KEY,
-        ObjectClass::SECRET_KEY,
-        ObjectClass::PUBLIC_KEY,
-    ] {
-        let leftovers = s
-            .find_objects(&[
-                Attribute::Token(true),
-                Attribute::Class(class),
-                Attribute::Id(t.id.as_bytes().to_vec()),
-            ])
-            .map_err(ck("C_FindObjects (leftovers)"))?;
-        for h in leftovers {
-            tracing::warn!(key_id = %t.id, "destroying a leftover object of an unrecorded import");
-            s.destroy_object(h)
-                .map_err(ck("C_DestroyObject (leftover)"))?;
-        }
+    let leftovers = objects::destroy_with_id(
+        s,
+        t.id.as_bytes(),
+        &objects::KEY_CLASSES,
+        &[Attribute::Token(true)],
+    )
+    .map_err(ck("C_DestroyObject (leftovers)"))?;
+    if leftovers > 0 {
+        tracing::warn!(key_id = %t.id, leftovers, "destroyed leftover objects of an unrecorded import");
     }
     // The secret key's session copy was extractable for `aes_key_len`; SoftHSM2 refuses
     // CKA_EXTRACTABLE in the copy template of a key where it is already false.
@@ -566,11 +558,9 @@ fn rsa_pair_works(
     let PublicKeyMaterial::Rsa { modulus, exponent } = public else {
         return Ok(());
     };
-    let key = rsa::RsaPublicKey::new(
-        rsa::BigUint::from_bytes_be(modulus),
-        rsa::BigUint::from_bytes_be(exponent),
-    )
-    .map_err(|e| ImportRefused::Spec(format!("the RSA public values are not a valid key: {e}")))?;
+    let key = crate::keys::public::rsa_public(modulus, exponent).map_err(|e| {
+        ImportRefused::Spec(format!("the RSA public values are not a valid key: {e}"))
+    })?;
     let challenge = s
         .generate_random_vec(32)
         .map_err(ck("C_GenerateRandom (RSA pair check)"))?;
@@ -680,27 +670,21 @@ fn aes_key_len(scratch: &mut Scratch<'_>, h: ObjectHandle) -> Result<u64, Import
 }
 
 fn value_len(s: &Session, h: ObjectHandle) -> Result<u64, ImportRefused> {
-    for a in s
-        .get_attributes(h, &[AttributeType::ValueLen])
-        .map_err(ck("C_GetAttributeValue (CKA_VALUE_LEN)"))?
-    {
-        if let Attribute::ValueLen(n) = a {
-            return Ok(n.into());
-        }
-    }
-    Err(HsmError::ObjectMissing.into())
+    objects::read_attribute(s, h, AttributeType::ValueLen, |a| match a {
+        Attribute::ValueLen(n) => Some(n.into()),
+        _ => None,
+    })
+    .map_err(ck("C_GetAttributeValue (CKA_VALUE_LEN)"))?
+    .ok_or_else(|| HsmError::ObjectMissing.into())
 }
 
 fn ec_params(s: &Session, h: ObjectHandle) -> Result<Vec<u8>, ImportRefused> {
-    for a in s
-        .get_attributes(h, &[AttributeType::EcParams])
-        .map_err(ck("C_GetAttributeValue (CKA_EC_PARAMS)"))?
-    {
-        if let Attribute::EcParams(p) = a {
-            return Ok(p);
-        }
-    }
-    Err(HsmError::ObjectMissing.into())
+    objects::read_attribute(s, h, AttributeType::EcParams, |a| match a {
+        Attribute::EcParams(p) => Some(p),
+        _ => None,
+    })
+    .map_err(ck("C_GetAttributeValue (CKA_EC_PARAMS)"))?
+    .ok_or_else(|| HsmError::ObjectMissing.into())
 }
 
 fn wrapping_id(token: Uuid) -> Vec<u8> {

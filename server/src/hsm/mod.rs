@@ -274,29 +274,15 @@ impl Pkcs11Backend {
     /// Destroys every object with the key's CKA_ID (its certificate too). Missing
     /// objects are not an error.
     pub fn destroy(&self, id: Uuid) -> Result<(), HsmError> {
-        self.destroy_classes(
-            id,
-            &[
-                ObjectClass::PRIVATE_KEY,
-                ObjectClass::SECRET_KEY,
-                ObjectClass::PUBLIC_KEY,
-                ObjectClass::CERTIFICATE,
-            ],
-        )
+        let [private, secret, public] = objects::KEY_CLASSES;
+        self.destroy_classes(id, &[private, secret, public, ObjectClass::CERTIFICATE])
     }
 
     /// Destroys the key's private, secret and public objects, keeping its certificate
     /// object (imported material deleted: the same material, hence the same certificate,
     /// may come back).
     pub fn destroy_key_material(&self, id: Uuid) -> Result<(), HsmError> {
-        self.destroy_classes(
-            id,
-            &[
-                ObjectClass::PRIVATE_KEY,
-                ObjectClass::SECRET_KEY,
-                ObjectClass::PUBLIC_KEY,
-            ],
-        )
+        self.destroy_classes(id, &objects::KEY_CLASSES)
     }
 
     fn destroy_classes(&self, id: Uuid, classes: &[ObjectClass]) -> Result<(), HsmError> {
@@ -305,16 +291,7 @@ impl Pkcs11Backend {
             .unwrap_or_else(|p| p.into_inner())
             .remove(&id);
         self.with_token_write("C_DestroyObject", |s| {
-            for class in classes {
-                let template = [
-                    cryptoki::object::Attribute::Class(*class),
-                    cryptoki::object::Attribute::Id(id.as_bytes().to_vec()),
-                ];
-                for h in s.find_objects(&template)? {
-                    s.destroy_object(h)?;
-                }
-            }
-            Ok(())
+            objects::destroy_with_id(s, id.as_bytes(), classes, &[]).map(drop)
         })
     }
 

@@ -345,12 +345,48 @@ pub fn public_key(
 
 /// CKA_EC_POINT, unwrapped from its DER OCTET STRING when the token wraps it.
 fn ec_point(session: &Session, h: ObjectHandle) -> cryptoki::error::Result<Option<Vec<u8>>> {
-    for a in session.get_attributes(h, &[AttributeType::EcPoint])? {
-        if let Attribute::EcPoint(p) = a {
-            return Ok(Some(unwrap_octet_string(&p).unwrap_or(p)));
+    read_attribute(session, h, AttributeType::EcPoint, |a| match a {
+        Attribute::EcPoint(p) => Some(unwrap_octet_string(&p).unwrap_or(p)),
+        _ => None,
+    })
+}
+
+/// One attribute of an object, as `pick` takes it out of the token's answer (`None` if
+/// the token gave none).
+pub fn read_attribute<T>(
+    session: &Session,
+    h: ObjectHandle,
+    ty: AttributeType,
+    pick: impl Fn(Attribute) -> Option<T>,
+) -> cryptoki::error::Result<Option<T>> {
+    Ok(session.get_attributes(h, &[ty])?.into_iter().find_map(pick))
+}
+
+/// The classes of a key's objects (its certificate aside).
+pub const KEY_CLASSES: [ObjectClass; 3] = [
+    ObjectClass::PRIVATE_KEY,
+    ObjectClass::SECRET_KEY,
+    ObjectClass::PUBLIC_KEY,
+];
+
+/// Destroys every object of `classes` with CKA_ID `id` that also matches `also` (e.g.
+/// CKA_TOKEN true); returns how many there were.
+pub fn destroy_with_id(
+    session: &Session,
+    id: &[u8],
+    classes: &[ObjectClass],
+    also: &[Attribute],
+) -> cryptoki::error::Result<usize> {
+    let mut destroyed = 0;
+    for class in classes {
+        let mut template = vec![Attribute::Class(*class), Attribute::Id(id.to_vec())];
+        template.extend_from_slice(also);
+        for h in session.find_objects(&template)? {
+            session.destroy_object(h)?;
+            destroyed += 1;
         }
     }
-    Ok(None)
+    Ok(destroyed)
 }
 
 /// Strips a DER OCTET STRING header if `der` is exactly one OCTET STRING.

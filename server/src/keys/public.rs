@@ -10,10 +10,7 @@ use crate::hsm::PublicKeyMaterial;
 pub fn spki_der(material: &PublicKeyMaterial) -> Result<Vec<u8>, String> {
     let doc = match material {
         PublicKeyMaterial::Rsa { modulus, exponent } => {
-            let n = rsa::BigUint::from_bytes_be(modulus);
-            let e = rsa::BigUint::from_bytes_be(exponent);
-            let key = rsa::RsaPublicKey::new(n, e).map_err(|e| format!("RSA public key: {e}"))?;
-            key.to_public_key_der()
+            rsa_public(modulus, exponent)?.to_public_key_der()
         }
         PublicKeyMaterial::Ec {
             spec: KeySpec::EcP256,
@@ -34,6 +31,15 @@ pub fn spki_der(material: &PublicKeyMaterial) -> Result<Vec<u8>, String> {
     };
     doc.map(|d| d.as_bytes().to_vec())
         .map_err(|e| format!("SPKI encoding: {e}"))
+}
+
+/// The rsa crate's public key of a token's big-endian modulus and public exponent.
+pub fn rsa_public(modulus: &[u8], exponent: &[u8]) -> Result<rsa::RsaPublicKey, String> {
+    rsa::RsaPublicKey::new(
+        rsa::BigUint::from_bytes_be(modulus),
+        rsa::BigUint::from_bytes_be(exponent),
+    )
+    .map_err(|e| format!("RSA public key: {e}"))
 }
 
 /// PEM ("PUBLIC KEY") of an SPKI DER.
