@@ -331,12 +331,10 @@ pub async fn sweep(ctx: &Ctx) {
         }
         system_record(ctx, "hsmd/DestroyKey", id, &result).await;
     }
-    for key in expired {
-        let id = key.id;
+    for id in expired {
         let keys = ctx.keys.clone();
         let result =
-            tokio::task::spawn_blocking(move || keys.expire_material(key.id, now()).map(drop))
-                .await;
+            tokio::task::spawn_blocking(move || keys.expire_material(id, now()).map(drop)).await;
         match &result {
             Ok(Ok(())) => {
                 tracing::info!(key_id = %id, "imported key material destroyed at its valid-to; key is PENDING_IMPORT")

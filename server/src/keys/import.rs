@@ -380,9 +380,7 @@ impl KeyManager {
             }
             state => return Err(KeyError::KeyState { key: key.id, state }),
         }
-        self.backend.destroy_key_material(key.id)?;
-        self.store.material_deleted(key.id, key.state)?;
-        self.reload(key.id)
+        self.remove_material(key)
     }
 
     /// Destroys a key's imported material if its valid-to is still at or before `now`
@@ -396,18 +394,21 @@ impl KeyManager {
         if !due {
             return Ok(None);
         }
-        self.backend.destroy_key_material(key.id)?;
-        self.store.material_deleted(key.id, key.state)?;
-        self.reload(id).map(Some)
+        self.remove_material(&key).map(Some)
     }
 
-    /// Keys whose imported material's valid-to is at or before `now`.
-    pub fn expired_material(&self, now: i64) -> Result<Vec<KeyRecord>, KeyError> {
-        let mut out = Vec::new();
-        for id in self.store.expired_material(now)? {
-            out.push(self.reload(id)?);
-        }
-        Ok(out)
+    /// Destroys the material of a key that holds some (checked by the caller, under the
+    /// lock) and moves the key back to PENDING_IMPORT.
+    fn remove_material(&self, key: &KeyRecord) -> Result<KeyRecord, KeyError> {
+        self.backend.destroy_key_material(key.id)?;
+        self.store.material_deleted(key.id, key.state)?;
+        self.reload(key.id)
+    }
+
+    /// Ids of the keys whose imported material's valid-to is at or before `now`
+    /// (`expire_material` reads each again under the lock).
+    pub fn expired_material(&self, now: i64) -> Result<Vec<Uuid>, KeyError> {
+        Ok(self.store.expired_material(now)?)
     }
 
     /// Destroys the wrapping keys of superseded and expired import tokens (failures are
@@ -478,12 +479,6 @@ impl KeyManager {
 
     fn material_lock(&self) -> std::sync::MutexGuard<'_, ()> {
         self.material_lock.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    fn reload(&self, id: Uuid) -> Result<KeyRecord, KeyError> {
-        self.store
-            .get_key(id)?
-            .ok_or_else(|| KeyError::KeyNotFound(id.to_string()))
     }
 }
 

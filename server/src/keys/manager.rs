@@ -80,9 +80,7 @@ impl KeyManager {
                 .resolve_alias(a)?
                 .ok_or_else(|| KeyError::AliasNotFound(a.clone()))?,
         };
-        self.store
-            .get_key(id)?
-            .ok_or_else(|| KeyError::KeyNotFound(id.to_string()))
+        self.reload(id)
     }
 
     /// Creates a key in the token and records it, tagged `created-by=<principal>`. With
@@ -284,9 +282,14 @@ impl KeyManager {
             self.store
                 .set_state(key.id, key.state, to, deletion_time, destroy_time)?;
         }
+        self.reload(key.id)
+    }
+
+    /// The key's record as the store has it now.
+    pub(super) fn reload(&self, id: Uuid) -> Result<KeyRecord, KeyError> {
         self.store
-            .get_key(key.id)?
-            .ok_or_else(|| KeyError::KeyNotFound(key.id.to_string()))
+            .get_key(id)?
+            .ok_or_else(|| KeyError::KeyNotFound(id.to_string()))
     }
 
     /// Creates an alias for a key.
