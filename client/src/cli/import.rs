@@ -19,7 +19,8 @@ use zeroize::Zeroizing;
 use super::args::{
     format_timestamp, parse_valid_to, print, print_json, read_input, to_timestamp, write_output,
 };
-use super::render::{key_json, key_table, time_cell};
+use super::key::print_key;
+use super::render::time_cell;
 use super::table::Table;
 use super::{CliError, Ctx, Output, Verdict};
 
@@ -206,16 +207,6 @@ fn describe(m: &KeyMaterial) -> String {
         m.spec().as_str_name(),
         m.as_bytes().len()
     )
-}
-
-/// Prints a key's metadata as the `key` commands do.
-fn print_key(ctx: &Ctx, key: &hsm_client::v1::KeyMetadata) -> Result<Verdict, CliError> {
-    if ctx.json() {
-        print_json(&key_json(key))?;
-    } else {
-        print(&key_table(key))?;
-    }
-    Ok(Verdict::Yes)
 }
 
 impl KeyArgs {

@@ -3,7 +3,9 @@
 
 use clap::{Args, Subcommand};
 use hsm_client::names::{self, name_of};
-use hsm_client::v1::{CreateKeyRequest, KeyOrigin, KeySpec, KeyState, KeyUsage, ListKeysRequest};
+use hsm_client::v1::{
+    CreateKeyRequest, KeyMetadata, KeyOrigin, KeySpec, KeyState, KeyUsage, ListKeysRequest,
+};
 use serde_json::json;
 
 use super::args::{parse_tag, print, print_json, println, write_output};
@@ -138,12 +140,7 @@ impl KeyCommand {
             KeyCommand::List(a) => return a.run(ctx).await,
             KeyCommand::Public(a) => return a.run(ctx).await,
             KeyCommand::Describe { key } => {
-                let k = ctx.client.describe_key(&key).await?;
-                return if ctx.json() {
-                    print_json(&key_json(&k)).map(|()| Verdict::Yes)
-                } else {
-                    print(&key_table(&k)).map(|()| Verdict::Yes)
-                };
+                return print_key(ctx, &ctx.client.describe_key(&key).await?);
             }
             KeyCommand::Enable { key } => ctx.client.enable_key(&key).await?,
             KeyCommand::Disable { key } => ctx.client.disable_key(&key).await?,
@@ -168,6 +165,16 @@ impl KeyCommand {
         }
         Ok(Verdict::Yes)
     }
+}
+
+/// Prints a key's metadata: a table, or its JSON object.
+pub(super) fn print_key(ctx: &Ctx, key: &KeyMetadata) -> Result<Verdict, CliError> {
+    if ctx.json() {
+        print_json(&key_json(key))?;
+    } else {
+        print(&key_table(key))?;
+    }
+    Ok(Verdict::Yes)
 }
 
 impl CreateArgs {
