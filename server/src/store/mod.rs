@@ -5,6 +5,7 @@
 //! changes are compare-and-set on the expected state, so two replicas (or two calls)
 //! never both win a transition.
 
+mod cache;
 mod certs;
 mod imports;
 mod rows;
@@ -81,16 +82,18 @@ CREATE INDEX IF NOT EXISTS aliases_by_key ON aliases (key_id);
 pub struct Store {
     path: std::path::PathBuf,
     idle: Mutex<Vec<Connection>>,
+    cache: cache::KeyCache,
 }
 
 impl Store {
     /// Opens (creating if needed) the store and its schema.
     pub fn open(path: &Path) -> Result<Self, StoreError> {
+        let conn = connect(path)?;
         let store = Store {
             path: path.to_path_buf(),
             idle: Mutex::new(Vec::new()),
+            cache: cache::KeyCache::new(connect(path)?),
         };
-        let conn = store.connect()?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(certs::SCHEMA)?;
         conn.execute_batch(imports::SCHEMA)?;
@@ -102,15 +105,6 @@ impl Store {
         Ok(store)
     }
 
-    fn connect(&self) -> Result<Connection, StoreError> {
-        let conn = Connection::open(&self.path)?;
-        conn.busy_timeout(std::time::Duration::from_secs(10))?;
-        conn.pragma_update(None, "journal_mode", "WAL")?;
-        conn.pragma_update(None, "synchronous", "FULL")?;
-        conn.pragma_update(None, "foreign_keys", "ON")?;
-        Ok(conn)
-    }
-
     /// Runs `f` on a pooled connection.
     fn with<T>(
         &self,
@@ -119,7 +113,7 @@ impl Store {
         let conn = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
         let mut conn = match conn {
             Some(c) => c,
-            None => self.connect()?,
+            None => connect(&self.path)?,
         };
         let out = f(&mut conn);
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
@@ -147,9 +141,18 @@ impl Store {
         })
     }
 
-    /// A key by id, with its aliases.
+    /// A key by id, with its aliases: remembered from an earlier call while the
+    /// database is unchanged (see `cache.rs`), else read.
     pub fn get_key(&self, id: Uuid) -> Result<Option<KeyRecord>, StoreError> {
-        self.with(|conn| rows::get_key(conn, id))
+        let at = self.cache.version()?;
+        if let Some(key) = self.cache.key(id) {
+            return Ok(Some(key));
+        }
+        let key = self.with(|conn| rows::get_key(conn, id))?;
+        if let Some(k) = &key {
+            self.cache.keep_key(at, k);
+        }
+        Ok(key)
     }
 
     /// The key a principal created with an idempotency token, if any.
@@ -175,7 +178,11 @@ impl Store {
 
     /// The key an alias points at.
     pub fn resolve_alias(&self, alias: &str) -> Result<Option<Uuid>, StoreError> {
-        self.with(|conn| {
+        let at = self.cache.version()?;
+        if let Some(id) = self.cache.alias(alias) {
+            return Ok(Some(id));
+        }
+        let id = self.with(|conn| {
             let id: Option<String> = conn
                 .query_row(
                     "SELECT key_id FROM aliases WHERE alias = ?1",
@@ -184,7 +191,11 @@ impl Store {
                 )
                 .optional()?;
             id.map(|s| rows::parse_uuid(&s)).transpose()
-        })
+        })?;
+        if let Some(id) = id {
+            self.cache.keep_alias(at, alias, id);
+        }
+        Ok(id)
     }
 
     /// Keys matching a filter, newest first, at most `filter.limit`.
@@ -303,6 +314,16 @@ impl Store {
     ) -> Result<Vec<Alias>, StoreError> {
         self.with(|conn| rows::list_aliases(conn, key, after, limit))
     }
+}
+
+/// Opens a connection with the store's settings.
+fn connect(path: &Path) -> Result<Connection, StoreError> {
+    let conn = Connection::open(path)?;
+    conn.busy_timeout(std::time::Duration::from_secs(10))?;
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    Ok(conn)
 }
 
 #[cfg(test)]

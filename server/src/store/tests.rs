@@ -128,3 +128,49 @@ fn state_changes_are_compare_and_set() {
             .is_empty()
     );
 }
+
+/// Remembered records follow every change: made by this store, and made by another
+/// replica on the same file (the cache watches SQLite's data_version, not our writes).
+#[test]
+fn remembered_records_follow_changes_from_any_connection() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("m.db");
+    let store = Store::open(&path).unwrap();
+    let replica = Store::open(&path).unwrap();
+    let a = key(1);
+    store.insert_key(&a, Some("alias/a"), None).unwrap();
+    // Read twice: the second answer comes from the cache.
+    for _ in 0..2 {
+        assert_eq!(
+            store.get_key(a.id).unwrap().unwrap().state,
+            KeyState::Enabled
+        );
+        assert_eq!(store.resolve_alias("alias/a").unwrap(), Some(a.id));
+    }
+    store
+        .set_state(a.id, KeyState::Enabled, KeyState::Disabled, None, None)
+        .unwrap();
+    assert_eq!(
+        store.get_key(a.id).unwrap().unwrap().state,
+        KeyState::Disabled
+    );
+    replica
+        .set_state(a.id, KeyState::Disabled, KeyState::Enabled, None, None)
+        .unwrap();
+    assert_eq!(
+        store.get_key(a.id).unwrap().unwrap().state,
+        KeyState::Enabled
+    );
+    let b = key(2);
+    replica.insert_key(&b, None, None).unwrap();
+    replica.update_alias("alias/a", b.id, 3).unwrap();
+    assert_eq!(store.resolve_alias("alias/a").unwrap(), Some(b.id));
+    assert_eq!(
+        store.get_key(a.id).unwrap().unwrap().aliases,
+        Vec::<String>::new()
+    );
+    replica.delete_alias("alias/a").unwrap();
+    assert_eq!(store.resolve_alias("alias/a").unwrap(), None);
+    replica.delete_key(b.id).unwrap();
+    assert!(store.get_key(b.id).unwrap().is_none());
+}

@@ -1,0 +1,102 @@
+//! Key records remembered between calls, valid while the database is unchanged.
+//!
+//! A Sign or Decrypt reads its key's record on every call; reading it from SQLite (the
+//! key row, its aliases, its import facts) was the largest part of hsmd's own work per
+//! call after TLS. The records are kept here instead, tagged with SQLite's
+//! `PRAGMA data_version` as seen by a connection that never writes: that number changes
+//! whenever any *other* connection commits — this process's pooled connections and
+//! other replicas on the same file alike — so one cheap pragma per call tells whether
+//! everything remembered is still what the file says. Any commit anywhere forgets
+//! everything: writes are rare (key management), reads are the hot path.
+//!
+//! Order matters for correctness: the version is read *before* the row. A commit after
+//! the version read changes the version, so what was cached under the old one is
+//! dropped at the next call; a commit before it is visible to the row read.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use rusqlite::Connection;
+use uuid::Uuid;
+
+use super::StoreError;
+use crate::keys::model::KeyRecord;
+
+/// Most records kept; past it the cache starts over (it refills from the hot keys).
+const MAX_ENTRIES: usize = 10_000;
+
+pub(super) struct KeyCache {
+    /// The read-only connection whose `data_version` is watched.
+    watch: Mutex<Connection>,
+    entries: Mutex<Entries>,
+}
+
+#[derive(Default)]
+struct Entries {
+    version: Option<i64>,
+    keys: HashMap<Uuid, KeyRecord>,
+    aliases: HashMap<String, Uuid>,
+}
+
+/// The database version a lookup started from; a record read after it may be kept
+/// under it.
+#[derive(Clone, Copy)]
+pub(super) struct Version(i64);
+
+impl KeyCache {
+    pub(super) fn new(watch: Connection) -> Self {
+        KeyCache {
+            watch: Mutex::new(watch),
+            entries: Mutex::new(Entries::default()),
+        }
+    }
+
+    /// Reads the current database version, forgetting everything if it moved.
+    pub(super) fn version(&self) -> Result<Version, StoreError> {
+        let v: i64 = {
+            let conn = self.watch.lock().unwrap_or_else(|p| p.into_inner());
+            let mut stmt = conn.prepare_cached("PRAGMA data_version")?;
+            stmt.query_row([], |r| r.get(0))?
+        };
+        let mut e = self.lock();
+        if e.version != Some(v) {
+            e.keys.clear();
+            e.aliases.clear();
+            e.version = Some(v);
+        }
+        Ok(Version(v))
+    }
+
+    pub(super) fn key(&self, id: Uuid) -> Option<KeyRecord> {
+        self.lock().keys.get(&id).cloned()
+    }
+
+    pub(super) fn alias(&self, alias: &str) -> Option<Uuid> {
+        self.lock().aliases.get(alias).copied()
+    }
+
+    /// Keeps a record read after `at` — unless the database moved on since.
+    pub(super) fn keep_key(&self, at: Version, key: &KeyRecord) {
+        let mut e = self.lock();
+        if e.version == Some(at.0) {
+            if e.keys.len() >= MAX_ENTRIES {
+                e.keys.clear();
+            }
+            e.keys.insert(key.id, key.clone());
+        }
+    }
+
+    pub(super) fn keep_alias(&self, at: Version, alias: &str, id: Uuid) {
+        let mut e = self.lock();
+        if e.version == Some(at.0) {
+            if e.aliases.len() >= MAX_ENTRIES {
+                e.aliases.clear();
+            }
+            e.aliases.insert(alias.to_string(), id);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Entries> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
