@@ -1,7 +1,9 @@
 //! `hsmd-bench`: what does hsmd cost? One command provisions a dev token (or reuses a
-//! data folder), starts the real daemon as a child process on it, drives it through
-//! hsm-client over mTLS (audit with fsync on), stops it, then runs the same operation
-//! in-process with cryptoki directly on the same token, and prints both with the ratio.
+//! data folder), starts the real daemon as a child process on it and sets up the same
+//! operation in-process with cryptoki directly on the same token, then measures the two
+//! in alternating rounds — hsmd through hsm-client over mTLS (audit with fsync on), then
+//! raw, then hsmd again... — so a shared machine's drift falls on both sides alike, and
+//! prints both, pooled over the rounds, with the ratio.
 
 mod raw;
 
@@ -11,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Parser;
-use hsm_client::bench::{self, BenchOp, BenchSpec, Length};
+use hsm_client::bench::{self, BenchOp, BenchSpec, Length, Samples};
 use hsm_client::v1::{CreateKeyRequest, KeySpec as PbKeySpec, KeyUsage, SigningAlgorithm as PbAlg};
 use hsm_client::{Client, Profile};
 use hsmd::keys::spec::{KeySpec, SigningAlgorithm};
@@ -48,6 +50,10 @@ struct Args {
     /// Measure this many calls per side instead of a duration.
     #[arg(long)]
     calls: Option<u64>,
+    /// Alternating rounds the measured duration (or calls) of each side is split into:
+    /// hsmd, raw, hsmd, raw... Each round's ratio is reported beside the pooled one.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
+    rounds: u32,
     /// Unmeasured warm-up of each side.
     #[arg(long, default_value = "2s", value_parser = parse_secs)]
     warmup: Duration,
@@ -105,17 +111,39 @@ fn main() -> anyhow::Result<()> {
         .map(Length::Calls)
         .unwrap_or(Length::Duration(args.duration));
 
-    let (hsmd_stats, first_error, rss) =
-        runtime.block_on(run_hsmd(&args, &dir, spec, algorithm, length))?;
+    let side = runtime.block_on(HsmdSide::start(&args, &dir, spec, algorithm))?;
     let raw_spec = raw::RawSpec {
         op: args.op,
         spec,
         algorithm,
         threads: args.concurrency,
-        length,
-        warmup: args.warmup,
     };
-    let raw_stats = raw::run(&config, &raw_spec)?;
+    let mut raw = raw::RawBench::open(&config, &raw_spec)?;
+    let (mut raw_all, mut hsmd_all) = (Samples::default(), Samples::default());
+    let (mut rounds, mut first_error) = (Vec::new(), None);
+    for round in 0..args.rounds {
+        let warmup = if round == 0 {
+            args.warmup
+        } else {
+            Duration::ZERO
+        };
+        let slice = slice_of(length, round, args.rounds);
+        let (h, err) = runtime.block_on(bench::measure(
+            &side.clients,
+            &side.spec,
+            &side.prepared,
+            warmup,
+            slice,
+        ));
+        first_error = first_error.or(err);
+        let r = raw.measure(warmup, slice)?;
+        rounds.push(Round::of(&r, &h));
+        raw_all.add(r);
+        hsmd_all.add(h);
+    }
+    raw.close()?;
+    let rss = side.stop();
+    let (raw_stats, hsmd_stats) = (raw_all.stats(), hsmd_all.stats());
     let ratio = if raw_stats.ops_per_sec > 0.0 {
         hsmd_stats.ops_per_sec / raw_stats.ops_per_sec
     } else {
@@ -128,6 +156,7 @@ fn main() -> anyhow::Result<()> {
             "stream": args.stream,
             "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
             "raw": raw_stats, "hsmd": hsmd_stats, "ratio": ratio, "hsmd_peak_rss_kib": rss,
+            "rounds": rounds.iter().map(Round::json).collect::<Vec<_>>(),
             "first_error": first_error,
         });
         println!("{v}");
@@ -147,6 +176,10 @@ fn main() -> anyhow::Result<()> {
             bench::table(&[("raw", &raw_stats), ("hsmd", &hsmd_stats)])
         );
         println!("ratio hsmd/raw: {ratio:.3}   hsmd peak RSS: {rss} KiB");
+        if rounds.len() > 1 {
+            let each: Vec<String> = rounds.iter().map(|r| format!("{:.3}", r.ratio)).collect();
+            println!("ratio per round: {}", each.join(" "));
+        }
         if let Some(e) = first_error {
             println!("first hsmd error: {e}");
         }
@@ -178,48 +211,105 @@ fn op_spec(op: BenchOp, spec: KeySpec) -> KeySpec {
     }
 }
 
-/// Starts the daemon, makes the keys, runs the load, reads the daemon's peak RSS and
-/// stops it.
-async fn run_hsmd(
-    args: &Args,
-    dir: &Path,
-    spec: KeySpec,
-    algorithm: SigningAlgorithm,
-    length: Length,
-) -> anyhow::Result<(bench::LatencyStats, Option<String>, u64)> {
-    let mut daemon = Daemon::start(dir)?;
-    let profile = Profile::load(dir.join("client.toml"))?;
-    let mut clients = Vec::new();
-    for _ in 0..args.connections.max(1) {
-        clients.push(Client::connect(&profile).await?);
+/// One round's throughput on each side.
+struct Round {
+    raw_ops_per_sec: f64,
+    hsmd_ops_per_sec: f64,
+    ratio: f64,
+}
+
+impl Round {
+    fn of(raw: &Samples, hsmd: &Samples) -> Round {
+        let (r, h) = (raw.stats().ops_per_sec, hsmd.stats().ops_per_sec);
+        Round {
+            raw_ops_per_sec: r,
+            hsmd_ops_per_sec: h,
+            ratio: if r > 0.0 { h / r } else { 0.0 },
+        }
     }
-    make_extra_keys(&clients[0], args.extra_keys).await?;
-    let pb_spec = PbKeySpec::from_str_name(spec.name()).context("spec")?;
-    let key = clients[0]
-        .create_key(CreateKeyRequest {
-            spec: pb_spec as i32,
-            usage: (if args.op.encrypts() {
-                KeyUsage::EncryptDecrypt
-            } else {
-                KeyUsage::SignVerify
-            }) as i32,
-            ..Default::default()
+
+    fn json(&self) -> serde_json::Value {
+        serde_json::json!({
+            "raw_ops_per_sec": self.raw_ops_per_sec,
+            "hsmd_ops_per_sec": self.hsmd_ops_per_sec,
+            "ratio": self.ratio,
         })
-        .await?;
-    let bench_spec = BenchSpec {
-        op: args.op,
-        key_id: key.key_id,
-        algorithm: PbAlg::from_str_name(algorithm.name()).context("algorithm")?,
-        concurrency: args.concurrency.max(1),
-        length,
-        warmup: args.warmup,
-        stream: args.stream,
-    };
-    let (stats, first_error) = bench::run(&clients, &bench_spec).await?;
-    let rss = daemon.peak_rss_kib();
-    drop(clients);
-    daemon.stop();
-    Ok((stats, first_error, rss))
+    }
+}
+
+/// Round `i`'s share of the measured length: an equal slice of the duration, or of the
+/// calls (the first rounds take the remainder, so the total is exact).
+fn slice_of(length: Length, i: u32, rounds: u32) -> Length {
+    match length {
+        Length::Duration(d) => Length::Duration(d / rounds),
+        Length::Calls(n) => {
+            let (each, extra) = (n / u64::from(rounds), n % u64::from(rounds));
+            Length::Calls(each + u64::from(u64::from(i) < extra))
+        }
+    }
+}
+
+/// The daemon side of the run: the child process, its connections, the key and what
+/// the calls need.
+struct HsmdSide {
+    daemon: Daemon,
+    clients: Vec<Client>,
+    spec: BenchSpec,
+    prepared: bench::Prepared,
+}
+
+impl HsmdSide {
+    /// Starts the daemon, connects, and makes the keys.
+    async fn start(
+        args: &Args,
+        dir: &Path,
+        spec: KeySpec,
+        algorithm: SigningAlgorithm,
+    ) -> anyhow::Result<HsmdSide> {
+        let daemon = Daemon::start(dir)?;
+        let profile = Profile::load(dir.join("client.toml"))?;
+        let mut clients = Vec::new();
+        for _ in 0..args.connections.max(1) {
+            clients.push(Client::connect(&profile).await?);
+        }
+        make_extra_keys(&clients[0], args.extra_keys).await?;
+        let pb_spec = PbKeySpec::from_str_name(spec.name()).context("spec")?;
+        let key = clients[0]
+            .create_key(CreateKeyRequest {
+                spec: pb_spec as i32,
+                usage: (if args.op.encrypts() {
+                    KeyUsage::EncryptDecrypt
+                } else {
+                    KeyUsage::SignVerify
+                }) as i32,
+                ..Default::default()
+            })
+            .await?;
+        let spec = BenchSpec {
+            op: args.op,
+            key_id: key.key_id,
+            algorithm: PbAlg::from_str_name(algorithm.name()).context("algorithm")?,
+            concurrency: args.concurrency.max(1),
+            length: Length::Calls(0),
+            warmup: Duration::ZERO,
+            stream: args.stream,
+        };
+        let prepared = bench::prepare(&clients, &spec).await?;
+        Ok(HsmdSide {
+            daemon,
+            clients,
+            spec,
+            prepared,
+        })
+    }
+
+    /// Reads the daemon's peak RSS (KiB) and stops it.
+    fn stop(mut self) -> u64 {
+        let rss = self.daemon.peak_rss_kib();
+        drop(self.clients);
+        self.daemon.stop();
+        rss
+    }
 }
 
 async fn make_extra_keys(client: &Client, n: usize) -> anyhow::Result<()> {

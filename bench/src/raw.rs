@@ -17,7 +17,7 @@ use anyhow::Context;
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::object::{Attribute, AttributeType, ObjectHandle};
 use cryptoki::session::{Session, UserType};
-use hsm_client::bench::{BENCH_MESSAGE, BenchOp, LatencyStats, Length};
+use hsm_client::bench::{BENCH_MESSAGE, BenchOp, Length, Samples};
 use hsmd::config::Config;
 use hsmd::hsm::OaepHash;
 use hsmd::hsm::crypt::{aes_gcm, oaep};
@@ -31,92 +31,109 @@ pub struct RawSpec {
     pub spec: KeySpec,
     pub algorithm: SigningAlgorithm,
     pub threads: usize,
-    pub length: Length,
-    pub warmup: Duration,
 }
 
-/// Runs the baseline on the token of `cfg` and destroys its key afterwards.
-pub fn run(cfg: &Config, spec: &RawSpec) -> anyhow::Result<LatencyStats> {
-    let ctx = Pkcs11::new(&cfg.hsm.module).context("load module")?;
-    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))?;
-    let slot = ctx
-        .get_slots_with_token()?
-        .into_iter()
-        .find(|s| {
-            ctx.get_token_info(*s)
-                .map(|t| t.label().trim() == cfg.hsm.token_label)
-                .unwrap_or(false)
-        })
-        .context("token not found")?;
-    let admin = ctx.open_rw_session(slot)?;
-    admin
-        .login(UserType::User, Some(&cfg.hsm.pin))
-        .context("C_Login")?;
-    let id = uuid::Uuid::new_v4();
-    let usage = if spec.op.encrypts() {
-        KeyUsage::EncryptDecrypt
-    } else {
-        KeyUsage::SignVerify
-    };
-    let template = objects::generation(spec.spec, usage, id.as_bytes(), &format!("raw-bench-{id}"))
-        .context("key spec")?;
-    let key = objects::generate(&admin, &template).context("generate key")?;
-    // Use the key as hsmd does: through a session-object copy of the private key.
-    let copy = admin
-        .copy_object(key.private, &[Attribute::Token(false)])
-        .context("C_CopyObject")?;
-    let result = measure(
-        &ctx,
-        slot,
-        KeyObjects {
+/// The baseline, set up on the token: its own key (destroyed by `close`), one logged-in
+/// session per thread.
+pub struct RawBench {
+    ctx: Pkcs11,
+    admin: Session,
+    objects: [Option<ObjectHandle>; 3],
+    op: Op,
+    sessions: Vec<Session>,
+}
+
+impl RawBench {
+    /// Opens the token of `cfg`, makes the key as hsmd does and the sessions.
+    pub fn open(cfg: &Config, spec: &RawSpec) -> anyhow::Result<RawBench> {
+        let ctx = Pkcs11::new(&cfg.hsm.module).context("load module")?;
+        ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))?;
+        let slot = ctx
+            .get_slots_with_token()?
+            .into_iter()
+            .find(|s| {
+                ctx.get_token_info(*s)
+                    .map(|t| t.label().trim() == cfg.hsm.token_label)
+                    .unwrap_or(false)
+            })
+            .context("token not found")?;
+        let admin = ctx.open_rw_session(slot)?;
+        admin
+            .login(UserType::User, Some(&cfg.hsm.pin))
+            .context("C_Login")?;
+        let id = uuid::Uuid::new_v4();
+        let usage = if spec.op.encrypts() {
+            KeyUsage::EncryptDecrypt
+        } else {
+            KeyUsage::SignVerify
+        };
+        let template =
+            objects::generation(spec.spec, usage, id.as_bytes(), &format!("raw-bench-{id}"))
+                .context("key spec")?;
+        let key = objects::generate(&admin, &template).context("generate key")?;
+        // Use the key as hsmd does: through a session-object copy of the private key.
+        let copy = admin
+            .copy_object(key.private, &[Attribute::Token(false)])
+            .context("C_CopyObject")?;
+        let key_objects = KeyObjects {
             private: copy,
             public: key.public,
-        },
-        spec,
-    );
-    for h in [Some(copy), Some(key.private), key.public]
-        .into_iter()
-        .flatten()
-    {
-        let _ = admin.destroy_object(h);
+        };
+        let sessions: Vec<Session> = (0..spec.threads.max(1))
+            .map(|_| ctx.open_rw_session(slot))
+            .collect::<Result<_, _>>()?;
+        // Verify checks a signature and decrypt opens a ciphertext, both made once here.
+        let (mech, input) = mechanism(spec.algorithm, MessageType::Raw, BENCH_MESSAGE);
+        let prepared = match spec.op {
+            BenchOp::Verify => sessions[0].sign(
+                &mech.mechanism(),
+                key_objects.private,
+                &mech.token_input(&input),
+            )?,
+            BenchOp::Decrypt => {
+                sessions[0].encrypt(&oaep(OaepHash::Sha1), public(key_objects), BENCH_MESSAGE)?
+            }
+            _ => Vec::new(),
+        };
+        Ok(RawBench {
+            ctx,
+            admin,
+            objects: [Some(copy), Some(key.private), key.public],
+            op: Op {
+                op: spec.op,
+                algorithm: spec.algorithm,
+                key: key_objects,
+                prepared,
+            },
+            sessions,
+        })
     }
-    drop(admin);
-    ctx.finalize()?;
-    result
-}
 
-fn measure(
-    ctx: &Pkcs11,
-    slot: cryptoki::slot::Slot,
-    key: KeyObjects,
-    spec: &RawSpec,
-) -> anyhow::Result<LatencyStats> {
-    let (mech, input) = mechanism(spec.algorithm, MessageType::Raw, BENCH_MESSAGE);
-    let sessions: Vec<Session> = (0..spec.threads.max(1))
-        .map(|_| ctx.open_rw_session(slot))
-        .collect::<Result<_, _>>()?;
-    // Verify checks a signature and decrypt opens a ciphertext, both made once here.
-    let prepared = match spec.op {
-        BenchOp::Verify => {
-            sessions[0].sign(&mech.mechanism(), key.private, &mech.token_input(&input))?
+    /// One measured slice of `length` after `warmup` (unmeasured).
+    pub fn measure(&mut self, warmup: Duration, length: Length) -> anyhow::Result<Samples> {
+        let mut sessions = std::mem::take(&mut self.sessions);
+        if !warmup.is_zero() {
+            sessions = drive(sessions, &self.op, Length::Duration(warmup))?.3;
         }
-        BenchOp::Decrypt => {
-            sessions[0].encrypt(&oaep(OaepHash::Sha1), public(key), BENCH_MESSAGE)?
-        }
-        _ => Vec::new(),
-    };
-    let op = Op {
-        op: spec.op,
-        algorithm: spec.algorithm,
-        key,
-        prepared,
-    };
-    let mut sessions = sessions;
-    if !spec.warmup.is_zero() {
-        sessions = drive(sessions, &op, Length::Duration(spec.warmup))?.3;
+        let (micros, errors, elapsed, sessions) = drive(sessions, &self.op, length)?;
+        self.sessions = sessions;
+        Ok(Samples {
+            micros,
+            errors,
+            elapsed,
+        })
     }
-    let (micros, errors, elapsed, _) = drive(sessions, &op, spec.length)?;
-    Ok(LatencyStats::from_micros(micros, errors, elapsed))
+
+    /// Destroys the key and closes the token.
+    pub fn close(self) -> anyhow::Result<()> {
+        for h in self.objects.into_iter().flatten() {
+            let _ = self.admin.destroy_object(h);
+        }
+        drop(self.sessions);
+        drop(self.admin);
+        self.ctx.finalize()?;
+        Ok(())
+    }
 }
 
 struct Op {

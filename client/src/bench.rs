@@ -139,17 +139,43 @@ impl LatencyStats {
 /// The message every benchmark call signs (RAW, 32 bytes).
 pub const BENCH_MESSAGE: &[u8; 32] = b"hsmd benchmark message 32 bytes!";
 
-/// Runs the load over `clients` (one connection each; tasks are spread over them).
-/// The first error's text is returned beside the stats so a failing run is explained.
-pub async fn run(
-    clients: &[Client],
-    spec: &BenchSpec,
-) -> Result<(LatencyStats, Option<String>), ClientError> {
+/// Successful-call latencies (microseconds), failures and measured time of one or more
+/// measured slices, pooled.
+#[derive(Debug, Clone, Default)]
+pub struct Samples {
+    /// Latency of each successful call, microseconds.
+    pub micros: Vec<u32>,
+    /// Failed calls.
+    pub errors: u64,
+    /// Measured wall-clock time.
+    pub elapsed: Duration,
+}
+
+impl Samples {
+    /// Adds another slice's samples.
+    pub fn add(&mut self, other: Samples) {
+        self.micros.extend(other.micros);
+        self.errors += other.errors;
+        self.elapsed += other.elapsed;
+    }
+
+    /// Calls per second and percentiles over everything added.
+    pub fn stats(&self) -> LatencyStats {
+        LatencyStats::from_micros(self.micros.clone(), self.errors, self.elapsed)
+    }
+}
+
+/// What the calls of a run need that is made once before it: for Verify a signature,
+/// for Decrypt a ciphertext.
+#[derive(Debug, Clone, Default)]
+pub struct Prepared(Vec<u8>);
+
+/// Makes the signature (Verify) or ciphertext (Decrypt) the calls use.
+pub async fn prepare(clients: &[Client], spec: &BenchSpec) -> Result<Prepared, ClientError> {
     let first = clients
         .first()
         .ok_or(ClientError::MissingField("at least one connection"))?;
-    // Verify checks a signature and Decrypt opens a ciphertext, both made once here.
-    let signature = match spec.op {
+    Ok(Prepared(match spec.op {
         BenchOp::Verify => {
             first
                 .sign(
@@ -172,16 +198,44 @@ pub async fn run(
                 .ciphertext
         }
         _ => Vec::new(),
-    };
-    if !spec.warmup.is_zero() {
-        drive(clients, spec, &signature, Length::Duration(spec.warmup)).await;
+    }))
+}
+
+/// One measured slice of `length` after `warmup` (unmeasured); the first error's text
+/// is returned beside the samples so a failing run is explained.
+pub async fn measure(
+    clients: &[Client],
+    spec: &BenchSpec,
+    prepared: &Prepared,
+    warmup: Duration,
+    length: Length,
+) -> (Samples, Option<String>) {
+    if !warmup.is_zero() {
+        drive(clients, spec, &prepared.0, Length::Duration(warmup)).await;
     }
-    let (micros, errors, first_error, elapsed) =
-        drive(clients, spec, &signature, spec.length).await;
-    Ok((
-        LatencyStats::from_micros(micros, errors, elapsed),
+    let (micros, errors, first_error, elapsed) = drive(clients, spec, &prepared.0, length).await;
+    (
+        Samples {
+            micros,
+            errors,
+            elapsed,
+        },
         first_error,
-    ))
+    )
+}
+
+/// Runs the load over `clients` (one connection each; tasks are spread over them):
+/// `spec.warmup`, then `spec.length` measured.
+pub async fn run(
+    clients: &[Client],
+    spec: &BenchSpec,
+) -> Result<(LatencyStats, Option<String>), ClientError> {
+    if clients.is_empty() {
+        return Err(ClientError::MissingField("at least one connection"));
+    }
+    let prepared = prepare(clients, spec).await?;
+    let (samples, first_error) = measure(clients, spec, &prepared, spec.warmup, spec.length).await;
+    Ok((samples.stats(), first_error))
 }
 
 async fn drive(

@@ -29,6 +29,8 @@ fn hsmd_bench_reports_raw_and_hsmd() {
             "0s",
             "--extra-keys",
             "3",
+            "--rounds",
+            "3",
             "-o",
             "json",
         ]));
@@ -56,6 +58,14 @@ fn hsmd_bench_reports_raw_and_hsmd() {
         "{report}"
     );
     assert_eq!(report["extra_keys"], 3);
+    // 40 calls per side over 3 alternating rounds (14 + 13 + 13), each with its ratio.
+    let rounds = report["rounds"].as_array().expect("rounds");
+    assert_eq!(rounds.len(), 3, "{report}");
+    for r in rounds {
+        for f in ["raw_ops_per_sec", "hsmd_ops_per_sec", "ratio"] {
+            assert!(r[f].as_f64().is_some_and(|v| v > 0.0), "{f}: {report}");
+        }
+    }
 }
 
 /// Each encryption operation gives a well-formed report on both sides.
