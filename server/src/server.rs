@@ -290,6 +290,13 @@ async fn reconcile(ctx: &Ctx) {
         Ok(Err(e)) => tracing::error!(error = %e, "reconciliation failed"),
         Err(e) => tracing::error!(error = %e, "reconciliation task failed"),
     }
+    let keys = ctx.keys.clone();
+    match tokio::task::spawn_blocking(move || keys.destroy_orphan_wrapping_keys()).await {
+        Ok(Ok(0)) => {}
+        Ok(Ok(n)) => tracing::warn!(destroyed = n, "wrapping keys no import token names"),
+        Ok(Err(e)) => tracing::error!(error = %e, "checking the token's wrapping keys failed"),
+        Err(e) => tracing::error!(error = %e, "wrapping key check task failed"),
+    }
 }
 
 async fn sweep_loop(ctx: Ctx, every: Duration) {

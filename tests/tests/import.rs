@@ -839,3 +839,64 @@ async fn imported_rsa_key_decrypts_openssl_ciphertexts() {
     }
     assert_protected(&d, &key, true);
 }
+
+/// A wrapping key that no import token names (what a crash between making the key and
+/// writing its row left behind in earlier versions) is destroyed when hsmd starts; the
+/// wrapping key of a live import token stays and still imports.
+#[tokio::test]
+async fn start_up_destroys_wrapping_keys_no_import_token_names() {
+    let mut d = Daemon::start().await;
+    let dir = d.scratch();
+    let mut keys = d.keys();
+    let key = create_external(&mut keys, KeySpec::EcP256, KeyUsage::SignVerify).await;
+    let (p, wrap_pem) =
+        parameters(&mut keys, &dir, &key, WrappingAlgorithm::RsaAesKeyWrapSha1).await;
+    let wrapping_keys = |d: &Daemon| -> Vec<String> {
+        d.token_objects(true)
+            .into_iter()
+            .filter(|o| o.is_private_key() && o.field("label").starts_with("hsmd-wrapping-key/"))
+            .map(|o| o.field("ID").to_string())
+            .collect()
+    };
+    let live = wrapping_keys(&d);
+    assert_eq!(live.len(), 1, "one wrapping key per import token: {live:?}");
+    d.kill_hard();
+    let orphan = hex::encode([b"hsmd-wrap:".as_slice(), uuid::Uuid::new_v4().as_bytes()].concat());
+    let label = format!("hsmd-wrapping-key/{key}");
+    let made = d.pkcs11_tool(
+        true,
+        &[
+            "--keypairgen",
+            "--key-type",
+            "rsa:2048",
+            "--id",
+            &orphan,
+            "--label",
+            &label,
+        ],
+    );
+    assert!(
+        made.success(),
+        "pkcs11-tool --keypairgen\n{}",
+        made.describe()
+    );
+    let mut before = wrapping_keys(&d);
+    before.sort();
+    let mut expected = vec![live[0].clone(), orphan.clone()];
+    expected.sort();
+    assert_eq!(before, expected, "the orphan is in the token");
+    d.start_again().await;
+    assert_eq!(wrapping_keys(&d), live, "only the orphan was destroyed");
+    // The live token's wrapping key still unwraps.
+    let material = openssl_genpkey(&dir, "mine", KeySpec::EcP256);
+    let wrapped = openssl_wrap(
+        &dir,
+        &wrap_pem,
+        WrappingAlgorithm::RsaAesKeyWrapSha1,
+        &material.pkcs8_der,
+    );
+    expect_ok(
+        import(&d, &key, &p.import_token, wrapped).await,
+        "ImportKeyMaterial after the restart",
+    );
+}

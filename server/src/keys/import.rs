@@ -228,14 +228,10 @@ impl KeyManager {
                 "wrapping_key_spec {wrapping_spec} is not offered; use RSA_2048, RSA_3072 or RSA_4096"
             )));
         };
+        // The import token's row is written before its wrapping key is made, so a crash
+        // in between leaves a row without a key (the sweep retires it), never a key no
+        // row names — and a replica's start-up check can destroy any such key safely.
         let token = Uuid::new_v4();
-        let public = self.backend.generate_wrapping_key(
-            token,
-            key.id,
-            bits,
-            path == OaepUnwrap::HostSha256,
-        )?;
-        let public_key_der = public::spki_der(&public).map_err(KeyError::Internal)?;
         let now = super::manager::now();
         let row = ImportToken {
             id: token,
@@ -247,12 +243,24 @@ impl KeyManager {
             expire_time: now + self.import.token_lifetime_secs,
             superseded_by: None,
         };
-        if let Err(e) = self.store.insert_import_token(&row) {
-            if let Err(d) = self.backend.destroy_wrapping_key(token) {
-                tracing::error!(error = %d, "rollback of a wrapping key failed");
+        self.store.insert_import_token(&row)?;
+        let made = self
+            .backend
+            .generate_wrapping_key(token, key.id, bits, path == OaepUnwrap::HostSha256)
+            .map_err(KeyError::from)
+            .and_then(|public| public::spki_der(&public).map_err(KeyError::Internal));
+        let public_key_der = match made {
+            Ok(der) => der,
+            Err(e) => {
+                if let Err(d) = self.backend.destroy_wrapping_key(token) {
+                    tracing::error!(error = %d, "rollback of a wrapping key failed");
+                }
+                if let Err(d) = self.store.delete_import_token(token) {
+                    tracing::error!(error = %d, "rollback of an import token failed");
+                }
+                return Err(e);
             }
-            return Err(e.into());
-        }
+        };
         self.destroy_stale_wrapping_keys_locked(now);
         Ok(ImportParameters {
             key_id: key.id,
@@ -409,6 +417,23 @@ impl KeyManager {
     /// (`expire_material` reads each again under the lock).
     pub fn expired_material(&self, now: i64) -> Result<Vec<Uuid>, KeyError> {
         Ok(self.store.expired_material(now)?)
+    }
+
+    /// Destroys wrapping keys in the token that no import token names (left by a crash
+    /// of a version that made the key before its row, or by a failed rollback). They
+    /// never hold key material, so unlike key objects they are not left for a human.
+    /// Returns how many were destroyed.
+    pub fn destroy_orphan_wrapping_keys(&self) -> Result<usize, KeyError> {
+        let _one_at_a_time = self.material_lock();
+        let mut destroyed = 0;
+        for token in self.backend.wrapping_key_tokens()? {
+            if self.store.get_import_token(token)?.is_none() {
+                self.backend.destroy_wrapping_key(token)?;
+                tracing::warn!(import_token = %token, "destroyed a wrapping key no import token names");
+                destroyed += 1;
+            }
+        }
+        Ok(destroyed)
     }
 
     /// Destroys the wrapping keys of superseded and expired import tokens (failures are
