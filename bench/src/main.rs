@@ -50,8 +50,9 @@ struct Args {
     /// Measure this many calls per side instead of a duration.
     #[arg(long)]
     calls: Option<u64>,
-    /// Alternating rounds the measured duration (or calls) of each side is split into:
-    /// hsmd, raw, hsmd, raw... Each round's ratio is reported beside the pooled one.
+    /// Rounds the measured duration (or calls) of each side is split into, the sides
+    /// taking turns (hsmd then raw, raw then hsmd, ...). Each round's ratio is reported
+    /// beside the pooled one.
     #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..=100))]
     rounds: u32,
     /// Unmeasured warm-up of each side.
@@ -87,6 +88,9 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     if args.stream && args.op != BenchOp::Sign {
         bail!("--stream works with --op sign only");
+    }
+    if args.calls.is_some_and(|n| n < u64::from(args.rounds)) {
+        bail!("--calls must be at least --rounds (each round measures some calls)");
     }
     let spec = KeySpec::from_name(&args.spec.to_uppercase()).context("--spec: unknown key spec")?;
     let spec = op_spec(args.op, spec);
@@ -128,15 +132,26 @@ fn main() -> anyhow::Result<()> {
             Duration::ZERO
         };
         let slice = slice_of(length, round, args.rounds);
-        let (h, err) = runtime.block_on(bench::measure(
-            &side.clients,
-            &side.spec,
-            &side.prepared,
-            warmup,
-            slice,
-        ));
+        let measure_hsmd = || {
+            runtime.block_on(bench::measure(
+                &side.clients,
+                &side.spec,
+                &side.prepared,
+                warmup,
+                slice,
+            ))
+        };
+        // The sides take turns going first (hsmd-raw, raw-hsmd, ...), so whatever one
+        // leaves behind (the daemon's last fsyncs) or a drift within a round does not
+        // always fall on the same side.
+        let (r, (h, err)) = if round % 2 == 0 {
+            let h = measure_hsmd();
+            (raw.measure(warmup, slice)?, h)
+        } else {
+            let r = raw.measure(warmup, slice)?;
+            (r, measure_hsmd())
+        };
         first_error = first_error.or(err);
-        let r = raw.measure(warmup, slice)?;
         rounds.push(Round::of(&r, &h));
         raw_all.add(r);
         hsmd_all.add(h);

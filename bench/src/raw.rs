@@ -71,42 +71,45 @@ impl RawBench {
             objects::generation(spec.spec, usage, id.as_bytes(), &format!("raw-bench-{id}"))
                 .context("key spec")?;
         let key = objects::generate(&admin, &template).context("generate key")?;
-        // Use the key as hsmd does: through a session-object copy of the private key.
-        let copy = admin
-            .copy_object(key.private, &[Attribute::Token(false)])
-            .context("C_CopyObject")?;
-        let key_objects = KeyObjects {
-            private: copy,
-            public: key.public,
-        };
-        let sessions: Vec<Session> = (0..spec.threads.max(1))
-            .map(|_| ctx.open_rw_session(slot))
-            .collect::<Result<_, _>>()?;
-        // Verify checks a signature and decrypt opens a ciphertext, both made once here.
-        let (mech, input) = mechanism(spec.algorithm, MessageType::Raw, BENCH_MESSAGE);
-        let prepared = match spec.op {
-            BenchOp::Verify => sessions[0].sign(
-                &mech.mechanism(),
-                key_objects.private,
-                &mech.token_input(&input),
-            )?,
-            BenchOp::Decrypt => {
-                sessions[0].encrypt(&oaep(OaepHash::Sha1), public(key_objects), BENCH_MESSAGE)?
-            }
-            _ => Vec::new(),
-        };
-        Ok(RawBench {
+        // From here on an error drops `bench`, which destroys the key.
+        let mut bench = RawBench {
             ctx,
             admin,
-            objects: [Some(copy), Some(key.private), key.public],
+            objects: [None, Some(key.private), key.public],
             op: Op {
                 op: spec.op,
                 algorithm: spec.algorithm,
-                key: key_objects,
-                prepared,
+                key,
+                prepared: Vec::new(),
             },
-            sessions,
-        })
+            sessions: Vec::new(),
+        };
+        // Use the key as hsmd does: through a session-object copy of the private key.
+        let copy = bench
+            .admin
+            .copy_object(key.private, &[Attribute::Token(false)])
+            .context("C_CopyObject")?;
+        bench.objects[0] = Some(copy);
+        bench.op.key.private = copy;
+        for _ in 0..spec.threads.max(1) {
+            let session = bench.ctx.open_rw_session(slot)?;
+            bench.sessions.push(session);
+        }
+        // Verify checks a signature and decrypt opens a ciphertext, both made once here.
+        let (mech, input) = mechanism(spec.algorithm, MessageType::Raw, BENCH_MESSAGE);
+        let first = &bench.sessions[0];
+        bench.op.prepared = match spec.op {
+            BenchOp::Verify => first.sign(
+                &mech.mechanism(),
+                bench.op.key.private,
+                &mech.token_input(&input),
+            )?,
+            BenchOp::Decrypt => {
+                first.encrypt(&oaep(OaepHash::Sha1), public(bench.op.key), BENCH_MESSAGE)?
+            }
+            _ => Vec::new(),
+        };
+        Ok(bench)
     }
 
     /// One measured slice of `length` after `warmup` (unmeasured).
@@ -124,15 +127,27 @@ impl RawBench {
         })
     }
 
-    /// Destroys the key and closes the token.
-    pub fn close(self) -> anyhow::Result<()> {
-        for h in self.objects.into_iter().flatten() {
+    /// Destroys the key, closes the sessions and finalizes the module.
+    pub fn close(mut self) -> anyhow::Result<()> {
+        self.destroy_key();
+        self.sessions.clear();
+        let ctx = self.ctx.clone();
+        drop(self);
+        ctx.finalize()?;
+        Ok(())
+    }
+
+    fn destroy_key(&mut self) {
+        for h in std::mem::take(&mut self.objects).into_iter().flatten() {
             let _ = self.admin.destroy_object(h);
         }
-        drop(self.sessions);
-        drop(self.admin);
-        self.ctx.finalize()?;
-        Ok(())
+    }
+}
+
+/// The baseline's key is destroyed however the run ends (an error in a round too).
+impl Drop for RawBench {
+    fn drop(&mut self) {
+        self.destroy_key();
     }
 }
 

@@ -290,13 +290,6 @@ async fn reconcile(ctx: &Ctx) {
         Ok(Err(e)) => tracing::error!(error = %e, "reconciliation failed"),
         Err(e) => tracing::error!(error = %e, "reconciliation task failed"),
     }
-    let keys = ctx.keys.clone();
-    match tokio::task::spawn_blocking(move || keys.destroy_orphan_wrapping_keys()).await {
-        Ok(Ok(0)) => {}
-        Ok(Ok(n)) => tracing::warn!(destroyed = n, "wrapping keys no import token names"),
-        Ok(Err(e)) => tracing::error!(error = %e, "checking the token's wrapping keys failed"),
-        Err(e) => tracing::error!(error = %e, "wrapping key check task failed"),
-    }
 }
 
 async fn sweep_loop(ctx: Ctx, every: Duration) {
@@ -310,7 +303,8 @@ async fn sweep_loop(ctx: Ctx, every: Duration) {
 
 /// Destroys every key whose deletion date has passed, and imported material whose
 /// valid-to has passed (the key returns to PENDING_IMPORT), each with an audit record;
-/// then the wrapping keys of superseded and expired import tokens.
+/// then the wrapping keys of superseded and expired import tokens, and those no import
+/// token names once seen for a token lifetime.
 pub async fn sweep(ctx: &Ctx) {
     let keys = ctx.keys.clone();
     let found = tokio::task::spawn_blocking(move || {
@@ -354,10 +348,15 @@ pub async fn sweep(ctx: &Ctx) {
         system_record(ctx, "hsmd/ExpireKeyMaterial", id, &result).await;
     }
     let keys = ctx.keys.clone();
-    if let Err(e) =
-        tokio::task::spawn_blocking(move || keys.destroy_stale_wrapping_keys(now())).await
-    {
-        tracing::error!(error = %e, "wrapping key sweep task failed");
+    let wrapping = tokio::task::spawn_blocking(move || {
+        keys.destroy_stale_wrapping_keys(now());
+        keys.destroy_orphan_wrapping_keys(now())
+    })
+    .await;
+    match wrapping {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "checking the token's wrapping keys failed"),
+        Err(e) => tracing::error!(error = %e, "wrapping key sweep task failed"),
     }
 }
 

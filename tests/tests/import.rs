@@ -840,29 +840,18 @@ async fn imported_rsa_key_decrypts_openssl_ciphertexts() {
     assert_protected(&d, &key, true);
 }
 
-/// A wrapping key that no import token names (what a crash between making the key and
-/// writing its row left behind in earlier versions) is destroyed when hsmd starts; the
-/// wrapping key of a live import token stays and still imports.
+/// A wrapping key that no import token names (a crash between making the key and
+/// writing its token's row leaves one) is destroyed by the sweep once it has been seen
+/// for a whole token lifetime, and not before (a replica may be between those steps).
 #[tokio::test]
-async fn start_up_destroys_wrapping_keys_no_import_token_names() {
-    let mut d = Daemon::start().await;
-    let dir = d.scratch();
-    let mut keys = d.keys();
-    let key = create_external(&mut keys, KeySpec::EcP256, KeyUsage::SignVerify).await;
-    let (p, wrap_pem) =
-        parameters(&mut keys, &dir, &key, WrappingAlgorithm::RsaAesKeyWrapSha1).await;
-    let wrapping_keys = |d: &Daemon| -> Vec<String> {
-        d.token_objects(true)
-            .into_iter()
-            .filter(|o| o.is_private_key() && o.field("label").starts_with("hsmd-wrapping-key/"))
-            .map(|o| o.field("ID").to_string())
-            .collect()
-    };
-    let live = wrapping_keys(&d);
-    assert_eq!(live.len(), 1, "one wrapping key per import token: {live:?}");
+async fn the_sweep_destroys_wrapping_keys_no_import_token_names() {
+    const LIFETIME: u64 = 5;
+    let (mut d, _) = Daemon::start_configured(&format!(
+        "{ADMIN_POLICY}\n[import]\ntoken_lifetime_secs = {LIFETIME}\n[lifecycle]\nsweep_interval_secs = 1\n"
+    ))
+    .await;
     d.kill_hard();
     let orphan = hex::encode([b"hsmd-wrap:".as_slice(), uuid::Uuid::new_v4().as_bytes()].concat());
-    let label = format!("hsmd-wrapping-key/{key}");
     let made = d.pkcs11_tool(
         true,
         &[
@@ -872,7 +861,7 @@ async fn start_up_destroys_wrapping_keys_no_import_token_names() {
             "--id",
             &orphan,
             "--label",
-            &label,
+            "hsmd-wrapping-key/orphan",
         ],
     );
     assert!(
@@ -880,23 +869,32 @@ async fn start_up_destroys_wrapping_keys_no_import_token_names() {
         "pkcs11-tool --keypairgen\n{}",
         made.describe()
     );
-    let mut before = wrapping_keys(&d);
-    before.sort();
-    let mut expected = vec![live[0].clone(), orphan.clone()];
-    expected.sort();
-    assert_eq!(before, expected, "the orphan is in the token");
+    let present = |d: &Daemon| {
+        d.token_objects(true)
+            .iter()
+            .any(|o| o.is_private_key() && o.field("ID") == orphan)
+    };
+    assert!(present(&d), "the orphan is in the token");
+    let started = Instant::now();
     d.start_again().await;
-    assert_eq!(wrapping_keys(&d), live, "only the orphan was destroyed");
-    // The live token's wrapping key still unwraps.
-    let material = openssl_genpkey(&dir, "mine", KeySpec::EcP256);
-    let wrapped = openssl_wrap(
-        &dir,
-        &wrap_pem,
-        WrappingAlgorithm::RsaAesKeyWrapSha1,
-        &material.pkcs8_der,
+    // Sweeps run every second; the first sighting is at or after the start, so for the
+    // first LIFETIME seconds the key must stay.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        started.elapsed() >= Duration::from_secs(LIFETIME) || present(&d),
+        "destroyed before a token lifetime had passed"
     );
-    expect_ok(
-        import(&d, &key, &p.import_token, wrapped).await,
-        "ImportKeyMaterial after the restart",
+    let deadline = Instant::now() + Duration::from_secs(90);
+    while present(&d) {
+        assert!(
+            Instant::now() < deadline,
+            "the orphan wrapping key is still in the token 90 s later"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    assert!(
+        started.elapsed() >= Duration::from_secs(LIFETIME - 1),
+        "destroyed after {:?}, before a token lifetime",
+        started.elapsed()
     );
 }

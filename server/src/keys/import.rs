@@ -228,10 +228,14 @@ impl KeyManager {
                 "wrapping_key_spec {wrapping_spec} is not offered; use RSA_2048, RSA_3072 or RSA_4096"
             )));
         };
-        // The import token's row is written before its wrapping key is made, so a crash
-        // in between leaves a row without a key (the sweep retires it), never a key no
-        // row names — and a replica's start-up check can destroy any such key safely.
         let token = Uuid::new_v4();
+        let public = self.backend.generate_wrapping_key(
+            token,
+            key.id,
+            bits,
+            path == OaepUnwrap::HostSha256,
+        )?;
+        let public_key_der = public::spki_der(&public).map_err(KeyError::Internal)?;
         let now = super::manager::now();
         let row = ImportToken {
             id: token,
@@ -243,24 +247,12 @@ impl KeyManager {
             expire_time: now + self.import.token_lifetime_secs,
             superseded_by: None,
         };
-        self.store.insert_import_token(&row)?;
-        let made = self
-            .backend
-            .generate_wrapping_key(token, key.id, bits, path == OaepUnwrap::HostSha256)
-            .map_err(KeyError::from)
-            .and_then(|public| public::spki_der(&public).map_err(KeyError::Internal));
-        let public_key_der = match made {
-            Ok(der) => der,
-            Err(e) => {
-                if let Err(d) = self.backend.destroy_wrapping_key(token) {
-                    tracing::error!(error = %d, "rollback of a wrapping key failed");
-                }
-                if let Err(d) = self.store.delete_import_token(token) {
-                    tracing::error!(error = %d, "rollback of an import token failed");
-                }
-                return Err(e);
+        if let Err(e) = self.store.insert_import_token(&row) {
+            if let Err(d) = self.backend.destroy_wrapping_key(token) {
+                tracing::error!(error = %d, "rollback of a wrapping key failed");
             }
-        };
+            return Err(e.into());
+        }
         self.destroy_stale_wrapping_keys_locked(now);
         Ok(ImportParameters {
             key_id: key.id,
@@ -419,20 +411,43 @@ impl KeyManager {
         Ok(self.store.expired_material(now)?)
     }
 
-    /// Destroys wrapping keys in the token that no import token names (left by a crash
-    /// of a version that made the key before its row, or by a failed rollback). They
-    /// never hold key material, so unlike key objects they are not left for a human.
-    /// Returns how many were destroyed.
-    pub fn destroy_orphan_wrapping_keys(&self) -> Result<usize, KeyError> {
+    /// Destroys wrapping keys that no import token names once they have been seen so
+    /// for a whole import token lifetime (`import.token_lifetime_secs`): a crash between
+    /// making a wrapping key and writing its token's row leaves one. The wait keeps a
+    /// replica's key that is between those two steps (milliseconds, or seconds for
+    /// RSA-4096 on a slow HSM) safe, whichever hsmd version made it. Wrapping keys never
+    /// hold key material, so unlike key objects they are not left for a human. Returns
+    /// how many were destroyed; the first sighting is remembered by this process.
+    pub fn destroy_orphan_wrapping_keys(&self, now: i64) -> Result<usize, KeyError> {
         let _one_at_a_time = self.material_lock();
+        let in_token = self.backend.wrapping_key_tokens()?;
+        let mut seen = self
+            .orphan_wrapping_keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let mut still = std::collections::HashMap::new();
         let mut destroyed = 0;
-        for token in self.backend.wrapping_key_tokens()? {
-            if self.store.get_import_token(token)?.is_none() {
-                self.backend.destroy_wrapping_key(token)?;
-                tracing::warn!(import_token = %token, "destroyed a wrapping key no import token names");
-                destroyed += 1;
+        for token in in_token {
+            if self.store.get_import_token(token)?.is_some() {
+                continue;
+            }
+            let first = seen.get(&token).copied().unwrap_or(now);
+            if now - first < self.import.token_lifetime_secs {
+                still.insert(token, first);
+                continue;
+            }
+            match self.backend.destroy_wrapping_key(token) {
+                Ok(()) => {
+                    tracing::warn!(import_token = %token, "destroyed a wrapping key no import token names");
+                    destroyed += 1;
+                }
+                Err(e) => {
+                    tracing::error!(import_token = %token, error = %e, "destroying an orphan wrapping key failed; retried next sweep");
+                    still.insert(token, first);
+                }
             }
         }
+        *seen = still;
         Ok(destroyed)
     }
 

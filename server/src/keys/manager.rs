@@ -38,6 +38,9 @@ pub struct KeyManager {
     /// Held by every import-material change (import, delete, expiry), which re-reads the
     /// key under it: two calls on one key never both put objects in the token.
     pub(super) material_lock: std::sync::Mutex<()>,
+    /// Wrapping keys seen in the token with no import token row, and when first seen
+    /// (see `destroy_orphan_wrapping_keys`).
+    pub(super) orphan_wrapping_keys: std::sync::Mutex<std::collections::HashMap<Uuid, i64>>,
 }
 
 /// Current time in unix seconds.
@@ -52,6 +55,7 @@ impl KeyManager {
             store,
             import: Default::default(),
             material_lock: Default::default(),
+            orphan_wrapping_keys: Default::default(),
         }
     }
 

@@ -11,7 +11,9 @@
 //!
 //! Order matters for correctness: the version is read *before* the row. A commit after
 //! the version read changes the version, so what was cached under the old one is
-//! dropped at the next call; a commit before it is visible to the row read.
+//! dropped at the next call; a commit before it is visible to the row read. A row is
+//! kept only under the version the cache holds, which only ever moves to the newest
+//! version read (see `version`).
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -51,13 +53,15 @@ impl KeyCache {
         }
     }
 
-    /// Reads the current database version, forgetting everything if it moved.
+    /// Reads the current database version, forgetting everything if it moved. The
+    /// entries are updated while the watch connection is still held, so versions reach
+    /// them in the order they were read: a slow caller cannot put back an older version
+    /// (and with it let an older record be kept) after a newer one was seen.
     pub(super) fn version(&self) -> Result<Version, StoreError> {
-        let v: i64 = {
-            let conn = self.watch.lock().unwrap_or_else(|p| p.into_inner());
-            let mut stmt = conn.prepare_cached("PRAGMA data_version")?;
-            stmt.query_row([], |r| r.get(0))?
-        };
+        let conn = self.watch.lock().unwrap_or_else(|p| p.into_inner());
+        let v: i64 = conn
+            .prepare_cached("PRAGMA data_version")?
+            .query_row([], |r| r.get(0))?;
         let mut e = self.lock();
         if e.version != Some(v) {
             e.keys.clear();

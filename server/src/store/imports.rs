@@ -145,24 +145,6 @@ impl Store {
         })
     }
 
-    /// Takes back an import token whose wrapping key could not be made: the row goes,
-    /// and the tokens it superseded are current again.
-    pub fn delete_import_token(&self, token: Uuid) -> Result<(), StoreError> {
-        self.with(|conn| {
-            let tx = conn.transaction()?;
-            tx.execute(
-                "UPDATE import_tokens SET superseded_by = NULL WHERE superseded_by = ?1",
-                [token.to_string()],
-            )?;
-            tx.execute(
-                "DELETE FROM import_tokens WHERE token_id = ?1",
-                [token.to_string()],
-            )?;
-            tx.commit()?;
-            Ok(())
-        })
-    }
-
     /// Notes that a token's wrapping key is gone from the token.
     pub fn wrapping_key_destroyed(&self, token: Uuid) -> Result<(), StoreError> {
         self.with(|conn| {

@@ -174,36 +174,3 @@ fn remembered_records_follow_changes_from_any_connection() {
     replica.delete_key(b.id).unwrap();
     assert!(store.get_key(b.id).unwrap().is_none());
 }
-
-/// A token taken back (its wrapping key could not be made) leaves no row, and the token
-/// it superseded is current again.
-#[test]
-fn deleting_an_import_token_restores_the_one_it_superseded() {
-    let dir = tempfile::tempdir().unwrap();
-    let store = Store::open(&dir.path().join("m.db")).unwrap();
-    let k = key(1);
-    store.insert_key(&k, None, None).unwrap();
-    let token = |id: Uuid| ImportToken {
-        id,
-        key_id: k.id,
-        algorithm: "RSA_AES_KEY_WRAP_SHA_1".into(),
-        wrapping_spec: "RSA_2048".into(),
-        modulus_len: 256,
-        create_time: 1,
-        expire_time: 100,
-        superseded_by: None,
-    };
-    let (old, new) = (Uuid::new_v4(), Uuid::new_v4());
-    store.insert_import_token(&token(old)).unwrap();
-    store.insert_import_token(&token(new)).unwrap();
-    assert_eq!(
-        store.get_import_token(old).unwrap().unwrap().superseded_by,
-        Some(new)
-    );
-    store.delete_import_token(new).unwrap();
-    assert!(store.get_import_token(new).unwrap().is_none());
-    assert_eq!(
-        store.get_import_token(old).unwrap().unwrap().superseded_by,
-        None
-    );
-}
