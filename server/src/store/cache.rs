@@ -46,11 +46,16 @@ struct Entries {
 pub(super) struct Version(i64);
 
 impl KeyCache {
-    pub(super) fn new(watch: Connection) -> Self {
-        KeyCache {
+    /// Watches `watch`, which must never be used to write. Its busy timeout is cut
+    /// short: if SQLite ever has to wait to read the version (WAL recovery, another
+    /// process's checkpoint), the lookup falls back to reading the row instead of every
+    /// lookup of the process queueing behind this one connection.
+    pub(super) fn new(watch: Connection) -> Result<Self, StoreError> {
+        watch.busy_timeout(std::time::Duration::from_millis(50))?;
+        Ok(KeyCache {
             watch: Mutex::new(watch),
             entries: Mutex::new(Entries::default()),
-        }
+        })
     }
 
     /// Reads the current database version, forgetting everything if it moved. The

@@ -92,7 +92,7 @@ impl Store {
         let store = Store {
             path: path.to_path_buf(),
             idle: Mutex::new(Vec::new()),
-            cache: cache::KeyCache::new(connect(path)?),
+            cache: cache::KeyCache::new(connect(path)?)?,
         };
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(certs::SCHEMA)?;
@@ -142,9 +142,12 @@ impl Store {
     }
 
     /// A key by id, with its aliases: remembered from an earlier call while the
-    /// database is unchanged (see `cache.rs`), else read.
+    /// database is unchanged (see `cache.rs`), else read — also when the version
+    /// cannot be read at once.
     pub fn get_key(&self, id: Uuid) -> Result<Option<KeyRecord>, StoreError> {
-        let at = self.cache.version()?;
+        let Ok(at) = self.cache.version() else {
+            return self.with(|conn| rows::get_key(conn, id));
+        };
         if let Some(key) = self.cache.key(id) {
             return Ok(Some(key));
         }
@@ -178,8 +181,8 @@ impl Store {
 
     /// The key an alias points at.
     pub fn resolve_alias(&self, alias: &str) -> Result<Option<Uuid>, StoreError> {
-        let at = self.cache.version()?;
-        if let Some(id) = self.cache.alias(alias) {
+        let at = self.cache.version().ok();
+        if let Some(id) = at.and_then(|_| self.cache.alias(alias)) {
             return Ok(Some(id));
         }
         let id = self.with(|conn| {
@@ -192,7 +195,7 @@ impl Store {
                 .optional()?;
             id.map(|s| rows::parse_uuid(&s)).transpose()
         })?;
-        if let Some(id) = id {
+        if let (Some(at), Some(id)) = (at, id) {
             self.cache.keep_alias(at, alias, id);
         }
         Ok(id)
