@@ -1,9 +1,9 @@
 //! `hsmd-bench`: what does hsmd cost? One command provisions a dev token (or reuses a
 //! data folder), starts the real daemon as a child process on it and sets up the same
 //! operation in-process with cryptoki directly on the same token, then measures the two
-//! in alternating rounds — hsmd through hsm-client over mTLS (audit with fsync on), then
-//! raw, then hsmd again... — so a shared machine's drift falls on both sides alike, and
-//! prints both, pooled over the rounds, with the ratio.
+//! in rounds — hsmd through hsm-client over mTLS (audit with fsync on) and raw, taking
+//! turns going first — so a shared machine's drift falls on both sides alike, and prints
+//! both, pooled over the rounds, with the ratio.
 
 mod raw;
 

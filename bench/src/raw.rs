@@ -48,15 +48,7 @@ impl RawBench {
     pub fn open(cfg: &Config, spec: &RawSpec) -> anyhow::Result<RawBench> {
         let ctx = Pkcs11::new(&cfg.hsm.module).context("load module")?;
         ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))?;
-        let slot = ctx
-            .get_slots_with_token()?
-            .into_iter()
-            .find(|s| {
-                ctx.get_token_info(*s)
-                    .map(|t| t.label().trim() == cfg.hsm.token_label)
-                    .unwrap_or(false)
-            })
-            .context("token not found")?;
+        let slot = hsmd::hsm::find_slot(&ctx, &cfg.hsm.token_label).map_err(anyhow::Error::msg)?;
         let admin = ctx.open_rw_session(slot)?;
         admin
             .login(UserType::User, Some(&cfg.hsm.pin))

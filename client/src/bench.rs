@@ -230,9 +230,6 @@ pub async fn run(
     clients: &[Client],
     spec: &BenchSpec,
 ) -> Result<(LatencyStats, Option<String>), ClientError> {
-    if clients.is_empty() {
-        return Err(ClientError::MissingField("at least one connection"));
-    }
     let prepared = prepare(clients, spec).await?;
     let (samples, first_error) = measure(clients, spec, &prepared, spec.warmup, spec.length).await;
     Ok((samples.stats(), first_error))

@@ -354,7 +354,7 @@ pub async fn sweep(ctx: &Ctx) {
     })
     .await;
     match wrapping {
-        Ok(Ok(_)) => {}
+        Ok(Ok(())) => {}
         Ok(Err(e)) => tracing::error!(error = %e, "checking the token's wrapping keys failed"),
         Err(e) => tracing::error!(error = %e, "wrapping key sweep task failed"),
     }

@@ -172,27 +172,19 @@ impl Pkcs11Backend {
         .ok_or(HsmError::ObjectMissing)
     }
 
-    /// The import tokens whose wrapping keys are in the token (for the start-up check
-    /// that destroys wrapping keys no import token names).
+    /// The import tokens whose wrapping keys are in the token (for the sweep that
+    /// destroys wrapping keys no import token names).
     pub fn wrapping_key_tokens(&self) -> Result<Vec<Uuid>, HsmError> {
-        self.with_token_read("C_FindObjects (wrapping keys)", |s| {
-            let mut tokens = Vec::new();
-            let all = [
-                Attribute::Token(true),
-                Attribute::Class(ObjectClass::PRIVATE_KEY),
-            ];
-            for h in s.find_objects(&all)? {
-                for attr in s.get_attributes(h, &[AttributeType::Id])? {
-                    if let Attribute::Id(id) = attr
-                        && let Some(rest) = id.strip_prefix(WRAPPING_KEY_ID_PREFIX)
-                        && let Ok(token) = Uuid::from_slice(rest)
-                    {
-                        tokens.push(token);
-                    }
-                }
-            }
-            Ok(tokens)
-        })
+        let ids = self.with_token_read("C_FindObjects (wrapping keys)", |s| {
+            objects::token_ids(s, &[ObjectClass::PRIVATE_KEY])
+        })?;
+        Ok(ids
+            .into_iter()
+            .filter_map(|(_, id)| {
+                let token = id.strip_prefix(WRAPPING_KEY_ID_PREFIX)?;
+                Uuid::from_slice(token).ok()
+            })
+            .collect())
     }
 
     /// Destroys an import token's wrapping key (missing is not an error).

@@ -359,7 +359,8 @@ impl Pkcs11Backend {
     }
 }
 
-fn find_slot(ctx: &Pkcs11, label: &str) -> Result<Slot, String> {
+/// The slot whose token has `label` (the error lists the labels found).
+pub fn find_slot(ctx: &Pkcs11, label: &str) -> Result<Slot, String> {
     let slots = ctx
         .get_slots_with_token()
         .map_err(|e| format!("C_GetSlotList: {e}"))?;

@@ -281,18 +281,22 @@ pub const WRAPPING_KEY_ID_PREFIX: &[u8] = b"hsmd-wrap:";
 /// Every (class, CKA_ID) of key objects in the token, for reconciliation (import
 /// wrapping keys are left out).
 pub fn list_ids(session: &Session) -> cryptoki::error::Result<Vec<(ObjectClass, Vec<u8>)>> {
+    let mut ids = token_ids(session, &KEY_CLASSES)?;
+    ids.retain(|(_, id)| !id.starts_with(WRAPPING_KEY_ID_PREFIX));
+    Ok(ids)
+}
+
+/// Every (class, CKA_ID) of the token objects of `classes`.
+pub fn token_ids(
+    session: &Session,
+    classes: &[ObjectClass],
+) -> cryptoki::error::Result<Vec<(ObjectClass, Vec<u8>)>> {
     let mut out = Vec::new();
-    for class in [
-        ObjectClass::PRIVATE_KEY,
-        ObjectClass::SECRET_KEY,
-        ObjectClass::PUBLIC_KEY,
-    ] {
-        for h in session.find_objects(&[Attribute::Token(true), Attribute::Class(class)])? {
+    for class in classes {
+        for h in session.find_objects(&[Attribute::Token(true), Attribute::Class(*class)])? {
             for attr in session.get_attributes(h, &[AttributeType::Id])? {
-                if let Attribute::Id(id) = attr
-                    && !id.starts_with(WRAPPING_KEY_ID_PREFIX)
-                {
-                    out.push((class, id));
+                if let Attribute::Id(id) = attr {
+                    out.push((*class, id));
                 }
             }
         }

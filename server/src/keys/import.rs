@@ -416,9 +416,9 @@ impl KeyManager {
     /// making a wrapping key and writing its token's row leaves one. The wait keeps a
     /// replica's key that is between those two steps (milliseconds, or seconds for
     /// RSA-4096 on a slow HSM) safe, whichever hsmd version made it. Wrapping keys never
-    /// hold key material, so unlike key objects they are not left for a human. Returns
-    /// how many were destroyed; the first sighting is remembered by this process.
-    pub fn destroy_orphan_wrapping_keys(&self, now: i64) -> Result<usize, KeyError> {
+    /// hold key material, so unlike key objects they are not left for a human. The
+    /// first sighting is remembered by this process.
+    pub fn destroy_orphan_wrapping_keys(&self, now: i64) -> Result<(), KeyError> {
         let _one_at_a_time = self.material_lock();
         let in_token = self.backend.wrapping_key_tokens()?;
         let mut seen = self
@@ -426,7 +426,6 @@ impl KeyManager {
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         let mut still = std::collections::HashMap::new();
-        let mut destroyed = 0;
         for token in in_token {
             if self.store.get_import_token(token)?.is_some() {
                 continue;
@@ -439,7 +438,6 @@ impl KeyManager {
             match self.backend.destroy_wrapping_key(token) {
                 Ok(()) => {
                     tracing::warn!(import_token = %token, "destroyed a wrapping key no import token names");
-                    destroyed += 1;
                 }
                 Err(e) => {
                     tracing::error!(import_token = %token, error = %e, "destroying an orphan wrapping key failed; retried next sweep");
@@ -448,7 +446,7 @@ impl KeyManager {
             }
         }
         *seen = still;
-        Ok(destroyed)
+        Ok(())
     }
 
     /// Destroys the wrapping keys of superseded and expired import tokens (failures are

@@ -139,28 +139,20 @@ fn remembered_records_follow_changes_from_any_connection() {
     let replica = Store::open(&path).unwrap();
     let a = key(1);
     store.insert_key(&a, Some("alias/a"), None).unwrap();
+    let state_of_a = || store.get_key(a.id).unwrap().unwrap().state;
     // Read twice: the second answer comes from the cache.
     for _ in 0..2 {
-        assert_eq!(
-            store.get_key(a.id).unwrap().unwrap().state,
-            KeyState::Enabled
-        );
+        assert_eq!(state_of_a(), KeyState::Enabled);
         assert_eq!(store.resolve_alias("alias/a").unwrap(), Some(a.id));
     }
     store
         .set_state(a.id, KeyState::Enabled, KeyState::Disabled, None, None)
         .unwrap();
-    assert_eq!(
-        store.get_key(a.id).unwrap().unwrap().state,
-        KeyState::Disabled
-    );
+    assert_eq!(state_of_a(), KeyState::Disabled);
     replica
         .set_state(a.id, KeyState::Disabled, KeyState::Enabled, None, None)
         .unwrap();
-    assert_eq!(
-        store.get_key(a.id).unwrap().unwrap().state,
-        KeyState::Enabled
-    );
+    assert_eq!(state_of_a(), KeyState::Enabled);
     let b = key(2);
     replica.insert_key(&b, None, None).unwrap();
     replica.update_alias("alias/a", b.id, 3).unwrap();
