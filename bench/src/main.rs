@@ -16,7 +16,7 @@ use clap::Parser;
 use hsm_client::bench::{self, BenchOp, BenchSpec, Length, Samples};
 use hsm_client::v1::{CreateKeyRequest, KeySpec as PbKeySpec, KeyUsage, SigningAlgorithm as PbAlg};
 use hsm_client::{Client, Profile};
-use hsmd::keys::spec::{KeySpec, SigningAlgorithm};
+use hsmd::domain::spec::{KeySpec, SigningAlgorithm};
 
 #[derive(Parser)]
 #[command(

@@ -19,11 +19,11 @@ use cryptoki::object::{Attribute, AttributeType, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use hsm_client::bench::{BENCH_MESSAGE, BenchOp, Length, Samples};
 use hsmd::config::Config;
-use hsmd::hsm::OaepHash;
+use hsmd::domain::spec::{KeySpec, KeyUsage, MessageType, SigningAlgorithm};
+use hsmd::encoding::OaepHash;
 use hsmd::hsm::crypt::{aes_gcm, oaep};
 use hsmd::hsm::objects::{self, KeyObjects};
 use hsmd::keys::manager::mechanism;
-use hsmd::keys::spec::{KeySpec, KeyUsage, MessageType, SigningAlgorithm};
 
 /// One raw run's parameters.
 pub struct RawSpec {

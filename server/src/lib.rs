@@ -8,10 +8,12 @@
 pub mod api;
 pub mod audit;
 pub mod auth;
+pub mod clock;
 pub mod config;
 pub mod csr;
 pub mod dev;
-pub mod devcerts;
+pub mod domain;
+pub mod encoding;
 pub mod hsm;
 pub mod keys;
 pub mod server;

@@ -29,16 +29,26 @@ use crate::auth::Authorizer;
 use crate::config::{Config, TlsConfig};
 use crate::hsm::Pkcs11Backend;
 use crate::keys::KeyManager;
-use crate::keys::manager::now;
+
+use crate::clock::{SharedClock, SystemClock};
 use crate::store::Store;
 
 /// Principal of the records hsmd writes for its own background work.
-pub const SYSTEM_PRINCIPAL: &str = "hsmd";
+pub use crate::domain::SYSTEM_PRINCIPAL;
 
 /// Runs the daemon. `on_bound` is called once the listener is bound (with its real
 /// address, so port 0 works) and before the first call is served.
 pub async fn run(
     cfg: Config,
+    on_bound: impl FnOnce(SocketAddr) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    run_with_clock(cfg, SystemClock::shared(), on_bound).await
+}
+
+/// As [`run`], with the clock every date comes from (tests pass a `ManualClock`).
+pub async fn run_with_clock(
+    cfg: Config,
+    clock: SharedClock,
     on_bound: impl FnOnce(SocketAddr) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     let hsm_cfg = cfg.hsm.clone();
@@ -51,9 +61,16 @@ pub async fn run(
     );
     let signer = token_signer(&backend).await?;
     let audit_cfg = cfg.audit.clone();
-    let audit =
-        tokio::task::spawn_blocking(move || AuditLog::open(&audit_cfg, Some(signer))).await??;
-    let keys = Arc::new(KeyManager::new(backend, store).with_import(cfg.import));
+    let audit_clock = clock.clone();
+    let audit = tokio::task::spawn_blocking(move || {
+        AuditLog::open_with_clock(&audit_cfg, Some(signer), audit_clock)
+    })
+    .await??;
+    let keys = Arc::new(
+        KeyManager::new(backend, store)
+            .with_import(cfg.import)
+            .with_clock(clock),
+    );
     for (alg, path) in keys.import_paths() {
         match path {
             Ok(p) => {
@@ -135,7 +152,7 @@ impl CheckpointSigner for TokenSigner {
             .0
             .sign_audit_digest(&digest)
             .map_err(|e| e.to_string())?;
-        crate::keys::public::ecdsa_raw_to_der(crate::keys::spec::KeySpec::EcP256, &raw)
+        crate::encoding::public::ecdsa_raw_to_der(crate::domain::spec::KeySpec::EcP256, &raw)
     }
 }
 
@@ -309,8 +326,8 @@ pub async fn sweep(ctx: &Ctx) {
     let keys = ctx.keys.clone();
     let found = tokio::task::spawn_blocking(move || {
         Ok::<_, crate::keys::KeyError>((
-            keys.due_for_deletion(now())?,
-            keys.expired_material(now())?,
+            keys.due_for_deletion(keys.now())?,
+            keys.expired_material(keys.now())?,
         ))
     })
     .await;
@@ -335,7 +352,8 @@ pub async fn sweep(ctx: &Ctx) {
     for id in expired {
         let keys = ctx.keys.clone();
         let result =
-            tokio::task::spawn_blocking(move || keys.expire_material(id, now()).map(drop)).await;
+            tokio::task::spawn_blocking(move || keys.expire_material(id, keys.now()).map(drop))
+                .await;
         match &result {
             Ok(Ok(())) => {
                 tracing::info!(key_id = %id, "imported key material destroyed at its valid-to; key is PENDING_IMPORT")
@@ -349,8 +367,8 @@ pub async fn sweep(ctx: &Ctx) {
     }
     let keys = ctx.keys.clone();
     let wrapping = tokio::task::spawn_blocking(move || {
-        keys.destroy_stale_wrapping_keys(now());
-        keys.destroy_orphan_wrapping_keys(now())
+        keys.destroy_stale_wrapping_keys(keys.now());
+        keys.destroy_orphan_wrapping_keys(keys.now())
     })
     .await;
     match wrapping {

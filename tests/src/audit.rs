@@ -174,7 +174,7 @@ pub fn check_chain(lines: &[AuditLine]) -> Result<(), String> {
     Ok(())
 }
 
-/// The fields every audit record must carry (DESIGN.md "Audit log").
+/// The fields every audit record must carry (README "Audit log").
 pub const REQUIRED_FIELDS: [&str; 17] = [
     "seq",
     "time",

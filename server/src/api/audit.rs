@@ -11,7 +11,8 @@ use tonic::{Request, Response, Status};
 use super::{ApiError, Call, Ctx};
 use crate::audit::{self, AuditQuery, AuditRecord, Outcome};
 use crate::auth::Action;
-use crate::keys::{KeyError, public};
+use crate::encoding::public;
+use crate::keys::KeyError;
 
 const MAX_LIMIT: u32 = 100_000;
 

@@ -14,7 +14,7 @@ use crate::csr::chain::{self, CertInfo};
 use crate::csr::ops::{self, CertRequest};
 use crate::csr::san::{self, Eku, KeyUsageBit, RequestedExtensions, SanKind};
 use crate::csr::{CertError, subject};
-use crate::keys::model::KeyRecord;
+use crate::domain::record::KeyRecord;
 use crate::keys::{KeyError, KeyManager, KeyRef};
 
 macro_rules! method {

@@ -3,11 +3,11 @@
 
 use hsmd_proto::v1 as pb;
 
-use crate::keys::KeyError;
-use crate::keys::model::KeyRecord;
-use crate::keys::spec::{
+use crate::domain::record::KeyRecord;
+use crate::domain::spec::{
     EncryptionAlgorithm, KeyOrigin, KeySpec, KeyState, KeyUsage, MessageType, SigningAlgorithm,
 };
+use crate::keys::KeyError;
 use crate::store::Alias;
 
 /// Seconds since the epoch as a protobuf Timestamp.

@@ -17,9 +17,9 @@ use super::keys::{KeyApi, method};
 use super::{ApiError, Call, Grant};
 use crate::audit::record::input_hash;
 use crate::auth::Action;
+use crate::domain::spec::{EncryptionAlgorithm, KeySpec};
 use crate::keys::KeyError;
 use crate::keys::crypt::DataKey;
-use crate::keys::spec::{EncryptionAlgorithm, KeySpec};
 
 impl KeyApi {
     pub(super) async fn encrypt_call(

@@ -11,9 +11,9 @@ use super::convert::{self, spec_from_pb, spec_to_pb, ts};
 use super::keys::{KeyApi, method};
 use crate::audit::record::input_hash;
 use crate::auth::Action;
+use crate::domain::spec::WrappingAlgorithm;
 use crate::keys::KeyError;
 use crate::keys::import::MaterialImport;
-use crate::keys::spec::WrappingAlgorithm;
 
 /// Prefix of the proto enum value names (proto3 enum scoping).
 const WRAPPING_PREFIX: &str = "WRAPPING_ALGORITHM_";
@@ -72,7 +72,7 @@ impl KeyApi {
             call.event.algorithm = p.algorithm.name().into();
             Ok(pb::GetParametersForImportResponse {
                 key_id: p.key_id.to_string(),
-                public_key_pem: crate::keys::public::spki_pem(&p.public_key_der),
+                public_key_pem: crate::encoding::public::spki_pem(&p.public_key_der),
                 public_key_der: p.public_key_der,
                 import_token: p.import_token,
                 parameters_valid_to: Some(ts(p.expire_time)),

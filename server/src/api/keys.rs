@@ -9,9 +9,10 @@ use super::convert::{self, alg_from_pb, mt_from_pb};
 use super::{ApiError, Call, Ctx, Grant, Identity};
 use crate::audit::record::input_hash;
 use crate::auth::Action;
+use crate::domain::record::{KeyRecord, Transition};
+use crate::encoding::public;
 use crate::keys::manager::NewKey;
-use crate::keys::model::{KeyRecord, Transition};
-use crate::keys::{KeyError, KeyManager, KeyRef, public, validate_alias};
+use crate::keys::{KeyError, KeyManager, KeyRef, validate_alias};
 use crate::store::KeyFilter;
 
 /// Largest GenerateRandom request.
@@ -273,7 +274,7 @@ impl KeyService for KeyApi {
         let result = async {
             let grant = call.authorize(&self.ctx, Action::GetPublicKey)?;
             let key = self.resolve(&mut call, &grant, &r.key_id).await?;
-            if key.state == crate::keys::spec::KeyState::Destroyed {
+            if key.state == crate::domain::spec::KeyState::Destroyed {
                 return Err(KeyError::KeyState {
                     key: key.id,
                     state: key.state,
@@ -335,7 +336,7 @@ impl KeyService for KeyApi {
         let mut call = Call::begin(&req, method!("ScheduleKeyDeletion"));
         let r = req.into_inner();
         let result = async {
-            if crate::keys::model::deletion_window(r.pending_window_days).is_none() {
+            if crate::domain::record::deletion_window(r.pending_window_days).is_none() {
                 call.authorize(&self.ctx, Action::ScheduleKeyDeletion)?;
                 call.note_key(&r.key_id, None);
                 return Err(KeyError::InvalidDeletionWindow(r.pending_window_days).into());

@@ -23,7 +23,7 @@ use tonic::{Request, Response, Status};
 
 use crate::audit::{AuditEvent, AuditLog, Outcome};
 use crate::auth::{Action, Authorizer, KeyFacts, Policy, principal_of};
-use crate::keys::model::KeyRecord;
+use crate::domain::record::KeyRecord;
 use crate::keys::{KeyError, KeyManager};
 pub use status::ApiError;
 

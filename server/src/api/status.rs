@@ -185,7 +185,7 @@ pub fn code_name(code: Code) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keys::spec::KeyState;
+    use crate::domain::spec::KeyState;
 
     #[test]
     fn mapping_table() {

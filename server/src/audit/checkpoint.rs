@@ -20,7 +20,7 @@ pub fn event(signer: &dyn CheckpointSigner, head: &ChainHead) -> Result<AuditEve
     let der = signer.sign(&Checkpoint::statement(head.sequence, &head.hash))?;
     Ok(AuditEvent {
         request_id: uuid::Uuid::new_v4().to_string(),
-        principal: crate::server::SYSTEM_PRINCIPAL.into(),
+        principal: crate::domain::SYSTEM_PRINCIPAL.into(),
         method: CHECKPOINT_METHOD.into(),
         outcome: Some(Outcome::Ok),
         status: "OK".into(),

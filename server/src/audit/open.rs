@@ -138,7 +138,7 @@ fn move_torn_aside(path: &Path, good_len: u64, line: u64) -> Result<AuditEvent, 
         "torn last audit line (crash mid-write) moved aside; a TORN_LINE_REMOVED record names it");
     Ok(AuditEvent {
         request_id: uuid::Uuid::new_v4().to_string(),
-        principal: crate::server::SYSTEM_PRINCIPAL.into(),
+        principal: crate::domain::SYSTEM_PRINCIPAL.into(),
         method: TORN_LINE_METHOD.into(),
         outcome: Some(Outcome::Ok),
         status: "OK".into(),

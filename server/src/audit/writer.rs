@@ -22,8 +22,9 @@ use audit_chain::files;
 use tokio::sync::oneshot;
 
 use super::checkpoint::{self, CheckpointSigner};
-use super::record::{AuditEvent, AuditRecord, now_rfc3339};
+use super::record::{AuditEvent, AuditRecord, rfc3339};
 use super::{AuditConfig, AuditError, open};
+use crate::clock::{SharedClock, SystemClock};
 use audit_chain::walk::ChainHead;
 
 /// Most events written under one fsync.
@@ -59,6 +60,16 @@ impl AuditLog {
         cfg: &AuditConfig,
         signer: Option<Arc<dyn CheckpointSigner>>,
     ) -> Result<Self, AuditError> {
+        Self::open_with_clock(cfg, signer, SystemClock::shared())
+    }
+
+    /// As [`open`](AuditLog::open), with the clock that stamps records (the daemon's
+    /// clock; a test's manual clock). Checkpoint intervals stay on the monotonic clock.
+    pub fn open_with_clock(
+        cfg: &AuditConfig,
+        signer: Option<Arc<dyn CheckpointSigner>>,
+        clock: SharedClock,
+    ) -> Result<Self, AuditError> {
         let o = open::open(&cfg.path)?;
         let mut w = Writer {
             file: o.file,
@@ -67,6 +78,7 @@ impl AuditLog {
             head: Arc::new(Mutex::new(o.head.clone())),
             state: o.head,
             signer,
+            clock,
             unsigned: o.unsigned,
             last_checkpoint: Instant::now(),
             file_first_seq: o.file_first_seq,
@@ -154,6 +166,8 @@ struct Writer {
     head: Arc<Mutex<ChainHead>>,
     state: ChainHead,
     signer: Option<Arc<dyn CheckpointSigner>>,
+    /// Stamps each record's `time`.
+    clock: SharedClock,
     /// Records written since the last checkpoint.
     unsigned: u64,
     last_checkpoint: Instant,
@@ -271,7 +285,8 @@ impl Writer {
         let mut seqs = Vec::with_capacity(events.len());
         for ev in events {
             let seq = state.sequence + 1;
-            let record = AuditRecord::new(ev, seq, now_rfc3339(), state.hash.clone());
+            let record =
+                AuditRecord::new(ev, seq, rfc3339(self.clock.now_utc()), state.hash.clone());
             buf.extend_from_slice(record.to_line().as_bytes());
             buf.push(b'\n');
             state = ChainHead {

@@ -20,7 +20,7 @@ use x509_cert::time::{Time, Validity};
 use super::CertError;
 use super::san::extension;
 use super::sigalg::algorithm_identifier;
-use crate::keys::spec::SigningAlgorithm;
+use crate::domain::spec::SigningAlgorithm;
 
 /// A signed structure, DER and PEM, with the SHA-256 of the bytes the token signed (for
 /// the audit record).
@@ -142,7 +142,7 @@ fn finish<T: Encode + EncodePem>(value: &T, tbs: &[u8], what: &str) -> Result<Si
         pem: value
             .to_pem(LineEnding::LF)
             .map_err(|e| CertError::encoding(what, e))?,
-        signed_sha256: hex::encode(crate::keys::spec::HashAlg::Sha256.digest(tbs)),
+        signed_sha256: hex::encode(crate::domain::spec::HashAlg::Sha256.digest(tbs)),
     })
 }
 

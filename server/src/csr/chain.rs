@@ -168,7 +168,7 @@ pub fn check_leaf_key(chain: &Chain, key: Uuid, key_spki: &[u8]) -> Result<(), C
     if leaf_der == key_spki {
         return Ok(());
     }
-    let fp = |d: &[u8]| hex::encode(&crate::keys::spec::HashAlg::Sha256.digest(d)[..8]);
+    let fp = |d: &[u8]| hex::encode(&crate::domain::spec::HashAlg::Sha256.digest(d)[..8]);
     let key_alg = spki::SubjectPublicKeyInfoRef::from_der(key_spki)
         .map(|s| s.algorithm.oid.to_string())
         .unwrap_or_default();
@@ -250,7 +250,7 @@ mod tests {
             spki,
             vec![],
             &fields,
-            crate::keys::spec::SigningAlgorithm::Ed25519,
+            crate::domain::spec::SigningAlgorithm::Ed25519,
             |_| Ok(vec![0; 64]),
         )
         .unwrap();

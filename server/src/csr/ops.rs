@@ -15,9 +15,9 @@ use super::chain::{self, CertInfo, Chain};
 use super::san::{RequestedExtensions, check_key_usage};
 use super::sigalg::default_algorithm;
 use crate::hsm::CertificateObject;
-use crate::keys::manager::now;
-use crate::keys::model::KeyRecord;
-use crate::keys::spec::{KeyState, KeyUsage, MAX_RAW_MESSAGE, MessageType, SigningAlgorithm};
+
+use crate::domain::record::KeyRecord;
+use crate::domain::spec::{KeyState, KeyUsage, MAX_RAW_MESSAGE, MessageType, SigningAlgorithm};
 use crate::keys::{KeyError, KeyManager};
 use crate::store::StoredChain;
 
@@ -83,7 +83,7 @@ pub fn self_signed(
     let mut serial = m.backend().random(16)?;
     serial[0] &= 0x7f;
     serial[0] |= 0x01; // positive, and 16 significant bytes
-    let start = u64::try_from(now()).unwrap_or(0);
+    let start = u64::try_from(m.now()).unwrap_or(0);
     let fields = CertFields {
         serial,
         not_before: start,
@@ -156,7 +156,7 @@ fn store_chain(m: &KeyManager, key: &KeyRecord, parsed: &Chain) -> Result<CertIn
         serial: info.serial.clone(),
         not_before: info.not_before,
         not_after: info.not_after,
-        import_time: now(),
+        import_time: m.now(),
     };
     if let Err(e) = m.store().put_certificate(&row) {
         tracing::error!(key_id = %key.id, error = %e, "certificate stored in the token but not in the metadata store");
@@ -187,7 +187,8 @@ fn prepare(
     key: &KeyRecord,
     req: &CertRequest,
 ) -> Result<(SigningAlgorithm, SubjectPublicKeyInfoOwned), CertError> {
-    key.require_usage(KeyUsage::SignVerify)?;
+    key.require_usage(KeyUsage::SignVerify)
+        .map_err(|e| CertError::Key(e.into()))?;
     let alg = req
         .algorithm
         .or_else(|| default_algorithm(key.spec))

@@ -16,7 +16,7 @@ use x509_cert::ext::pkix::{
 };
 
 use super::CertError;
-use crate::keys::spec::KeySpec;
+use crate::domain::spec::KeySpec;
 
 /// Most subject alternative names in one request.
 pub const MAX_SANS: usize = 100;

@@ -10,7 +10,7 @@ use der::asn1::{Any, ObjectIdentifier};
 use spki::AlgorithmIdentifierOwned;
 
 use super::CertError;
-use crate::keys::spec::{KeySpec, SigningAlgorithm};
+use crate::domain::spec::{KeySpec, SigningAlgorithm};
 
 /// The algorithm used when a request names none.
 pub fn default_algorithm(spec: KeySpec) -> Option<SigningAlgorithm> {

@@ -10,9 +10,10 @@ use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 
-use super::objects::{self, KeyObjects, PublicKeyMaterial};
+use super::objects::{self, KeyObjects};
 use super::{HsmError, Pkcs11Backend};
-use crate::keys::spec::KeySpec;
+use crate::domain::spec::KeySpec;
+use crate::encoding::PublicKeyMaterial;
 
 /// CKA_ID and CKA_LABEL of the audit key.
 pub const AUDIT_KEY_ID: &[u8] = b"hsmd-audit";

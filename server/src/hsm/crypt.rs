@@ -17,16 +17,10 @@ use zeroize::Zeroizing;
 use super::error::is_decrypt_failure;
 use super::probe::{EncryptionProbe, OaepPath};
 use super::{HsmError, Pkcs11Backend};
+use crate::encoding::OaepHash;
 
 /// GCM tag length in bits.
 const TAG_BITS: u64 = 128;
-
-/// Hash of an OAEP operation in the token.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OaepHash {
-    Sha1,
-    Sha256,
-}
 
 /// CKM_RSA_PKCS_OAEP with `hash`, MGF1 with the same hash and an empty label. Public
 /// so the benchmark's raw baseline uses exactly this mechanism.
@@ -213,13 +207,13 @@ fn probe_rsa_key(
     public: ObjectHandle,
     private: ObjectHandle,
 ) -> Result<(bool, OaepPath), String> {
-    let Some(super::PublicKeyMaterial::Rsa { modulus, exponent }) =
-        super::objects::public_key(s, crate::keys::spec::KeySpec::Rsa2048, public)
+    let Some(crate::encoding::PublicKeyMaterial::Rsa { modulus, exponent }) =
+        super::objects::public_key(s, crate::domain::spec::KeySpec::Rsa2048, public)
             .map_err(|e| format!("C_GetAttributeValue: {e}"))?
     else {
         return Err("probe key has no modulus".into());
     };
-    let key = crate::keys::public::rsa_public(&modulus, &exponent)
+    let key = crate::encoding::public::rsa_public(&modulus, &exponent)
         .map_err(|e| format!("probe public key: {e}"))?;
     let msg = b"hsmd probe";
     let mut rng = rsa::rand_core::OsRng;
@@ -244,8 +238,8 @@ fn probe_rsa_key(
         && s.decrypt(&Mechanism::RsaX509, private, &ct)
             .ok()
             .and_then(|raw| {
-                let em = crate::keys::oaep::left_pad(&raw, modulus.len())?;
-                crate::keys::oaep::decode::<sha2::Sha256>(&em, b"").ok()
+                let em = crate::encoding::oaep::left_pad(&raw, modulus.len())?;
+                crate::encoding::oaep::decode::<sha2::Sha256>(&em, b"").ok()
             })
             .is_some_and(|pt| pt.as_slice() == msg);
     Ok((

@@ -21,10 +21,12 @@ use cryptoki::session::Session;
 use uuid::Uuid;
 use zeroize::{Zeroize, Zeroizing};
 
-use super::crypt::{OaepHash, oaep};
+use super::crypt::oaep;
 use super::objects::{self, WRAPPING_KEY_ID_PREFIX};
-use super::{HsmError, KeyObjects, Pkcs11Backend, PublicKeyMaterial, SignMechanism};
-use crate::keys::spec::{KeySpec, KeyUsage};
+use super::{HsmError, KeyObjects, Pkcs11Backend, SignMechanism};
+use crate::domain::spec::{KeySpec, KeyUsage};
+use crate::encoding::OaepHash;
+use crate::encoding::PublicKeyMaterial;
 
 /// How the OAEP block of wrapped material is opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -356,8 +358,9 @@ fn open_oaep(
                 Err(CkError::Pkcs11(rv, _)) if is_bad_wrapped(rv) => return Err(refused()),
                 Err(e) => return Err(ck("C_Decrypt (RSA X.509)")(e)),
             });
-            let em = crate::keys::oaep::left_pad(&raw, block.len()).ok_or_else(refused)?;
-            let key = crate::keys::oaep::decode::<sha2::Sha256>(&em, b"").map_err(|_| refused())?;
+            let em = crate::encoding::oaep::left_pad(&raw, block.len()).ok_or_else(refused)?;
+            let key =
+                crate::encoding::oaep::decode::<sha2::Sha256>(&em, b"").map_err(|_| refused())?;
             if ![16, 24, 32].contains(&key.len()) {
                 return Err(ImportRefused::Spec(format!(
                     "the unwrapped key is {} bytes: not an AES key (16, 24 or 32 bytes)",
@@ -545,7 +548,7 @@ fn inspect(
             let sig = s
                 .sign(&SignMechanism::Ed25519.mechanism(), h, &challenge)
                 .map_err(ck("C_Sign (Ed25519 challenge)"))?;
-            if !crate::keys::public::ed25519_verifies(key, &challenge, &sig) {
+            if !crate::encoding::public::ed25519_verifies(key, &challenge, &sig) {
                 return Err(ImportRefused::PublicKey(
                     "public_key_der does not match the imported Ed25519 private key (a challenge signed in the token does not verify with it)".into(),
                 ));
@@ -573,7 +576,7 @@ fn rsa_pair_works(
     let PublicKeyMaterial::Rsa { modulus, exponent } = public else {
         return Ok(());
     };
-    let key = crate::keys::public::rsa_public(modulus, exponent).map_err(|e| {
+    let key = crate::encoding::public::rsa_public(modulus, exponent).map_err(|e| {
         ImportRefused::Spec(format!("the RSA public values are not a valid key: {e}"))
     })?;
     let challenge = s
@@ -612,7 +615,7 @@ fn rsa_pair_works(
 
 /// A public key given with the material must be the one the token derived.
 fn check_given(t: &Target<'_>, derived: &PublicKeyMaterial) -> Result<(), ImportRefused> {
-    let spki = crate::keys::public::spki_der;
+    let spki = crate::encoding::public::spki_der;
     match t.public_key {
         Some(given) if spki(given).ok() != spki(derived).ok() => Err(ImportRefused::PublicKey(
             "public_key_der does not match the imported private key".into(),
@@ -639,7 +642,7 @@ fn recover_ec(
             .map_err(ck("C_Sign (ECDSA, public key recovery)"))?;
         signed.push((digest, sig));
     }
-    let point = crate::keys::public::recover_ec_point(spec, &signed).ok_or_else(|| {
+    let point = crate::encoding::public::recover_ec_point(spec, &signed).ok_or_else(|| {
         HsmError::BadInput("the public key of the imported EC key could not be recovered".into())
     })?;
     Ok(PublicKeyMaterial::Ec { spec, point })

@@ -8,7 +8,7 @@ use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
 use cryptoki::mechanism::rsa::{PkcsMgfType, PkcsPssParams};
 use cryptoki::mechanism::{Mechanism, MechanismType};
 
-use crate::keys::spec::HashAlg;
+use crate::domain::spec::HashAlg;
 
 /// One signing operation as the token performs it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -14,6 +14,7 @@ pub mod mechanisms;
 pub mod objects;
 pub mod pool;
 pub mod probe;
+pub mod provision;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -28,13 +29,13 @@ use secrecy::SecretString;
 use uuid::Uuid;
 
 pub use certs::CertificateObject;
-pub use crypt::OaepHash;
 pub use error::HsmError;
 pub use mechanisms::SignMechanism;
-pub use objects::{KeyObjects, PublicKeyMaterial};
+pub use objects::KeyObjects;
 pub use probe::{AlgorithmPath, Capabilities, Capability, EncryptionProbe, OaepPath};
 
-use crate::keys::spec::{KeySpec, KeyUsage};
+use crate::domain::spec::{KeySpec, KeyUsage};
+use crate::encoding::PublicKeyMaterial;
 use error::{classify, session_lost};
 
 /// Where the token is and how to log in to it.

@@ -9,7 +9,8 @@ use cryptoki::mechanism::Mechanism;
 use cryptoki::object::{Attribute, AttributeType, KeyType, ObjectClass, ObjectHandle};
 use cryptoki::session::Session;
 
-use crate::keys::spec::{KeySpec, KeyUsage};
+use crate::domain::spec::{KeySpec, KeyUsage};
+use crate::encoding::PublicKeyMaterial;
 
 /// DER OID of secp256r1 (1.2.840.10045.3.1.7).
 const OID_P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
@@ -25,23 +26,6 @@ pub struct KeyObjects {
     pub private: ObjectHandle,
     /// Public key object, for key pairs.
     pub public: Option<ObjectHandle>,
-}
-
-/// The public half of a key as the token stores it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PublicKeyMaterial {
-    Rsa {
-        modulus: Vec<u8>,
-        exponent: Vec<u8>,
-    },
-    /// SEC1 uncompressed point.
-    Ec {
-        spec: KeySpec,
-        point: Vec<u8>,
-    },
-    Ed25519 {
-        key: [u8; 32],
-    },
 }
 
 /// What the token is asked to generate.

@@ -4,7 +4,7 @@
 
 use cryptoki::mechanism::MechanismType;
 
-use crate::keys::spec::{EncryptionAlgorithm, KeySpec, SigningAlgorithm};
+use crate::domain::spec::{EncryptionAlgorithm, KeySpec, SigningAlgorithm};
 
 /// One mechanism hsmd may use, and whether the token reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -12,10 +12,12 @@ use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use super::manager::KeyManager;
-use super::model::KeyRecord;
-use super::spec::{EncryptionAlgorithm, KeySpec, KeyUsage, MAX_PLAINTEXT};
-use super::{KeyError, KeyRef, blob, oaep};
-use crate::hsm::{OaepHash, OaepPath};
+use super::{KeyError, KeyRef, blob};
+use crate::domain::record::KeyRecord;
+use crate::domain::spec::{EncryptionAlgorithm, KeySpec, KeyUsage, MAX_PLAINTEXT};
+use crate::encoding::OaepHash;
+use crate::encoding::oaep;
+use crate::hsm::OaepPath;
 
 /// Largest AAD Encrypt, Decrypt and GenerateDataKey take.
 pub const MAX_AAD: usize = 8192;
@@ -172,7 +174,7 @@ impl KeyManager {
                 },
             });
         }
-        key.require_enabled()?;
+        key.require_enabled(self.now())?;
         Ok(alg)
     }
 

@@ -12,11 +12,13 @@
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
-use super::model::KeyRecord;
-use super::spec::{KeyOrigin, KeySpec, KeyState, WrappingAlgorithm};
-use super::{KeyError, KeyManager, public};
+use super::{KeyError, KeyManager};
+use crate::domain::record::KeyRecord;
+use crate::domain::spec::{KeyOrigin, KeySpec, KeyState, WrappingAlgorithm};
+use crate::encoding::OaepHash;
+use crate::encoding::public;
+use crate::hsm::OaepPath;
 use crate::hsm::import::{ImportRefused, Inspected, OaepUnwrap, Target, Unwrapping};
-use crate::hsm::{OaepHash, OaepPath};
 use crate::store::{ImportToken, ImportedMaterial};
 
 /// How long an import token and its wrapping key are valid, by default and at most.
@@ -236,7 +238,7 @@ impl KeyManager {
             path == OaepUnwrap::HostSha256,
         )?;
         let public_key_der = public::spki_der(&public).map_err(KeyError::Internal)?;
-        let now = super::manager::now();
+        let now = self.now();
         let row = ImportToken {
             id: token,
             key_id: key.id,
@@ -273,7 +275,7 @@ impl KeyManager {
     ) -> Result<KeyRecord, KeyError> {
         let _one_at_a_time = self.material_lock();
         let key = &self.reload(key.id)?;
-        let now = super::manager::now();
+        let now = self.now();
         let token = self.valid_token(key, &req.import_token, now)?;
         require_external(key)?;
         match key.state {

@@ -5,8 +5,8 @@ use std::collections::HashSet;
 
 use uuid::Uuid;
 
-use super::model::{KeyRecord, Transition};
 use super::{KeyError, KeyManager};
+use crate::domain::record::{KeyRecord, Transition};
 
 /// What reconciliation found. Nothing is changed automatically: a mismatch needs a
 /// person to look at it.

@@ -10,11 +10,13 @@ use std::sync::Arc;
 
 use uuid::Uuid;
 
-use super::model::{KeyRecord, Transition, deletion_window};
-use super::spec::{
+use super::{KeyError, KeyRef, truncate, validate_alias};
+use crate::clock::{SharedClock, SystemClock};
+use crate::domain::record::{KeyRecord, Transition, deletion_window};
+use crate::domain::spec::{
     HashAlg, KeyOrigin, KeySpec, KeyState, KeyUsage, MAX_RAW_MESSAGE, MessageType, SigningAlgorithm,
 };
-use super::{KeyError, KeyRef, public, truncate, validate_alias};
+use crate::encoding::public;
 use crate::hsm::{Pkcs11Backend, SignMechanism};
 use crate::store::{Alias, KeyFilter, Store, StoreError};
 
@@ -41,11 +43,8 @@ pub struct KeyManager {
     /// Wrapping keys seen in the token with no import token row, and when first seen
     /// (see `destroy_orphan_wrapping_keys`).
     pub(super) orphan_wrapping_keys: std::sync::Mutex<std::collections::HashMap<Uuid, i64>>,
-}
-
-/// Current time in unix seconds.
-pub fn now() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp()
+    /// Every date the rules write or compare (creation, deletion, import tokens, expiry).
+    pub(super) clock: SharedClock,
 }
 
 impl KeyManager {
@@ -56,7 +55,24 @@ impl KeyManager {
             import: Default::default(),
             material_lock: Default::default(),
             orphan_wrapping_keys: Default::default(),
+            clock: SystemClock::shared(),
         }
+    }
+
+    /// With another clock than the system's (tests move a `ManualClock`).
+    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+        self.clock = clock;
+        self
+    }
+
+    /// The clock the rules read.
+    pub fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+
+    /// Current time in unix seconds, by this manager's clock.
+    pub fn now(&self) -> i64 {
+        self.clock.now()
     }
 
     /// With `[import]` settings other than the defaults.
@@ -203,7 +219,7 @@ impl KeyManager {
             description: req.description.clone(),
             tags: req.tags.clone(),
             created_by: principal.to_string(),
-            create_time: now(),
+            create_time: self.now(),
             deletion_time: None,
             destroy_time: None,
             public_key_der,
@@ -273,7 +289,7 @@ impl KeyManager {
         let deletion_time = match t {
             Transition::ScheduleDeletion => {
                 let d = deletion_window(days).ok_or(KeyError::InvalidDeletionWindow(days))?;
-                Some(now() + i64::from(d) * 86_400)
+                Some(self.now() + i64::from(d) * 86_400)
             }
             Transition::Destroy => key.deletion_time,
             _ => None,
@@ -282,7 +298,7 @@ impl KeyManager {
             if t == Transition::Destroy {
                 self.backend.destroy(key.id)?;
             }
-            let destroy_time = (t == Transition::Destroy).then(now);
+            let destroy_time = (t == Transition::Destroy).then(|| self.now());
             self.store
                 .set_state(key.id, key.state, to, deletion_time, destroy_time)?;
         }
@@ -300,7 +316,7 @@ impl KeyManager {
     pub fn create_alias(&self, alias: &str, key: &KeyRecord) -> Result<Alias, KeyError> {
         let alias = validate_alias(alias)?;
         self.store
-            .create_alias(&alias, key.id, now())
+            .create_alias(&alias, key.id, self.now())
             .map_err(|e| alias_error(e, &alias))
     }
 
@@ -308,7 +324,7 @@ impl KeyManager {
     pub fn update_alias(&self, alias: &str, key: &KeyRecord) -> Result<Alias, KeyError> {
         let alias = validate_alias(alias)?;
         self.store
-            .update_alias(&alias, key.id, now())
+            .update_alias(&alias, key.id, self.now())
             .map_err(|e| alias_error(e, &alias))
     }
 
@@ -409,7 +425,7 @@ impl KeyManager {
             });
         }
         check_message(alg, mt, msg)?;
-        key.require_enabled()?;
+        key.require_enabled(self.now())?;
         Ok(mechanism(alg, mt, msg))
     }
 }

@@ -6,18 +6,15 @@ pub mod crypt;
 pub mod import;
 pub mod lifecycle;
 pub mod manager;
-pub mod model;
-pub mod oaep;
-pub mod public;
-pub mod spec;
 
 use uuid::Uuid;
 
 pub use manager::KeyManager;
 
+use crate::domain::record::KeyRefused;
+use crate::domain::spec::KeyState;
 use crate::hsm::HsmError;
 use crate::store::StoreError;
-use spec::KeyState;
 
 /// Every way a key operation can fail, in terms a caller can act on. The api layer
 /// maps each variant to one gRPC status and one stable reason.
@@ -158,6 +155,17 @@ impl From<HsmError> for KeyError {
             }
             HsmError::DecryptFailed => KeyError::DecryptionFailed,
             other => KeyError::Internal(other.to_string()),
+        }
+    }
+}
+
+impl From<KeyRefused> for KeyError {
+    fn from(e: KeyRefused) -> Self {
+        match e {
+            KeyRefused::WrongUsage { key, usage, needed } => {
+                KeyError::WrongUsage { key, usage, needed }
+            }
+            KeyRefused::State { key, state } => KeyError::KeyState { key, state },
         }
     }
 }

@@ -22,7 +22,7 @@ use rusqlite::Connection;
 use uuid::Uuid;
 
 use super::StoreError;
-use crate::keys::model::KeyRecord;
+use crate::domain::record::KeyRecord;
 
 /// Most records kept; past it the cache starts over (it refills from the hot keys).
 const MAX_ENTRIES: usize = 10_000;

@@ -99,8 +99,8 @@ mod tests {
     use std::collections::BTreeMap;
 
     use super::*;
-    use crate::keys::model::KeyRecord;
-    use crate::keys::spec::{KeyOrigin, KeySpec, KeyState, KeyUsage};
+    use crate::domain::record::KeyRecord;
+    use crate::domain::spec::{KeyOrigin, KeySpec, KeyState, KeyUsage};
 
     #[test]
     fn put_replaces_and_get_reads_back() {

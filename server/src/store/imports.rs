@@ -11,7 +11,7 @@ use rusqlite::{OptionalExtension, params};
 use uuid::Uuid;
 
 use super::{Store, StoreError, rows};
-use crate::keys::spec::KeyState;
+use crate::domain::spec::KeyState;
 
 /// Created with the rest of the schema at `Store::open`.
 pub(super) const SCHEMA: &str = "

@@ -16,8 +16,8 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
-use crate::keys::model::KeyRecord;
-use crate::keys::spec::{KeyState, KeyUsage};
+use crate::domain::record::KeyRecord;
+use crate::domain::spec::{KeyState, KeyUsage};
 pub use certs::StoredChain;
 pub use imports::{ImportToken, ImportedMaterial};
 pub use rows::Alias;

@@ -4,8 +4,8 @@ use rusqlite::{Connection, Row, params};
 use uuid::Uuid;
 
 use super::{KeyFilter, StoreError};
-use crate::keys::model::KeyRecord;
-use crate::keys::spec::{KeyOrigin, KeySpec, KeyState, KeyUsage};
+use crate::domain::record::KeyRecord;
+use crate::domain::spec::{KeyOrigin, KeySpec, KeyState, KeyUsage};
 
 /// One alias.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -3,7 +3,7 @@
 use std::collections::BTreeMap;
 
 use super::*;
-use crate::keys::spec::{KeyOrigin, KeySpec};
+use crate::domain::spec::{KeyOrigin, KeySpec};
 
 fn key(t: i64) -> KeyRecord {
     KeyRecord {

@@ -83,6 +83,7 @@ async fn unwritable_log_fails_the_call() {
         head: Arc::new(Mutex::new(ChainHead::default())),
         state: ChainHead::default(),
         signer: None,
+        clock: crate::clock::SystemClock::shared(),
         unsigned: 0,
         last_checkpoint: Instant::now(),
         file_first_seq: 1,

@@ -1,5 +1,6 @@
 //! The key record kept in the metadata store, and the lifecycle rules that move it
-//! between states. Key material is never here: only the token holds it.
+//! between states. Key material is never here: only the token holds it. Pure data: the
+//! caller passes the time (from its [`Clock`](crate::clock::Clock)).
 
 use std::collections::BTreeMap;
 
@@ -38,11 +39,11 @@ pub struct KeyRecord {
 
 impl KeyRecord {
     /// Refuses a key made for another usage (WRONG_KEY_USAGE).
-    pub fn require_usage(&self, usage: KeyUsage) -> Result<(), super::KeyError> {
+    pub fn require_usage(&self, usage: KeyUsage) -> Result<(), KeyRefused> {
         if self.usage == usage {
             return Ok(());
         }
-        Err(super::KeyError::WrongUsage {
+        Err(KeyRefused::WrongUsage {
             key: self.id,
             usage: self.usage.name(),
             needed: usage.name(),
@@ -51,10 +52,10 @@ impl KeyRecord {
 
     /// Refuses a key that is not ENABLED (its state's reason: KEY_DISABLED...). Imported
     /// material past its valid-to counts as gone (KEY_PENDING_IMPORT) even before the
-    /// sweep destroys it.
-    pub fn require_enabled(&self) -> Result<(), super::KeyError> {
-        if self.valid_to.is_some_and(|t| t <= super::manager::now()) {
-            return Err(super::KeyError::KeyState {
+    /// sweep destroys it. `now` is unix seconds.
+    pub fn require_enabled(&self, now: i64) -> Result<(), KeyRefused> {
+        if self.valid_to.is_some_and(|t| t <= now) {
+            return Err(KeyRefused::State {
                 key: self.id,
                 state: KeyState::PendingImport,
             });
@@ -62,11 +63,25 @@ impl KeyRecord {
         if self.state == KeyState::Enabled {
             return Ok(());
         }
-        Err(super::KeyError::KeyState {
+        Err(KeyRefused::State {
             key: self.id,
             state: self.state,
         })
     }
+}
+
+/// Why a key may not serve a call; `keys::KeyError` carries it to the caller with the
+/// state's or usage's reason.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeyRefused {
+    /// Made for another usage.
+    WrongUsage {
+        key: Uuid,
+        usage: &'static str,
+        needed: &'static str,
+    },
+    /// Not ENABLED (or its imported material expired: PENDING_IMPORT).
+    State { key: Uuid, state: KeyState },
 }
 
 /// A lifecycle change a caller asks for.

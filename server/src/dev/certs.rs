@@ -12,7 +12,7 @@ use rcgen::{
     KeyUsagePurpose, SanType,
 };
 
-use crate::dev::write_secret;
+use super::write_secret;
 
 /// Makes `dir/{ca,server,client}.{pem,key}` unless they exist.
 pub fn ensure(dir: &Path, client_principal: &str) -> anyhow::Result<()> {

@@ -3,8 +3,8 @@
 
 use p256::pkcs8::EncodePublicKey;
 
-use super::spec::KeySpec;
-use crate::hsm::PublicKeyMaterial;
+use super::PublicKeyMaterial;
+use crate::domain::spec::KeySpec;
 
 /// SubjectPublicKeyInfo DER of a public key read from the token.
 pub fn spki_der(material: &PublicKeyMaterial) -> Result<Vec<u8>, String> {

@@ -1,6 +1,6 @@
 //! EME-OAEP decoding (RFC 8017 section 7.1.2, step 3) in constant time, for tokens that
 //! do the RSA private operation (CKM_RSA_X_509) but refuse OAEP with SHA-256 (SoftHSM2
-//! 2.6). See DESIGN.md "OAEP with SHA-256".
+//! 2.6). See the README, "Encryption algorithms and where they run".
 //!
 //! Every check runs on every byte whatever the input, and every failure is the same
 //! [`DecodeError`]: a caller must not learn *why* a ciphertext was refused (that is the

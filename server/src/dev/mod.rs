@@ -2,7 +2,9 @@
 //! its own softhsm2.conf (installing SoftHSM2 with apt-get if it is missing), a PIN file
 //! (0600), a local CA with server and client certificates, a config whose policy lets
 //! the local client do everything, and (once the listener is bound) the client profile that
-//! `hsmctl` finds on its own. Reuses what is already there.
+//! `hsmctl` finds on its own. Reuses what is already there. `certs` makes the local PKI.
+
+mod certs;
 
 use std::fs;
 use std::io::Write;
@@ -12,8 +14,6 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use anyhow::{Context, bail};
-use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
-use cryptoki::session::UserType;
 use secrecy::{ExposeSecret, SecretString};
 
 /// Label of the dev token.
@@ -27,7 +27,7 @@ const MODULE_CANDIDATES: &[&str] = &[
     "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
     "/usr/local/lib/softhsm/libsofthsm2.so",
 ];
-const SOFTHSM2_CONF_TEMPLATE: &str = include_str!("../../softhsm/softhsm2.conf.template");
+const SOFTHSM2_CONF_TEMPLATE: &str = include_str!("../../../softhsm/softhsm2.conf.template");
 
 /// The default dev data folder: `$XDG_DATA_HOME/hsmd/dev`, else
 /// `$HOME/.local/share/hsmd/dev`.
@@ -56,7 +56,7 @@ pub fn provision(dir: &Path, listen: &str) -> anyhow::Result<PathBuf> {
     if !pin_file.exists() {
         init_token(&module, &pin_file)?;
     }
-    crate::devcerts::ensure(&dir.join("tls"), DEV_PRINCIPAL)?;
+    certs::ensure(&dir.join("tls"), DEV_PRINCIPAL)?;
     let config = dir.join("hsmd.toml");
     fs::write(&config, config_text(&dir, &module, listen))?;
     Ok(config)
@@ -146,27 +146,8 @@ fn find_module() -> Option<PathBuf> {
 fn init_token(module: &Path, pin_file: &Path) -> anyhow::Result<()> {
     let pin = random_pin();
     let so_pin = random_pin();
-    let ctx = Pkcs11::new(module).with_context(|| format!("load {}", module.display()))?;
-    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))?;
-    let slot = ctx
-        .get_all_slots()?
-        .into_iter()
-        .find(|s| {
-            ctx.get_token_info(*s)
-                .map(|t| !t.token_initialized())
-                .unwrap_or(false)
-        })
-        .context("SoftHSM2 offers no free slot")?;
-    ctx.init_token(slot, &so_pin, DEV_TOKEN_LABEL)
-        .context("C_InitToken")?;
-    {
-        let session = ctx.open_rw_session(slot)?;
-        session
-            .login(UserType::So, Some(&so_pin))
-            .context("C_Login (SO)")?;
-        session.init_pin(&pin).context("C_InitPIN")?;
-    }
-    ctx.finalize()?;
+    crate::hsm::provision::init_token(module, DEV_TOKEN_LABEL, &so_pin, &pin)
+        .context("initialize the dev token")?;
     write_secret(pin_file, pin.expose_secret())?;
     write_secret(&pin_file.with_file_name("so-pin"), so_pin.expose_secret())?;
     Ok(())
