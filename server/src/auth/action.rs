@@ -1,9 +1,31 @@
 //! What a caller can be allowed to do: one [`Action`] per operation, the groups a
 //! policy can grant at once, and the rate-limit class of each.
 
-/// One operation, as named in policy rules and refusals.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum Action {
+/// Declares [`Action`] from one list: the enum, [`Action::ALL`] and [`Action::name`]
+/// (the gRPC method's last segment, the identifier itself). A new operation is one line.
+macro_rules! actions {
+    ($($action:ident),+ $(,)?) => {
+        /// One operation, as named in policy rules and refusals.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum Action {
+            $($action),+
+        }
+
+        impl Action {
+            /// Every operation, in declaration order.
+            pub const ALL: &'static [Action] = &[$(Action::$action),+];
+
+            /// The operation's name (the gRPC method's last segment).
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Action::$action => stringify!($action)),+
+                }
+            }
+        }
+    };
+}
+
+actions! {
     CreateKey,
     DescribeKey,
     ListKeys,
@@ -73,86 +95,24 @@ impl LimitClass {
 use Action::*;
 
 impl Action {
-    pub const ALL: [Action; 30] = [
-        CreateKey,
-        DescribeKey,
-        ListKeys,
-        GetPublicKey,
-        EnableKey,
-        DisableKey,
-        ScheduleKeyDeletion,
-        CancelKeyDeletion,
-        CreateAlias,
-        UpdateAlias,
-        DeleteAlias,
-        ListAliases,
-        Sign,
-        Verify,
-        Encrypt,
-        Decrypt,
-        GenerateDataKey,
-        GenerateDataKeyWithoutPlaintext,
-        GenerateRandom,
-        GetParametersForImport,
-        ImportKeyMaterial,
-        DeleteImportedKeyMaterial,
-        GenerateCsr,
-        SelfSignedCertificate,
-        ImportCertificate,
-        GetCertificate,
-        GetTokenInfo,
-        QueryAudit,
-        VerifyAuditLog,
-        GetAuditPublicKey,
-    ];
-
-    /// The operation's name (the gRPC method's last segment).
-    pub fn name(self) -> &'static str {
-        match self {
-            CreateKey => "CreateKey",
-            DescribeKey => "DescribeKey",
-            ListKeys => "ListKeys",
-            GetPublicKey => "GetPublicKey",
-            EnableKey => "EnableKey",
-            DisableKey => "DisableKey",
-            ScheduleKeyDeletion => "ScheduleKeyDeletion",
-            CancelKeyDeletion => "CancelKeyDeletion",
-            CreateAlias => "CreateAlias",
-            UpdateAlias => "UpdateAlias",
-            DeleteAlias => "DeleteAlias",
-            ListAliases => "ListAliases",
-            Sign => "Sign",
-            Verify => "Verify",
-            Encrypt => "Encrypt",
-            Decrypt => "Decrypt",
-            GenerateDataKey => "GenerateDataKey",
-            GenerateDataKeyWithoutPlaintext => "GenerateDataKeyWithoutPlaintext",
-            GenerateRandom => "GenerateRandom",
-            GetParametersForImport => "GetParametersForImport",
-            ImportKeyMaterial => "ImportKeyMaterial",
-            DeleteImportedKeyMaterial => "DeleteImportedKeyMaterial",
-            GenerateCsr => "GenerateCsr",
-            SelfSignedCertificate => "SelfSignedCertificate",
-            ImportCertificate => "ImportCertificate",
-            GetCertificate => "GetCertificate",
-            GetTokenInfo => "GetTokenInfo",
-            QueryAudit => "QueryAudit",
-            VerifyAuditLog => "VerifyAuditLog",
-            GetAuditPublicKey => "GetAuditPublicKey",
-        }
-    }
-
     /// The actions a name stands for: a group (`use`, `manage`, `audit`, `*`) or one
     /// operation (case-insensitive).
     pub fn parse(name: &str) -> Option<Vec<Action>> {
-        let group = |g: Group| Action::ALL.into_iter().filter(|a| a.group() == g).collect();
+        let group = |g: Group| {
+            Action::ALL
+                .iter()
+                .copied()
+                .filter(|a| a.group() == g)
+                .collect()
+        };
         match name.to_ascii_lowercase().as_str() {
             "*" | "all" => Some(Action::ALL.to_vec()),
             "use" => Some(group(Group::Use)),
             "manage" => Some(group(Group::Manage)),
             "audit" => Some(group(Group::Audit)),
             lower => Action::ALL
-                .into_iter()
+                .iter()
+                .copied()
                 .find(|a| a.name().to_ascii_lowercase() == lower)
                 .map(|a| vec![a]),
         }
@@ -221,7 +181,7 @@ mod tests {
 
     #[test]
     fn names_and_groups() {
-        for a in Action::ALL {
+        for &a in Action::ALL {
             assert_eq!(Action::parse(a.name()), Some(vec![a]));
         }
         assert_eq!(Action::parse("sign"), Some(vec![Sign]));

@@ -98,7 +98,11 @@ impl Rule {
                     "actions",
                     format!(
                         "unknown action '{name}': use use, manage, audit, * or one of {}",
-                        Action::ALL.map(|a| a.name()).join(", ")
+                        Action::ALL
+                            .iter()
+                            .map(|a| a.name())
+                            .collect::<Vec<_>>()
+                            .join(", ")
                     ),
                 )
             })?;
