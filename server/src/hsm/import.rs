@@ -245,31 +245,8 @@ fn install(
         session: s,
         objects: Vec::new(),
     };
-    let wrapping = s
-        .find_objects(&wrapping_key_template(u.token))
-        .map_err(ck("C_FindObjects (wrapping key)"))?
-        .into_iter()
-        .next()
-        .ok_or_else(|| {
-            ImportRefused::Unwrap(
-                "the import token's wrapping key is no longer in the token".into(),
-            )
-        })?;
-    let ephemeral_template = [
-        Attribute::Class(ObjectClass::SECRET_KEY),
-        Attribute::KeyType(KeyType::AES),
-        Attribute::Token(false),
-        Attribute::Private(true),
-        Attribute::Sensitive(true),
-        Attribute::Extractable(false),
-        Attribute::Unwrap(true),
-        Attribute::Wrap(false),
-        Attribute::Encrypt(false),
-        Attribute::Decrypt(false),
-        Attribute::Sign(false),
-        Attribute::Verify(false),
-        Attribute::Derive(false),
-    ];
+    let wrapping = find_wrapping_key(s, u)?;
+    let ephemeral_template = ephemeral_key_template();
     let first: &[Attribute] = if u.key_wrap {
         &ephemeral_template
     } else {
@@ -287,9 +264,48 @@ fn install(
     };
     let inspected = inspect(&mut scratch, t, material)?;
     accept(&inspected).map_err(ImportRefused::Refused)?;
-    // The key is PENDING_IMPORT: objects with its CKA_ID are leftovers of an import that
-    // was not recorded (a failed rollback, a crash). Never let them stand beside the new
-    // material, where a lookup could pick either.
+    destroy_leftovers(s, t)?;
+    let made = copy_to_token(s, t, material, inspected.public.as_ref())?;
+    Ok((inspected, made))
+}
+
+/// The import token's wrapping key (its private half, CKA_UNWRAP only).
+fn find_wrapping_key(s: &Session, u: &Unwrapping<'_>) -> Result<ObjectHandle, ImportRefused> {
+    s.find_objects(&wrapping_key_template(u.token))
+        .map_err(ck("C_FindObjects (wrapping key)"))?
+        .into_iter()
+        .next()
+        .ok_or_else(|| {
+            ImportRefused::Unwrap(
+                "the import token's wrapping key is no longer in the token".into(),
+            )
+        })
+}
+
+/// The session object the ephemeral AES key of RSA_AES_KEY_WRAP is unwrapped into: it
+/// can unwrap the material and nothing else, and never leaves the token.
+fn ephemeral_key_template() -> [Attribute; 13] {
+    [
+        Attribute::Class(ObjectClass::SECRET_KEY),
+        Attribute::KeyType(KeyType::AES),
+        Attribute::Token(false),
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Extractable(false),
+        Attribute::Unwrap(true),
+        Attribute::Wrap(false),
+        Attribute::Encrypt(false),
+        Attribute::Decrypt(false),
+        Attribute::Sign(false),
+        Attribute::Verify(false),
+        Attribute::Derive(false),
+    ]
+}
+
+/// The key is PENDING_IMPORT: objects with its CKA_ID are leftovers of an import that was
+/// not recorded (a failed rollback, a crash). Never let them stand beside the new
+/// material, where a lookup could pick either.
+fn destroy_leftovers(s: &Session, t: &Target<'_>) -> Result<(), ImportRefused> {
     let leftovers = objects::destroy_with_id(
         s,
         t.id.as_bytes(),
@@ -300,6 +316,17 @@ fn install(
     if leftovers > 0 {
         tracing::warn!(key_id = %t.id, leftovers, "destroyed leftover objects of an unrecorded import");
     }
+    Ok(())
+}
+
+/// Step 4: the checked session object copied to a token object, and the public half (if
+/// any) created beside it; nothing is left behind when the public half fails.
+fn copy_to_token(
+    s: &Session,
+    t: &Target<'_>,
+    material: ObjectHandle,
+    public: Option<&PublicKeyMaterial>,
+) -> Result<KeyObjects, ImportRefused> {
     // The secret key's session copy was extractable for `aes_key_len`; SoftHSM2 refuses
     // CKA_EXTRACTABLE in the copy template of a key where it is already false.
     let mut copy = vec![Attribute::Token(true)];
@@ -313,7 +340,7 @@ fn install(
         private,
         public: None,
     };
-    if let Some(public) = &inspected.public {
+    if let Some(public) = public {
         let label = t.id.to_string();
         let created = objects::public_object(t.spec, t.usage, t.id.as_bytes(), &label, public)
             .ok_or_else(|| HsmError::Unsupported(format!("public key object for {}", t.spec)))
@@ -329,7 +356,7 @@ fn install(
             }
         }
     }
-    Ok((inspected, made))
+    Ok(made)
 }
 
 /// Step 1: the OAEP block, opened into a session object made with `template`.
@@ -451,115 +478,145 @@ fn inspect(
     t: &Target<'_>,
     h: ObjectHandle,
 ) -> Result<Inspected, ImportRefused> {
-    let s = scratch.session;
-    let spec = t.spec;
-    let mismatch = |found: String| {
-        ImportRefused::Spec(format!(
-            "the key material is {found}; key {} is {spec}",
-            t.id
-        ))
+    let public = |public: PublicKeyMaterial| Inspected {
+        public: Some(public),
+        check_block: None,
     };
-    match spec {
-        KeySpec::Aes256 | KeySpec::Aes128 => {
-            let want = if spec == KeySpec::Aes256 { 32 } else { 16 };
-            let len = aes_key_len(scratch, h)?;
-            if len != want {
-                return Err(mismatch(format!("a {len}-byte key")));
-            }
-            let ct = s
-                .encrypt(&Mechanism::AesEcb, h, &[0u8; 16])
-                .map_err(|e| match e {
-                    CkError::Pkcs11(
-                        RvError::KeySizeRange
-                        | RvError::KeyTypeInconsistent
-                        | RvError::MechanismInvalid
-                        | RvError::FunctionFailed
-                        | RvError::GeneralError,
-                        _,
-                    ) => mismatch(format!("not a valid AES key ({len} bytes)")),
-                    other => ck("C_Encrypt (AES-ECB check value)")(other),
-                })?;
-            let block = <[u8; 16]>::try_from(ct.as_slice())
-                .map_err(|_| HsmError::BadInput("AES-ECB check value length".into()))?;
-            Ok(Inspected {
-                public: None,
-                check_block: Some(block),
-            })
-        }
+    match t.spec {
+        KeySpec::Aes256 | KeySpec::Aes128 => inspect_aes(scratch, t, h),
         KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096 => {
-            let public = objects::public_key(s, spec, h)
-                .map_err(ck("C_GetAttributeValue (modulus)"))?
-                .ok_or(HsmError::ObjectMissing)?;
-            if let PublicKeyMaterial::Rsa { modulus, exponent } = &public {
-                let bits = rsa::BigUint::from_bytes_be(modulus).bits();
-                if Some(bits as u32) != spec.rsa_bits() {
-                    return Err(mismatch(format!("an RSA-{bits} key")));
-                }
-                let e = rsa::BigUint::from_bytes_be(exponent);
-                if e < rsa::BigUint::from(3u8) || exponent.last().is_none_or(|b| b % 2 == 0) {
-                    return Err(mismatch(format!(
-                        "an RSA key with public exponent {e} (an odd exponent of at least 3 is needed)"
-                    )));
-                }
-            }
-            rsa_pair_works(s, t, h, &public)?;
-            check_given(t, &public)?;
-            Ok(Inspected {
-                public: Some(public),
-                check_block: None,
-            })
+            inspect_rsa(scratch.session, t, h).map(public)
         }
-        KeySpec::EcP256 | KeySpec::EcP384 => {
-            let params = ec_params(s, h)?;
-            if Some(params.as_slice()) != objects::ec_params(spec) {
-                let found = if Some(params.as_slice()) == objects::ec_params(KeySpec::EcP256) {
-                    "an EC P-256 key".to_string()
-                } else if Some(params.as_slice()) == objects::ec_params(KeySpec::EcP384) {
-                    "an EC P-384 key".to_string()
-                } else {
-                    format!(
-                        "an EC key on another curve (params {})",
-                        hex::encode(&params)
-                    )
-                };
-                return Err(mismatch(found));
-            }
-            let public = recover_ec(s, spec, h)?;
-            check_given(t, &public)?;
-            Ok(Inspected {
-                public: Some(public),
-                check_block: None,
-            })
-        }
-        KeySpec::Ed25519 => {
-            let Some(given) = t.public_key else {
-                return Err(ImportRefused::PublicKey(
-                    "ED25519 keys need public_key_der with the material: the token cannot derive the public half of an imported Ed25519 key".into(),
-                ));
-            };
-            let PublicKeyMaterial::Ed25519 { key } = given else {
-                return Err(ImportRefused::PublicKey(
-                    "public_key_der is not an Ed25519 public key".into(),
-                ));
-            };
-            let challenge = s
-                .generate_random_vec(32)
-                .map_err(ck("C_GenerateRandom (Ed25519 challenge)"))?;
-            let sig = s
-                .sign(&SignMechanism::Ed25519.mechanism(), h, &challenge)
-                .map_err(ck("C_Sign (Ed25519 challenge)"))?;
-            if !crate::encoding::public::ed25519_verifies(key, &challenge, &sig) {
-                return Err(ImportRefused::PublicKey(
-                    "public_key_der does not match the imported Ed25519 private key (a challenge signed in the token does not verify with it)".into(),
-                ));
-            }
-            Ok(Inspected {
-                public: Some(given.clone()),
-                check_block: None,
-            })
-        }
+        KeySpec::EcP256 | KeySpec::EcP384 => inspect_ec(scratch.session, t, h).map(public),
+        KeySpec::Ed25519 => inspect_ed25519(scratch.session, t, h).map(public),
         KeySpec::Sm2 => Err(HsmError::Unsupported("SM2 import".into()).into()),
     }
+}
+
+/// The refusal of material that is not what key `t` is.
+fn mismatch(t: &Target<'_>, found: String) -> ImportRefused {
+    ImportRefused::Spec(format!(
+        "the key material is {found}; key {} is {}",
+        t.id, t.spec
+    ))
+}
+
+/// An AES key of the spec's length; its check block (AES-ECB of a zero block).
+fn inspect_aes(
+    scratch: &mut Scratch<'_>,
+    t: &Target<'_>,
+    h: ObjectHandle,
+) -> Result<Inspected, ImportRefused> {
+    let want = if t.spec == KeySpec::Aes256 { 32 } else { 16 };
+    let len = aes_key_len(scratch, h)?;
+    if len != want {
+        return Err(mismatch(t, format!("a {len}-byte key")));
+    }
+    let ct = scratch
+        .session
+        .encrypt(&Mechanism::AesEcb, h, &[0u8; 16])
+        .map_err(|e| match e {
+            CkError::Pkcs11(
+                RvError::KeySizeRange
+                | RvError::KeyTypeInconsistent
+                | RvError::MechanismInvalid
+                | RvError::FunctionFailed
+                | RvError::GeneralError,
+                _,
+            ) => mismatch(t, format!("not a valid AES key ({len} bytes)")),
+            other => ck("C_Encrypt (AES-ECB check value)")(other),
+        })?;
+    let block = <[u8; 16]>::try_from(ct.as_slice())
+        .map_err(|_| HsmError::BadInput("AES-ECB check value length".into()))?;
+    Ok(Inspected {
+        public: None,
+        check_block: Some(block),
+    })
+}
+
+/// An RSA key of the spec's size with a sane exponent, whose halves work together.
+fn inspect_rsa(
+    s: &Session,
+    t: &Target<'_>,
+    h: ObjectHandle,
+) -> Result<PublicKeyMaterial, ImportRefused> {
+    let public = objects::public_key(s, t.spec, h)
+        .map_err(ck("C_GetAttributeValue (modulus)"))?
+        .ok_or(HsmError::ObjectMissing)?;
+    if let PublicKeyMaterial::Rsa { modulus, exponent } = &public {
+        let bits = rsa::BigUint::from_bytes_be(modulus).bits();
+        if Some(bits as u32) != t.spec.rsa_bits() {
+            return Err(mismatch(t, format!("an RSA-{bits} key")));
+        }
+        let e = rsa::BigUint::from_bytes_be(exponent);
+        if e < rsa::BigUint::from(3u8) || exponent.last().is_none_or(|b| b % 2 == 0) {
+            return Err(mismatch(
+                t,
+                format!(
+                    "an RSA key with public exponent {e} (an odd exponent of at least 3 is needed)"
+                ),
+            ));
+        }
+    }
+    rsa_pair_works(s, t, h, &public)?;
+    check_given(t, &public)?;
+    Ok(public)
+}
+
+/// An EC key on the spec's curve; its public point, recovered in the token.
+fn inspect_ec(
+    s: &Session,
+    t: &Target<'_>,
+    h: ObjectHandle,
+) -> Result<PublicKeyMaterial, ImportRefused> {
+    let params = ec_params(s, h)?;
+    if Some(params.as_slice()) != objects::ec_params(t.spec) {
+        let found = if Some(params.as_slice()) == objects::ec_params(KeySpec::EcP256) {
+            "an EC P-256 key".to_string()
+        } else if Some(params.as_slice()) == objects::ec_params(KeySpec::EcP384) {
+            "an EC P-384 key".to_string()
+        } else {
+            format!(
+                "an EC key on another curve (params {})",
+                hex::encode(&params)
+            )
+        };
+        return Err(mismatch(t, found));
+    }
+    let public = recover_ec(s, t.spec, h)?;
+    check_given(t, &public)?;
+    Ok(public)
+}
+
+/// An Ed25519 key: the caller's public key must verify a challenge signed in the token
+/// (the token cannot derive the public half of an imported Ed25519 key).
+fn inspect_ed25519(
+    s: &Session,
+    t: &Target<'_>,
+    h: ObjectHandle,
+) -> Result<PublicKeyMaterial, ImportRefused> {
+    let Some(given) = t.public_key else {
+        return Err(ImportRefused::PublicKey(
+            "ED25519 keys need public_key_der with the material: the token cannot derive the public half of an imported Ed25519 key".into(),
+        ));
+    };
+    let PublicKeyMaterial::Ed25519 { key } = given else {
+        return Err(ImportRefused::PublicKey(
+            "public_key_der is not an Ed25519 public key".into(),
+        ));
+    };
+    let challenge = s
+        .generate_random_vec(32)
+        .map_err(ck("C_GenerateRandom (Ed25519 challenge)"))?;
+    let sig = s
+        .sign(&SignMechanism::Ed25519.mechanism(), h, &challenge)
+        .map_err(ck("C_Sign (Ed25519 challenge)"))?;
+    if !crate::encoding::public::ed25519_verifies(key, &challenge, &sig) {
+        return Err(ImportRefused::PublicKey(
+            "public_key_der does not match the imported Ed25519 private key (a challenge signed in the token does not verify with it)".into(),
+        ));
+    }
+    Ok(given.clone())
 }
 
 /// The RSA public values read from the imported private object must belong to its
