@@ -16,8 +16,10 @@ use crate::v1::{
     GetPublicKeyRequest, KeySpec, MessageType, SignRequest, SigningAlgorithm, VerifyRequest,
 };
 
-/// Operations the load generator can drive.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+/// Operations the load generator can drive. With the `cli` feature (the default) it is
+/// also a `clap::ValueEnum`, for `hsmctl bench --op` and `hsmd-bench --op`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[cfg_attr(feature = "cli", derive(clap::ValueEnum))]
 #[serde(rename_all = "kebab-case")]
 pub enum BenchOp {
     /// Sign a 32-byte RAW message.

@@ -1,5 +1,10 @@
 //! Plain aligned text tables for people: columns padded to their widest cell,
 //! two spaces apart, no trailing whitespace. Scripts should use `-o json`.
+//!
+//! Widths are terminal columns (`unicode-width`), not `char`s: a CJK character takes
+//! two columns, so a subject such as `O=示例公司` would otherwise push its row out of line.
+
+use unicode_width::UnicodeWidthStr;
 
 /// Rows of cells, optionally under a header row.
 #[derive(Debug, Default)]
@@ -57,10 +62,10 @@ impl Table {
     }
 }
 
-/// Display width of a cell; control characters (newlines in free text) are shown as
-/// spaces by [`cell`], so counting chars is close enough for these tables.
+/// Columns a cell takes on a terminal. Control characters (newlines in free text) are
+/// turned into spaces by [`cell`] first; combining marks take none, wide characters two.
 fn width(s: &str) -> usize {
-    s.chars().count()
+    s.width()
 }
 
 /// Makes free text safe for one table cell: control characters become spaces.
@@ -111,6 +116,29 @@ mod tests {
         let mut t = Table::new(&["A", "B"]);
         t.row(["µs", "x"]);
         assert_eq!(t.render(), "A   B\nµs  x\n");
+    }
+
+    #[test]
+    fn wide_characters_take_two_columns() {
+        let mut t = Table::new(&["KEY ID", "SUBJECT", "STATE"]);
+        t.row(["k1", "O=示例公司", "ENABLED"]);
+        t.row(["key-two", "CN=example", "DISABLED"]);
+        t.row(["k3", "O=Café", "ENABLED"]);
+        let text = t.render();
+        // Every line reaches the STATE column at the same terminal column.
+        let starts: Vec<usize> = text
+            .lines()
+            .map(|line| {
+                let state = line.rfind("  ").expect("three columns") + 2;
+                line[..state].width()
+            })
+            .collect();
+        assert_eq!(starts, [21, 21, 21, 21], "\n{text}");
+        assert_eq!(
+            text.lines().nth(1),
+            Some("k1       O=示例公司  ENABLED"),
+            "\n{text}"
+        );
     }
 
     #[test]

@@ -1,5 +1,7 @@
 //! Glob patterns for principals and aliases: `*` stands for any run of characters
 //! (including none, and including `/`); everything else matches itself.
+//! Why not globset/wildmatch: `*` is the only metacharacter, so a ~20-line matcher does
+//! it, and their `?`, `[...]` and `**` would change the meaning of existing patterns.
 
 /// A compiled glob.
 #[derive(Debug, Clone, PartialEq, Eq)]

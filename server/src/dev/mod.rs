@@ -15,6 +15,7 @@ use std::process::Command;
 
 use anyhow::{Context, bail};
 use secrecy::{ExposeSecret, SecretString};
+use serde::Serialize;
 
 /// Label of the dev token.
 pub const DEV_TOKEN_LABEL: &str = "hsmd-dev";
@@ -58,35 +59,126 @@ pub fn provision(dir: &Path, listen: &str) -> anyhow::Result<PathBuf> {
     }
     certs::ensure(&dir.join("tls"), DEV_PRINCIPAL)?;
     let config = dir.join("hsmd.toml");
-    fs::write(&config, config_text(&dir, &module, listen))?;
+    fs::write(&config, config_text(&dir, &module, listen)?)?;
     Ok(config)
 }
 
-fn config_text(dir: &Path, module: &Path, listen: &str) -> String {
-    let d = dir.display();
-    format!(
-        "# Written by `hsmd dev`; rewritten at each start.\n\
-         listen = \"{listen}\"\n\n\
-         [hsm]\nmodule = \"{}\"\ntoken_label = \"{DEV_TOKEN_LABEL}\"\npin_file = \"{d}/pin\"\n\
-         softhsm2_conf = \"{d}/softhsm2.conf\"\n\n\
-         [store]\npath = \"{d}/hsmd.db\"\n\n\
-         [audit]\npath = \"{d}/audit/audit.log\"\n\n\
-         [tls]\ncert = \"{d}/tls/server.pem\"\nkey = \"{d}/tls/server.key\"\nclient_ca = \"{d}/tls/ca.pem\"\n\n\
-         # The local client may do everything on every key.\n\
-         [[policy.rules]]\nprincipals = [\"{DEV_PRINCIPAL}\"]\nactions = [\"*\"]\nkeys = [\"*\"]\n",
-        module.display()
-    )
+/// `hsmd.toml` as `hsmd dev` writes it; serialized, so any path (quotes, backslashes)
+/// comes out as a valid TOML string. Keys as `config::RawConfig` reads them.
+#[derive(Serialize)]
+struct DevConfig<'a> {
+    listen: &'a str,
+    hsm: DevHsm<'a>,
+    store: DevPath,
+    audit: DevPath,
+    tls: DevTls,
+}
+
+#[derive(Serialize)]
+struct DevHsm<'a> {
+    module: &'a Path,
+    token_label: &'a str,
+    pin_file: PathBuf,
+    softhsm2_conf: PathBuf,
+}
+
+#[derive(Serialize)]
+struct DevPath {
+    path: PathBuf,
+}
+
+#[derive(Serialize)]
+struct DevTls {
+    cert: PathBuf,
+    key: PathBuf,
+    client_ca: PathBuf,
+}
+
+/// The policy table, serialized on its own so a comment can go above it.
+#[derive(Serialize)]
+struct DevPolicy {
+    policy: DevRules,
+}
+
+#[derive(Serialize)]
+struct DevRules {
+    rules: [DevRule; 1],
+}
+
+#[derive(Serialize)]
+struct DevRule {
+    principals: [&'static str; 1],
+    actions: [&'static str; 1],
+    keys: [&'static str; 1],
+}
+
+/// `hsmd.toml` for `dir`. Fails only on a path that is not UTF-8 (TOML cannot hold it).
+fn config_text(dir: &Path, module: &Path, listen: &str) -> anyhow::Result<String> {
+    let config = DevConfig {
+        listen,
+        hsm: DevHsm {
+            module,
+            token_label: DEV_TOKEN_LABEL,
+            pin_file: dir.join("pin"),
+            softhsm2_conf: dir.join("softhsm2.conf"),
+        },
+        store: DevPath {
+            path: dir.join("hsmd.db"),
+        },
+        audit: DevPath {
+            path: dir.join("audit/audit.log"),
+        },
+        tls: DevTls {
+            cert: dir.join("tls/server.pem"),
+            key: dir.join("tls/server.key"),
+            client_ca: dir.join("tls/ca.pem"),
+        },
+    };
+    let policy = DevPolicy {
+        policy: DevRules {
+            rules: [DevRule {
+                principals: [DEV_PRINCIPAL],
+                actions: ["*"],
+                keys: ["*"],
+            }],
+        },
+    };
+    Ok(format!(
+        "# Written by `hsmd dev`; rewritten at each start.\n{}\n\
+         # The local client may do everything on every key.\n{}",
+        toml::to_string(&config).context("hsmd.toml")?,
+        toml::to_string(&policy).context("hsmd.toml policy")?,
+    ))
+}
+
+/// `client.toml`: the keys `hsm_client::Profile` reads.
+#[derive(Serialize)]
+struct DevProfile {
+    endpoint: String,
+    server_name: &'static str,
+    ca_cert: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+}
+
+fn profile_text(dir: &Path, addr: SocketAddr) -> anyhow::Result<String> {
+    let profile = DevProfile {
+        endpoint: format!("https://{addr}"),
+        server_name: "localhost",
+        ca_cert: dir.join("tls/ca.pem"),
+        client_cert: dir.join("tls/client.pem"),
+        client_key: dir.join("tls/client.key"),
+    };
+    Ok(format!(
+        "# Written by `hsmd dev` for hsmctl and hsm-client.\n{}",
+        toml::to_string(&profile).context("client.toml")?
+    ))
 }
 
 /// Writes the client profile once the listener is bound, and prints where it is.
 pub fn write_profile(dir: &Path, addr: SocketAddr) -> anyhow::Result<()> {
     let dir = dir.canonicalize()?;
-    let d = dir.display();
-    let profile = format!(
-        "# Written by `hsmd dev` for hsmctl and hsm-client.\n\
-         endpoint = \"https://{addr}\"\nserver_name = \"localhost\"\n\
-         ca_cert = \"{d}/tls/ca.pem\"\nclient_cert = \"{d}/tls/client.pem\"\nclient_key = \"{d}/tls/client.key\"\n"
-    );
+    let profile = profile_text(&dir, addr)?;
     let path = dir.join("client.toml");
     let tmp = dir.join("client.toml.tmp");
     fs::write(&tmp, profile)?;
@@ -169,4 +261,83 @@ pub fn write_secret(path: &Path, text: &str) -> anyhow::Result<()> {
     f.write_all(text.as_bytes())?;
     fs::set_permissions(path, fs::Permissions::from_mode(0o600))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(text: &str) -> toml::Table {
+        text.parse().expect("valid TOML")
+    }
+
+    fn path(t: &toml::Table, section: &str, key: &str) -> PathBuf {
+        PathBuf::from(t[section][key].as_str().expect("a string"))
+    }
+
+    #[test]
+    fn config_has_the_keys_and_values_hsmd_reads() {
+        let text = config_text(
+            Path::new("/data/dev"),
+            Path::new("/usr/lib/softhsm/libsofthsm2.so"),
+            "127.0.0.1:0",
+        )
+        .unwrap();
+        assert!(text.starts_with("# Written by `hsmd dev`"), "{text}");
+        let expected = r#"
+            listen = "127.0.0.1:0"
+            [hsm]
+            module = "/usr/lib/softhsm/libsofthsm2.so"
+            token_label = "hsmd-dev"
+            pin_file = "/data/dev/pin"
+            softhsm2_conf = "/data/dev/softhsm2.conf"
+            [store]
+            path = "/data/dev/hsmd.db"
+            [audit]
+            path = "/data/dev/audit/audit.log"
+            [tls]
+            cert = "/data/dev/tls/server.pem"
+            key = "/data/dev/tls/server.key"
+            client_ca = "/data/dev/tls/ca.pem"
+            [[policy.rules]]
+            principals = ["spiffe://hsmd.dev/admin"]
+            actions = ["*"]
+            keys = ["*"]
+        "#;
+        assert_eq!(table(&text), table(expected), "{text}");
+    }
+
+    #[test]
+    fn quotes_and_backslashes_in_the_data_dir_survive() {
+        let dir = Path::new(r#"/tmp/a "quoted" dir\with\backslashes"#);
+        let module = Path::new(r#"/opt/so"ft\hsm.so"#);
+        let t = table(&config_text(dir, module, "127.0.0.1:0").unwrap());
+        assert_eq!(path(&t, "hsm", "module"), module);
+        assert_eq!(path(&t, "hsm", "pin_file"), dir.join("pin"));
+        assert_eq!(path(&t, "hsm", "softhsm2_conf"), dir.join("softhsm2.conf"));
+        assert_eq!(path(&t, "store", "path"), dir.join("hsmd.db"));
+        assert_eq!(path(&t, "audit", "path"), dir.join("audit/audit.log"));
+        assert_eq!(path(&t, "tls", "cert"), dir.join("tls/server.pem"));
+        assert_eq!(path(&t, "tls", "key"), dir.join("tls/server.key"));
+        assert_eq!(path(&t, "tls", "client_ca"), dir.join("tls/ca.pem"));
+
+        let addr: SocketAddr = "127.0.0.1:40123".parse().unwrap();
+        let p = table(&profile_text(dir, addr).unwrap());
+        assert_eq!(p["endpoint"].as_str(), Some("https://127.0.0.1:40123"));
+        assert_eq!(p["server_name"].as_str(), Some("localhost"));
+        for (key, file) in [
+            ("ca_cert", "tls/ca.pem"),
+            ("client_cert", "tls/client.pem"),
+            ("client_key", "tls/client.key"),
+        ] {
+            assert_eq!(p[key].as_str().map(PathBuf::from), Some(dir.join(file)));
+        }
+    }
+
+    #[test]
+    fn a_path_that_is_not_utf8_is_refused() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = Path::new(std::ffi::OsStr::from_bytes(b"/tmp/\xff"));
+        assert!(config_text(dir, Path::new("/m.so"), "127.0.0.1:0").is_err());
+    }
 }
