@@ -7,7 +7,7 @@ use hsmd_proto::v1::certificate_service_server::CertificateService;
 use tonic::{Request, Response, Status};
 
 use super::convert::{alg_from_pb, alg_to_pb, ts};
-use super::{ApiError, Call, Ctx, Grant};
+use super::{ApiError, ApiState, Call, Grant};
 use crate::audit::record::input_hash;
 use crate::auth::Action;
 use crate::csr::chain::{self, CertInfo};
@@ -25,12 +25,12 @@ macro_rules! method {
 
 /// The CertificateService implementation.
 pub struct CertApi {
-    ctx: Ctx,
+    state: ApiState,
 }
 
 impl CertApi {
-    pub fn new(ctx: Ctx) -> Self {
-        CertApi { ctx }
+    pub fn new(state: ApiState) -> Self {
+        CertApi { state }
     }
 
     /// Resolves a key, checks the grant allows it, and runs `f` on it in the same
@@ -49,7 +49,7 @@ impl CertApi {
                 return Err(e.into());
             }
         };
-        let keys = self.ctx.keys.clone();
+        let keys = self.state.keys.clone();
         let g = grant.clone();
         let (id, result) = tokio::task::spawn_blocking(move || match keys.resolve(&key_ref) {
             Ok(key) => (
@@ -180,7 +180,7 @@ impl CertificateService for CertApi {
         let mut call = Call::begin(&req, method!("GenerateCsr"));
         let r = req.into_inner();
         let result = async {
-            let grant = call.authorize(&self.ctx, Action::GenerateCsr)?;
+            let grant = call.authorize(&self.state, Action::GenerateCsr)?;
             note_algorithm(&mut call, r.algorithm);
             let cr = cert_request(
                 &r.subject,
@@ -211,7 +211,7 @@ impl CertificateService for CertApi {
             })
         }
         .await;
-        self.ctx.finish(call, result).await
+        self.state.finish(call, result).await
     }
 
     async fn self_signed_certificate(
@@ -221,7 +221,7 @@ impl CertificateService for CertApi {
         let mut call = Call::begin(&req, method!("SelfSignedCertificate"));
         let r = req.into_inner();
         let result = async {
-            let grant = call.authorize(&self.ctx, Action::SelfSignedCertificate)?;
+            let grant = call.authorize(&self.state, Action::SelfSignedCertificate)?;
             note_algorithm(&mut call, r.algorithm);
             let cr = cert_request(
                 &r.subject,
@@ -255,7 +255,7 @@ impl CertificateService for CertApi {
             })
         }
         .await;
-        self.ctx.finish(call, result).await
+        self.state.finish(call, result).await
     }
 
     async fn import_certificate(
@@ -266,7 +266,7 @@ impl CertificateService for CertApi {
         let r = req.into_inner();
         call.event.input_sha256 = input_hash(&r.certificate_chain);
         let result = async {
-            let grant = call.authorize(&self.ctx, Action::ImportCertificate)?;
+            let grant = call.authorize(&self.state, Action::ImportCertificate)?;
             let input = r.certificate_chain;
             let (id, (info, len)) = self
                 .with_key(&mut call, &grant, &r.key_id, move |m, key| {
@@ -280,7 +280,7 @@ impl CertificateService for CertApi {
             })
         }
         .await;
-        self.ctx.finish(call, result).await
+        self.state.finish(call, result).await
     }
 
     async fn get_certificate(
@@ -290,7 +290,7 @@ impl CertificateService for CertApi {
         let mut call = Call::begin(&req, method!("GetCertificate"));
         let r = req.into_inner();
         let result = async {
-            let grant = call.authorize(&self.ctx, Action::GetCertificate)?;
+            let grant = call.authorize(&self.state, Action::GetCertificate)?;
             let (id, kc) = self
                 .with_key(&mut call, &grant, &r.key_id, |m, key| {
                     Ok((key.id, ops::get(m, &key)?))
@@ -309,6 +309,6 @@ impl CertificateService for CertApi {
             })
         }
         .await;
-        self.ctx.finish(call, result).await
+        self.state.finish(call, result).await
     }
 }

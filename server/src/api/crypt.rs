@@ -31,7 +31,7 @@ impl KeyApi {
         let plaintext = Zeroizing::new(std::mem::take(&mut r.plaintext));
         let aad = std::mem::take(&mut r.aad);
         let result = async {
-            let grant = call.authorize(self.ctx(), Action::Encrypt)?;
+            let grant = call.authorize(self.state(), Action::Encrypt)?;
             let alg = enc_alg_from_pb(r.encryption_algorithm)?;
             note_algorithm(&mut call, alg);
             let (id, alg, ciphertext) = self
@@ -49,7 +49,7 @@ impl KeyApi {
             })
         }
         .await;
-        self.ctx().finish(call, result).await
+        self.state().finish(call, result).await
     }
 
     pub(super) async fn decrypt_call(
@@ -60,7 +60,7 @@ impl KeyApi {
         let r = req.into_inner();
         call.event.input_sha256 = input_hash(&r.ciphertext);
         let result = async {
-            let grant = call.authorize(self.ctx(), Action::Decrypt)?;
+            let grant = call.authorize(self.state(), Action::Decrypt)?;
             let alg = enc_alg_from_pb(r.encryption_algorithm)?;
             note_algorithm(&mut call, alg);
             let (ciphertext, aad) = (r.ciphertext, r.aad);
@@ -82,7 +82,7 @@ impl KeyApi {
             })
         }
         .await;
-        self.ctx().finish(call, result).await
+        self.state().finish(call, result).await
     }
 
     /// Decrypt without a key id: the blob names its key, which the grant must allow.
@@ -103,7 +103,7 @@ impl KeyApi {
         }
         let g = grant.clone();
         let (id, result) = self
-            .ctx()
+            .state()
             .blocking(move |m| {
                 let key = match m.blob_key(&ciphertext) {
                     Ok(k) => k,
@@ -147,7 +147,7 @@ impl KeyApi {
                 plaintext: std::mem::take(&mut *dk.plaintext),
                 ciphertext_blob: dk.blob,
             });
-        self.ctx().finish(call, result).await
+        self.state().finish(call, result).await
     }
 
     pub(super) async fn generate_data_key_without_plaintext_call(
@@ -172,7 +172,7 @@ impl KeyApi {
                     ciphertext_blob: dk.blob,
                 },
             );
-        self.ctx().finish(call, result).await
+        self.state().finish(call, result).await
     }
 
     /// A data key under the named master key; the audit record names the data key spec
@@ -185,7 +185,7 @@ impl KeyApi {
         key_spec: i32,
         aad: Vec<u8>,
     ) -> Result<(Uuid, KeySpec, DataKey), ApiError> {
-        let grant = call.authorize(self.ctx(), action)?;
+        let grant = call.authorize(self.state(), action)?;
         let spec = if key_spec == 0 {
             KeySpec::Aes256
         } else {

@@ -55,7 +55,7 @@ impl KeyApi {
         let mut call = Call::begin(&req, method!("GetParametersForImport"));
         let r = req.into_inner();
         let result = async {
-            let grant = call.authorize(self.ctx(), Action::GetParametersForImport)?;
+            let grant = call.authorize(self.state(), Action::GetParametersForImport)?;
             let alg = wrapping_from_pb(r.wrapping_algorithm)?;
             let spec = match r.wrapping_key_spec {
                 0 => None,
@@ -81,7 +81,7 @@ impl KeyApi {
             })
         }
         .await;
-        self.ctx().finish(call, result).await
+        self.state().finish(call, result).await
     }
 
     pub(super) async fn import_key_material_call(
@@ -92,7 +92,7 @@ impl KeyApi {
         let r = req.into_inner();
         call.event.input_sha256 = input_hash(&r.encrypted_key_material);
         let result = async {
-            let grant = call.authorize(self.ctx(), Action::ImportKeyMaterial)?;
+            let grant = call.authorize(self.state(), Action::ImportKeyMaterial)?;
             let valid_to = match &r.valid_to {
                 None => None,
                 Some(t) if (0..1_000_000_000).contains(&t.nanos) => Some(
@@ -126,7 +126,7 @@ impl KeyApi {
             })
         }
         .await;
-        self.ctx().finish(call, result).await
+        self.state().finish(call, result).await
     }
 
     pub(super) async fn delete_imported_key_material_call(
@@ -136,7 +136,7 @@ impl KeyApi {
         let mut call = Call::begin(&req, method!("DeleteImportedKeyMaterial"));
         let r = req.into_inner();
         let result = async {
-            let grant = call.authorize(self.ctx(), Action::DeleteImportedKeyMaterial)?;
+            let grant = call.authorize(self.state(), Action::DeleteImportedKeyMaterial)?;
             let key = self
                 .with_key(&mut call, &grant, &r.key_id, move |m, key| {
                     m.delete_imported_material(&key)
@@ -147,7 +147,7 @@ impl KeyApi {
             })
         }
         .await;
-        self.ctx().finish(call, result).await
+        self.state().finish(call, result).await
     }
 }
 

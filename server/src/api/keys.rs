@@ -6,7 +6,7 @@ use hsmd_proto::v1::key_service_server::KeyService;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, alg_from_pb, mt_from_pb};
-use super::{ApiError, Call, Ctx, Grant, Identity};
+use super::{ApiError, ApiState, Call, Grant, Identity};
 use crate::audit::record::input_hash;
 use crate::auth::Action;
 use crate::domain::record::{KeyRecord, Transition};
@@ -38,17 +38,17 @@ type SignStream = std::pin::Pin<
 /// The KeyService implementation.
 #[derive(Clone)]
 pub struct KeyApi {
-    ctx: Ctx,
+    state: ApiState,
 }
 
 impl KeyApi {
-    pub fn new(ctx: Ctx) -> Self {
-        KeyApi { ctx }
+    pub fn new(state: ApiState) -> Self {
+        KeyApi { state }
     }
 
     /// The shared state (for the encryption calls in `crypt.rs`).
-    pub(super) fn ctx(&self) -> &Ctx {
-        &self.ctx
+    pub(super) fn state(&self) -> &ApiState {
+        &self.state
     }
 
     /// Parses and resolves a key reference the grant allows, noting it in the audit
@@ -81,7 +81,7 @@ impl KeyApi {
         };
         let g = grant.clone();
         let (id, result) = self
-            .ctx
+            .state
             .blocking(move |m| {
                 Ok(match m.resolve(&key_ref) {
                     Ok(key) => (
@@ -104,7 +104,7 @@ impl KeyApi {
         r: pb::SignRequest,
     ) -> Result<pb::SignResponse, ApiError> {
         call.event.input_sha256 = input_hash(&r.message);
-        let grant = call.authorize(&self.ctx, Action::Sign)?;
+        let grant = call.authorize(&self.state, Action::Sign)?;
         let alg = alg_from_pb(r.algorithm)?;
         let mt = mt_from_pb(r.message_type)?;
         call.event.algorithm = alg.name().into();
@@ -136,7 +136,7 @@ impl KeyApi {
             Transition::ScheduleDeletion | Transition::Destroy => Action::ScheduleKeyDeletion,
             Transition::CancelDeletion => Action::CancelKeyDeletion,
         };
-        let grant = call.authorize(&self.ctx, action)?;
+        let grant = call.authorize(&self.state, action)?;
         self.with_key(call, &grant, named, move |m, key| {
             m.transition(&key, t, days)
         })
@@ -145,7 +145,7 @@ impl KeyApi {
 
     /// Keeps the keys of a page the caller may see (may do some action on).
     fn visible(&self, grant: &Grant, keys: Vec<KeyRecord>) -> Vec<KeyRecord> {
-        let policy = self.ctx.auth.policy();
+        let policy = self.state.auth.policy();
         keys.into_iter()
             .filter(|k| policy.may_see(grant.principal(), &facts(k)))
             .collect()
@@ -178,7 +178,7 @@ impl KeyService for KeyApi {
         let mut call = Call::begin(&req, method!("CreateKey"));
         let r = req.into_inner();
         let result = async {
-            let grant = call.authorize(&self.ctx, Action::CreateKey)?;
+            let grant = call.authorize(&self.state, Action::CreateKey)?;
             let principal = grant.principal().to_string();
             let mut new = NewKey {
                 spec: convert::spec_from_pb(r.spec)?,
@@ -199,7 +199,7 @@ impl KeyService for KeyApi {
             let alias = Some(call.event.alias.as_str()).filter(|a| !a.is_empty());
             grant.check_new_key(alias, &new.tags)?;
             let key = self
-                .ctx
+                .state
                 .blocking(move |m| m.create(&principal, new))
                 .await?;
             call.event.key_id = key.id.to_string();
@@ -208,7 +208,7 @@ impl KeyService for KeyApi {
             })
         }
         .await;
-        self.ctx.finish(call, result).await
+        self.state.finish(call, result).await
     }
 
     async fn describe_key(
@@ -218,14 +218,14 @@ impl KeyService for KeyApi {
         let mut call = Call::begin(&req, method!("DescribeKey"));
         let r = req.into_inner();
         let result = async {
-            let grant = call.authorize(&self.ctx, Action::DescribeKey)?;
+            let grant = call.authorize(&self.state, Action::DescribeKey)?;
             let key = self.resolve(&mut call, &grant, &r.key_id).await?;
             Ok(pb::DescribeKeyResponse {
                 key: Some(convert::metadata(&key)),
             })
         }
         .await;
-        self.ctx.finish(call, result).await
+        self.state.finish(call, result).await
     }
 
     async fn list_keys(
@@ -235,7 +235,7 @@ impl KeyService for KeyApi {
         let call = Call::begin(&req, method!("ListKeys"));
         let r = req.into_inner();
         let result = async {
-            let grant = call.authorize(&self.ctx, Action::ListKeys)?;
+            let grant = call.authorize(&self.state, Action::ListKeys)?;
             let filter = KeyFilter {
                 state: (r.state != 0)
                     .then(|| convert::state_from_pb(r.state))
@@ -254,7 +254,7 @@ impl KeyService for KeyApi {
                 limit: page_size(r.page_size)?,
             };
             let token = r.page_token;
-            let (keys, next) = self.ctx.blocking(move |m| m.list(filter, &token)).await?;
+            let (keys, next) = self.state.blocking(move |m| m.list(filter, &token)).await?;
             let keys = self.visible(&grant, keys);
             Ok(pb::ListKeysResponse {
                 keys: keys.iter().map(convert::metadata).collect(),
@@ -262,7 +262,7 @@ impl KeyService for KeyApi {
             })
         }
         .await;
-        self.ctx.finish(call, result).await
+        self.state.finish(call, result).await
     }
 
     async fn get_public_key(
@@ -272,7 +272,7 @@ impl KeyService for KeyApi {
         let mut call = Call::begin(&req, method!("GetPublicKey"));
         let r = req.into_inner();
         let result = async {
-            let grant = call.authorize(&self.ctx, Action::GetPublicKey)?;
+            let grant = call.authorize(&self.state, Action::GetPublicKey)?;
             let key = self.resolve(&mut call, &grant, &r.key_id).await?;
             if key.state == crate::domain::spec::KeyState::Destroyed {
                 return Err(KeyError::KeyState {
@@ -296,7 +296,7 @@ impl KeyService for KeyApi {
             })
         }
         .await;
-        self.ctx.finish(call, result).await
+        self.state.finish(call, result).await
     }
 
     async fn enable_key(
@@ -311,7 +311,7 @@ impl KeyService for KeyApi {
         let result = result.map(|k| pb::EnableKeyResponse {
             key: Some(convert::metadata(&k)),
         });
-        self.ctx.finish(call, result).await
+        self.state.finish(call, result).await
     }
 
     async fn disable_key(
@@ -326,7 +326,7 @@ impl KeyService for KeyApi {
         let result = result.map(|k| pb::DisableKeyResponse {
             key: Some(convert::metadata(&k)),
         });
-        self.ctx.finish(call, result).await
+        self.state.finish(call, result).await
     }
 
     async fn schedule_key_deletion(
@@ -337,7 +337,7 @@ impl KeyService for KeyApi {
         let r = req.into_inner();
         let result = async {
             if crate::domain::record::deletion_window(r.pending_window_days).is_none() {
-                call.authorize(&self.ctx, Action::ScheduleKeyDeletion)?;
+                call.authorize(&self.state, Action::ScheduleKeyDeletion)?;
                 call.note_key(&r.key_id, None);
                 return Err(KeyError::InvalidDeletionWindow(r.pending_window_days).into());
             }
@@ -355,7 +355,7 @@ impl KeyService for KeyApi {
             })
         }
         .await;
-        self.ctx.finish(call, result).await
+        self.state.finish(call, result).await
     }
 
     async fn cancel_key_deletion(
@@ -370,7 +370,7 @@ impl KeyService for KeyApi {
         let result = result.map(|k| pb::CancelKeyDeletionResponse {
             key: Some(convert::metadata(&k)),
         });
-        self.ctx.finish(call, result).await
+        self.state.finish(call, result).await
     }
 
     async fn create_alias(
@@ -380,11 +380,11 @@ impl KeyService for KeyApi {
         let mut call = Call::begin(&req, method!("CreateAlias"));
         let r = req.into_inner();
         let result = async {
-            let grant = call.authorize(&self.ctx, Action::CreateAlias)?;
+            let grant = call.authorize(&self.state, Action::CreateAlias)?;
             let key = self.resolve(&mut call, &grant, &r.target_key_id).await?;
             call.event.alias = crate::keys::truncate(&r.alias_name, 300);
             let a = self
-                .ctx
+                .state
                 .blocking(move |m| m.create_alias(&r.alias_name, &key))
                 .await?;
             Ok(pb::CreateAliasResponse {
@@ -392,7 +392,7 @@ impl KeyService for KeyApi {
             })
         }
         .await;
-        self.ctx.finish(call, result).await
+        self.state.finish(call, result).await
     }
 
     async fn update_alias(
@@ -402,14 +402,14 @@ impl KeyService for KeyApi {
         let mut call = Call::begin(&req, method!("UpdateAlias"));
         let r = req.into_inner();
         let result = async {
-            let grant = call.authorize(&self.ctx, Action::UpdateAlias)?;
+            let grant = call.authorize(&self.state, Action::UpdateAlias)?;
             // The key the alias leaves must be the caller's to move, as must the new one.
             let named = validate_alias(&r.alias_name)?;
             self.resolve(&mut call, &grant, &named).await?;
             let key = self.resolve(&mut call, &grant, &r.target_key_id).await?;
             call.event.alias = crate::keys::truncate(&r.alias_name, 300);
             let a = self
-                .ctx
+                .state
                 .blocking(move |m| m.update_alias(&r.alias_name, &key))
                 .await?;
             Ok(pb::UpdateAliasResponse {
@@ -417,7 +417,7 @@ impl KeyService for KeyApi {
             })
         }
         .await;
-        self.ctx.finish(call, result).await
+        self.state.finish(call, result).await
     }
 
     async fn delete_alias(
@@ -427,19 +427,19 @@ impl KeyService for KeyApi {
         let mut call = Call::begin(&req, method!("DeleteAlias"));
         let r = req.into_inner();
         let result = async {
-            let grant = call.authorize(&self.ctx, Action::DeleteAlias)?;
+            let grant = call.authorize(&self.state, Action::DeleteAlias)?;
             let named = validate_alias(&r.alias_name)?;
             self.resolve(&mut call, &grant, &named).await?;
             call.event.alias = crate::keys::truncate(&r.alias_name, 300);
             let key = self
-                .ctx
+                .state
                 .blocking(move |m| m.delete_alias(&r.alias_name))
                 .await?;
             call.event.key_id = key.to_string();
             Ok(pb::DeleteAliasResponse {})
         }
         .await;
-        self.ctx.finish(call, result).await
+        self.state.finish(call, result).await
     }
 
     async fn list_aliases(
@@ -449,8 +449,8 @@ impl KeyService for KeyApi {
         let mut call = Call::begin(&req, method!("ListAliases"));
         let r = req.into_inner();
         let result = async {
-            let grant = call.authorize(&self.ctx, Action::ListAliases)?;
-            let policy = self.ctx.auth.policy();
+            let grant = call.authorize(&self.state, Action::ListAliases)?;
+            let policy = self.state.auth.policy();
             let key = if r.key_id.is_empty() {
                 None
             } else {
@@ -467,7 +467,7 @@ impl KeyService for KeyApi {
             let limit = page_size(r.page_size)?;
             let principal = grant.principal().to_string();
             let (list, next) = self
-                .ctx
+                .state
                 .blocking(move |m| {
                     let (list, next) = m.list_aliases(key, &r.page_token, limit)?;
                     let mut shown = Vec::with_capacity(list.len());
@@ -486,7 +486,7 @@ impl KeyService for KeyApi {
             })
         }
         .await;
-        self.ctx.finish(call, result).await
+        self.state.finish(call, result).await
     }
 
     async fn sign(
@@ -495,7 +495,7 @@ impl KeyService for KeyApi {
     ) -> Result<Response<pb::SignResponse>, Status> {
         let mut call = Call::begin(&req, method!("Sign"));
         let result = self.sign_one(&mut call, req.into_inner()).await;
-        self.ctx.finish(call, result).await
+        self.state.finish(call, result).await
     }
 
     type SignStreamStream = SignStream;
@@ -518,7 +518,7 @@ impl KeyService for KeyApi {
                 async move {
                     let mut call = Call::with_identity(&who, method!("SignStream"));
                     let result = api.sign_one(&mut call, r).await;
-                    let (request_id, result) = api.ctx.record(call, result).await;
+                    let (request_id, result) = api.state.record(call, result).await;
                     let result = match result {
                         Ok(s) => pb::sign_stream_response::Result::Signature(s),
                         Err(e) => pb::sign_stream_response::Result::Error(pb::StreamError {
@@ -546,7 +546,7 @@ impl KeyService for KeyApi {
         let r = req.into_inner();
         call.event.input_sha256 = input_hash(&r.message);
         let result = async {
-            let grant = call.authorize(&self.ctx, Action::Verify)?;
+            let grant = call.authorize(&self.state, Action::Verify)?;
             let alg = alg_from_pb(r.algorithm)?;
             let mt = mt_from_pb(r.message_type)?;
             call.event.algorithm = alg.name().into();
@@ -563,7 +563,7 @@ impl KeyService for KeyApi {
             })
         }
         .await;
-        self.ctx.finish(call, result).await
+        self.state.finish(call, result).await
     }
 
     async fn generate_random(
@@ -573,7 +573,7 @@ impl KeyService for KeyApi {
         let call = Call::begin(&req, method!("GenerateRandom"));
         let n = req.into_inner().length;
         let result = async {
-            call.authorize(&self.ctx, Action::GenerateRandom)?;
+            call.authorize(&self.state, Action::GenerateRandom)?;
             if n == 0 || n > MAX_RANDOM {
                 return Err(KeyError::InvalidArgument(format!(
                     "length {n} is outside 1..{MAX_RANDOM}"
@@ -581,13 +581,13 @@ impl KeyService for KeyApi {
                 .into());
             }
             let random = self
-                .ctx
+                .state
                 .blocking(move |m| Ok(m.backend().random(n as usize)?))
                 .await?;
             Ok(pb::GenerateRandomResponse { random })
         }
         .await;
-        self.ctx.finish(call, result).await
+        self.state.finish(call, result).await
     }
 
     async fn encrypt(

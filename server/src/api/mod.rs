@@ -1,8 +1,8 @@
 //! gRPC services. Thin: decode and validate, authorize, call the key rules in the
 //! blocking pool, audit, answer. `Call` carries one request's audit facts from start
-//! to finish; `Ctx::finish` makes the record durable before any answer leaves.
+//! to finish; `ApiState::finish` makes the record durable before any answer leaves.
 //!
-//! Authorization is two steps: `call.authorize(&ctx, Action::Sign)?` checks that the
+//! Authorization is two steps: `call.authorize(&state, Action::Sign)?` checks that the
 //! caller may do the action on some key and takes a rate-limit token, and returns a
 //! [`Grant`]; once the key is resolved, `grant.check_key(&key)?` checks that key.
 
@@ -29,7 +29,7 @@ pub use status::ApiError;
 
 /// Shared state of the services.
 #[derive(Clone)]
-pub struct Ctx {
+pub struct ApiState {
     pub keys: Arc<KeyManager>,
     pub audit: AuditLog,
     pub auth: Arc<Authorizer>,
@@ -88,9 +88,9 @@ impl Call {
     /// Checks that the caller may do `action` (on some key, for key actions) and takes
     /// a token from its rate limit for the action's class. Refusals are
     /// PERMISSION_DENIED (ACCESS_DENIED) and RESOURCE_EXHAUSTED (RATE_LIMITED).
-    pub fn authorize(&self, ctx: &Ctx, action: Action) -> Result<Grant, ApiError> {
+    pub fn authorize(&self, state: &ApiState, action: Action) -> Result<Grant, ApiError> {
         let p = self.principal.as_deref().ok_or(ApiError::Unauthenticated)?;
-        let policy = ctx.auth.policy();
+        let policy = state.auth.policy();
         if !policy.may(p, action) {
             return Err(ApiError::AccessDenied {
                 principal: p.to_string(),
@@ -99,7 +99,7 @@ impl Call {
             });
         }
         let class = action.limit_class();
-        if let Err(wait) = ctx.auth.limits().check(p, class) {
+        if let Err(wait) = state.auth.limits().check(p, class) {
             return Err(ApiError::RateLimited {
                 class: class.name(),
                 retry_after: wait,
@@ -198,7 +198,7 @@ impl Grant {
     }
 }
 
-impl Ctx {
+impl ApiState {
     /// Runs key rules in the blocking pool (they block on SQLite and PKCS#11).
     pub async fn blocking<T: Send + 'static>(
         &self,

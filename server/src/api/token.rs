@@ -5,17 +5,17 @@ use hsmd_proto::v1::token_service_server::TokenService;
 use tonic::{Request, Response, Status};
 
 use super::convert::{alg_to_pb, enc_alg_to_pb, spec_to_pb};
-use super::{Call, Ctx};
+use super::{ApiState, Call};
 use crate::auth::Action;
 
 /// The TokenService implementation.
 pub struct TokenApi {
-    ctx: Ctx,
+    state: ApiState,
 }
 
 impl TokenApi {
-    pub fn new(ctx: Ctx) -> Self {
-        TokenApi { ctx }
+    pub fn new(state: ApiState) -> Self {
+        TokenApi { state }
     }
 }
 
@@ -26,8 +26,8 @@ impl TokenService for TokenApi {
         req: Request<pb::GetTokenInfoRequest>,
     ) -> Result<Response<pb::GetTokenInfoResponse>, Status> {
         let call = Call::begin(&req, "/hsmd.v1.TokenService/GetTokenInfo");
-        let result = call.authorize(&self.ctx, Action::GetTokenInfo).map(|_| {
-            let backend = self.ctx.keys.backend();
+        let result = call.authorize(&self.state, Action::GetTokenInfo).map(|_| {
+            let backend = self.state.keys.backend();
             let d = backend.description();
             let caps = backend.capabilities();
             pb::GetTokenInfoResponse {
@@ -67,17 +67,23 @@ impl TokenService for TokenApi {
                         offered: p.offered,
                         path: p.path.clone(),
                     })
-                    .chain(self.ctx.keys.import_paths().into_iter().map(|(alg, path)| {
-                        let offered = path.is_ok();
-                        pb::AlgorithmPath {
-                            algorithm: alg.name().to_string(),
-                            offered,
-                            path: path.unwrap_or_else(|why| format!("import: {why}")),
-                        }
-                    }))
+                    .chain(
+                        self.state
+                            .keys
+                            .import_paths()
+                            .into_iter()
+                            .map(|(alg, path)| {
+                                let offered = path.is_ok();
+                                pb::AlgorithmPath {
+                                    algorithm: alg.name().to_string(),
+                                    offered,
+                                    path: path.unwrap_or_else(|why| format!("import: {why}")),
+                                }
+                            }),
+                    )
                     .collect(),
             }
         });
-        self.ctx.finish(call, result).await
+        self.state.finish(call, result).await
     }
 }
