@@ -36,7 +36,7 @@ pub struct RawSpec {
 /// The baseline, set up on the token: its own key (destroyed by `close`), one logged-in
 /// session per thread.
 pub struct RawBench {
-    ctx: Pkcs11,
+    pkcs11: Pkcs11,
     admin: Session,
     objects: [Option<ObjectHandle>; 3],
     op: Op,
@@ -46,10 +46,11 @@ pub struct RawBench {
 impl RawBench {
     /// Opens the token of `cfg`, makes the key as hsmd does and the sessions.
     pub fn open(cfg: &Config, spec: &RawSpec) -> anyhow::Result<RawBench> {
-        let ctx = Pkcs11::new(&cfg.hsm.module).context("load module")?;
-        ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))?;
-        let slot = hsmd::hsm::find_slot(&ctx, &cfg.hsm.token_label).map_err(anyhow::Error::msg)?;
-        let admin = ctx.open_rw_session(slot)?;
+        let pkcs11 = Pkcs11::new(&cfg.hsm.module).context("load module")?;
+        pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))?;
+        let slot =
+            hsmd::hsm::find_slot(&pkcs11, &cfg.hsm.token_label).map_err(anyhow::Error::msg)?;
+        let admin = pkcs11.open_rw_session(slot)?;
         admin
             .login(UserType::User, Some(&cfg.hsm.pin))
             .context("C_Login")?;
@@ -65,7 +66,7 @@ impl RawBench {
         let key = objects::generate(&admin, &template).context("generate key")?;
         // From here on an error drops `bench`, which destroys the key.
         let mut bench = RawBench {
-            ctx,
+            pkcs11,
             admin,
             objects: [None, Some(key.private), key.public],
             op: Op {
@@ -84,7 +85,7 @@ impl RawBench {
         bench.objects[0] = Some(copy);
         bench.op.key.private = copy;
         for _ in 0..spec.threads.max(1) {
-            let session = bench.ctx.open_rw_session(slot)?;
+            let session = bench.pkcs11.open_rw_session(slot)?;
             bench.sessions.push(session);
         }
         // Verify checks a signature and decrypt opens a ciphertext, both made once here.
@@ -123,9 +124,9 @@ impl RawBench {
     pub fn close(mut self) -> anyhow::Result<()> {
         self.destroy_key();
         self.sessions.clear();
-        let ctx = self.ctx.clone();
+        let pkcs11 = self.pkcs11.clone();
         drop(self);
-        ctx.finalize()?;
+        pkcs11.finalize()?;
         Ok(())
     }
 

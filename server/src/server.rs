@@ -19,7 +19,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tonic::transport::Server;
 
-use crate::api::Ctx;
+use crate::api::ApiState;
 use crate::api::audit::AuditApi;
 use crate::api::certs::CertApi;
 use crate::api::keys::KeyApi;
@@ -81,16 +81,16 @@ pub async fn run_with_clock(
             }
         }
     }
-    let ctx = Ctx {
+    let state = ApiState {
         keys,
         audit,
         auth: Arc::new(Authorizer::new(cfg.policy.clone(), cfg.rate_limits.clone())),
     };
     tracing::info!(rules = cfg.policy.len(), "policy loaded");
-    tokio::spawn(reload_on_sighup(ctx.clone(), cfg.source.clone()));
-    reconcile(&ctx).await;
-    sweep(&ctx).await;
-    tokio::spawn(sweep_loop(ctx.clone(), cfg.sweep_interval));
+    tokio::spawn(reload_on_sighup(state.clone(), cfg.source.clone()));
+    reconcile(&state).await;
+    sweep(&state).await;
+    tokio::spawn(sweep_loop(state.clone(), cfg.sweep_interval));
 
     let acceptor = TlsAcceptor::from(Arc::new(tls_config(&cfg.tls)?));
     let listener = TcpListener::bind(cfg.listen)
@@ -124,13 +124,13 @@ pub async fn run_with_clock(
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
-        .add_service(KeyServiceServer::new(KeyApi::new(ctx.clone())))
-        .add_service(AuditServiceServer::new(AuditApi::new(ctx.clone())))
-        .add_service(TokenServiceServer::new(TokenApi::new(ctx.clone())))
-        .add_service(CertificateServiceServer::new(CertApi::new(ctx.clone())))
+        .add_service(KeyServiceServer::new(KeyApi::new(state.clone())))
+        .add_service(AuditServiceServer::new(AuditApi::new(state.clone())))
+        .add_service(TokenServiceServer::new(TokenApi::new(state.clone())))
+        .add_service(CertificateServiceServer::new(CertApi::new(state.clone())))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
-    match ctx.audit.close().await {
+    match state.audit.close().await {
         Ok(head) => tracing::info!(
             sequence = head.sequence,
             "audit log sealed with a checkpoint"
@@ -167,7 +167,7 @@ async fn token_signer(backend: &Arc<Pkcs11Backend>) -> anyhow::Result<Arc<dyn Ch
 /// On SIGHUP, rereads the config file and swaps in its policy and rate limits. Calls in
 /// flight finish under the policy they started with; a file that does not validate
 /// keeps the old policy, and the log says why.
-async fn reload_on_sighup(ctx: Ctx, source: std::path::PathBuf) {
+async fn reload_on_sighup(state: ApiState, source: std::path::PathBuf) {
     let kind = tokio::signal::unix::SignalKind::hangup();
     let Ok(mut hup) = tokio::signal::unix::signal(kind) else {
         return tracing::warn!("cannot listen for SIGHUP: policy reload disabled");
@@ -177,7 +177,7 @@ async fn reload_on_sighup(ctx: Ctx, source: std::path::PathBuf) {
         match tokio::task::spawn_blocking(move || Config::load(&path)).await {
             Ok(Ok(cfg)) => {
                 let rules = cfg.policy.len();
-                ctx.auth.replace(cfg.policy, cfg.rate_limits);
+                state.auth.replace(cfg.policy, cfg.rate_limits);
                 tracing::info!(file = %source.display(), rules, "policy and rate limits reloaded (other settings need a restart)");
             }
             Ok(Err(e)) => {
@@ -288,8 +288,8 @@ fn log_capabilities(backend: &Pkcs11Backend) {
     }
 }
 
-async fn reconcile(ctx: &Ctx) {
-    let keys = ctx.keys.clone();
+async fn reconcile(state: &ApiState) {
+    let keys = state.keys.clone();
     match tokio::task::spawn_blocking(move || keys.reconcile()).await {
         Ok(Ok(r)) => {
             tracing::info!(
@@ -309,12 +309,12 @@ async fn reconcile(ctx: &Ctx) {
     }
 }
 
-async fn sweep_loop(ctx: Ctx, every: Duration) {
+async fn sweep_loop(state: ApiState, every: Duration) {
     let mut tick = tokio::time::interval(every);
     tick.tick().await;
     loop {
         tick.tick().await;
-        sweep(&ctx).await;
+        sweep(&state).await;
     }
 }
 
@@ -322,8 +322,8 @@ async fn sweep_loop(ctx: Ctx, every: Duration) {
 /// valid-to has passed (the key returns to PENDING_IMPORT), each with an audit record;
 /// then the wrapping keys of superseded and expired import tokens, and those no import
 /// token names once seen for a token lifetime.
-pub async fn sweep(ctx: &Ctx) {
-    let keys = ctx.keys.clone();
+pub async fn sweep(state: &ApiState) {
+    let keys = state.keys.clone();
     let found = tokio::task::spawn_blocking(move || {
         Ok::<_, crate::keys::KeyError>((
             keys.due_for_deletion(keys.now())?,
@@ -338,7 +338,7 @@ pub async fn sweep(ctx: &Ctx) {
     };
     for key in due {
         let id = key.id;
-        let keys = ctx.keys.clone();
+        let keys = state.keys.clone();
         let result = tokio::task::spawn_blocking(move || keys.destroy(&key).map(drop)).await;
         match &result {
             Ok(Ok(())) => tracing::info!(key_id = %id, "key destroyed after its deletion date"),
@@ -347,10 +347,10 @@ pub async fn sweep(ctx: &Ctx) {
             }
             Err(e) => tracing::error!(key_id = %id, error = %e, "destroy task failed"),
         }
-        system_record(ctx, "hsmd/DestroyKey", id, &result).await;
+        system_record(state, "hsmd/DestroyKey", id, &result).await;
     }
     for id in expired {
-        let keys = ctx.keys.clone();
+        let keys = state.keys.clone();
         let result =
             tokio::task::spawn_blocking(move || keys.expire_material(id, keys.now()).map(drop))
                 .await;
@@ -363,9 +363,9 @@ pub async fn sweep(ctx: &Ctx) {
             }
             Err(e) => tracing::error!(key_id = %id, error = %e, "expiry task failed"),
         }
-        system_record(ctx, "hsmd/ExpireKeyMaterial", id, &result).await;
+        system_record(state, "hsmd/ExpireKeyMaterial", id, &result).await;
     }
-    let keys = ctx.keys.clone();
+    let keys = state.keys.clone();
     let wrapping = tokio::task::spawn_blocking(move || {
         keys.destroy_stale_wrapping_keys(keys.now());
         keys.destroy_orphan_wrapping_keys(keys.now())
@@ -380,7 +380,7 @@ pub async fn sweep(ctx: &Ctx) {
 
 /// The audit record of a change hsmd made on its own (principal `hsmd`).
 async fn system_record(
-    ctx: &Ctx,
+    state: &ApiState,
     method: &str,
     id: uuid::Uuid,
     result: &Result<Result<(), crate::keys::KeyError>, tokio::task::JoinError>,
@@ -400,7 +400,7 @@ async fn system_record(
         reason,
         ..Default::default()
     };
-    if let Err(e) = ctx.audit.append(event).await {
+    if let Err(e) = state.audit.append(event).await {
         tracing::error!(key_id = %id, method, error = %e, "audit record of a lifecycle change not written");
     }
 }

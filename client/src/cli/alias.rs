@@ -5,7 +5,7 @@ use serde_json::json;
 
 use super::args::{print, print_json, println};
 use super::render::{alias_json, aliases_table};
-use super::{CliError, Ctx, Verdict};
+use super::{CliEnv, CliError, Verdict};
 
 /// Alias commands. NAME is `alias/NAME` or just `NAME`.
 #[derive(Debug, Subcommand)]
@@ -40,19 +40,19 @@ pub enum AliasCommand {
 
 impl AliasCommand {
     /// Runs the command.
-    pub async fn run(self, ctx: &Ctx) -> Result<Verdict, CliError> {
+    pub async fn run(self, env: &CliEnv) -> Result<Verdict, CliError> {
         let alias = match self {
             AliasCommand::Create { name, key } => {
-                let target = resolve(ctx, &key).await?;
-                ctx.client.create_alias(&name, &target).await?
+                let target = resolve(env, &key).await?;
+                env.client.create_alias(&name, &target).await?
             }
             AliasCommand::Update { name, key } => {
-                let target = resolve(ctx, &key).await?;
-                ctx.client.update_alias(&name, &target).await?
+                let target = resolve(env, &key).await?;
+                env.client.update_alias(&name, &target).await?
             }
             AliasCommand::Delete { name } => {
-                ctx.client.delete_alias(&name).await?;
-                if ctx.json() {
+                env.client.delete_alias(&name).await?;
+                if env.json() {
                     print_json(&json!({ "alias_name": name, "deleted": true }))?;
                 } else {
                     println(format!("deleted {name}"))?;
@@ -60,8 +60,8 @@ impl AliasCommand {
                 return Ok(Verdict::Yes);
             }
             AliasCommand::List { key } => {
-                let aliases = ctx.client.list_aliases(key.as_deref()).await?;
-                if ctx.json() {
+                let aliases = env.client.list_aliases(key.as_deref()).await?;
+                if env.json() {
                     let list: Vec<_> = aliases.iter().map(alias_json).collect();
                     print_json(&json!({ "aliases": list }))?;
                 } else {
@@ -70,7 +70,7 @@ impl AliasCommand {
                 return Ok(Verdict::Yes);
             }
         };
-        if ctx.json() {
+        if env.json() {
             print_json(&alias_json(&alias))?;
         } else {
             println(format!("{} -> {}", alias.alias_name, alias.target_key_id))?;
@@ -81,9 +81,9 @@ impl AliasCommand {
 
 /// The server wants a UUID as an alias target; an alias is resolved to its key here so
 /// `alias create new alias/old` works as people expect.
-async fn resolve(ctx: &Ctx, key: &str) -> Result<String, CliError> {
+async fn resolve(env: &CliEnv, key: &str) -> Result<String, CliError> {
     if key.starts_with("alias/") {
-        Ok(ctx.client.describe_key(key).await?.key_id)
+        Ok(env.client.describe_key(key).await?.key_id)
     } else {
         Ok(key.to_string())
     }

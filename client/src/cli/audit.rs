@@ -15,7 +15,7 @@ use super::args::{
     format_timestamp, parse_rfc3339, parse_since, print, print_json, println, to_timestamp,
 };
 use super::table::{Table, cell, or_dash};
-use super::{CliError, Ctx, Verdict};
+use super::{CliEnv, CliError, Verdict};
 
 /// Audit commands.
 #[derive(Debug, Subcommand)]
@@ -84,13 +84,13 @@ pub struct QueryArgs {
 
 impl AuditCommand {
     /// Runs the command.
-    pub async fn run(self, ctx: &Ctx) -> Result<Verdict, CliError> {
+    pub async fn run(self, env: &CliEnv) -> Result<Verdict, CliError> {
         match self {
-            AuditCommand::Query(a) => a.run(ctx).await,
-            AuditCommand::Stats(a) => a.run(ctx).await,
+            AuditCommand::Query(a) => a.run(env).await,
+            AuditCommand::Stats(a) => a.run(env).await,
             AuditCommand::PublicKey(a) => {
-                let key = ctx.client.audit_public_key().await?;
-                if ctx.json() {
+                let key = env.client.audit_public_key().await?;
+                if env.json() {
                     print_json(&json!({
                         "public_key_pem": key.public_key_pem,
                         "algorithm": key.algorithm,
@@ -105,8 +105,8 @@ impl AuditCommand {
                 Ok(Verdict::Yes)
             }
             AuditCommand::Verify(_) => {
-                let resp = ctx.client.verify_audit_log().await?;
-                if ctx.json() {
+                let resp = env.client.verify_audit_log().await?;
+                if env.json() {
                     print_json(&verify_json(&resp))?;
                 } else {
                     println(verify_line(&resp))?;
@@ -134,15 +134,15 @@ impl QueryArgs {
         })
     }
 
-    async fn run(self, ctx: &Ctx) -> Result<Verdict, CliError> {
+    async fn run(self, env: &CliEnv) -> Result<Verdict, CliError> {
         let req = self.request(OffsetDateTime::now_utc())?;
-        if !ctx.json() {
+        if !env.json() {
             // Columns need every row before the first can be printed.
-            let records = ctx.client.query_audit_all(req).await?;
+            let records = env.client.query_audit_all(req).await?;
             print(&records_table(&records))?;
             return Ok(Verdict::Yes);
         }
-        let mut stream = ctx.client.query_audit(req).await?;
+        let mut stream = env.client.query_audit(req).await?;
         while let Some(record) = stream.message().await.map_err(ClientError::from)? {
             println(record.json.trim_end())?;
         }
@@ -151,7 +151,7 @@ impl QueryArgs {
 }
 
 impl StatsArgs {
-    async fn run(self, ctx: &Ctx) -> Result<Verdict, CliError> {
+    async fn run(self, env: &CliEnv) -> Result<Verdict, CliError> {
         let since = parse_since(&self.since, OffsetDateTime::now_utc()).map_err(CliError::usage)?;
         let req = QueryAuditRequest {
             start_time: Some(to_timestamp(since)),
@@ -159,12 +159,12 @@ impl StatsArgs {
             limit: 100_000,
             ..Default::default()
         };
-        let mut stream = ctx.client.query_audit(req).await?;
+        let mut stream = env.client.query_audit(req).await?;
         let mut stats = Stats::default();
         while let Some(r) = stream.message().await.map_err(ClientError::from)? {
             stats.add(&r);
         }
-        if ctx.json() {
+        if env.json() {
             print_json(&stats.json())?;
         } else {
             print(&stats.table())?;

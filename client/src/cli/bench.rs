@@ -9,7 +9,7 @@ use hsm_client::bench::{self, BenchOp, BenchSpec, Length};
 use hsm_client::v1::SigningAlgorithm;
 
 use super::args::{parse_duration, println};
-use super::{CliError, Ctx, Verdict};
+use super::{CliEnv, CliError, Verdict};
 
 /// Load-test one operation on one key.
 #[derive(Debug, Args)]
@@ -44,10 +44,14 @@ pub struct BenchArgs {
 }
 
 impl BenchArgs {
-    pub async fn run(self, ctx: &Ctx, profile: &hsm_client::Profile) -> Result<Verdict, CliError> {
+    pub async fn run(
+        self,
+        env: &CliEnv,
+        profile: &hsm_client::Profile,
+    ) -> Result<Verdict, CliError> {
         let algorithm: SigningAlgorithm = hsm_client::names::parse(&self.algorithm)
             .map_err(|e| CliError::usage(e.to_string()))?;
-        let mut clients = vec![ctx.client.clone()];
+        let mut clients = vec![env.client.clone()];
         for _ in 1..self.connections.max(1) {
             clients.push(Client::connect(profile).await?);
         }
@@ -67,7 +71,7 @@ impl BenchArgs {
             return Err(CliError::usage("--stream works with --op sign only"));
         }
         let (stats, first_error) = bench::run(&clients, &spec).await?;
-        if ctx.json() {
+        if env.json() {
             let v = serde_json::json!({
                 "op": spec.op, "key_id": spec.key_id, "algorithm": algorithm.as_str_name(),
                 "concurrency": spec.concurrency, "connections": clients.len(), "stream": spec.stream,

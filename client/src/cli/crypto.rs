@@ -7,7 +7,7 @@ use serde_json::json;
 
 use super::args::{print_json, println, read_input, write_output};
 use super::render::base64;
-use super::{CliError, Ctx, Verdict};
+use super::{CliEnv, CliError, Verdict};
 
 /// Arguments of `sign`.
 #[derive(Debug, Args)]
@@ -76,8 +76,8 @@ pub struct RandomArgs {
 
 impl SignArgs {
     /// Signs and writes the signature; json also prints it in base64.
-    pub async fn run(self, ctx: &Ctx) -> Result<Verdict, CliError> {
-        if ctx.json() && self.out == "-" {
+    pub async fn run(self, env: &CliEnv) -> Result<Verdict, CliError> {
+        if env.json() && self.out == "-" {
             return Err(CliError::usage(
                 "--out - would mix the signature into the JSON output; name a file",
             ));
@@ -88,17 +88,17 @@ impl SignArgs {
             message_type: self.alg.message_type() as i32,
             message: read_input("message", &self.input)?,
         };
-        let resp = ctx
+        let resp = env
             .client
             .with_retries("Sign", || {
-                let mut c = ctx.client.keys();
+                let mut c = env.client.keys();
                 let req = req.clone();
                 async move { c.sign(req).await }
             })
             .await?;
         let resp = resp.into_inner();
         write_output("signature", &self.out, &resp.signature)?;
-        if ctx.json() {
+        if env.json() {
             print_json(&json!({
                 "key_id": resp.key_id,
                 "algorithm": name_of::<SigningAlgorithm>(resp.algorithm),
@@ -112,7 +112,7 @@ impl SignArgs {
 
 impl VerifyArgs {
     /// Verifies; prints `valid` or `invalid` and answers with the verdict.
-    pub async fn run(self, ctx: &Ctx) -> Result<Verdict, CliError> {
+    pub async fn run(self, env: &CliEnv) -> Result<Verdict, CliError> {
         if self.input == "-" && self.signature == "-" {
             return Err(CliError::usage(
                 "--in and --signature cannot both be - (stdin)",
@@ -125,16 +125,16 @@ impl VerifyArgs {
             message: read_input("message", &self.input)?,
             signature: read_input("signature", &self.signature)?,
         };
-        let resp = ctx
+        let resp = env
             .client
             .with_retries("Verify", || {
-                let mut c = ctx.client.keys();
+                let mut c = env.client.keys();
                 let req = req.clone();
                 async move { c.verify(req).await }
             })
             .await?;
         let resp = resp.into_inner();
-        if ctx.json() {
+        if env.json() {
             print_json(&json!({ "key_id": resp.key_id, "valid": resp.valid }))?;
         } else {
             println(if resp.valid { "valid" } else { "invalid" })?;
@@ -149,9 +149,9 @@ impl VerifyArgs {
 
 impl RandomArgs {
     /// Prints hex, or writes raw bytes with --out.
-    pub async fn run(self, ctx: &Ctx) -> Result<Verdict, CliError> {
-        let bytes = ctx.client.generate_random(self.length).await?;
-        match (&self.out, ctx.json()) {
+    pub async fn run(self, env: &CliEnv) -> Result<Verdict, CliError> {
+        let bytes = env.client.generate_random(self.length).await?;
+        match (&self.out, env.json()) {
             (Some(out), json) => {
                 write_output("random bytes", out, &bytes)?;
                 if json {

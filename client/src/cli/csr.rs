@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::args::{format_timestamp, print, print_json, read_input, write_output};
 use super::table::Table;
-use super::{CliError, Ctx, Verdict};
+use super::{CliEnv, CliError, Verdict};
 
 /// Subject, names, usages and algorithm: what `csr` and `cert self-signed` share.
 #[derive(Debug, Args)]
@@ -117,9 +117,9 @@ pub struct SelfSignedArgs {
 
 impl CsrArgs {
     /// Requests the CSR and writes it.
-    pub async fn run(self, ctx: &Ctx) -> Result<Verdict, CliError> {
+    pub async fn run(self, env: &CliEnv) -> Result<Verdict, CliError> {
         let out = self.out.unwrap_or_else(|| "-".into());
-        if ctx.json() && out == "-" && self.der {
+        if env.json() && out == "-" && self.der {
             return Err(CliError::usage("--der with -o json needs --out FILE"));
         }
         let req = GenerateCsrRequest {
@@ -130,16 +130,16 @@ impl CsrArgs {
             subject: self.request.subject,
             subject_alt_names: self.request.sans,
         };
-        let resp = ctx
+        let resp = env
             .client
             .with_retries("GenerateCsr", || {
-                let mut c = ctx.client.certs();
+                let mut c = env.client.certs();
                 let req = req.clone();
                 async move { c.generate_csr(req).await }
             })
             .await?
             .into_inner();
-        if ctx.json() {
+        if env.json() {
             if out != "-" {
                 write_bytes(&out, self.der, &resp.csr_der, &resp.csr_pem, "CSR")?;
             }
@@ -172,17 +172,17 @@ fn write_bytes(
 
 impl CertCommand {
     /// Runs the command.
-    pub async fn run(self, ctx: &Ctx) -> Result<Verdict, CliError> {
+    pub async fn run(self, env: &CliEnv) -> Result<Verdict, CliError> {
         match self {
             CertCommand::Import { key, input } => {
                 let req = ImportCertificateRequest {
                     key_id: key,
                     certificate_chain: read_input("certificate chain", &input)?,
                 };
-                let resp = ctx
+                let resp = env
                     .client
                     .with_retries("ImportCertificate", || {
-                        let mut c = ctx.client.certs();
+                        let mut c = env.client.certs();
                         let req = req.clone();
                         async move { c.import_certificate(req).await }
                     })
@@ -190,14 +190,14 @@ impl CertCommand {
                 let resp = resp.into_inner();
                 let mut extra = vec![("chain_length", json!(resp.chain_length))];
                 extra.insert(0, ("key_id", json!(resp.key_id)));
-                show_info(ctx, resp.info.as_ref(), &extra)?;
+                show_info(env, resp.info.as_ref(), &extra)?;
             }
             CertCommand::Get { key, out, chain } => {
                 let req = GetCertificateRequest { key_id: key };
-                let resp = ctx
+                let resp = env
                     .client
                     .with_retries("GetCertificate", || {
-                        let mut c = ctx.client.certs();
+                        let mut c = env.client.certs();
                         let req = req.clone();
                         async move { c.get_certificate(req).await }
                     })
@@ -208,7 +208,7 @@ impl CertCommand {
                 } else {
                     &resp.certificate_pem
                 };
-                if ctx.json() {
+                if env.json() {
                     if let Some(out) = &out {
                         write_output("certificate", out, pem.as_bytes())?;
                     }
@@ -224,15 +224,15 @@ impl CertCommand {
                     write_output("certificate", out.as_deref().unwrap_or("-"), pem.as_bytes())?;
                 }
             }
-            CertCommand::SelfSigned(a) => return a.run(ctx).await,
+            CertCommand::SelfSigned(a) => return a.run(env).await,
         }
         Ok(Verdict::Yes)
     }
 }
 
 impl SelfSignedArgs {
-    async fn run(self, ctx: &Ctx) -> Result<Verdict, CliError> {
-        if ctx.json() && self.out == "-" {
+    async fn run(self, env: &CliEnv) -> Result<Verdict, CliError> {
+        if env.json() && self.out == "-" {
             return Err(CliError::usage(
                 "--out - would mix the certificate into the JSON output; name a file",
             ));
@@ -247,17 +247,17 @@ impl SelfSignedArgs {
             validity_days: self.days,
             import: self.import,
         };
-        let resp = ctx
+        let resp = env
             .client
             .with_retries("SelfSignedCertificate", || {
-                let mut c = ctx.client.certs();
+                let mut c = env.client.certs();
                 let req = req.clone();
                 async move { c.self_signed_certificate(req).await }
             })
             .await?;
         let resp = resp.into_inner();
         write_output("certificate", &self.out, resp.certificate_pem.as_bytes())?;
-        if ctx.json() {
+        if env.json() {
             let mut v = info_json(resp.info.as_ref());
             v["key_id"] = json!(resp.key_id);
             v["algorithm"] = json!(name_of::<SigningAlgorithm>(resp.algorithm));
@@ -282,7 +282,7 @@ fn info_json(info: Option<&CertificateInfo>) -> Value {
 
 /// Prints a certificate's details (json: with `extra` fields).
 fn show_info(
-    ctx: &Ctx,
+    env: &CliEnv,
     info: Option<&CertificateInfo>,
     extra: &[(&str, Value)],
 ) -> Result<(), CliError> {
@@ -290,7 +290,7 @@ fn show_info(
     for (k, x) in extra {
         v[*k] = x.clone();
     }
-    if ctx.json() {
+    if env.json() {
         return print_json(&v);
     }
     let mut t = Table::plain();

@@ -14,7 +14,7 @@ use serde_json::json;
 use super::args::{print, print_json, read_input, write_output};
 use super::render::base64;
 use super::table::Table;
-use super::{CliError, Ctx, Verdict};
+use super::{CliEnv, CliError, Verdict};
 
 /// Arguments of `encrypt`.
 #[derive(Debug, Args)]
@@ -88,19 +88,19 @@ fn aad_bytes(aad: &Option<String>) -> &[u8] {
 
 impl EncryptArgs {
     /// Encrypts and writes the ciphertext; json also describes it.
-    pub async fn run(self, ctx: &Ctx) -> Result<Verdict, CliError> {
-        if ctx.json() && self.out == "-" {
+    pub async fn run(self, env: &CliEnv) -> Result<Verdict, CliError> {
+        if env.json() && self.out == "-" {
             return Err(CliError::usage(
                 "--out - would mix the ciphertext into the JSON output; name a file",
             ));
         }
         let plaintext = zeroize::Zeroizing::new(read_input("plaintext", &self.input)?);
-        let resp = ctx
+        let resp = env
             .client
             .encrypt(&self.key, self.algorithm, &plaintext, aad_bytes(&self.aad))
             .await?;
         write_output("ciphertext", &self.out, &resp.ciphertext)?;
-        if ctx.json() {
+        if env.json() {
             print_json(&json!({
                 "key_id": resp.key_id,
                 "algorithm": name_of::<EncryptionAlgorithm>(resp.encryption_algorithm),
@@ -114,14 +114,14 @@ impl EncryptArgs {
 
 impl DecryptArgs {
     /// Decrypts and writes the plaintext (json describes it, never prints it).
-    pub async fn run(self, ctx: &Ctx) -> Result<Verdict, CliError> {
-        if ctx.json() && self.out == "-" {
+    pub async fn run(self, env: &CliEnv) -> Result<Verdict, CliError> {
+        if env.json() && self.out == "-" {
             return Err(CliError::usage(
                 "--out - would mix the plaintext into the JSON output; name a file",
             ));
         }
         let ciphertext = read_input("ciphertext", &self.input)?;
-        let d = ctx
+        let d = env
             .client
             .decrypt(
                 self.key.as_deref(),
@@ -131,7 +131,7 @@ impl DecryptArgs {
             )
             .await?;
         write_output("plaintext", &self.out, &d.plaintext)?;
-        if ctx.json() {
+        if env.json() {
             print_json(&json!({
                 "key_id": d.key_id,
                 "algorithm": name_of::<EncryptionAlgorithm>(d.algorithm),
@@ -146,8 +146,8 @@ impl DecryptArgs {
 impl DataKeyArgs {
     /// Generates a data key; prints the blob (or writes it) and the plaintext only when
     /// asked.
-    pub async fn run(self, ctx: &Ctx) -> Result<Verdict, CliError> {
-        let dk = ctx
+    pub async fn run(self, env: &CliEnv) -> Result<Verdict, CliError> {
+        let dk = env
             .client
             .generate_data_key(
                 &self.key,
@@ -169,7 +169,7 @@ impl DataKeyArgs {
         let shown = self
             .show_plaintext
             .then(|| zeroize::Zeroizing::new(base64(&dk.plaintext)));
-        if ctx.json() {
+        if env.json() {
             let mut v = json!({
                 "key_id": dk.key_id,
                 "key_spec": name_of::<KeySpec>(dk.key_spec),

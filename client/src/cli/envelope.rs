@@ -18,7 +18,7 @@ use hsm_client::v1::KeySpec;
 use serde_json::json;
 
 use super::args::{print_json, println};
-use super::{CliError, Ctx, Verdict};
+use super::{CliEnv, CliError, Verdict};
 
 /// Envelope encryption of files.
 #[derive(Debug, Subcommand)]
@@ -55,19 +55,19 @@ pub struct DecryptArgs {
 
 impl EnvelopeCommand {
     /// Runs the command.
-    pub async fn run(self, ctx: &Ctx) -> Result<Verdict, CliError> {
+    pub async fn run(self, env: &CliEnv) -> Result<Verdict, CliError> {
         match self {
-            EnvelopeCommand::Encrypt(a) => a.run(ctx).await,
-            EnvelopeCommand::Decrypt(a) => a.run(ctx).await,
+            EnvelopeCommand::Encrypt(a) => a.run(env).await,
+            EnvelopeCommand::Decrypt(a) => a.run(env).await,
         }
     }
 }
 
 impl EncryptArgs {
-    async fn run(self, ctx: &Ctx) -> Result<Verdict, CliError> {
+    async fn run(self, env: &CliEnv) -> Result<Verdict, CliError> {
         let input = open(&self.input)?;
         let total = input.metadata().map(|m| m.len()).unwrap_or(0);
-        let dk = ctx
+        let dk = env
             .client
             .generate_data_key(&self.key, KeySpec::Aes256, b"", true)
             .await?;
@@ -90,18 +90,18 @@ impl EncryptArgs {
             )
         })?;
         progress.finish();
-        report(ctx, "encrypted", &dk.key_id, bytes, &self.out)
+        report(env, "encrypted", &dk.key_id, bytes, &self.out)
     }
 }
 
 impl DecryptArgs {
-    async fn run(self, ctx: &Ctx) -> Result<Verdict, CliError> {
+    async fn run(self, env: &CliEnv) -> Result<Verdict, CliError> {
         let file = open(&self.input)?;
         let total = file.metadata().map(|m| m.len()).unwrap_or(0);
         let mut input = BufReader::with_capacity(1 << 16, file);
         let (header, header_bytes) =
             Header::read(&mut input).map_err(|e| envelope_error(&self.input, e))?;
-        let key = ctx
+        let key = env
             .client
             .decrypt(None, None, header.blob.clone(), b"")
             .await?;
@@ -112,18 +112,18 @@ impl DecryptArgs {
             })
         })?;
         progress.finish();
-        report(ctx, "decrypted", &key.key_id, bytes, &self.out)
+        report(env, "decrypted", &key.key_id, bytes, &self.out)
     }
 }
 
 fn report(
-    ctx: &Ctx,
+    env: &CliEnv,
     verb: &str,
     key_id: &str,
     bytes: u64,
     out: &Path,
 ) -> Result<Verdict, CliError> {
-    if ctx.json() {
+    if env.json() {
         print_json(&json!({ "key_id": key_id, "bytes": bytes, "out": out.display().to_string() }))?;
     } else {
         println(format!(

@@ -22,7 +22,7 @@ use super::args::{
 use super::key::print_key;
 use super::render::time_cell;
 use super::table::Table;
-use super::{CliError, Ctx, Output, Verdict};
+use super::{CliEnv, CliError, Output, Verdict};
 
 /// Bring-your-own-key commands.
 #[derive(Debug, Subcommand)]
@@ -165,12 +165,12 @@ impl From<import::ImportError> for CliError {
 
 impl ImportCommand {
     /// Runs the command.
-    pub async fn run(self, ctx: &Ctx) -> Result<Verdict, CliError> {
+    pub async fn run(self, env: &CliEnv) -> Result<Verdict, CliError> {
         match self {
-            ImportCommand::Key(a) => a.run(ctx).await,
-            ImportCommand::Params(a) => a.run(ctx).await,
-            ImportCommand::Wrap(a) => a.run_offline(ctx.output),
-            ImportCommand::Material(a) => a.run(ctx).await,
+            ImportCommand::Key(a) => a.run(env).await,
+            ImportCommand::Params(a) => a.run(env).await,
+            ImportCommand::Wrap(a) => a.run_offline(env.output),
+            ImportCommand::Material(a) => a.run(env).await,
         }
     }
 }
@@ -210,13 +210,13 @@ fn describe(m: &KeyMaterial) -> String {
 }
 
 impl KeyArgs {
-    async fn run(self, ctx: &Ctx) -> Result<Verdict, CliError> {
+    async fn run(self, env: &CliEnv) -> Result<Verdict, CliError> {
         let material = read_key_file(&self.input)?;
         let asked = self
             .wrapping_algorithm
             .unwrap_or(WrappingAlgorithm::Unspecified);
         import::check_algorithm(asked, &material)?;
-        let params = ctx
+        let params = env
             .client
             .get_parameters_for_import(&self.key, asked, None)
             .await?;
@@ -229,8 +229,8 @@ impl KeyArgs {
             valid_to: self.valid_to.map(to_timestamp),
             public_key_der: material.public_key_der()?.unwrap_or_default(),
         };
-        let key = ctx.client.import_key_material(req).await?;
-        print_key(ctx, &key)
+        let key = env.client.import_key_material(req).await?;
+        print_key(env, &key)
     }
 }
 
@@ -250,11 +250,11 @@ fn answered_algorithm(p: &GetParametersForImportResponse) -> Result<WrappingAlgo
 }
 
 impl ParamsArgs {
-    async fn run(self, ctx: &Ctx) -> Result<Verdict, CliError> {
+    async fn run(self, env: &CliEnv) -> Result<Verdict, CliError> {
         let algorithm = self
             .wrapping_algorithm
             .unwrap_or(WrappingAlgorithm::Unspecified);
-        let p = ctx
+        let p = env
             .client
             .get_parameters_for_import(&self.key, algorithm, self.wrapping_key_spec)
             .await?;
@@ -276,7 +276,7 @@ impl ParamsArgs {
         write_output("import token", &token, &p.import_token)?;
         let algorithm = wrapping_algorithm_name(p.wrapping_algorithm);
         let spec = names::name_of::<KeySpec>(p.wrapping_key_spec);
-        if ctx.json() {
+        if env.json() {
             return print_json(&json!({
                 "key_id": p.key_id,
                 "wrapping_algorithm": algorithm,
@@ -347,7 +347,7 @@ impl WrapArgs {
 }
 
 impl MaterialArgs {
-    async fn run(self, ctx: &Ctx) -> Result<Verdict, CliError> {
+    async fn run(self, env: &CliEnv) -> Result<Verdict, CliError> {
         let import_token = read_input("import token", &self.token)?;
         let encrypted_key_material = read_input("wrapped key material", &self.material)?;
         let public_key_der = match &self.public_key {
@@ -361,7 +361,7 @@ impl MaterialArgs {
             valid_to: self.valid_to.map(to_timestamp),
             public_key_der,
         };
-        let key = ctx.client.import_key_material(req).await?;
-        print_key(ctx, &key)
+        let key = env.client.import_key_material(req).await?;
+        print_key(env, &key)
     }
 }

@@ -10,7 +10,7 @@ use serde_json::json;
 
 use super::args::{parse_tag, print, print_json, println, write_output};
 use super::render::{key_json, key_table, keys_table, public_key_json};
-use super::{CliError, Ctx, Verdict};
+use super::{CliEnv, CliError, Verdict};
 
 /// Key management commands.
 #[derive(Debug, Subcommand)]
@@ -134,27 +134,27 @@ pub struct PublicArgs {
 
 impl KeyCommand {
     /// Runs the command.
-    pub async fn run(self, ctx: &Ctx) -> Result<Verdict, CliError> {
+    pub async fn run(self, env: &CliEnv) -> Result<Verdict, CliError> {
         let key = match self {
-            KeyCommand::Create(a) => return a.run(ctx).await,
-            KeyCommand::List(a) => return a.run(ctx).await,
-            KeyCommand::Public(a) => return a.run(ctx).await,
+            KeyCommand::Create(a) => return a.run(env).await,
+            KeyCommand::List(a) => return a.run(env).await,
+            KeyCommand::Public(a) => return a.run(env).await,
             KeyCommand::Describe { key } => {
-                return print_key(ctx, &ctx.client.describe_key(&key).await?);
+                return print_key(env, &env.client.describe_key(&key).await?);
             }
-            KeyCommand::Enable { key } => ctx.client.enable_key(&key).await?,
-            KeyCommand::Disable { key } => ctx.client.disable_key(&key).await?,
+            KeyCommand::Enable { key } => env.client.enable_key(&key).await?,
+            KeyCommand::Disable { key } => env.client.disable_key(&key).await?,
             KeyCommand::ScheduleDeletion { key, days } => {
                 let days = days.unwrap_or(0);
-                ctx.client.schedule_key_deletion(&key, days).await?
+                env.client.schedule_key_deletion(&key, days).await?
             }
-            KeyCommand::CancelDeletion { key } => ctx.client.cancel_key_deletion(&key).await?,
+            KeyCommand::CancelDeletion { key } => env.client.cancel_key_deletion(&key).await?,
             KeyCommand::DeleteMaterial { key } => {
-                ctx.client.delete_imported_key_material(&key).await?
+                env.client.delete_imported_key_material(&key).await?
             }
         };
         // Lifecycle changes: `<key id> <STATE> [<deletion time>]`, or the metadata.
-        if ctx.json() {
+        if env.json() {
             print_json(&key_json(&key))?;
         } else {
             let mut line = format!("{} {}", key.key_id, name_of::<KeyState>(key.state));
@@ -168,8 +168,8 @@ impl KeyCommand {
 }
 
 /// Prints a key's metadata: a table, or its JSON object.
-pub(super) fn print_key(ctx: &Ctx, key: &KeyMetadata) -> Result<Verdict, CliError> {
-    if ctx.json() {
+pub(super) fn print_key(env: &CliEnv, key: &KeyMetadata) -> Result<Verdict, CliError> {
+    if env.json() {
         print_json(&key_json(key))?;
     } else {
         print(&key_table(key))?;
@@ -184,7 +184,7 @@ impl CreateArgs {
         self.origin
     }
 
-    async fn run(self, ctx: &Ctx) -> Result<Verdict, CliError> {
+    async fn run(self, env: &CliEnv) -> Result<Verdict, CliError> {
         let req = CreateKeyRequest {
             spec: self.spec as i32,
             usage: self.usage as i32,
@@ -194,8 +194,8 @@ impl CreateArgs {
             tags: self.tags.into_iter().collect(),
             idempotency_token: self.idempotency_token.unwrap_or_default(),
         };
-        let key = ctx.client.create_key(req).await?;
-        if ctx.json() {
+        let key = env.client.create_key(req).await?;
+        if env.json() {
             print_json(&key_json(&key))?;
         } else {
             println(&key.key_id)?;
@@ -205,7 +205,7 @@ impl CreateArgs {
 }
 
 impl ListArgs {
-    async fn run(self, ctx: &Ctx) -> Result<Verdict, CliError> {
+    async fn run(self, env: &CliEnv) -> Result<Verdict, CliError> {
         let req = ListKeysRequest {
             page_size: self.page_size.unwrap_or(0),
             page_token: self.page_token.unwrap_or_default(),
@@ -214,12 +214,12 @@ impl ListArgs {
             alias_prefix: self.alias_prefix.unwrap_or_default(),
         };
         let (keys, next) = if self.page_size.is_some() {
-            let page = ctx.client.list_keys(req).await?;
+            let page = env.client.list_keys(req).await?;
             (page.keys, page.next_page_token)
         } else {
-            (ctx.client.list_all_keys(req).await?, String::new())
+            (env.client.list_all_keys(req).await?, String::new())
         };
-        if ctx.json() {
+        if env.json() {
             let keys: Vec<_> = keys.iter().map(key_json).collect();
             print_json(&json!({ "keys": keys, "next_page_token": next }))?;
         } else {
@@ -233,9 +233,9 @@ impl ListArgs {
 }
 
 impl PublicArgs {
-    async fn run(self, ctx: &Ctx) -> Result<Verdict, CliError> {
-        let public = ctx.client.get_public_key(&self.key).await?;
-        if ctx.json() {
+    async fn run(self, env: &CliEnv) -> Result<Verdict, CliError> {
+        let public = env.client.get_public_key(&self.key).await?;
+        if env.json() {
             let mut v = public_key_json(&public);
             if let Some(out) = &self.out {
                 write_public(&public, self.der, out)?;

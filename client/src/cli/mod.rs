@@ -150,12 +150,12 @@ impl From<Verdict> for ExitCode {
 }
 
 /// What every command gets: the connection and the output format.
-pub struct Ctx {
+pub struct CliEnv {
     client: Client,
     output: Output,
 }
 
-impl Ctx {
+impl CliEnv {
     fn json(&self) -> bool {
         self.output == Output::Json
     }
@@ -194,26 +194,26 @@ impl Cli {
                 );
             }));
         }
-        let ctx = Ctx {
+        let env = CliEnv {
             client,
             output: self.output,
         };
         match self.command {
-            Command::Key(cmd) => cmd.run(&ctx).await,
-            Command::Alias(cmd) => cmd.run(&ctx).await,
-            Command::Sign(a) => a.run(&ctx).await,
-            Command::Verify(a) => a.run(&ctx).await,
-            Command::Random(a) => a.run(&ctx).await,
-            Command::Encrypt(a) => a.run(&ctx).await,
-            Command::Decrypt(a) => a.run(&ctx).await,
-            Command::Datakey(a) => a.run(&ctx).await,
-            Command::Envelope(cmd) => cmd.run(&ctx).await,
-            Command::Import(cmd) => cmd.run(&ctx).await,
-            Command::Csr(a) => a.run(&ctx).await,
-            Command::Cert(cmd) => cmd.run(&ctx).await,
-            Command::Token(cmd) => cmd.run(&ctx).await,
-            Command::Audit(cmd) => cmd.run(&ctx).await,
-            Command::Bench(a) => a.run(&ctx, &profile).await,
+            Command::Key(cmd) => cmd.run(&env).await,
+            Command::Alias(cmd) => cmd.run(&env).await,
+            Command::Sign(a) => a.run(&env).await,
+            Command::Verify(a) => a.run(&env).await,
+            Command::Random(a) => a.run(&env).await,
+            Command::Encrypt(a) => a.run(&env).await,
+            Command::Decrypt(a) => a.run(&env).await,
+            Command::Datakey(a) => a.run(&env).await,
+            Command::Envelope(cmd) => cmd.run(&env).await,
+            Command::Import(cmd) => cmd.run(&env).await,
+            Command::Csr(a) => a.run(&env).await,
+            Command::Cert(cmd) => cmd.run(&env).await,
+            Command::Token(cmd) => cmd.run(&env).await,
+            Command::Audit(cmd) => cmd.run(&env).await,
+            Command::Bench(a) => a.run(&env, &profile).await,
         }
     }
 }
@@ -273,7 +273,7 @@ mod tests {
                 "rsaes-oaep-sha-256",
             ],
             &[
-                "hsmctl", "encrypt", "k", "--in", "p", "--out", "c", "--aad", "ctx",
+                "hsmctl", "encrypt", "k", "--in", "p", "--out", "c", "--aad", "env",
             ],
             &[
                 "hsmctl",

@@ -8,7 +8,7 @@ use serde_json::{Value, json};
 
 use super::args::{print, print_json};
 use super::table::{Table, cell, or_dash};
-use super::{CliError, Ctx, Verdict};
+use super::{CliEnv, CliError, Verdict};
 
 /// Token commands.
 #[derive(Debug, Subcommand)]
@@ -20,11 +20,11 @@ pub enum TokenCommand {
 
 impl TokenCommand {
     /// Runs the command.
-    pub async fn run(self, ctx: &Ctx) -> Result<Verdict, CliError> {
+    pub async fn run(self, env: &CliEnv) -> Result<Verdict, CliError> {
         match self {
             TokenCommand::Info => {
-                let info = ctx.client.token_info().await?;
-                if ctx.json() {
+                let info = env.client.token_info().await?;
+                if env.json() {
                     print_json(&token_json(&info))?;
                 } else {
                     print(&token_text(&info))?;

@@ -8,7 +8,7 @@ use hsmd_proto::v1::audit_service_server::AuditService;
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status};
 
-use super::{ApiError, Call, Ctx};
+use super::{ApiError, ApiState};
 use crate::audit::{self, AuditQuery, AuditRecord, Outcome};
 use crate::auth::Action;
 use crate::encoding::public;
@@ -18,12 +18,12 @@ const MAX_LIMIT: u32 = 100_000;
 
 /// The AuditService implementation.
 pub struct AuditApi {
-    ctx: Ctx,
+    state: ApiState,
 }
 
 impl AuditApi {
-    pub fn new(ctx: Ctx) -> Self {
-        AuditApi { ctx }
+    pub fn new(state: ApiState) -> Self {
+        AuditApi { state }
     }
 }
 
@@ -128,14 +128,11 @@ impl AuditService for AuditApi {
         &self,
         req: Request<pb::QueryAuditRequest>,
     ) -> Result<Response<RecordStream>, Status> {
-        let call = Call::begin(&req, "/hsmd.v1.AuditService/QueryAudit");
-        let r = req.into_inner();
-        let result = call
-            .authorize(&self.ctx, Action::QueryAudit)
-            .and_then(|_| query(r))
-            .map(|q| {
+        let call = self.state.call(req, "/hsmd.v1.AuditService/QueryAudit");
+        call.answer(Action::QueryAudit, async |_, _, r| {
+            query(r).map(|q| {
                 let (tx, rx) = tokio::sync::mpsc::channel(256);
-                let log = self.ctx.audit.clone();
+                let log = self.state.audit.clone();
                 tokio::task::spawn_blocking(move || {
                     let res = log.files().and_then(|files| {
                         audit::query_files(&files, &q, |rec, line| {
@@ -150,21 +147,21 @@ impl AuditService for AuditApi {
                     }
                 });
                 Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)) as RecordStream
-            });
-        self.ctx.finish(call, result).await
+            })
+        })
+        .await
     }
 
     async fn verify_audit_log(
         &self,
         req: Request<pb::VerifyAuditLogRequest>,
     ) -> Result<Response<pb::VerifyAuditLogResponse>, Status> {
-        let call = Call::begin(&req, "/hsmd.v1.AuditService/VerifyAuditLog");
-        let result = async {
-            call.authorize(&self.ctx, Action::VerifyAuditLog)?;
+        let call = self.state.call(req, "/hsmd.v1.AuditService/VerifyAuditLog");
+        call.answer(Action::VerifyAuditLog, async |_, _, _| {
             let pem = self.public_key_pem().await?;
             let verifier = audit_chain::Verifier::from_pem(&pem).map_err(KeyError::Internal)?;
-            let written = self.ctx.audit.head();
-            let log = self.ctx.audit.clone();
+            let written = self.state.audit.head();
+            let log = self.state.audit.clone();
             let mut report = tokio::task::spawn_blocking(move || {
                 let files = log.files().map_err(|e| e.to_string())?;
                 verifier.verify_files(&files).map_err(|e| e.to_string())
@@ -180,33 +177,32 @@ impl AuditService for AuditApi {
                 report.problems.pop();
             }
             Ok(verify_response(report, written))
-        }
-        .await;
-        self.ctx.finish(call, result).await
+        })
+        .await
     }
 
     async fn get_audit_public_key(
         &self,
         req: Request<pb::GetAuditPublicKeyRequest>,
     ) -> Result<Response<pb::GetAuditPublicKeyResponse>, Status> {
-        let call = Call::begin(&req, "/hsmd.v1.AuditService/GetAuditPublicKey");
-        let result = async {
-            call.authorize(&self.ctx, Action::GetAuditPublicKey)?;
+        let call = self
+            .state
+            .call(req, "/hsmd.v1.AuditService/GetAuditPublicKey");
+        call.answer(Action::GetAuditPublicKey, async |_, _, _| {
             let der = self.public_key_der().await?;
             Ok(pb::GetAuditPublicKeyResponse {
                 public_key_pem: public::spki_pem(&der),
                 public_key_der: der,
                 algorithm: "ECDSA_P256_SHA256".into(),
             })
-        }
-        .await;
-        self.ctx.finish(call, result).await
+        })
+        .await
     }
 }
 
 impl AuditApi {
     async fn public_key_der(&self) -> Result<Vec<u8>, ApiError> {
-        self.ctx
+        self.state
             .blocking(|m| {
                 let material = m.backend().audit_public_key()?;
                 public::spki_der(&material).map_err(KeyError::Internal)

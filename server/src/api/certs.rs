@@ -7,15 +7,13 @@ use hsmd_proto::v1::certificate_service_server::CertificateService;
 use tonic::{Request, Response, Status};
 
 use super::convert::{alg_from_pb, alg_to_pb, ts};
-use super::{ApiError, Call, Ctx, Grant};
+use super::{ApiError, ApiState, Call};
 use crate::audit::record::input_hash;
 use crate::auth::Action;
 use crate::csr::chain::{self, CertInfo};
 use crate::csr::ops::{self, CertRequest};
 use crate::csr::san::{self, Eku, KeyUsageBit, RequestedExtensions, SanKind};
 use crate::csr::{CertError, subject};
-use crate::domain::record::KeyRecord;
-use crate::keys::{KeyError, KeyManager, KeyRef};
 
 macro_rules! method {
     ($name:literal) => {
@@ -25,44 +23,12 @@ macro_rules! method {
 
 /// The CertificateService implementation.
 pub struct CertApi {
-    ctx: Ctx,
+    state: ApiState,
 }
 
 impl CertApi {
-    pub fn new(ctx: Ctx) -> Self {
-        CertApi { ctx }
-    }
-
-    /// Resolves a key, checks the grant allows it, and runs `f` on it in the same
-    /// blocking task, noting the key in the audit record either way.
-    async fn with_key<T: Send + 'static>(
-        &self,
-        call: &mut Call,
-        grant: &Grant,
-        named: &str,
-        f: impl FnOnce(&KeyManager, KeyRecord) -> Result<T, CertError> + Send + 'static,
-    ) -> Result<T, ApiError> {
-        let key_ref = match KeyRef::parse(named) {
-            Ok(r) => r,
-            Err(e) => {
-                call.note_key(named, None);
-                return Err(e.into());
-            }
-        };
-        let keys = self.ctx.keys.clone();
-        let g = grant.clone();
-        let (id, result) = tokio::task::spawn_blocking(move || match keys.resolve(&key_ref) {
-            Ok(key) => (
-                Some(key.id),
-                g.check_key(&key)
-                    .and_then(|()| f(&keys, key).map_err(ApiError::from)),
-            ),
-            Err(e) => (None, Err(ApiError::from(e))),
-        })
-        .await
-        .map_err(|e| ApiError::Key(KeyError::Internal(format!("blocking task: {e}"))))?;
-        call.note_key(named, id);
-        result.map_err(|e| grant.hide_missing(named, e))
+    pub fn new(state: ApiState) -> Self {
+        CertApi { state }
     }
 }
 
@@ -177,11 +143,9 @@ impl CertificateService for CertApi {
         &self,
         req: Request<pb::GenerateCsrRequest>,
     ) -> Result<Response<pb::GenerateCsrResponse>, Status> {
-        let mut call = Call::begin(&req, method!("GenerateCsr"));
-        let r = req.into_inner();
-        let result = async {
-            let grant = call.authorize(&self.ctx, Action::GenerateCsr)?;
-            note_algorithm(&mut call, r.algorithm);
+        let call = self.state.call(req, method!("GenerateCsr"));
+        call.answer(Action::GenerateCsr, async |call, grant, r| {
+            note_algorithm(call, r.algorithm);
             let cr = cert_request(
                 &r.subject,
                 r.subject_alt_names,
@@ -197,7 +161,8 @@ impl CertificateService for CertApi {
                 }
             };
             let (id, issued) = self
-                .with_key(&mut call, &grant, &r.key_id, move |m, key| {
+                .state
+                .with_key(call, &grant, &r.key_id, move |m, key| {
                     Ok((key.id, ops::generate_csr(m, &key, &cr)?))
                 })
                 .await?;
@@ -209,20 +174,17 @@ impl CertificateService for CertApi {
                 csr_der: issued.signed.der,
                 csr_pem: issued.signed.pem,
             })
-        }
-        .await;
-        self.ctx.finish(call, result).await
+        })
+        .await
     }
 
     async fn self_signed_certificate(
         &self,
         req: Request<pb::SelfSignedCertificateRequest>,
     ) -> Result<Response<pb::SelfSignedCertificateResponse>, Status> {
-        let mut call = Call::begin(&req, method!("SelfSignedCertificate"));
-        let r = req.into_inner();
-        let result = async {
-            let grant = call.authorize(&self.ctx, Action::SelfSignedCertificate)?;
-            note_algorithm(&mut call, r.algorithm);
+        let call = self.state.call(req, method!("SelfSignedCertificate"));
+        call.answer(Action::SelfSignedCertificate, async |call, grant, r| {
+            note_algorithm(call, r.algorithm);
             let cr = cert_request(
                 &r.subject,
                 r.subject_alt_names,
@@ -239,7 +201,8 @@ impl CertificateService for CertApi {
             };
             let (days, import) = (r.validity_days, r.import);
             let (id, (issued, info)) = self
-                .with_key(&mut call, &grant, &r.key_id, move |m, key| {
+                .state
+                .with_key(call, &grant, &r.key_id, move |m, key| {
                     Ok((key.id, ops::self_signed(m, &key, &cr, days, import)?))
                 })
                 .await?;
@@ -253,23 +216,24 @@ impl CertificateService for CertApi {
                 info: Some(info_to_pb(&info)),
                 imported: import,
             })
-        }
-        .await;
-        self.ctx.finish(call, result).await
+        })
+        .await
     }
 
     async fn import_certificate(
         &self,
         req: Request<pb::ImportCertificateRequest>,
     ) -> Result<Response<pb::ImportCertificateResponse>, Status> {
-        let mut call = Call::begin(&req, method!("ImportCertificate"));
-        let r = req.into_inner();
-        call.event.input_sha256 = input_hash(&r.certificate_chain);
-        let result = async {
-            let grant = call.authorize(&self.ctx, Action::ImportCertificate)?;
+        let call = self.state.call(req, method!("ImportCertificate"));
+        let call = call.decode(|call, r| {
+            call.event.input_sha256 = input_hash(&r.certificate_chain);
+            r
+        });
+        call.answer(Action::ImportCertificate, async |call, grant, r| {
             let input = r.certificate_chain;
             let (id, (info, len)) = self
-                .with_key(&mut call, &grant, &r.key_id, move |m, key| {
+                .state
+                .with_key(call, &grant, &r.key_id, move |m, key| {
                     Ok((key.id, ops::import(m, &key, &input)?))
                 })
                 .await?;
@@ -278,21 +242,19 @@ impl CertificateService for CertApi {
                 info: Some(info_to_pb(&info)),
                 chain_length: len as u32,
             })
-        }
-        .await;
-        self.ctx.finish(call, result).await
+        })
+        .await
     }
 
     async fn get_certificate(
         &self,
         req: Request<pb::GetCertificateRequest>,
     ) -> Result<Response<pb::GetCertificateResponse>, Status> {
-        let mut call = Call::begin(&req, method!("GetCertificate"));
-        let r = req.into_inner();
-        let result = async {
-            let grant = call.authorize(&self.ctx, Action::GetCertificate)?;
+        let call = self.state.call(req, method!("GetCertificate"));
+        call.answer(Action::GetCertificate, async |call, grant, r| {
             let (id, kc) = self
-                .with_key(&mut call, &grant, &r.key_id, |m, key| {
+                .state
+                .with_key(call, &grant, &r.key_id, |m, key| {
                     Ok((key.id, ops::get(m, &key)?))
                 })
                 .await?;
@@ -307,8 +269,7 @@ impl CertificateService for CertApi {
                 info: Some(info_to_pb(&info)),
                 import_time: Some(ts(kc.stored.import_time)),
             })
-        }
-        .await;
-        self.ctx.finish(call, result).await
+        })
+        .await
     }
 }

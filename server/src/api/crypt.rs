@@ -26,63 +26,66 @@ impl KeyApi {
         &self,
         req: Request<pb::EncryptRequest>,
     ) -> Result<Response<pb::EncryptResponse>, Status> {
-        let mut call = Call::begin(&req, method!("Encrypt"));
-        let mut r = req.into_inner();
-        let plaintext = Zeroizing::new(std::mem::take(&mut r.plaintext));
-        let aad = std::mem::take(&mut r.aad);
-        let result = async {
-            let grant = call.authorize(self.ctx(), Action::Encrypt)?;
+        let call = self.state().call(req, method!("Encrypt"));
+        // The plaintext is in a wiping buffer from the start, refused call or not.
+        let call = call.decode(|_, mut r| {
+            let plaintext = Zeroizing::new(std::mem::take(&mut r.plaintext));
+            (r, plaintext)
+        });
+        call.answer(Action::Encrypt, async |call, grant, (mut r, plaintext)| {
+            let aad = std::mem::take(&mut r.aad);
             let alg = enc_alg_from_pb(r.encryption_algorithm)?;
-            note_algorithm(&mut call, alg);
+            note_algorithm(call, alg);
             let (id, alg, ciphertext) = self
-                .with_key(&mut call, &grant, &r.key_id, move |m, key| {
+                .state()
+                .with_key(call, &grant, &r.key_id, move |m, key| {
                     let (alg, ct) = m.encrypt(&key, alg, &plaintext, &aad)?;
                     Ok((key.id, alg, ct))
                 })
                 .await?;
-            note_algorithm(&mut call, Some(alg));
+            note_algorithm(call, Some(alg));
             call.event.input_sha256 = input_hash(&ciphertext);
             Ok(pb::EncryptResponse {
                 key_id: id.to_string(),
                 ciphertext,
                 encryption_algorithm: enc_alg_to_pb(alg),
             })
-        }
-        .await;
-        self.ctx().finish(call, result).await
+        })
+        .await
     }
 
     pub(super) async fn decrypt_call(
         &self,
         req: Request<pb::DecryptRequest>,
     ) -> Result<Response<pb::DecryptResponse>, Status> {
-        let mut call = Call::begin(&req, method!("Decrypt"));
-        let r = req.into_inner();
-        call.event.input_sha256 = input_hash(&r.ciphertext);
-        let result = async {
-            let grant = call.authorize(self.ctx(), Action::Decrypt)?;
+        let call = self.state().call(req, method!("Decrypt"));
+        let call = call.decode(|call, r| {
+            call.event.input_sha256 = input_hash(&r.ciphertext);
+            r
+        });
+        call.answer(Action::Decrypt, async |call, grant, r| {
             let alg = enc_alg_from_pb(r.encryption_algorithm)?;
-            note_algorithm(&mut call, alg);
+            note_algorithm(call, alg);
             let (ciphertext, aad) = (r.ciphertext, r.aad);
             let (id, alg, mut plaintext) = if r.key_id.is_empty() {
-                self.decrypt_blob(&mut call, &grant, alg, ciphertext, aad)
+                self.decrypt_blob(call, &grant, alg, ciphertext, aad)
                     .await?
             } else {
-                self.with_key(&mut call, &grant, &r.key_id, move |m, key| {
-                    let (alg, pt) = m.decrypt(&key, alg, &ciphertext, &aad)?;
-                    Ok((key.id, alg, pt))
-                })
-                .await?
+                self.state()
+                    .with_key(call, &grant, &r.key_id, move |m, key| {
+                        let (alg, pt) = m.decrypt(&key, alg, &ciphertext, &aad)?;
+                        Ok((key.id, alg, pt))
+                    })
+                    .await?
             };
-            note_algorithm(&mut call, Some(alg));
+            note_algorithm(call, Some(alg));
             Ok(pb::DecryptResponse {
                 key_id: id.to_string(),
                 plaintext: std::mem::take(&mut *plaintext),
                 encryption_algorithm: enc_alg_to_pb(alg),
             })
-        }
-        .await;
-        self.ctx().finish(call, result).await
+        })
+        .await
     }
 
     /// Decrypt without a key id: the blob names its key, which the grant must allow.
@@ -103,7 +106,7 @@ impl KeyApi {
         }
         let g = grant.clone();
         let (id, result) = self
-            .ctx()
+            .state()
             .blocking(move |m| {
                 let key = match m.blob_key(&ciphertext) {
                     Ok(k) => k,
@@ -130,49 +133,40 @@ impl KeyApi {
         &self,
         req: Request<pb::GenerateDataKeyRequest>,
     ) -> Result<Response<pb::GenerateDataKeyResponse>, Status> {
-        let mut call = Call::begin(&req, method!("GenerateDataKey"));
-        let r = req.into_inner();
-        let result = self
-            .data_key(
-                &mut call,
-                Action::GenerateDataKey,
-                &r.key_id,
-                r.key_spec,
-                r.aad,
-            )
-            .await
-            .map(|(id, spec, mut dk)| pb::GenerateDataKeyResponse {
+        let call = self.state().call(req, method!("GenerateDataKey"));
+        call.answer(Action::GenerateDataKey, async |call, grant, r| {
+            let (id, spec, mut dk) = self
+                .data_key(call, &grant, &r.key_id, r.key_spec, r.aad)
+                .await?;
+            Ok(pb::GenerateDataKeyResponse {
                 key_id: id.to_string(),
                 key_spec: spec_to_pb(spec),
                 plaintext: std::mem::take(&mut *dk.plaintext),
                 ciphertext_blob: dk.blob,
-            });
-        self.ctx().finish(call, result).await
+            })
+        })
+        .await
     }
 
     pub(super) async fn generate_data_key_without_plaintext_call(
         &self,
         req: Request<pb::GenerateDataKeyWithoutPlaintextRequest>,
     ) -> Result<Response<pb::GenerateDataKeyWithoutPlaintextResponse>, Status> {
-        let mut call = Call::begin(&req, method!("GenerateDataKeyWithoutPlaintext"));
-        let r = req.into_inner();
-        let result = self
-            .data_key(
-                &mut call,
-                Action::GenerateDataKeyWithoutPlaintext,
-                &r.key_id,
-                r.key_spec,
-                r.aad,
-            )
-            .await
-            .map(
-                |(id, spec, dk)| pb::GenerateDataKeyWithoutPlaintextResponse {
-                    key_id: id.to_string(),
-                    key_spec: spec_to_pb(spec),
-                    ciphertext_blob: dk.blob,
-                },
-            );
-        self.ctx().finish(call, result).await
+        let call = self
+            .state()
+            .call(req, method!("GenerateDataKeyWithoutPlaintext"));
+        let action = Action::GenerateDataKeyWithoutPlaintext;
+        call.answer(action, async |call, grant, r| {
+            let (id, spec, dk) = self
+                .data_key(call, &grant, &r.key_id, r.key_spec, r.aad)
+                .await?;
+            Ok(pb::GenerateDataKeyWithoutPlaintextResponse {
+                key_id: id.to_string(),
+                key_spec: spec_to_pb(spec),
+                ciphertext_blob: dk.blob,
+            })
+        })
+        .await
     }
 
     /// A data key under the named master key; the audit record names the data key spec
@@ -180,12 +174,11 @@ impl KeyApi {
     async fn data_key(
         &self,
         call: &mut Call,
-        action: Action,
+        grant: &Grant,
         key_id: &str,
         key_spec: i32,
         aad: Vec<u8>,
     ) -> Result<(Uuid, KeySpec, DataKey), ApiError> {
-        let grant = call.authorize(self.ctx(), action)?;
         let spec = if key_spec == 0 {
             KeySpec::Aes256
         } else {
@@ -193,7 +186,8 @@ impl KeyApi {
         };
         call.event.algorithm = spec.name().into();
         let (id, dk) = self
-            .with_key(call, &grant, key_id, move |m, key| {
+            .state()
+            .with_key(call, grant, key_id, move |m, key| {
                 Ok((key.id, m.generate_data_key(&key, spec, &aad)?))
             })
             .await?;

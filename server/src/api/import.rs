@@ -6,7 +6,6 @@
 use hsmd_proto::v1 as pb;
 use tonic::{Request, Response, Status};
 
-use super::Call;
 use super::convert::{self, spec_from_pb, spec_to_pb, ts};
 use super::keys::{KeyApi, method};
 use crate::audit::record::input_hash;
@@ -52,10 +51,8 @@ impl KeyApi {
         &self,
         req: Request<pb::GetParametersForImportRequest>,
     ) -> Result<Response<pb::GetParametersForImportResponse>, Status> {
-        let mut call = Call::begin(&req, method!("GetParametersForImport"));
-        let r = req.into_inner();
-        let result = async {
-            let grant = call.authorize(self.ctx(), Action::GetParametersForImport)?;
+        let call = self.state().call(req, method!("GetParametersForImport"));
+        call.answer(Action::GetParametersForImport, async |call, grant, r| {
             let alg = wrapping_from_pb(r.wrapping_algorithm)?;
             let spec = match r.wrapping_key_spec {
                 0 => None,
@@ -65,8 +62,9 @@ impl KeyApi {
                 call.event.algorithm = a.name().into();
             }
             let p = self
-                .with_key(&mut call, &grant, &r.key_id, move |m, key| {
-                    m.parameters_for_import(&key, alg, spec)
+                .state()
+                .with_key(call, &grant, &r.key_id, move |m, key| {
+                    Ok(m.parameters_for_import(&key, alg, spec)?)
                 })
                 .await?;
             call.event.algorithm = p.algorithm.name().into();
@@ -79,20 +77,20 @@ impl KeyApi {
                 wrapping_algorithm: wrapping_to_pb(p.algorithm),
                 wrapping_key_spec: spec_to_pb(p.wrapping_spec),
             })
-        }
-        .await;
-        self.ctx().finish(call, result).await
+        })
+        .await
     }
 
     pub(super) async fn import_key_material_call(
         &self,
         req: Request<pb::ImportKeyMaterialRequest>,
     ) -> Result<Response<pb::ImportKeyMaterialResponse>, Status> {
-        let mut call = Call::begin(&req, method!("ImportKeyMaterial"));
-        let r = req.into_inner();
-        call.event.input_sha256 = input_hash(&r.encrypted_key_material);
-        let result = async {
-            let grant = call.authorize(self.ctx(), Action::ImportKeyMaterial)?;
+        let call = self.state().call(req, method!("ImportKeyMaterial"));
+        let call = call.decode(|call, r| {
+            call.event.input_sha256 = input_hash(&r.encrypted_key_material);
+            r
+        });
+        call.answer(Action::ImportKeyMaterial, async |call, grant, r| {
             let valid_to = match &r.valid_to {
                 None => None,
                 Some(t) if (0..1_000_000_000).contains(&t.nanos) => Some(
@@ -117,37 +115,35 @@ impl KeyApi {
                 public_key_der: r.public_key_der,
             };
             let key = self
-                .with_key(&mut call, &grant, &r.key_id, move |m, key| {
-                    m.import_material(&key, &import)
+                .state()
+                .with_key(call, &grant, &r.key_id, move |m, key| {
+                    Ok(m.import_material(&key, &import)?)
                 })
                 .await?;
             Ok(pb::ImportKeyMaterialResponse {
                 key: Some(convert::metadata(&key)),
             })
-        }
-        .await;
-        self.ctx().finish(call, result).await
+        })
+        .await
     }
 
     pub(super) async fn delete_imported_key_material_call(
         &self,
         req: Request<pb::DeleteImportedKeyMaterialRequest>,
     ) -> Result<Response<pb::DeleteImportedKeyMaterialResponse>, Status> {
-        let mut call = Call::begin(&req, method!("DeleteImportedKeyMaterial"));
-        let r = req.into_inner();
-        let result = async {
-            let grant = call.authorize(self.ctx(), Action::DeleteImportedKeyMaterial)?;
+        let call = self.state().call(req, method!("DeleteImportedKeyMaterial"));
+        call.answer(Action::DeleteImportedKeyMaterial, async |call, grant, r| {
             let key = self
-                .with_key(&mut call, &grant, &r.key_id, move |m, key| {
-                    m.delete_imported_material(&key)
+                .state()
+                .with_key(call, &grant, &r.key_id, move |m, key| {
+                    Ok(m.delete_imported_material(&key)?)
                 })
                 .await?;
             Ok(pb::DeleteImportedKeyMaterialResponse {
                 key: Some(convert::metadata(&key)),
             })
-        }
-        .await;
-        self.ctx().finish(call, result).await
+        })
+        .await
     }
 }
 

@@ -6,13 +6,13 @@ use hsmd_proto::v1::key_service_server::KeyService;
 use tonic::{Request, Response, Status};
 
 use super::convert::{self, alg_from_pb, mt_from_pb};
-use super::{ApiError, Call, Ctx, Grant, Identity};
+use super::{ApiError, ApiState, Begun, Call, Grant, Identity};
 use crate::audit::record::input_hash;
 use crate::auth::Action;
 use crate::domain::record::{KeyRecord, Transition};
 use crate::encoding::public;
 use crate::keys::manager::NewKey;
-use crate::keys::{KeyError, KeyManager, KeyRef, validate_alias};
+use crate::keys::{KeyError, KeyRef, validate_alias};
 use crate::store::KeyFilter;
 
 /// Largest GenerateRandom request.
@@ -38,17 +38,17 @@ type SignStream = std::pin::Pin<
 /// The KeyService implementation.
 #[derive(Clone)]
 pub struct KeyApi {
-    ctx: Ctx,
+    state: ApiState,
 }
 
 impl KeyApi {
-    pub fn new(ctx: Ctx) -> Self {
-        KeyApi { ctx }
+    pub fn new(state: ApiState) -> Self {
+        KeyApi { state }
     }
 
     /// The shared state (for the encryption calls in `crypt.rs`).
-    pub(super) fn ctx(&self) -> &Ctx {
-        &self.ctx
+    pub(super) fn state(&self) -> &ApiState {
+        &self.state
     }
 
     /// Parses and resolves a key reference the grant allows, noting it in the audit
@@ -59,58 +59,25 @@ impl KeyApi {
         grant: &Grant,
         named: &str,
     ) -> Result<KeyRecord, ApiError> {
-        self.with_key(call, grant, named, |_, key| Ok(key)).await
+        self.state
+            .with_key(call, grant, named, |_, key| Ok(key))
+            .await
     }
 
-    /// Resolves a key, checks the grant allows it, and runs `f` on it in the same
-    /// blocking task (one hop into the blocking pool per call), noting the key in the
-    /// audit record either way.
-    pub(super) async fn with_key<T: Send + 'static>(
-        &self,
-        call: &mut Call,
-        grant: &Grant,
-        named: &str,
-        f: impl FnOnce(&KeyManager, KeyRecord) -> Result<T, KeyError> + Send + 'static,
-    ) -> Result<T, ApiError> {
-        let key_ref = match KeyRef::parse(named) {
-            Ok(r) => r,
-            Err(e) => {
-                call.note_key(named, None);
-                return Err(e.into());
-            }
-        };
-        let g = grant.clone();
-        let (id, result) = self
-            .ctx
-            .blocking(move |m| {
-                Ok(match m.resolve(&key_ref) {
-                    Ok(key) => (
-                        Some(key.id),
-                        g.check_key(&key)
-                            .and_then(|()| f(m, key).map_err(ApiError::from)),
-                    ),
-                    Err(e) => (None, Err(ApiError::from(e))),
-                })
-            })
-            .await?;
-        call.note_key(named, id);
-        result.map_err(|e| grant.hide_missing(named, e))
-    }
-
-    /// One Sign request, unary or from a stream.
+    /// One Sign request, unary or from a stream (authorized by the bracket).
     async fn sign_one(
         &self,
         call: &mut Call,
+        grant: Grant,
         r: pb::SignRequest,
     ) -> Result<pb::SignResponse, ApiError> {
-        call.event.input_sha256 = input_hash(&r.message);
-        let grant = call.authorize(&self.ctx, Action::Sign)?;
         let alg = alg_from_pb(r.algorithm)?;
         let mt = mt_from_pb(r.message_type)?;
         call.event.algorithm = alg.name().into();
         call.event.message_type = mt.name().into();
         let msg = r.message;
         let (id, signature) = self
+            .state
             .with_key(call, &grant, &r.key_id, move |m, key| {
                 Ok((key.id, m.sign(&key, alg, mt, &msg)?))
             })
@@ -126,26 +93,21 @@ impl KeyApi {
     async fn transition(
         &self,
         call: &mut Call,
+        grant: &Grant,
         named: &str,
         t: Transition,
         days: u32,
     ) -> Result<KeyRecord, ApiError> {
-        let action = match t {
-            Transition::Enable => Action::EnableKey,
-            Transition::Disable => Action::DisableKey,
-            Transition::ScheduleDeletion | Transition::Destroy => Action::ScheduleKeyDeletion,
-            Transition::CancelDeletion => Action::CancelKeyDeletion,
-        };
-        let grant = call.authorize(&self.ctx, action)?;
-        self.with_key(call, &grant, named, move |m, key| {
-            m.transition(&key, t, days)
-        })
-        .await
+        self.state
+            .with_key(call, grant, named, move |m, key| {
+                Ok(m.transition(&key, t, days)?)
+            })
+            .await
     }
 
     /// Keeps the keys of a page the caller may see (may do some action on).
     fn visible(&self, grant: &Grant, keys: Vec<KeyRecord>) -> Vec<KeyRecord> {
-        let policy = self.ctx.auth.policy();
+        let policy = self.state.auth.policy();
         keys.into_iter()
             .filter(|k| policy.may_see(grant.principal(), &facts(k)))
             .collect()
@@ -159,6 +121,12 @@ fn facts(k: &KeyRecord) -> crate::auth::KeyFacts<'_> {
         aliases: &k.aliases,
         tags: &k.tags,
     }
+}
+
+/// The audit record of a Sign request notes the message's hash, refused or not.
+fn note_message(call: &mut Call, r: pb::SignRequest) -> pb::SignRequest {
+    call.event.input_sha256 = input_hash(&r.message);
+    r
 }
 
 fn page_size(n: u32) -> Result<usize, ApiError> {
@@ -175,10 +143,8 @@ impl KeyService for KeyApi {
         &self,
         req: Request<pb::CreateKeyRequest>,
     ) -> Result<Response<pb::CreateKeyResponse>, Status> {
-        let mut call = Call::begin(&req, method!("CreateKey"));
-        let r = req.into_inner();
-        let result = async {
-            let grant = call.authorize(&self.ctx, Action::CreateKey)?;
+        let call = self.state.call(req, method!("CreateKey"));
+        call.answer(Action::CreateKey, async |call, grant, r| {
             let principal = grant.principal().to_string();
             let mut new = NewKey {
                 spec: convert::spec_from_pb(r.spec)?,
@@ -199,43 +165,37 @@ impl KeyService for KeyApi {
             let alias = Some(call.event.alias.as_str()).filter(|a| !a.is_empty());
             grant.check_new_key(alias, &new.tags)?;
             let key = self
-                .ctx
+                .state
                 .blocking(move |m| m.create(&principal, new))
                 .await?;
             call.event.key_id = key.id.to_string();
             Ok(pb::CreateKeyResponse {
                 key: Some(convert::metadata(&key)),
             })
-        }
-        .await;
-        self.ctx.finish(call, result).await
+        })
+        .await
     }
 
     async fn describe_key(
         &self,
         req: Request<pb::DescribeKeyRequest>,
     ) -> Result<Response<pb::DescribeKeyResponse>, Status> {
-        let mut call = Call::begin(&req, method!("DescribeKey"));
-        let r = req.into_inner();
-        let result = async {
-            let grant = call.authorize(&self.ctx, Action::DescribeKey)?;
-            let key = self.resolve(&mut call, &grant, &r.key_id).await?;
+        let call = self.state.call(req, method!("DescribeKey"));
+        call.answer(Action::DescribeKey, async |call, grant, r| {
+            let key = self.resolve(call, &grant, &r.key_id).await?;
             Ok(pb::DescribeKeyResponse {
                 key: Some(convert::metadata(&key)),
             })
-        }
-        .await;
-        self.ctx.finish(call, result).await
+        })
+        .await
     }
 
     async fn list_keys(
         &self,
         req: Request<pb::ListKeysRequest>,
     ) -> Result<Response<pb::ListKeysResponse>, Status> {
-        let call = Call::begin(&req, method!("ListKeys"));
-        let r = req.into_inner();
-        let result = async {
-            let grant = call.authorize(&self.ctx, Action::ListKeys)?;
+        let call = self.state.call(req, method!("ListKeys"));
+        call.answer(Action::ListKeys, async |_, grant, r| {
             let filter = KeyFilter {
                 state: (r.state != 0)
                     .then(|| convert::state_from_pb(r.state))
@@ -254,26 +214,23 @@ impl KeyService for KeyApi {
                 limit: page_size(r.page_size)?,
             };
             let token = r.page_token;
-            let (keys, next) = self.ctx.blocking(move |m| m.list(filter, &token)).await?;
+            let (keys, next) = self.state.blocking(move |m| m.list(filter, &token)).await?;
             let keys = self.visible(&grant, keys);
             Ok(pb::ListKeysResponse {
                 keys: keys.iter().map(convert::metadata).collect(),
                 next_page_token: next,
             })
-        }
-        .await;
-        self.ctx.finish(call, result).await
+        })
+        .await
     }
 
     async fn get_public_key(
         &self,
         req: Request<pb::GetPublicKeyRequest>,
     ) -> Result<Response<pb::GetPublicKeyResponse>, Status> {
-        let mut call = Call::begin(&req, method!("GetPublicKey"));
-        let r = req.into_inner();
-        let result = async {
-            let grant = call.authorize(&self.ctx, Action::GetPublicKey)?;
-            let key = self.resolve(&mut call, &grant, &r.key_id).await?;
+        let call = self.state.call(req, method!("GetPublicKey"));
+        call.answer(Action::GetPublicKey, async |call, grant, r| {
+            let key = self.resolve(call, &grant, &r.key_id).await?;
             if key.state == crate::domain::spec::KeyState::Destroyed {
                 return Err(KeyError::KeyState {
                     key: key.id,
@@ -294,167 +251,146 @@ impl KeyService for KeyApi {
                 signing_algorithms: meta.signing_algorithms,
                 encryption_algorithms: meta.encryption_algorithms,
             })
-        }
-        .await;
-        self.ctx.finish(call, result).await
+        })
+        .await
     }
 
     async fn enable_key(
         &self,
         req: Request<pb::EnableKeyRequest>,
     ) -> Result<Response<pb::EnableKeyResponse>, Status> {
-        let mut call = Call::begin(&req, method!("EnableKey"));
-        let r = req.into_inner();
-        let result = self
-            .transition(&mut call, &r.key_id, Transition::Enable, 0)
-            .await;
-        let result = result.map(|k| pb::EnableKeyResponse {
-            key: Some(convert::metadata(&k)),
-        });
-        self.ctx.finish(call, result).await
+        let call = self.state.call(req, method!("EnableKey"));
+        call.answer(Action::EnableKey, async |call, grant, r| {
+            let t = Transition::Enable;
+            let k = self.transition(call, &grant, &r.key_id, t, 0).await?;
+            Ok(pb::EnableKeyResponse {
+                key: Some(convert::metadata(&k)),
+            })
+        })
+        .await
     }
 
     async fn disable_key(
         &self,
         req: Request<pb::DisableKeyRequest>,
     ) -> Result<Response<pb::DisableKeyResponse>, Status> {
-        let mut call = Call::begin(&req, method!("DisableKey"));
-        let r = req.into_inner();
-        let result = self
-            .transition(&mut call, &r.key_id, Transition::Disable, 0)
-            .await;
-        let result = result.map(|k| pb::DisableKeyResponse {
-            key: Some(convert::metadata(&k)),
-        });
-        self.ctx.finish(call, result).await
+        let call = self.state.call(req, method!("DisableKey"));
+        call.answer(Action::DisableKey, async |call, grant, r| {
+            let t = Transition::Disable;
+            let k = self.transition(call, &grant, &r.key_id, t, 0).await?;
+            Ok(pb::DisableKeyResponse {
+                key: Some(convert::metadata(&k)),
+            })
+        })
+        .await
     }
 
     async fn schedule_key_deletion(
         &self,
         req: Request<pb::ScheduleKeyDeletionRequest>,
     ) -> Result<Response<pb::ScheduleKeyDeletionResponse>, Status> {
-        let mut call = Call::begin(&req, method!("ScheduleKeyDeletion"));
-        let r = req.into_inner();
-        let result = async {
+        let call = self.state.call(req, method!("ScheduleKeyDeletion"));
+        call.answer(Action::ScheduleKeyDeletion, async |call, grant, r| {
             if crate::domain::record::deletion_window(r.pending_window_days).is_none() {
-                call.authorize(&self.ctx, Action::ScheduleKeyDeletion)?;
                 call.note_key(&r.key_id, None);
                 return Err(KeyError::InvalidDeletionWindow(r.pending_window_days).into());
             }
-            let k = self
-                .transition(
-                    &mut call,
-                    &r.key_id,
-                    Transition::ScheduleDeletion,
-                    r.pending_window_days,
-                )
-                .await?;
+            let (t, days) = (Transition::ScheduleDeletion, r.pending_window_days);
+            let k = self.transition(call, &grant, &r.key_id, t, days).await?;
             Ok(pb::ScheduleKeyDeletionResponse {
                 deletion_time: k.deletion_time.map(convert::ts),
                 key: Some(convert::metadata(&k)),
             })
-        }
-        .await;
-        self.ctx.finish(call, result).await
+        })
+        .await
     }
 
     async fn cancel_key_deletion(
         &self,
         req: Request<pb::CancelKeyDeletionRequest>,
     ) -> Result<Response<pb::CancelKeyDeletionResponse>, Status> {
-        let mut call = Call::begin(&req, method!("CancelKeyDeletion"));
-        let r = req.into_inner();
-        let result = self
-            .transition(&mut call, &r.key_id, Transition::CancelDeletion, 0)
-            .await;
-        let result = result.map(|k| pb::CancelKeyDeletionResponse {
-            key: Some(convert::metadata(&k)),
-        });
-        self.ctx.finish(call, result).await
+        let call = self.state.call(req, method!("CancelKeyDeletion"));
+        call.answer(Action::CancelKeyDeletion, async |call, grant, r| {
+            let t = Transition::CancelDeletion;
+            let k = self.transition(call, &grant, &r.key_id, t, 0).await?;
+            Ok(pb::CancelKeyDeletionResponse {
+                key: Some(convert::metadata(&k)),
+            })
+        })
+        .await
     }
 
     async fn create_alias(
         &self,
         req: Request<pb::CreateAliasRequest>,
     ) -> Result<Response<pb::CreateAliasResponse>, Status> {
-        let mut call = Call::begin(&req, method!("CreateAlias"));
-        let r = req.into_inner();
-        let result = async {
-            let grant = call.authorize(&self.ctx, Action::CreateAlias)?;
-            let key = self.resolve(&mut call, &grant, &r.target_key_id).await?;
+        let call = self.state.call(req, method!("CreateAlias"));
+        call.answer(Action::CreateAlias, async |call, grant, r| {
+            let key = self.resolve(call, &grant, &r.target_key_id).await?;
             call.event.alias = crate::keys::truncate(&r.alias_name, 300);
             let a = self
-                .ctx
+                .state
                 .blocking(move |m| m.create_alias(&r.alias_name, &key))
                 .await?;
             Ok(pb::CreateAliasResponse {
                 alias: Some(convert::alias(&a)),
             })
-        }
-        .await;
-        self.ctx.finish(call, result).await
+        })
+        .await
     }
 
     async fn update_alias(
         &self,
         req: Request<pb::UpdateAliasRequest>,
     ) -> Result<Response<pb::UpdateAliasResponse>, Status> {
-        let mut call = Call::begin(&req, method!("UpdateAlias"));
-        let r = req.into_inner();
-        let result = async {
-            let grant = call.authorize(&self.ctx, Action::UpdateAlias)?;
+        let call = self.state.call(req, method!("UpdateAlias"));
+        call.answer(Action::UpdateAlias, async |call, grant, r| {
             // The key the alias leaves must be the caller's to move, as must the new one.
             let named = validate_alias(&r.alias_name)?;
-            self.resolve(&mut call, &grant, &named).await?;
-            let key = self.resolve(&mut call, &grant, &r.target_key_id).await?;
+            self.resolve(call, &grant, &named).await?;
+            let key = self.resolve(call, &grant, &r.target_key_id).await?;
             call.event.alias = crate::keys::truncate(&r.alias_name, 300);
             let a = self
-                .ctx
+                .state
                 .blocking(move |m| m.update_alias(&r.alias_name, &key))
                 .await?;
             Ok(pb::UpdateAliasResponse {
                 alias: Some(convert::alias(&a)),
             })
-        }
-        .await;
-        self.ctx.finish(call, result).await
+        })
+        .await
     }
 
     async fn delete_alias(
         &self,
         req: Request<pb::DeleteAliasRequest>,
     ) -> Result<Response<pb::DeleteAliasResponse>, Status> {
-        let mut call = Call::begin(&req, method!("DeleteAlias"));
-        let r = req.into_inner();
-        let result = async {
-            let grant = call.authorize(&self.ctx, Action::DeleteAlias)?;
+        let call = self.state.call(req, method!("DeleteAlias"));
+        call.answer(Action::DeleteAlias, async |call, grant, r| {
             let named = validate_alias(&r.alias_name)?;
-            self.resolve(&mut call, &grant, &named).await?;
+            self.resolve(call, &grant, &named).await?;
             call.event.alias = crate::keys::truncate(&r.alias_name, 300);
             let key = self
-                .ctx
+                .state
                 .blocking(move |m| m.delete_alias(&r.alias_name))
                 .await?;
             call.event.key_id = key.to_string();
             Ok(pb::DeleteAliasResponse {})
-        }
-        .await;
-        self.ctx.finish(call, result).await
+        })
+        .await
     }
 
     async fn list_aliases(
         &self,
         req: Request<pb::ListAliasesRequest>,
     ) -> Result<Response<pb::ListAliasesResponse>, Status> {
-        let mut call = Call::begin(&req, method!("ListAliases"));
-        let r = req.into_inner();
-        let result = async {
-            let grant = call.authorize(&self.ctx, Action::ListAliases)?;
-            let policy = self.ctx.auth.policy();
+        let call = self.state.call(req, method!("ListAliases"));
+        call.answer(Action::ListAliases, async |call, grant, r| {
+            let policy = self.state.auth.policy();
             let key = if r.key_id.is_empty() {
                 None
             } else {
-                let key = self.resolve(&mut call, &grant, &r.key_id).await?;
+                let key = self.resolve(call, &grant, &r.key_id).await?;
                 if !policy.may_see(grant.principal(), &facts(&key)) {
                     return Err(ApiError::AccessDenied {
                         principal: grant.principal().into(),
@@ -467,7 +403,7 @@ impl KeyService for KeyApi {
             let limit = page_size(r.page_size)?;
             let principal = grant.principal().to_string();
             let (list, next) = self
-                .ctx
+                .state
                 .blocking(move |m| {
                     let (list, next) = m.list_aliases(key, &r.page_token, limit)?;
                     let mut shown = Vec::with_capacity(list.len());
@@ -484,22 +420,25 @@ impl KeyService for KeyApi {
                 aliases: list.iter().map(convert::alias).collect(),
                 next_page_token: next,
             })
-        }
-        .await;
-        self.ctx.finish(call, result).await
+        })
+        .await
     }
 
     async fn sign(
         &self,
         req: Request<pb::SignRequest>,
     ) -> Result<Response<pb::SignResponse>, Status> {
-        let mut call = Call::begin(&req, method!("Sign"));
-        let result = self.sign_one(&mut call, req.into_inner()).await;
-        self.ctx.finish(call, result).await
+        let call = self.state.call(req, method!("Sign")).decode(note_message);
+        call.answer(Action::Sign, async |call, grant, r| {
+            self.sign_one(call, grant, r).await
+        })
+        .await
     }
 
     type SignStreamStream = SignStream;
 
+    /// Each request of the stream goes through the same bracket as a Sign call; only
+    /// the answer differs (an item of the stream, carrying the request id).
     async fn sign_stream(
         &self,
         req: Request<tonic::Streaming<pb::SignRequest>>,
@@ -516,9 +455,13 @@ impl KeyService for KeyApi {
             .map(move |(index, r)| {
                 let (api, who) = (api.clone(), who.clone());
                 async move {
-                    let mut call = Call::with_identity(&who, method!("SignStream"));
-                    let result = api.sign_one(&mut call, r).await;
-                    let (request_id, result) = api.ctx.record(call, result).await;
+                    let call = Call::with_identity(&who, method!("SignStream"));
+                    let call = Begun::new(&api.state, call, r).decode(note_message);
+                    let (request_id, result) = call
+                        .recorded(Action::Sign, async |call, grant, r| {
+                            api.sign_one(call, grant, r).await
+                        })
+                        .await;
                     let result = match result {
                         Ok(s) => pb::sign_stream_response::Result::Signature(s),
                         Err(e) => pb::sign_stream_response::Result::Error(pb::StreamError {
@@ -542,18 +485,20 @@ impl KeyService for KeyApi {
         &self,
         req: Request<pb::VerifyRequest>,
     ) -> Result<Response<pb::VerifyResponse>, Status> {
-        let mut call = Call::begin(&req, method!("Verify"));
-        let r = req.into_inner();
-        call.event.input_sha256 = input_hash(&r.message);
-        let result = async {
-            let grant = call.authorize(&self.ctx, Action::Verify)?;
+        let call = self.state.call(req, method!("Verify"));
+        let call = call.decode(|call, r| {
+            call.event.input_sha256 = input_hash(&r.message);
+            r
+        });
+        call.answer(Action::Verify, async |call, grant, r| {
             let alg = alg_from_pb(r.algorithm)?;
             let mt = mt_from_pb(r.message_type)?;
             call.event.algorithm = alg.name().into();
             call.event.message_type = mt.name().into();
             let (msg, sig) = (r.message, r.signature);
             let (id, valid) = self
-                .with_key(&mut call, &grant, &r.key_id, move |m, key| {
+                .state
+                .with_key(call, &grant, &r.key_id, move |m, key| {
                     Ok((key.id, m.verify(&key, alg, mt, &msg, &sig)?))
                 })
                 .await?;
@@ -561,19 +506,17 @@ impl KeyService for KeyApi {
                 key_id: id.to_string(),
                 valid,
             })
-        }
-        .await;
-        self.ctx.finish(call, result).await
+        })
+        .await
     }
 
     async fn generate_random(
         &self,
         req: Request<pb::GenerateRandomRequest>,
     ) -> Result<Response<pb::GenerateRandomResponse>, Status> {
-        let call = Call::begin(&req, method!("GenerateRandom"));
-        let n = req.into_inner().length;
-        let result = async {
-            call.authorize(&self.ctx, Action::GenerateRandom)?;
+        let call = self.state.call(req, method!("GenerateRandom"));
+        call.answer(Action::GenerateRandom, async |_, _, r| {
+            let n = r.length;
             if n == 0 || n > MAX_RANDOM {
                 return Err(KeyError::InvalidArgument(format!(
                     "length {n} is outside 1..{MAX_RANDOM}"
@@ -581,13 +524,12 @@ impl KeyService for KeyApi {
                 .into());
             }
             let random = self
-                .ctx
+                .state
                 .blocking(move |m| Ok(m.backend().random(n as usize)?))
                 .await?;
             Ok(pb::GenerateRandomResponse { random })
-        }
-        .await;
-        self.ctx.finish(call, result).await
+        })
+        .await
     }
 
     async fn encrypt(

@@ -1,10 +1,22 @@
 //! gRPC services. Thin: decode and validate, authorize, call the key rules in the
 //! blocking pool, audit, answer. `Call` carries one request's audit facts from start
-//! to finish; `Ctx::finish` makes the record durable before any answer leaves.
+//! to finish; `ApiState::finish` makes the record durable before any answer leaves.
 //!
-//! Authorization is two steps: `call.authorize(&ctx, Action::Sign)?` checks that the
-//! caller may do the action on some key and takes a rate-limit token, and returns a
-//! [`Grant`]; once the key is resolved, `grant.check_key(&key)?` checks that key.
+//! Every call goes through one bracket, written once here:
+//!
+//! ```ignore
+//! self.state
+//!     .call(req, method!("Verify"))                 // begin: request id, caller
+//!     .decode(|call, r| { /* notes a refused call keeps too */ r })   // optional
+//!     .answer(Action::Verify, async |call, grant, r| { /* work */ })
+//!     .await                                        // authorize, work, audit, answer
+//! ```
+//!
+//! Authorization is two steps: `answer` checks that the caller may do the action on
+//! some key and takes a rate-limit token, and hands the work a [`Grant`]; once the key
+//! is resolved, `grant.check_key(&key)?` checks that key ([`ApiState::with_key`] does
+//! both the resolving and the check, and hides unknown keys from callers who may not
+//! know them).
 
 pub mod audit;
 pub mod certs;
@@ -24,12 +36,12 @@ use tonic::{Request, Response, Status};
 use crate::audit::{AuditEvent, AuditLog, Outcome};
 use crate::auth::{Action, Authorizer, KeyFacts, Policy, principal_of};
 use crate::domain::record::KeyRecord;
-use crate::keys::{KeyError, KeyManager};
+use crate::keys::{KeyError, KeyManager, KeyRef};
 pub use status::ApiError;
 
 /// Shared state of the services.
 #[derive(Clone)]
-pub struct Ctx {
+pub struct ApiState {
     pub keys: Arc<KeyManager>,
     pub audit: AuditLog,
     pub auth: Arc<Authorizer>,
@@ -64,7 +76,7 @@ pub struct Call {
 impl Call {
     /// Starts a call: request id, peer and principal (from the verified client
     /// certificate; TLS already refused certificates from other CAs).
-    pub fn begin<T>(req: &Request<T>, method: &'static str) -> Call {
+    fn begin<T>(req: &Request<T>, method: &'static str) -> Call {
         Call::with_identity(&Identity::of(req), method)
     }
 
@@ -88,9 +100,9 @@ impl Call {
     /// Checks that the caller may do `action` (on some key, for key actions) and takes
     /// a token from its rate limit for the action's class. Refusals are
     /// PERMISSION_DENIED (ACCESS_DENIED) and RESOURCE_EXHAUSTED (RATE_LIMITED).
-    pub fn authorize(&self, ctx: &Ctx, action: Action) -> Result<Grant, ApiError> {
+    fn authorize(&self, state: &ApiState, action: Action) -> Result<Grant, ApiError> {
         let p = self.principal.as_deref().ok_or(ApiError::Unauthenticated)?;
-        let policy = ctx.auth.policy();
+        let policy = state.auth.policy();
         if !policy.may(p, action) {
             return Err(ApiError::AccessDenied {
                 principal: p.to_string(),
@@ -99,7 +111,7 @@ impl Call {
             });
         }
         let class = action.limit_class();
-        if let Err(wait) = ctx.auth.limits().check(p, class) {
+        if let Err(wait) = state.auth.limits().check(p, class) {
             return Err(ApiError::RateLimited {
                 class: class.name(),
                 retry_after: wait,
@@ -198,7 +210,7 @@ impl Grant {
     }
 }
 
-impl Ctx {
+impl ApiState {
     /// Runs key rules in the blocking pool (they block on SQLite and PKCS#11).
     pub async fn blocking<T: Send + 'static>(
         &self,
@@ -211,9 +223,45 @@ impl Ctx {
             .map_err(ApiError::from)
     }
 
+    /// Begins a call: its audit facts (request id, caller, method) and its request.
+    pub fn call<R>(&self, req: Request<R>, method: &'static str) -> Begun<'_, R> {
+        let call = Call::begin(&req, method);
+        Begun::new(self, call, req.into_inner())
+    }
+
+    /// Resolves a key, checks the grant allows it, and runs `f` on it in the same
+    /// blocking task (one hop into the blocking pool per call), noting the key in the
+    /// audit record either way.
+    pub async fn with_key<T: Send + 'static>(
+        &self,
+        call: &mut Call,
+        grant: &Grant,
+        named: &str,
+        f: impl FnOnce(&KeyManager, KeyRecord) -> Result<T, ApiError> + Send + 'static,
+    ) -> Result<T, ApiError> {
+        let key_ref = match KeyRef::parse(named) {
+            Ok(r) => r,
+            Err(e) => {
+                call.note_key(named, None);
+                return Err(e.into());
+            }
+        };
+        let g = grant.clone();
+        let (id, result) = self
+            .blocking(move |m| {
+                Ok(match m.resolve(&key_ref) {
+                    Ok(key) => (Some(key.id), g.check_key(&key).and_then(|()| f(m, key))),
+                    Err(e) => (None, Err(ApiError::from(e))),
+                })
+            })
+            .await?;
+        call.note_key(named, id);
+        result.map_err(|e| grant.hide_missing(named, e))
+    }
+
     /// Writes the call's audit record and only then answers. If the record cannot be
     /// made durable, the answer is UNAVAILABLE whatever the call did.
-    pub async fn finish<T>(
+    async fn finish<T>(
         &self,
         call: Call,
         result: Result<T, ApiError>,
@@ -233,7 +281,7 @@ impl Ctx {
 
     /// Makes the call's audit record durable; returns its request id and the result to
     /// answer with (AUDIT_UNAVAILABLE if the record could not be written).
-    pub async fn record<T>(
+    async fn record<T>(
         &self,
         mut call: Call,
         result: Result<T, ApiError>,
@@ -265,6 +313,75 @@ impl Ctx {
             return (request_id, Err(ApiError::AuditUnavailable));
         }
         (request_id, result)
+    }
+}
+
+/// A call begun and not yet authorized: the one bracket of every handler. `decode`
+/// (optional) runs before authorization; `answer` authorizes, runs the work and
+/// answers only once the audit record is durable.
+pub struct Begun<'s, R> {
+    state: &'s ApiState,
+    call: Call,
+    req: R,
+}
+
+impl<'s, R> Begun<'s, R> {
+    /// A call begun by hand (each request of a stream, for a caller already known).
+    pub fn new(state: &'s ApiState, call: Call, req: R) -> Self {
+        Begun { state, call, req }
+    }
+
+    /// Decodes the request before authorization: for what the audit record notes even
+    /// of a refused call (an input's hash), or a secret to hold in a wiping buffer.
+    pub fn decode<D>(self, f: impl FnOnce(&mut Call, R) -> D) -> Begun<'s, D> {
+        let Begun {
+            state,
+            mut call,
+            req,
+        } = self;
+        let req = f(&mut call, req);
+        Begun { state, call, req }
+    }
+
+    /// Authorizes `action`, runs `work` if allowed, makes the audit record durable and
+    /// only then answers (UNAVAILABLE if the record cannot be written).
+    pub async fn answer<T>(
+        self,
+        action: Action,
+        work: impl AsyncFnOnce(&mut Call, Grant, R) -> Result<T, ApiError>,
+    ) -> Result<Response<T>, Status> {
+        let state = self.state;
+        let (call, result) = self.run(action, work).await;
+        state.finish(call, result).await
+    }
+
+    /// As `answer`, for an answer that is not a response of its own (an item of a
+    /// stream): the request id and the result to answer with, once the record is durable.
+    pub async fn recorded<T>(
+        self,
+        action: Action,
+        work: impl AsyncFnOnce(&mut Call, Grant, R) -> Result<T, ApiError>,
+    ) -> (String, Result<T, ApiError>) {
+        let state = self.state;
+        let (call, result) = self.run(action, work).await;
+        state.record(call, result).await
+    }
+
+    async fn run<T>(
+        self,
+        action: Action,
+        work: impl AsyncFnOnce(&mut Call, Grant, R) -> Result<T, ApiError>,
+    ) -> (Call, Result<T, ApiError>) {
+        let Begun {
+            state,
+            mut call,
+            req,
+        } = self;
+        let result = match call.authorize(state, action) {
+            Ok(grant) => work(&mut call, grant, req).await,
+            Err(e) => Err(e),
+        };
+        (call, result)
     }
 }
 

@@ -4,18 +4,18 @@ use hsmd_proto::v1 as pb;
 use hsmd_proto::v1::token_service_server::TokenService;
 use tonic::{Request, Response, Status};
 
+use super::ApiState;
 use super::convert::{alg_to_pb, enc_alg_to_pb, spec_to_pb};
-use super::{Call, Ctx};
 use crate::auth::Action;
 
 /// The TokenService implementation.
 pub struct TokenApi {
-    ctx: Ctx,
+    state: ApiState,
 }
 
 impl TokenApi {
-    pub fn new(ctx: Ctx) -> Self {
-        TokenApi { ctx }
+    pub fn new(state: ApiState) -> Self {
+        TokenApi { state }
     }
 }
 
@@ -25,59 +25,70 @@ impl TokenService for TokenApi {
         &self,
         req: Request<pb::GetTokenInfoRequest>,
     ) -> Result<Response<pb::GetTokenInfoResponse>, Status> {
-        let call = Call::begin(&req, "/hsmd.v1.TokenService/GetTokenInfo");
-        let result = call.authorize(&self.ctx, Action::GetTokenInfo).map(|_| {
-            let backend = self.ctx.keys.backend();
-            let d = backend.description();
-            let caps = backend.capabilities();
-            pb::GetTokenInfoResponse {
-                label: d.label.clone(),
-                manufacturer: d.manufacturer.clone(),
-                model: d.model.clone(),
-                serial_number: d.serial_number.clone(),
-                module_path: d.module_path.clone(),
-                library_description: d.library_description.clone(),
-                library_version: d.library_version.clone(),
-                capabilities: caps
-                    .mechanisms
-                    .iter()
-                    .map(|c| pb::Capability {
-                        mechanism: c.mechanism.to_string(),
-                        supported: c.supported,
-                        note: c.note.clone(),
-                    })
-                    .collect(),
-                key_specs: caps.key_specs.iter().map(|s| spec_to_pb(*s)).collect(),
-                signing_algorithms: caps
-                    .signing_algorithms
-                    .iter()
-                    .map(|a| alg_to_pb(*a))
-                    .collect(),
-                session_pool_size: backend.pool_size() as u32,
-                encryption_algorithms: caps
-                    .encryption_algorithms
-                    .iter()
-                    .map(|a| enc_alg_to_pb(*a))
-                    .collect(),
-                algorithm_paths: caps
-                    .algorithm_paths
-                    .iter()
-                    .map(|p| pb::AlgorithmPath {
-                        algorithm: p.algorithm.name().to_string(),
-                        offered: p.offered,
-                        path: p.path.clone(),
-                    })
-                    .chain(self.ctx.keys.import_paths().into_iter().map(|(alg, path)| {
-                        let offered = path.is_ok();
-                        pb::AlgorithmPath {
-                            algorithm: alg.name().to_string(),
-                            offered,
-                            path: path.unwrap_or_else(|why| format!("import: {why}")),
-                        }
-                    }))
-                    .collect(),
-            }
-        });
-        self.ctx.finish(call, result).await
+        let call = self.state.call(req, "/hsmd.v1.TokenService/GetTokenInfo");
+        call.answer(Action::GetTokenInfo, async |_, _, _| Ok(self.info()))
+            .await
+    }
+}
+
+impl TokenApi {
+    /// The token, what it can do, and what hsmd offers on it.
+    fn info(&self) -> pb::GetTokenInfoResponse {
+        let backend = self.state.keys.backend();
+        let d = backend.description();
+        let caps = backend.capabilities();
+        pb::GetTokenInfoResponse {
+            label: d.label.clone(),
+            manufacturer: d.manufacturer.clone(),
+            model: d.model.clone(),
+            serial_number: d.serial_number.clone(),
+            module_path: d.module_path.clone(),
+            library_description: d.library_description.clone(),
+            library_version: d.library_version.clone(),
+            capabilities: caps
+                .mechanisms
+                .iter()
+                .map(|c| pb::Capability {
+                    mechanism: c.mechanism.to_string(),
+                    supported: c.supported,
+                    note: c.note.clone(),
+                })
+                .collect(),
+            key_specs: caps.key_specs.iter().map(|s| spec_to_pb(*s)).collect(),
+            signing_algorithms: caps
+                .signing_algorithms
+                .iter()
+                .map(|a| alg_to_pb(*a))
+                .collect(),
+            session_pool_size: backend.pool_size() as u32,
+            encryption_algorithms: caps
+                .encryption_algorithms
+                .iter()
+                .map(|a| enc_alg_to_pb(*a))
+                .collect(),
+            algorithm_paths: caps
+                .algorithm_paths
+                .iter()
+                .map(|p| pb::AlgorithmPath {
+                    algorithm: p.algorithm.name().to_string(),
+                    offered: p.offered,
+                    path: p.path.clone(),
+                })
+                .chain(
+                    self.state
+                        .keys
+                        .import_paths()
+                        .into_iter()
+                        .map(|(alg, path)| {
+                            let offered = path.is_ok();
+                            pb::AlgorithmPath {
+                                algorithm: alg.name().to_string(),
+                                offered,
+                                path: path.unwrap_or_else(|why| format!("import: {why}")),
+                            }
+                        }),
+                )
+                .collect(),
+        }
     }
 }

@@ -95,15 +95,16 @@ impl Pkcs11Backend {
                 "install it or fix hsm.module".into(),
             ));
         }
-        let ctx =
+        let pkcs11 =
             Pkcs11::new(&cfg.module).map_err(|e| setup("cannot load module", e.to_string()))?;
-        ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+        pkcs11
+            .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
             .map_err(|e| setup("C_Initialize failed", e.to_string()))?;
-        let slot = find_slot(&ctx, &cfg.token_label).map_err(|d| setup("token", d))?;
-        let info = ctx
+        let slot = find_slot(&pkcs11, &cfg.token_label).map_err(|d| setup("token", d))?;
+        let info = pkcs11
             .get_token_info(slot)
             .map_err(|e| setup("C_GetTokenInfo", e.to_string()))?;
-        let lib = ctx
+        let lib = pkcs11
             .get_library_info()
             .map_err(|e| setup("C_GetInfo", e.to_string()))?;
         let description = TokenDescription {
@@ -115,10 +116,10 @@ impl Pkcs11Backend {
             library_description: lib.library_description().trim().to_string(),
             library_version: lib.library_version().to_string(),
         };
-        let mechs = ctx
+        let mechs = pkcs11
             .get_mechanism_list(slot)
             .map_err(|e| setup("C_GetMechanismList", e.to_string()))?;
-        let pool = pool::SessionPool::open(ctx, slot, cfg.pin.clone(), cfg.sessions)
+        let pool = pool::SessionPool::open(pkcs11, slot, cfg.pin.clone(), cfg.sessions)
             .map_err(|e| setup("login", login_hint(e)))?;
         // Tried, not read from the mechanism list: SoftHSM2 lists CKM_RSA_PKCS_OAEP but
         // refuses it with SHA-256.
@@ -361,13 +362,13 @@ impl Pkcs11Backend {
 }
 
 /// The slot whose token has `label` (the error lists the labels found).
-pub fn find_slot(ctx: &Pkcs11, label: &str) -> Result<Slot, String> {
-    let slots = ctx
+pub fn find_slot(pkcs11: &Pkcs11, label: &str) -> Result<Slot, String> {
+    let slots = pkcs11
         .get_slots_with_token()
         .map_err(|e| format!("C_GetSlotList: {e}"))?;
     let mut seen = Vec::new();
     for slot in slots {
-        if let Ok(info) = ctx.get_token_info(slot) {
+        if let Ok(info) = pkcs11.get_token_info(slot) {
             let l = info.label().trim().to_string();
             if l == label {
                 return Ok(slot);

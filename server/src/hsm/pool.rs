@@ -20,7 +20,7 @@ use super::error::{HsmError, classify};
 const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct SessionPool {
-    ctx: Pkcs11,
+    pkcs11: Pkcs11,
     slot: Slot,
     pin: AuthPin,
     idle: Mutex<Vec<Session>>,
@@ -36,18 +36,19 @@ pub struct PooledSession<'a> {
 
 impl SessionPool {
     /// Opens `size` read-write sessions and logs the user in once.
-    pub fn open(ctx: Pkcs11, slot: Slot, pin: AuthPin, size: usize) -> Result<Self, HsmError> {
+    pub fn open(pkcs11: Pkcs11, slot: Slot, pin: AuthPin, size: usize) -> Result<Self, HsmError> {
         let size = size.max(1);
         let mut sessions = Vec::with_capacity(size);
         for _ in 0..size {
             sessions.push(
-                ctx.open_rw_session(slot)
+                pkcs11
+                    .open_rw_session(slot)
                     .map_err(|e| classify("C_OpenSession", e))?,
             );
         }
         login(&sessions[0], &pin)?;
         Ok(SessionPool {
-            ctx,
+            pkcs11,
             slot,
             pin,
             idle: Mutex::new(sessions),
@@ -92,7 +93,7 @@ impl SessionPool {
 
     /// Replaces a session the token no longer knows, logging in again if needed.
     fn replace(&self) {
-        match self.ctx.open_rw_session(self.slot) {
+        match self.pkcs11.open_rw_session(self.slot) {
             Ok(session) => {
                 if let Err(e) = login(&session, &self.pin) {
                     tracing::error!(error = %e, "re-login after a lost session failed");
@@ -103,7 +104,7 @@ impl SessionPool {
                 tracing::error!(error = %e, "cannot reopen a lost token session");
                 // Keep the pool's size: the next caller waits and may retry.
                 std::thread::sleep(Duration::from_millis(200));
-                if let Ok(session) = self.ctx.open_rw_session(self.slot) {
+                if let Ok(session) = self.pkcs11.open_rw_session(self.slot) {
                     self.put_back(session);
                 }
             }

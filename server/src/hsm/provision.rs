@@ -19,25 +19,28 @@ pub fn init_token(
     so_pin: &SecretString,
     pin: &SecretString,
 ) -> Result<(), HsmError> {
-    let ctx = Pkcs11::new(module).map_err(|e| {
+    let pkcs11 = Pkcs11::new(module).map_err(|e| {
         HsmError::Unavailable(format!("load PKCS#11 module {}: {e}", module.display()))
     })?;
-    ctx.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+    pkcs11
+        .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
         .map_err(|e| classify("C_Initialize", e))?;
-    let slot = ctx
+    let slot = pkcs11
         .get_all_slots()
         .map_err(|e| classify("C_GetSlotList", e))?
         .into_iter()
         .find(|s| {
-            ctx.get_token_info(*s)
+            pkcs11
+                .get_token_info(*s)
                 .map(|t| !t.token_initialized())
                 .unwrap_or(false)
         })
         .ok_or_else(|| HsmError::Unavailable("the module offers no free slot".into()))?;
-    ctx.init_token(slot, so_pin, label)
+    pkcs11
+        .init_token(slot, so_pin, label)
         .map_err(|e| classify("C_InitToken", e))?;
     {
-        let session = ctx
+        let session = pkcs11
             .open_rw_session(slot)
             .map_err(|e| classify("C_OpenSession", e))?;
         session
@@ -47,6 +50,6 @@ pub fn init_token(
             .init_pin(pin)
             .map_err(|e| classify("C_InitPIN", e))?;
     }
-    ctx.finalize().map_err(|e| classify("C_Finalize", e))?;
+    pkcs11.finalize().map_err(|e| classify("C_Finalize", e))?;
     Ok(())
 }
