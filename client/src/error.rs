@@ -1,6 +1,8 @@
 //! The one error type of the client: local problems (profile, connection) and the
-//! server's answers, the latter with hsmd's stable reason so programs can match on it.
+//! server's answers, the latter with hsmd's stable reason so programs can match on it
+//! ([`Reason`], the enum the server names its reasons with).
 
+use hsmd_proto::Reason;
 use tonic::Code;
 use tonic_types::StatusExt;
 
@@ -25,8 +27,10 @@ pub enum ClientError {
     Status {
         /// gRPC status code.
         code: Code,
-        /// hsmd's stable reason from google.rpc.ErrorInfo (e.g. `KEY_NOT_FOUND`); empty
-        /// when the status carried none (e.g. transport failures reported by tonic).
+        /// hsmd's stable reason from google.rpc.ErrorInfo as sent (e.g. `KEY_NOT_FOUND`);
+        /// empty when the status carried none (e.g. transport failures reported by
+        /// tonic). Kept as text so a reason this version does not know is still shown;
+        /// [`ClientError::reason`] is the typed form.
         reason: String,
         /// Human-readable message.
         message: String,
@@ -37,16 +41,19 @@ pub enum ClientError {
 }
 
 impl ClientError {
-    /// True for errors worth retrying after a delay: UNAVAILABLE (token or audit log
-    /// briefly unavailable, connection lost) and RESOURCE_EXHAUSTED (rate limit).
+    /// True for errors worth retrying after a delay: the same rule the typed calls'
+    /// retries follow ([`crate::retry::is_retryable`]): RATE_LIMITED, TOKEN_UNAVAILABLE,
+    /// AUDIT_UNAVAILABLE, any other UNAVAILABLE or RESOURCE_EXHAUSTED, and a connection
+    /// that broke before any answer.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
+        match self {
             ClientError::Status {
-                code: Code::Unavailable | Code::ResourceExhausted,
-                ..
-            }
-        )
+                code,
+                reason,
+                message,
+            } => crate::retry::is_retryable(*code, reason, message),
+            _ => false,
+        }
     }
 
     /// The gRPC status code, for server errors.
@@ -57,8 +64,15 @@ impl ClientError {
         }
     }
 
-    /// hsmd's stable reason, for server errors that carry one.
-    pub fn reason(&self) -> Option<&str> {
+    /// hsmd's stable reason, for server errors that carry one this version knows
+    /// (`None` for local errors, statuses without ErrorInfo, and unknown reasons: see
+    /// [`ClientError::reason_str`]).
+    pub fn reason(&self) -> Option<Reason> {
+        self.reason_str().and_then(Reason::parse)
+    }
+
+    /// The reason exactly as the server sent it, known to this version or not.
+    pub fn reason_str(&self) -> Option<&str> {
         match self {
             ClientError::Status { reason, .. } if !reason.is_empty() => Some(reason),
             _ => None,
@@ -145,7 +159,8 @@ mod tests {
         let status = tonic::Status::with_error_details(Code::NotFound, "no key x", details);
         let err = ClientError::from(status);
         assert_eq!(err.code(), Some(Code::NotFound));
-        assert_eq!(err.reason(), Some("KEY_NOT_FOUND"));
+        assert_eq!(err.reason(), Some(Reason::KeyNotFound));
+        assert_eq!(err.reason_str(), Some("KEY_NOT_FOUND"));
         assert_eq!(err.to_string(), "NOT_FOUND KEY_NOT_FOUND: no key x");
         assert!(!err.is_retryable());
     }
@@ -162,5 +177,49 @@ mod tests {
             assert_eq!(err.is_retryable(), retry, "{code:?}");
             assert_eq!(err.reason(), None);
         }
+    }
+
+    use std::collections::HashMap;
+
+    fn with_reason(code: Code, reason: &str) -> ClientError {
+        let details =
+            ErrorDetails::with_error_info(reason, "hsmd", HashMap::<String, String>::new());
+        ClientError::from(tonic::Status::with_error_details(code, "x", details))
+    }
+
+    #[test]
+    fn retryable_agrees_with_the_retry_loop() {
+        for (code, reason) in [
+            (Code::ResourceExhausted, "RATE_LIMITED"),
+            (Code::Unavailable, "TOKEN_UNAVAILABLE"),
+            (Code::Unavailable, "AUDIT_UNAVAILABLE"),
+            (Code::FailedPrecondition, "KEY_DISABLED"),
+            (Code::InvalidArgument, "IDEMPOTENCY_MISMATCH"),
+        ] {
+            let err = with_reason(code, reason);
+            let status = tonic::Status::with_error_details(
+                code,
+                "x",
+                ErrorDetails::with_error_info(reason, "hsmd", HashMap::<String, String>::new()),
+            );
+            assert_eq!(
+                err.is_retryable(),
+                crate::retry::retryable_status(&status),
+                "{reason}"
+            );
+            assert_eq!(err.is_retryable(), err.reason().unwrap().is_retryable());
+        }
+        // A call whose connection broke: retried by the loop, and retryable here too.
+        let broken = tonic::Status::unknown("transport error");
+        assert!(crate::retry::retryable_status(&broken));
+        assert!(ClientError::from(broken).is_retryable());
+    }
+
+    #[test]
+    fn unknown_reasons_keep_their_text() {
+        let err = with_reason(Code::FailedPrecondition, "SOME_NEWER_REASON");
+        assert_eq!(err.reason(), None);
+        assert_eq!(err.reason_str(), Some("SOME_NEWER_REASON"));
+        assert_eq!(err.to_string(), "FAILED_PRECONDITION SOME_NEWER_REASON: x");
     }
 }

@@ -39,6 +39,8 @@ pub mod retry;
 pub use client::{Client, RetryObserver};
 pub use encryption::{DataKey, Decrypted};
 pub use error::{ClientError, code_name};
+/// hsmd's stable error reasons, as [`ClientError::reason`] returns them.
+pub use hsmd_proto::Reason;
 pub use profile::{Profile, ProfileError};
 pub use retry::{RetryNotice, RetryPolicy};
 

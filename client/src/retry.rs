@@ -1,6 +1,7 @@
 //! Retries: RESOURCE_EXHAUSTED (rate limit) and UNAVAILABLE (token, audit log or
 //! connection briefly gone) are retried with exponential backoff and full jitter,
 //! bounded in attempts and in total time; every other status is returned at once.
+//! [`is_retryable`] is the one rule, shared with `ClientError::is_retryable`.
 //!
 //! The delay before retry `n` is drawn uniformly from `0..=min(max_delay, initial *
 //! multiplier^(n-1))` ("full jitter": many throttled clients do not come back in step).
@@ -11,6 +12,7 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
+use hsmd_proto::Reason;
 use rand::Rng;
 use serde::{Deserialize, Serialize};
 use tonic::Code;
@@ -88,17 +90,39 @@ pub struct RetryNotice {
     pub delay: Duration,
 }
 
-/// True for the status codes worth retrying.
-pub fn retryable(code: Code) -> bool {
-    matches!(code, Code::Unavailable | Code::ResourceExhausted)
+/// The one retry rule, for the retry loop and `ClientError::is_retryable`, from a
+/// failed call's code, ErrorInfo reason (empty if none) and message:
+///
+/// - a reason hsmd sends decides: [`Reason::is_retryable`] (RATE_LIMITED,
+///   TOKEN_UNAVAILABLE, AUDIT_UNAVAILABLE; hsmd sends exactly these with
+///   RESOURCE_EXHAUSTED and UNAVAILABLE);
+/// - otherwise (no reason, or one this version does not know: a proxy, the transport)
+///   the code does: UNAVAILABLE and RESOURCE_EXHAUSTED;
+/// - and a call whose connection broke before any answer came (tonic reports UNKNOWN
+///   "transport error" without details) is UNAVAILABLE in all but name.
+pub fn is_retryable(code: Code, reason: &str, message: &str) -> bool {
+    match Reason::parse(reason) {
+        Some(r) => r.is_retryable(),
+        None => {
+            matches!(code, Code::Unavailable | Code::ResourceExhausted)
+                || (code == Code::Unknown && reason.is_empty() && message == "transport error")
+        }
+    }
 }
 
-/// True for the answers worth retrying: UNAVAILABLE, RESOURCE_EXHAUSTED, and a call
-/// whose connection broke before any answer came (tonic reports that as UNKNOWN
-/// "transport error", with no details): it is UNAVAILABLE in all but name.
+/// [`is_retryable`] for a status. (It reads only what a `ClientError` keeps too, so the
+/// two cannot disagree.)
 pub fn retryable_status(s: &tonic::Status) -> bool {
-    retryable(s.code())
-        || (s.code() == Code::Unknown && s.message() == "transport error" && s.details().is_empty())
+    is_retryable(s.code(), &reason_of(s), s.message())
+}
+
+/// The ErrorInfo reason of a status, empty if it has none.
+fn reason_of(status: &tonic::Status) -> String {
+    status
+        .get_error_details()
+        .error_info()
+        .map(|i| i.reason.clone())
+        .unwrap_or_default()
 }
 
 /// The server's retry delay: RetryInfo in the details, else `retry-after-ms`.
@@ -145,16 +169,11 @@ where
         if start.elapsed() + delay > deadline {
             return Err(status);
         }
-        let reason = status
-            .get_error_details()
-            .error_info()
-            .map(|i| i.reason.clone())
-            .unwrap_or_default();
         notify(&RetryNotice {
             call,
             retry,
             code: status.code(),
-            reason,
+            reason: reason_of(&status),
             delay,
         });
         tokio::time::sleep(delay).await;

@@ -2,10 +2,13 @@
 //!
 //! The `.proto` files under `proto/hsmd/v1/` are the API reference; this crate only
 //! compiles them so that the server, the client and the benchmark share one definition.
+//! It also holds [`Reason`], the stable error reasons both ends name by type.
 
-#![allow(clippy::all, missing_docs)]
+pub mod reason;
+pub use reason::Reason;
 
 /// `hsmd.v1`: KeyService, AuditService, TokenService, CertificateService and their messages.
+#[allow(clippy::all, missing_docs)]
 pub mod v1 {
     tonic::include_proto!("hsmd.v1");
 

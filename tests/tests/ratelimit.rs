@@ -282,7 +282,10 @@ async fn create_key_with_a_lost_answer_retried_makes_one_key() {
         .await
         .expect_err("same token, other parameters");
     assert_eq!(err.code(), Some(Code::InvalidArgument));
-    assert_eq!(err.reason(), Some("IDEMPOTENCY_MISMATCH"));
+    assert_eq!(
+        err.reason().map(|r| r.as_str()),
+        Some("IDEMPOTENCY_MISMATCH")
+    );
 }
 
 #[tokio::test]

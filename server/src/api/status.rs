@@ -9,6 +9,7 @@ use tonic_types::{ErrorDetails, StatusExt};
 
 use crate::audit::Outcome;
 use crate::csr::CertError;
+use crate::domain::reason::Reason;
 use crate::keys::KeyError;
 
 /// ErrorInfo domain of every hsmd error.
@@ -69,6 +70,17 @@ impl ApiError {
             ApiError::Cert(c) => cert_code(c),
             ApiError::Key(k) => match k {
                 KeyError::InvalidArgument(_)
+                | KeyError::UsageNotAllowed { .. }
+                | KeyError::DigestNotOffered { .. }
+                | KeyError::InvalidPageToken
+                | KeyError::EmptyPlaintext
+                | KeyError::EncryptionAlgorithmRequired { .. }
+                | KeyError::AadNotAllowed { .. }
+                | KeyError::AadTooLarge { .. }
+                | KeyError::DataKeySpecNotOffered(_)
+                | KeyError::WrappingKeySpecNotOffered(_)
+                | KeyError::PublicKeyNotExpected { .. }
+                | KeyError::InvalidPublicKey(_)
                 | KeyError::InvalidKeyId(_)
                 | KeyError::MessageTooLarge { .. }
                 | KeyError::DigestLength { .. }
@@ -95,13 +107,13 @@ impl ApiError {
         }
     }
 
-    /// Stable reason.
-    pub fn reason(&self) -> &'static str {
+    /// Stable reason (google.rpc.ErrorInfo.reason, and the audit record's `reason`).
+    pub fn reason(&self) -> Reason {
         match self {
-            ApiError::Unauthenticated => "NO_CLIENT_IDENTITY",
-            ApiError::AccessDenied { .. } => "ACCESS_DENIED",
-            ApiError::RateLimited { .. } => "RATE_LIMITED",
-            ApiError::AuditUnavailable => "AUDIT_UNAVAILABLE",
+            ApiError::Unauthenticated => Reason::NoClientIdentity,
+            ApiError::AccessDenied { .. } => Reason::AccessDenied,
+            ApiError::RateLimited { .. } => Reason::RateLimited,
+            ApiError::AuditUnavailable => Reason::AuditUnavailable,
             ApiError::Cert(c) => c.reason(),
             ApiError::Key(k) => k.reason(),
         }
@@ -151,6 +163,12 @@ fn cert_code(e: &CertError) -> Code {
         CertError::Subject(_)
         | CertError::San(_)
         | CertError::InvalidArgument(_)
+        | CertError::ValidityDays { .. }
+        | CertError::ValidityEnd(_)
+        | CertError::KeyUsageNotForSpec { .. }
+        | CertError::NoPublicKey(_)
+        | CertError::CannotSign(_)
+        | CertError::ToBeSignedTooLarge { .. }
         | CertError::InvalidCertificate(_) => Code::InvalidArgument,
         CertError::KeyMismatch { .. } => Code::FailedPrecondition,
         CertError::NotFound(_) => Code::NotFound,
@@ -185,7 +203,9 @@ pub fn code_name(code: Code) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::spec::KeyState;
+    use crate::csr::san::KeyUsageBit;
+    use crate::domain::spec::{KeySpec, KeyState, KeyUsage};
+    use crate::keys::import::ImportReason;
 
     #[test]
     fn mapping_table() {
@@ -299,6 +319,157 @@ mod tests {
                 Code::NotFound,
                 "KEY_NOT_FOUND",
             ),
+            (
+                ApiError::Unauthenticated,
+                Code::Unauthenticated,
+                "NO_CLIENT_IDENTITY",
+            ),
+            (
+                KeyError::Internal("x".into()).into(),
+                Code::Internal,
+                "INTERNAL",
+            ),
+            (
+                KeyError::InvalidArgument("x".into()).into(),
+                Code::InvalidArgument,
+                "INVALID_ARGUMENT",
+            ),
+            (
+                KeyError::Import {
+                    reason: ImportReason::ImportTokenExpired,
+                    message: "x".into(),
+                }
+                .into(),
+                Code::FailedPrecondition,
+                "IMPORT_TOKEN_EXPIRED",
+            ),
+            (
+                KeyError::Import {
+                    reason: ImportReason::InvalidWrappedKeyMaterial,
+                    message: "x".into(),
+                }
+                .into(),
+                Code::InvalidArgument,
+                "INVALID_WRAPPED_KEY_MATERIAL",
+            ),
+            // The named bad-input variants: INVALID_ARGUMENT, as before they had names.
+            (
+                KeyError::UsageNotAllowed {
+                    usage: KeyUsage::EncryptDecrypt,
+                    spec: KeySpec::EcP256,
+                    allowed: "SIGN_VERIFY".into(),
+                }
+                .into(),
+                Code::InvalidArgument,
+                "INVALID_ARGUMENT",
+            ),
+            (
+                KeyError::DigestNotOffered {
+                    algorithm: "ED25519",
+                }
+                .into(),
+                Code::InvalidArgument,
+                "INVALID_ARGUMENT",
+            ),
+            (
+                KeyError::InvalidPageToken.into(),
+                Code::InvalidArgument,
+                "INVALID_ARGUMENT",
+            ),
+            (
+                KeyError::EmptyPlaintext.into(),
+                Code::InvalidArgument,
+                "INVALID_ARGUMENT",
+            ),
+            (
+                KeyError::EncryptionAlgorithmRequired {
+                    spec: KeySpec::Rsa2048,
+                    offered: "RSAES_OAEP_SHA_1".into(),
+                }
+                .into(),
+                Code::InvalidArgument,
+                "INVALID_ARGUMENT",
+            ),
+            (
+                KeyError::AadNotAllowed {
+                    algorithm: "RSAES_OAEP_SHA_1",
+                }
+                .into(),
+                Code::InvalidArgument,
+                "INVALID_ARGUMENT",
+            ),
+            (
+                KeyError::AadTooLarge {
+                    len: 9000,
+                    max: 8192,
+                }
+                .into(),
+                Code::InvalidArgument,
+                "INVALID_ARGUMENT",
+            ),
+            (
+                KeyError::DataKeySpecNotOffered(KeySpec::Rsa2048).into(),
+                Code::InvalidArgument,
+                "INVALID_ARGUMENT",
+            ),
+            (
+                KeyError::WrappingKeySpecNotOffered(KeySpec::EcP256).into(),
+                Code::InvalidArgument,
+                "INVALID_ARGUMENT",
+            ),
+            (
+                KeyError::PublicKeyNotExpected {
+                    key: uuid::Uuid::nil(),
+                    spec: KeySpec::Aes256,
+                }
+                .into(),
+                Code::InvalidArgument,
+                "INVALID_ARGUMENT",
+            ),
+            (
+                KeyError::InvalidPublicKey("x".into()).into(),
+                Code::InvalidArgument,
+                "INVALID_ARGUMENT",
+            ),
+            (
+                CertError::ValidityDays { days: 0, max: 3650 }.into(),
+                Code::InvalidArgument,
+                "INVALID_ARGUMENT",
+            ),
+            (
+                CertError::ValidityEnd("x".into()).into(),
+                Code::InvalidArgument,
+                "INVALID_ARGUMENT",
+            ),
+            (
+                CertError::KeyUsageNotForSpec {
+                    bit: KeyUsageBit::KeyAgreement,
+                    spec: KeySpec::Rsa2048,
+                }
+                .into(),
+                Code::InvalidArgument,
+                "INVALID_ARGUMENT",
+            ),
+            (
+                CertError::NoPublicKey(KeySpec::Aes256).into(),
+                Code::InvalidArgument,
+                "INVALID_ARGUMENT",
+            ),
+            (
+                CertError::CannotSign(KeySpec::Aes256).into(),
+                Code::InvalidArgument,
+                "INVALID_ARGUMENT",
+            ),
+            (
+                CertError::ToBeSignedTooLarge {
+                    len: 5000,
+                    algorithm: "ED25519",
+                    max: 4096,
+                }
+                .into(),
+                Code::InvalidArgument,
+                "INVALID_ARGUMENT",
+            ),
         ];
         for (err, code, reason) in cases {
             let status = err.to_status();
@@ -307,6 +478,127 @@ mod tests {
                 status.get_error_details().error_info().unwrap().reason,
                 reason
             );
+            // The typed reason is the wire string, and the client's retry rule (by
+            // reason) agrees with the status code.
+            assert_eq!(err.reason().as_str(), reason);
+            assert_eq!(
+                err.reason().is_retryable(),
+                matches!(code, Code::Unavailable | Code::ResourceExhausted),
+                "{reason}"
+            );
+        }
+    }
+
+    /// The variants that replaced `InvalidArgument(format!(..))` send the same text.
+    #[test]
+    fn named_variants_keep_their_messages() {
+        let id = uuid::Uuid::nil();
+        let cases: Vec<(ApiError, &str)> = vec![
+            (
+                KeyError::UsageNotAllowed {
+                    usage: KeyUsage::EncryptDecrypt,
+                    spec: KeySpec::EcP256,
+                    allowed: "SIGN_VERIFY".into(),
+                }
+                .into(),
+                "usage ENCRYPT_DECRYPT is not valid for EC_P256 keys; allowed: SIGN_VERIFY",
+            ),
+            (
+                KeyError::DigestNotOffered {
+                    algorithm: "ED25519",
+                }
+                .into(),
+                "ED25519 signs RAW messages only (pure Ed25519 has no DIGEST form)",
+            ),
+            (
+                KeyError::InvalidPageToken.into(),
+                "page_token is not one this server issued",
+            ),
+            (
+                KeyError::EmptyPlaintext.into(),
+                "plaintext is empty; give 1..4096 bytes",
+            ),
+            (
+                KeyError::EncryptionAlgorithmRequired {
+                    spec: KeySpec::Rsa2048,
+                    offered: "A, B".into(),
+                }
+                .into(),
+                "encryption_algorithm is required for RSA_2048 keys; one of: A, B",
+            ),
+            (
+                KeyError::AadNotAllowed {
+                    algorithm: "RSAES_OAEP_SHA_1",
+                }
+                .into(),
+                "aad is for SYMMETRIC_DEFAULT only (RSAES_OAEP_SHA_1 uses an empty OAEP label)",
+            ),
+            (
+                KeyError::AadTooLarge {
+                    len: 9000,
+                    max: 8192,
+                }
+                .into(),
+                "aad is 9000 bytes; at most 8192 are allowed",
+            ),
+            (
+                KeyError::DataKeySpecNotOffered(KeySpec::Rsa2048).into(),
+                "data key spec RSA_2048 is not offered; use AES_256 or AES_128",
+            ),
+            (
+                KeyError::WrappingKeySpecNotOffered(KeySpec::EcP256).into(),
+                "wrapping_key_spec EC_P256 is not offered; use RSA_2048, RSA_3072 or RSA_4096",
+            ),
+            (
+                KeyError::PublicKeyNotExpected {
+                    key: id,
+                    spec: KeySpec::Aes256,
+                }
+                .into(),
+                "public_key_der is for key pairs; key 00000000-0000-0000-0000-000000000000 is AES_256",
+            ),
+            (
+                KeyError::InvalidPublicKey("not an SPKI".into()).into(),
+                "not an SPKI",
+            ),
+            (
+                CertError::ValidityDays { days: 0, max: 3650 }.into(),
+                "validity_days 0 is outside 1..3650",
+            ),
+            (
+                CertError::ValidityEnd("x".into()).into(),
+                "validity end is out of range: x",
+            ),
+            (
+                CertError::KeyUsageNotForSpec {
+                    bit: KeyUsageBit::KeyAgreement,
+                    spec: KeySpec::Rsa2048,
+                }
+                .into(),
+                "key usage KeyAgreement is not valid for a RSA_2048 key (keyEncipherment and \
+                 dataEncipherment need RSA, keyAgreement needs EC)",
+            ),
+            (
+                CertError::NoPublicKey(KeySpec::Aes256).into(),
+                "AES_256 keys have no public key, so no certificate",
+            ),
+            (
+                CertError::CannotSign(KeySpec::Aes256).into(),
+                "AES_256 keys cannot sign certificates",
+            ),
+            (
+                CertError::ToBeSignedTooLarge {
+                    len: 5000,
+                    algorithm: "ED25519",
+                    max: 4096,
+                }
+                .into(),
+                "the data to sign is 5000 bytes; ED25519 signs it whole and takes at most 4096: \
+                 use fewer or shorter names",
+            ),
+        ];
+        for (err, message) in cases {
+            assert_eq!(err.to_status().message(), message);
         }
     }
 

@@ -153,7 +153,7 @@ fn x509_time(unix: u64) -> Result<Time, CertError> {
         Ok(t) => Ok(Time::UtcTime(t)),
         Err(_) => GeneralizedTime::from_unix_duration(d)
             .map(Time::GeneralTime)
-            .map_err(|e| CertError::InvalidArgument(format!("validity end is out of range: {e}"))),
+            .map_err(|e| CertError::ValidityEnd(e.to_string())),
     }
 }
 

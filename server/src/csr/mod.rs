@@ -21,6 +21,8 @@ pub mod subject;
 
 use uuid::Uuid;
 
+use crate::domain::reason::Reason;
+use crate::domain::spec::KeySpec;
 use crate::hsm::HsmError;
 use crate::keys::KeyError;
 use crate::store::StoreError;
@@ -35,9 +37,39 @@ pub enum CertError {
     /// A subject alternative name is malformed; the message names the entry.
     #[error("invalid subject alternative name: {0}")]
     San(String),
-    /// Any other bad input (key usage for the key type, validity days...).
+    /// Any other bad input (key usage and extended key usage values...).
     #[error("{0}")]
     InvalidArgument(String),
+    /// validity_days outside 1..max.
+    #[error("validity_days {days} is outside 1..{max}")]
+    ValidityDays { days: u32, max: u32 },
+    /// The end of the validity cannot be written as an X.509 time.
+    #[error("validity end is out of range: {0}")]
+    ValidityEnd(String),
+    /// A key usage bit the key's type cannot have.
+    #[error(
+        "key usage {bit:?} is not valid for a {spec} key (keyEncipherment and dataEncipherment need RSA, keyAgreement needs EC)"
+    )]
+    KeyUsageNotForSpec {
+        bit: san::KeyUsageBit,
+        spec: KeySpec,
+    },
+    /// A key without a public key (AES) cannot be certified.
+    #[error("{0} keys have no public key, so no certificate")]
+    NoPublicKey(KeySpec),
+    /// A key that cannot sign (AES) cannot sign a request or certificate.
+    #[error("{0} keys cannot sign certificates")]
+    CannotSign(KeySpec),
+    /// The structure to sign is over the limit of an algorithm that signs it whole
+    /// (Ed25519); fewer or shorter names make it fit.
+    #[error(
+        "the data to sign is {len} bytes; {algorithm} signs it whole and takes at most {max}: use fewer or shorter names"
+    )]
+    ToBeSignedTooLarge {
+        len: usize,
+        algorithm: &'static str,
+        max: usize,
+    },
     /// The certificate chain cannot be read or does not chain.
     #[error("invalid certificate chain: {0}")]
     InvalidCertificate(String),
@@ -52,15 +84,22 @@ pub enum CertError {
 }
 
 impl CertError {
-    /// Stable reason string (google.rpc.ErrorInfo.reason).
-    pub fn reason(&self) -> &'static str {
+    /// Stable reason (google.rpc.ErrorInfo.reason). The named bad-input variants keep
+    /// INVALID_ARGUMENT, the reason they were sent with before they had names.
+    pub fn reason(&self) -> Reason {
         match self {
-            CertError::Subject(_) => "INVALID_SUBJECT",
-            CertError::San(_) => "INVALID_SAN",
-            CertError::InvalidArgument(_) => "INVALID_ARGUMENT",
-            CertError::InvalidCertificate(_) => "INVALID_CERTIFICATE",
-            CertError::KeyMismatch { .. } => "CERTIFICATE_KEY_MISMATCH",
-            CertError::NotFound(_) => "CERTIFICATE_NOT_FOUND",
+            CertError::Subject(_) => Reason::InvalidSubject,
+            CertError::San(_) => Reason::InvalidSan,
+            CertError::InvalidArgument(_)
+            | CertError::ValidityDays { .. }
+            | CertError::ValidityEnd(_)
+            | CertError::KeyUsageNotForSpec { .. }
+            | CertError::NoPublicKey(_)
+            | CertError::CannotSign(_)
+            | CertError::ToBeSignedTooLarge { .. } => Reason::InvalidArgument,
+            CertError::InvalidCertificate(_) => Reason::InvalidCertificate,
+            CertError::KeyMismatch { .. } => Reason::CertificateKeyMismatch,
+            CertError::NotFound(_) => Reason::CertificateNotFound,
             CertError::Key(k) => k.reason(),
         }
     }

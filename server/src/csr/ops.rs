@@ -74,9 +74,10 @@ pub fn self_signed(
     import: bool,
 ) -> Result<(Issued, CertInfo), CertError> {
     if !(1..=MAX_VALIDITY_DAYS).contains(&days) {
-        return Err(CertError::InvalidArgument(format!(
-            "validity_days {days} is outside 1..{MAX_VALIDITY_DAYS}"
-        )));
+        return Err(CertError::ValidityDays {
+            days,
+            max: MAX_VALIDITY_DAYS,
+        });
     }
     let (alg, spki) = prepare(key, req)?;
     let exts = req.extensions.to_extensions(true)?;
@@ -174,12 +175,9 @@ fn public_key(key: &KeyRecord) -> Result<&[u8], CertError> {
         }
         .into());
     }
-    key.public_key_der.as_deref().ok_or_else(|| {
-        CertError::InvalidArgument(format!(
-            "{} keys have no public key, so no certificate",
-            key.spec
-        ))
-    })
+    key.public_key_der
+        .as_deref()
+        .ok_or(CertError::NoPublicKey(key.spec))
 }
 
 /// Checks what can be checked before signing; returns the algorithm and the SPKI.
@@ -192,9 +190,7 @@ fn prepare(
     let alg = req
         .algorithm
         .or_else(|| default_algorithm(key.spec))
-        .ok_or_else(|| {
-            CertError::InvalidArgument(format!("{} keys cannot sign certificates", key.spec))
-        })?;
+        .ok_or(CertError::CannotSign(key.spec))?;
     check_key_usage(key.spec, &req.extensions.key_usage)?;
     let der = public_key(key)?;
     let spki = SubjectPublicKeyInfoOwned::from_der(der).map_err(|e| {
@@ -215,12 +211,11 @@ fn token_sign(
 ) -> Result<Vec<u8>, CertError> {
     match alg.hash() {
         Some(h) => Ok(m.sign(key, alg, MessageType::Digest, &h.digest(tbs))?),
-        None if tbs.len() > MAX_RAW_MESSAGE => Err(CertError::InvalidArgument(format!(
-            "the data to sign is {} bytes; {} signs it whole and takes at most {MAX_RAW_MESSAGE}: use fewer or \
-             shorter names",
-            tbs.len(),
-            alg.name()
-        ))),
+        None if tbs.len() > MAX_RAW_MESSAGE => Err(CertError::ToBeSignedTooLarge {
+            len: tbs.len(),
+            algorithm: alg.name(),
+            max: MAX_RAW_MESSAGE,
+        }),
         None => Ok(m.sign(key, alg, MessageType::Raw, tbs)?),
     }
 }

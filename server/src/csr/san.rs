@@ -261,10 +261,7 @@ pub fn check_key_usage(spec: KeySpec, bits: &[KeyUsageBit]) -> Result<(), CertEr
             _ => true,
         };
         if !ok {
-            return Err(CertError::InvalidArgument(format!(
-                "key usage {bit:?} is not valid for a {spec} key (keyEncipherment and dataEncipherment \
-                 need RSA, keyAgreement needs EC)"
-            )));
+            return Err(CertError::KeyUsageNotForSpec { bit: *bit, spec });
         }
     }
     Ok(())

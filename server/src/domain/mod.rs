@@ -1,8 +1,10 @@
 //! The vocabulary every layer shares: key specs, usages, origins, states and algorithms
-//! (`spec`), the key record and its lifecycle rules (`record`). Pure data and rules: this
+//! (`spec`), the key record and its lifecycle rules (`record`), the stable error reasons
+//! (`reason`, re-exported from `hsmd-proto`). Pure data and rules: this
 //! module names no other module of hsmd, so the backends (`hsm`, `store`, `audit`) and
 //! the capabilities above them (`keys`, `csr`, `api`) all build on it.
 
+pub mod reason;
 pub mod record;
 pub mod spec;
 

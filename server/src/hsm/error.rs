@@ -23,9 +23,17 @@ pub enum HsmError {
     /// wrong length, out of range). One variant for all of them: no padding oracle.
     #[error("decryption failed")]
     DecryptFailed,
-    /// Any other failure of a PKCS#11 call.
+    /// Any other PKCS#11 return value. `rv` stays typed so callers match on it
+    /// (`RvError::PinIncorrect`), never on its text; `function` names the call for logs.
     #[error("PKCS#11 {function}: {rv}")]
-    Pkcs11 { function: String, rv: String },
+    Pkcs11 { function: String, rv: RvError },
+    /// A cryptoki failure that is no PKCS#11 return value (a missing symbol, a value
+    /// cryptoki could not convert).
+    #[error("PKCS#11 {function}: {detail}")]
+    Cryptoki {
+        function: &'static str,
+        detail: String,
+    },
     /// Start-up problems: module, token, PIN. The message names what failed.
     #[error("{0}")]
     Setup(String),
@@ -36,9 +44,9 @@ pub fn classify(what: &'static str, err: CkError) -> HsmError {
     match err {
         CkError::Pkcs11(rv, function) => classify_rv(what, rv, function),
         CkError::LibraryLoading(e) => HsmError::Unavailable(format!("{what}: module: {e}")),
-        other => HsmError::Pkcs11 {
-            function: what.to_string(),
-            rv: other.to_string(),
+        other => HsmError::Cryptoki {
+            function: what,
+            detail: other.to_string(),
         },
     }
 }
@@ -72,7 +80,7 @@ fn classify_rv(what: &'static str, rv: RvError, function: Function) -> HsmError 
         | ArgumentsBad => HsmError::BadInput(format!("{what} ({function}): {rv}")),
         _ => HsmError::Pkcs11 {
             function: format!("{what} ({function})"),
-            rv: rv.to_string(),
+            rv,
         },
     }
 }
@@ -109,4 +117,73 @@ pub fn is_decrypt_failure(err: &CkError) -> bool {
             _
         )
     )
+}
+
+/// The start-up line of a failed C_Login: a wrong or locked PIN is said in words, by
+/// the PKCS#11 return value.
+pub(super) fn login_hint(e: HsmError) -> String {
+    let text = e.to_string();
+    match e {
+        HsmError::Pkcs11 {
+            rv: RvError::PinIncorrect,
+            ..
+        } => format!("wrong PIN ({text})"),
+        HsmError::Pkcs11 {
+            rv: RvError::PinLocked,
+            ..
+        } => format!("PIN locked ({text})"),
+        _ => text,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn login_failure(rv: RvError) -> HsmError {
+        classify("C_Login", CkError::Pkcs11(rv, Function::Login))
+    }
+
+    #[test]
+    fn login_hint_reads_the_return_value() {
+        let wrong = login_hint(login_failure(RvError::PinIncorrect));
+        assert!(
+            wrong.starts_with("wrong PIN (PKCS#11 C_Login (Function::Login): "),
+            "{wrong}"
+        );
+        let locked = login_hint(login_failure(RvError::PinLocked));
+        assert!(
+            locked.starts_with("PIN locked (PKCS#11 C_Login"),
+            "{locked}"
+        );
+        let other = login_hint(login_failure(RvError::GeneralError));
+        assert!(
+            other.starts_with("PKCS#11 C_Login (Function::Login): "),
+            "{other}"
+        );
+        // Unavailable tokens keep their own text, whatever words it holds.
+        let gone = login_hint(login_failure(RvError::TokenNotPresent));
+        assert!(gone.starts_with("token unavailable: C_Login"), "{gone}");
+    }
+
+    #[test]
+    fn other_return_values_stay_typed() {
+        assert!(matches!(
+            classify(
+                "C_Sign",
+                CkError::Pkcs11(RvError::GeneralError, Function::Sign)
+            ),
+            HsmError::Pkcs11 {
+                rv: RvError::GeneralError,
+                ..
+            }
+        ));
+        assert!(matches!(
+            classify("C_Sign", CkError::NullFunctionPointer),
+            HsmError::Cryptoki {
+                function: "C_Sign",
+                ..
+            }
+        ));
+    }
 }

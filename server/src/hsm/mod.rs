@@ -36,7 +36,7 @@ pub use probe::{AlgorithmPath, Capabilities, Capability, EncryptionProbe, OaepPa
 
 use crate::domain::spec::{KeySpec, KeyUsage};
 use crate::encoding::PublicKeyMaterial;
-use error::{classify, session_lost};
+use error::{classify, login_hint, session_lost};
 
 /// Where the token is and how to log in to it.
 #[derive(Debug, Clone)]
@@ -381,16 +381,4 @@ pub fn find_slot(pkcs11: &Pkcs11, label: &str) -> Result<Slot, String> {
     Err(format!(
         "no initialized token with this label (tokens found: {seen:?})"
     ))
-}
-
-fn login_hint(e: HsmError) -> String {
-    let text = e.to_string();
-    if text.contains("PinIncorrect") || text.contains("PIN_INCORRECT") || text.contains("incorrect")
-    {
-        format!("wrong PIN ({text})")
-    } else if text.contains("Locked") || text.contains("LOCKED") {
-        format!("PIN locked ({text})")
-    } else {
-        text
-    }
 }

@@ -50,9 +50,7 @@ impl KeyManager {
         let alg = self.check_crypt(key, alg)?;
         check_aad(alg, aad)?;
         if plaintext.is_empty() {
-            return Err(KeyError::InvalidArgument(
-                "plaintext is empty; give 1..4096 bytes".into(),
-            ));
+            return Err(KeyError::EmptyPlaintext);
         }
         let ct = match alg {
             EncryptionAlgorithm::SymmetricDefault => {
@@ -116,9 +114,7 @@ impl KeyManager {
             KeySpec::Aes256 => 32,
             KeySpec::Aes128 => 16,
             other => {
-                return Err(KeyError::InvalidArgument(format!(
-                    "data key spec {other} is not offered; use AES_256 or AES_128"
-                )));
+                return Err(KeyError::DataKeySpecNotOffered(other));
             }
         };
         let alg = self.check_crypt(key, Some(EncryptionAlgorithm::SymmetricDefault))?;
@@ -146,11 +142,10 @@ impl KeyManager {
             Some(a) => a,
             None if key.spec == KeySpec::Aes256 => EncryptionAlgorithm::SymmetricDefault,
             None => {
-                return Err(KeyError::InvalidArgument(format!(
-                    "encryption_algorithm is required for {} keys; one of: {}",
-                    key.spec,
-                    offered.join(", ")
-                )));
+                return Err(KeyError::EncryptionAlgorithmRequired {
+                    spec: key.spec,
+                    offered: offered.join(", "),
+                });
             }
         };
         if alg == EncryptionAlgorithm::RsaesPkcs1V15 {
@@ -246,16 +241,15 @@ impl KeyManager {
 
 fn check_aad(alg: EncryptionAlgorithm, aad: &[u8]) -> Result<(), KeyError> {
     if alg != EncryptionAlgorithm::SymmetricDefault && !aad.is_empty() {
-        return Err(KeyError::InvalidArgument(format!(
-            "aad is for SYMMETRIC_DEFAULT only ({} uses an empty OAEP label)",
-            alg.name()
-        )));
+        return Err(KeyError::AadNotAllowed {
+            algorithm: alg.name(),
+        });
     }
     if aad.len() > MAX_AAD {
-        return Err(KeyError::InvalidArgument(format!(
-            "aad is {} bytes; at most {MAX_AAD} are allowed",
-            aad.len()
-        )));
+        return Err(KeyError::AadTooLarge {
+            len: aad.len(),
+            max: MAX_AAD,
+        });
     }
     Ok(())
 }

@@ -13,6 +13,7 @@ use sha2::{Digest, Sha256};
 use uuid::Uuid;
 
 use super::{KeyError, KeyManager};
+use crate::domain::reason::Reason;
 use crate::domain::record::KeyRecord;
 use crate::domain::spec::{KeyOrigin, KeySpec, KeyState, WrappingAlgorithm};
 use crate::encoding::OaepHash;
@@ -51,7 +52,7 @@ impl Default for ImportConfig {
     }
 }
 
-/// Which import rule refused a request; each is a stable reason.
+/// Which import rule refused a request: the import subset of the stable reasons.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ImportReason {
     InvalidImportToken,
@@ -67,19 +68,19 @@ pub enum ImportReason {
 }
 
 impl ImportReason {
-    /// The stable reason string.
-    pub fn name(self) -> &'static str {
+    /// The stable reason.
+    pub fn reason(self) -> Reason {
         match self {
-            Self::InvalidImportToken => "INVALID_IMPORT_TOKEN",
-            Self::ImportTokenWrongKey => "IMPORT_TOKEN_WRONG_KEY",
-            Self::ImportTokenExpired => "IMPORT_TOKEN_EXPIRED",
-            Self::ImportTokenSuperseded => "IMPORT_TOKEN_SUPERSEDED",
-            Self::InvalidWrappedKeyMaterial => "INVALID_WRAPPED_KEY_MATERIAL",
-            Self::KeyMaterialSpecMismatch => "KEY_MATERIAL_SPEC_MISMATCH",
-            Self::KeyMaterialMismatch => "KEY_MATERIAL_MISMATCH",
-            Self::InvalidValidTo => "INVALID_VALID_TO",
-            Self::AlgorithmNotAllowed => "ALGORITHM_NOT_ALLOWED",
-            Self::PublicKeyMismatch => "PUBLIC_KEY_MISMATCH",
+            Self::InvalidImportToken => Reason::InvalidImportToken,
+            Self::ImportTokenWrongKey => Reason::ImportTokenWrongKey,
+            Self::ImportTokenExpired => Reason::ImportTokenExpired,
+            Self::ImportTokenSuperseded => Reason::ImportTokenSuperseded,
+            Self::InvalidWrappedKeyMaterial => Reason::InvalidWrappedKeyMaterial,
+            Self::KeyMaterialSpecMismatch => Reason::KeyMaterialSpecMismatch,
+            Self::KeyMaterialMismatch => Reason::KeyMaterialMismatch,
+            Self::InvalidValidTo => Reason::InvalidValidTo,
+            Self::AlgorithmNotAllowed => Reason::AlgorithmNotAllowed,
+            Self::PublicKeyMismatch => Reason::PublicKeyMismatch,
         }
     }
 
@@ -226,9 +227,7 @@ impl KeyManager {
         let path = self.unwrap_path(algorithm)?;
         let wrapping_spec = wrapping_spec.unwrap_or(KeySpec::Rsa2048);
         let Some(bits) = wrapping_spec.rsa_bits() else {
-            return Err(KeyError::InvalidArgument(format!(
-                "wrapping_key_spec {wrapping_spec} is not offered; use RSA_2048, RSA_3072 or RSA_4096"
-            )));
+            return Err(KeyError::WrappingKeySpecNotOffered(wrapping_spec));
         };
         let token = Uuid::new_v4();
         let public = self.backend.generate_wrapping_key(
@@ -302,14 +301,14 @@ impl KeyManager {
         let given = if req.public_key_der.is_empty() {
             None
         } else if !key.spec.is_asymmetric() {
-            return Err(KeyError::InvalidArgument(format!(
-                "public_key_der is for key pairs; key {} is {}",
-                key.id, key.spec
-            )));
+            return Err(KeyError::PublicKeyNotExpected {
+                key: key.id,
+                spec: key.spec,
+            });
         } else {
             Some(
                 public::from_spki(key.spec, &req.public_key_der)
-                    .map_err(KeyError::InvalidArgument)?,
+                    .map_err(KeyError::InvalidPublicKey)?,
             )
         };
         let expected = self.store.material_fingerprint(key.id)?;

@@ -432,12 +432,11 @@ impl KeyManager {
 
 fn check_new_key(req: &NewKey) -> Result<(), KeyError> {
     if !req.spec.allowed_usages().contains(&req.usage) {
-        return Err(KeyError::InvalidArgument(format!(
-            "usage {} is not valid for {} keys; allowed: {}",
-            req.usage,
-            req.spec,
-            join(req.spec.allowed_usages().iter().map(|u| u.name()))
-        )));
+        return Err(KeyError::UsageNotAllowed {
+            usage: req.usage,
+            spec: req.spec,
+            allowed: join(req.spec.allowed_usages().iter().map(|u| u.name())),
+        });
     }
     if req.description.len() > 1024 {
         return Err(KeyError::InvalidArgument(
@@ -477,10 +476,9 @@ fn check_message(alg: SigningAlgorithm, mt: MessageType, msg: &[u8]) -> Result<(
             max: MAX_RAW_MESSAGE,
         }),
         (MessageType::Raw, _) => Ok(()),
-        (MessageType::Digest, None) => Err(KeyError::InvalidArgument(format!(
-            "{} signs RAW messages only (pure Ed25519 has no DIGEST form)",
-            alg.name()
-        ))),
+        (MessageType::Digest, None) => Err(KeyError::DigestNotOffered {
+            algorithm: alg.name(),
+        }),
         (MessageType::Digest, Some(h)) if msg.len() != h.output_len() => {
             Err(KeyError::DigestLength {
                 algorithm: alg.name(),
@@ -533,7 +531,7 @@ fn decode_page_token(t: &str) -> Result<(i64, String), KeyError> {
 }
 
 fn bad_page() -> KeyError {
-    KeyError::InvalidArgument("page_token is not one this server issued".into())
+    KeyError::InvalidPageToken
 }
 
 fn join<'a>(names: impl Iterator<Item = &'a str>) -> String {
@@ -568,7 +566,7 @@ mod tests {
         assert!(check_message(RsaPssSha512, MessageType::Digest, &[0; 64]).is_ok());
         assert!(matches!(
             check_message(Ed25519, MessageType::Digest, &[0; 64]),
-            Err(KeyError::InvalidArgument(_))
+            Err(KeyError::DigestNotOffered { .. })
         ));
     }
 

@@ -11,17 +11,59 @@ use uuid::Uuid;
 
 pub use manager::KeyManager;
 
+use crate::domain::reason::Reason;
 use crate::domain::record::KeyRefused;
-use crate::domain::spec::KeyState;
+use crate::domain::spec::{KeySpec, KeyState, KeyUsage};
 use crate::hsm::HsmError;
 use crate::store::StoreError;
 
-/// Every way a key operation can fail, in terms a caller can act on. The api layer
-/// maps each variant to one gRPC status and one stable reason.
+/// Every way a key operation can fail, in terms a caller can act on. Each variant
+/// knows its stable [`Reason`] ([`KeyError::reason`]); the api layer maps it to one gRPC
+/// status.
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
+    /// Bad input with no variant of its own (sizes of descriptions and tags, page sizes,
+    /// proto enum values...).
     #[error("{0}")]
     InvalidArgument(String),
+    /// The requested usage is not one the key spec allows.
+    #[error("usage {usage} is not valid for {spec} keys; allowed: {allowed}")]
+    UsageNotAllowed {
+        usage: KeyUsage,
+        spec: KeySpec,
+        allowed: String,
+    },
+    /// A DIGEST message for an algorithm that only signs whole messages (Ed25519).
+    #[error("{algorithm} signs RAW messages only (pure Ed25519 has no DIGEST form)")]
+    DigestNotOffered { algorithm: &'static str },
+    /// A ListKeys page_token this server did not issue.
+    #[error("page_token is not one this server issued")]
+    InvalidPageToken,
+    /// Encrypt with nothing to encrypt.
+    #[error("plaintext is empty; give 1..4096 bytes")]
+    EmptyPlaintext,
+    /// An RSA key needs the encryption algorithm named; `offered` lists the ones this
+    /// token offers for the key.
+    #[error("encryption_algorithm is required for {spec} keys; one of: {offered}")]
+    EncryptionAlgorithmRequired { spec: KeySpec, offered: String },
+    /// AAD given with an algorithm that has no AAD (RSA-OAEP).
+    #[error("aad is for SYMMETRIC_DEFAULT only ({algorithm} uses an empty OAEP label)")]
+    AadNotAllowed { algorithm: &'static str },
+    /// AAD over the size limit.
+    #[error("aad is {len} bytes; at most {max} are allowed")]
+    AadTooLarge { len: usize, max: usize },
+    /// GenerateDataKey with a key spec that is no data key spec.
+    #[error("data key spec {0} is not offered; use AES_256 or AES_128")]
+    DataKeySpecNotOffered(KeySpec),
+    /// GetParametersForImport with a wrapping key spec that is not RSA.
+    #[error("wrapping_key_spec {0} is not offered; use RSA_2048, RSA_3072 or RSA_4096")]
+    WrappingKeySpecNotOffered(KeySpec),
+    /// ImportKeyMaterial with a public key for a key that has none (AES).
+    #[error("public_key_der is for key pairs; key {key} is {spec}")]
+    PublicKeyNotExpected { key: Uuid, spec: KeySpec },
+    /// ImportKeyMaterial with a public key that cannot be read for the key's spec.
+    #[error("{0}")]
+    InvalidPublicKey(String),
     #[error("malformed key id '{0}': expected a UUID or alias/NAME")]
     InvalidKeyId(String),
     #[error("RAW message is {len} bytes; at most {max} are allowed (send a DIGEST instead)")]
@@ -91,36 +133,48 @@ pub enum KeyError {
 }
 
 impl KeyError {
-    /// Stable reason string (google.rpc.ErrorInfo.reason).
-    pub fn reason(&self) -> &'static str {
+    /// Stable reason (google.rpc.ErrorInfo.reason). The named bad-input variants keep
+    /// INVALID_ARGUMENT, the reason they were sent with before they had names.
+    pub fn reason(&self) -> Reason {
         match self {
-            KeyError::InvalidArgument(_) => "INVALID_ARGUMENT",
-            KeyError::InvalidKeyId(_) => "INVALID_KEY_ID",
-            KeyError::MessageTooLarge { .. } => "MESSAGE_TOO_LARGE",
-            KeyError::DigestLength { .. } => "DIGEST_LENGTH_MISMATCH",
-            KeyError::AlgorithmNotAllowed { .. } => "ALGORITHM_NOT_ALLOWED",
-            KeyError::InvalidDeletionWindow(_) => "INVALID_DELETION_WINDOW",
-            KeyError::InvalidAlias(_) => "INVALID_ALIAS",
-            KeyError::UnsupportedKeySpec(_) => "UNSUPPORTED_KEY_SPEC",
-            KeyError::KeyNotFound(_) => "KEY_NOT_FOUND",
-            KeyError::AliasNotFound(_) => "ALIAS_NOT_FOUND",
-            KeyError::AliasExists(_) => "ALIAS_EXISTS",
+            KeyError::InvalidArgument(_)
+            | KeyError::UsageNotAllowed { .. }
+            | KeyError::DigestNotOffered { .. }
+            | KeyError::InvalidPageToken
+            | KeyError::EmptyPlaintext
+            | KeyError::EncryptionAlgorithmRequired { .. }
+            | KeyError::AadNotAllowed { .. }
+            | KeyError::AadTooLarge { .. }
+            | KeyError::DataKeySpecNotOffered(_)
+            | KeyError::WrappingKeySpecNotOffered(_)
+            | KeyError::PublicKeyNotExpected { .. }
+            | KeyError::InvalidPublicKey(_) => Reason::InvalidArgument,
+            KeyError::InvalidKeyId(_) => Reason::InvalidKeyId,
+            KeyError::MessageTooLarge { .. } => Reason::MessageTooLarge,
+            KeyError::DigestLength { .. } => Reason::DigestLengthMismatch,
+            KeyError::AlgorithmNotAllowed { .. } => Reason::AlgorithmNotAllowed,
+            KeyError::InvalidDeletionWindow(_) => Reason::InvalidDeletionWindow,
+            KeyError::InvalidAlias(_) => Reason::InvalidAlias,
+            KeyError::UnsupportedKeySpec(_) => Reason::UnsupportedKeySpec,
+            KeyError::KeyNotFound(_) => Reason::KeyNotFound,
+            KeyError::AliasNotFound(_) => Reason::AliasNotFound,
+            KeyError::AliasExists(_) => Reason::AliasExists,
             KeyError::KeyState { state, .. } => match state {
-                KeyState::Disabled => "KEY_DISABLED",
-                KeyState::PendingDeletion => "KEY_PENDING_DELETION",
-                KeyState::PendingImport => "KEY_PENDING_IMPORT",
-                KeyState::Destroyed => "KEY_DESTROYED",
-                KeyState::Enabled => "INVALID_KEY_STATE",
+                KeyState::Disabled => Reason::KeyDisabled,
+                KeyState::PendingDeletion => Reason::KeyPendingDeletion,
+                KeyState::PendingImport => Reason::KeyPendingImport,
+                KeyState::Destroyed => Reason::KeyDestroyed,
+                KeyState::Enabled => Reason::InvalidKeyState,
             },
-            KeyError::InvalidKeyState(_) => "INVALID_KEY_STATE",
-            KeyError::WrongUsage { .. } => "WRONG_KEY_USAGE",
-            KeyError::IdempotencyMismatch(_) => "IDEMPOTENCY_MISMATCH",
-            KeyError::PlaintextTooLarge { .. } => "PLAINTEXT_TOO_LARGE",
-            KeyError::InvalidCiphertext(_) => "INVALID_CIPHERTEXT",
-            KeyError::DecryptionFailed => "DECRYPTION_FAILED",
-            KeyError::Import { reason, .. } => reason.name(),
-            KeyError::Unavailable(_) => "TOKEN_UNAVAILABLE",
-            KeyError::Internal(_) => "INTERNAL",
+            KeyError::InvalidKeyState(_) => Reason::InvalidKeyState,
+            KeyError::WrongUsage { .. } => Reason::WrongKeyUsage,
+            KeyError::IdempotencyMismatch(_) => Reason::IdempotencyMismatch,
+            KeyError::PlaintextTooLarge { .. } => Reason::PlaintextTooLarge,
+            KeyError::InvalidCiphertext(_) => Reason::InvalidCiphertext,
+            KeyError::DecryptionFailed => Reason::DecryptionFailed,
+            KeyError::Import { reason, .. } => reason.reason(),
+            KeyError::Unavailable(_) => Reason::TokenUnavailable,
+            KeyError::Internal(_) => Reason::Internal,
         }
     }
 }

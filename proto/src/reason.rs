@@ -1,0 +1,258 @@
+//! The stable reasons of hsmd's errors: the `reason` of the `google.rpc.ErrorInfo`
+//! (domain `hsmd`) that every error status carries, and of a `StreamError`.
+//!
+//! Defined once, here, because both ends need them: the server names the reason of each
+//! error variant by type, and the client matches on the same enum instead of on strings.
+//! It is a Rust enum, not a proto message: on the wire a reason stays a string, and
+//! [`Reason::as_str`] is that string, byte for byte. Which gRPC code goes with which
+//! reason is the server's mapping (`api/status.rs`), listed in the README.
+
+use std::fmt;
+use std::str::FromStr;
+
+/// Declares [`Reason`] from one table of variant, wire string and doc, so the enum, its
+/// strings and its parser cannot drift apart.
+macro_rules! reasons {
+    ($($(#[doc = $doc:literal])+ $variant:ident => $text:literal,)+) => {
+        /// A stable reason hsmd sends with an error.
+        ///
+        /// `#[non_exhaustive]`: a newer server may send reasons this version does not
+        /// know; [`Reason::parse`] answers `None` for them, and a client keeps the raw
+        /// string (see `hsm_client::ClientError`).
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        #[non_exhaustive]
+        pub enum Reason {
+            $($(#[doc = $doc])+ $variant,)+
+        }
+
+        impl Reason {
+            /// Every reason, in the order of the table.
+            pub const ALL: &'static [Reason] = &[$(Reason::$variant,)+];
+
+            /// The string sent on the wire, e.g. `"KEY_NOT_FOUND"`.
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(Reason::$variant => $text,)+
+                }
+            }
+
+            /// The reason a wire string names; `None` for a string this version does not
+            /// know (a newer server's reason, or a status built by a proxy).
+            pub fn parse(s: &str) -> Option<Reason> {
+                match s {
+                    $($text => Some(Reason::$variant),)+
+                    _ => None,
+                }
+            }
+        }
+    };
+}
+
+reasons! {
+    /// A malformed request field not covered by a more specific reason.
+    InvalidArgument => "INVALID_ARGUMENT",
+    /// A key id that is neither a UUID nor `alias/NAME`.
+    InvalidKeyId => "INVALID_KEY_ID",
+    /// A RAW message over the size limit (send a DIGEST instead).
+    MessageTooLarge => "MESSAGE_TOO_LARGE",
+    /// A digest of the wrong length for the algorithm.
+    DigestLengthMismatch => "DIGEST_LENGTH_MISMATCH",
+    /// An algorithm the key's spec (or the import rules) does not allow.
+    AlgorithmNotAllowed => "ALGORITHM_NOT_ALLOWED",
+    /// A deletion window outside 7..30 days.
+    InvalidDeletionWindow => "INVALID_DELETION_WINDOW",
+    /// A malformed alias.
+    InvalidAlias => "INVALID_ALIAS",
+    /// A key spec this hsmd or its token does not offer.
+    UnsupportedKeySpec => "UNSUPPORTED_KEY_SPEC",
+    /// A CreateKey idempotency token reused with other parameters.
+    IdempotencyMismatch => "IDEMPOTENCY_MISMATCH",
+    /// A plaintext over the Encrypt limit or the OAEP limit of an RSA key.
+    PlaintextTooLarge => "PLAINTEXT_TOO_LARGE",
+    /// Not an hsmd ciphertext, or one of another key.
+    InvalidCiphertext => "INVALID_CIPHERTEXT",
+    /// A ciphertext that does not decrypt (one reason for every cause: no oracle).
+    DecryptionFailed => "DECRYPTION_FAILED",
+    /// An import token hsmd did not issue.
+    InvalidImportToken => "INVALID_IMPORT_TOKEN",
+    /// An import token issued for another key.
+    ImportTokenWrongKey => "IMPORT_TOKEN_WRONG_KEY",
+    /// Wrapped key material that does not unwrap.
+    InvalidWrappedKeyMaterial => "INVALID_WRAPPED_KEY_MATERIAL",
+    /// Key material of another spec than the key's.
+    KeyMaterialSpecMismatch => "KEY_MATERIAL_SPEC_MISMATCH",
+    /// Key material other than the key's first import.
+    KeyMaterialMismatch => "KEY_MATERIAL_MISMATCH",
+    /// A `valid_to` that is not in the future.
+    InvalidValidTo => "INVALID_VALID_TO",
+    /// A public key that is not the imported private key's.
+    PublicKeyMismatch => "PUBLIC_KEY_MISMATCH",
+    /// No such key.
+    KeyNotFound => "KEY_NOT_FOUND",
+    /// No such alias.
+    AliasNotFound => "ALIAS_NOT_FOUND",
+    /// The alias names another key already.
+    AliasExists => "ALIAS_EXISTS",
+    /// The key is DISABLED.
+    KeyDisabled => "KEY_DISABLED",
+    /// The key is PENDING_DELETION.
+    KeyPendingDeletion => "KEY_PENDING_DELETION",
+    /// The key is PENDING_IMPORT (no material yet).
+    KeyPendingImport => "KEY_PENDING_IMPORT",
+    /// The key is DESTROYED.
+    KeyDestroyed => "KEY_DESTROYED",
+    /// The key's usage does not allow the operation.
+    WrongKeyUsage => "WRONG_KEY_USAGE",
+    /// The key's state does not allow the operation (or changed meanwhile).
+    InvalidKeyState => "INVALID_KEY_STATE",
+    /// The import token is older than its lifetime.
+    ImportTokenExpired => "IMPORT_TOKEN_EXPIRED",
+    /// A newer import token was issued for the key.
+    ImportTokenSuperseded => "IMPORT_TOKEN_SUPERSEDED",
+    /// The call had no verified client certificate identity.
+    NoClientIdentity => "NO_CLIENT_IDENTITY",
+    /// The policy does not let this principal do this action on this key.
+    AccessDenied => "ACCESS_DENIED",
+    /// Over the principal's rate limit; the status carries the retry delay.
+    RateLimited => "RATE_LIMITED",
+    /// The token is briefly out of reach.
+    TokenUnavailable => "TOKEN_UNAVAILABLE",
+    /// The audit log cannot record the call, so it was not carried out.
+    AuditUnavailable => "AUDIT_UNAVAILABLE",
+    /// A bug; the detail is only in the server log.
+    Internal => "INTERNAL",
+    /// A malformed certificate subject.
+    InvalidSubject => "INVALID_SUBJECT",
+    /// A malformed subject alternative name.
+    InvalidSan => "INVALID_SAN",
+    /// A certificate chain that cannot be read or does not chain.
+    InvalidCertificate => "INVALID_CERTIFICATE",
+    /// The leaf certificate certifies another key.
+    CertificateKeyMismatch => "CERTIFICATE_KEY_MISMATCH",
+    /// No certificate imported for the key.
+    CertificateNotFound => "CERTIFICATE_NOT_FOUND",
+}
+
+impl Reason {
+    /// True for the reasons that mean "the call was not carried out; the same call may
+    /// succeed later": RATE_LIMITED, TOKEN_UNAVAILABLE and AUDIT_UNAVAILABLE. The server
+    /// sends exactly these with RESOURCE_EXHAUSTED or UNAVAILABLE (its status table test
+    /// checks it), and hsm-client's retry rule asks this.
+    pub const fn is_retryable(self) -> bool {
+        matches!(
+            self,
+            Reason::RateLimited | Reason::TokenUnavailable | Reason::AuditUnavailable
+        )
+    }
+}
+
+impl fmt::Display for Reason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A reason string this version does not know.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UnknownReason(pub String);
+
+impl fmt::Display for UnknownReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "unknown hsmd error reason '{}'", self.0)
+    }
+}
+
+impl std::error::Error for UnknownReason {}
+
+impl FromStr for Reason {
+    type Err = UnknownReason;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Reason::parse(s).ok_or_else(|| UnknownReason(s.to_string()))
+    }
+}
+
+/// A reason compares equal to its wire string.
+impl PartialEq<str> for Reason {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for Reason {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl From<Reason> for String {
+    fn from(r: Reason) -> String {
+        r.as_str().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_reason_round_trips_through_its_wire_string() {
+        for &r in Reason::ALL {
+            assert_eq!(Reason::parse(r.as_str()), Some(r));
+            assert_eq!(r.as_str().parse::<Reason>(), Ok(r));
+            assert_eq!(r.to_string(), r.as_str());
+            assert!(
+                r.as_str()
+                    .bytes()
+                    .all(|b| b.is_ascii_uppercase() || b == b'_'),
+                "{r:?}"
+            );
+        }
+        let mut strings: Vec<&str> = Reason::ALL.iter().map(|r| r.as_str()).collect();
+        strings.sort_unstable();
+        strings.dedup();
+        assert_eq!(
+            strings.len(),
+            Reason::ALL.len(),
+            "wire strings are distinct"
+        );
+    }
+
+    #[test]
+    fn unknown_strings_are_not_reasons() {
+        assert_eq!(Reason::parse("NO_SUCH_REASON"), None);
+        assert_eq!(Reason::parse("key_not_found"), None);
+        assert_eq!(Reason::parse(""), None);
+        assert_eq!(
+            "X".parse::<Reason>(),
+            Err(UnknownReason("X".into())),
+            "FromStr keeps the text"
+        );
+    }
+
+    #[test]
+    fn wire_strings_are_the_documented_ones() {
+        assert_eq!(Reason::KeyNotFound, "KEY_NOT_FOUND");
+        assert_eq!(Reason::DigestLengthMismatch, "DIGEST_LENGTH_MISMATCH");
+        assert_eq!(Reason::NoClientIdentity, "NO_CLIENT_IDENTITY");
+        assert_eq!(Reason::InvalidSan, "INVALID_SAN");
+        assert_eq!(Reason::ALL.len(), 41);
+    }
+
+    #[test]
+    fn retryable_reasons() {
+        let retry: Vec<Reason> = Reason::ALL
+            .iter()
+            .copied()
+            .filter(|r| r.is_retryable())
+            .collect();
+        assert_eq!(
+            retry,
+            [
+                Reason::RateLimited,
+                Reason::TokenUnavailable,
+                Reason::AuditUnavailable
+            ]
+        );
+    }
+}
