@@ -18,12 +18,11 @@ use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::object::{Attribute, AttributeType, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use hsm_client::bench::{BENCH_MESSAGE, BenchOp, Length, Samples};
+use hsmd::baseline::{
+    self as objects, KeyObjects, OaepHash, aes_gcm, oaep, sign_mechanism as mechanism,
+};
 use hsmd::config::Config;
 use hsmd::domain::spec::{KeySpec, KeyUsage, MessageType, SigningAlgorithm};
-use hsmd::encoding::OaepHash;
-use hsmd::hsm::crypt::{aes_gcm, oaep};
-use hsmd::hsm::objects::{self, KeyObjects};
-use hsmd::keys::manager::mechanism;
 
 /// One raw run's parameters.
 pub struct RawSpec {
@@ -49,7 +48,7 @@ impl RawBench {
         let pkcs11 = Pkcs11::new(&cfg.hsm.module).context("load module")?;
         pkcs11.initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))?;
         let slot =
-            hsmd::hsm::find_slot(&pkcs11, &cfg.hsm.token_label).map_err(anyhow::Error::msg)?;
+            hsmd::baseline::find_slot(&pkcs11, &cfg.hsm.token_label).map_err(anyhow::Error::msg)?;
         let admin = pkcs11.open_rw_session(slot)?;
         admin
             .login(UserType::User, Some(&cfg.hsm.pin))

@@ -23,8 +23,8 @@ use crate::keys::import::{IMPORT_TOKEN_LIFETIME_SECS, ImportConfig};
 #[derive(Debug, thiserror::Error)]
 #[error("config {key}: {problem}")]
 pub struct ConfigError {
-    pub key: String,
-    pub problem: String,
+    pub(crate) key: String,
+    pub(crate) problem: String,
 }
 
 fn bad(key: &str, problem: impl Into<String>) -> ConfigError {
@@ -127,32 +127,32 @@ struct RawLifecycle {
 
 /// TLS files of the server.
 #[derive(Debug, Clone)]
-pub struct TlsConfig {
-    pub cert: PathBuf,
-    pub key: PathBuf,
-    pub client_ca: PathBuf,
+pub(crate) struct TlsConfig {
+    pub(crate) cert: PathBuf,
+    pub(crate) key: PathBuf,
+    pub(crate) client_ca: PathBuf,
 }
 
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The file it was read from (reread on SIGHUP).
-    pub source: PathBuf,
-    pub listen: SocketAddr,
+    pub(crate) source: PathBuf,
+    pub(crate) listen: SocketAddr,
     pub hsm: HsmConfig,
     /// SOFTHSM2_CONF to set for the module (SoftHSM2 tokens outside the default folder).
     pub softhsm2_conf: Option<PathBuf>,
-    pub store_path: PathBuf,
-    pub audit: AuditConfig,
-    pub tls: TlsConfig,
+    pub(crate) store_path: PathBuf,
+    pub(crate) audit: AuditConfig,
+    pub(crate) tls: TlsConfig,
     /// Who may do what (deny by default).
-    pub policy: Policy,
+    pub(crate) policy: Policy,
     /// Token buckets per principal, by operation class; absent classes are unlimited.
-    pub rate_limits: HashMap<LimitClass, Rate>,
+    pub(crate) rate_limits: HashMap<LimitClass, Rate>,
     /// How often the lifecycle task looks for keys to destroy.
-    pub sweep_interval: Duration,
+    pub(crate) sweep_interval: Duration,
     /// Key import settings.
-    pub import: ImportConfig,
+    pub(crate) import: ImportConfig,
 }
 
 /// Default listen address.

@@ -1,20 +1,45 @@
 //! hsmd: a key-management and signing daemon in front of a PKCS#11 token.
 //!
-//! Layers point one way: `api` (gRPC, statuses) → `keys` (rules) → `hsm` (cryptoki) and
-//! `store` (SQLite); `csr` builds certificate requests and certificates signed by the
-//! token (`api` → `csr` → `keys`); `audit` records every call; `auth` names the caller. See the
-//! README's architecture section for the shape and the data flow of one call.
+//! The layers point one way (checked by `tests/tests/layers.rs`; the README's
+//! Architecture section draws them): `api` (gRPC services) → `csr` → `keys` (the rules)
+//! → the backends `hsm` (the only module that names cryptoki), `store` (SQLite), `audit`
+//! (the hash-chained log) and `auth` (identity, policy, limits) → the leaves `encoding`
+//! (SPKI, ECDSA DER, OAEP), `domain` (specs, states, the key record) and `clock`.
+//! `config`, `dev` and `server` assemble them.
+//!
+//! # Library surface
+//!
+//! Almost everything is private to the crate. What other crates of the workspace use is
+//! public on purpose:
+//!
+//! - [`server::run`] and [`server::run_with_clock`]: start the daemon (the `hsmd` binary;
+//!   the tests' in-process harness, with a [`clock::ManualClock`]);
+//! - [`config::Config`]: load and validate a config file;
+//! - [`dev`]: the provisioning of `hsmd dev` (the binary, `hsmd-bench`, the tests);
+//! - [`clock`] and [`domain`]: time, and the vocabulary of keys;
+//! - [`baseline`]: the PKCS#11 pieces `hsmd-bench`'s raw side shares with hsmd, so that
+//!   raw and hsmd do exactly the same token work.
 
-pub mod api;
-pub mod audit;
-pub mod auth;
+mod api;
+mod audit;
+mod auth;
 pub mod clock;
 pub mod config;
-pub mod csr;
+mod csr;
 pub mod dev;
 pub mod domain;
-pub mod encoding;
-pub mod hsm;
-pub mod keys;
+mod encoding;
+mod hsm;
+mod keys;
 pub mod server;
-pub mod store;
+mod store;
+
+/// What `hsmd-bench` needs to run, with cryptoki directly, the same token work hsmd runs
+/// for a call: the slot search, the key templates, and the mechanisms of each operation.
+pub mod baseline {
+    pub use crate::encoding::OaepHash;
+    pub use crate::hsm::crypt::{aes_gcm, oaep};
+    pub use crate::hsm::find_slot;
+    pub use crate::hsm::objects::{KeyObjects, generate, generation};
+    pub use crate::keys::manager::mechanism as sign_mechanism;
+}

@@ -34,7 +34,7 @@ use crate::clock::{SharedClock, SystemClock};
 use crate::store::Store;
 
 /// Principal of the records hsmd writes for its own background work.
-pub use crate::domain::SYSTEM_PRINCIPAL;
+pub(crate) use crate::domain::SYSTEM_PRINCIPAL;
 
 /// Runs the daemon. `on_bound` is called once the listener is bound (with its real
 /// address, so port 0 works) and before the first call is served.
@@ -322,7 +322,7 @@ async fn sweep_loop(state: ApiState, every: Duration) {
 /// valid-to has passed (the key returns to PENDING_IMPORT), each with an audit record;
 /// then the wrapping keys of superseded and expired import tokens, and those no import
 /// token names once seen for a token lifetime.
-pub async fn sweep(state: &ApiState) {
+pub(crate) async fn sweep(state: &ApiState) {
     let keys = state.keys.clone();
     let found = tokio::task::spawn_blocking(move || {
         Ok::<_, crate::keys::KeyError>((

@@ -17,12 +17,12 @@ use crate::keys::KeyError;
 const MAX_LIMIT: u32 = 100_000;
 
 /// The AuditService implementation.
-pub struct AuditApi {
+pub(crate) struct AuditApi {
     state: ApiState,
 }
 
 impl AuditApi {
-    pub fn new(state: ApiState) -> Self {
+    pub(crate) fn new(state: ApiState) -> Self {
         AuditApi { state }
     }
 }
@@ -72,7 +72,7 @@ fn parse_time(rfc: &str) -> Option<prost_types::Timestamp> {
 }
 
 /// Proto form of a record and its line.
-pub fn record_to_pb(r: AuditRecord, line: String) -> pb::AuditRecord {
+pub(crate) fn record_to_pb(r: AuditRecord, line: String) -> pb::AuditRecord {
     pb::AuditRecord {
         sequence: r.seq,
         time: parse_time(&r.time),

@@ -22,12 +22,12 @@ macro_rules! method {
 }
 
 /// The CertificateService implementation.
-pub struct CertApi {
+pub(crate) struct CertApi {
     state: ApiState,
 }
 
 impl CertApi {
-    pub fn new(state: ApiState) -> Self {
+    pub(crate) fn new(state: ApiState) -> Self {
         CertApi { state }
     }
 }

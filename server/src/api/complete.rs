@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 
 /// Tower middleware that spawns every call of the wrapped service.
 #[derive(Debug, Clone)]
-pub struct RunToCompletion<S>(pub S);
+pub(crate) struct RunToCompletion<S>(pub S);
 
 impl<S, Req> tower_service::Service<Req> for RunToCompletion<S>
 where

@@ -11,7 +11,7 @@ use crate::keys::KeyError;
 use crate::store::Alias;
 
 /// Seconds since the epoch as a protobuf Timestamp.
-pub fn ts(secs: i64) -> prost_types::Timestamp {
+pub(crate) fn ts(secs: i64) -> prost_types::Timestamp {
     prost_types::Timestamp {
         seconds: secs,
         nanos: 0,
@@ -22,7 +22,7 @@ macro_rules! enum_conv {
     ($from:ident, $to:ident, $pb:ty, $model:ty, $field:literal, $unspecified:expr) => {
         /// Decodes the proto enum; unspecified or unknown values are INVALID_ARGUMENT
         /// naming the field and the allowed values.
-        pub fn $from(v: i32) -> Result<$model, KeyError> {
+        pub(crate) fn $from(v: i32) -> Result<$model, KeyError> {
             let name = <$pb>::try_from(v).ok().map(|e| e.as_str_name());
             match name.and_then(<$model>::from_name) {
                 Some(m) => Ok(m),
@@ -41,8 +41,10 @@ macro_rules! enum_conv {
             }
         }
 
-        /// Encodes a model enum as the proto enum value.
-        pub fn $to(m: $model) -> i32 {
+        /// Encodes a model enum as the proto enum value. (Generated for every pair;
+        /// not every enum is sent back: MessageType is not.)
+        #[allow(dead_code)]
+        pub(crate) fn $to(m: $model) -> i32 {
             <$pb>::from_str_name(m.name())
                 .map(|e| e as i32)
                 .unwrap_or(0)
@@ -110,7 +112,7 @@ enum_conv!(
 
 /// Decodes an optional encryption algorithm: unspecified is `None` (the key's default),
 /// an unknown value is INVALID_ARGUMENT.
-pub fn enc_alg_from_pb(v: i32) -> Result<Option<EncryptionAlgorithm>, KeyError> {
+pub(crate) fn enc_alg_from_pb(v: i32) -> Result<Option<EncryptionAlgorithm>, KeyError> {
     if v == 0 {
         Ok(None)
     } else {
@@ -119,7 +121,7 @@ pub fn enc_alg_from_pb(v: i32) -> Result<Option<EncryptionAlgorithm>, KeyError> 
 }
 
 /// The encryption algorithms a key allows, as proto values (none for signing keys).
-pub fn encryption_algorithms(k: &KeyRecord) -> Vec<i32> {
+pub(crate) fn encryption_algorithms(k: &KeyRecord) -> Vec<i32> {
     if k.usage == KeyUsage::EncryptDecrypt {
         k.spec
             .encryption_algorithms()
@@ -132,7 +134,7 @@ pub fn encryption_algorithms(k: &KeyRecord) -> Vec<i32> {
 }
 
 /// Proto metadata of a key record.
-pub fn metadata(k: &KeyRecord) -> pb::KeyMetadata {
+pub(crate) fn metadata(k: &KeyRecord) -> pb::KeyMetadata {
     pb::KeyMetadata {
         key_id: k.id.to_string(),
         spec: spec_to_pb(k.spec),
@@ -166,7 +168,7 @@ pub fn metadata(k: &KeyRecord) -> pb::KeyMetadata {
 }
 
 /// Proto alias.
-pub fn alias(a: &Alias) -> pb::Alias {
+pub(crate) fn alias(a: &Alias) -> pb::Alias {
     pb::Alias {
         alias_name: a.name.clone(),
         target_key_id: a.key_id.to_string(),

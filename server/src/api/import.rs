@@ -18,7 +18,7 @@ use crate::keys::import::MaterialImport;
 const WRAPPING_PREFIX: &str = "WRAPPING_ALGORITHM_";
 
 /// Decodes an optional wrapping algorithm (unspecified: hsmd picks).
-pub fn wrapping_from_pb(v: i32) -> Result<Option<WrappingAlgorithm>, KeyError> {
+pub(crate) fn wrapping_from_pb(v: i32) -> Result<Option<WrappingAlgorithm>, KeyError> {
     if v == 0 {
         return Ok(None);
     }
@@ -40,7 +40,7 @@ pub fn wrapping_from_pb(v: i32) -> Result<Option<WrappingAlgorithm>, KeyError> {
 }
 
 /// Encodes a wrapping algorithm as the proto enum value.
-pub fn wrapping_to_pb(a: WrappingAlgorithm) -> i32 {
+pub(crate) fn wrapping_to_pb(a: WrappingAlgorithm) -> i32 {
     pb::WrappingAlgorithm::from_str_name(&format!("{WRAPPING_PREFIX}{}", a.name()))
         .map(|e| e as i32)
         .unwrap_or(0)

@@ -37,12 +37,12 @@ type SignStream = std::pin::Pin<
 
 /// The KeyService implementation.
 #[derive(Clone)]
-pub struct KeyApi {
+pub(crate) struct KeyApi {
     state: ApiState,
 }
 
 impl KeyApi {
-    pub fn new(state: ApiState) -> Self {
+    pub(crate) fn new(state: ApiState) -> Self {
         KeyApi { state }
     }
 

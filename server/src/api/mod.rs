@@ -18,15 +18,15 @@
 //! both the resolving and the check, and hides unknown keys from callers who may not
 //! know them).
 
-pub mod audit;
-pub mod certs;
-pub mod complete;
-pub mod convert;
-pub mod crypt;
-pub mod import;
-pub mod keys;
-pub mod status;
-pub mod token;
+pub(crate) mod audit;
+pub(crate) mod certs;
+pub(crate) mod complete;
+pub(crate) mod convert;
+pub(crate) mod crypt;
+pub(crate) mod import;
+pub(crate) mod keys;
+pub(crate) mod status;
+pub(crate) mod token;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -37,26 +37,26 @@ use crate::audit::{AuditEvent, AuditLog, Outcome};
 use crate::auth::{Action, Authorizer, KeyFacts, Policy, principal_of};
 use crate::domain::record::KeyRecord;
 use crate::keys::{KeyError, KeyManager, KeyRef};
-pub use status::ApiError;
+pub(crate) use status::ApiError;
 
 /// Shared state of the services.
 #[derive(Clone)]
-pub struct ApiState {
-    pub keys: Arc<KeyManager>,
-    pub audit: AuditLog,
-    pub auth: Arc<Authorizer>,
+pub(crate) struct ApiState {
+    pub(crate) keys: Arc<KeyManager>,
+    pub(crate) audit: AuditLog,
+    pub(crate) auth: Arc<Authorizer>,
 }
 
 /// Who is calling, from the connection: principal (verified client certificate) and peer.
 #[derive(Debug, Clone)]
-pub struct Identity {
-    pub principal: Option<String>,
-    pub peer: String,
+pub(crate) struct Identity {
+    pub(crate) principal: Option<String>,
+    pub(crate) peer: String,
 }
 
 impl Identity {
     /// Reads the identity of a request's connection.
-    pub fn of<T>(req: &Request<T>) -> Identity {
+    pub(crate) fn of<T>(req: &Request<T>) -> Identity {
         let principal = req
             .peer_certs()
             .and_then(|certs| certs.first().and_then(|c| principal_of(c.as_ref())));
@@ -66,10 +66,10 @@ impl Identity {
 }
 
 /// One call in flight: its audit facts and its caller.
-pub struct Call {
+pub(crate) struct Call {
     started: Instant,
     method: &'static str,
-    pub event: AuditEvent,
+    pub(crate) event: AuditEvent,
     principal: Option<String>,
 }
 
@@ -81,7 +81,7 @@ impl Call {
     }
 
     /// Starts a call for a caller already identified (the requests of one stream).
-    pub fn with_identity(who: &Identity, method: &'static str) -> Call {
+    pub(crate) fn with_identity(who: &Identity, method: &'static str) -> Call {
         let event = AuditEvent {
             request_id: uuid::Uuid::new_v4().to_string(),
             principal: who.principal.clone().unwrap_or_default(),
@@ -125,7 +125,7 @@ impl Call {
     }
 
     /// Notes the key as the caller named it (alias) and as it resolved (id).
-    pub fn note_key(&mut self, named: &str, resolved: Option<uuid::Uuid>) {
+    pub(crate) fn note_key(&mut self, named: &str, resolved: Option<uuid::Uuid>) {
         if named.starts_with("alias/") {
             self.event.alias = named.to_string();
         } else if resolved.is_none() {
@@ -140,7 +140,7 @@ impl Call {
 /// What `Call::authorize` allowed: an action for a principal, under the policy in force
 /// when the call began. Cheap to clone into a blocking task.
 #[derive(Debug, Clone)]
-pub struct Grant {
+pub(crate) struct Grant {
     principal: String,
     action: Action,
     policy: std::sync::Arc<Policy>,
@@ -148,12 +148,12 @@ pub struct Grant {
 
 impl Grant {
     /// The caller.
-    pub fn principal(&self) -> &str {
+    pub(crate) fn principal(&self) -> &str {
         &self.principal
     }
 
     /// Checks the policy allows the action on this key.
-    pub fn check_key(&self, key: &KeyRecord) -> Result<(), ApiError> {
+    pub(crate) fn check_key(&self, key: &KeyRecord) -> Result<(), ApiError> {
         let facts = KeyFacts {
             id: Some(key.id),
             aliases: &key.aliases,
@@ -167,7 +167,7 @@ impl Grant {
     }
 
     /// Checks a key about to be created (its alias and tags; it has no id yet).
-    pub fn check_new_key(
+    pub(crate) fn check_new_key(
         &self,
         alias: Option<&str>,
         tags: &std::collections::BTreeMap<String, String>,
@@ -189,7 +189,7 @@ impl Grant {
     /// What a caller who named a key that does not resolve is told: the real error if
     /// it may act on every key, else the same refusal as for a key it may not use (so
     /// the answer does not tell which keys exist).
-    pub fn hide_missing(&self, named: &str, err: ApiError) -> ApiError {
+    pub(crate) fn hide_missing(&self, named: &str, err: ApiError) -> ApiError {
         let missing = matches!(
             err,
             ApiError::Key(KeyError::KeyNotFound(_) | KeyError::AliasNotFound(_))
@@ -212,7 +212,7 @@ impl Grant {
 
 impl ApiState {
     /// Runs key rules in the blocking pool (they block on SQLite and PKCS#11).
-    pub async fn blocking<T: Send + 'static>(
+    pub(crate) async fn blocking<T: Send + 'static>(
         &self,
         f: impl FnOnce(&KeyManager) -> Result<T, KeyError> + Send + 'static,
     ) -> Result<T, ApiError> {
@@ -224,7 +224,7 @@ impl ApiState {
     }
 
     /// Begins a call: its audit facts (request id, caller, method) and its request.
-    pub fn call<R>(&self, req: Request<R>, method: &'static str) -> Begun<'_, R> {
+    pub(crate) fn call<R>(&self, req: Request<R>, method: &'static str) -> Begun<'_, R> {
         let call = Call::begin(&req, method);
         Begun::new(self, call, req.into_inner())
     }
@@ -232,7 +232,7 @@ impl ApiState {
     /// Resolves a key, checks the grant allows it, and runs `f` on it in the same
     /// blocking task (one hop into the blocking pool per call), noting the key in the
     /// audit record either way.
-    pub async fn with_key<T: Send + 'static>(
+    pub(crate) async fn with_key<T: Send + 'static>(
         &self,
         call: &mut Call,
         grant: &Grant,
@@ -319,7 +319,7 @@ impl ApiState {
 /// A call begun and not yet authorized: the one bracket of every handler. `decode`
 /// (optional) runs before authorization; `answer` authorizes, runs the work and
 /// answers only once the audit record is durable.
-pub struct Begun<'s, R> {
+pub(crate) struct Begun<'s, R> {
     state: &'s ApiState,
     call: Call,
     req: R,
@@ -327,13 +327,13 @@ pub struct Begun<'s, R> {
 
 impl<'s, R> Begun<'s, R> {
     /// A call begun by hand (each request of a stream, for a caller already known).
-    pub fn new(state: &'s ApiState, call: Call, req: R) -> Self {
+    pub(crate) fn new(state: &'s ApiState, call: Call, req: R) -> Self {
         Begun { state, call, req }
     }
 
     /// Decodes the request before authorization: for what the audit record notes even
     /// of a refused call (an input's hash), or a secret to hold in a wiping buffer.
-    pub fn decode<D>(self, f: impl FnOnce(&mut Call, R) -> D) -> Begun<'s, D> {
+    pub(crate) fn decode<D>(self, f: impl FnOnce(&mut Call, R) -> D) -> Begun<'s, D> {
         let Begun {
             state,
             mut call,
@@ -345,7 +345,7 @@ impl<'s, R> Begun<'s, R> {
 
     /// Authorizes `action`, runs `work` if allowed, makes the audit record durable and
     /// only then answers (UNAVAILABLE if the record cannot be written).
-    pub async fn answer<T>(
+    pub(crate) async fn answer<T>(
         self,
         action: Action,
         work: impl AsyncFnOnce(&mut Call, Grant, R) -> Result<T, ApiError>,
@@ -357,7 +357,7 @@ impl<'s, R> Begun<'s, R> {
 
     /// As `answer`, for an answer that is not a response of its own (an item of a
     /// stream): the request id and the result to answer with, once the record is durable.
-    pub async fn recorded<T>(
+    pub(crate) async fn recorded<T>(
         self,
         action: Action,
         work: impl AsyncFnOnce(&mut Call, Grant, R) -> Result<T, ApiError>,

@@ -13,14 +13,14 @@ use crate::domain::reason::Reason;
 use crate::keys::KeyError;
 
 /// ErrorInfo domain of every hsmd error.
-pub const DOMAIN: &str = "hsmd";
+pub(crate) const DOMAIN: &str = "hsmd";
 /// Metadata key of a throttled call's retry delay, in milliseconds (also in the
 /// status details as google.rpc.RetryInfo).
-pub const RETRY_AFTER_MS: &str = "retry-after-ms";
+pub(crate) const RETRY_AFTER_MS: &str = "retry-after-ms";
 
 /// Errors a handler can end with.
 #[derive(Debug, thiserror::Error)]
-pub enum ApiError {
+pub(crate) enum ApiError {
     #[error(transparent)]
     Key(#[from] KeyError),
     #[error("no verified client certificate identity")]
@@ -61,7 +61,7 @@ fn key_phrase(key: &Option<String>) -> String {
 
 impl ApiError {
     /// gRPC code of this error.
-    pub fn code(&self) -> Code {
+    pub(crate) fn code(&self) -> Code {
         match self {
             ApiError::Unauthenticated => Code::Unauthenticated,
             ApiError::AccessDenied { .. } => Code::PermissionDenied,
@@ -108,7 +108,7 @@ impl ApiError {
     }
 
     /// Stable reason (google.rpc.ErrorInfo.reason, and the audit record's `reason`).
-    pub fn reason(&self) -> Reason {
+    pub(crate) fn reason(&self) -> Reason {
         match self {
             ApiError::Unauthenticated => Reason::NoClientIdentity,
             ApiError::AccessDenied { .. } => Reason::AccessDenied,
@@ -120,7 +120,7 @@ impl ApiError {
     }
 
     /// Audit outcome of a call that ended with this error.
-    pub fn outcome(&self) -> Outcome {
+    pub(crate) fn outcome(&self) -> Outcome {
         match self.code() {
             Code::Unauthenticated | Code::PermissionDenied => Outcome::Denied,
             Code::ResourceExhausted => Outcome::Throttled,
@@ -130,7 +130,7 @@ impl ApiError {
     }
 
     /// The status sent to the client.
-    pub fn to_status(&self) -> Status {
+    pub(crate) fn to_status(&self) -> Status {
         let message = match self {
             ApiError::Key(KeyError::Unavailable(detail)) => {
                 tracing::warn!(%detail, "token unavailable");
@@ -178,7 +178,7 @@ fn cert_code(e: &CertError) -> Code {
 }
 
 /// Name of a gRPC code as written in audit records ("OK", "INVALID_ARGUMENT"...).
-pub fn code_name(code: Code) -> &'static str {
+pub(crate) fn code_name(code: Code) -> &'static str {
     match code {
         Code::Ok => "OK",
         Code::Cancelled => "CANCELLED",

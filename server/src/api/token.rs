@@ -9,12 +9,12 @@ use super::convert::{alg_to_pb, enc_alg_to_pb, spec_to_pb};
 use crate::auth::Action;
 
 /// The TokenService implementation.
-pub struct TokenApi {
+pub(crate) struct TokenApi {
     state: ApiState,
 }
 
 impl TokenApi {
-    pub fn new(state: ApiState) -> Self {
+    pub(crate) fn new(state: ApiState) -> Self {
         TokenApi { state }
     }
 }

@@ -10,13 +10,13 @@ use super::record::{AuditEvent, CHECKPOINT_METHOD, Checkpoint, Outcome};
 use audit_chain::walk::ChainHead;
 
 /// Signs checkpoint statements. The token-backed implementation lives in `hsm`.
-pub trait CheckpointSigner: Send + Sync + 'static {
+pub(crate) trait CheckpointSigner: Send + Sync + 'static {
     /// DER-encoded ECDSA P-256 signature over SHA-256 of `msg`.
     fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, String>;
 }
 
 /// The checkpoint record for `head`.
-pub fn event(signer: &dyn CheckpointSigner, head: &ChainHead) -> Result<AuditEvent, String> {
+pub(crate) fn event(signer: &dyn CheckpointSigner, head: &ChainHead) -> Result<AuditEvent, String> {
     let der = signer.sign(&Checkpoint::statement(head.sequence, &head.hash))?;
     Ok(AuditEvent {
         request_id: uuid::Uuid::new_v4().to_string(),

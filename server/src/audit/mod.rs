@@ -2,23 +2,23 @@
 //! call is answered, sealed by signed checkpoints and rotated by size; queries over
 //! every file of the log. The record format and the verifier live in `audit-chain`.
 
-pub mod checkpoint;
+pub(crate) mod checkpoint;
 mod open;
-pub mod record;
+pub(crate) mod record;
 mod writer;
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use audit_chain::walk::ChainHead;
-pub use checkpoint::CheckpointSigner;
-pub use record::{AuditEvent, AuditRecord, Outcome};
-pub use writer::{AuditLog, LAZY_WAIT};
+pub(crate) use audit_chain::walk::ChainHead;
+pub(crate) use checkpoint::CheckpointSigner;
+pub(crate) use record::{AuditEvent, AuditRecord, Outcome};
+pub(crate) use writer::AuditLog;
 
 /// Audit failures. Any of them makes the call that needed a record fail UNAVAILABLE.
 #[derive(Debug, Clone, thiserror::Error)]
-pub enum AuditError {
+pub(crate) enum AuditError {
     #[error("audit log I/O: {0}")]
     Io(String),
     #[error("audit log chain is broken: {0}")]
@@ -27,21 +27,21 @@ pub enum AuditError {
 
 /// Where the log is, and when to checkpoint and rotate it.
 #[derive(Debug, Clone)]
-pub struct AuditConfig {
+pub(crate) struct AuditConfig {
     /// The current file; rotated files sit beside it.
-    pub path: PathBuf,
+    pub(crate) path: PathBuf,
     /// A checkpoint after this many records...
-    pub checkpoint_every: u64,
+    pub(crate) checkpoint_every: u64,
     /// ...or this long after the last one, whichever comes first (and at shutdown).
-    pub checkpoint_interval: Duration,
+    pub(crate) checkpoint_interval: Duration,
     /// Rotate once the current file reaches this size; 0 = never.
-    pub max_file_bytes: u64,
+    pub(crate) max_file_bytes: u64,
 }
 
 impl AuditConfig {
     /// Defaults for a log at `path`: a checkpoint every 1000 records or 60 s, files of
     /// at most 64 MiB.
-    pub fn at(path: PathBuf) -> Self {
+    pub(crate) fn at(path: PathBuf) -> Self {
         AuditConfig {
             path,
             checkpoint_every: 1000,
@@ -53,22 +53,22 @@ impl AuditConfig {
 
 /// Filters of a query; empty fields match everything.
 #[derive(Debug, Clone, Default)]
-pub struct AuditQuery {
+pub(crate) struct AuditQuery {
     /// RFC 3339 bounds compared as UTC text (records are written in one format).
-    pub start: Option<String>,
-    pub end: Option<String>,
-    pub principal: Option<String>,
+    pub(crate) start: Option<String>,
+    pub(crate) end: Option<String>,
+    pub(crate) principal: Option<String>,
     /// Matches `key_id` or `alias`.
-    pub key: Option<String>,
+    pub(crate) key: Option<String>,
     /// Full method path, or its last segment ("Sign").
-    pub method: Option<String>,
-    pub outcome: Option<Outcome>,
-    pub limit: usize,
+    pub(crate) method: Option<String>,
+    pub(crate) outcome: Option<Outcome>,
+    pub(crate) limit: usize,
 }
 
 impl AuditQuery {
     /// True if a record passes every filter.
-    pub fn matches(&self, r: &AuditRecord) -> bool {
+    pub(crate) fn matches(&self, r: &AuditRecord) -> bool {
         let method_ok = self
             .method
             .as_deref()
@@ -87,7 +87,7 @@ impl AuditQuery {
 
 /// Reads the log's files in order and sends each matching record (with its line) to
 /// `emit`, oldest first, until `emit` returns false or the limit is reached. Blocking.
-pub fn query_files(
+pub(crate) fn query_files(
     files: &[PathBuf],
     q: &AuditQuery,
     mut emit: impl FnMut(AuditRecord, String) -> bool,

@@ -19,16 +19,16 @@ use super::AuditError;
 use super::record::{AuditEvent, AuditRecord, Outcome, TORN_LINE_METHOD};
 
 /// What start-up found in the log.
-pub struct Opened {
-    pub file: File,
-    pub head: ChainHead,
+pub(crate) struct Opened {
+    pub(crate) file: File,
+    pub(crate) head: ChainHead,
     /// Sequence number of the current file's first record (or of the next one).
-    pub file_first_seq: u64,
-    pub file_len: u64,
+    pub(crate) file_first_seq: u64,
+    pub(crate) file_len: u64,
     /// Records after the last checkpoint.
-    pub unsigned: u64,
+    pub(crate) unsigned: u64,
     /// The record to append about a torn line moved aside.
-    pub torn: Option<AuditEvent>,
+    pub(crate) torn: Option<AuditEvent>,
 }
 
 fn io(path: &Path, e: std::io::Error) -> AuditError {
@@ -36,7 +36,7 @@ fn io(path: &Path, e: std::io::Error) -> AuditError {
 }
 
 /// Opens (creating if needed) the current file and finds the head of the chain.
-pub fn open(path: &Path) -> Result<Opened, AuditError> {
+pub(crate) fn open(path: &Path) -> Result<Opened, AuditError> {
     let dir = parent(path);
     std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
     let all = files::log_files(path).map_err(|e| io(&dir, e))?;
@@ -153,7 +153,7 @@ fn move_torn_aside(path: &Path, good_len: u64, line: u64) -> Result<AuditEvent, 
 }
 
 /// fsyncs the folder of `path`, so a rename or a new file survives a crash.
-pub fn sync_dir(path: &Path) -> Result<(), AuditError> {
+pub(crate) fn sync_dir(path: &Path) -> Result<(), AuditError> {
     let dir = parent(path);
     File::open(&dir)
         .and_then(|d| d.sync_all())

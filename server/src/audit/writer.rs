@@ -14,7 +14,7 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
@@ -24,20 +24,24 @@ use tokio::sync::oneshot;
 use super::checkpoint::{self, CheckpointSigner};
 use super::record::{AuditEvent, AuditRecord, rfc3339};
 use super::{AuditConfig, AuditError, open};
-use crate::clock::{SharedClock, SystemClock};
+use crate::clock::SharedClock;
+#[cfg(test)]
+use crate::clock::SystemClock;
 use audit_chain::walk::ChainHead;
 
 /// Most events written under one fsync.
 const MAX_GROUP: usize = 1024;
 /// Longest a lazy (throttled-call) record waits for company before it is written.
-pub const LAZY_WAIT: Duration = Duration::from_millis(25);
+pub(crate) const LAZY_WAIT: Duration = Duration::from_millis(25);
 
 type Reply = oneshot::Sender<Result<u64, AuditError>>;
 
 enum Msg {
     /// An event; `None` reply = lazy (nobody waits).
     Event(Box<AuditEvent>, Option<Reply>),
-    /// Write a checkpoint now (if any record is unsigned); answers with the head.
+    /// Write a checkpoint now (if any record is unsigned); answers with the head. Only
+    /// tests ask for one; the daemon's checkpoints come from the writer's own schedule.
+    #[cfg_attr(not(test), allow(dead_code))]
     Checkpoint(oneshot::Sender<Result<ChainHead, AuditError>>),
     /// Seal the log with a checkpoint and stop the thread (dropping the signer, and so
     /// its hold on the token, before the process exits).
@@ -46,26 +50,27 @@ enum Msg {
 
 /// Handle to the writer thread. Cheap to clone.
 #[derive(Clone)]
-pub struct AuditLog {
+pub(crate) struct AuditLog {
     tx: mpsc::Sender<Msg>,
     path: PathBuf,
     head: Arc<Mutex<ChainHead>>,
 }
 
 impl AuditLog {
-    /// Opens the log (see `open.rs`: head across rotated files, torn-line recovery),
-    /// appends the record of a torn line moved aside, signs any unsigned tail a crash
-    /// left, and starts the writer thread.
-    pub fn open(
+    /// [`open_with_clock`](AuditLog::open_with_clock) with the system clock (tests).
+    #[cfg(test)]
+    pub(crate) fn open(
         cfg: &AuditConfig,
         signer: Option<Arc<dyn CheckpointSigner>>,
     ) -> Result<Self, AuditError> {
         Self::open_with_clock(cfg, signer, SystemClock::shared())
     }
 
-    /// As [`open`](AuditLog::open), with the clock that stamps records (the daemon's
-    /// clock; a test's manual clock). Checkpoint intervals stay on the monotonic clock.
-    pub fn open_with_clock(
+    /// Opens the log (see `open.rs`: head across rotated files, torn-line recovery),
+    /// appends the record of a torn line moved aside, signs any unsigned tail a crash
+    /// left, and starts the writer thread. `clock` stamps the records; checkpoint
+    /// intervals stay on the monotonic clock.
+    pub(crate) fn open_with_clock(
         cfg: &AuditConfig,
         signer: Option<Arc<dyn CheckpointSigner>>,
         clock: SharedClock,
@@ -104,7 +109,7 @@ impl AuditLog {
     }
 
     /// Appends an event and waits until it is durable. Returns its sequence number.
-    pub async fn append(&self, event: AuditEvent) -> Result<u64, AuditError> {
+    pub(crate) async fn append(&self, event: AuditEvent) -> Result<u64, AuditError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Msg::Event(Box::new(event), Some(reply)))
@@ -114,14 +119,16 @@ impl AuditLog {
 
     /// Queues an event without waiting: it is written with the next group (for
     /// throttled calls, which did nothing and must not cost an fsync each).
-    pub fn append_lazy(&self, event: AuditEvent) -> Result<(), AuditError> {
+    pub(crate) fn append_lazy(&self, event: AuditEvent) -> Result<(), AuditError> {
         self.tx
             .send(Msg::Event(Box::new(event), None))
             .map_err(|_| stopped())
     }
 
-    /// Writes a checkpoint now if any record is not yet covered by one (at shutdown).
-    pub async fn checkpoint(&self) -> Result<ChainHead, AuditError> {
+    /// Writes a checkpoint now if any record is not yet covered by one (tests; the
+    /// daemon seals the log with [`close`](AuditLog::close)).
+    #[cfg(test)]
+    pub(crate) async fn checkpoint(&self) -> Result<ChainHead, AuditError> {
         let (reply, rx) = oneshot::channel();
         self.tx
             .send(Msg::Checkpoint(reply))
@@ -131,24 +138,19 @@ impl AuditLog {
 
     /// Seals the log with a last checkpoint and stops the writer; later appends fail.
     /// Call it at shutdown, once no call is in flight.
-    pub async fn close(&self) -> Result<ChainHead, AuditError> {
+    pub(crate) async fn close(&self) -> Result<ChainHead, AuditError> {
         let (reply, rx) = oneshot::channel();
         self.tx.send(Msg::Close(reply)).map_err(|_| stopped())?;
         rx.await.map_err(|_| stopped())?
     }
 
-    /// Path of the current log file.
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Every file of the log, oldest first.
-    pub fn files(&self) -> Result<Vec<PathBuf>, AuditError> {
+    pub(crate) fn files(&self) -> Result<Vec<PathBuf>, AuditError> {
         files::log_files(&self.path).map_err(|e| AuditError::Io(e.to_string()))
     }
 
     /// Sequence number and hash of the last durable record.
-    pub fn head(&self) -> ChainHead {
+    pub(crate) fn head(&self) -> ChainHead {
         self.head.lock().unwrap_or_else(|p| p.into_inner()).clone()
     }
 }

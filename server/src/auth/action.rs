@@ -7,16 +7,16 @@ macro_rules! actions {
     ($($action:ident),+ $(,)?) => {
         /// One operation, as named in policy rules and refusals.
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-        pub enum Action {
+        pub(crate) enum Action {
             $($action),+
         }
 
         impl Action {
             /// Every operation, in declaration order.
-            pub const ALL: &'static [Action] = &[$(Action::$action),+];
+            pub(crate) const ALL: &'static [Action] = &[$(Action::$action),+];
 
             /// The operation's name (the gRPC method's last segment).
-            pub fn name(self) -> &'static str {
+            pub(crate) fn name(self) -> &'static str {
                 match self {
                     $(Action::$action => stringify!($action)),+
                 }
@@ -60,7 +60,7 @@ actions! {
 
 /// Rate-limit class of an action (`[rate_limits]` keys).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub enum LimitClass {
+pub(crate) enum LimitClass {
     Sign,
     Verify,
     Crypt,
@@ -70,17 +70,8 @@ pub enum LimitClass {
 }
 
 impl LimitClass {
-    pub const ALL: [LimitClass; 6] = [
-        LimitClass::Sign,
-        LimitClass::Verify,
-        LimitClass::Crypt,
-        LimitClass::Random,
-        LimitClass::Manage,
-        LimitClass::Audit,
-    ];
-
     /// Name as written in `[rate_limits]`.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             LimitClass::Sign => "sign",
             LimitClass::Verify => "verify",
@@ -97,7 +88,7 @@ use Action::*;
 impl Action {
     /// The actions a name stands for: a group (`use`, `manage`, `audit`, `*`) or one
     /// operation (case-insensitive).
-    pub fn parse(name: &str) -> Option<Vec<Action>> {
+    pub(crate) fn parse(name: &str) -> Option<Vec<Action>> {
         let group = |g: Group| {
             Action::ALL
                 .iter()
@@ -119,7 +110,7 @@ impl Action {
     }
 
     /// The group that grants this action.
-    pub fn group(self) -> Group {
+    pub(crate) fn group(self) -> Group {
         match self {
             Sign
             | Verify
@@ -136,7 +127,7 @@ impl Action {
 
     /// True if the action is about one key, so rules' `keys` decide; false for calls
     /// about no key (lists are filtered to the keys the caller may see instead).
-    pub fn key_bound(self) -> bool {
+    pub(crate) fn key_bound(self) -> bool {
         !matches!(
             self,
             ListKeys
@@ -150,7 +141,7 @@ impl Action {
     }
 
     /// The rate-limit class.
-    pub fn limit_class(self) -> LimitClass {
+    pub(crate) fn limit_class(self) -> LimitClass {
         match self {
             Sign => LimitClass::Sign,
             Verify | GetPublicKey => LimitClass::Verify,
@@ -166,7 +157,7 @@ impl Action {
 
 /// Action groups.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Group {
+pub(crate) enum Group {
     /// Cryptography with keys (and random bytes).
     Use,
     /// Key administration: create, lifecycle, aliases, import, certificates, token info.

@@ -5,31 +5,27 @@
 
 /// A compiled glob.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Glob {
+pub(crate) struct Glob {
     text: String,
     parts: Vec<String>,
 }
 
 impl Glob {
-    pub fn new(text: &str) -> Self {
+    pub(crate) fn new(text: &str) -> Self {
         Glob {
             text: text.to_string(),
             parts: text.split('*').map(str::to_string).collect(),
         }
     }
 
-    /// The pattern as written.
-    pub fn as_str(&self) -> &str {
-        &self.text
-    }
-
     /// True if the pattern has no `*` and so matches only itself.
-    pub fn is_literal(&self) -> bool {
+    #[cfg(test)]
+    fn is_literal(&self) -> bool {
         self.parts.len() == 1
     }
 
     /// True if `s` matches the whole pattern.
-    pub fn matches(&self, s: &str) -> bool {
+    pub(crate) fn matches(&self, s: &str) -> bool {
         let (first, rest) = match self.parts.split_first() {
             Some(x) => x,
             None => return s.is_empty(),

@@ -16,15 +16,15 @@ const MAX_BUCKETS: usize = 100_000;
 
 /// A rate: `per_second` tokens a second, at most `burst` saved up.
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Rate {
-    pub per_second: f64,
-    pub burst: f64,
+pub(crate) struct Rate {
+    pub(crate) per_second: f64,
+    pub(crate) burst: f64,
 }
 
 impl Rate {
     /// Parses `N/s`, `N/m` or `N/h`, optionally followed by `burst B` (default: one
     /// second's worth, at least 1).
-    pub fn parse(text: &str) -> Result<Rate, String> {
+    pub(crate) fn parse(text: &str) -> Result<Rate, String> {
         let bad = || {
             format!("'{text}': write e.g. \"500/s burst 1000\" (N/s, N/m or N/h, optional burst B)")
         };
@@ -64,13 +64,13 @@ struct Bucket {
 
 /// Token buckets per (principal, class).
 #[derive(Debug, Default)]
-pub struct RateLimiter {
+pub(crate) struct RateLimiter {
     limits: RwLock<HashMap<LimitClass, Rate>>,
     buckets: Mutex<HashMap<(String, LimitClass), Bucket>>,
 }
 
 impl RateLimiter {
-    pub fn new(limits: HashMap<LimitClass, Rate>) -> Self {
+    pub(crate) fn new(limits: HashMap<LimitClass, Rate>) -> Self {
         RateLimiter {
             limits: RwLock::new(limits),
             buckets: Mutex::default(),
@@ -79,12 +79,12 @@ impl RateLimiter {
 
     /// Replaces the limits (config reload); saved tokens are kept, capped to the new
     /// bursts.
-    pub fn set_limits(&self, limits: HashMap<LimitClass, Rate>) {
+    pub(crate) fn set_limits(&self, limits: HashMap<LimitClass, Rate>) {
         *self.limits.write().unwrap_or_else(|p| p.into_inner()) = limits;
     }
 
     /// Takes one token, or says how long until one is back.
-    pub fn check(&self, principal: &str, class: LimitClass) -> Result<(), Duration> {
+    pub(crate) fn check(&self, principal: &str, class: LimitClass) -> Result<(), Duration> {
         self.check_at(principal, class, Instant::now())
     }
 

@@ -4,17 +4,17 @@
 //! limits are swapped whole on a config reload; calls in flight keep the policy they
 //! started with.
 
-pub mod action;
-pub mod glob;
-pub mod limits;
-pub mod policy;
+pub(crate) mod action;
+pub(crate) mod glob;
+pub(crate) mod limits;
+pub(crate) mod policy;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
-pub use action::{Action, LimitClass};
-pub use limits::{Rate, RateLimiter};
-pub use policy::{KeyFacts, Policy, RawRule, Rule};
+pub(crate) use action::{Action, LimitClass};
+pub(crate) use limits::{Rate, RateLimiter};
+pub(crate) use policy::{KeyFacts, Policy, RawRule, Rule};
 
 use der::Decode;
 use x509_cert::Certificate;
@@ -31,7 +31,7 @@ const PRINCIPAL_MEMO: usize = 1024;
 /// `principal_from_cert`, remembered per certificate (its DER bytes), so a call does not
 /// decode the whole X.509 structure again (a visible share of per-call CPU under load).
 /// The principal is a pure function of the bytes, which TLS has already verified.
-pub fn principal_of(der_bytes: &[u8]) -> Option<String> {
+pub(crate) fn principal_of(der_bytes: &[u8]) -> Option<String> {
     type Memo = RwLock<HashMap<Vec<u8>, Option<String>>>;
     static MEMO: std::sync::OnceLock<Memo> = std::sync::OnceLock::new();
     let memo = MEMO.get_or_init(Default::default);
@@ -52,7 +52,7 @@ pub fn principal_of(der_bytes: &[u8]) -> Option<String> {
 }
 
 /// The principal named by a DER client certificate: its first SAN URI, else its CN.
-pub fn principal_from_cert(der_bytes: &[u8]) -> Option<String> {
+pub(crate) fn principal_from_cert(der_bytes: &[u8]) -> Option<String> {
     let cert = Certificate::from_der(der_bytes).ok()?;
     let tbs = &cert.tbs_certificate;
     if let Ok(Some((_, san))) = tbs.get::<SubjectAltName>() {
@@ -86,13 +86,13 @@ fn directory_string(any: &der::Any) -> Option<String> {
 
 /// The policy in force and the rate limiter.
 #[derive(Debug)]
-pub struct Authorizer {
+pub(crate) struct Authorizer {
     policy: RwLock<Arc<Policy>>,
     limits: RateLimiter,
 }
 
 impl Authorizer {
-    pub fn new(policy: Policy, limits: HashMap<LimitClass, Rate>) -> Self {
+    pub(crate) fn new(policy: Policy, limits: HashMap<LimitClass, Rate>) -> Self {
         Authorizer {
             policy: RwLock::new(Arc::new(policy)),
             limits: RateLimiter::new(limits),
@@ -100,7 +100,7 @@ impl Authorizer {
     }
 
     /// The policy in force (a call keeps the one it started with).
-    pub fn policy(&self) -> Arc<Policy> {
+    pub(crate) fn policy(&self) -> Arc<Policy> {
         self.policy
             .read()
             .unwrap_or_else(|p| p.into_inner())
@@ -108,12 +108,12 @@ impl Authorizer {
     }
 
     /// The rate limiter.
-    pub fn limits(&self) -> &RateLimiter {
+    pub(crate) fn limits(&self) -> &RateLimiter {
         &self.limits
     }
 
     /// Swaps in a new policy and new limits (config reload).
-    pub fn replace(&self, policy: Policy, limits: HashMap<LimitClass, Rate>) {
+    pub(crate) fn replace(&self, policy: Policy, limits: HashMap<LimitClass, Rate>) {
         *self.policy.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(policy);
         self.limits.set_limits(limits);
     }

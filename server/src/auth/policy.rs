@@ -15,16 +15,16 @@ use super::glob::Glob;
 /// A rule as written in the config.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct RawRule {
-    pub principals: Vec<String>,
-    pub actions: Vec<String>,
+pub(crate) struct RawRule {
+    pub(crate) principals: Vec<String>,
+    pub(crate) actions: Vec<String>,
     #[serde(default)]
-    pub keys: Option<Vec<String>>,
+    pub(crate) keys: Option<Vec<String>>,
 }
 
 /// Which keys a rule covers.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeyPattern {
+pub(crate) enum KeyPattern {
     Any,
     Id(Uuid),
     Alias(Glob),
@@ -65,15 +65,15 @@ impl KeyPattern {
 /// What a rule can see of a key: its id (none yet for a key being created), aliases
 /// and tags.
 #[derive(Debug, Clone, Copy)]
-pub struct KeyFacts<'a> {
-    pub id: Option<Uuid>,
-    pub aliases: &'a [String],
-    pub tags: &'a BTreeMap<String, String>,
+pub(crate) struct KeyFacts<'a> {
+    pub(crate) id: Option<Uuid>,
+    pub(crate) aliases: &'a [String],
+    pub(crate) tags: &'a BTreeMap<String, String>,
 }
 
 /// One grant.
 #[derive(Debug, Clone)]
-pub struct Rule {
+pub(crate) struct Rule {
     principals: Vec<Glob>,
     actions: BTreeSet<Action>,
     keys: Vec<KeyPattern>,
@@ -81,7 +81,7 @@ pub struct Rule {
 
 impl Rule {
     /// Checks a rule from the config; `Err((field, problem))`.
-    pub fn parse(raw: &RawRule) -> Result<Rule, (&'static str, String)> {
+    pub(crate) fn parse(raw: &RawRule) -> Result<Rule, (&'static str, String)> {
         if raw.principals.is_empty() || raw.principals.iter().any(|p| p.trim().is_empty()) {
             return Err((
                 "principals",
@@ -136,32 +136,27 @@ impl Rule {
 
 /// The whole policy.
 #[derive(Debug, Clone, Default)]
-pub struct Policy {
+pub(crate) struct Policy {
     rules: Vec<Rule>,
 }
 
 impl Policy {
-    pub fn new(rules: Vec<Rule>) -> Self {
+    pub(crate) fn new(rules: Vec<Rule>) -> Self {
         Policy { rules }
     }
 
     /// Number of rules.
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.rules.len()
     }
 
-    /// True when no rule grants anything.
-    pub fn is_empty(&self) -> bool {
-        self.rules.is_empty()
-    }
-
     /// True if some rule lets `principal` do `action` (on some key, for key actions).
-    pub fn may(&self, principal: &str, action: Action) -> bool {
+    pub(crate) fn may(&self, principal: &str, action: Action) -> bool {
         self.rules.iter().any(|r| r.grants(principal, action))
     }
 
     /// True if some rule lets `principal` do `action` on this key.
-    pub fn may_on(&self, principal: &str, action: Action, key: &KeyFacts<'_>) -> bool {
+    pub(crate) fn may_on(&self, principal: &str, action: Action, key: &KeyFacts<'_>) -> bool {
         self.rules
             .iter()
             .any(|r| r.grants(principal, action) && r.keys.iter().any(|k| k.matches(key)))
@@ -169,7 +164,7 @@ impl Policy {
 
     /// True if `principal` may do some action on this key: such keys are the ones
     /// ListKeys and ListAliases show it.
-    pub fn may_see(&self, principal: &str, key: &KeyFacts<'_>) -> bool {
+    pub(crate) fn may_see(&self, principal: &str, key: &KeyFacts<'_>) -> bool {
         self.rules.iter().any(|r| {
             r.actions.iter().any(|a| a.key_bound())
                 && r.principals.iter().any(|g| g.matches(principal))
@@ -179,7 +174,7 @@ impl Policy {
 
     /// True if `principal` may do `action` on every key (so telling it a key does not
     /// exist reveals nothing it could not learn anyway).
-    pub fn may_on_any_key(&self, principal: &str, action: Action) -> bool {
+    pub(crate) fn may_on_any_key(&self, principal: &str, action: Action) -> bool {
         self.rules
             .iter()
             .any(|r| r.grants(principal, action) && r.keys.contains(&KeyPattern::Any))

@@ -25,25 +25,25 @@ use crate::domain::spec::SigningAlgorithm;
 /// A signed structure, DER and PEM, with the SHA-256 of the bytes the token signed (for
 /// the audit record).
 #[derive(Debug, Clone)]
-pub struct Signed {
-    pub der: Vec<u8>,
-    pub pem: String,
-    pub signed_sha256: String,
+pub(crate) struct Signed {
+    pub(crate) der: Vec<u8>,
+    pub(crate) pem: String,
+    pub(crate) signed_sha256: String,
 }
 
 /// What a self-signed certificate says besides the subject and key.
 #[derive(Debug, Clone)]
-pub struct CertFields {
+pub(crate) struct CertFields {
     /// Positive serial number, big-endian, at most 20 bytes.
-    pub serial: Vec<u8>,
+    pub(crate) serial: Vec<u8>,
     /// Unix seconds.
-    pub not_before: u64,
-    pub not_after: u64,
+    pub(crate) not_before: u64,
+    pub(crate) not_after: u64,
 }
 
 /// Builds and signs a CertificationRequest: version 1, the subject, the key's SPKI and,
 /// when there are extensions, one extensionRequest attribute holding them.
-pub fn csr(
+pub(crate) fn csr(
     subject: Name,
     spki: SubjectPublicKeyInfoOwned,
     extensions: Vec<Extension>,
@@ -80,7 +80,7 @@ pub fn csr(
 /// Builds and signs a self-signed X.509 v3 certificate: issuer = subject, the given
 /// extensions plus subjectKeyIdentifier and authorityKeyIdentifier (both the SHA-1 of
 /// the public key, RFC 5280 method 1).
-pub fn self_signed(
+pub(crate) fn self_signed(
     subject: Name,
     spki: SubjectPublicKeyInfoOwned,
     mut extensions: Vec<Extension>,

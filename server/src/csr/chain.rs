@@ -14,28 +14,28 @@ use super::CertError;
 use super::subject::to_rfc4514;
 
 /// Largest chain accepted, in bytes (PEM or DER).
-pub const MAX_CHAIN_BYTES: usize = 64 * 1024;
+pub(crate) const MAX_CHAIN_BYTES: usize = 64 * 1024;
 /// Most certificates in a chain.
-pub const MAX_CHAIN_CERTS: usize = 10;
+pub(crate) const MAX_CHAIN_CERTS: usize = 10;
 
 /// A chain read and decoded: leaf first.
 #[derive(Debug, Clone)]
-pub struct Chain {
-    pub certs: Vec<Certificate>,
+pub(crate) struct Chain {
+    pub(crate) certs: Vec<Certificate>,
     /// Each certificate's DER as given.
-    pub der: Vec<Vec<u8>>,
+    pub(crate) der: Vec<Vec<u8>>,
 }
 
 /// What a certificate says, for answers and the store.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CertInfo {
-    pub subject: String,
-    pub issuer: String,
+pub(crate) struct CertInfo {
+    pub(crate) subject: String,
+    pub(crate) issuer: String,
     /// Hex, upper case.
-    pub serial: String,
+    pub(crate) serial: String,
     /// Unix seconds.
-    pub not_before: i64,
-    pub not_after: i64,
+    pub(crate) not_before: i64,
+    pub(crate) not_after: i64,
 }
 
 fn bad(msg: String) -> CertError {
@@ -44,7 +44,7 @@ fn bad(msg: String) -> CertError {
 
 /// Reads a chain given as PEM (one or more CERTIFICATE blocks) or DER (one or more
 /// certificates back to back).
-pub fn parse(input: &[u8]) -> Result<Chain, CertError> {
+pub(crate) fn parse(input: &[u8]) -> Result<Chain, CertError> {
     if input.iter().all(|b| b.is_ascii_whitespace()) {
         return Err(bad("no certificate given".into()));
     }
@@ -142,7 +142,7 @@ fn der_certs(input: &[u8]) -> Result<Vec<Vec<u8>>, CertError> {
 }
 
 /// Checks that each certificate is followed by its issuer (by name).
-pub fn check_order(chain: &Chain) -> Result<(), CertError> {
+pub(crate) fn check_order(chain: &Chain) -> Result<(), CertError> {
     for (i, pair) in chain.certs.windows(2).enumerate() {
         let (child, parent) = (&pair[0].tbs_certificate, &pair[1].tbs_certificate);
         if child.issuer != parent.subject {
@@ -160,7 +160,7 @@ pub fn check_order(chain: &Chain) -> Result<(), CertError> {
 }
 
 /// Checks that the leaf certifies the key whose SubjectPublicKeyInfo is `key_spki`.
-pub fn check_leaf_key(chain: &Chain, key: Uuid, key_spki: &[u8]) -> Result<(), CertError> {
+pub(crate) fn check_leaf_key(chain: &Chain, key: Uuid, key_spki: &[u8]) -> Result<(), CertError> {
     let leaf = &chain.certs[0].tbs_certificate.subject_public_key_info;
     let leaf_der = leaf
         .to_der()
@@ -200,7 +200,7 @@ fn key_type(oid: &str) -> &str {
 }
 
 /// Subject, issuer, serial and validity of a certificate.
-pub fn info(cert: &Certificate) -> CertInfo {
+pub(crate) fn info(cert: &Certificate) -> CertInfo {
     let tbs = &cert.tbs_certificate;
     let secs = |t: &x509_cert::time::Time| {
         i64::try_from(t.to_unix_duration().as_secs()).unwrap_or(i64::MAX)
@@ -215,7 +215,7 @@ pub fn info(cert: &Certificate) -> CertInfo {
 }
 
 /// PEM ("CERTIFICATE") of one certificate's DER.
-pub fn to_pem(der: &[u8]) -> String {
+pub(crate) fn to_pem(der: &[u8]) -> String {
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);
     let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
     for chunk in b64.as_bytes().chunks(64) {

@@ -12,12 +12,12 @@
 //!
 //! Everything but `ops` is pure and unit-tested.
 
-pub mod build;
-pub mod chain;
-pub mod ops;
-pub mod san;
-pub mod sigalg;
-pub mod subject;
+pub(crate) mod build;
+pub(crate) mod chain;
+pub(crate) mod ops;
+pub(crate) mod san;
+pub(crate) mod sigalg;
+pub(crate) mod subject;
 
 use uuid::Uuid;
 
@@ -30,7 +30,7 @@ use crate::store::StoreError;
 /// Every way a certificate operation can fail. Key errors (not found, disabled, wrong
 /// usage, algorithm not allowed...) keep their own variant and reason.
 #[derive(Debug, thiserror::Error)]
-pub enum CertError {
+pub(crate) enum CertError {
     /// The subject string is malformed; the message names the bad part.
     #[error("invalid subject: {0}")]
     Subject(String),
@@ -86,7 +86,7 @@ pub enum CertError {
 impl CertError {
     /// Stable reason (google.rpc.ErrorInfo.reason). The named bad-input variants keep
     /// INVALID_ARGUMENT, the reason they were sent with before they had names.
-    pub fn reason(&self) -> Reason {
+    pub(crate) fn reason(&self) -> Reason {
         match self {
             CertError::Subject(_) => Reason::InvalidSubject,
             CertError::San(_) => Reason::InvalidSan,
@@ -105,7 +105,7 @@ impl CertError {
     }
 
     /// An encoding failure of a structure hsmd built itself: a bug, not bad input.
-    pub fn encoding(what: &str, e: der::Error) -> CertError {
+    pub(crate) fn encoding(what: &str, e: der::Error) -> CertError {
         CertError::Key(KeyError::Internal(format!("encoding {what}: {e}")))
     }
 }

@@ -22,33 +22,33 @@ use crate::keys::{KeyError, KeyManager};
 use crate::store::StoredChain;
 
 /// Longest validity of a self-signed certificate, in days.
-pub const MAX_VALIDITY_DAYS: u32 = 3650;
+pub(crate) const MAX_VALIDITY_DAYS: u32 = 3650;
 
 /// What GenerateCsr and SelfSignedCertificate ask for, checked.
 #[derive(Debug, Clone)]
-pub struct CertRequest {
-    pub subject: Name,
-    pub extensions: RequestedExtensions,
+pub(crate) struct CertRequest {
+    pub(crate) subject: Name,
+    pub(crate) extensions: RequestedExtensions,
     /// `None`: the key spec's default.
-    pub algorithm: Option<SigningAlgorithm>,
+    pub(crate) algorithm: Option<SigningAlgorithm>,
 }
 
 /// A request or certificate signed by a key.
 #[derive(Debug, Clone)]
-pub struct Issued {
-    pub algorithm: SigningAlgorithm,
-    pub signed: Signed,
+pub(crate) struct Issued {
+    pub(crate) algorithm: SigningAlgorithm,
+    pub(crate) signed: Signed,
 }
 
 /// A stored chain, decoded.
 #[derive(Debug, Clone)]
-pub struct KeyCertificate {
-    pub stored: StoredChain,
-    pub chain: Chain,
+pub(crate) struct KeyCertificate {
+    pub(crate) stored: StoredChain,
+    pub(crate) chain: Chain,
 }
 
 /// Builds a CSR for the key and has the token sign it.
-pub fn generate_csr(
+pub(crate) fn generate_csr(
     m: &KeyManager,
     key: &KeyRecord,
     req: &CertRequest,
@@ -66,7 +66,7 @@ pub fn generate_csr(
 
 /// Issues a self-signed certificate for the key, valid from now for `days`; with
 /// `import`, also stores it as the key's certificate.
-pub fn self_signed(
+pub(crate) fn self_signed(
     m: &KeyManager,
     key: &KeyRecord,
     req: &CertRequest,
@@ -109,7 +109,7 @@ pub fn self_signed(
 
 /// Checks a chain against the key and stores it: the whole chain in the store, the
 /// leaf in the token. Returns the leaf's details and the chain length.
-pub fn import(
+pub(crate) fn import(
     m: &KeyManager,
     key: &KeyRecord,
     input: &[u8],
@@ -123,7 +123,7 @@ pub fn import(
 }
 
 /// The chain last imported for the key.
-pub fn get(m: &KeyManager, key: &KeyRecord) -> Result<KeyCertificate, CertError> {
+pub(crate) fn get(m: &KeyManager, key: &KeyRecord) -> Result<KeyCertificate, CertError> {
     let stored = m
         .store()
         .get_certificate(key.id)?

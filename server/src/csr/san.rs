@@ -19,14 +19,14 @@ use super::CertError;
 use crate::domain::spec::KeySpec;
 
 /// Most subject alternative names in one request.
-pub const MAX_SANS: usize = 100;
+pub(crate) const MAX_SANS: usize = 100;
 const MAX_DNS: usize = 253;
 const MAX_URI: usize = 2048;
 const MAX_EMAIL: usize = 254;
 
 /// What kind of name a SAN entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SanKind {
+pub(crate) enum SanKind {
     Dns,
     Ip,
     Uri,
@@ -46,7 +46,7 @@ impl SanKind {
 
 /// Key usage bits a caller can request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum KeyUsageBit {
+pub(crate) enum KeyUsageBit {
     DigitalSignature,
     NonRepudiation,
     KeyEncipherment,
@@ -58,7 +58,7 @@ pub enum KeyUsageBit {
 
 /// Extended key usage purposes a caller can request.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Eku {
+pub(crate) enum Eku {
     ServerAuth,
     ClientAuth,
     CodeSigning,
@@ -80,10 +80,10 @@ impl Eku {
 
 /// The extensions a caller asked for, checked.
 #[derive(Debug, Clone, Default)]
-pub struct RequestedExtensions {
-    pub sans: Vec<GeneralName>,
-    pub key_usage: Vec<KeyUsageBit>,
-    pub eku: Vec<Eku>,
+pub(crate) struct RequestedExtensions {
+    pub(crate) sans: Vec<GeneralName>,
+    pub(crate) key_usage: Vec<KeyUsageBit>,
+    pub(crate) eku: Vec<Eku>,
 }
 
 fn bad(kind: SanKind, value: &str, problem: impl std::fmt::Display) -> CertError {
@@ -95,7 +95,7 @@ fn bad(kind: SanKind, value: &str, problem: impl std::fmt::Display) -> CertError
 }
 
 /// Checks one SAN entry and makes its GeneralName.
-pub fn parse(kind: SanKind, value: &str) -> Result<GeneralName, CertError> {
+pub(crate) fn parse(kind: SanKind, value: &str) -> Result<GeneralName, CertError> {
     match kind {
         SanKind::Dns => {
             check_dns(value, true).map_err(|p| bad(kind, value, p))?;
@@ -120,7 +120,7 @@ pub fn parse(kind: SanKind, value: &str) -> Result<GeneralName, CertError> {
 }
 
 /// Checks a whole list: at most `MAX_SANS`, no entry twice.
-pub fn check_list(sans: &[GeneralName]) -> Result<(), CertError> {
+pub(crate) fn check_list(sans: &[GeneralName]) -> Result<(), CertError> {
     if sans.len() > MAX_SANS {
         return Err(CertError::San(format!(
             "{} names; at most {MAX_SANS} are allowed",
@@ -251,7 +251,7 @@ fn check_email(addr: &str) -> Result<(), String> {
 }
 
 /// Refuses key usage bits that make no sense for the key type.
-pub fn check_key_usage(spec: KeySpec, bits: &[KeyUsageBit]) -> Result<(), CertError> {
+pub(crate) fn check_key_usage(spec: KeySpec, bits: &[KeyUsageBit]) -> Result<(), CertError> {
     let rsa = spec.rsa_bits().is_some();
     let ec = matches!(spec, KeySpec::EcP256 | KeySpec::EcP384);
     for bit in bits {
@@ -270,7 +270,7 @@ pub fn check_key_usage(spec: KeySpec, bits: &[KeyUsageBit]) -> Result<(), CertEr
 impl RequestedExtensions {
     /// The extensions, in the order SAN, key usage, extended key usage. `self_signed`
     /// adds basicConstraints (CA only when keyCertSign is asked for).
-    pub fn to_extensions(&self, self_signed: bool) -> Result<Vec<Extension>, CertError> {
+    pub(crate) fn to_extensions(&self, self_signed: bool) -> Result<Vec<Extension>, CertError> {
         let mut out = Vec::new();
         if self_signed {
             let ca = self.key_usage.contains(&KeyUsageBit::KeyCertSign);
@@ -341,7 +341,7 @@ impl RequestedExtensions {
 }
 
 /// One extension with its value DER-encoded.
-pub fn extension(
+pub(crate) fn extension(
     what: &str,
     oid: ObjectIdentifier,
     critical: bool,

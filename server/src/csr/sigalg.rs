@@ -13,7 +13,7 @@ use super::CertError;
 use crate::domain::spec::{KeySpec, SigningAlgorithm};
 
 /// The algorithm used when a request names none.
-pub fn default_algorithm(spec: KeySpec) -> Option<SigningAlgorithm> {
+pub(crate) fn default_algorithm(spec: KeySpec) -> Option<SigningAlgorithm> {
     match spec {
         KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096 => {
             Some(SigningAlgorithm::RsaPkcs1Sha256)
@@ -26,7 +26,9 @@ pub fn default_algorithm(spec: KeySpec) -> Option<SigningAlgorithm> {
 }
 
 /// The AlgorithmIdentifier of signatures made with `alg`.
-pub fn algorithm_identifier(alg: SigningAlgorithm) -> Result<AlgorithmIdentifierOwned, CertError> {
+pub(crate) fn algorithm_identifier(
+    alg: SigningAlgorithm,
+) -> Result<AlgorithmIdentifierOwned, CertError> {
     use SigningAlgorithm::*;
     let pss = |r: spki::Result<AlgorithmIdentifierOwned>| {
         r.map_err(|e| {

@@ -17,9 +17,9 @@ use x509_cert::name::{Name, RdnSequence, RelativeDistinguishedName};
 use super::CertError;
 
 /// Longest subject string accepted, in bytes.
-pub const MAX_SUBJECT_BYTES: usize = 2048;
+pub(crate) const MAX_SUBJECT_BYTES: usize = 2048;
 /// Most attributes in one subject.
-pub const MAX_ATTRIBUTES: usize = 32;
+pub(crate) const MAX_ATTRIBUTES: usize = 32;
 
 /// How an attribute's value is encoded and checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -140,7 +140,7 @@ fn bad(msg: String) -> CertError {
 }
 
 /// Parses an RFC 4514 subject into a DER `Name` (RDNs reversed: see the module docs).
-pub fn parse(subject: &str) -> Result<Name, CertError> {
+pub(crate) fn parse(subject: &str) -> Result<Name, CertError> {
     if subject.trim().is_empty() {
         return Err(bad(
             "subject is required, e.g. CN=app.example.com,O=Example Corp,C=CN".into(),
@@ -181,7 +181,7 @@ pub fn parse(subject: &str) -> Result<Name, CertError> {
 }
 
 /// The RFC 4514 form of a DER name (most specific RDN first), for display.
-pub fn to_rfc4514(name: &Name) -> String {
+pub(crate) fn to_rfc4514(name: &Name) -> String {
     name.to_string()
 }
 

@@ -15,7 +15,7 @@ use rcgen::{
 use super::write_secret;
 
 /// Makes `dir/{ca,server,client}.{pem,key}` unless they exist.
-pub fn ensure(dir: &Path, client_principal: &str) -> anyhow::Result<()> {
+pub(crate) fn ensure(dir: &Path, client_principal: &str) -> anyhow::Result<()> {
     fs::create_dir_all(dir)?;
     let ca_pem = dir.join("ca.pem");
     let ca_key_path = dir.join("ca.key");

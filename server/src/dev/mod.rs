@@ -18,9 +18,9 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 
 /// Label of the dev token.
-pub const DEV_TOKEN_LABEL: &str = "hsmd-dev";
+pub(crate) const DEV_TOKEN_LABEL: &str = "hsmd-dev";
 /// Principal of the dev client certificate.
-pub const DEV_PRINCIPAL: &str = "spiffe://hsmd.dev/admin";
+pub(crate) const DEV_PRINCIPAL: &str = "spiffe://hsmd.dev/admin";
 /// Where Debian and others put the SoftHSM2 module.
 const MODULE_CANDIDATES: &[&str] = &[
     "/usr/lib/softhsm/libsofthsm2.so",
@@ -250,7 +250,7 @@ fn random_pin() -> SecretString {
 }
 
 /// Writes a file readable by its owner only (0600).
-pub fn write_secret(path: &Path, text: &str) -> anyhow::Result<()> {
+pub(crate) fn write_secret(path: &Path, text: &str) -> anyhow::Result<()> {
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create(true)

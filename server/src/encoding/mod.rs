@@ -3,14 +3,14 @@
 //! encodings (`public`), OAEP parameters and the constant-time OAEP decode (`oaep`). Pure
 //! functions over bytes: this module names only `domain`.
 
-pub mod oaep;
-pub mod public;
+pub(crate) mod oaep;
+pub(crate) mod public;
 
 use crate::domain::spec::KeySpec;
 
 /// The public half of a key as the token stores it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum PublicKeyMaterial {
+pub(crate) enum PublicKeyMaterial {
     Rsa {
         modulus: Vec<u8>,
         exponent: Vec<u8>,

@@ -14,11 +14,14 @@ use zeroize::Zeroizing;
 /// The encoded message is not a valid OAEP encoding (for this hash and label). Carries
 /// nothing on purpose.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct DecodeError;
+pub(crate) struct DecodeError;
 
 /// Decodes `em`, the output of the raw RSA private operation left-padded to the modulus
 /// length k, with hash `D` (and MGF1 with `D`) and `label`; returns the message.
-pub fn decode<D: Digest>(em: &[u8], label: &[u8]) -> Result<Zeroizing<Vec<u8>>, DecodeError> {
+pub(crate) fn decode<D: Digest>(
+    em: &[u8],
+    label: &[u8],
+) -> Result<Zeroizing<Vec<u8>>, DecodeError> {
     let h_len = <D as Digest>::output_size();
     let k = em.len();
     // The length is public (the modulus size): no need to hide this check.
@@ -56,7 +59,7 @@ pub fn decode<D: Digest>(em: &[u8], label: &[u8]) -> Result<Zeroizing<Vec<u8>>, 
 
 /// `raw` as exactly `k` bytes, restoring leading zeros the token may have dropped;
 /// `None` if longer than `k`.
-pub fn left_pad(raw: &[u8], k: usize) -> Option<Zeroizing<Vec<u8>>> {
+pub(crate) fn left_pad(raw: &[u8], k: usize) -> Option<Zeroizing<Vec<u8>>> {
     let pad = k.checked_sub(raw.len())?;
     let mut em = Zeroizing::new(vec![0u8; k]);
     em[pad..].copy_from_slice(raw);

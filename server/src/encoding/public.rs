@@ -7,7 +7,7 @@ use super::PublicKeyMaterial;
 use crate::domain::spec::KeySpec;
 
 /// SubjectPublicKeyInfo DER of a public key read from the token.
-pub fn spki_der(material: &PublicKeyMaterial) -> Result<Vec<u8>, String> {
+pub(crate) fn spki_der(material: &PublicKeyMaterial) -> Result<Vec<u8>, String> {
     let doc = match material {
         PublicKeyMaterial::Rsa { modulus, exponent } => {
             rsa_public(modulus, exponent)?.to_public_key_der()
@@ -34,7 +34,7 @@ pub fn spki_der(material: &PublicKeyMaterial) -> Result<Vec<u8>, String> {
 }
 
 /// The rsa crate's public key of a token's big-endian modulus and public exponent.
-pub fn rsa_public(modulus: &[u8], exponent: &[u8]) -> Result<rsa::RsaPublicKey, String> {
+pub(crate) fn rsa_public(modulus: &[u8], exponent: &[u8]) -> Result<rsa::RsaPublicKey, String> {
     rsa::RsaPublicKey::new(
         rsa::BigUint::from_bytes_be(modulus),
         rsa::BigUint::from_bytes_be(exponent),
@@ -43,7 +43,7 @@ pub fn rsa_public(modulus: &[u8], exponent: &[u8]) -> Result<rsa::RsaPublicKey, 
 }
 
 /// PEM ("PUBLIC KEY") of an SPKI DER.
-pub fn spki_pem(der: &[u8]) -> String {
+pub(crate) fn spki_pem(der: &[u8]) -> String {
     use base64::Engine;
     let b64 = base64::engine::general_purpose::STANDARD.encode(der);
     let mut pem = String::from("-----BEGIN PUBLIC KEY-----\n");
@@ -56,7 +56,7 @@ pub fn spki_pem(der: &[u8]) -> String {
 }
 
 /// DER SEQUENCE { r, s } from the token's raw r‖s.
-pub fn ecdsa_raw_to_der(spec: KeySpec, raw: &[u8]) -> Result<Vec<u8>, String> {
+pub(crate) fn ecdsa_raw_to_der(spec: KeySpec, raw: &[u8]) -> Result<Vec<u8>, String> {
     match spec {
         KeySpec::EcP256 => p256::ecdsa::Signature::from_slice(raw)
             .map(|s| s.to_der().as_bytes().to_vec())
@@ -70,7 +70,7 @@ pub fn ecdsa_raw_to_der(spec: KeySpec, raw: &[u8]) -> Result<Vec<u8>, String> {
 
 /// Raw r‖s from a DER signature, or `None` if it is not a well-formed signature for
 /// the curve (the caller answers valid=false).
-pub fn ecdsa_der_to_raw(spec: KeySpec, der: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn ecdsa_der_to_raw(spec: KeySpec, der: &[u8]) -> Option<Vec<u8>> {
     match spec {
         KeySpec::EcP256 => p256::ecdsa::Signature::from_der(der)
             .ok()
@@ -84,7 +84,7 @@ pub fn ecdsa_der_to_raw(spec: KeySpec, der: &[u8]) -> Option<Vec<u8>> {
 
 /// The public key material of a SubjectPublicKeyInfo DER for a key of `spec`, or why it
 /// is not one.
-pub fn from_spki(spec: KeySpec, der: &[u8]) -> Result<PublicKeyMaterial, String> {
+pub(crate) fn from_spki(spec: KeySpec, der: &[u8]) -> Result<PublicKeyMaterial, String> {
     use p256::elliptic_curve::sec1::ToEncodedPoint;
     use p256::pkcs8::DecodePublicKey;
     let bad = |e: &dyn std::fmt::Display| format!("public_key_der is not a {spec} public key: {e}");
@@ -120,7 +120,7 @@ pub fn from_spki(spec: KeySpec, der: &[u8]) -> Result<PublicKeyMaterial, String>
 }
 
 /// True when `sig` is a valid Ed25519 signature of `msg` by `key`.
-pub fn ed25519_verifies(key: &[u8; 32], msg: &[u8], sig: &[u8]) -> bool {
+pub(crate) fn ed25519_verifies(key: &[u8; 32], msg: &[u8], sig: &[u8]) -> bool {
     let Ok(key) = ed25519_dalek::VerifyingKey::from_bytes(key) else {
         return false;
     };
@@ -132,7 +132,7 @@ pub fn ed25519_verifies(key: &[u8; 32], msg: &[u8], sig: &[u8]) -> bool {
 
 /// The uncompressed public point of the key that made two ECDSA signatures (raw r‖s)
 /// over two digests: the candidates recovered from the first that verify the second.
-pub fn recover_ec_point(spec: KeySpec, signed: &[(Vec<u8>, Vec<u8>)]) -> Option<Vec<u8>> {
+pub(crate) fn recover_ec_point(spec: KeySpec, signed: &[(Vec<u8>, Vec<u8>)]) -> Option<Vec<u8>> {
     macro_rules! recover {
         ($curve:ident) => {{
             use ecdsa::RecoveryId;

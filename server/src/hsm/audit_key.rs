@@ -16,24 +16,24 @@ use crate::domain::spec::KeySpec;
 use crate::encoding::PublicKeyMaterial;
 
 /// CKA_ID and CKA_LABEL of the audit key.
-pub const AUDIT_KEY_ID: &[u8] = b"hsmd-audit";
+pub(crate) const AUDIT_KEY_ID: &[u8] = b"hsmd-audit";
 /// DER OID of secp256r1.
 const OID_P256: &[u8] = &[0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07];
 
 /// Cached handles of the audit key.
 #[derive(Default)]
-pub struct AuditKeyCache(Mutex<Option<KeyObjects>>);
+pub(crate) struct AuditKeyCache(Mutex<Option<KeyObjects>>);
 
 impl AuditKeyCache {
     /// Forgets the handles (they die with the login).
-    pub fn clear(&self) {
+    pub(crate) fn clear(&self) {
         *self.0.lock().unwrap_or_else(|p| p.into_inner()) = None;
     }
 }
 
 impl Pkcs11Backend {
     /// Finds the audit key, creating it on first start; returns its public half.
-    pub fn audit_public_key(&self) -> Result<PublicKeyMaterial, HsmError> {
+    pub(crate) fn audit_public_key(&self) -> Result<PublicKeyMaterial, HsmError> {
         let objs = self.audit_objects()?;
         let public = objs.public.ok_or(HsmError::ObjectMissing)?;
         self.with_token_read("C_GetAttributeValue", |s| {
@@ -45,7 +45,7 @@ impl Pkcs11Backend {
     /// Signs a SHA-256 digest with the audit key (CKM_ECDSA); raw r‖s. The key is used
     /// as a token object (checkpoints are rare), so the call shares the token-object
     /// lock like every other read of token objects.
-    pub fn sign_audit_digest(&self, digest: &[u8]) -> Result<Vec<u8>, HsmError> {
+    pub(crate) fn sign_audit_digest(&self, digest: &[u8]) -> Result<Vec<u8>, HsmError> {
         let sign = |objs: KeyObjects| {
             self.with_token_read("C_Sign", |s| {
                 s.sign(&Mechanism::Ecdsa, objs.private, digest)

@@ -10,22 +10,26 @@ use super::{HsmError, Pkcs11Backend};
 
 /// The DER pieces of an X.509 certificate the token object carries.
 #[derive(Debug, Clone)]
-pub struct CertificateObject {
+pub(crate) struct CertificateObject {
     /// The whole certificate (CKA_VALUE).
-    pub value: Vec<u8>,
+    pub(crate) value: Vec<u8>,
     /// DER of the subject Name (CKA_SUBJECT).
-    pub subject: Vec<u8>,
+    pub(crate) subject: Vec<u8>,
     /// DER of the issuer Name (CKA_ISSUER).
-    pub issuer: Vec<u8>,
+    pub(crate) issuer: Vec<u8>,
     /// DER of the serial number INTEGER (CKA_SERIAL_NUMBER).
-    pub serial: Vec<u8>,
+    pub(crate) serial: Vec<u8>,
 }
 
 impl Pkcs11Backend {
     /// Stores `cert` as the key's certificate object, replacing any certificate object
     /// with the key's CKA_ID. The new object is created before the old ones are
     /// destroyed, so a failure leaves the previous certificate in place.
-    pub fn put_certificate(&self, id: Uuid, cert: &CertificateObject) -> Result<(), HsmError> {
+    pub(crate) fn put_certificate(
+        &self,
+        id: Uuid,
+        cert: &CertificateObject,
+    ) -> Result<(), HsmError> {
         let template = vec![
             Attribute::Class(ObjectClass::CERTIFICATE),
             Attribute::CertificateType(CertificateType::X_509),

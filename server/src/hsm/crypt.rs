@@ -41,7 +41,7 @@ pub fn aes_gcm<'a>(iv: &'a mut [u8], aad: &'a [u8]) -> cryptoki::error::Result<M
 
 impl Pkcs11Backend {
     /// AES-GCM encryption with the key's secret object: returns ciphertext || tag.
-    pub fn aes_gcm_encrypt(
+    pub(crate) fn aes_gcm_encrypt(
         &self,
         id: Uuid,
         iv: &[u8],
@@ -57,7 +57,7 @@ impl Pkcs11Backend {
     }
 
     /// AES-GCM decryption of ciphertext || tag; a wrong tag is `DecryptFailed`.
-    pub fn aes_gcm_decrypt(
+    pub(crate) fn aes_gcm_decrypt(
         &self,
         id: Uuid,
         iv: &[u8],
@@ -73,7 +73,7 @@ impl Pkcs11Backend {
     }
 
     /// RSA-OAEP decryption in the token (empty label, MGF1 with the same hash).
-    pub fn rsa_oaep_decrypt(
+    pub(crate) fn rsa_oaep_decrypt(
         &self,
         id: Uuid,
         hash: OaepHash,
@@ -88,7 +88,7 @@ impl Pkcs11Backend {
 
     /// The raw RSA private operation (CKM_RSA_X_509) in the token; the caller decodes
     /// the padding. The output is as the token gives it (possibly without leading zeros).
-    pub fn rsa_raw_decrypt(
+    pub(crate) fn rsa_raw_decrypt(
         &self,
         id: Uuid,
         ciphertext: &[u8],
@@ -118,7 +118,7 @@ impl Pkcs11Backend {
 
 /// Tries every encryption path on throw-away session keys (destroyed before returning).
 /// A failure of the probe itself only means "not offered".
-pub fn probe_encryption(s: &Session, mechs: &[MechanismType]) -> EncryptionProbe {
+pub(crate) fn probe_encryption(s: &Session, mechs: &[MechanismType]) -> EncryptionProbe {
     let mut probe = EncryptionProbe::default();
     if mechs.contains(&MechanismType::AES_KEY_GEN) && mechs.contains(&MechanismType::AES_GCM) {
         probe.aes_gcm = probe_aes_gcm(s).unwrap_or_else(|e| {

@@ -6,7 +6,7 @@ use cryptoki::error::{Error as CkError, RvError};
 
 /// What went wrong in the token, in terms the layers above can act on.
 #[derive(Debug, thiserror::Error)]
-pub enum HsmError {
+pub(crate) enum HsmError {
     /// The key's objects are not in the token.
     #[error("key object not found in token")]
     ObjectMissing,
@@ -40,7 +40,7 @@ pub enum HsmError {
 }
 
 /// Classifies a cryptoki error, naming the PKCS#11 call in `what` for the logs.
-pub fn classify(what: &'static str, err: CkError) -> HsmError {
+pub(crate) fn classify(what: &'static str, err: CkError) -> HsmError {
     match err {
         CkError::Pkcs11(rv, function) => classify_rv(what, rv, function),
         CkError::LibraryLoading(e) => HsmError::Unavailable(format!("{what}: module: {e}")),
@@ -88,7 +88,7 @@ fn classify_rv(what: &'static str, rv: RvError, function: Function) -> HsmError 
 /// True when the error means the session (or the login) is gone and a fresh session
 /// would fix it. A session left with an operation active (a token that did not end a
 /// failed C_Decrypt) is replaced too, so it cannot fail every later call.
-pub fn session_lost(err: &CkError) -> bool {
+pub(crate) fn session_lost(err: &CkError) -> bool {
     matches!(
         err,
         CkError::Pkcs11(
@@ -104,7 +104,7 @@ pub fn session_lost(err: &CkError) -> bool {
 
 /// True when a failed C_Decrypt was refused because of the ciphertext (its padding,
 /// tag, length or range), as opposed to the key, the session or the token.
-pub fn is_decrypt_failure(err: &CkError) -> bool {
+pub(crate) fn is_decrypt_failure(err: &CkError) -> bool {
     matches!(
         err,
         CkError::Pkcs11(

@@ -30,7 +30,7 @@ use crate::encoding::PublicKeyMaterial;
 
 /// How the OAEP block of wrapped material is opened.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OaepUnwrap {
+pub(crate) enum OaepUnwrap {
     /// C_UnwrapKey with CKM_RSA_PKCS_OAEP and this hash: wholly in the token.
     Token(OaepHash),
     /// CKM_RSA_X_509 in the token, the OAEP-SHA-256 decode in hsmd (config switch).
@@ -38,40 +38,40 @@ pub enum OaepUnwrap {
 }
 
 /// What to unwrap with which import token's wrapping key.
-pub struct Unwrapping<'a> {
+pub(crate) struct Unwrapping<'a> {
     /// The import token's id (the wrapping key's CKA_ID suffix).
-    pub token: Uuid,
-    pub oaep: OaepUnwrap,
+    pub(crate) token: Uuid,
+    pub(crate) oaep: OaepUnwrap,
     /// The OAEP block carries an ephemeral AES-256 key, and the material follows it
     /// wrapped with AES key wrap with padding.
-    pub key_wrap: bool,
+    pub(crate) key_wrap: bool,
     /// The modulus length of the wrapping key, in bytes (the OAEP block's length).
-    pub modulus_len: usize,
-    pub wrapped: &'a [u8],
+    pub(crate) modulus_len: usize,
+    pub(crate) wrapped: &'a [u8],
 }
 
 /// The key the material is for.
-pub struct Target<'a> {
-    pub id: Uuid,
-    pub spec: KeySpec,
-    pub usage: KeyUsage,
+pub(crate) struct Target<'a> {
+    pub(crate) id: Uuid,
+    pub(crate) spec: KeySpec,
+    pub(crate) usage: KeyUsage,
     /// The public half the caller says the material has (required for Ed25519).
-    pub public_key: Option<&'a PublicKeyMaterial>,
+    pub(crate) public_key: Option<&'a PublicKeyMaterial>,
 }
 
 /// What the unwrapped material is, for the caller's checks before it is kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Inspected {
+pub(crate) struct Inspected {
     /// The public half of key-pair material.
-    pub public: Option<PublicKeyMaterial>,
+    pub(crate) public: Option<PublicKeyMaterial>,
     /// AES keys: AES-ECB encryption of a zero block under the key, computed in the token
     /// (its first 3 bytes are the key check value).
-    pub check_block: Option<[u8; 16]>,
+    pub(crate) check_block: Option<[u8; 16]>,
 }
 
 /// Why an import is refused.
 #[derive(Debug, thiserror::Error)]
-pub enum ImportRefused {
+pub(crate) enum ImportRefused {
     /// The wrapped bytes do not unwrap with this wrapping key (altered, wrapped under
     /// another public key or with another algorithm).
     #[error("{0}")]
@@ -129,7 +129,7 @@ impl Pkcs11Backend {
     /// object (CKA_ID = prefix + token id) that can only unwrap (and, for the host-side
     /// OAEP-SHA-256 decode, do the raw RSA operation), sensitive, never extractable; the
     /// public half a session object, read and destroyed. Returns the public half.
-    pub fn generate_wrapping_key(
+    pub(crate) fn generate_wrapping_key(
         &self,
         token: Uuid,
         key: Uuid,
@@ -176,7 +176,7 @@ impl Pkcs11Backend {
 
     /// The import tokens whose wrapping keys are in the token (for the sweep that
     /// destroys wrapping keys no import token names).
-    pub fn wrapping_key_tokens(&self) -> Result<Vec<Uuid>, HsmError> {
+    pub(crate) fn wrapping_key_tokens(&self) -> Result<Vec<Uuid>, HsmError> {
         let ids = self.with_token_read("C_FindObjects (wrapping keys)", |s| {
             objects::token_ids(s, &[ObjectClass::PRIVATE_KEY])
         })?;
@@ -190,7 +190,7 @@ impl Pkcs11Backend {
     }
 
     /// Destroys an import token's wrapping key (missing is not an error).
-    pub fn destroy_wrapping_key(&self, token: Uuid) -> Result<(), HsmError> {
+    pub(crate) fn destroy_wrapping_key(&self, token: Uuid) -> Result<(), HsmError> {
         self.with_token_write("C_DestroyObject (wrapping key)", |s| {
             for h in s.find_objects(&wrapping_key_template(token))? {
                 s.destroy_object(h)?;
@@ -202,7 +202,7 @@ impl Pkcs11Backend {
     /// Unwraps `u.wrapped` into the key `t`'s objects (see the module comment). `accept`
     /// sees what the material is before it is kept, and may refuse it. Returns what the
     /// material is and the token objects made (for `destroy_objects` if recording fails).
-    pub fn import_material(
+    pub(crate) fn import_material(
         &self,
         u: &Unwrapping<'_>,
         t: &Target<'_>,
@@ -223,7 +223,7 @@ impl Pkcs11Backend {
 
     /// Destroys exactly these token objects (the rollback of an import that could not be
     /// recorded; other objects with the same CKA_ID are left alone).
-    pub fn destroy_objects(&self, objs: KeyObjects) -> Result<(), HsmError> {
+    pub(crate) fn destroy_objects(&self, objs: KeyObjects) -> Result<(), HsmError> {
         self.with_token_write("C_DestroyObject (rollback)", |s| {
             let public = objs.public.map(|p| s.destroy_object(p)).unwrap_or(Ok(()));
             s.destroy_object(objs.private).and(public)

@@ -5,16 +5,16 @@
 //! a bounded pool of sessions stays open for the life of the process, and object handles
 //! are cached per key so that no call pays for C_FindObjects on the hot path.
 
-pub mod audit_key;
-pub mod certs;
-pub mod crypt;
-pub mod error;
-pub mod import;
-pub mod mechanisms;
-pub mod objects;
-pub mod pool;
-pub mod probe;
-pub mod provision;
+pub(crate) mod audit_key;
+pub(crate) mod certs;
+pub(crate) mod crypt;
+pub(crate) mod error;
+pub(crate) mod import;
+pub(crate) mod mechanisms;
+pub(crate) mod objects;
+pub(crate) mod pool;
+pub(crate) mod probe;
+pub(crate) mod provision;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -28,11 +28,11 @@ use cryptoki::slot::Slot;
 use secrecy::SecretString;
 use uuid::Uuid;
 
-pub use certs::CertificateObject;
-pub use error::HsmError;
-pub use mechanisms::SignMechanism;
-pub use objects::KeyObjects;
-pub use probe::{AlgorithmPath, Capabilities, Capability, EncryptionProbe, OaepPath};
+pub(crate) use certs::CertificateObject;
+pub(crate) use error::HsmError;
+pub(crate) use mechanisms::SignMechanism;
+pub(crate) use objects::KeyObjects;
+pub(crate) use probe::{Capabilities, OaepPath};
 
 use crate::domain::spec::{KeySpec, KeyUsage};
 use crate::encoding::PublicKeyMaterial;
@@ -53,18 +53,18 @@ pub struct HsmConfig {
 
 /// Identity of the token and its module, for `hsmctl token info`.
 #[derive(Debug, Clone, Default)]
-pub struct TokenDescription {
-    pub label: String,
-    pub manufacturer: String,
-    pub model: String,
-    pub serial_number: String,
-    pub module_path: String,
-    pub library_description: String,
-    pub library_version: String,
+pub(crate) struct TokenDescription {
+    pub(crate) label: String,
+    pub(crate) manufacturer: String,
+    pub(crate) model: String,
+    pub(crate) serial_number: String,
+    pub(crate) module_path: String,
+    pub(crate) library_description: String,
+    pub(crate) library_version: String,
 }
 
 /// The token, a pool of logged-in sessions and a cache of key object handles.
-pub struct Pkcs11Backend {
+pub(crate) struct Pkcs11Backend {
     pool: pool::SessionPool,
     handles: RwLock<HashMap<Uuid, KeyObjects>>,
     /// Guards the token's object files: a call that creates or destroys token objects
@@ -81,7 +81,7 @@ pub struct Pkcs11Backend {
 impl Pkcs11Backend {
     /// Loads the module, finds the token by label, logs in and opens the pool. Errors
     /// name the module, the token label and what failed.
-    pub fn open(cfg: &HsmConfig) -> Result<Self, HsmError> {
+    pub(crate) fn open(cfg: &HsmConfig) -> Result<Self, HsmError> {
         let setup = |what: &str, detail: String| {
             HsmError::Setup(format!(
                 "PKCS#11 module {}, token '{}': {what}: {detail}",
@@ -136,17 +136,17 @@ impl Pkcs11Backend {
     }
 
     /// What the start-up probe found.
-    pub fn capabilities(&self) -> &Capabilities {
+    pub(crate) fn capabilities(&self) -> &Capabilities {
         &self.capabilities
     }
 
     /// The token's identity.
-    pub fn description(&self) -> &TokenDescription {
+    pub(crate) fn description(&self) -> &TokenDescription {
         &self.description
     }
 
     /// Number of pooled sessions.
-    pub fn pool_size(&self) -> usize {
+    pub(crate) fn pool_size(&self) -> usize {
         self.pool.size()
     }
 
@@ -197,7 +197,12 @@ impl Pkcs11Backend {
 
     /// Generates a key in the token with CKA_ID = the id's 16 bytes and CKA_LABEL = its
     /// text. On success the handles are cached.
-    pub fn generate(&self, id: Uuid, spec: KeySpec, usage: KeyUsage) -> Result<(), HsmError> {
+    pub(crate) fn generate(
+        &self,
+        id: Uuid,
+        spec: KeySpec,
+        usage: KeyUsage,
+    ) -> Result<(), HsmError> {
         let template = objects::generation(spec, usage, id.as_bytes(), &id.to_string())
             .ok_or_else(|| HsmError::Unsupported(format!("{spec} keys on this token")))?;
         // Handles are cached on first use (with the session-object copy, see `objects`).
@@ -206,7 +211,11 @@ impl Pkcs11Backend {
     }
 
     /// Reads the public half of a key pair.
-    pub fn public_key(&self, id: Uuid, spec: KeySpec) -> Result<PublicKeyMaterial, HsmError> {
+    pub(crate) fn public_key(
+        &self,
+        id: Uuid,
+        spec: KeySpec,
+    ) -> Result<PublicKeyMaterial, HsmError> {
         let objs = self.objects(id)?;
         let public = objs.public.ok_or(HsmError::ObjectMissing)?;
         self.with_session("C_GetAttributeValue", |s| {
@@ -217,7 +226,12 @@ impl Pkcs11Backend {
 
     /// Signs `input` (message or digest, as the mechanism expects) with the key's
     /// private object. ECDSA output is raw r‖s.
-    pub fn sign(&self, id: Uuid, mech: SignMechanism, input: &[u8]) -> Result<Vec<u8>, HsmError> {
+    pub(crate) fn sign(
+        &self,
+        id: Uuid,
+        mech: SignMechanism,
+        input: &[u8],
+    ) -> Result<Vec<u8>, HsmError> {
         let data = mech.token_input(input);
         self.retry_if_missing(id, |objs| {
             self.with_session("C_Sign", |s| s.sign(&mech.mechanism(), objs.private, &data))
@@ -244,7 +258,7 @@ impl Pkcs11Backend {
 
     /// Verifies `signature` with the key's public object. A signature that does not
     /// verify gives `Ok(false)`.
-    pub fn verify(
+    pub(crate) fn verify(
         &self,
         id: Uuid,
         mech: SignMechanism,
@@ -268,14 +282,14 @@ impl Pkcs11Backend {
     }
 
     /// Random bytes from the token's RNG.
-    pub fn random(&self, len: usize) -> Result<Vec<u8>, HsmError> {
+    pub(crate) fn random(&self, len: usize) -> Result<Vec<u8>, HsmError> {
         let len = u32::try_from(len).map_err(|_| HsmError::BadInput("length".into()))?;
         self.with_session("C_GenerateRandom", |s| s.generate_random_vec(len))
     }
 
     /// Destroys every object with the key's CKA_ID (its certificate too). Missing
     /// objects are not an error.
-    pub fn destroy(&self, id: Uuid) -> Result<(), HsmError> {
+    pub(crate) fn destroy(&self, id: Uuid) -> Result<(), HsmError> {
         let [private, secret, public] = objects::KEY_CLASSES;
         self.destroy_classes(id, &[private, secret, public, ObjectClass::CERTIFICATE])
     }
@@ -283,7 +297,7 @@ impl Pkcs11Backend {
     /// Destroys the key's private, secret and public objects, keeping its certificate
     /// object (imported material deleted: the same material, hence the same certificate,
     /// may come back).
-    pub fn destroy_key_material(&self, id: Uuid) -> Result<(), HsmError> {
+    pub(crate) fn destroy_key_material(&self, id: Uuid) -> Result<(), HsmError> {
         self.destroy_classes(id, &objects::KEY_CLASSES)
     }
 
@@ -299,7 +313,7 @@ impl Pkcs11Backend {
 
     /// Key ids of every key object in the token (objects whose CKA_ID is not a UUID
     /// are reported separately), for start-up reconciliation.
-    pub fn token_key_ids(&self) -> Result<(Vec<Uuid>, usize), HsmError> {
+    pub(crate) fn token_key_ids(&self) -> Result<(Vec<Uuid>, usize), HsmError> {
         let ids = self.with_token_read("C_FindObjects", objects::list_ids)?;
         let mut keys = Vec::new();
         let mut foreign = 0;

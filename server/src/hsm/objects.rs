@@ -109,7 +109,7 @@ pub fn generation(spec: KeySpec, usage: KeyUsage, id: &[u8], label: &str) -> Opt
 }
 
 /// CKA_EC_PARAMS of an elliptic-curve spec.
-pub fn ec_params(spec: KeySpec) -> Option<&'static [u8]> {
+pub(crate) fn ec_params(spec: KeySpec) -> Option<&'static [u8]> {
     match spec {
         KeySpec::EcP256 => Some(OID_P256),
         KeySpec::EcP384 => Some(OID_P384),
@@ -119,7 +119,7 @@ pub fn ec_params(spec: KeySpec) -> Option<&'static [u8]> {
 }
 
 /// CKA_KEY_TYPE of a spec.
-pub fn key_type(spec: KeySpec) -> Option<KeyType> {
+pub(crate) fn key_type(spec: KeySpec) -> Option<KeyType> {
     match spec {
         KeySpec::Rsa2048 | KeySpec::Rsa3072 | KeySpec::Rsa4096 => Some(KeyType::RSA),
         KeySpec::EcP256 | KeySpec::EcP384 => Some(KeyType::EC),
@@ -134,7 +134,7 @@ pub fn key_type(spec: KeySpec) -> Option<KeyType> {
 /// without CKA_VALUE_LEN (the material sets it; SoftHSM2 refuses it). A secret key's
 /// session copy is extractable so that its length can be learnt in the token (see
 /// `import::aes_key_len`); the token object made from it is not.
-pub fn import_template(
+pub(crate) fn import_template(
     spec: KeySpec,
     usage: KeyUsage,
     id: &[u8],
@@ -167,7 +167,7 @@ pub fn import_template(
 
 /// Template of the token public key object of imported key-pair material: the public
 /// template of `generation` with the key's public values.
-pub fn public_object(
+pub(crate) fn public_object(
     spec: KeySpec,
     usage: KeyUsage,
     id: &[u8],
@@ -229,7 +229,7 @@ pub fn generate(session: &Session, template: &Generation) -> cryptoki::error::Re
 
 /// Finds a key's token objects (not session copies) by CKA_ID; `None` when the token has
 /// no private/secret object for it.
-pub fn find_token_objects(
+pub(crate) fn find_token_objects(
     session: &Session,
     id: &[u8],
 ) -> cryptoki::error::Result<Option<KeyObjects>> {
@@ -260,18 +260,18 @@ fn find_one(
 
 /// CKA_ID prefix of import wrapping keys (followed by the import token's 16 bytes), so
 /// that reconciliation tells them from key material.
-pub const WRAPPING_KEY_ID_PREFIX: &[u8] = b"hsmd-wrap:";
+pub(crate) const WRAPPING_KEY_ID_PREFIX: &[u8] = b"hsmd-wrap:";
 
 /// Every (class, CKA_ID) of key objects in the token, for reconciliation (import
 /// wrapping keys are left out).
-pub fn list_ids(session: &Session) -> cryptoki::error::Result<Vec<(ObjectClass, Vec<u8>)>> {
+pub(crate) fn list_ids(session: &Session) -> cryptoki::error::Result<Vec<(ObjectClass, Vec<u8>)>> {
     let mut ids = token_ids(session, &KEY_CLASSES)?;
     ids.retain(|(_, id)| !id.starts_with(WRAPPING_KEY_ID_PREFIX));
     Ok(ids)
 }
 
 /// Every (class, CKA_ID) of the token objects of `classes`.
-pub fn token_ids(
+pub(crate) fn token_ids(
     session: &Session,
     classes: &[ObjectClass],
 ) -> cryptoki::error::Result<Vec<(ObjectClass, Vec<u8>)>> {
@@ -289,7 +289,7 @@ pub fn token_ids(
 }
 
 /// Reads the public half of a key pair from its public object.
-pub fn public_key(
+pub(crate) fn public_key(
     session: &Session,
     spec: KeySpec,
     handle: ObjectHandle,
@@ -341,7 +341,7 @@ fn ec_point(session: &Session, h: ObjectHandle) -> cryptoki::error::Result<Optio
 
 /// One attribute of an object, as `pick` takes it out of the token's answer (`None` if
 /// the token gave none).
-pub fn read_attribute<T>(
+pub(crate) fn read_attribute<T>(
     session: &Session,
     h: ObjectHandle,
     ty: AttributeType,
@@ -351,7 +351,7 @@ pub fn read_attribute<T>(
 }
 
 /// The classes of a key's objects (its certificate aside).
-pub const KEY_CLASSES: [ObjectClass; 3] = [
+pub(crate) const KEY_CLASSES: [ObjectClass; 3] = [
     ObjectClass::PRIVATE_KEY,
     ObjectClass::SECRET_KEY,
     ObjectClass::PUBLIC_KEY,
@@ -359,7 +359,7 @@ pub const KEY_CLASSES: [ObjectClass; 3] = [
 
 /// Destroys every object of `classes` with CKA_ID `id` that also matches `also` (e.g.
 /// CKA_TOKEN true); returns how many there were.
-pub fn destroy_with_id(
+pub(crate) fn destroy_with_id(
     session: &Session,
     id: &[u8],
     classes: &[ObjectClass],

@@ -19,7 +19,7 @@ use super::error::{HsmError, classify};
 /// How long a call waits for a free session before it gives up with UNAVAILABLE.
 const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub struct SessionPool {
+pub(crate) struct SessionPool {
     pkcs11: Pkcs11,
     slot: Slot,
     pin: AuthPin,
@@ -29,14 +29,19 @@ pub struct SessionPool {
 }
 
 /// A session borrowed from the pool; it goes back on drop unless marked lost.
-pub struct PooledSession<'a> {
+pub(crate) struct PooledSession<'a> {
     pool: &'a SessionPool,
     session: Option<Session>,
 }
 
 impl SessionPool {
     /// Opens `size` read-write sessions and logs the user in once.
-    pub fn open(pkcs11: Pkcs11, slot: Slot, pin: AuthPin, size: usize) -> Result<Self, HsmError> {
+    pub(crate) fn open(
+        pkcs11: Pkcs11,
+        slot: Slot,
+        pin: AuthPin,
+        size: usize,
+    ) -> Result<Self, HsmError> {
         let size = size.max(1);
         let mut sessions = Vec::with_capacity(size);
         for _ in 0..size {
@@ -58,12 +63,12 @@ impl SessionPool {
     }
 
     /// Number of sessions in the pool.
-    pub fn size(&self) -> usize {
+    pub(crate) fn size(&self) -> usize {
         self.size
     }
 
     /// Borrows a session, waiting for one to be free.
-    pub fn get(&self) -> Result<PooledSession<'_>, HsmError> {
+    pub(crate) fn get(&self) -> Result<PooledSession<'_>, HsmError> {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             if let Some(session) = idle.pop() {
@@ -124,12 +129,12 @@ fn login(session: &Session, pin: &AuthPin) -> Result<(), HsmError> {
 
 impl PooledSession<'_> {
     /// The borrowed session.
-    pub fn session(&self) -> &Session {
+    pub(crate) fn session(&self) -> &Session {
         self.session.as_ref().expect("session present until drop")
     }
 
     /// Marks the session as lost: it is closed and a fresh one takes its place.
-    pub fn mark_lost(mut self) {
+    pub(crate) fn mark_lost(mut self) {
         if let Some(s) = self.session.take() {
             drop(s);
             self.pool.replace();

@@ -8,15 +8,15 @@ use crate::domain::spec::{EncryptionAlgorithm, KeySpec, SigningAlgorithm};
 
 /// One mechanism hsmd may use, and whether the token reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Capability {
-    pub mechanism: &'static str,
-    pub supported: bool,
-    pub note: String,
+pub(crate) struct Capability {
+    pub(crate) mechanism: &'static str,
+    pub(crate) supported: bool,
+    pub(crate) note: String,
 }
 
 /// How RSAES_OAEP_SHA_256 ciphertexts are decrypted on this token.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum OaepPath {
+pub(crate) enum OaepPath {
     /// CKM_RSA_PKCS_OAEP with SHA-256 in the token.
     Token,
     /// CKM_RSA_X_509 in the token, then the constant-time OAEP decode in hsmd.
@@ -28,31 +28,31 @@ pub enum OaepPath {
 
 /// What trying the encryption mechanisms on probe keys found.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct EncryptionProbe {
+pub(crate) struct EncryptionProbe {
     /// AES-GCM encrypt and decrypt round trip in the token.
-    pub aes_gcm: bool,
+    pub(crate) aes_gcm: bool,
     /// CKM_RSA_PKCS_OAEP with SHA-1 decrypts a standard OAEP-SHA-1 ciphertext.
-    pub oaep_sha1: bool,
-    pub oaep_sha256: OaepPath,
+    pub(crate) oaep_sha1: bool,
+    pub(crate) oaep_sha256: OaepPath,
 }
 
 /// Where one encryption algorithm's work happens on this token.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AlgorithmPath {
-    pub algorithm: EncryptionAlgorithm,
-    pub offered: bool,
-    pub path: String,
+pub(crate) struct AlgorithmPath {
+    pub(crate) algorithm: EncryptionAlgorithm,
+    pub(crate) offered: bool,
+    pub(crate) path: String,
 }
 
 /// What the probe found.
 #[derive(Debug, Clone, Default)]
-pub struct Capabilities {
-    pub mechanisms: Vec<Capability>,
-    pub key_specs: Vec<KeySpec>,
-    pub signing_algorithms: Vec<SigningAlgorithm>,
-    pub encryption_algorithms: Vec<EncryptionAlgorithm>,
-    pub encryption: EncryptionProbe,
-    pub algorithm_paths: Vec<AlgorithmPath>,
+pub(crate) struct Capabilities {
+    pub(crate) mechanisms: Vec<Capability>,
+    pub(crate) key_specs: Vec<KeySpec>,
+    pub(crate) signing_algorithms: Vec<SigningAlgorithm>,
+    pub(crate) encryption_algorithms: Vec<EncryptionAlgorithm>,
+    pub(crate) encryption: EncryptionProbe,
+    pub(crate) algorithm_paths: Vec<AlgorithmPath>,
 }
 
 const WANTED: &[(MechanismType, &str, &str)] = &[
@@ -155,7 +155,7 @@ const WANTED: &[(MechanismType, &str, &str)] = &[
 
 impl Capabilities {
     /// Derives the capabilities from the token's mechanism list.
-    pub fn from_mechanisms(list: &[MechanismType]) -> Self {
+    pub(crate) fn from_mechanisms(list: &[MechanismType]) -> Self {
         let have = list;
         let mechanisms = WANTED
             .iter()
@@ -222,23 +222,23 @@ impl Capabilities {
     }
 
     /// True if CreateKey may make keys of `spec` on this token.
-    pub fn offers_spec(&self, spec: KeySpec) -> bool {
+    pub(crate) fn offers_spec(&self, spec: KeySpec) -> bool {
         self.key_specs.contains(&spec)
     }
 
     /// True if Sign may use `alg` on this token.
-    pub fn offers_algorithm(&self, alg: SigningAlgorithm) -> bool {
+    pub(crate) fn offers_algorithm(&self, alg: SigningAlgorithm) -> bool {
         self.signing_algorithms.contains(&alg)
     }
 
     /// True if Encrypt/Decrypt may use `alg` on this token.
-    pub fn offers_encryption(&self, alg: EncryptionAlgorithm) -> bool {
+    pub(crate) fn offers_encryption(&self, alg: EncryptionAlgorithm) -> bool {
         self.encryption_algorithms.contains(&alg)
     }
 
     /// Records what the encryption probe found: the algorithms offered and the path
     /// each one takes (for the start-up log and `hsmctl token info`).
-    pub fn with_encryption(mut self, probe: EncryptionProbe) -> Self {
+    pub(crate) fn with_encryption(mut self, probe: EncryptionProbe) -> Self {
         use EncryptionAlgorithm::*;
         let rsa = self.key_specs.contains(&KeySpec::Rsa2048);
         let oaep256 = match probe.oaep_sha256 {

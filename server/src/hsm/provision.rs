@@ -13,7 +13,7 @@ use super::error::classify;
 /// Initializes a fresh token labelled `label` in the module's first free slot, with SO
 /// PIN `so_pin` and user PIN `pin`. Loads and finalizes the module itself: call it before
 /// any [`Pkcs11Backend`](super::Pkcs11Backend) of this process opens the module.
-pub fn init_token(
+pub(crate) fn init_token(
     module: &Path,
     label: &str,
     so_pin: &SecretString,

@@ -17,31 +17,31 @@
 use uuid::Uuid;
 
 /// First bytes of every blob.
-pub const MAGIC: &[u8; 4] = b"HSMD";
+pub(crate) const MAGIC: &[u8; 4] = b"HSMD";
 /// The format version written today.
-pub const VERSION: u8 = 1;
+pub(crate) const VERSION: u8 = 1;
 /// Magic, version and key id.
-pub const HEADER_LEN: usize = 4 + 1 + 16;
+pub(crate) const HEADER_LEN: usize = 4 + 1 + 16;
 /// GCM IV length (96 bits).
-pub const IV_LEN: usize = 12;
+pub(crate) const IV_LEN: usize = 12;
 /// GCM tag length (128 bits).
-pub const TAG_LEN: usize = 16;
+pub(crate) const TAG_LEN: usize = 16;
 /// A blob of an empty plaintext.
-pub const MIN_LEN: usize = HEADER_LEN + IV_LEN + TAG_LEN;
+pub(crate) const MIN_LEN: usize = HEADER_LEN + IV_LEN + TAG_LEN;
 
 /// A parsed blob, borrowing from the bytes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Blob<'a> {
-    pub key_id: Uuid,
+pub(crate) struct Blob<'a> {
+    pub(crate) key_id: Uuid,
     /// Magic, version and key id: the first part of the GCM AAD.
-    pub header: &'a [u8],
-    pub iv: &'a [u8],
+    pub(crate) header: &'a [u8],
+    pub(crate) iv: &'a [u8],
     /// Ciphertext followed by the tag, as C_Decrypt takes it.
-    pub ciphertext_and_tag: &'a [u8],
+    pub(crate) ciphertext_and_tag: &'a [u8],
 }
 
 /// Parses a blob; the error says what is wrong with it.
-pub fn parse(bytes: &[u8]) -> Result<Blob<'_>, String> {
+pub(crate) fn parse(bytes: &[u8]) -> Result<Blob<'_>, String> {
     if bytes.len() < MIN_LEN {
         return Err(format!(
             "{} bytes is too short for an hsmd ciphertext blob (at least {MIN_LEN}): truncated, or not a blob from Encrypt",
@@ -67,7 +67,7 @@ pub fn parse(bytes: &[u8]) -> Result<Blob<'_>, String> {
 }
 
 /// The header of a new blob for `key_id`.
-pub fn header(key_id: Uuid) -> Vec<u8> {
+pub(crate) fn header(key_id: Uuid) -> Vec<u8> {
     let mut h = Vec::with_capacity(HEADER_LEN);
     h.extend_from_slice(MAGIC);
     h.push(VERSION);
@@ -76,12 +76,12 @@ pub fn header(key_id: Uuid) -> Vec<u8> {
 }
 
 /// The AAD handed to the token: the blob header, then the caller's AAD.
-pub fn gcm_aad(header: &[u8], caller_aad: &[u8]) -> Vec<u8> {
+pub(crate) fn gcm_aad(header: &[u8], caller_aad: &[u8]) -> Vec<u8> {
     [header, caller_aad].concat()
 }
 
 /// Assembles a blob from its header, IV and the token's ciphertext-and-tag.
-pub fn assemble(header: &[u8], iv: &[u8], ciphertext_and_tag: &[u8]) -> Vec<u8> {
+pub(crate) fn assemble(header: &[u8], iv: &[u8], ciphertext_and_tag: &[u8]) -> Vec<u8> {
     [header, iv, ciphertext_and_tag].concat()
 }
 

@@ -20,12 +20,12 @@ use crate::encoding::oaep;
 use crate::hsm::OaepPath;
 
 /// Largest AAD Encrypt, Decrypt and GenerateDataKey take.
-pub const MAX_AAD: usize = 8192;
+pub(crate) const MAX_AAD: usize = 8192;
 
 /// A plaintext data key and its blob under the master key.
-pub struct DataKey {
-    pub plaintext: Zeroizing<Vec<u8>>,
-    pub blob: Vec<u8>,
+pub(crate) struct DataKey {
+    pub(crate) plaintext: Zeroizing<Vec<u8>>,
+    pub(crate) blob: Vec<u8>,
 }
 
 impl std::fmt::Debug for DataKey {
@@ -40,7 +40,7 @@ impl std::fmt::Debug for DataKey {
 impl KeyManager {
     /// Encrypts with an ENABLED ENCRYPT_DECRYPT key: AES-GCM blob in the token, or
     /// RSA-OAEP with the public key here. Returns the algorithm used and the ciphertext.
-    pub fn encrypt(
+    pub(crate) fn encrypt(
         &self,
         key: &KeyRecord,
         alg: Option<EncryptionAlgorithm>,
@@ -69,7 +69,7 @@ impl KeyManager {
     }
 
     /// Decrypts with a key the caller named. For RSA keys the algorithm is required.
-    pub fn decrypt(
+    pub(crate) fn decrypt(
         &self,
         key: &KeyRecord,
         alg: Option<EncryptionAlgorithm>,
@@ -97,14 +97,14 @@ impl KeyManager {
     /// The key a SYMMETRIC_DEFAULT blob names (Decrypt without a key id): KEY_NOT_FOUND
     /// if this hsmd has no such key (the api layer turns that into INVALID_CIPHERTEXT,
     /// or into the policy's refusal for a caller who may not learn which keys exist).
-    pub fn blob_key(&self, ciphertext: &[u8]) -> Result<KeyRecord, KeyError> {
+    pub(crate) fn blob_key(&self, ciphertext: &[u8]) -> Result<KeyRecord, KeyError> {
         let parsed = blob::parse(ciphertext).map_err(KeyError::InvalidCiphertext)?;
         self.resolve(&KeyRef::Id(parsed.key_id))
     }
 
     /// A fresh data key of `spec` (AES_256 or AES_128) from the token's RNG, and its
     /// blob under the AES master key `key`.
-    pub fn generate_data_key(
+    pub(crate) fn generate_data_key(
         &self,
         key: &KeyRecord,
         spec: KeySpec,
@@ -270,7 +270,7 @@ fn rsa_encrypt(
 /// RSAES-OAEP (RFC 8017) with SHA-1 or SHA-256, MGF1 with the same hash and an empty
 /// label, under a SubjectPublicKeyInfo: the standard scheme, so any OAEP implementation
 /// holding the private key decrypts it.
-pub fn oaep_encrypt(
+pub(crate) fn oaep_encrypt(
     spki_der: &[u8],
     alg: EncryptionAlgorithm,
     plaintext: &[u8],

@@ -23,24 +23,24 @@ use crate::hsm::import::{ImportRefused, Inspected, OaepUnwrap, Target, Unwrappin
 use crate::store::{ImportToken, ImportedMaterial};
 
 /// How long an import token and its wrapping key are valid, by default and at most.
-pub const IMPORT_TOKEN_LIFETIME_SECS: i64 = 24 * 3600;
+pub(crate) const IMPORT_TOKEN_LIFETIME_SECS: i64 = 24 * 3600;
 
 /// Every import token starts with this (then the token's 16-byte id).
 const TOKEN_PREFIX: &[u8] = b"hsmd-import-token-v1:";
 
 /// `[import]` settings.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ImportConfig {
+pub(crate) struct ImportConfig {
     /// `import.token_lifetime_secs`: how long an import token is valid (1..86400,
     /// default 86400 = 24 hours).
-    pub token_lifetime_secs: i64,
+    pub(crate) token_lifetime_secs: i64,
     /// `import.allow_host_oaep_sha256` (default false). On a token without OAEP-SHA-256
     /// (SoftHSM2), the RSAES_OAEP_SHA_256 and RSA_AES_KEY_WRAP_SHA_256 wrapping
     /// algorithms are refused unless this is true; then hsmd decodes the OAEP block
     /// itself after the raw RSA operation in the token, so the decoded bytes (the key, or
     /// the ephemeral key that unlocks it) pass through hsmd's memory on their way into a
     /// session object. This weakens the boundary: prefer the *_SHA_1 algorithms.
-    pub allow_host_oaep_sha256: bool,
+    pub(crate) allow_host_oaep_sha256: bool,
 }
 
 impl Default for ImportConfig {
@@ -54,7 +54,7 @@ impl Default for ImportConfig {
 
 /// Which import rule refused a request: the import subset of the stable reasons.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ImportReason {
+pub(crate) enum ImportReason {
     InvalidImportToken,
     ImportTokenWrongKey,
     ImportTokenExpired,
@@ -69,7 +69,7 @@ pub enum ImportReason {
 
 impl ImportReason {
     /// The stable reason.
-    pub fn reason(self) -> Reason {
+    pub(crate) fn reason(self) -> Reason {
         match self {
             Self::InvalidImportToken => Reason::InvalidImportToken,
             Self::ImportTokenWrongKey => Reason::ImportTokenWrongKey,
@@ -86,7 +86,7 @@ impl ImportReason {
 
     /// FAILED_PRECONDITION (the request was fine once; the system moved on) rather than
     /// INVALID_ARGUMENT.
-    pub fn is_precondition(self) -> bool {
+    pub(crate) fn is_precondition(self) -> bool {
         matches!(self, Self::ImportTokenExpired | Self::ImportTokenSuperseded)
     }
 
@@ -100,30 +100,30 @@ impl ImportReason {
 
 /// What GetParametersForImport answers.
 #[derive(Debug, Clone)]
-pub struct ImportParameters {
-    pub key_id: Uuid,
-    pub algorithm: WrappingAlgorithm,
-    pub wrapping_spec: KeySpec,
+pub(crate) struct ImportParameters {
+    pub(crate) key_id: Uuid,
+    pub(crate) algorithm: WrappingAlgorithm,
+    pub(crate) wrapping_spec: KeySpec,
     /// The wrapping public key, SubjectPublicKeyInfo DER.
-    pub public_key_der: Vec<u8>,
-    pub import_token: Vec<u8>,
-    pub expire_time: i64,
+    pub(crate) public_key_der: Vec<u8>,
+    pub(crate) import_token: Vec<u8>,
+    pub(crate) expire_time: i64,
 }
 
 /// What ImportKeyMaterial takes.
 #[derive(Debug, Clone, Default)]
-pub struct MaterialImport {
-    pub import_token: Vec<u8>,
-    pub encrypted_key_material: Vec<u8>,
-    pub valid_to: Option<i64>,
+pub(crate) struct MaterialImport {
+    pub(crate) import_token: Vec<u8>,
+    pub(crate) encrypted_key_material: Vec<u8>,
+    pub(crate) valid_to: Option<i64>,
     /// SubjectPublicKeyInfo DER, or empty.
-    pub public_key_der: Vec<u8>,
+    pub(crate) public_key_der: Vec<u8>,
 }
 
 impl KeyManager {
     /// How each wrapping algorithm is unwrapped on this token with this config, or why
     /// it is refused (for GetTokenInfo and the start-up log).
-    pub fn import_paths(&self) -> Vec<(WrappingAlgorithm, Result<String, String>)> {
+    pub(crate) fn import_paths(&self) -> Vec<(WrappingAlgorithm, Result<String, String>)> {
         WrappingAlgorithm::ALL
             .iter()
             .map(|&alg| {
@@ -204,7 +204,7 @@ impl KeyManager {
 
     /// GetParametersForImport: a wrapping key pair in the token and a new import token
     /// for `key`, superseding the older ones (whose wrapping keys are destroyed).
-    pub fn parameters_for_import(
+    pub(crate) fn parameters_for_import(
         &self,
         key: &KeyRecord,
         algorithm: Option<WrappingAlgorithm>,
@@ -267,7 +267,7 @@ impl KeyManager {
 
     /// ImportKeyMaterial: checks the token and the request, unwraps in the token, and
     /// records the material; the key becomes ENABLED. A refusal changes nothing.
-    pub fn import_material(
+    pub(crate) fn import_material(
         &self,
         key: &KeyRecord,
         req: &MaterialImport,
@@ -367,7 +367,7 @@ impl KeyManager {
 
     /// DeleteImportedKeyMaterial: destroys the material in the token; the key goes back
     /// to PENDING_IMPORT.
-    pub fn delete_imported_material(&self, key: &KeyRecord) -> Result<KeyRecord, KeyError> {
+    pub(crate) fn delete_imported_material(&self, key: &KeyRecord) -> Result<KeyRecord, KeyError> {
         let _one_at_a_time = self.material_lock();
         let key = &self.reload(key.id)?;
         require_external(key)?;
@@ -387,7 +387,11 @@ impl KeyManager {
     /// Destroys a key's imported material if its valid-to is still at or before `now`
     /// (checked again under the lock: a key deleted and re-imported since the sweep
     /// listed it keeps its new material). `Ok(None)` when there was nothing to expire.
-    pub fn expire_material(&self, id: Uuid, now: i64) -> Result<Option<KeyRecord>, KeyError> {
+    pub(crate) fn expire_material(
+        &self,
+        id: Uuid,
+        now: i64,
+    ) -> Result<Option<KeyRecord>, KeyError> {
         let _one_at_a_time = self.material_lock();
         let key = self.reload(id)?;
         let due = key.valid_to.is_some_and(|t| t <= now)
@@ -408,7 +412,7 @@ impl KeyManager {
 
     /// Ids of the keys whose imported material's valid-to is at or before `now`
     /// (`expire_material` reads each again under the lock).
-    pub fn expired_material(&self, now: i64) -> Result<Vec<Uuid>, KeyError> {
+    pub(crate) fn expired_material(&self, now: i64) -> Result<Vec<Uuid>, KeyError> {
         Ok(self.store.expired_material(now)?)
     }
 
@@ -419,7 +423,7 @@ impl KeyManager {
     /// RSA-4096 on a slow HSM) safe, whichever hsmd version made it. Wrapping keys never
     /// hold key material, so unlike key objects they are not left for a human. The
     /// first sighting is remembered by this process.
-    pub fn destroy_orphan_wrapping_keys(&self, now: i64) -> Result<(), KeyError> {
+    pub(crate) fn destroy_orphan_wrapping_keys(&self, now: i64) -> Result<(), KeyError> {
         let _one_at_a_time = self.material_lock();
         let in_token = self.backend.wrapping_key_tokens()?;
         let mut seen = self
@@ -452,7 +456,7 @@ impl KeyManager {
 
     /// Destroys the wrapping keys of superseded and expired import tokens (failures are
     /// logged and retried by the next sweep).
-    pub fn destroy_stale_wrapping_keys(&self, now: i64) {
+    pub(crate) fn destroy_stale_wrapping_keys(&self, now: i64) {
         let _one_at_a_time = self.material_lock();
         self.destroy_stale_wrapping_keys_locked(now);
     }

@@ -11,20 +11,20 @@ use crate::domain::record::{KeyRecord, Transition};
 /// What reconciliation found. Nothing is changed automatically: a mismatch needs a
 /// person to look at it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct Reconciliation {
+pub(crate) struct Reconciliation {
     /// Keys in the store, in both places.
-    pub matched: usize,
+    pub(crate) matched: usize,
     /// Key objects in the token with no live key in the store (orphans).
-    pub orphans: Vec<Uuid>,
+    pub(crate) orphans: Vec<Uuid>,
     /// Live keys in the store whose material is not in the token.
-    pub missing: Vec<Uuid>,
+    pub(crate) missing: Vec<Uuid>,
     /// Objects whose CKA_ID is not a key id of hsmd (other applications' objects).
-    pub foreign_objects: usize,
+    pub(crate) foreign_objects: usize,
 }
 
 impl KeyManager {
     /// Keys PENDING_DELETION whose date is at or before `now` (unix seconds).
-    pub fn due_for_deletion(&self, now: i64) -> Result<Vec<KeyRecord>, KeyError> {
+    pub(crate) fn due_for_deletion(&self, now: i64) -> Result<Vec<KeyRecord>, KeyError> {
         let ids = self.store.due_for_deletion(now)?;
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
@@ -36,12 +36,12 @@ impl KeyManager {
     }
 
     /// Destroys a key's objects in the token and marks it DESTROYED.
-    pub fn destroy(&self, key: &KeyRecord) -> Result<KeyRecord, KeyError> {
+    pub(crate) fn destroy(&self, key: &KeyRecord) -> Result<KeyRecord, KeyError> {
         self.transition(key, Transition::Destroy, 0)
     }
 
     /// Compares the token's key objects with the store.
-    pub fn reconcile(&self) -> Result<Reconciliation, KeyError> {
+    pub(crate) fn reconcile(&self) -> Result<Reconciliation, KeyError> {
         let (in_token, foreign_objects) = self.backend.token_key_ids()?;
         let in_store: HashSet<Uuid> = self.store.keys_with_material()?.into_iter().collect();
         let token_set: HashSet<Uuid> = in_token.iter().copied().collect();

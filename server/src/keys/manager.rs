@@ -22,18 +22,18 @@ use crate::store::{Alias, KeyFilter, Store, StoreError};
 
 /// What CreateKey asks for.
 #[derive(Debug, Clone)]
-pub struct NewKey {
-    pub spec: KeySpec,
-    pub usage: KeyUsage,
-    pub origin: KeyOrigin,
-    pub alias: Option<String>,
-    pub description: String,
-    pub tags: BTreeMap<String, String>,
-    pub idempotency_token: Option<String>,
+pub(crate) struct NewKey {
+    pub(crate) spec: KeySpec,
+    pub(crate) usage: KeyUsage,
+    pub(crate) origin: KeyOrigin,
+    pub(crate) alias: Option<String>,
+    pub(crate) description: String,
+    pub(crate) tags: BTreeMap<String, String>,
+    pub(crate) idempotency_token: Option<String>,
 }
 
 /// Applies the key rules.
-pub struct KeyManager {
+pub(crate) struct KeyManager {
     pub(super) backend: Arc<Pkcs11Backend>,
     pub(super) store: Arc<Store>,
     pub(super) import: super::import::ImportConfig,
@@ -48,7 +48,7 @@ pub struct KeyManager {
 }
 
 impl KeyManager {
-    pub fn new(backend: Arc<Pkcs11Backend>, store: Arc<Store>) -> Self {
+    pub(crate) fn new(backend: Arc<Pkcs11Backend>, store: Arc<Store>) -> Self {
         KeyManager {
             backend,
             store,
@@ -60,39 +60,34 @@ impl KeyManager {
     }
 
     /// With another clock than the system's (tests move a `ManualClock`).
-    pub fn with_clock(mut self, clock: SharedClock) -> Self {
+    pub(crate) fn with_clock(mut self, clock: SharedClock) -> Self {
         self.clock = clock;
         self
     }
 
-    /// The clock the rules read.
-    pub fn clock(&self) -> &SharedClock {
-        &self.clock
-    }
-
     /// Current time in unix seconds, by this manager's clock.
-    pub fn now(&self) -> i64 {
+    pub(crate) fn now(&self) -> i64 {
         self.clock.now()
     }
 
     /// With `[import]` settings other than the defaults.
-    pub fn with_import(mut self, import: super::import::ImportConfig) -> Self {
+    pub(crate) fn with_import(mut self, import: super::import::ImportConfig) -> Self {
         self.import = import;
         self
     }
 
     /// The backend (for token info and random bytes).
-    pub fn backend(&self) -> &Pkcs11Backend {
+    pub(crate) fn backend(&self) -> &Pkcs11Backend {
         &self.backend
     }
 
     /// The metadata store (the certificate operations keep their own table in it).
-    pub fn store(&self) -> &Store {
+    pub(crate) fn store(&self) -> &Store {
         &self.store
     }
 
     /// Looks a key up by id or alias.
-    pub fn resolve(&self, key: &KeyRef) -> Result<KeyRecord, KeyError> {
+    pub(crate) fn resolve(&self, key: &KeyRef) -> Result<KeyRecord, KeyError> {
         let id = match key {
             KeyRef::Id(id) => *id,
             KeyRef::Alias(a) => self
@@ -107,7 +102,7 @@ impl KeyManager {
     /// an idempotency token already used by this principal, returns the key made then
     /// (or INVALID_ARGUMENT if the request differs from that one's); two concurrent
     /// calls with one token still make one key.
-    pub fn create(&self, principal: &str, mut req: NewKey) -> Result<KeyRecord, KeyError> {
+    pub(crate) fn create(&self, principal: &str, mut req: NewKey) -> Result<KeyRecord, KeyError> {
         check_new_key(&req)?;
         req.tags
             .insert(super::CREATED_BY_TAG.to_string(), principal.to_string());
@@ -241,7 +236,7 @@ impl KeyManager {
     }
 
     /// Lists keys; returns the page and the token of the next one ("" when last).
-    pub fn list(
+    pub(crate) fn list(
         &self,
         mut filter: KeyFilter,
         page_token: &str,
@@ -265,7 +260,7 @@ impl KeyManager {
 
     /// Applies a lifecycle transition. `days` is the deletion window for
     /// ScheduleKeyDeletion (0 = default).
-    pub fn transition(
+    pub(crate) fn transition(
         &self,
         key: &KeyRecord,
         t: Transition,
@@ -313,7 +308,7 @@ impl KeyManager {
     }
 
     /// Creates an alias for a key.
-    pub fn create_alias(&self, alias: &str, key: &KeyRecord) -> Result<Alias, KeyError> {
+    pub(crate) fn create_alias(&self, alias: &str, key: &KeyRecord) -> Result<Alias, KeyError> {
         let alias = validate_alias(alias)?;
         self.store
             .create_alias(&alias, key.id, self.now())
@@ -321,7 +316,7 @@ impl KeyManager {
     }
 
     /// Points an alias at another key.
-    pub fn update_alias(&self, alias: &str, key: &KeyRecord) -> Result<Alias, KeyError> {
+    pub(crate) fn update_alias(&self, alias: &str, key: &KeyRecord) -> Result<Alias, KeyError> {
         let alias = validate_alias(alias)?;
         self.store
             .update_alias(&alias, key.id, self.now())
@@ -329,7 +324,7 @@ impl KeyManager {
     }
 
     /// Deletes an alias; returns the key it pointed at.
-    pub fn delete_alias(&self, alias: &str) -> Result<Uuid, KeyError> {
+    pub(crate) fn delete_alias(&self, alias: &str) -> Result<Uuid, KeyError> {
         let alias = validate_alias(alias)?;
         self.store
             .delete_alias(&alias)
@@ -337,7 +332,7 @@ impl KeyManager {
     }
 
     /// Lists aliases in name order after `page_token`.
-    pub fn list_aliases(
+    pub(crate) fn list_aliases(
         &self,
         key: Option<Uuid>,
         page_token: &str,
@@ -364,7 +359,7 @@ impl KeyManager {
     }
 
     /// Signs with an ENABLED SIGN_VERIFY key.
-    pub fn sign(
+    pub(crate) fn sign(
         &self,
         key: &KeyRecord,
         alg: SigningAlgorithm,
@@ -382,7 +377,7 @@ impl KeyManager {
     }
 
     /// Verifies in the token; a signature that does not verify gives `Ok(false)`.
-    pub fn verify(
+    pub(crate) fn verify(
         &self,
         key: &KeyRecord,
         alg: SigningAlgorithm,

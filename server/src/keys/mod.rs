@@ -1,15 +1,15 @@
 //! Key model and rules: specs, usages, states, algorithms, aliases, lifecycle. The
 //! `KeyManager` applies them, with the store for metadata and the backend for material.
 
-pub mod blob;
-pub mod crypt;
-pub mod import;
-pub mod lifecycle;
-pub mod manager;
+pub(crate) mod blob;
+pub(crate) mod crypt;
+pub(crate) mod import;
+pub(crate) mod lifecycle;
+pub(crate) mod manager;
 
 use uuid::Uuid;
 
-pub use manager::KeyManager;
+pub(crate) use manager::KeyManager;
 
 use crate::domain::reason::Reason;
 use crate::domain::record::KeyRefused;
@@ -21,7 +21,7 @@ use crate::store::StoreError;
 /// knows its stable [`Reason`] ([`KeyError::reason`]); the api layer maps it to one gRPC
 /// status.
 #[derive(Debug, thiserror::Error)]
-pub enum KeyError {
+pub(crate) enum KeyError {
     /// Bad input with no variant of its own (sizes of descriptions and tags, page sizes,
     /// proto enum values...).
     #[error("{0}")]
@@ -135,7 +135,7 @@ pub enum KeyError {
 impl KeyError {
     /// Stable reason (google.rpc.ErrorInfo.reason). The named bad-input variants keep
     /// INVALID_ARGUMENT, the reason they were sent with before they had names.
-    pub fn reason(&self) -> Reason {
+    pub(crate) fn reason(&self) -> Reason {
         match self {
             KeyError::InvalidArgument(_)
             | KeyError::UsageNotAllowed { .. }
@@ -180,7 +180,7 @@ impl KeyError {
 }
 
 /// The one message of every decryption failure.
-pub const DECRYPTION_FAILED_MESSAGE: &str = "decryption failed: the ciphertext does not decrypt with this key and algorithm (wrong key or algorithm, altered or truncated ciphertext, or another AAD)";
+pub(crate) const DECRYPTION_FAILED_MESSAGE: &str = "decryption failed: the ciphertext does not decrypt with this key and algorithm (wrong key or algorithm, altered or truncated ciphertext, or another AAD)";
 
 impl From<StoreError> for KeyError {
     fn from(e: StoreError) -> Self {
@@ -226,14 +226,14 @@ impl From<KeyRefused> for KeyError {
 
 /// How a request names a key.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub enum KeyRef {
+pub(crate) enum KeyRef {
     Id(Uuid),
     Alias(String),
 }
 
 impl KeyRef {
     /// Parses "UUID" or "alias/NAME".
-    pub fn parse(s: &str) -> Result<KeyRef, KeyError> {
+    pub(crate) fn parse(s: &str) -> Result<KeyRef, KeyError> {
         if s.starts_with("alias/") {
             return validate_alias(s).map(KeyRef::Alias);
         }
@@ -243,18 +243,10 @@ impl KeyRef {
             .map(KeyRef::Id)
             .ok_or_else(|| KeyError::InvalidKeyId(truncate(s, 80)))
     }
-
-    /// The alias text, when named by alias.
-    pub fn alias(&self) -> Option<&str> {
-        match self {
-            KeyRef::Alias(a) => Some(a),
-            KeyRef::Id(_) => None,
-        }
-    }
 }
 
 /// Normalizes "NAME" or "alias/NAME" to "alias/NAME" and checks it.
-pub fn validate_alias(s: &str) -> Result<String, KeyError> {
+pub(crate) fn validate_alias(s: &str) -> Result<String, KeyError> {
     let name = s.strip_prefix("alias/").unwrap_or(s);
     let ok = !name.is_empty()
         && name.len() <= 256
@@ -271,10 +263,10 @@ pub fn validate_alias(s: &str) -> Result<String, KeyError> {
 
 /// Tag every key carries: the principal that created it (set by hsmd, whatever the
 /// request said), so policy rules can grant on `tag:created-by=...`.
-pub const CREATED_BY_TAG: &str = "created-by";
+pub(crate) const CREATED_BY_TAG: &str = "created-by";
 
 /// Caps caller-supplied text echoed into error messages.
-pub fn truncate(s: &str, max: usize) -> String {
+pub(crate) fn truncate(s: &str, max: usize) -> String {
     if s.len() <= max {
         return s.to_string();
     }

@@ -26,24 +26,24 @@ CREATE INDEX IF NOT EXISTS certificates_by_expiry ON certificates (not_after);
 
 /// A key's certificate chain as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredChain {
-    pub key_id: Uuid,
+pub(crate) struct StoredChain {
+    pub(crate) key_id: Uuid,
     /// The certificates' DER, leaf first, concatenated.
-    pub chain: Vec<u8>,
-    pub chain_length: u32,
-    pub subject: String,
-    pub issuer: String,
+    pub(crate) chain: Vec<u8>,
+    pub(crate) chain_length: u32,
+    pub(crate) subject: String,
+    pub(crate) issuer: String,
     /// Hex, upper case.
-    pub serial: String,
+    pub(crate) serial: String,
     /// Unix seconds.
-    pub not_before: i64,
-    pub not_after: i64,
-    pub import_time: i64,
+    pub(crate) not_before: i64,
+    pub(crate) not_after: i64,
+    pub(crate) import_time: i64,
 }
 
 impl Store {
     /// Stores a key's chain, replacing the one imported before.
-    pub fn put_certificate(&self, c: &StoredChain) -> Result<(), StoreError> {
+    pub(crate) fn put_certificate(&self, c: &StoredChain) -> Result<(), StoreError> {
         self.with(|conn| {
             conn.execute(
                 "INSERT INTO certificates (key_id, chain, chain_length, subject, issuer, serial, not_before, not_after, import_time)
@@ -68,7 +68,7 @@ impl Store {
     }
 
     /// A key's chain, if one was imported.
-    pub fn get_certificate(&self, key: Uuid) -> Result<Option<StoredChain>, StoreError> {
+    pub(crate) fn get_certificate(&self, key: Uuid) -> Result<Option<StoredChain>, StoreError> {
         self.with(|conn| {
             Ok(conn
                 .query_row(

@@ -39,35 +39,35 @@ CREATE INDEX IF NOT EXISTS key_material_by_expiry ON key_material (valid_to);
 
 /// One import token as stored.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImportToken {
-    pub id: Uuid,
-    pub key_id: Uuid,
+pub(crate) struct ImportToken {
+    pub(crate) id: Uuid,
+    pub(crate) key_id: Uuid,
     /// Wrapping algorithm name (RSAES_OAEP_SHA_1...).
-    pub algorithm: String,
+    pub(crate) algorithm: String,
     /// Wrapping key spec name (RSA_2048...).
-    pub wrapping_spec: String,
+    pub(crate) wrapping_spec: String,
     /// The wrapping key's modulus length in bytes.
-    pub modulus_len: usize,
-    pub create_time: i64,
-    pub expire_time: i64,
+    pub(crate) modulus_len: usize,
+    pub(crate) create_time: i64,
+    pub(crate) expire_time: i64,
     /// The token that replaced this one.
-    pub superseded_by: Option<Uuid>,
+    pub(crate) superseded_by: Option<Uuid>,
 }
 
 /// What ImportKeyMaterial records.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImportedMaterial {
-    pub fingerprint: Vec<u8>,
-    pub key_check_value: Option<String>,
-    pub public_key_der: Option<Vec<u8>>,
-    pub import_time: i64,
-    pub valid_to: Option<i64>,
+pub(crate) struct ImportedMaterial {
+    pub(crate) fingerprint: Vec<u8>,
+    pub(crate) key_check_value: Option<String>,
+    pub(crate) public_key_der: Option<Vec<u8>>,
+    pub(crate) import_time: i64,
+    pub(crate) valid_to: Option<i64>,
 }
 
 impl Store {
     /// Records a new import token for its key; every older token of the key is
     /// superseded by it.
-    pub fn insert_import_token(&self, t: &ImportToken) -> Result<(), StoreError> {
+    pub(crate) fn insert_import_token(&self, t: &ImportToken) -> Result<(), StoreError> {
         self.with(|conn| {
             let tx = conn.transaction()?;
             tx.execute(
@@ -93,7 +93,7 @@ impl Store {
     }
 
     /// An import token by id.
-    pub fn get_import_token(&self, id: Uuid) -> Result<Option<ImportToken>, StoreError> {
+    pub(crate) fn get_import_token(&self, id: Uuid) -> Result<Option<ImportToken>, StoreError> {
         self.with(|conn| {
             let row = conn
                 .query_row(
@@ -133,7 +133,7 @@ impl Store {
 
     /// Tokens whose wrapping key is still in the token although the token is superseded
     /// or expired at `now` (or its key is destroyed).
-    pub fn stale_wrapping_keys(&self, now: i64) -> Result<Vec<Uuid>, StoreError> {
+    pub(crate) fn stale_wrapping_keys(&self, now: i64) -> Result<Vec<Uuid>, StoreError> {
         self.with(|conn| {
             let mut stmt = conn.prepare(
                 "SELECT t.token_id FROM import_tokens t JOIN keys k ON k.key_id = t.key_id
@@ -146,7 +146,7 @@ impl Store {
     }
 
     /// Notes that a token's wrapping key is gone from the token.
-    pub fn wrapping_key_destroyed(&self, token: Uuid) -> Result<(), StoreError> {
+    pub(crate) fn wrapping_key_destroyed(&self, token: Uuid) -> Result<(), StoreError> {
         self.with(|conn| {
             conn.execute(
                 "UPDATE import_tokens SET wrapping_key_destroyed = 1 WHERE token_id = ?1",
@@ -157,7 +157,7 @@ impl Store {
     }
 
     /// The fingerprint of the first material imported for a key, if any.
-    pub fn material_fingerprint(&self, key: Uuid) -> Result<Option<Vec<u8>>, StoreError> {
+    pub(crate) fn material_fingerprint(&self, key: Uuid) -> Result<Option<Vec<u8>>, StoreError> {
         self.with(|conn| {
             Ok(conn
                 .query_row(
@@ -172,7 +172,7 @@ impl Store {
     /// Records imported material and moves the key from PENDING_IMPORT to ENABLED, in
     /// one transaction (`Conflict` if the key left PENDING_IMPORT meanwhile). The
     /// fingerprint of the first import is kept.
-    pub fn record_import(&self, key: Uuid, m: &ImportedMaterial) -> Result<(), StoreError> {
+    pub(crate) fn record_import(&self, key: Uuid, m: &ImportedMaterial) -> Result<(), StoreError> {
         self.with(|conn| {
             let tx = conn.transaction()?;
             let n = tx.execute(
@@ -209,7 +209,7 @@ impl Store {
 
     /// Moves a key whose material was destroyed from `from` back to PENDING_IMPORT and
     /// clears its import and expiry times (`Conflict` if it left `from` meanwhile).
-    pub fn material_deleted(&self, key: Uuid, from: KeyState) -> Result<(), StoreError> {
+    pub(crate) fn material_deleted(&self, key: Uuid, from: KeyState) -> Result<(), StoreError> {
         self.with(|conn| {
             let tx = conn.transaction()?;
             let n = tx.execute(
@@ -229,7 +229,7 @@ impl Store {
     }
 
     /// Keys holding imported material whose valid-to is at or before `now`.
-    pub fn expired_material(&self, now: i64) -> Result<Vec<Uuid>, StoreError> {
+    pub(crate) fn expired_material(&self, now: i64) -> Result<Vec<Uuid>, StoreError> {
         self.with(|conn| {
             let mut stmt = conn.prepare(
                 "SELECT m.key_id FROM key_material m JOIN keys k ON k.key_id = m.key_id

@@ -18,13 +18,13 @@ use uuid::Uuid;
 
 use crate::domain::record::KeyRecord;
 use crate::domain::spec::{KeyState, KeyUsage};
-pub use certs::StoredChain;
-pub use imports::{ImportToken, ImportedMaterial};
-pub use rows::Alias;
+pub(crate) use certs::StoredChain;
+pub(crate) use imports::{ImportToken, ImportedMaterial};
+pub(crate) use rows::Alias;
 
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
-pub enum StoreError {
+pub(crate) enum StoreError {
     #[error("alias already exists")]
     AliasExists,
     #[error("alias not found")]
@@ -42,13 +42,13 @@ pub enum StoreError {
 
 /// Filters and paging for `list_keys`.
 #[derive(Debug, Clone, Default)]
-pub struct KeyFilter {
-    pub state: Option<KeyState>,
-    pub usage: Option<KeyUsage>,
-    pub alias_prefix: Option<String>,
+pub(crate) struct KeyFilter {
+    pub(crate) state: Option<KeyState>,
+    pub(crate) usage: Option<KeyUsage>,
+    pub(crate) alias_prefix: Option<String>,
     /// Keyset cursor: (create_time, key id) of the last key of the previous page.
-    pub after: Option<(i64, String)>,
-    pub limit: usize,
+    pub(crate) after: Option<(i64, String)>,
+    pub(crate) limit: usize,
 }
 
 const SCHEMA: &str = "
@@ -79,7 +79,7 @@ CREATE INDEX IF NOT EXISTS aliases_by_key ON aliases (key_id);
 ";
 
 /// The SQLite metadata store.
-pub struct Store {
+pub(crate) struct Store {
     path: std::path::PathBuf,
     idle: Mutex<Vec<Connection>>,
     cache: cache::KeyCache,
@@ -87,7 +87,7 @@ pub struct Store {
 
 impl Store {
     /// Opens (creating if needed) the store and its schema.
-    pub fn open(path: &Path) -> Result<Self, StoreError> {
+    pub(crate) fn open(path: &Path) -> Result<Self, StoreError> {
         let conn = connect(path)?;
         let store = Store {
             path: path.to_path_buf(),
@@ -124,7 +124,7 @@ impl Store {
     }
 
     /// Inserts a new key, and its alias if given, in one transaction.
-    pub fn insert_key(
+    pub(crate) fn insert_key(
         &self,
         key: &KeyRecord,
         alias: Option<&str>,
@@ -144,7 +144,7 @@ impl Store {
     /// A key by id, with its aliases: remembered from an earlier call while the
     /// database is unchanged (see `cache.rs`), else read — also when the version
     /// cannot be read at once.
-    pub fn get_key(&self, id: Uuid) -> Result<Option<KeyRecord>, StoreError> {
+    pub(crate) fn get_key(&self, id: Uuid) -> Result<Option<KeyRecord>, StoreError> {
         let Ok(at) = self.cache.version() else {
             return self.with(|conn| rows::get_key(conn, id));
         };
@@ -159,7 +159,7 @@ impl Store {
     }
 
     /// The key a principal created with an idempotency token, if any.
-    pub fn key_by_idempotency(
+    pub(crate) fn key_by_idempotency(
         &self,
         principal: &str,
         token: &str,
@@ -180,7 +180,7 @@ impl Store {
     }
 
     /// The key an alias points at.
-    pub fn resolve_alias(&self, alias: &str) -> Result<Option<Uuid>, StoreError> {
+    pub(crate) fn resolve_alias(&self, alias: &str) -> Result<Option<Uuid>, StoreError> {
         let at = self.cache.version().ok();
         if let Some(id) = at.and_then(|_| self.cache.alias(alias)) {
             return Ok(Some(id));
@@ -202,13 +202,13 @@ impl Store {
     }
 
     /// Keys matching a filter, newest first, at most `filter.limit`.
-    pub fn list_keys(&self, filter: &KeyFilter) -> Result<Vec<KeyRecord>, StoreError> {
+    pub(crate) fn list_keys(&self, filter: &KeyFilter) -> Result<Vec<KeyRecord>, StoreError> {
         self.with(|conn| rows::list_keys(conn, filter))
     }
 
     /// Moves a key from `from` to `to` (compare-and-set), setting the deletion and
     /// destruction times. `Conflict` if the key is no longer in `from`.
-    pub fn set_state(
+    pub(crate) fn set_state(
         &self,
         id: Uuid,
         from: KeyState,
@@ -236,8 +236,9 @@ impl Store {
         })
     }
 
-    /// Removes a key row that never got its token objects (creation rollback).
-    pub fn delete_key(&self, id: Uuid) -> Result<(), StoreError> {
+    /// Removes a key row (tests: a replica that forgets a key).
+    #[cfg(test)]
+    pub(crate) fn delete_key(&self, id: Uuid) -> Result<(), StoreError> {
         self.with(|conn| {
             let tx = conn.transaction()?;
             tx.execute("DELETE FROM aliases WHERE key_id = ?1", [id.to_string()])?;
@@ -248,7 +249,7 @@ impl Store {
     }
 
     /// Keys PENDING_DELETION whose deletion time is at or before `now`.
-    pub fn due_for_deletion(&self, now: i64) -> Result<Vec<Uuid>, StoreError> {
+    pub(crate) fn due_for_deletion(&self, now: i64) -> Result<Vec<Uuid>, StoreError> {
         self.with(|conn| {
             let mut stmt = conn.prepare(
                 "SELECT key_id FROM keys WHERE state = 'PENDING_DELETION' AND deletion_time <= ?1",
@@ -260,7 +261,7 @@ impl Store {
 
     /// Every key that should have objects in the token (not destroyed, not awaiting
     /// import, not an EXTERNAL key without material pending deletion).
-    pub fn keys_with_material(&self) -> Result<Vec<Uuid>, StoreError> {
+    pub(crate) fn keys_with_material(&self) -> Result<Vec<Uuid>, StoreError> {
         self.with(|conn| {
             let mut stmt = conn.prepare(
                 "SELECT k.key_id FROM keys k LEFT JOIN key_material m ON m.key_id = k.key_id
@@ -273,7 +274,12 @@ impl Store {
     }
 
     /// Creates an alias for a key.
-    pub fn create_alias(&self, alias: &str, key: Uuid, now: i64) -> Result<Alias, StoreError> {
+    pub(crate) fn create_alias(
+        &self,
+        alias: &str,
+        key: Uuid,
+        now: i64,
+    ) -> Result<Alias, StoreError> {
         self.with(|conn| {
             rows::insert_alias(conn, alias, key, now)?;
             Ok(Alias {
@@ -286,7 +292,12 @@ impl Store {
     }
 
     /// Points an alias at another key.
-    pub fn update_alias(&self, alias: &str, key: Uuid, now: i64) -> Result<Alias, StoreError> {
+    pub(crate) fn update_alias(
+        &self,
+        alias: &str,
+        key: Uuid,
+        now: i64,
+    ) -> Result<Alias, StoreError> {
         self.with(|conn| {
             let n = conn.execute(
                 "UPDATE aliases SET key_id = ?1, update_time = ?2 WHERE alias = ?3",
@@ -300,7 +311,7 @@ impl Store {
     }
 
     /// Deletes an alias.
-    pub fn delete_alias(&self, alias: &str) -> Result<Uuid, StoreError> {
+    pub(crate) fn delete_alias(&self, alias: &str) -> Result<Uuid, StoreError> {
         self.with(|conn| {
             let a = rows::get_alias(conn, alias)?.ok_or(StoreError::AliasNotFound)?;
             conn.execute("DELETE FROM aliases WHERE alias = ?1", [alias])?;
@@ -309,7 +320,7 @@ impl Store {
     }
 
     /// Aliases in name order after `after`, optionally of one key.
-    pub fn list_aliases(
+    pub(crate) fn list_aliases(
         &self,
         key: Option<Uuid>,
         after: Option<&str>,

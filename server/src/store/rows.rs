@@ -9,12 +9,12 @@ use crate::domain::spec::{KeyOrigin, KeySpec, KeyState, KeyUsage};
 
 /// One alias.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Alias {
+pub(crate) struct Alias {
     /// Full name, "alias/NAME".
-    pub name: String,
-    pub key_id: Uuid,
-    pub create_time: i64,
-    pub update_time: i64,
+    pub(crate) name: String,
+    pub(crate) key_id: Uuid,
+    pub(crate) create_time: i64,
+    pub(crate) update_time: i64,
 }
 
 const KEY_COLUMNS: &str = "key_id, spec, usage, origin, state, description, tags, created_by, \
@@ -26,7 +26,7 @@ const SELECT_KEY: &str = "SELECT k.key_id, k.spec, k.usage, k.origin, k.state, k
                           k.public_key, m.import_time, m.valid_to, m.key_check_value \
                           FROM keys k LEFT JOIN key_material m ON m.key_id = k.key_id";
 
-pub fn parse_uuid(s: &str) -> Result<Uuid, StoreError> {
+pub(crate) fn parse_uuid(s: &str) -> Result<Uuid, StoreError> {
     Uuid::parse_str(s).map_err(|_| StoreError::Corrupt(format!("key id {s:?}")))
 }
 
@@ -64,7 +64,11 @@ fn aliases_of(conn: &Connection, id: Uuid) -> Result<Vec<String>, StoreError> {
     Ok(names.collect::<Result<_, _>>()?)
 }
 
-pub fn insert_key(conn: &Connection, k: &KeyRecord, token: Option<&str>) -> Result<(), StoreError> {
+pub(crate) fn insert_key(
+    conn: &Connection,
+    k: &KeyRecord,
+    token: Option<&str>,
+) -> Result<(), StoreError> {
     let tags = serde_json::to_string(&k.tags).map_err(|e| StoreError::Corrupt(e.to_string()))?;
     conn.execute(
         &format!("INSERT INTO keys ({KEY_COLUMNS}, idempotency_token) VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)"),
@@ -87,7 +91,7 @@ pub fn insert_key(conn: &Connection, k: &KeyRecord, token: Option<&str>) -> Resu
     Ok(())
 }
 
-pub fn get_key(conn: &Connection, id: Uuid) -> Result<Option<KeyRecord>, StoreError> {
+pub(crate) fn get_key(conn: &Connection, id: Uuid) -> Result<Option<KeyRecord>, StoreError> {
     let mut stmt = conn.prepare_cached(&format!("{SELECT_KEY} WHERE k.key_id = ?1"))?;
     let mut rows = stmt.query([id.to_string()])?;
     let Some(row) = rows.next()? else {
@@ -98,7 +102,7 @@ pub fn get_key(conn: &Connection, id: Uuid) -> Result<Option<KeyRecord>, StoreEr
     Ok(Some(key))
 }
 
-pub fn list_keys(conn: &Connection, f: &KeyFilter) -> Result<Vec<KeyRecord>, StoreError> {
+pub(crate) fn list_keys(conn: &Connection, f: &KeyFilter) -> Result<Vec<KeyRecord>, StoreError> {
     let mut sql = format!("{SELECT_KEY} WHERE 1=1");
     let mut args: Vec<Box<dyn rusqlite::ToSql>> = Vec::new();
     match f.state {
@@ -148,7 +152,12 @@ pub fn list_keys(conn: &Connection, f: &KeyFilter) -> Result<Vec<KeyRecord>, Sto
     Ok(out)
 }
 
-pub fn insert_alias(conn: &Connection, alias: &str, key: Uuid, now: i64) -> Result<(), StoreError> {
+pub(crate) fn insert_alias(
+    conn: &Connection,
+    alias: &str,
+    key: Uuid,
+    now: i64,
+) -> Result<(), StoreError> {
     let r = conn.execute(
         "INSERT INTO aliases (alias, key_id, create_time, update_time) VALUES (?1, ?2, ?3, ?3)",
         params![alias, key.to_string(), now],
@@ -178,7 +187,7 @@ fn alias_from_row(r: &Row<'_>) -> Result<Alias, StoreError> {
     })
 }
 
-pub fn get_alias(conn: &Connection, alias: &str) -> Result<Option<Alias>, StoreError> {
+pub(crate) fn get_alias(conn: &Connection, alias: &str) -> Result<Option<Alias>, StoreError> {
     let mut stmt = conn.prepare_cached(
         "SELECT alias, key_id, create_time, update_time FROM aliases WHERE alias = ?1",
     )?;
@@ -186,7 +195,7 @@ pub fn get_alias(conn: &Connection, alias: &str) -> Result<Option<Alias>, StoreE
     rows.next()?.map(alias_from_row).transpose()
 }
 
-pub fn list_aliases(
+pub(crate) fn list_aliases(
     conn: &Connection,
     key: Option<Uuid>,
     after: Option<&str>,

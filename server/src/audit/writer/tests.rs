@@ -2,6 +2,7 @@
 //! and rotation, checked with the offline verifier.
 
 use std::fs::OpenOptions;
+use std::path::Path;
 use std::sync::Arc;
 
 use audit_chain::{Verifier, files};
