@@ -26,7 +26,7 @@ impl KeyApi {
         &self,
         req: Request<pb::EncryptRequest>,
     ) -> Result<Response<pb::EncryptResponse>, Status> {
-        let call = self.state().call(req, method!("Encrypt"));
+        let call = self.state.call(req, method!("Encrypt"));
         // The plaintext is in a wiping buffer from the start, refused call or not.
         let call = call.decode(|_, mut r| {
             let plaintext = Zeroizing::new(std::mem::take(&mut r.plaintext));
@@ -37,7 +37,7 @@ impl KeyApi {
             let alg = enc_alg_from_pb(r.encryption_algorithm)?;
             note_algorithm(call, alg);
             let (id, alg, ciphertext) = self
-                .state()
+                .state
                 .with_key(call, &grant, &r.key_id, move |m, key| {
                     let (alg, ct) = m.encrypt(&key, alg, &plaintext, &aad)?;
                     Ok((key.id, alg, ct))
@@ -58,7 +58,7 @@ impl KeyApi {
         &self,
         req: Request<pb::DecryptRequest>,
     ) -> Result<Response<pb::DecryptResponse>, Status> {
-        let call = self.state().call(req, method!("Decrypt"));
+        let call = self.state.call(req, method!("Decrypt"));
         let call = call.decode(|call, r| {
             call.event.input_sha256 = input_hash(&r.ciphertext);
             r
@@ -71,7 +71,7 @@ impl KeyApi {
                 self.decrypt_blob(call, &grant, alg, ciphertext, aad)
                     .await?
             } else {
-                self.state()
+                self.state
                     .with_key(call, &grant, &r.key_id, move |m, key| {
                         let (alg, pt) = m.decrypt(&key, alg, &ciphertext, &aad)?;
                         Ok((key.id, alg, pt))
@@ -106,7 +106,7 @@ impl KeyApi {
         }
         let g = grant.clone();
         let (id, result) = self
-            .state()
+            .state
             .blocking(move |m| {
                 let key = match m.blob_key(&ciphertext) {
                     Ok(k) => k,
@@ -133,7 +133,7 @@ impl KeyApi {
         &self,
         req: Request<pb::GenerateDataKeyRequest>,
     ) -> Result<Response<pb::GenerateDataKeyResponse>, Status> {
-        let call = self.state().call(req, method!("GenerateDataKey"));
+        let call = self.state.call(req, method!("GenerateDataKey"));
         call.answer(Action::GenerateDataKey, async |call, grant, r| {
             let (id, spec, mut dk) = self
                 .data_key(call, &grant, &r.key_id, r.key_spec, r.aad)
@@ -153,7 +153,7 @@ impl KeyApi {
         req: Request<pb::GenerateDataKeyWithoutPlaintextRequest>,
     ) -> Result<Response<pb::GenerateDataKeyWithoutPlaintextResponse>, Status> {
         let call = self
-            .state()
+            .state
             .call(req, method!("GenerateDataKeyWithoutPlaintext"));
         let action = Action::GenerateDataKeyWithoutPlaintext;
         call.answer(action, async |call, grant, r| {
@@ -186,7 +186,7 @@ impl KeyApi {
         };
         call.event.algorithm = spec.name().into();
         let (id, dk) = self
-            .state()
+            .state
             .with_key(call, grant, key_id, move |m, key| {
                 Ok((key.id, m.generate_data_key(&key, spec, &aad)?))
             })

@@ -51,7 +51,7 @@ impl KeyApi {
         &self,
         req: Request<pb::GetParametersForImportRequest>,
     ) -> Result<Response<pb::GetParametersForImportResponse>, Status> {
-        let call = self.state().call(req, method!("GetParametersForImport"));
+        let call = self.state.call(req, method!("GetParametersForImport"));
         call.answer(Action::GetParametersForImport, async |call, grant, r| {
             let alg = wrapping_from_pb(r.wrapping_algorithm)?;
             let spec = match r.wrapping_key_spec {
@@ -62,7 +62,7 @@ impl KeyApi {
                 call.event.algorithm = a.name().into();
             }
             let p = self
-                .state()
+                .state
                 .with_key(call, &grant, &r.key_id, move |m, key| {
                     Ok(m.parameters_for_import(&key, alg, spec)?)
                 })
@@ -85,7 +85,7 @@ impl KeyApi {
         &self,
         req: Request<pb::ImportKeyMaterialRequest>,
     ) -> Result<Response<pb::ImportKeyMaterialResponse>, Status> {
-        let call = self.state().call(req, method!("ImportKeyMaterial"));
+        let call = self.state.call(req, method!("ImportKeyMaterial"));
         let call = call.decode(|call, r| {
             call.event.input_sha256 = input_hash(&r.encrypted_key_material);
             r
@@ -115,7 +115,7 @@ impl KeyApi {
                 public_key_der: r.public_key_der,
             };
             let key = self
-                .state()
+                .state
                 .with_key(call, &grant, &r.key_id, move |m, key| {
                     Ok(m.import_material(&key, &import)?)
                 })
@@ -131,10 +131,10 @@ impl KeyApi {
         &self,
         req: Request<pb::DeleteImportedKeyMaterialRequest>,
     ) -> Result<Response<pb::DeleteImportedKeyMaterialResponse>, Status> {
-        let call = self.state().call(req, method!("DeleteImportedKeyMaterial"));
+        let call = self.state.call(req, method!("DeleteImportedKeyMaterial"));
         call.answer(Action::DeleteImportedKeyMaterial, async |call, grant, r| {
             let key = self
-                .state()
+                .state
                 .with_key(call, &grant, &r.key_id, move |m, key| {
                     Ok(m.delete_imported_material(&key)?)
                 })

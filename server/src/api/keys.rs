@@ -1,18 +1,19 @@
-//! KeyService: key management, aliases, signing and random bytes. The encryption calls
-//! (Encrypt, Decrypt, GenerateDataKey...) live in `crypt.rs`.
+//! KeyService: key management and random bytes. The other calls of the service live
+//! beside it: aliases in `aliases.rs`, Sign/SignStream/Verify in `signing.rs`, the
+//! encryption calls in `crypt.rs`, the import calls in `import.rs`.
 
 use hsmd_proto::v1 as pb;
 use hsmd_proto::v1::key_service_server::KeyService;
 use tonic::{Request, Response, Status};
 
-use super::convert::{self, alg_from_pb, mt_from_pb};
-use super::{ApiError, ApiState, Begun, Call, Grant, Identity};
-use crate::audit::record::input_hash;
+use super::convert;
+use super::signing::SignStream;
+use super::{ApiError, ApiState, Call, Grant};
 use crate::auth::Action;
 use crate::domain::record::{KeyRecord, Transition};
 use crate::encoding::public;
 use crate::keys::manager::NewKey;
-use crate::keys::{KeyError, KeyRef, validate_alias};
+use crate::keys::{KeyError, validate_alias};
 use crate::store::KeyFilter;
 
 /// Largest GenerateRandom request.
@@ -28,17 +29,10 @@ macro_rules! method {
 }
 pub(super) use method;
 
-/// Requests of one SignStream worked on at once.
-const STREAM_WINDOW: usize = 32;
-
-type SignStream = std::pin::Pin<
-    Box<dyn tokio_stream::Stream<Item = Result<pb::SignStreamResponse, Status>> + Send>,
->;
-
 /// The KeyService implementation.
 #[derive(Clone)]
 pub(crate) struct KeyApi {
-    state: ApiState,
+    pub(super) state: ApiState,
 }
 
 impl KeyApi {
@@ -46,14 +40,9 @@ impl KeyApi {
         KeyApi { state }
     }
 
-    /// The shared state (for the encryption calls in `crypt.rs`).
-    pub(super) fn state(&self) -> &ApiState {
-        &self.state
-    }
-
     /// Parses and resolves a key reference the grant allows, noting it in the audit
     /// record.
-    async fn resolve(
+    pub(super) async fn resolve(
         &self,
         call: &mut Call,
         grant: &Grant,
@@ -62,31 +51,6 @@ impl KeyApi {
         self.state
             .with_key(call, grant, named, |_, key| Ok(key))
             .await
-    }
-
-    /// One Sign request, unary or from a stream (authorized by the bracket).
-    async fn sign_one(
-        &self,
-        call: &mut Call,
-        grant: Grant,
-        r: pb::SignRequest,
-    ) -> Result<pb::SignResponse, ApiError> {
-        let alg = alg_from_pb(r.algorithm)?;
-        let mt = mt_from_pb(r.message_type)?;
-        call.event.algorithm = alg.name().into();
-        call.event.message_type = mt.name().into();
-        let msg = r.message;
-        let (id, signature) = self
-            .state
-            .with_key(call, &grant, &r.key_id, move |m, key| {
-                Ok((key.id, m.sign(&key, alg, mt, &msg)?))
-            })
-            .await?;
-        Ok(pb::SignResponse {
-            key_id: id.to_string(),
-            algorithm: r.algorithm,
-            signature,
-        })
     }
 
     /// Resolves a key and applies a lifecycle transition to it.
@@ -115,7 +79,7 @@ impl KeyApi {
 }
 
 /// What the policy sees of a key.
-fn facts(k: &KeyRecord) -> crate::auth::KeyFacts<'_> {
+pub(super) fn facts(k: &KeyRecord) -> crate::auth::KeyFacts<'_> {
     crate::auth::KeyFacts {
         id: Some(k.id),
         aliases: &k.aliases,
@@ -123,13 +87,7 @@ fn facts(k: &KeyRecord) -> crate::auth::KeyFacts<'_> {
     }
 }
 
-/// The audit record of a Sign request notes the message's hash, refused or not.
-fn note_message(call: &mut Call, r: pb::SignRequest) -> pb::SignRequest {
-    call.event.input_sha256 = input_hash(&r.message);
-    r
-}
-
-fn page_size(n: u32) -> Result<usize, ApiError> {
+pub(super) fn page_size(n: u32) -> Result<usize, ApiError> {
     match n {
         0 => Ok(DEFAULT_PAGE as usize),
         n if n <= MAX_PAGE => Ok(n as usize),
@@ -324,190 +282,51 @@ impl KeyService for KeyApi {
         &self,
         req: Request<pb::CreateAliasRequest>,
     ) -> Result<Response<pb::CreateAliasResponse>, Status> {
-        let call = self.state.call(req, method!("CreateAlias"));
-        call.answer(Action::CreateAlias, async |call, grant, r| {
-            let key = self.resolve(call, &grant, &r.target_key_id).await?;
-            call.event.alias = crate::keys::truncate(&r.alias_name, 300);
-            let a = self
-                .state
-                .blocking(move |m| m.create_alias(&r.alias_name, &key))
-                .await?;
-            Ok(pb::CreateAliasResponse {
-                alias: Some(convert::alias(&a)),
-            })
-        })
-        .await
+        self.create_alias_call(req).await
     }
 
     async fn update_alias(
         &self,
         req: Request<pb::UpdateAliasRequest>,
     ) -> Result<Response<pb::UpdateAliasResponse>, Status> {
-        let call = self.state.call(req, method!("UpdateAlias"));
-        call.answer(Action::UpdateAlias, async |call, grant, r| {
-            // The key the alias leaves must be the caller's to move, as must the new one.
-            let named = validate_alias(&r.alias_name)?;
-            self.resolve(call, &grant, &named).await?;
-            let key = self.resolve(call, &grant, &r.target_key_id).await?;
-            call.event.alias = crate::keys::truncate(&r.alias_name, 300);
-            let a = self
-                .state
-                .blocking(move |m| m.update_alias(&r.alias_name, &key))
-                .await?;
-            Ok(pb::UpdateAliasResponse {
-                alias: Some(convert::alias(&a)),
-            })
-        })
-        .await
+        self.update_alias_call(req).await
     }
 
     async fn delete_alias(
         &self,
         req: Request<pb::DeleteAliasRequest>,
     ) -> Result<Response<pb::DeleteAliasResponse>, Status> {
-        let call = self.state.call(req, method!("DeleteAlias"));
-        call.answer(Action::DeleteAlias, async |call, grant, r| {
-            let named = validate_alias(&r.alias_name)?;
-            self.resolve(call, &grant, &named).await?;
-            call.event.alias = crate::keys::truncate(&r.alias_name, 300);
-            let key = self
-                .state
-                .blocking(move |m| m.delete_alias(&r.alias_name))
-                .await?;
-            call.event.key_id = key.to_string();
-            Ok(pb::DeleteAliasResponse {})
-        })
-        .await
+        self.delete_alias_call(req).await
     }
 
     async fn list_aliases(
         &self,
         req: Request<pb::ListAliasesRequest>,
     ) -> Result<Response<pb::ListAliasesResponse>, Status> {
-        let call = self.state.call(req, method!("ListAliases"));
-        call.answer(Action::ListAliases, async |call, grant, r| {
-            let policy = self.state.auth.policy();
-            let key = if r.key_id.is_empty() {
-                None
-            } else {
-                let key = self.resolve(call, &grant, &r.key_id).await?;
-                if !policy.may_see(grant.principal(), &facts(&key)) {
-                    return Err(ApiError::AccessDenied {
-                        principal: grant.principal().into(),
-                        action: Action::ListAliases.name(),
-                        key: Some(key.id.to_string()),
-                    });
-                }
-                Some(key.id)
-            };
-            let limit = page_size(r.page_size)?;
-            let principal = grant.principal().to_string();
-            let (list, next) = self
-                .state
-                .blocking(move |m| {
-                    let (list, next) = m.list_aliases(key, &r.page_token, limit)?;
-                    let mut shown = Vec::with_capacity(list.len());
-                    for a in list {
-                        let k = m.resolve(&KeyRef::Id(a.key_id))?;
-                        if policy.may_see(&principal, &facts(&k)) {
-                            shown.push(a);
-                        }
-                    }
-                    Ok((shown, next))
-                })
-                .await?;
-            Ok(pb::ListAliasesResponse {
-                aliases: list.iter().map(convert::alias).collect(),
-                next_page_token: next,
-            })
-        })
-        .await
+        self.list_aliases_call(req).await
     }
 
     async fn sign(
         &self,
         req: Request<pb::SignRequest>,
     ) -> Result<Response<pb::SignResponse>, Status> {
-        let call = self.state.call(req, method!("Sign")).decode(note_message);
-        call.answer(Action::Sign, async |call, grant, r| {
-            self.sign_one(call, grant, r).await
-        })
-        .await
+        self.sign_call(req).await
     }
 
     type SignStreamStream = SignStream;
 
-    /// Each request of the stream goes through the same bracket as a Sign call; only
-    /// the answer differs (an item of the stream, carrying the request id).
     async fn sign_stream(
         &self,
         req: Request<tonic::Streaming<pb::SignRequest>>,
     ) -> Result<Response<SignStream>, Status> {
-        use futures_util::StreamExt;
-        let who = Identity::of(&req);
-        let api = self.clone();
-        // Requests are worked on concurrently (up to STREAM_WINDOW) and answered in order.
-        let answers = req
-            .into_inner()
-            .take_while(|r| std::future::ready(r.is_ok()))
-            .filter_map(|r| std::future::ready(r.ok()))
-            .enumerate()
-            .map(move |(index, r)| {
-                let (api, who) = (api.clone(), who.clone());
-                async move {
-                    let call = Call::with_identity(&who, method!("SignStream"));
-                    let call = Begun::new(&api.state, call, r).decode(note_message);
-                    let (request_id, result) = call
-                        .recorded(Action::Sign, async |call, grant, r| {
-                            api.sign_one(call, grant, r).await
-                        })
-                        .await;
-                    let result = match result {
-                        Ok(s) => pb::sign_stream_response::Result::Signature(s),
-                        Err(e) => pb::sign_stream_response::Result::Error(pb::StreamError {
-                            code: e.code() as i32,
-                            reason: e.reason().into(),
-                            message: e.to_status().message().to_string(),
-                            request_id,
-                        }),
-                    };
-                    Ok(pb::SignStreamResponse {
-                        index: index as u64,
-                        result: Some(result),
-                    })
-                }
-            });
-        let ordered = answers.buffered(STREAM_WINDOW);
-        Ok(Response::new(Box::pin(ordered)))
+        self.sign_stream_call(req).await
     }
 
     async fn verify(
         &self,
         req: Request<pb::VerifyRequest>,
     ) -> Result<Response<pb::VerifyResponse>, Status> {
-        let call = self.state.call(req, method!("Verify"));
-        let call = call.decode(|call, r| {
-            call.event.input_sha256 = input_hash(&r.message);
-            r
-        });
-        call.answer(Action::Verify, async |call, grant, r| {
-            let alg = alg_from_pb(r.algorithm)?;
-            let mt = mt_from_pb(r.message_type)?;
-            call.event.algorithm = alg.name().into();
-            call.event.message_type = mt.name().into();
-            let (msg, sig) = (r.message, r.signature);
-            let (id, valid) = self
-                .state
-                .with_key(call, &grant, &r.key_id, move |m, key| {
-                    Ok((key.id, m.verify(&key, alg, mt, &msg, &sig)?))
-                })
-                .await?;
-            Ok(pb::VerifyResponse {
-                key_id: id.to_string(),
-                valid,
-            })
-        })
-        .await
+        self.verify_call(req).await
     }
 
     async fn generate_random(

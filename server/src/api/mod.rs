@@ -18,6 +18,7 @@
 //! both the resolving and the check, and hides unknown keys from callers who may not
 //! know them).
 
+mod aliases;
 pub(crate) mod audit;
 pub(crate) mod certs;
 pub(crate) mod complete;
@@ -25,6 +26,7 @@ pub(crate) mod convert;
 pub(crate) mod crypt;
 pub(crate) mod import;
 pub(crate) mod keys;
+mod signing;
 pub(crate) mod status;
 pub(crate) mod token;
 
