@@ -16,8 +16,8 @@ use super::{KeyError, KeyManager};
 use crate::domain::reason::Reason;
 use crate::domain::record::KeyRecord;
 use crate::domain::spec::{KeyOrigin, KeySpec, KeyState, WrappingAlgorithm};
-use crate::encoding::OaepHash;
 use crate::encoding::public;
+use crate::encoding::{OaepHash, PublicKeyMaterial};
 use crate::hsm::OaepPath;
 use crate::hsm::import::{ImportRefused, Inspected, OaepUnwrap, Target, Unwrapping};
 use crate::store::{ImportToken, ImportedMaterial};
@@ -276,17 +276,7 @@ impl KeyManager {
         let key = &self.reload(key.id)?;
         let now = self.now();
         let token = self.valid_token(key, &req.import_token, now)?;
-        require_external(key)?;
-        match key.state {
-            KeyState::PendingImport => {}
-            KeyState::Enabled | KeyState::Disabled => {
-                return Err(KeyError::InvalidKeyState(format!(
-                    "key {} already holds imported material; DeleteImportedKeyMaterial first (a re-import must be the same material)",
-                    key.id
-                )));
-            }
-            state => return Err(KeyError::KeyState { key: key.id, state }),
-        }
+        require_awaiting_material(key)?;
         if let Some(t) = req.valid_to
             && t <= now
         {
@@ -298,19 +288,7 @@ impl KeyManager {
         check_algorithm_for(algorithm, key.spec)?;
         let path = self.unwrap_path(algorithm)?;
         check_length(algorithm, &token, req.encrypted_key_material.len())?;
-        let given = if req.public_key_der.is_empty() {
-            None
-        } else if !key.spec.is_asymmetric() {
-            return Err(KeyError::PublicKeyNotExpected {
-                key: key.id,
-                spec: key.spec,
-            });
-        } else {
-            Some(
-                public::from_spki(key.spec, &req.public_key_der)
-                    .map_err(KeyError::InvalidPublicKey)?,
-            )
-        };
+        let given = given_public_key(key, &req.public_key_der)?;
         let expected = self.store.material_fingerprint(key.id)?;
         let mut fingerprint = None;
         let (inspected, objects) = self
@@ -344,18 +322,7 @@ impl KeyManager {
             .map_err(import_refusal)?;
         let fingerprint =
             fingerprint.ok_or_else(|| KeyError::Internal("material not fingerprinted".into()))?;
-        let material = ImportedMaterial {
-            fingerprint,
-            key_check_value: inspected.check_block.map(|b| hex::encode_upper(&b[..3])),
-            public_key_der: inspected
-                .public
-                .as_ref()
-                .map(public::spki_der)
-                .transpose()
-                .map_err(KeyError::Internal)?,
-            import_time: now,
-            valid_to: req.valid_to,
-        };
+        let material = imported(&inspected, fingerprint, now, req.valid_to)?;
         if let Err(e) = self.store.record_import(key.id, &material) {
             if let Err(d) = self.backend.destroy_objects(objects) {
                 tracing::error!(key_id = %key.id, error = %d, "rollback of imported material failed; start-up reconciliation will report it");
@@ -598,6 +565,58 @@ fn rfc3339(secs: i64) -> String {
                 .ok()
         })
         .unwrap_or_else(|| secs.to_string())
+}
+
+/// An EXTERNAL key may take material only while PENDING_IMPORT; one that holds
+/// material must have it deleted first.
+fn require_awaiting_material(key: &KeyRecord) -> Result<(), KeyError> {
+    require_external(key)?;
+    match key.state {
+        KeyState::PendingImport => Ok(()),
+        KeyState::Enabled | KeyState::Disabled => Err(KeyError::InvalidKeyState(format!(
+            "key {} already holds imported material; DeleteImportedKeyMaterial first (a re-import must be the same material)",
+            key.id
+        ))),
+        state => Err(KeyError::KeyState { key: key.id, state }),
+    }
+}
+
+/// The public key a caller sent with asymmetric material (needed for Ed25519, checked
+/// against the material for the others); none for symmetric keys.
+fn given_public_key(key: &KeyRecord, der: &[u8]) -> Result<Option<PublicKeyMaterial>, KeyError> {
+    if der.is_empty() {
+        return Ok(None);
+    }
+    if !key.spec.is_asymmetric() {
+        return Err(KeyError::PublicKeyNotExpected {
+            key: key.id,
+            spec: key.spec,
+        });
+    }
+    public::from_spki(key.spec, der)
+        .map(Some)
+        .map_err(KeyError::InvalidPublicKey)
+}
+
+/// The store's row of material the token accepted.
+fn imported(
+    inspected: &Inspected,
+    fingerprint: Vec<u8>,
+    now: i64,
+    valid_to: Option<i64>,
+) -> Result<ImportedMaterial, KeyError> {
+    Ok(ImportedMaterial {
+        fingerprint,
+        key_check_value: inspected.check_block.map(|b| hex::encode_upper(&b[..3])),
+        public_key_der: inspected
+            .public
+            .as_ref()
+            .map(public::spki_der)
+            .transpose()
+            .map_err(KeyError::Internal)?,
+        import_time: now,
+        valid_to,
+    })
 }
 
 #[cfg(test)]
