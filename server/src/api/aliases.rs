@@ -29,6 +29,7 @@ impl KeyApi {
         })
         .await
     }
+
     pub(super) async fn update_alias_call(
         &self,
         req: Request<pb::UpdateAliasRequest>,
@@ -50,6 +51,7 @@ impl KeyApi {
         })
         .await
     }
+
     pub(super) async fn delete_alias_call(
         &self,
         req: Request<pb::DeleteAliasRequest>,
@@ -68,6 +70,7 @@ impl KeyApi {
         })
         .await
     }
+
     pub(super) async fn list_aliases_call(
         &self,
         req: Request<pb::ListAliasesRequest>,

@@ -59,6 +59,7 @@ impl KeyApi {
         })
         .await
     }
+
     /// Each request of the stream goes through the same bracket as a Sign call; only
     /// the answer differs (an item of the stream, carrying the request id).
     pub(super) async fn sign_stream_call(
@@ -102,6 +103,7 @@ impl KeyApi {
         let ordered = answers.buffered(STREAM_WINDOW);
         Ok(Response::new(Box::pin(ordered)))
     }
+
     pub(super) async fn verify_call(
         &self,
         req: Request<pb::VerifyRequest>,
