@@ -82,7 +82,7 @@ impl Daemon {
         self.signal(libc::SIGKILL);
         let mut child = self.child.take().expect("daemon is running");
         let _ = child.wait();
-        self.channel = None;
+        self.inst.channel = None;
     }
 
     /// Starts the daemon again after [`Daemon::kill_hard`] (same mode and folder).

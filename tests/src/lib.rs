@@ -15,6 +15,7 @@ pub mod configured;
 pub mod crypt;
 pub mod daemon;
 pub mod import;
+pub mod instance;
 pub mod pkcs11;
 pub mod profile;
 pub mod serve;
@@ -23,5 +24,6 @@ pub mod tools;
 
 pub use daemon::Daemon;
 pub use hsmd_proto::v1;
+pub use instance::{ADMIN_PRINCIPAL, Instance};
 pub use status::{expect_error, expect_ok, reason_of, request_id};
 pub use tools::{CmdOutput, require_tools, run, run_unchecked};

@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, path::Path, process::Command};
 
 use crate::{
-    Daemon,
+    Instance,
     tools::{CmdOutput, run_unchecked, softhsm_module},
 };
 
@@ -74,7 +74,7 @@ pub fn key_id_hex(key_id: &str) -> String {
     hex::encode(uuid.as_bytes())
 }
 
-impl Daemon {
+impl Instance {
     /// Runs `pkcs11-tool --module SOFTHSM --token-label hsmd-dev [--login --pin PIN] ARGS`
     /// with `SOFTHSM2_CONF=DIR/softhsm2.conf`.
     pub fn pkcs11_tool(&self, login: bool, args: &[&str]) -> CmdOutput {
