@@ -21,6 +21,7 @@ pub mod daemon;
 pub mod import;
 pub mod inprocess;
 pub mod instance;
+pub mod keys;
 pub mod pkcs11;
 pub mod profile;
 pub mod serve;

@@ -101,6 +101,14 @@ impl Instance {
         parse_objects(&out.stdout)
     }
 
+    /// The objects of one key (labelled with its id), after login.
+    pub fn objects_of(&self, key_id: &str) -> Vec<P11Object> {
+        self.token_objects(true)
+            .into_iter()
+            .filter(|o| o.field("label") == key_id)
+            .collect()
+    }
+
     /// Runs the `p11probe` binary (path given by the test) against the token.
     pub fn p11probe(&self, probe: &Path, key_ids: &[&str]) -> serde_json::Value {
         let mut cmd = Command::new(probe);

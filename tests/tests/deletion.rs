@@ -15,9 +15,10 @@ use hsmd_e2e::{
     audit::check_chain,
     expect_ok,
     inprocess::DAY,
+    keys::{describe_key, state_of},
     status::key_method,
     v1::{
-        DescribeKeyRequest, GetPublicKeyRequest, KeySpec, KeyState, ListKeysRequest, MessageType,
+        GetPublicKeyRequest, KeySpec, KeyState, ListKeysRequest, MessageType,
         ScheduleKeyDeletionRequest, SigningAlgorithm, VerifyAuditLogRequest,
     },
 };
@@ -26,15 +27,8 @@ use tonic::Code;
 const SWEEP_TIMEOUT: Duration = Duration::from_secs(90);
 
 async fn state(d: &Instance, key_id: &str) -> (KeyState, hsmd_e2e::v1::KeyMetadata) {
-    let req = DescribeKeyRequest {
-        key_id: key_id.to_owned(),
-    };
-    let (resp, _) = expect_ok(d.keys().describe_key(req).await, "DescribeKey");
-    let meta = resp.key.expect("key");
-    (
-        KeyState::try_from(meta.state).unwrap_or(KeyState::Unspecified),
-        meta,
-    )
+    let meta = describe_key(d, key_id).await;
+    (state_of(&meta), meta)
 }
 
 fn token_labels(d: &Instance) -> Vec<String> {

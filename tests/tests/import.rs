@@ -17,13 +17,13 @@ use hsmd_e2e::{
         OpensslKey, create_external, openssl_genpkey, openssl_kcv, openssl_rand, openssl_wrap,
         parameters,
     },
-    pkcs11::P11Object,
+    keys::{describe_key, unix_now},
     status::{describe, key_method},
     tools::write_file,
     v1::{
-        DeleteImportedKeyMaterialRequest, DescribeKeyRequest, EncryptionAlgorithm,
-        GetParametersForImportRequest, GetPublicKeyRequest, ImportKeyMaterialRequest, KeyMetadata,
-        KeySpec, KeyState, KeyUsage, MessageType, SignRequest, SigningAlgorithm, WrappingAlgorithm,
+        DeleteImportedKeyMaterialRequest, EncryptionAlgorithm, GetParametersForImportRequest,
+        GetPublicKeyRequest, ImportKeyMaterialRequest, KeySpec, KeyState, KeyUsage, MessageType,
+        SignRequest, SigningAlgorithm, WrappingAlgorithm,
     },
 };
 use tonic::Code;
@@ -34,25 +34,6 @@ principals = ["spiffe://hsmd.dev/admin"]
 actions = ["*"]
 keys = ["*"]
 "#;
-
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs() as i64
-}
-
-async fn describe_key(d: &Daemon, key: &str) -> KeyMetadata {
-    let (r, _) = expect_ok(
-        d.keys()
-            .describe_key(DescribeKeyRequest {
-                key_id: key.to_string(),
-            })
-            .await,
-        "DescribeKey",
-    );
-    r.key.expect("metadata")
-}
 
 async fn import(
     d: &Daemon,
@@ -71,18 +52,11 @@ async fn import(
 }
 
 /// The token objects labelled with the key id.
-fn objects_of(d: &Daemon, key: &str) -> Vec<P11Object> {
-    d.token_objects(true)
-        .into_iter()
-        .filter(|o| o.field("label") == key)
-        .collect()
-}
-
 /// Imported private/secret objects: sensitive and not extractable (PKCS#11 reports
 /// them as neither "always sensitive" nor "never extractable", which is right for
 /// material that existed outside the token).
 fn assert_protected(d: &Daemon, key: &str, pair: bool) {
-    let objs = objects_of(d, key);
+    let objs = d.objects_of(key);
     let private: Vec<_> = objs.iter().filter(|o| !o.is_public_key()).collect();
     assert_eq!(
         private.len(),
@@ -126,7 +100,7 @@ async fn import_and_sign(spec: KeySpec, alg: SigningAlgorithm) {
     let key = create_external(&mut keys, spec, KeyUsage::SignVerify).await;
     let before = describe_key(&d, &key).await;
     assert_eq!(before.state, KeyState::PendingImport as i32, "{spec:?}");
-    assert!(objects_of(&d, &key).is_empty(), "{spec:?}: no material yet");
+    assert!(d.objects_of(&key).is_empty(), "{spec:?}: no material yet");
     let material: OpensslKey = openssl_genpkey(&dir, "mine", spec);
     let (p, wrap_pem) =
         parameters(&mut keys, &dir, &key, WrappingAlgorithm::RsaAesKeyWrapSha1).await;
@@ -230,7 +204,7 @@ async fn ed25519_import_is_refused_clearly_on_softhsm() {
         describe_key(&d, &key).await.state,
         KeyState::PendingImport as i32
     );
-    assert!(objects_of(&d, &key).is_empty(), "nothing left in the token");
+    assert!(d.objects_of(&key).is_empty(), "nothing left in the token");
 }
 
 /// AES-256 by RSAES_OAEP_SHA_1 and AES-128 by RSA_AES_KEY_WRAP_SHA_1: the key check
@@ -315,7 +289,7 @@ async fn refused_imports_leave_the_key_as_it_was() {
                 "{what}: the key is still PENDING_IMPORT"
             );
             assert!(
-                objects_of(d, &key).is_empty(),
+                d.objects_of(&key).is_empty(),
                 "{what}: nothing left in the token"
             );
         }
@@ -442,7 +416,7 @@ async fn refused_imports_leave_the_key_as_it_was() {
     );
     assert_eq!(gone.key.expect("key").state, KeyState::PendingImport as i32);
     assert!(
-        objects_of(&d, &key).is_empty(),
+        d.objects_of(&key).is_empty(),
         "material destroyed in the token"
     );
     let different_path = dir.join("aes-other");
@@ -480,7 +454,7 @@ async fn refused_imports_leave_the_key_as_it_was() {
         "KEY_MATERIAL_SPEC_MISMATCH",
     );
     assert!(
-        objects_of(&d, &rsa).is_empty(),
+        d.objects_of(&rsa).is_empty(),
         "nothing left of the RSA-3072 key"
     );
     let ec = openssl_genpkey(&dir, "ec", KeySpec::EcP256);
@@ -491,10 +465,7 @@ async fn refused_imports_leave_the_key_as_it_was() {
         Code::InvalidArgument,
         "KEY_MATERIAL_SPEC_MISMATCH",
     );
-    assert!(
-        objects_of(&d, &rsa).is_empty(),
-        "nothing left of the EC key"
-    );
+    assert!(d.objects_of(&rsa).is_empty(), "nothing left of the EC key");
     let r = keys
         .get_parameters_for_import(GetParametersForImportRequest {
             key_id: rsa.clone(),
@@ -632,7 +603,7 @@ async fn sha256_wrapping_is_refused_by_default() {
     );
     assert_eq!(p.wrapping_key_spec, KeySpec::Rsa2048 as i32);
     let expiry = p.parameters_valid_to.expect("expiry").seconds;
-    let now = now_secs();
+    let now = unix_now();
     assert!(
         (expiry - now - 86_400).abs() < 120,
         "tokens live 24 hours: {expiry} vs {now}"
@@ -705,7 +676,7 @@ async fn material_expires_at_valid_to() {
     let alg = WrappingAlgorithm::RsaesOaepSha1;
     let (p, pem) = parameters(&mut keys, &dir, &key, alg).await;
     let wrapped = openssl_wrap(&dir, &pem, alg, &dir.join("aes"));
-    let valid_to = now_secs() + 4;
+    let valid_to = unix_now() + 4;
     let (r, _) = expect_ok(
         keys.import_key_material(ImportKeyMaterialRequest {
             key_id: key.clone(),
@@ -735,7 +706,7 @@ async fn material_expires_at_valid_to() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert!(
-        objects_of(&d, &key).is_empty(),
+        d.objects_of(&key).is_empty(),
         "expired material destroyed in the token"
     );
     let expired: Vec<_> = d
@@ -799,7 +770,7 @@ async fn concurrent_imports_into_one_key_make_one_set_of_objects() {
         }
     }
     assert_eq!(ok, 1, "exactly one import wins");
-    let objs = objects_of(&d, &key);
+    let objs = d.objects_of(&key);
     assert_eq!(
         objs.iter().filter(|o| o.is_private_key()).count(),
         1,
