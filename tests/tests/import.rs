@@ -3,8 +3,9 @@
 //! the imported keys sign (openssl verifies with the original public key), decrypt, and
 //! show in `pkcs11-tool` as sensitive, non-extractable objects; every refusal (expired,
 //! superseded or foreign token, altered bytes, wrong spec, other material, valid_to in
-//! the past) has its own reason and audit record and leaves the key as it was; material
-//! expires at its valid_to; and the *_SHA_256 algorithms follow the config switch.
+//! the past) has its own reason and audit record and leaves the key as it was; and the
+//! *_SHA_256 algorithms follow the config switch. Material expiring at its valid_to is
+//! in `import_expiry.rs` (a manual clock, in a test binary of its own).
 
 use std::time::{Duration, Instant};
 
@@ -658,78 +659,6 @@ async fn sha256_wrapping_works_with_the_host_decode_switch() {
         "GetPublicKey",
     );
     assert_eq!(public.public_key_der, material.public_der);
-}
-
-/// valid_to: the key works until then; afterwards it is refused at once, and the sweep
-/// destroys the material (audited as hsmd/ExpireKeyMaterial) and the key returns to
-/// PENDING_IMPORT.
-#[tokio::test]
-async fn material_expires_at_valid_to() {
-    let (d, _) = Daemon::start_configured(&format!(
-        "{ADMIN_POLICY}\n[lifecycle]\nsweep_interval_secs = 1\n"
-    ))
-    .await;
-    let dir = d.scratch();
-    let mut keys = d.keys();
-    let key = create_external(&mut keys, KeySpec::Aes256, KeyUsage::EncryptDecrypt).await;
-    openssl_rand(&dir, "aes", 32);
-    let alg = WrappingAlgorithm::RsaesOaepSha1;
-    let (p, pem) = parameters(&mut keys, &dir, &key, alg).await;
-    let wrapped = openssl_wrap(&dir, &pem, alg, &dir.join("aes"));
-    let valid_to = unix_now() + 4;
-    let (r, _) = expect_ok(
-        keys.import_key_material(ImportKeyMaterialRequest {
-            key_id: key.clone(),
-            import_token: p.import_token.clone(),
-            encrypted_key_material: wrapped,
-            valid_to: Some(prost_types::Timestamp {
-                seconds: valid_to,
-                nanos: 0,
-            }),
-            ..Default::default()
-        })
-        .await,
-        "ImportKeyMaterial with valid_to",
-    );
-    assert_eq!(
-        r.key.expect("key").valid_to.map(|t| t.seconds),
-        Some(valid_to)
-    );
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let meta = describe_key(&d, &key).await;
-        if meta.state == KeyState::PendingImport as i32 {
-            assert!(meta.valid_to.is_none() && meta.import_time.is_none());
-            break;
-        }
-        assert!(Instant::now() < deadline, "material not expired: {meta:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert!(
-        d.objects_of(&key).is_empty(),
-        "expired material destroyed in the token"
-    );
-    let expired: Vec<_> = d
-        .audit_lines()
-        .into_iter()
-        .filter(|l| l.str("method") == "hsmd/ExpireKeyMaterial" && l.str("key_id") == key)
-        .collect();
-    assert_eq!(expired.len(), 1, "one audit record of the expiry");
-    assert_eq!(expired[0].str("outcome"), "ok");
-    let r = encrypt(
-        &mut keys,
-        &key,
-        EncryptionAlgorithm::SymmetricDefault,
-        b"x",
-        b"",
-    )
-    .await;
-    d.assert_refused(
-        r,
-        &key_method("Encrypt"),
-        Code::FailedPrecondition,
-        "KEY_PENDING_IMPORT",
-    );
 }
 
 /// Concurrent imports into one key: exactly one succeeds, the others are refused
