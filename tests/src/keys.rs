@@ -1,11 +1,31 @@
-//! Reading a key back and the time to compare its dates with: helpers that test files
-//! used to carry a copy each of.
+//! Making a key, reading it back, and the time to compare its dates with: helpers that
+//! test files used to carry a copy each of.
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use hsmd_proto::v1::{DescribeKeyRequest, KeyMetadata, KeyState};
+use hsmd_proto::v1::{
+    CreateKeyRequest, DescribeKeyRequest, KeyMetadata, KeyState,
+    key_service_client::KeyServiceClient,
+};
+use tonic::transport::Channel;
 
 use crate::{Instance, expect_ok};
+
+/// CreateKey, which must succeed; returns the new key's id. `what` names the key in the
+/// panic message.
+pub async fn create(
+    keys: &mut KeyServiceClient<Channel>,
+    req: CreateKeyRequest,
+    what: &str,
+) -> String {
+    keys.create_key(req)
+        .await
+        .unwrap_or_else(|s| panic!("CreateKey {what}: {}", crate::status::describe(&s)))
+        .into_inner()
+        .key
+        .expect("CreateKeyResponse.key is set")
+        .key_id
+}
 
 /// DescribeKey as the dev admin; panics unless it succeeds.
 pub async fn describe_key(d: &Instance, key_id: &str) -> KeyMetadata {
