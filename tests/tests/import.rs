@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use hsmd_e2e::{
     Daemon,
     algorithms::openssl_verify,
+    configured::with_admin_policy,
     crypt::{decrypt, encrypt, plaintext_of},
     expect_ok,
     import::{
@@ -28,13 +29,6 @@ use hsmd_e2e::{
     },
 };
 use tonic::Code;
-
-const ADMIN_POLICY: &str = r#"
-[[policy.rules]]
-principals = ["spiffe://hsmd.dev/admin"]
-actions = ["*"]
-keys = ["*"]
-"#;
 
 async fn import(
     d: &Daemon,
@@ -268,10 +262,8 @@ async fn imported_aes_keys_have_openssl_check_values_and_decrypt() {
 /// with nothing in the token; then the right material still imports.
 #[tokio::test]
 async fn refused_imports_leave_the_key_as_it_was() {
-    let (d, _) = Daemon::start_configured(&format!(
-        "{ADMIN_POLICY}\n[import]\ntoken_lifetime_secs = 2\n"
-    ))
-    .await;
+    let (d, _) =
+        Daemon::start_configured(&with_admin_policy("[import]\ntoken_lifetime_secs = 2\n")).await;
     let dir = d.scratch();
     let mut keys = d.keys();
     let method = key_method("ImportKeyMaterial");
@@ -614,8 +606,8 @@ async fn sha256_wrapping_is_refused_by_default() {
 /// With `import.allow_host_oaep_sha256 = true` both *_SHA_256 algorithms import.
 #[tokio::test]
 async fn sha256_wrapping_works_with_the_host_decode_switch() {
-    let (d, _) = Daemon::start_configured(&format!(
-        "{ADMIN_POLICY}\n[import]\nallow_host_oaep_sha256 = true\n"
+    let (d, _) = Daemon::start_configured(&with_admin_policy(
+        "[import]\nallow_host_oaep_sha256 = true\n",
     ))
     .await;
     let dir = d.scratch();
@@ -746,9 +738,9 @@ async fn imported_rsa_key_decrypts_openssl_ciphertexts() {
 #[tokio::test]
 async fn the_sweep_destroys_wrapping_keys_no_import_token_names() {
     const LIFETIME: u64 = 5;
-    let (mut d, _) = Daemon::start_configured(&format!(
-        "{ADMIN_POLICY}\n[import]\ntoken_lifetime_secs = {LIFETIME}\n[lifecycle]\nsweep_interval_secs = 1\n"
-    ))
+    let (mut d, _) = Daemon::start_configured(&with_admin_policy(&format!(
+        "[import]\ntoken_lifetime_secs = {LIFETIME}\n[lifecycle]\nsweep_interval_secs = 1\n"
+    )))
     .await;
     d.kill_hard();
     let orphan = hex::encode([b"hsmd-wrap:".as_slice(), uuid::Uuid::new_v4().as_bytes()].concat());
