@@ -51,6 +51,18 @@ pub async fn run_with_clock(
     clock: SharedClock,
     on_bound: impl FnOnce(SocketAddr) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
+    run_until(cfg, clock, on_bound, shutdown_signal).await
+}
+
+/// As [`run_with_clock`], stopping when the future `shutdown` makes resolves instead of
+/// at SIGINT/SIGTERM (a daemon inside a test process). `shutdown` is called once, just
+/// before `on_bound`, so whatever it listens for counts from then on.
+pub async fn run_until<S: std::future::Future<Output = ()>>(
+    cfg: Config,
+    clock: SharedClock,
+    on_bound: impl FnOnce(SocketAddr) -> anyhow::Result<()>,
+    shutdown: impl FnOnce() -> S,
+) -> anyhow::Result<()> {
     let hsm_cfg = cfg.hsm.clone();
     let backend = tokio::task::spawn_blocking(move || Pkcs11Backend::open(&hsm_cfg)).await??;
     let backend = Arc::new(backend);
@@ -116,7 +128,7 @@ pub async fn run_with_clock(
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
         .build_v1alpha()?;
-    let shutdown = shutdown_signal();
+    let shutdown = shutdown();
     on_bound(addr)?;
     tracing::info!(%addr, "serving");
     Server::builder()

@@ -152,19 +152,13 @@ pub async fn create_key(
     spec: KeySpec,
     alias: &str,
 ) -> String {
-    let resp = keys
-        .create_key(CreateKeyRequest {
-            spec: spec as i32,
-            usage: KeyUsage::SignVerify as i32,
-            alias: alias.to_owned(),
-            ..Default::default()
-        })
-        .await
-        .unwrap_or_else(|s| panic!("CreateKey {spec:?}: {}", crate::status::describe(&s)));
-    resp.into_inner()
-        .key
-        .expect("CreateKeyResponse.key is set")
-        .key_id
+    let req = CreateKeyRequest {
+        spec: spec as i32,
+        usage: KeyUsage::SignVerify as i32,
+        alias: alias.to_owned(),
+        ..Default::default()
+    };
+    crate::keys::create(keys, req, &format!("{spec:?}")).await
 }
 
 /// A Sign request.

@@ -6,7 +6,7 @@ use std::fs;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::Daemon;
+use crate::Instance;
 
 /// One line of the audit log.
 #[derive(Debug, Clone)]
@@ -66,7 +66,7 @@ pub fn parse_lines(text: &str) -> Vec<AuditLine> {
         .collect()
 }
 
-impl Daemon {
+impl Instance {
     /// The raw text of `DIR/audit/audit.log`.
     pub fn audit_text(&self) -> String {
         let path = self.audit_log_path();
@@ -78,7 +78,7 @@ impl Daemon {
         parse_lines(&self.audit_text())
     }
 
-    /// Like [`Daemon::audit_lines`], but an absent log file counts as empty.
+    /// Like [`Instance::audit_lines`], but an absent log file counts as empty.
     pub fn audit_lines_if_any(&self) -> Vec<AuditLine> {
         if self.audit_log_path().exists() {
             self.audit_lines()

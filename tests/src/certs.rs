@@ -100,7 +100,7 @@ pub fn issue_client_cert(
     load(cert, key)
 }
 
-impl crate::Daemon {
+impl crate::Instance {
     /// A client certificate issued by the daemon's own dev CA (`DIR/tls/ca.pem` and
     /// `ca.key`), so TLS accepts it and only hsmd's policy decides.
     pub fn issue_from_dev_ca(&self, name: &str, san_uri: Option<&str>) -> CertKey {

@@ -16,7 +16,15 @@ use std::{
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::{Daemon, tools::free_port};
+use crate::{ADMIN_PRINCIPAL, Daemon, tools::free_port};
+
+/// `extra` (raw TOML) after a policy that lets the dev client do everything, as the dev
+/// config's own does: for [`Daemon::start_configured`] when only other settings change.
+pub fn with_admin_policy(extra: &str) -> String {
+    format!(
+        "[[policy.rules]]\nprincipals = [\"{ADMIN_PRINCIPAL}\"]\nactions = [\"*\"]\nkeys = [\"*\"]\n{extra}"
+    )
+}
 
 impl Daemon {
     /// Starts `hsmd dev` once (to provision), then `hsmd serve` on the dev config with
@@ -82,7 +90,7 @@ impl Daemon {
         self.signal(libc::SIGKILL);
         let mut child = self.child.take().expect("daemon is running");
         let _ = child.wait();
-        self.channel = None;
+        self.inst.channel = None;
     }
 
     /// Starts the daemon again after [`Daemon::kill_hard`] (same mode and folder).

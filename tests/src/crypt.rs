@@ -20,23 +20,13 @@ pub async fn create_key(
     usage: KeyUsage,
     alias: &str,
 ) -> String {
-    keys.create_key(CreateKeyRequest {
+    let req = CreateKeyRequest {
         spec: spec as i32,
         usage: usage as i32,
         alias: alias.to_owned(),
         ..Default::default()
-    })
-    .await
-    .unwrap_or_else(|s| {
-        panic!(
-            "CreateKey {spec:?}/{usage:?}: {}",
-            crate::status::describe(&s)
-        )
-    })
-    .into_inner()
-    .key
-    .expect("key")
-    .key_id
+    };
+    crate::keys::create(keys, req, &format!("{spec:?}/{usage:?}")).await
 }
 
 /// An Encrypt call.

@@ -2,24 +2,20 @@
 //!
 //! The daemon is started with `--listen 127.0.0.1:0`; it writes `DIR/client.toml` only
 //! after its listener is bound, so the harness deletes that file before every start and
-//! waits for it to reappear. The clients are built here from the profile with tonic's
-//! own TLS settings, independently of `hsm-client`.
+//! waits for it to reappear. The clients are built from the profile with tonic's own TLS
+//! settings, independently of `hsm-client`; they and the other client helpers are those
+//! of [`Instance`], which a `Daemon` dereferences to.
 
 use std::{
     fs,
-    path::{Path, PathBuf},
+    ops::Deref,
+    path::PathBuf,
     process::{Child, Command, Stdio},
-    sync::Once,
     time::{Duration, Instant},
 };
 
-use hsmd_proto::v1::{
-    audit_service_client::AuditServiceClient, key_service_client::KeyServiceClient,
-    token_service_client::TokenServiceClient,
-};
-use tempfile::TempDir;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
-
+pub use crate::instance::ADMIN_PRINCIPAL;
+use crate::instance::{Instance, connect_admin};
 pub use crate::profile::Profile;
 use crate::tools::{self, CmdOutput};
 
@@ -27,8 +23,6 @@ use crate::tools::{self, CmdOutput};
 pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a graceful shutdown may take.
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
-/// The dev client's principal (SAN URI of `DIR/tls/client.pem`).
-pub const ADMIN_PRINCIPAL: &str = "spiffe://hsmd.dev/admin";
 
 /// How the daemon is started.
 #[derive(Debug, Clone)]
@@ -43,60 +37,31 @@ pub(crate) enum Mode {
 
 /// A running `hsmd` with its temporary data folder. Dropping it stops the process.
 pub struct Daemon {
-    pub(crate) root: Option<TempDir>,
-    pub(crate) data_dir: PathBuf,
+    pub(crate) inst: Instance,
     pub(crate) mode: Mode,
     pub(crate) child: Option<Child>,
     pub(crate) starts: u32,
-    pub(crate) profile: Option<Profile>,
-    pub(crate) channel: Option<Channel>,
 }
 
-fn install_crypto_provider() {
-    static ONCE: Once = Once::new();
-    ONCE.call_once(|| {
-        // Another crate may have installed one already; either way ring is in use.
-        let _ = rustls::crypto::ring::default_provider().install_default();
-    });
+impl Deref for Daemon {
+    type Target = Instance;
+
+    fn deref(&self) -> &Instance {
+        &self.inst
+    }
 }
 
 impl Daemon {
     /// Starts a daemon on a fresh data folder and connects to it.
     pub async fn start() -> Daemon {
-        tools::require_tools();
-        install_crypto_provider();
-        let root = tempfile::Builder::new()
-            .prefix("hsmd-e2e-")
-            .tempdir()
-            .expect("create temp dir");
-        let data_dir = root.path().join("data");
         let mut daemon = Daemon {
-            root: Some(root),
-            data_dir,
+            inst: Instance::fresh(),
             mode: Mode::Dev,
             child: None,
             starts: 0,
-            profile: None,
-            channel: None,
         };
         daemon.launch().await;
         daemon
-    }
-
-    fn root(&self) -> &Path {
-        self.root.as_ref().expect("root dir").path()
-    }
-
-    /// The data folder given to `hsmd dev --data-dir`.
-    pub fn data_dir(&self) -> &Path {
-        &self.data_dir
-    }
-
-    /// A scratch folder for the test's own files (outside the data folder).
-    pub fn scratch(&self) -> PathBuf {
-        let dir = self.root().join("scratch");
-        fs::create_dir_all(&dir).expect("create scratch dir");
-        dir
     }
 
     /// The client profile hsmctl uses: `DIR/client.toml` under `hsmd dev`.
@@ -105,25 +70,6 @@ impl Daemon {
             Mode::Dev => self.data_dir.join("client.toml"),
             Mode::Serve { profile, .. } => profile.clone(),
         }
-    }
-
-    /// The parsed client profile of the current run.
-    pub fn profile(&self) -> &Profile {
-        self.profile.as_ref().expect("daemon is running")
-    }
-
-    /// `DIR/audit/audit.log`.
-    pub fn audit_log_path(&self) -> PathBuf {
-        self.data_dir.join("audit").join("audit.log")
-    }
-
-    /// The user PIN from `DIR/pin`.
-    pub fn pin(&self) -> String {
-        let path = self.data_dir.join("pin");
-        fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
-            .trim()
-            .to_owned()
     }
 
     fn stdout_path(&self) -> PathBuf {
@@ -191,9 +137,7 @@ impl Daemon {
         };
         let deadline = Instant::now() + START_TIMEOUT;
         let channel = loop {
-            let cert = read(&profile.client_cert);
-            let key = read(&profile.client_key);
-            match self.connect_with(&cert, &key, &profile).await {
+            match connect_admin(&profile).await {
                 Ok(channel) => break channel,
                 Err(e) => {
                     self.panic_if_exited();
@@ -207,8 +151,8 @@ impl Daemon {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         };
-        self.profile = Some(profile);
-        self.channel = Some(channel);
+        self.inst.profile = Some(profile);
+        self.inst.channel = Some(channel);
     }
 
     fn panic_if_exited(&mut self) {
@@ -247,68 +191,6 @@ impl Daemon {
         }
     }
 
-    /// Opens a TLS channel to the daemon with the given client certificate and key (PEM),
-    /// trusting the daemon's CA. Used for certificates other than the dev client's.
-    pub async fn connect_as(
-        &self,
-        cert_pem: &[u8],
-        key_pem: &[u8],
-    ) -> Result<Channel, tonic::transport::Error> {
-        self.connect_with(cert_pem, key_pem, self.profile()).await
-    }
-
-    /// Tries to open a TLS channel without any client certificate.
-    pub async fn connect_anonymous(&self) -> Result<Channel, tonic::transport::Error> {
-        let profile = self.profile();
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(read(&profile.ca_cert)))
-            .domain_name(profile.server_name.clone());
-        Channel::from_shared(profile.endpoint.clone())
-            .expect("endpoint is a URI")
-            .tls_config(tls)?
-            .timeout(Duration::from_secs(30))
-            .connect()
-            .await
-    }
-
-    async fn connect_with(
-        &self,
-        cert_pem: &[u8],
-        key_pem: &[u8],
-        profile: &Profile,
-    ) -> Result<Channel, tonic::transport::Error> {
-        let tls = ClientTlsConfig::new()
-            .ca_certificate(Certificate::from_pem(read(&profile.ca_cert)))
-            .identity(Identity::from_pem(cert_pem, key_pem))
-            .domain_name(profile.server_name.clone());
-        Channel::from_shared(profile.endpoint.clone())
-            .expect("endpoint is a URI")
-            .tls_config(tls)?
-            .timeout(Duration::from_secs(120))
-            .connect()
-            .await
-    }
-
-    /// The channel of the dev client (principal `spiffe://hsmd.dev/admin`).
-    pub fn channel(&self) -> Channel {
-        self.channel.clone().expect("daemon is running")
-    }
-
-    /// A KeyService client as the dev admin.
-    pub fn keys(&self) -> KeyServiceClient<Channel> {
-        KeyServiceClient::new(self.channel())
-    }
-
-    /// An AuditService client as the dev admin.
-    pub fn audit(&self) -> AuditServiceClient<Channel> {
-        AuditServiceClient::new(self.channel())
-    }
-
-    /// A TokenService client as the dev admin.
-    pub fn token(&self) -> TokenServiceClient<Channel> {
-        TokenServiceClient::new(self.channel())
-    }
-
     /// Runs `hsmctl --profile DIR/client.toml ARGS...` and returns what it did.
     pub fn hsmctl<I, S>(&self, args: I) -> CmdOutput
     where
@@ -340,7 +222,7 @@ impl Daemon {
         let Some(mut child) = self.child.take() else {
             return;
         };
-        self.channel = None;
+        self.inst.channel = None;
         terminate(&child);
         let deadline = Instant::now() + STOP_TIMEOUT;
         let status = loop {
@@ -370,10 +252,6 @@ impl Daemon {
         self.stop().await;
         self.launch().await;
     }
-}
-
-pub(crate) fn read(path: &Path) -> Vec<u8> {
-    fs::read(path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
 }
 
 pub(crate) fn terminate(child: &Child) {
@@ -408,11 +286,6 @@ impl Drop for Daemon {
             );
             for line in tail.iter().rev() {
                 eprintln!("{line}");
-            }
-            if std::env::var_os("HSMD_E2E_KEEP").is_some()
-                && let Some(root) = self.root.take()
-            {
-                eprintln!("---- kept {}", root.keep().display());
             }
         }
     }

@@ -173,23 +173,13 @@ pub async fn create_external(
     spec: KeySpec,
     usage: KeyUsage,
 ) -> String {
-    keys.create_key(CreateKeyRequest {
+    let req = CreateKeyRequest {
         spec: spec as i32,
         usage: usage as i32,
         origin: KeyOrigin::External as i32,
         ..Default::default()
-    })
-    .await
-    .unwrap_or_else(|s| {
-        panic!(
-            "CreateKey EXTERNAL {spec:?}: {}",
-            crate::status::describe(&s)
-        )
-    })
-    .into_inner()
-    .key
-    .expect("key")
-    .key_id
+    };
+    crate::keys::create(keys, req, &format!("EXTERNAL {spec:?}")).await
 }
 
 /// GetParametersForImport, which must succeed; also writes the wrapping public key PEM

@@ -5,6 +5,10 @@
 //! cross-checked with tools that do not share code with hsmd: the `openssl` and
 //! `pkcs11-tool` command-line programs, and the audit log file read directly.
 //!
+//! Tests about dates run the server library in the test process instead, on a clock
+//! they move ([`InProcess`]; one such test per test binary). Both harnesses give the
+//! same client helpers, those of [`Instance`].
+//!
 //! The binaries `hsmd` and `hsmctl` must be built first (`cargo build --workspace --bins`);
 //! they are looked up next to the test executable.
 
@@ -15,6 +19,9 @@ pub mod configured;
 pub mod crypt;
 pub mod daemon;
 pub mod import;
+pub mod inprocess;
+pub mod instance;
+pub mod keys;
 pub mod pkcs11;
 pub mod profile;
 pub mod serve;
@@ -23,5 +30,7 @@ pub mod tools;
 
 pub use daemon::Daemon;
 pub use hsmd_proto::v1;
+pub use inprocess::InProcess;
+pub use instance::{ADMIN_PRINCIPAL, Instance};
 pub use status::{expect_error, expect_ok, reason_of, request_id};
 pub use tools::{CmdOutput, require_tools, run, run_unchecked};

@@ -4,7 +4,7 @@
 use std::{collections::BTreeMap, path::Path, process::Command};
 
 use crate::{
-    Daemon,
+    Instance,
     tools::{CmdOutput, run_unchecked, softhsm_module},
 };
 
@@ -74,7 +74,7 @@ pub fn key_id_hex(key_id: &str) -> String {
     hex::encode(uuid.as_bytes())
 }
 
-impl Daemon {
+impl Instance {
     /// Runs `pkcs11-tool --module SOFTHSM --token-label hsmd-dev [--login --pin PIN] ARGS`
     /// with `SOFTHSM2_CONF=DIR/softhsm2.conf`.
     pub fn pkcs11_tool(&self, login: bool, args: &[&str]) -> CmdOutput {
@@ -99,6 +99,14 @@ impl Daemon {
             out.describe()
         );
         parse_objects(&out.stdout)
+    }
+
+    /// The objects of one key (labelled with its id), after login.
+    pub fn objects_of(&self, key_id: &str) -> Vec<P11Object> {
+        self.token_objects(true)
+            .into_iter()
+            .filter(|o| o.field("label") == key_id)
+            .collect()
     }
 
     /// Runs the `p11probe` binary (path given by the test) against the token.

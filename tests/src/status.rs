@@ -114,7 +114,7 @@ pub fn key_method(name: &str) -> String {
     format!("/hsmd.v1.KeyService/{name}")
 }
 
-impl crate::Daemon {
+impl crate::Instance {
     /// Asserts that `result` failed with `code`/`reason` and that exactly one audit record
     /// of that request says so (method, outcome, status, reason). Returns the record.
     pub fn assert_refused<T: Debug>(

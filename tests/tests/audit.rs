@@ -5,7 +5,7 @@
 
 use base64::Engine as _;
 use hsmd_e2e::{
-    Daemon,
+    ADMIN_PRINCIPAL, Daemon,
     audit::{AuditLine, REQUIRED_FIELDS, check_chain},
     certs::{issue_client_cert, make_ca},
     expect_ok,
@@ -187,7 +187,7 @@ async fn audit_log_has_exactly_one_record_per_call() {
         let principal = if *outcome == "denied" {
             "spiffe://hsmd.dev/intruder"
         } else {
-            "spiffe://hsmd.dev/admin"
+            ADMIN_PRINCIPAL
         };
         assert_eq!(line.str("principal"), principal, "{}", line.raw);
         assert!(

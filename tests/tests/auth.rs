@@ -3,7 +3,7 @@
 //! PERMISSION_DENIED, and the refusal is audited with that principal.
 
 use hsmd_e2e::{
-    Daemon,
+    ADMIN_PRINCIPAL, Daemon,
     certs::{issue_client_cert, make_ca},
     expect_ok, reason_of,
     status::{describe, key_method},
@@ -59,7 +59,7 @@ async fn client_cert_from_another_ca_is_refused() {
         "impostor",
         &rogue_ca.cert_path,
         &rogue_ca.key_path,
-        Some("spiffe://hsmd.dev/admin"),
+        Some(ADMIN_PRINCIPAL),
     );
     let stranger = issue_client_cert(
         &dir,

@@ -8,6 +8,7 @@ use hsmd_e2e::{
     Daemon,
     algorithms::{create_key, message, sign, verify},
     expect_ok,
+    keys::describe_key,
     status::{describe, key_method},
     v1::{
         CreateAliasRequest, CreateKeyRequest, DescribeKeyRequest, GenerateRandomRequest, KeySpec,
@@ -18,14 +19,6 @@ use sha2::{Digest, Sha256};
 use tonic::Code;
 
 const UNKNOWN_KEY: &str = "5d0a8f5e-3c1b-4b7e-9a51-0c2f1e6d7a99";
-
-async fn describe_key(d: &Daemon, key_id: &str) -> hsmd_e2e::v1::KeyMetadata {
-    let req = DescribeKeyRequest {
-        key_id: key_id.to_owned(),
-    };
-    let (resp, _) = expect_ok(d.keys().describe_key(req).await, "DescribeKey");
-    resp.key.expect("DescribeKeyResponse.key")
-}
 
 #[tokio::test]
 async fn unknown_key_is_not_found() {

@@ -7,15 +7,17 @@
 use std::path::{Path, PathBuf};
 
 use hsmd_e2e::{
-    Daemon, args,
+    Daemon,
+    algorithms::create_key,
+    args,
     certs::make_ca,
     expect_error, expect_ok,
     pkcs11::key_id_hex,
     tools::{CmdOutput, openssl, run_unchecked, write_file},
     v1::{
-        CreateKeyRequest, GenerateCsrRequest, GetCertificateRequest, GetPublicKeyRequest,
-        ImportCertificateRequest, KeySpec, KeyUsage, SubjectAltName,
-        certificate_service_client::CertificateServiceClient, subject_alt_name::Name,
+        GenerateCsrRequest, GetCertificateRequest, GetPublicKeyRequest, ImportCertificateRequest,
+        KeySpec, SubjectAltName, certificate_service_client::CertificateServiceClient,
+        subject_alt_name::Name,
     },
 };
 use tonic::{Code, transport::Channel};
@@ -24,19 +26,6 @@ const METHOD: &str = "/hsmd.v1.CertificateService/";
 
 fn certs(d: &Daemon) -> CertificateServiceClient<Channel> {
     CertificateServiceClient::new(d.channel())
-}
-
-async fn create(d: &Daemon, spec: KeySpec) -> String {
-    let resp = d
-        .keys()
-        .create_key(CreateKeyRequest {
-            spec: spec as i32,
-            usage: KeyUsage::SignVerify as i32,
-            ..Default::default()
-        })
-        .await
-        .unwrap_or_else(|s| panic!("CreateKey {spec:?}: {s:?}"));
-    resp.into_inner().key.expect("key").key_id
 }
 
 async fn public_pem(d: &Daemon, key: &str) -> String {
@@ -128,7 +117,7 @@ async fn csr_and_self_signed_for_every_spec_and_algorithm() {
         (KeySpec::Ed25519, &[("", &["ED25519"])]),
     ];
     for (spec, algs) in cases {
-        let key = create(&d, *spec).await;
+        let key = create_key(&mut d.keys(), *spec, "").await;
         let public = public_pem(&d, &key).await;
         for (alg, want) in *algs {
             let name = format!("{spec:?}-{alg}");
@@ -232,7 +221,7 @@ async fn csr_and_self_signed_for_every_spec_and_algorithm() {
 #[tokio::test]
 async fn csr_shows_subject_and_every_san() {
     let d = Daemon::start().await;
-    let key = create(&d, KeySpec::EcP256).await;
+    let key = create_key(&mut d.keys(), KeySpec::EcP256, "").await;
     let subject = "CN=app.example.com,OU=Pay\\, Cards,O=示例公司,L=深圳,C=CN";
     let sans = [
         "dns:app.example.com",
@@ -332,7 +321,7 @@ fn req(key: &str, subject: &str, sans: Vec<Name>) -> GenerateCsrRequest {
 #[tokio::test]
 async fn bad_subjects_and_sans_are_refused_by_part() {
     let d = Daemon::start().await;
-    let key = create(&d, KeySpec::Ed25519).await;
+    let key = create_key(&mut d.keys(), KeySpec::Ed25519, "").await;
     let ok = |s: &str| Name::DnsName(s.to_owned());
     let cases: Vec<(GenerateCsrRequest, &str, &str)> = vec![
         (
@@ -432,8 +421,8 @@ async fn issued_certificate_is_imported_returned_and_in_the_token() {
     let d = Daemon::start().await;
     let dir = d.scratch();
     let ca = make_ca(&dir, "test");
-    let key = create(&d, KeySpec::Rsa2048).await;
-    let other = create(&d, KeySpec::EcP256).await;
+    let key = create_key(&mut d.keys(), KeySpec::Rsa2048, "").await;
+    let other = create_key(&mut d.keys(), KeySpec::EcP256, "").await;
     let csr = hsmctl_csr(
         &d,
         &key,

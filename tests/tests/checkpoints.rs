@@ -14,21 +14,17 @@ use std::{
 
 use base64::Engine;
 use hsmd_e2e::{
-    Daemon,
+    ADMIN_PRINCIPAL, Daemon,
     algorithms::{create_key, sign},
     args,
     audit::parse_lines,
+    configured::with_admin_policy,
     tools::openssl,
     v1::{KeySpec, MessageType, QueryAuditRequest, SigningAlgorithm},
 };
 use serde_json::Value;
 
 const ROTATING: &str = r#"
-[[policy.rules]]
-principals = ["spiffe://hsmd.dev/admin"]
-actions = ["*"]
-keys = ["*"]
-
 [audit]
 checkpoint_every = 10
 checkpoint_interval = "1h"
@@ -105,7 +101,7 @@ fn rehash(line: &str) -> String {
 
 #[tokio::test]
 async fn checkpoints_rotation_and_offline_verification() {
-    let (mut d, _) = Daemon::start_configured(ROTATING).await;
+    let (mut d, _) = Daemon::start_configured(&with_admin_policy(ROTATING)).await;
     let key = create_key(&mut d.keys(), KeySpec::EcP256, "cp").await;
     calls(&d, &key, 60).await;
     let pem = d.scratch().join("audit.pem");
@@ -310,7 +306,7 @@ async fn checkpoints_rotation_and_offline_verification() {
     let row = out
         .stdout
         .lines()
-        .find(|l| l.starts_with("spiffe://hsmd.dev/admin") && l.contains(" Sign "))
+        .find(|l| l.starts_with(ADMIN_PRINCIPAL) && l.contains(" Sign "))
         .unwrap_or_else(|| panic!("no Sign row:\n{}", out.stdout));
     let cols: Vec<&str> = row.split_whitespace().collect();
     assert_eq!(cols[2], "63", "60 + 3 signatures, all ok: {row}");
@@ -324,7 +320,7 @@ async fn checkpoints_rotation_and_offline_verification() {
         "--outcome",
         "ok",
         "--principal",
-        "spiffe://hsmd.dev/admin",
+        ADMIN_PRINCIPAL,
         "--key",
         key.as_str(),
     ]);

@@ -4,7 +4,7 @@
 //! a forged blob whether a key exists; GenerateDataKey needs its own grant.
 
 use hsmd_e2e::{
-    Daemon,
+    ADMIN_PRINCIPAL, Daemon,
     crypt::{create_key, decrypt, encrypt, plaintext_of},
     expect_error, expect_ok,
     status::key_method,
@@ -15,7 +15,6 @@ use hsmd_e2e::{
 };
 use tonic::Code;
 
-const ADMIN: &str = "spiffe://hsmd.dev/admin";
 const APP: &str = "spiffe://hsmd.dev/payments/api";
 
 fn policy() -> String {
@@ -27,7 +26,7 @@ actions = ["Encrypt", "Decrypt"]
 keys = ["alias/payments-*"]
 
 [[policy.rules]]
-principals = ["{ADMIN}"]
+principals = ["{ADMIN_PRINCIPAL}"]
 actions = ["manage", "use"]
 keys = ["*"]
 "#

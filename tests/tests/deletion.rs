@@ -3,19 +3,22 @@
 //! the destruction is audited under the principal "hsmd". A key still inside its window
 //! is left alone.
 //!
-//! Nobody waits seven days: the test stops the daemon, moves the date into the past in
-//! the metadata store (`keys.deletion_time`, unix seconds) and starts it again.
+//! Nobody waits seven days: the daemon runs in this process on a manual clock
+//! ([`InProcess`]), the test moves the clock past the deletion date and the sweep does
+//! the rest. An in-process daemon is alone in its test binary: this file holds one test.
 
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use hsmd_e2e::{
-    Daemon,
+    InProcess, Instance,
     algorithms::{create_key, sign},
     audit::check_chain,
     expect_ok,
+    inprocess::DAY,
+    keys::{describe_key, state_of},
     status::key_method,
     v1::{
-        DescribeKeyRequest, GetPublicKeyRequest, KeySpec, KeyState, ListKeysRequest, MessageType,
+        GetPublicKeyRequest, KeySpec, KeyState, ListKeysRequest, MessageType,
         ScheduleKeyDeletionRequest, SigningAlgorithm, VerifyAuditLogRequest,
     },
 };
@@ -23,35 +26,37 @@ use tonic::Code;
 
 const SWEEP_TIMEOUT: Duration = Duration::from_secs(90);
 
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock")
-        .as_secs() as i64
+async fn state(d: &Instance, key_id: &str) -> (KeyState, hsmd_e2e::v1::KeyMetadata) {
+    let meta = describe_key(d, key_id).await;
+    (state_of(&meta), meta)
 }
 
-async fn state(d: &Daemon, key_id: &str) -> (KeyState, hsmd_e2e::v1::KeyMetadata) {
-    let req = DescribeKeyRequest {
-        key_id: key_id.to_owned(),
-    };
-    let (resp, _) = expect_ok(d.keys().describe_key(req).await, "DescribeKey");
-    let meta = resp.key.expect("key");
-    (
-        KeyState::try_from(meta.state).unwrap_or(KeyState::Unspecified),
-        meta,
-    )
-}
-
-fn token_labels(d: &Daemon) -> Vec<String> {
+fn token_labels(d: &Instance) -> Vec<String> {
     d.token_objects(true)
         .iter()
         .map(|o| o.field("label").to_owned())
         .collect()
 }
 
-/// Moves `key_id`'s deletion date one minute into the past, in the stopped daemon's store.
-fn expire_in_store(d: &Daemon, key_id: &str) {
-    let db = rusqlite::Connection::open(d.data_dir().join("hsmd.db")).expect("open hsmd.db");
+async fn schedule_deletion(d: &Instance, key_id: &str) {
+    let req = ScheduleKeyDeletionRequest {
+        key_id: key_id.to_owned(),
+        pending_window_days: 7,
+    };
+    expect_ok(
+        d.keys().schedule_key_deletion(req).await,
+        "ScheduleKeyDeletion",
+    );
+}
+
+/// Checks, reading the store (never writing it), that `key_id`'s deletion date is kept
+/// as unix seconds seven days after the daemon's now.
+fn assert_deletion_date_stored(d: &InProcess, key_id: &str) {
+    let db = rusqlite::Connection::open_with_flags(
+        d.data_dir().join("hsmd.db"),
+        rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+    )
+    .expect("open hsmd.db");
     let mut columns = Vec::new();
     let mut stmt = db.prepare("PRAGMA table_info(keys)").expect("table_info");
     let mut rows = stmt.query([]).expect("query table_info");
@@ -71,33 +76,24 @@ fn expire_in_store(d: &Daemon, key_id: &str) {
             |r| r.get(0),
         )
         .expect("deletion_time of the key (INTEGER unix seconds)");
-    let want = unix_now() + 7 * 86_400;
+    let want = d.now() + 7 * DAY;
     assert!(
         (stored - want).abs() < 3_600,
         "stored deletion_time {stored} is not unix seconds 7 days ahead ({want})"
     );
-    let changed = db
-        .execute(
-            "UPDATE keys SET deletion_time = ?1 WHERE key_id = ?2",
-            rusqlite::params![unix_now() - 60, key_id],
-        )
-        .expect("update deletion_time");
-    assert_eq!(changed, 1, "exactly one row for {key_id}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread")]
 async fn expired_deletion_destroys_the_key_in_the_token() {
-    let mut d = Daemon::start().await;
+    let d = InProcess::start().await;
     let mut keys = d.keys();
     let doomed = create_key(&mut keys, KeySpec::EcP256, "doomed").await;
     let spared = create_key(&mut keys, KeySpec::EcP256, "").await;
-    for key_id in [&doomed, &spared] {
-        let req = ScheduleKeyDeletionRequest {
-            key_id: key_id.clone(),
-            pending_window_days: 7,
-        };
-        expect_ok(keys.schedule_key_deletion(req).await, "ScheduleKeyDeletion");
-    }
+    schedule_deletion(&d, &doomed).await;
+    assert_deletion_date_stored(&d, &doomed);
+    // The spared key's window opens a day later: still open when the doomed one's ends.
+    d.clock().advance(DAY);
+    schedule_deletion(&d, &spared).await;
     let labels = token_labels(&d);
     for key_id in [&doomed, &spared] {
         assert_eq!(
@@ -107,9 +103,7 @@ async fn expired_deletion_destroys_the_key_in_the_token() {
         );
     }
 
-    d.stop().await;
-    expire_in_store(&d, &doomed);
-    d.restart().await;
+    d.clock().advance(6 * DAY + 60);
 
     let deadline = Instant::now() + SWEEP_TIMEOUT;
     let meta = loop {

@@ -4,7 +4,7 @@
 use std::{os::unix::fs::PermissionsExt, path::Path, process::Command, time::Duration};
 
 use hsmd_e2e::{
-    Daemon, expect_ok,
+    ADMIN_PRINCIPAL, Daemon, expect_ok,
     tools::run,
     v1::{GetTokenInfoRequest, KeySpec},
 };
@@ -74,7 +74,7 @@ async fn dev_provisions_the_data_dir_and_prints_where_it_listens() {
                 .as_array()
                 .is_some_and(|a| a.iter().any(|x| x.as_str() == Some(v)))
         };
-        has("principals", "spiffe://hsmd.dev/admin") && has("actions", "*") && has("keys", "*")
+        has("principals", ADMIN_PRINCIPAL) && has("actions", "*") && has("keys", "*")
     });
     assert!(everything, "the dev client may do everything: {rules:?}");
 
@@ -96,7 +96,7 @@ async fn dev_provisions_the_data_dir_and_prints_where_it_listens() {
         .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
         .arg(&p.client_cert));
     assert!(
-        san.stdout.contains("URI:spiffe://hsmd.dev/admin"),
+        san.stdout.contains(&format!("URI:{ADMIN_PRINCIPAL}")),
         "client cert SAN:\n{}",
         san.stdout
     );

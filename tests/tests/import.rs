@@ -3,56 +3,32 @@
 //! the imported keys sign (openssl verifies with the original public key), decrypt, and
 //! show in `pkcs11-tool` as sensitive, non-extractable objects; every refusal (expired,
 //! superseded or foreign token, altered bytes, wrong spec, other material, valid_to in
-//! the past) has its own reason and audit record and leaves the key as it was; material
-//! expires at its valid_to; and the *_SHA_256 algorithms follow the config switch.
+//! the past) has its own reason and audit record and leaves the key as it was; and the
+//! *_SHA_256 algorithms follow the config switch. Material expiring at its valid_to is
+//! in `import_expiry.rs` (a manual clock, in a test binary of its own).
 
 use std::time::{Duration, Instant};
 
 use hsmd_e2e::{
     Daemon,
     algorithms::openssl_verify,
+    configured::with_admin_policy,
     crypt::{decrypt, encrypt, plaintext_of},
     expect_ok,
     import::{
         OpensslKey, create_external, openssl_genpkey, openssl_kcv, openssl_rand, openssl_wrap,
         parameters,
     },
-    pkcs11::P11Object,
+    keys::{describe_key, unix_now},
     status::{describe, key_method},
     tools::write_file,
     v1::{
-        DeleteImportedKeyMaterialRequest, DescribeKeyRequest, EncryptionAlgorithm,
-        GetParametersForImportRequest, GetPublicKeyRequest, ImportKeyMaterialRequest, KeyMetadata,
-        KeySpec, KeyState, KeyUsage, MessageType, SignRequest, SigningAlgorithm, WrappingAlgorithm,
+        DeleteImportedKeyMaterialRequest, EncryptionAlgorithm, GetParametersForImportRequest,
+        GetPublicKeyRequest, ImportKeyMaterialRequest, KeySpec, KeyState, KeyUsage, MessageType,
+        SignRequest, SigningAlgorithm, WrappingAlgorithm,
     },
 };
 use tonic::Code;
-
-const ADMIN_POLICY: &str = r#"
-[[policy.rules]]
-principals = ["spiffe://hsmd.dev/admin"]
-actions = ["*"]
-keys = ["*"]
-"#;
-
-fn now_secs() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs() as i64
-}
-
-async fn describe_key(d: &Daemon, key: &str) -> KeyMetadata {
-    let (r, _) = expect_ok(
-        d.keys()
-            .describe_key(DescribeKeyRequest {
-                key_id: key.to_string(),
-            })
-            .await,
-        "DescribeKey",
-    );
-    r.key.expect("metadata")
-}
 
 async fn import(
     d: &Daemon,
@@ -71,18 +47,11 @@ async fn import(
 }
 
 /// The token objects labelled with the key id.
-fn objects_of(d: &Daemon, key: &str) -> Vec<P11Object> {
-    d.token_objects(true)
-        .into_iter()
-        .filter(|o| o.field("label") == key)
-        .collect()
-}
-
 /// Imported private/secret objects: sensitive and not extractable (PKCS#11 reports
 /// them as neither "always sensitive" nor "never extractable", which is right for
 /// material that existed outside the token).
 fn assert_protected(d: &Daemon, key: &str, pair: bool) {
-    let objs = objects_of(d, key);
+    let objs = d.objects_of(key);
     let private: Vec<_> = objs.iter().filter(|o| !o.is_public_key()).collect();
     assert_eq!(
         private.len(),
@@ -126,7 +95,7 @@ async fn import_and_sign(spec: KeySpec, alg: SigningAlgorithm) {
     let key = create_external(&mut keys, spec, KeyUsage::SignVerify).await;
     let before = describe_key(&d, &key).await;
     assert_eq!(before.state, KeyState::PendingImport as i32, "{spec:?}");
-    assert!(objects_of(&d, &key).is_empty(), "{spec:?}: no material yet");
+    assert!(d.objects_of(&key).is_empty(), "{spec:?}: no material yet");
     let material: OpensslKey = openssl_genpkey(&dir, "mine", spec);
     let (p, wrap_pem) =
         parameters(&mut keys, &dir, &key, WrappingAlgorithm::RsaAesKeyWrapSha1).await;
@@ -230,7 +199,7 @@ async fn ed25519_import_is_refused_clearly_on_softhsm() {
         describe_key(&d, &key).await.state,
         KeyState::PendingImport as i32
     );
-    assert!(objects_of(&d, &key).is_empty(), "nothing left in the token");
+    assert!(d.objects_of(&key).is_empty(), "nothing left in the token");
 }
 
 /// AES-256 by RSAES_OAEP_SHA_1 and AES-128 by RSA_AES_KEY_WRAP_SHA_1: the key check
@@ -293,10 +262,8 @@ async fn imported_aes_keys_have_openssl_check_values_and_decrypt() {
 /// with nothing in the token; then the right material still imports.
 #[tokio::test]
 async fn refused_imports_leave_the_key_as_it_was() {
-    let (d, _) = Daemon::start_configured(&format!(
-        "{ADMIN_POLICY}\n[import]\ntoken_lifetime_secs = 2\n"
-    ))
-    .await;
+    let (d, _) =
+        Daemon::start_configured(&with_admin_policy("[import]\ntoken_lifetime_secs = 2\n")).await;
     let dir = d.scratch();
     let mut keys = d.keys();
     let method = key_method("ImportKeyMaterial");
@@ -315,7 +282,7 @@ async fn refused_imports_leave_the_key_as_it_was() {
                 "{what}: the key is still PENDING_IMPORT"
             );
             assert!(
-                objects_of(d, &key).is_empty(),
+                d.objects_of(&key).is_empty(),
                 "{what}: nothing left in the token"
             );
         }
@@ -442,7 +409,7 @@ async fn refused_imports_leave_the_key_as_it_was() {
     );
     assert_eq!(gone.key.expect("key").state, KeyState::PendingImport as i32);
     assert!(
-        objects_of(&d, &key).is_empty(),
+        d.objects_of(&key).is_empty(),
         "material destroyed in the token"
     );
     let different_path = dir.join("aes-other");
@@ -480,7 +447,7 @@ async fn refused_imports_leave_the_key_as_it_was() {
         "KEY_MATERIAL_SPEC_MISMATCH",
     );
     assert!(
-        objects_of(&d, &rsa).is_empty(),
+        d.objects_of(&rsa).is_empty(),
         "nothing left of the RSA-3072 key"
     );
     let ec = openssl_genpkey(&dir, "ec", KeySpec::EcP256);
@@ -491,10 +458,7 @@ async fn refused_imports_leave_the_key_as_it_was() {
         Code::InvalidArgument,
         "KEY_MATERIAL_SPEC_MISMATCH",
     );
-    assert!(
-        objects_of(&d, &rsa).is_empty(),
-        "nothing left of the EC key"
-    );
+    assert!(d.objects_of(&rsa).is_empty(), "nothing left of the EC key");
     let r = keys
         .get_parameters_for_import(GetParametersForImportRequest {
             key_id: rsa.clone(),
@@ -632,7 +596,7 @@ async fn sha256_wrapping_is_refused_by_default() {
     );
     assert_eq!(p.wrapping_key_spec, KeySpec::Rsa2048 as i32);
     let expiry = p.parameters_valid_to.expect("expiry").seconds;
-    let now = now_secs();
+    let now = unix_now();
     assert!(
         (expiry - now - 86_400).abs() < 120,
         "tokens live 24 hours: {expiry} vs {now}"
@@ -642,8 +606,8 @@ async fn sha256_wrapping_is_refused_by_default() {
 /// With `import.allow_host_oaep_sha256 = true` both *_SHA_256 algorithms import.
 #[tokio::test]
 async fn sha256_wrapping_works_with_the_host_decode_switch() {
-    let (d, _) = Daemon::start_configured(&format!(
-        "{ADMIN_POLICY}\n[import]\nallow_host_oaep_sha256 = true\n"
+    let (d, _) = Daemon::start_configured(&with_admin_policy(
+        "[import]\nallow_host_oaep_sha256 = true\n",
     ))
     .await;
     let dir = d.scratch();
@@ -689,78 +653,6 @@ async fn sha256_wrapping_works_with_the_host_decode_switch() {
     assert_eq!(public.public_key_der, material.public_der);
 }
 
-/// valid_to: the key works until then; afterwards it is refused at once, and the sweep
-/// destroys the material (audited as hsmd/ExpireKeyMaterial) and the key returns to
-/// PENDING_IMPORT.
-#[tokio::test]
-async fn material_expires_at_valid_to() {
-    let (d, _) = Daemon::start_configured(&format!(
-        "{ADMIN_POLICY}\n[lifecycle]\nsweep_interval_secs = 1\n"
-    ))
-    .await;
-    let dir = d.scratch();
-    let mut keys = d.keys();
-    let key = create_external(&mut keys, KeySpec::Aes256, KeyUsage::EncryptDecrypt).await;
-    openssl_rand(&dir, "aes", 32);
-    let alg = WrappingAlgorithm::RsaesOaepSha1;
-    let (p, pem) = parameters(&mut keys, &dir, &key, alg).await;
-    let wrapped = openssl_wrap(&dir, &pem, alg, &dir.join("aes"));
-    let valid_to = now_secs() + 4;
-    let (r, _) = expect_ok(
-        keys.import_key_material(ImportKeyMaterialRequest {
-            key_id: key.clone(),
-            import_token: p.import_token.clone(),
-            encrypted_key_material: wrapped,
-            valid_to: Some(prost_types::Timestamp {
-                seconds: valid_to,
-                nanos: 0,
-            }),
-            ..Default::default()
-        })
-        .await,
-        "ImportKeyMaterial with valid_to",
-    );
-    assert_eq!(
-        r.key.expect("key").valid_to.map(|t| t.seconds),
-        Some(valid_to)
-    );
-    let deadline = Instant::now() + Duration::from_secs(90);
-    loop {
-        let meta = describe_key(&d, &key).await;
-        if meta.state == KeyState::PendingImport as i32 {
-            assert!(meta.valid_to.is_none() && meta.import_time.is_none());
-            break;
-        }
-        assert!(Instant::now() < deadline, "material not expired: {meta:?}");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    assert!(
-        objects_of(&d, &key).is_empty(),
-        "expired material destroyed in the token"
-    );
-    let expired: Vec<_> = d
-        .audit_lines()
-        .into_iter()
-        .filter(|l| l.str("method") == "hsmd/ExpireKeyMaterial" && l.str("key_id") == key)
-        .collect();
-    assert_eq!(expired.len(), 1, "one audit record of the expiry");
-    assert_eq!(expired[0].str("outcome"), "ok");
-    let r = encrypt(
-        &mut keys,
-        &key,
-        EncryptionAlgorithm::SymmetricDefault,
-        b"x",
-        b"",
-    )
-    .await;
-    d.assert_refused(
-        r,
-        &key_method("Encrypt"),
-        Code::FailedPrecondition,
-        "KEY_PENDING_IMPORT",
-    );
-}
-
 /// Concurrent imports into one key: exactly one succeeds, the others are refused
 /// (INVALID_KEY_STATE: the key already holds material) and the token holds exactly one
 /// private and one public object for the key.
@@ -799,7 +691,7 @@ async fn concurrent_imports_into_one_key_make_one_set_of_objects() {
         }
     }
     assert_eq!(ok, 1, "exactly one import wins");
-    let objs = objects_of(&d, &key);
+    let objs = d.objects_of(&key);
     assert_eq!(
         objs.iter().filter(|o| o.is_private_key()).count(),
         1,
@@ -846,9 +738,9 @@ async fn imported_rsa_key_decrypts_openssl_ciphertexts() {
 #[tokio::test]
 async fn the_sweep_destroys_wrapping_keys_no_import_token_names() {
     const LIFETIME: u64 = 5;
-    let (mut d, _) = Daemon::start_configured(&format!(
-        "{ADMIN_POLICY}\n[import]\ntoken_lifetime_secs = {LIFETIME}\n[lifecycle]\nsweep_interval_secs = 1\n"
-    ))
+    let (mut d, _) = Daemon::start_configured(&with_admin_policy(&format!(
+        "[import]\ntoken_lifetime_secs = {LIFETIME}\n[lifecycle]\nsweep_interval_secs = 1\n"
+    )))
     .await;
     d.kill_hard();
     let orphan = hex::encode([b"hsmd-wrap:".as_slice(), uuid::Uuid::new_v4().as_bytes()].concat());

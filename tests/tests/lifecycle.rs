@@ -2,38 +2,18 @@
 //! record: signing with a DISABLED or PENDING_DELETION key, and deletion windows outside
 //! 7..30 days. The allowed transitions around them are shown to work.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use hsmd_e2e::{
     Daemon,
     algorithms::{create_key, sign},
     expect_ok,
+    keys::{describe_key, state_of, unix_now},
     status::key_method,
     v1::{
-        CancelKeyDeletionRequest, DescribeKeyRequest, DisableKeyRequest, EnableKeyRequest, KeySpec,
-        KeyState, MessageType, ScheduleKeyDeletionRequest, SigningAlgorithm,
+        CancelKeyDeletionRequest, DisableKeyRequest, EnableKeyRequest, KeySpec, KeyState,
+        MessageType, ScheduleKeyDeletionRequest, SigningAlgorithm,
     },
 };
 use tonic::Code;
-
-async fn describe_key(d: &Daemon, key_id: &str) -> hsmd_e2e::v1::KeyMetadata {
-    let req = DescribeKeyRequest {
-        key_id: key_id.to_owned(),
-    };
-    let (resp, _) = expect_ok(d.keys().describe_key(req).await, "DescribeKey");
-    resp.key.expect("DescribeKeyResponse.key")
-}
-
-fn state_of(meta: &hsmd_e2e::v1::KeyMetadata) -> KeyState {
-    KeyState::try_from(meta.state).unwrap_or(KeyState::Unspecified)
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970")
-        .as_secs() as i64
-}
 
 #[tokio::test]
 async fn disabled_key_cannot_sign() {

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use hsmd_e2e::{
-    Daemon,
+    ADMIN_PRINCIPAL, Daemon,
     algorithms::sign,
     expect_error, expect_ok,
     status::key_method,
@@ -18,7 +18,6 @@ use hsmd_e2e::{
 };
 use tonic::{Code, transport::Channel};
 
-const ADMIN: &str = "spiffe://hsmd.dev/admin";
 const APP: &str = "spiffe://hsmd.dev/payments/api";
 const AUDITOR: &str = "spiffe://hsmd.dev/security";
 
@@ -31,7 +30,7 @@ actions = [{app_actions}]
 keys = [{app_keys}]
 
 [[policy.rules]]
-principals = ["{ADMIN}"]
+principals = ["{ADMIN_PRINCIPAL}"]
 actions = ["manage"]
 keys = ["*"]
 
@@ -57,7 +56,7 @@ async fn create(keys: &mut KeyServiceClient<Channel>, alias: &str, team: &str) -
     let key = resp.key.expect("key");
     assert_eq!(
         key.tags.get("created-by").map(String::as_str),
-        Some(ADMIN),
+        Some(ADMIN_PRINCIPAL),
         "created-by tag: {key:?}"
     );
     key.key_id
@@ -104,7 +103,7 @@ async fn each_principal_does_exactly_its_grants_and_sighup_reloads() {
         Code::PermissionDenied,
         "ACCESS_DENIED",
     );
-    assert_eq!(rec.str("principal"), ADMIN);
+    assert_eq!(rec.str("principal"), ADMIN_PRINCIPAL);
     assert_eq!(rec.str("outcome"), "denied");
     expect_ok(
         admin

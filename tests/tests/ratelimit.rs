@@ -11,18 +11,14 @@ use hsmd_e2e::{
     Daemon,
     algorithms::{create_key, sign},
     configured::Proxy,
+    configured::with_admin_policy,
     reason_of,
     v1::{CreateKeyRequest, KeySpec, KeyUsage, ListKeysRequest, MessageType, SigningAlgorithm},
 };
 use tonic::Code;
 use tonic_types::StatusExt;
 
-const LIMITED: &str = r#"
-[[policy.rules]]
-principals = ["spiffe://hsmd.dev/admin"]
-actions = ["*"]
-keys = ["*"]
-
+const LIMITS: &str = r#"
 [rate_limits]
 sign = "10/s burst 5"
 "#;
@@ -37,7 +33,7 @@ async fn client(d: &Daemon, retry: RetryPolicy) -> Client {
 
 #[tokio::test]
 async fn burst_over_the_limit_is_throttled_with_a_retry_delay() {
-    let (d, _) = Daemon::start_configured(LIMITED).await;
+    let (d, _) = Daemon::start_configured(&with_admin_policy(LIMITS)).await;
     let key = create_key(&mut d.keys(), KeySpec::EcP256, "limited").await;
     let mut tasks = Vec::new();
     for i in 0..20u8 {
@@ -114,7 +110,7 @@ async fn burst_over_the_limit_is_throttled_with_a_retry_delay() {
 
 #[tokio::test]
 async fn client_with_retries_completes_every_call() {
-    let (d, _) = Daemon::start_configured(LIMITED).await;
+    let (d, _) = Daemon::start_configured(&with_admin_policy(LIMITS)).await;
     let key = create_key(&mut d.keys(), KeySpec::EcP256, "retried").await;
     let retry = RetryPolicy {
         max_attempts: 30,
