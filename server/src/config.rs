@@ -150,7 +150,7 @@ pub struct Config {
     /// Token buckets per principal, by operation class; absent classes are unlimited.
     pub(crate) rate_limits: HashMap<LimitClass, Rate>,
     /// How often the lifecycle task looks for keys to destroy.
-    pub(crate) sweep_interval: Duration,
+    pub sweep_interval: Duration,
     /// Key import settings.
     pub(crate) import: ImportConfig,
 }

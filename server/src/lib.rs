@@ -12,9 +12,11 @@
 //! Almost everything is private to the crate. What other crates of the workspace use is
 //! public on purpose:
 //!
-//! - [`server::run`] and [`server::run_with_clock`]: start the daemon (the `hsmd` binary;
-//!   the tests' in-process harness, with a [`clock::ManualClock`]);
-//! - [`config::Config`]: load and validate a config file;
+//! - [`server::run`], [`server::run_with_clock`] and [`server::run_until`]: start the
+//!   daemon (the `hsmd` binary; the tests' in-process harness, with a
+//!   [`clock::ManualClock`] and its own stop signal);
+//! - [`config::Config`]: load and validate a config file (its `hsm` and `sweep_interval`
+//!   are public: hsmd-bench opens the same token, the harness sweeps often);
 //! - [`dev`]: the provisioning of `hsmd dev` (the binary, `hsmd-bench`, the tests);
 //! - [`clock`] and [`domain`]: time, and the vocabulary of keys;
 //! - [`baseline`]: the PKCS#11 pieces `hsmd-bench`'s raw side shares with hsmd, so that
