@@ -4,8 +4,8 @@
 //! Defined once, here, because both ends need them: the server names the reason of each
 //! error variant by type, and the client matches on the same enum instead of on strings.
 //! It is a Rust enum, not a proto message: on the wire a reason stays a string, and
-//! [`Reason::as_str`] is that string, byte for byte. Which gRPC code goes with which
-//! reason is the server's mapping (`api/status.rs`), listed in the README.
+//! [`Reason::as_str`] is that string, byte for byte. Each reason has one gRPC code
+//! ([`Reason::code`]), the README's error table.
 
 use std::fmt;
 use std::str::FromStr;
@@ -144,6 +144,55 @@ impl Reason {
             Reason::RateLimited | Reason::TokenUnavailable | Reason::AuditUnavailable
         )
     }
+
+    /// The gRPC code every error with this reason carries (the README's error table,
+    /// read by reason). The server derives its status codes from here, so an error's
+    /// code follows from its type: type -> reason -> code.
+    pub const fn code(self) -> tonic::Code {
+        use tonic::Code;
+        match self {
+            Reason::InvalidArgument
+            | Reason::InvalidKeyId
+            | Reason::MessageTooLarge
+            | Reason::DigestLengthMismatch
+            | Reason::AlgorithmNotAllowed
+            | Reason::InvalidDeletionWindow
+            | Reason::InvalidAlias
+            | Reason::UnsupportedKeySpec
+            | Reason::IdempotencyMismatch
+            | Reason::PlaintextTooLarge
+            | Reason::InvalidCiphertext
+            | Reason::DecryptionFailed
+            | Reason::InvalidImportToken
+            | Reason::ImportTokenWrongKey
+            | Reason::InvalidWrappedKeyMaterial
+            | Reason::KeyMaterialSpecMismatch
+            | Reason::KeyMaterialMismatch
+            | Reason::InvalidValidTo
+            | Reason::PublicKeyMismatch
+            | Reason::InvalidSubject
+            | Reason::InvalidSan
+            | Reason::InvalidCertificate => Code::InvalidArgument,
+            Reason::KeyNotFound | Reason::AliasNotFound | Reason::CertificateNotFound => {
+                Code::NotFound
+            }
+            Reason::AliasExists => Code::AlreadyExists,
+            Reason::KeyDisabled
+            | Reason::KeyPendingDeletion
+            | Reason::KeyPendingImport
+            | Reason::KeyDestroyed
+            | Reason::WrongKeyUsage
+            | Reason::InvalidKeyState
+            | Reason::ImportTokenExpired
+            | Reason::ImportTokenSuperseded
+            | Reason::CertificateKeyMismatch => Code::FailedPrecondition,
+            Reason::NoClientIdentity => Code::Unauthenticated,
+            Reason::AccessDenied => Code::PermissionDenied,
+            Reason::RateLimited => Code::ResourceExhausted,
+            Reason::TokenUnavailable | Reason::AuditUnavailable => Code::Unavailable,
+            Reason::Internal => Code::Internal,
+        }
+    }
 }
 
 impl fmt::Display for Reason {
@@ -216,6 +265,21 @@ mod tests {
             Reason::ALL.len(),
             "wire strings are distinct"
         );
+    }
+
+    #[test]
+    fn retryable_reasons_and_retryable_codes_agree() {
+        // hsm-client falls back to the code for a reason it does not know: the codes it
+        // retries must be exactly those of the retryable reasons.
+        use tonic::Code;
+        for &r in Reason::ALL {
+            let retry_code = matches!(r.code(), Code::Unavailable | Code::ResourceExhausted);
+            assert_eq!(r.is_retryable(), retry_code, "{r:?} with {:?}", r.code());
+            assert_ne!(r.code(), Code::Ok, "{r:?}");
+        }
+        assert_eq!(Reason::KeyNotFound.code(), Code::NotFound);
+        assert_eq!(Reason::ImportTokenExpired.code(), Code::FailedPrecondition);
+        assert_eq!(Reason::ImportTokenWrongKey.code(), Code::InvalidArgument);
     }
 
     #[test]

@@ -63,6 +63,58 @@ pub async fn run_until<S: std::future::Future<Output = ()>>(
     on_bound: impl FnOnce(SocketAddr) -> anyhow::Result<()>,
     shutdown: impl FnOnce() -> S,
 ) -> anyhow::Result<()> {
+    let state = open_state(&cfg, clock).await?;
+    tracing::info!(rules = cfg.policy.len(), "policy loaded");
+    tokio::spawn(reload_on_sighup(state.clone(), cfg.source.clone()));
+    reconcile(&state).await;
+    sweep(&state).await;
+    tokio::spawn(sweep_loop(state.clone(), cfg.sweep_interval));
+
+    let acceptor = TlsAcceptor::from(Arc::new(tls_config(&cfg.tls)?));
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("listen on {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    let incoming = tls_incoming(listener, acceptor);
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<KeyServiceServer<KeyApi>>().await;
+    health.set_serving::<AuditServiceServer<AuditApi>>().await;
+    health
+        .set_serving::<CertificateServiceServer<CertApi>>()
+        .await;
+    // Both reflection versions: grpcurl before 1.9 and many tools speak only v1alpha.
+    let reflection = reflection_builder().build_v1()?;
+    let reflection_alpha = reflection_builder().build_v1alpha()?;
+    let shutdown = shutdown();
+    on_bound(addr)?;
+    tracing::info!(%addr, "serving");
+    Server::builder()
+        .layer(tower_layer::layer_fn(crate::api::complete::RunToCompletion))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(reflection_alpha)
+        .add_service(KeyServiceServer::new(KeyApi::new(state.clone())))
+        .add_service(AuditServiceServer::new(AuditApi::new(state.clone())))
+        .add_service(TokenServiceServer::new(TokenApi::new(state.clone())))
+        .add_service(CertificateServiceServer::new(CertApi::new(state.clone())))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await?;
+    match state.audit.close().await {
+        Ok(head) => tracing::info!(
+            sequence = head.sequence,
+            "audit log sealed with a checkpoint"
+        ),
+        Err(e) => tracing::error!(error = %e, "final audit checkpoint not written"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Opens what every service shares, in start-up order: the token (and its probed
+/// capabilities), the metadata store, the audit log (signed by the token's audit key),
+/// the key manager and the policy.
+async fn open_state(cfg: &Config, clock: SharedClock) -> anyhow::Result<ApiState> {
     let hsm_cfg = cfg.hsm.clone();
     let backend = tokio::task::spawn_blocking(move || Pkcs11Backend::open(&hsm_cfg)).await??;
     let backend = Arc::new(backend);
@@ -93,64 +145,19 @@ pub async fn run_until<S: std::future::Future<Output = ()>>(
             }
         }
     }
-    let state = ApiState {
+    Ok(ApiState {
         keys,
         audit,
         auth: Arc::new(Authorizer::new(cfg.policy.clone(), cfg.rate_limits.clone())),
-    };
-    tracing::info!(rules = cfg.policy.len(), "policy loaded");
-    tokio::spawn(reload_on_sighup(state.clone(), cfg.source.clone()));
-    reconcile(&state).await;
-    sweep(&state).await;
-    tokio::spawn(sweep_loop(state.clone(), cfg.sweep_interval));
+    })
+}
 
-    let acceptor = TlsAcceptor::from(Arc::new(tls_config(&cfg.tls)?));
-    let listener = TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("listen on {}", cfg.listen))?;
-    let addr = listener.local_addr()?;
-    let incoming = tls_incoming(listener, acceptor);
-
-    let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<KeyServiceServer<KeyApi>>().await;
-    health.set_serving::<AuditServiceServer<AuditApi>>().await;
-    health
-        .set_serving::<CertificateServiceServer<CertApi>>()
-        .await;
-    // Both reflection versions: grpcurl before 1.9 and many tools speak only v1alpha.
-    let reflection = tonic_reflection::server::Builder::configure()
+/// Server reflection over hsmd's, health's and the error details' descriptors.
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
         .register_encoded_file_descriptor_set(hsmd_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-        .build_v1()?;
-    let reflection_alpha = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(hsmd_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-        .build_v1alpha()?;
-    let shutdown = shutdown();
-    on_bound(addr)?;
-    tracing::info!(%addr, "serving");
-    Server::builder()
-        .layer(tower_layer::layer_fn(crate::api::complete::RunToCompletion))
-        .add_service(health_service)
-        .add_service(reflection)
-        .add_service(reflection_alpha)
-        .add_service(KeyServiceServer::new(KeyApi::new(state.clone())))
-        .add_service(AuditServiceServer::new(AuditApi::new(state.clone())))
-        .add_service(TokenServiceServer::new(TokenApi::new(state.clone())))
-        .add_service(CertificateServiceServer::new(CertApi::new(state.clone())))
-        .serve_with_incoming_shutdown(incoming, shutdown)
-        .await?;
-    match state.audit.close().await {
-        Ok(head) => tracing::info!(
-            sequence = head.sequence,
-            "audit log sealed with a checkpoint"
-        ),
-        Err(e) => tracing::error!(error = %e, "final audit checkpoint not written"),
-    }
-    tracing::info!("stopped");
-    Ok(())
 }
 
 /// Signs audit checkpoints with the token's audit key (created on first start).

@@ -4,7 +4,7 @@
 //!
 //! Every call goes through one bracket, written once here:
 //!
-//! ```ignore
+//! ```text
 //! self.state
 //!     .call(req, method!("Verify"))                 // begin: request id, caller
 //!     .decode(|call, r| { /* notes a refused call keeps too */ r })   // optional

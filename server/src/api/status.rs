@@ -60,51 +60,10 @@ fn key_phrase(key: &Option<String>) -> String {
 }
 
 impl ApiError {
-    /// gRPC code of this error.
+    /// gRPC code of this error: its reason's (`Reason::code`), so the code follows
+    /// from the error's type and never disagrees with the reason.
     pub(crate) fn code(&self) -> Code {
-        match self {
-            ApiError::Unauthenticated => Code::Unauthenticated,
-            ApiError::AccessDenied { .. } => Code::PermissionDenied,
-            ApiError::RateLimited { .. } => Code::ResourceExhausted,
-            ApiError::AuditUnavailable => Code::Unavailable,
-            ApiError::Cert(c) => cert_code(c),
-            ApiError::Key(k) => match k {
-                KeyError::InvalidArgument(_)
-                | KeyError::UsageNotAllowed { .. }
-                | KeyError::DigestNotOffered { .. }
-                | KeyError::InvalidPageToken
-                | KeyError::EmptyPlaintext
-                | KeyError::EncryptionAlgorithmRequired { .. }
-                | KeyError::AadNotAllowed { .. }
-                | KeyError::AadTooLarge { .. }
-                | KeyError::DataKeySpecNotOffered(_)
-                | KeyError::WrappingKeySpecNotOffered(_)
-                | KeyError::PublicKeyNotExpected { .. }
-                | KeyError::InvalidPublicKey(_)
-                | KeyError::InvalidKeyId(_)
-                | KeyError::MessageTooLarge { .. }
-                | KeyError::DigestLength { .. }
-                | KeyError::AlgorithmNotAllowed { .. }
-                | KeyError::InvalidDeletionWindow(_)
-                | KeyError::InvalidAlias(_)
-                | KeyError::IdempotencyMismatch(_)
-                | KeyError::UnsupportedKeySpec(_)
-                | KeyError::PlaintextTooLarge { .. }
-                | KeyError::InvalidCiphertext(_)
-                | KeyError::DecryptionFailed => Code::InvalidArgument,
-                KeyError::Import { reason, .. } if reason.is_precondition() => {
-                    Code::FailedPrecondition
-                }
-                KeyError::Import { .. } => Code::InvalidArgument,
-                KeyError::KeyNotFound(_) | KeyError::AliasNotFound(_) => Code::NotFound,
-                KeyError::AliasExists(_) => Code::AlreadyExists,
-                KeyError::KeyState { .. }
-                | KeyError::InvalidKeyState(_)
-                | KeyError::WrongUsage { .. } => Code::FailedPrecondition,
-                KeyError::Unavailable(_) => Code::Unavailable,
-                KeyError::Internal(_) => Code::Internal,
-            },
-        }
+        self.reason().code()
     }
 
     /// Stable reason (google.rpc.ErrorInfo.reason, and the audit record's `reason`).
@@ -158,25 +117,6 @@ impl ApiError {
 }
 
 /// gRPC code of a certificate error (its key errors are mapped as `ApiError::Key`).
-fn cert_code(e: &CertError) -> Code {
-    match e {
-        CertError::Subject(_)
-        | CertError::San(_)
-        | CertError::InvalidArgument(_)
-        | CertError::ValidityDays { .. }
-        | CertError::ValidityEnd(_)
-        | CertError::KeyUsageNotForSpec { .. }
-        | CertError::NoPublicKey(_)
-        | CertError::CannotSign(_)
-        | CertError::ToBeSignedTooLarge { .. }
-        | CertError::InvalidCertificate(_) => Code::InvalidArgument,
-        CertError::KeyMismatch { .. } => Code::FailedPrecondition,
-        CertError::NotFound(_) => Code::NotFound,
-        // Never built: `From<CertError>` turns key errors into `ApiError::Key`.
-        CertError::Key(_) => Code::Internal,
-    }
-}
-
 /// Name of a gRPC code as written in audit records ("OK", "INVALID_ARGUMENT"...).
 pub(crate) fn code_name(code: Code) -> &'static str {
     match code {

@@ -85,8 +85,10 @@ impl ImportReason {
     }
 
     /// FAILED_PRECONDITION (the request was fine once; the system moved on) rather than
-    /// INVALID_ARGUMENT.
-    pub(crate) fn is_precondition(self) -> bool {
+    /// INVALID_ARGUMENT. The status code itself comes from the reason (`Reason::code`);
+    /// this states the rule for the tests below.
+    #[cfg(test)]
+    fn is_precondition(self) -> bool {
         matches!(self, Self::ImportTokenExpired | Self::ImportTokenSuperseded)
     }
 
