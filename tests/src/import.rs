@@ -8,10 +8,12 @@ use std::process::Command;
 
 use tonic::transport::Channel;
 
+use crate::Instance;
 use crate::tools::{run, write_file};
 use crate::v1::{
-    CreateKeyRequest, GetParametersForImportRequest, GetParametersForImportResponse, KeyOrigin,
-    KeySpec, KeyUsage, WrappingAlgorithm, key_service_client::KeyServiceClient,
+    CreateKeyRequest, GetParametersForImportRequest, GetParametersForImportResponse,
+    ImportKeyMaterialRequest, ImportKeyMaterialResponse, KeyOrigin, KeySpec, KeyUsage,
+    WrappingAlgorithm, key_service_client::KeyServiceClient,
 };
 
 /// A private key made by openssl: PKCS#8 DER, and its public half (PEM and DER).
@@ -210,4 +212,22 @@ pub async fn parameters(
         p.public_key_pem.as_bytes(),
     );
     (p, pem)
+}
+
+/// ImportKeyMaterial as the dev admin, with no public key and no valid_to; the result
+/// as it came, for the test to expect or refuse.
+pub async fn import_material(
+    d: &Instance,
+    key: &str,
+    token: &[u8],
+    wrapped: Vec<u8>,
+) -> Result<tonic::Response<ImportKeyMaterialResponse>, tonic::Status> {
+    d.keys()
+        .import_key_material(ImportKeyMaterialRequest {
+            key_id: key.to_string(),
+            import_token: token.to_vec(),
+            encrypted_key_material: wrapped,
+            ..Default::default()
+        })
+        .await
 }
