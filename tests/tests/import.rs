@@ -33,7 +33,6 @@ use hsmd_e2e::{
 };
 use tonic::Code;
 
-/// The token objects labelled with the key id.
 /// Imported private/secret objects: sensitive and not extractable (PKCS#11 reports
 /// them as neither "always sensitive" nor "never extractable", which is right for
 /// material that existed outside the token).
