@@ -86,6 +86,35 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
+    let (spec, algorithm) = checked(&args)?;
+    let tmp = tempfile::tempdir()?;
+    let dir = args
+        .data_dir
+        .clone()
+        .unwrap_or_else(|| tmp.path().to_path_buf());
+    // Provisioning sets SOFTHSM2_CONF for this process: before any thread exists.
+    let config_path = hsmd::dev::provision(&dir, "127.0.0.1:0")?;
+    let config = hsmd::config::Config::load(&config_path)?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
+    let side = runtime.block_on(HsmdSide::start(&args, &dir, spec, algorithm))?;
+    let raw_spec = raw::RawSpec {
+        op: args.op,
+        spec,
+        algorithm,
+        threads: args.concurrency,
+    };
+    let mut raw = raw::RawBench::open(&config, &raw_spec)?;
+    let run = run_rounds(&args, &runtime, &side, &mut raw)?;
+    raw.close()?;
+    let rss = side.stop();
+    report(&args, spec, algorithm, &run, rss);
+    Ok(())
+}
+
+/// Refuses flag combinations that cannot run; the key spec and algorithm to use.
+fn checked(args: &Args) -> anyhow::Result<(KeySpec, SigningAlgorithm)> {
     if args.stream && args.op != BenchOp::Sign {
         bail!("--stream works with --op sign only");
     }
@@ -99,32 +128,35 @@ fn main() -> anyhow::Result<()> {
     }
     let algorithm = SigningAlgorithm::from_name(&args.algorithm.to_uppercase())
         .context("--algorithm: unknown")?;
-    let tmp = tempfile::tempdir()?;
-    let dir = args
-        .data_dir
-        .clone()
-        .unwrap_or_else(|| tmp.path().to_path_buf());
-    // Provisioning sets SOFTHSM2_CONF for this process: before any thread exists.
-    let config_path = hsmd::dev::provision(&dir, "127.0.0.1:0")?;
-    let config = hsmd::config::Config::load(&config_path)?;
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    Ok((spec, algorithm))
+}
+
+/// Both sides over every round, pooled, with each round's ratio.
+struct Run {
+    raw: Samples,
+    hsmd: Samples,
+    rounds: Vec<Round>,
+    first_error: Option<String>,
+}
+
+/// Measures raw and hsmd in `args.rounds` alternating rounds (the warm-up only in the
+/// first).
+fn run_rounds(
+    args: &Args,
+    runtime: &tokio::runtime::Runtime,
+    side: &HsmdSide,
+    raw: &mut raw::RawBench,
+) -> anyhow::Result<Run> {
     let length = args
         .calls
         .map(Length::Calls)
         .unwrap_or(Length::Duration(args.duration));
-
-    let side = runtime.block_on(HsmdSide::start(&args, &dir, spec, algorithm))?;
-    let raw_spec = raw::RawSpec {
-        op: args.op,
-        spec,
-        algorithm,
-        threads: args.concurrency,
+    let mut run = Run {
+        raw: Samples::default(),
+        hsmd: Samples::default(),
+        rounds: Vec::new(),
+        first_error: None,
     };
-    let mut raw = raw::RawBench::open(&config, &raw_spec)?;
-    let (mut raw_all, mut hsmd_all) = (Samples::default(), Samples::default());
-    let (mut rounds, mut first_error) = (Vec::new(), None);
     for round in 0..args.rounds {
         let warmup = if round == 0 {
             args.warmup
@@ -151,14 +183,17 @@ fn main() -> anyhow::Result<()> {
             let r = raw.measure(warmup, slice)?;
             (r, measure_hsmd())
         };
-        first_error = first_error.or(err);
-        rounds.push(Round::of(&r, &h));
-        raw_all.add(r);
-        hsmd_all.add(h);
+        run.first_error = run.first_error.or(err);
+        run.rounds.push(Round::of(&r, &h));
+        run.raw.add(r);
+        run.hsmd.add(h);
     }
-    raw.close()?;
-    let rss = side.stop();
-    let (raw_stats, hsmd_stats) = (raw_all.stats(), hsmd_all.stats());
+    Ok(run)
+}
+
+/// Prints the run as a table for people or one JSON object (`-o json`).
+fn report(args: &Args, spec: KeySpec, algorithm: SigningAlgorithm, run: &Run, rss: u64) {
+    let (raw_stats, hsmd_stats) = (run.raw.stats(), run.hsmd.stats());
     let ratio = if raw_stats.ops_per_sec > 0.0 {
         hsmd_stats.ops_per_sec / raw_stats.ops_per_sec
     } else {
@@ -171,35 +206,38 @@ fn main() -> anyhow::Result<()> {
             "stream": args.stream,
             "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
             "raw": raw_stats, "hsmd": hsmd_stats, "ratio": ratio, "hsmd_peak_rss_kib": rss,
-            "rounds": rounds.iter().map(Round::json).collect::<Vec<_>>(),
-            "first_error": first_error,
+            "rounds": run.rounds.iter().map(Round::json).collect::<Vec<_>>(),
+            "first_error": run.first_error,
         });
         println!("{v}");
-    } else {
-        println!(
-            "{} {} {} concurrency {} ({} connection(s){}), {} extra keys",
-            args.op_name(),
-            spec,
-            alg_name(args.op, algorithm),
-            args.concurrency,
-            args.connections,
-            if args.stream { ", SignStream" } else { "" },
-            args.extra_keys
-        );
-        print!(
-            "{}",
-            bench::table(&[("raw", &raw_stats), ("hsmd", &hsmd_stats)])
-        );
-        println!("ratio hsmd/raw: {ratio:.3}   hsmd peak RSS: {rss} KiB");
-        if rounds.len() > 1 {
-            let each: Vec<String> = rounds.iter().map(|r| format!("{:.3}", r.ratio)).collect();
-            println!("ratio per round: {}", each.join(" "));
-        }
-        if let Some(e) = first_error {
-            println!("first hsmd error: {e}");
-        }
+        return;
     }
-    Ok(())
+    println!(
+        "{} {} {} concurrency {} ({} connection(s){}), {} extra keys",
+        args.op_name(),
+        spec,
+        alg_name(args.op, algorithm),
+        args.concurrency,
+        args.connections,
+        if args.stream { ", SignStream" } else { "" },
+        args.extra_keys
+    );
+    print!(
+        "{}",
+        bench::table(&[("raw", &raw_stats), ("hsmd", &hsmd_stats)])
+    );
+    println!("ratio hsmd/raw: {ratio:.3}   hsmd peak RSS: {rss} KiB");
+    if run.rounds.len() > 1 {
+        let each: Vec<String> = run
+            .rounds
+            .iter()
+            .map(|r| format!("{:.3}", r.ratio))
+            .collect();
+        println!("ratio per round: {}", each.join(" "));
+    }
+    if let Some(e) = &run.first_error {
+        println!("first hsmd error: {e}");
+    }
 }
 
 impl Args {
