@@ -8,7 +8,6 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{alg_from_pb, alg_to_pb, ts};
 use super::{ApiError, ApiState, Call};
-use crate::audit::record::input_hash;
 use crate::auth::Action;
 use crate::csr::chain::{self, CertInfo};
 use crate::csr::ops::{self, CertRequest};
@@ -225,10 +224,7 @@ impl CertificateService for CertApi {
         req: Request<pb::ImportCertificateRequest>,
     ) -> Result<Response<pb::ImportCertificateResponse>, Status> {
         let call = self.state.call(req, method!("ImportCertificate"));
-        let call = call.decode(|call, r| {
-            call.event.input_sha256 = input_hash(&r.certificate_chain);
-            r
-        });
+        let call = call.note_input(|r| &r.certificate_chain);
         call.answer(Action::ImportCertificate, async |call, grant, r| {
             let input = r.certificate_chain;
             let (id, (info, len)) = self

@@ -28,7 +28,7 @@ impl KeyApi {
     ) -> Result<Response<pb::EncryptResponse>, Status> {
         let call = self.state.call(req, method!("Encrypt"));
         // The plaintext is in a wiping buffer from the start, refused call or not.
-        let call = call.decode(|_, mut r| {
+        let call = call.decode(|mut r| {
             let plaintext = Zeroizing::new(std::mem::take(&mut r.plaintext));
             (r, plaintext)
         });
@@ -59,10 +59,7 @@ impl KeyApi {
         req: Request<pb::DecryptRequest>,
     ) -> Result<Response<pb::DecryptResponse>, Status> {
         let call = self.state.call(req, method!("Decrypt"));
-        let call = call.decode(|call, r| {
-            call.event.input_sha256 = input_hash(&r.ciphertext);
-            r
-        });
+        let call = call.note_input(|r| &r.ciphertext);
         call.answer(Action::Decrypt, async |call, grant, r| {
             let alg = enc_alg_from_pb(r.encryption_algorithm)?;
             note_algorithm(call, alg);

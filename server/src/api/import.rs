@@ -8,7 +8,6 @@ use tonic::{Request, Response, Status};
 
 use super::convert::{self, spec_from_pb, spec_to_pb, ts};
 use super::keys::{KeyApi, method};
-use crate::audit::record::input_hash;
 use crate::auth::Action;
 use crate::domain::spec::WrappingAlgorithm;
 use crate::keys::KeyError;
@@ -86,10 +85,7 @@ impl KeyApi {
         req: Request<pb::ImportKeyMaterialRequest>,
     ) -> Result<Response<pb::ImportKeyMaterialResponse>, Status> {
         let call = self.state.call(req, method!("ImportKeyMaterial"));
-        let call = call.decode(|call, r| {
-            call.event.input_sha256 = input_hash(&r.encrypted_key_material);
-            r
-        });
+        let call = call.note_input(|r| &r.encrypted_key_material);
         call.answer(Action::ImportKeyMaterial, async |call, grant, r| {
             let valid_to = match &r.valid_to {
                 None => None,

@@ -7,7 +7,7 @@
 //! ```text
 //! self.state
 //!     .call(req, method!("Verify"))                 // begin: request id, caller
-//!     .decode(|call, r| { /* notes a refused call keeps too */ r })   // optional
+//!     .note_input(|r| &r.message)                   // its hash, refused or not (optional)
 //!     .answer(Action::Verify, async |call, grant, r| { /* work */ })
 //!     .await                                        // authorize, work, audit, answer
 //! ```
@@ -35,6 +35,7 @@ use std::time::Instant;
 
 use tonic::{Request, Response, Status};
 
+use crate::audit::record::input_hash;
 use crate::audit::{AuditEvent, AuditLog, Outcome};
 use crate::auth::{Action, Authorizer, KeyFacts, Policy, principal_of};
 use crate::domain::record::KeyRecord;
@@ -318,9 +319,9 @@ impl ApiState {
     }
 }
 
-/// A call begun and not yet authorized: the one bracket of every handler. `decode`
-/// (optional) runs before authorization; `answer` authorizes, runs the work and
-/// answers only once the audit record is durable.
+/// A call begun and not yet authorized: the one bracket of every handler. `note_input`
+/// and `decode` (optional) run before authorization; `answer` authorizes, runs the
+/// work and answers only once the audit record is durable.
 pub(crate) struct Begun<'s, R> {
     state: &'s ApiState,
     call: Call,
@@ -333,16 +334,22 @@ impl<'s, R> Begun<'s, R> {
         Begun { state, call, req }
     }
 
-    /// Decodes the request before authorization: for what the audit record notes even
-    /// of a refused call (an input's hash), or a secret to hold in a wiping buffer.
-    pub(crate) fn decode<D>(self, f: impl FnOnce(&mut Call, R) -> D) -> Begun<'s, D> {
-        let Begun {
+    /// Reshapes the request before authorization, for a secret that must sit in a
+    /// wiping buffer from the start, refused call or not.
+    pub(crate) fn decode<D>(self, f: impl FnOnce(R) -> D) -> Begun<'s, D> {
+        let Begun { state, call, req } = self;
+        Begun {
             state,
-            mut call,
-            req,
-        } = self;
-        let req = f(&mut call, req);
-        Begun { state, call, req }
+            call,
+            req: f(req),
+        }
+    }
+
+    /// Notes the SHA-256 of the request's input (never the input) in the audit record
+    /// before authorization, so a refused call's record has it too.
+    pub(crate) fn note_input(mut self, input: impl FnOnce(&R) -> &[u8]) -> Self {
+        self.call.event.input_sha256 = input_hash(input(&self.req));
+        self
     }
 
     /// Authorizes `action`, runs `work` if allowed, makes the audit record durable and

@@ -7,7 +7,6 @@ use tonic::{Request, Response, Status};
 use super::convert::{alg_from_pb, mt_from_pb};
 use super::keys::{KeyApi, method};
 use super::{ApiError, Begun, Call, Grant, Identity};
-use crate::audit::record::input_hash;
 use crate::auth::Action;
 
 /// Requests of one SignStream worked on at once.
@@ -16,12 +15,6 @@ const STREAM_WINDOW: usize = 32;
 pub(super) type SignStream = std::pin::Pin<
     Box<dyn tokio_stream::Stream<Item = Result<pb::SignStreamResponse, Status>> + Send>,
 >;
-
-/// The audit record of a Sign request notes the message's hash, refused or not.
-fn note_message(call: &mut Call, r: pb::SignRequest) -> pb::SignRequest {
-    call.event.input_sha256 = input_hash(&r.message);
-    r
-}
 
 impl KeyApi {
     /// One Sign request, unary or from a stream (authorized by the bracket).
@@ -53,7 +46,8 @@ impl KeyApi {
         &self,
         req: Request<pb::SignRequest>,
     ) -> Result<Response<pb::SignResponse>, Status> {
-        let call = self.state.call(req, method!("Sign")).decode(note_message);
+        let call = self.state.call(req, method!("Sign"));
+        let call = call.note_input(|r| &r.message);
         call.answer(Action::Sign, async |call, grant, r| {
             self.sign_one(call, grant, r).await
         })
@@ -79,7 +73,7 @@ impl KeyApi {
                 let (api, who) = (api.clone(), who.clone());
                 async move {
                     let call = Call::with_identity(&who, method!("SignStream"));
-                    let call = Begun::new(&api.state, call, r).decode(note_message);
+                    let call = Begun::new(&api.state, call, r).note_input(|r| &r.message);
                     let (request_id, result) = call
                         .recorded(Action::Sign, async |call, grant, r| {
                             api.sign_one(call, grant, r).await
@@ -109,10 +103,7 @@ impl KeyApi {
         req: Request<pb::VerifyRequest>,
     ) -> Result<Response<pb::VerifyResponse>, Status> {
         let call = self.state.call(req, method!("Verify"));
-        let call = call.decode(|call, r| {
-            call.event.input_sha256 = input_hash(&r.message);
-            r
-        });
+        let call = call.note_input(|r| &r.message);
         call.answer(Action::Verify, async |call, grant, r| {
             let alg = alg_from_pb(r.algorithm)?;
             let mt = mt_from_pb(r.message_type)?;
