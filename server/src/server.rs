@@ -344,10 +344,7 @@ async fn sweep_loop(state: ApiState, every: Duration) {
 pub(crate) async fn sweep(state: &ApiState) {
     let keys = state.keys.clone();
     let found = tokio::task::spawn_blocking(move || {
-        Ok::<_, crate::keys::KeyError>((
-            keys.due_for_deletion(keys.now())?,
-            keys.expired_material(keys.now())?,
-        ))
+        Ok::<_, crate::keys::KeyError>((keys.due_for_deletion()?, keys.expired_material()?))
     })
     .await;
     let (due, expired) = match found {
@@ -370,9 +367,7 @@ pub(crate) async fn sweep(state: &ApiState) {
     }
     for id in expired {
         let keys = state.keys.clone();
-        let result =
-            tokio::task::spawn_blocking(move || keys.expire_material(id, keys.now()).map(drop))
-                .await;
+        let result = tokio::task::spawn_blocking(move || keys.expire_material(id).map(drop)).await;
         match &result {
             Ok(Ok(())) => {
                 tracing::info!(key_id = %id, "imported key material destroyed at its valid-to; key is PENDING_IMPORT")
@@ -386,8 +381,8 @@ pub(crate) async fn sweep(state: &ApiState) {
     }
     let keys = state.keys.clone();
     let wrapping = tokio::task::spawn_blocking(move || {
-        keys.destroy_stale_wrapping_keys(keys.now());
-        keys.destroy_orphan_wrapping_keys(keys.now())
+        keys.destroy_stale_wrapping_keys();
+        keys.destroy_orphan_wrapping_keys()
     })
     .await;
     match wrapping {

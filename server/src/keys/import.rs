@@ -353,17 +353,13 @@ impl KeyManager {
         self.remove_material(key)
     }
 
-    /// Destroys a key's imported material if its valid-to is still at or before `now`
-    /// (checked again under the lock: a key deleted and re-imported since the sweep
-    /// listed it keeps its new material). `Ok(None)` when there was nothing to expire.
-    pub(crate) fn expire_material(
-        &self,
-        id: Uuid,
-        now: i64,
-    ) -> Result<Option<KeyRecord>, KeyError> {
+    /// Destroys a key's imported material if its valid-to has still passed (checked
+    /// again under the lock: a key deleted and re-imported since the sweep listed it
+    /// keeps its new material). `Ok(None)` when there was nothing to expire.
+    pub(crate) fn expire_material(&self, id: Uuid) -> Result<Option<KeyRecord>, KeyError> {
         let _one_at_a_time = self.material_lock();
         let key = self.reload(id)?;
-        let due = key.valid_to.is_some_and(|t| t <= now)
+        let due = key.valid_to.is_some_and(|t| t <= self.now())
             && matches!(key.state, KeyState::Enabled | KeyState::Disabled);
         if !due {
             return Ok(None);
@@ -379,10 +375,10 @@ impl KeyManager {
         self.reload(key.id)
     }
 
-    /// Ids of the keys whose imported material's valid-to is at or before `now`
-    /// (`expire_material` reads each again under the lock).
-    pub(crate) fn expired_material(&self, now: i64) -> Result<Vec<Uuid>, KeyError> {
-        Ok(self.store.expired_material(now)?)
+    /// Ids of the keys whose imported material's valid-to has passed (`expire_material`
+    /// reads each again under the lock).
+    pub(crate) fn expired_material(&self) -> Result<Vec<Uuid>, KeyError> {
+        Ok(self.store.expired_material(self.now())?)
     }
 
     /// Destroys wrapping keys that no import token names once they have been seen so
@@ -392,8 +388,9 @@ impl KeyManager {
     /// RSA-4096 on a slow HSM) safe, whichever hsmd version made it. Wrapping keys never
     /// hold key material, so unlike key objects they are not left for a human. The
     /// first sighting is remembered by this process.
-    pub(crate) fn destroy_orphan_wrapping_keys(&self, now: i64) -> Result<(), KeyError> {
+    pub(crate) fn destroy_orphan_wrapping_keys(&self) -> Result<(), KeyError> {
         let _one_at_a_time = self.material_lock();
+        let now = self.now();
         let in_token = self.backend.wrapping_key_tokens()?;
         let mut seen = self
             .orphan_wrapping_keys
@@ -425,9 +422,9 @@ impl KeyManager {
 
     /// Destroys the wrapping keys of superseded and expired import tokens (failures are
     /// logged and retried by the next sweep).
-    pub(crate) fn destroy_stale_wrapping_keys(&self, now: i64) {
+    pub(crate) fn destroy_stale_wrapping_keys(&self) {
         let _one_at_a_time = self.material_lock();
-        self.destroy_stale_wrapping_keys_locked(now);
+        self.destroy_stale_wrapping_keys_locked(self.now());
     }
 
     fn destroy_stale_wrapping_keys_locked(&self, now: i64) {

@@ -23,9 +23,9 @@ pub(crate) struct Reconciliation {
 }
 
 impl KeyManager {
-    /// Keys PENDING_DELETION whose date is at or before `now` (unix seconds).
-    pub(crate) fn due_for_deletion(&self, now: i64) -> Result<Vec<KeyRecord>, KeyError> {
-        let ids = self.store.due_for_deletion(now)?;
+    /// Keys PENDING_DELETION whose date has passed (by this manager's clock).
+    pub(crate) fn due_for_deletion(&self) -> Result<Vec<KeyRecord>, KeyError> {
+        let ids = self.store.due_for_deletion(self.now())?;
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
             if let Some(k) = self.store.get_key(id)? {
