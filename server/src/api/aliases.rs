@@ -6,8 +6,9 @@ use tonic::{Request, Response, Status};
 
 use super::ApiError;
 use super::convert;
-use super::keys::{KeyApi, facts, method, page_size};
+use super::keys::{KeyApi, method, page_size};
 use crate::auth::Action;
+use crate::auth::KeyFacts;
 use crate::keys::{KeyRef, validate_alias};
 
 impl KeyApi {
@@ -82,7 +83,7 @@ impl KeyApi {
                 None
             } else {
                 let key = self.resolve(call, &grant, &r.key_id).await?;
-                if !policy.may_see(grant.principal(), &facts(&key)) {
+                if !policy.may_see(grant.principal(), &KeyFacts::of(&key)) {
                     return Err(ApiError::AccessDenied {
                         principal: grant.principal().into(),
                         action: Action::ListAliases.name(),
@@ -100,7 +101,7 @@ impl KeyApi {
                     let mut shown = Vec::with_capacity(list.len());
                     for a in list {
                         let k = m.resolve(&KeyRef::Id(a.key_id))?;
-                        if policy.may_see(&principal, &facts(&k)) {
+                        if policy.may_see(&principal, &KeyFacts::of(&k)) {
                             shown.push(a);
                         }
                     }

@@ -9,7 +9,7 @@ use tonic::{Request, Response, Status};
 use super::convert;
 use super::signing::SignStream;
 use super::{ApiError, ApiState, Call, Grant};
-use crate::auth::Action;
+use crate::auth::{Action, KeyFacts};
 use crate::domain::record::{KeyRecord, Transition};
 use crate::encoding::public;
 use crate::keys::manager::NewKey;
@@ -73,17 +73,8 @@ impl KeyApi {
     fn visible(&self, grant: &Grant, keys: Vec<KeyRecord>) -> Vec<KeyRecord> {
         let policy = self.state.auth.policy();
         keys.into_iter()
-            .filter(|k| policy.may_see(grant.principal(), &facts(k)))
+            .filter(|k| policy.may_see(grant.principal(), &KeyFacts::of(k)))
             .collect()
-    }
-}
-
-/// What the policy sees of a key.
-pub(super) fn facts(k: &KeyRecord) -> crate::auth::KeyFacts<'_> {
-    crate::auth::KeyFacts {
-        id: Some(k.id),
-        aliases: &k.aliases,
-        tags: &k.tags,
     }
 }
 

@@ -157,12 +157,10 @@ impl Grant {
 
     /// Checks the policy allows the action on this key.
     pub(crate) fn check_key(&self, key: &KeyRecord) -> Result<(), ApiError> {
-        let facts = KeyFacts {
-            id: Some(key.id),
-            aliases: &key.aliases,
-            tags: &key.tags,
-        };
-        if self.policy.may_on(&self.principal, self.action, &facts) {
+        if self
+            .policy
+            .may_on(&self.principal, self.action, &KeyFacts::of(key))
+        {
             Ok(())
         } else {
             Err(self.denied(key.id.to_string()))

@@ -11,6 +11,7 @@ use uuid::Uuid;
 
 use super::action::Action;
 use super::glob::Glob;
+use crate::domain::record::KeyRecord;
 
 /// A rule as written in the config.
 #[derive(Debug, Clone, Deserialize)]
@@ -69,6 +70,17 @@ pub(crate) struct KeyFacts<'a> {
     pub(crate) id: Option<Uuid>,
     pub(crate) aliases: &'a [String],
     pub(crate) tags: &'a BTreeMap<String, String>,
+}
+
+impl<'a> KeyFacts<'a> {
+    /// What a rule sees of an existing key.
+    pub(crate) fn of(key: &'a KeyRecord) -> Self {
+        KeyFacts {
+            id: Some(key.id),
+            aliases: &key.aliases,
+            tags: &key.tags,
+        }
+    }
 }
 
 /// One grant.
