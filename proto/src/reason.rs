@@ -135,13 +135,13 @@ reasons! {
 
 impl Reason {
     /// True for the reasons that mean "the call was not carried out; the same call may
-    /// succeed later": RATE_LIMITED, TOKEN_UNAVAILABLE and AUDIT_UNAVAILABLE. The server
-    /// sends exactly these with RESOURCE_EXHAUSTED or UNAVAILABLE (its status table test
-    /// checks it), and hsm-client's retry rule asks this.
+    /// succeed later": those whose code is UNAVAILABLE or RESOURCE_EXHAUSTED
+    /// (RATE_LIMITED, TOKEN_UNAVAILABLE, AUDIT_UNAVAILABLE), the codes hsm-client also
+    /// retries for a reason it does not know.
     pub const fn is_retryable(self) -> bool {
         matches!(
-            self,
-            Reason::RateLimited | Reason::TokenUnavailable | Reason::AuditUnavailable
+            self.code(),
+            tonic::Code::Unavailable | tonic::Code::ResourceExhausted
         )
     }
 
@@ -268,13 +268,22 @@ mod tests {
     }
 
     #[test]
-    fn retryable_reasons_and_retryable_codes_agree() {
-        // hsm-client falls back to the code for a reason it does not know: the codes it
-        // retries must be exactly those of the retryable reasons.
+    fn exactly_the_unavailable_and_throttled_reasons_are_retryable() {
         use tonic::Code;
+        let retryable: Vec<Reason> = Reason::ALL
+            .iter()
+            .copied()
+            .filter(|r| r.is_retryable())
+            .collect();
+        assert_eq!(
+            retryable,
+            [
+                Reason::RateLimited,
+                Reason::TokenUnavailable,
+                Reason::AuditUnavailable
+            ]
+        );
         for &r in Reason::ALL {
-            let retry_code = matches!(r.code(), Code::Unavailable | Code::ResourceExhausted);
-            assert_eq!(r.is_retryable(), retry_code, "{r:?} with {:?}", r.code());
             assert_ne!(r.code(), Code::Ok, "{r:?}");
         }
         assert_eq!(Reason::KeyNotFound.code(), Code::NotFound);
