@@ -13,12 +13,13 @@ use crate::client::Client;
 use crate::error::ClientError;
 use crate::v1::{
     Alias, AuditRecord, CancelKeyDeletionRequest, CreateAliasRequest, CreateKeyRequest,
-    DeleteAliasRequest, DescribeKeyRequest, DisableKeyRequest, EnableKeyRequest,
-    GenerateRandomRequest, GetAuditPublicKeyRequest, GetAuditPublicKeyResponse,
-    GetPublicKeyRequest, GetPublicKeyResponse, GetTokenInfoRequest, GetTokenInfoResponse,
-    KeyMetadata, ListAliasesRequest, ListAliasesResponse, ListKeysRequest, ListKeysResponse,
-    MessageType, QueryAuditRequest, ScheduleKeyDeletionRequest, SignRequest, SigningAlgorithm,
-    UpdateAliasRequest, VerifyAuditLogRequest, VerifyAuditLogResponse, VerifyRequest,
+    DeleteAliasRequest, DescribeKeyRequest, DisableKeyRequest, DisableKeyRotationRequest,
+    EnableKeyRequest, EnableKeyRotationRequest, GenerateRandomRequest, GetAuditPublicKeyRequest,
+    GetAuditPublicKeyResponse, GetPublicKeyRequest, GetPublicKeyResponse, GetTokenInfoRequest,
+    GetTokenInfoResponse, KeyMetadata, ListAliasesRequest, ListAliasesResponse, ListKeysRequest,
+    ListKeysResponse, MessageType, QueryAuditRequest, RotateKeyRequest, ScheduleKeyDeletionRequest,
+    SignRequest, SigningAlgorithm, UpdateAliasRequest, VerifyAuditLogRequest,
+    VerifyAuditLogResponse, VerifyRequest,
 };
 
 /// Pages above this many are refused by the server; listing everything uses the maximum.
@@ -153,6 +154,38 @@ impl Client {
         };
         let resp = retried!(self, "CancelKeyDeletion", keys, cancel_key_deletion, req);
         key_of(resp.key, "CancelKeyDeletionResponse.key")
+    }
+
+    /// Makes a new version of an AES-256 key in the token; Encrypt uses it from now on.
+    pub async fn rotate_key(&self, key_id: &str) -> Result<KeyMetadata, ClientError> {
+        let req = RotateKeyRequest {
+            key_id: key_id.to_string(),
+        };
+        let resp = retried!(self, "RotateKey", keys, rotate_key, req);
+        key_of(resp.key, "RotateKeyResponse.key")
+    }
+
+    /// Rotates the key automatically every `period_days` (7..365).
+    pub async fn enable_key_rotation(
+        &self,
+        key_id: &str,
+        period_days: u32,
+    ) -> Result<KeyMetadata, ClientError> {
+        let req = EnableKeyRotationRequest {
+            key_id: key_id.to_string(),
+            rotation_period_days: period_days,
+        };
+        let resp = retried!(self, "EnableKeyRotation", keys, enable_key_rotation, req);
+        key_of(resp.key, "EnableKeyRotationResponse.key")
+    }
+
+    /// Stops the key's automatic rotation.
+    pub async fn disable_key_rotation(&self, key_id: &str) -> Result<KeyMetadata, ClientError> {
+        let req = DisableKeyRotationRequest {
+            key_id: key_id.to_string(),
+        };
+        let resp = retried!(self, "DisableKeyRotation", keys, disable_key_rotation, req);
+        key_of(resp.key, "DisableKeyRotationResponse.key")
     }
 
     /// Creates `alias/NAME` (or `NAME`) for the key with UUID `target_key_id`.

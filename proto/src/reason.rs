@@ -131,6 +131,10 @@ reasons! {
     CertificateKeyMismatch => "CERTIFICATE_KEY_MISMATCH",
     /// No certificate imported for the key.
     CertificateNotFound => "CERTIFICATE_NOT_FOUND",
+    /// The key cannot rotate: asymmetric, or its material was imported.
+    RotationNotSupported => "ROTATION_NOT_SUPPORTED",
+    /// A rotation period outside 7..365 days.
+    InvalidRotationPeriod => "INVALID_ROTATION_PERIOD",
 }
 
 impl Reason {
@@ -172,7 +176,8 @@ impl Reason {
             | Reason::PublicKeyMismatch
             | Reason::InvalidSubject
             | Reason::InvalidSan
-            | Reason::InvalidCertificate => Code::InvalidArgument,
+            | Reason::InvalidCertificate
+            | Reason::InvalidRotationPeriod => Code::InvalidArgument,
             Reason::KeyNotFound | Reason::AliasNotFound | Reason::CertificateNotFound => {
                 Code::NotFound
             }
@@ -185,7 +190,8 @@ impl Reason {
             | Reason::InvalidKeyState
             | Reason::ImportTokenExpired
             | Reason::ImportTokenSuperseded
-            | Reason::CertificateKeyMismatch => Code::FailedPrecondition,
+            | Reason::CertificateKeyMismatch
+            | Reason::RotationNotSupported => Code::FailedPrecondition,
             Reason::NoClientIdentity => Code::Unauthenticated,
             Reason::AccessDenied => Code::PermissionDenied,
             Reason::RateLimited => Code::ResourceExhausted,

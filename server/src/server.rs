@@ -337,17 +337,22 @@ async fn sweep_loop(state: ApiState, every: Duration) {
     }
 }
 
-/// Destroys every key whose deletion date has passed, and imported material whose
-/// valid-to has passed (the key returns to PENDING_IMPORT), each with an audit record;
-/// then the wrapping keys of superseded and expired import tokens, and those no import
-/// token names once seen for a token lifetime.
+/// Destroys every key whose deletion date has passed, imported material whose
+/// valid-to has passed (the key returns to PENDING_IMPORT), and rotates keys whose
+/// automatic rotation is due, each with an audit record; then the wrapping keys of
+/// superseded and expired import tokens, and those no import token names once seen for
+/// a token lifetime.
 pub(crate) async fn sweep(state: &ApiState) {
     let keys = state.keys.clone();
     let found = tokio::task::spawn_blocking(move || {
-        Ok::<_, crate::keys::KeyError>((keys.due_for_deletion()?, keys.expired_material()?))
+        Ok::<_, crate::keys::KeyError>((
+            keys.due_for_deletion()?,
+            keys.expired_material()?,
+            keys.due_for_rotation()?,
+        ))
     })
     .await;
-    let (due, expired) = match found {
+    let (due, expired, rotating) = match found {
         Ok(Ok(d)) => d,
         Ok(Err(e)) => return tracing::error!(error = %e, "lifecycle sweep failed"),
         Err(e) => return tracing::error!(error = %e, "lifecycle sweep task failed"),
@@ -378,6 +383,19 @@ pub(crate) async fn sweep(state: &ApiState) {
             Err(e) => tracing::error!(key_id = %id, error = %e, "expiry task failed"),
         }
         system_record(state, "hsmd/ExpireKeyMaterial", id, &result).await;
+    }
+    for key in rotating {
+        let id = key.id;
+        let keys = state.keys.clone();
+        let result = tokio::task::spawn_blocking(move || keys.rotate(&key).map(drop)).await;
+        match &result {
+            Ok(Ok(())) => tracing::info!(key_id = %id, "key rotated on its schedule"),
+            Ok(Err(e)) => {
+                tracing::error!(key_id = %id, error = %e, "automatic rotation failed; retried next sweep")
+            }
+            Err(e) => tracing::error!(key_id = %id, error = %e, "rotation task failed"),
+        }
+        system_record(state, "hsmd/RotateKey", id, &result).await;
     }
     let keys = state.keys.clone();
     let wrapping = tokio::task::spawn_blocking(move || {

@@ -1,5 +1,6 @@
 //! `hsmctl key ...`: create, list, describe, export the public half, and the lifecycle
-//! (enable, disable, schedule and cancel deletion, and deleting imported material).
+//! (enable, disable, schedule and cancel deletion, and deleting imported material), and
+//! rotation of AES keys.
 
 use clap::{Args, Subcommand};
 use hsm_client::names::{self, name_of};
@@ -51,6 +52,27 @@ pub enum KeyCommand {
         /// Key UUID or alias/NAME.
         key: String,
     },
+    /// Rotate an AES_256 key: make a new version inside the token. Encrypt uses the new
+    /// version from now on; ciphertexts of earlier versions still decrypt. Prints
+    /// `<key id> version <N>` (json: the metadata, with `versions`).
+    Rotate {
+        /// Key UUID or alias/NAME.
+        key: String,
+    },
+    /// Rotate an AES_256 key automatically every N days (7..365), first N days from now;
+    /// again to change the period.
+    EnableRotation {
+        /// Key UUID or alias/NAME.
+        key: String,
+        /// Rotation period in days, 7..365.
+        #[arg(long, value_name = "N")]
+        period_days: u32,
+    },
+    /// Stop a key's automatic rotation (its versions stay).
+    DisableRotation {
+        /// Key UUID or alias/NAME.
+        key: String,
+    },
     /// Destroy an EXTERNAL key's imported material in the token. The key goes back to
     /// PENDING_IMPORT and takes only the same material again (`hsmctl import`).
     DeleteMaterial {
@@ -92,6 +114,9 @@ pub struct CreateArgs {
     /// first run made instead of making another one.
     #[arg(long, value_name = "T")]
     idempotency_token: Option<String>,
+    /// Rotate the key automatically every N days (7..365; AES_256 keys of origin hsm).
+    #[arg(long, value_name = "N")]
+    rotation_period_days: Option<u32>,
 }
 
 /// Arguments of `key list`.
@@ -152,6 +177,23 @@ impl KeyCommand {
             KeyCommand::DeleteMaterial { key } => {
                 env.client.delete_imported_key_material(&key).await?
             }
+            KeyCommand::Rotate { key } => {
+                let key = env.client.rotate_key(&key).await?;
+                if env.json() {
+                    print_json(&key_json(&key))?;
+                } else {
+                    println(format!("{} version {}", key.key_id, key.current_version))?;
+                }
+                return Ok(Verdict::Yes);
+            }
+            KeyCommand::EnableRotation { key, period_days } => {
+                let key = env.client.enable_key_rotation(&key, period_days).await?;
+                return print_key(env, &key);
+            }
+            KeyCommand::DisableRotation { key } => {
+                let key = env.client.disable_key_rotation(&key).await?;
+                return print_key(env, &key);
+            }
         };
         // Lifecycle changes: `<key id> <STATE> [<deletion time>]`, or the metadata.
         if env.json() {
@@ -193,6 +235,7 @@ impl CreateArgs {
             description: self.description.unwrap_or_default(),
             tags: self.tags.into_iter().collect(),
             idempotency_token: self.idempotency_token.unwrap_or_default(),
+            rotation_period_days: self.rotation_period_days.unwrap_or(0),
         };
         let key = env.client.create_key(req).await?;
         if env.json() {

@@ -33,6 +33,13 @@ pub fn key_json(k: &KeyMetadata) -> Value {
         "import_time": format_timestamp(k.import_time.as_ref()),
         "valid_to": format_timestamp(k.valid_to.as_ref()),
         "key_check_value": (!k.key_check_value.is_empty()).then_some(&k.key_check_value),
+        "current_version": k.current_version,
+        "versions": k.versions.iter().map(|v| json!({
+            "version": v.version,
+            "create_time": format_timestamp(v.create_time.as_ref()),
+        })).collect::<Vec<_>>(),
+        "rotation_period_days": (k.rotation_period_days != 0).then_some(k.rotation_period_days),
+        "next_rotation_time": format_timestamp(k.next_rotation_time.as_ref()),
     })
 }
 
@@ -65,6 +72,21 @@ pub fn key_table(k: &KeyMetadata) -> String {
     }
     if !k.key_check_value.is_empty() {
         t.row(["key_check_value", k.key_check_value.as_str()]);
+    }
+    if k.versions.len() > 1 || k.rotation_period_days != 0 {
+        t.row(["current_version".into(), k.current_version.to_string()]);
+        for v in &k.versions {
+            let name = format!("version {}", v.version);
+            t.row([name, time_cell(v.create_time.as_ref())]);
+        }
+    }
+    if k.rotation_period_days != 0 {
+        let every = format!("every {} days", k.rotation_period_days);
+        t.row(["rotation".into(), every]);
+        t.row([
+            "next_rotation".into(),
+            time_cell(k.next_rotation_time.as_ref()),
+        ]);
     }
     let algorithms = names_of::<SigningAlgorithm>(&k.signing_algorithms).join(", ");
     t.row(["signing_algorithms".into(), or_dash(algorithms)]);

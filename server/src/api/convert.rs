@@ -164,6 +164,17 @@ pub(crate) fn metadata(k: &KeyRecord) -> pb::KeyMetadata {
         import_time: k.import_time.map(ts),
         valid_to: k.valid_to.map(ts),
         key_check_value: k.key_check_value.clone().unwrap_or_default(),
+        current_version: k.current_version().version,
+        versions: k
+            .versions
+            .iter()
+            .map(|v| pb::KeyVersion {
+                version: v.version,
+                create_time: Some(ts(v.create_time)),
+            })
+            .collect(),
+        rotation_period_days: k.rotation.map_or(0, |r| r.period_days),
+        next_rotation_time: k.rotation.map(|r| ts(r.next_time)),
     }
 }
 

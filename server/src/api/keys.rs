@@ -1,6 +1,7 @@
 //! KeyService: key management and random bytes. The other calls of the service live
 //! beside it: aliases in `aliases.rs`, Sign/SignStream/Verify in `signing.rs`, the
-//! encryption calls in `crypt.rs`, the import calls in `import.rs`.
+//! encryption calls in `crypt.rs`, the import calls in `import.rs`, rotation in
+//! `rotation.rs`.
 
 use hsmd_proto::v1 as pb;
 use hsmd_proto::v1::key_service_server::KeyService;
@@ -103,6 +104,7 @@ impl KeyService for KeyApi {
                 description: r.description,
                 tags: r.tags.into_iter().collect(),
                 idempotency_token: Some(r.idempotency_token).filter(|t| !t.is_empty()),
+                rotation_period_days: Some(r.rotation_period_days).filter(|d| *d != 0),
             };
             call.event.algorithm = new.spec.name().to_string();
             if let Some(a) = &new.alias {
@@ -267,6 +269,27 @@ impl KeyService for KeyApi {
             })
         })
         .await
+    }
+
+    async fn rotate_key(
+        &self,
+        req: Request<pb::RotateKeyRequest>,
+    ) -> Result<Response<pb::RotateKeyResponse>, Status> {
+        self.rotate_key_call(req).await
+    }
+
+    async fn enable_key_rotation(
+        &self,
+        req: Request<pb::EnableKeyRotationRequest>,
+    ) -> Result<Response<pb::EnableKeyRotationResponse>, Status> {
+        self.enable_key_rotation_call(req).await
+    }
+
+    async fn disable_key_rotation(
+        &self,
+        req: Request<pb::DisableKeyRotationRequest>,
+    ) -> Result<Response<pb::DisableKeyRotationResponse>, Status> {
+        self.disable_key_rotation_call(req).await
     }
 
     async fn create_alias(

@@ -12,6 +12,42 @@ use super::spec::{KeyOrigin, KeySpec, KeyState, KeyUsage};
 pub const DELETION_WINDOW_DAYS: std::ops::RangeInclusive<u32> = 7..=30;
 pub const DEFAULT_DELETION_DAYS: u32 = 30;
 
+/// Shortest and longest automatic rotation period (days), as the cloud KMSs allow.
+pub const ROTATION_PERIOD_DAYS: std::ops::RangeInclusive<u32> = 7..=365;
+
+/// One version of a key's material: its own object in the token. Version 1 is the
+/// object made with the key (CKA_ID = the key id); each rotation adds the next, whose
+/// object has a fresh id. Older versions stay for decryption only.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct KeyVersion {
+    pub version: u32,
+    /// CKA_ID (16 bytes) of the version's object in the token.
+    pub object_id: Uuid,
+    /// Unix seconds.
+    pub create_time: i64,
+}
+
+/// Automatic rotation of a key: every `period_days`, next at `next_time`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rotation {
+    pub period_days: u32,
+    /// Unix seconds.
+    pub next_time: i64,
+}
+
+impl Rotation {
+    /// A rotation every `period_days` from `now`, or `None` when the period is outside
+    /// [`ROTATION_PERIOD_DAYS`].
+    pub fn every(period_days: u32, now: i64) -> Option<Rotation> {
+        ROTATION_PERIOD_DAYS
+            .contains(&period_days)
+            .then(|| Rotation {
+                period_days,
+                next_time: now + i64::from(period_days) * 86_400,
+            })
+    }
+}
+
 /// Metadata of one key.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeyRecord {
@@ -35,9 +71,35 @@ pub struct KeyRecord {
     /// EXTERNAL AES keys ever imported: key check value (upper-case hex, 3 bytes).
     pub key_check_value: Option<String>,
     pub aliases: Vec<String>,
+    /// Every version, oldest first; never empty (see [`KeyVersion`]).
+    pub versions: Vec<KeyVersion>,
+    /// Automatic rotation, when enabled.
+    pub rotation: Option<Rotation>,
 }
 
 impl KeyRecord {
+    /// Version 1 of a new key: its own object, made at `create_time`.
+    pub fn first_version(id: Uuid, create_time: i64) -> Vec<KeyVersion> {
+        vec![KeyVersion {
+            version: 1,
+            object_id: id,
+            create_time,
+        }]
+    }
+
+    /// The version new encryptions use: the newest.
+    pub fn current_version(&self) -> KeyVersion {
+        self.versions
+            .last()
+            .copied()
+            .unwrap_or_else(|| Self::first_version(self.id, self.create_time)[0])
+    }
+
+    /// Version `n`, if the key has it.
+    pub fn version(&self, n: u32) -> Option<KeyVersion> {
+        self.versions.iter().find(|v| v.version == n).copied()
+    }
+
     /// Refuses a key made for another usage (WRONG_KEY_USAGE).
     pub fn require_usage(&self, usage: KeyUsage) -> Result<(), KeyRefused> {
         if self.usage == usage {
@@ -157,6 +219,17 @@ mod tests {
         assert!(Transition::CancelDeletion.apply(Enabled).is_err());
         assert!(Transition::ScheduleDeletion.apply(PendingDeletion).is_err());
         assert!(Transition::Destroy.apply(Enabled).is_err());
+    }
+
+    #[test]
+    fn rotation_period_bounds() {
+        assert_eq!(Rotation::every(6, 0), None);
+        assert_eq!(Rotation::every(366, 0), None);
+        assert_eq!(
+            Rotation::every(7, 10).map(|r| r.next_time),
+            Some(10 + 7 * 86_400)
+        );
+        assert!(Rotation::every(365, 0).is_some());
     }
 
     #[test]

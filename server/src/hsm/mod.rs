@@ -203,7 +203,18 @@ impl Pkcs11Backend {
         spec: KeySpec,
         usage: KeyUsage,
     ) -> Result<(), HsmError> {
-        let template = objects::generation(spec, usage, id.as_bytes(), &id.to_string())
+        self.generate_labelled(id, &id.to_string(), spec, usage)
+    }
+
+    /// Like `generate`, with another CKA_LABEL (a key's later version: "KEY_ID vN").
+    pub(crate) fn generate_labelled(
+        &self,
+        id: Uuid,
+        label: &str,
+        spec: KeySpec,
+        usage: KeyUsage,
+    ) -> Result<(), HsmError> {
+        let template = objects::generation(spec, usage, id.as_bytes(), label)
             .ok_or_else(|| HsmError::Unsupported(format!("{spec} keys on this token")))?;
         // Handles are cached on first use (with the session-object copy, see `objects`).
         self.with_token_write("C_GenerateKeyPair", |s| objects::generate(s, &template))

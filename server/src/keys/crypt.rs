@@ -8,7 +8,6 @@
 
 use rsa::pkcs8::DecodePublicKey;
 use rsa::traits::PublicKeyParts;
-use uuid::Uuid;
 use zeroize::Zeroizing;
 
 use super::manager::KeyManager;
@@ -61,7 +60,7 @@ impl KeyManager {
                         hint: " (encrypt larger data locally with a data key: GenerateDataKey)",
                     });
                 }
-                self.seal(key.id, plaintext, aad)?
+                self.seal(key, plaintext, aad)?
             }
             _ => rsa_encrypt(key, alg, plaintext)?,
         };
@@ -87,7 +86,7 @@ impl KeyManager {
                         parsed.key_id, key.id
                     )));
                 }
-                self.open(key.id, &parsed, aad)?
+                self.open(key, &parsed, aad)?
             }
             _ => self.rsa_decrypt(key, alg, ciphertext)?,
         };
@@ -120,7 +119,7 @@ impl KeyManager {
         let alg = self.check_crypt(key, Some(EncryptionAlgorithm::SymmetricDefault))?;
         check_aad(alg, aad)?;
         let plaintext = Zeroizing::new(self.backend.random(len)?);
-        let blob = self.seal(key.id, &plaintext, aad)?;
+        let blob = self.seal(key, &plaintext, aad)?;
         Ok(DataKey { plaintext, blob })
     }
 
@@ -173,13 +172,18 @@ impl KeyManager {
         Ok(alg)
     }
 
-    /// AES-GCM in the token under a fresh IV; returns the blob.
-    fn seal(&self, id: Uuid, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, KeyError> {
+    /// AES-GCM in the token with the key's current version, under a fresh IV; returns
+    /// the blob.
+    fn seal(&self, key: &KeyRecord, plaintext: &[u8], aad: &[u8]) -> Result<Vec<u8>, KeyError> {
         let iv = self.backend.random(blob::IV_LEN)?;
-        let header = blob::header(id);
-        let ct = self
-            .backend
-            .aes_gcm_encrypt(id, &iv, &blob::gcm_aad(&header, aad), plaintext)?;
+        let version = key.current_version();
+        let header = blob::header(key.id, version.version);
+        let ct = self.backend.aes_gcm_encrypt(
+            version.object_id,
+            &iv,
+            &blob::gcm_aad(&header, aad),
+            plaintext,
+        )?;
         if ct.len() != plaintext.len() + blob::TAG_LEN {
             return Err(KeyError::Internal(format!(
                 "AES-GCM output is {} bytes for {} bytes of plaintext",
@@ -190,17 +194,29 @@ impl KeyManager {
         Ok(blob::assemble(&header, &iv, &ct))
     }
 
-    /// Opens a parsed blob in the token; a wrong tag is DecryptionFailed.
+    /// Opens a parsed blob in the token with the key version it names; a wrong tag is
+    /// DecryptionFailed, a version the key never had INVALID_CIPHERTEXT.
     fn open(
         &self,
-        id: Uuid,
+        key: &KeyRecord,
         parsed: &blob::Blob<'_>,
         aad: &[u8],
     ) -> Result<Zeroizing<Vec<u8>>, KeyError> {
+        let version = key.version(parsed.key_version).ok_or_else(|| {
+            KeyError::InvalidCiphertext(format!(
+                "the blob names version {} of key {}, which has versions 1..{}",
+                parsed.key_version,
+                key.id,
+                key.current_version().version
+            ))
+        })?;
         let aad = blob::gcm_aad(parsed.header, aad);
-        Ok(self
-            .backend
-            .aes_gcm_decrypt(id, parsed.iv, &aad, parsed.ciphertext_and_tag)?)
+        Ok(self.backend.aes_gcm_decrypt(
+            version.object_id,
+            parsed.iv,
+            &aad,
+            parsed.ciphertext_and_tag,
+        )?)
     }
 
     /// RSA-OAEP decryption in the token (host-side decode for SHA-256 where the token

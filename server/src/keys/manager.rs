@@ -12,7 +12,7 @@ use uuid::Uuid;
 
 use super::{KeyError, KeyRef, truncate, validate_alias};
 use crate::clock::{SharedClock, SystemClock};
-use crate::domain::record::{KeyRecord, Transition, deletion_window};
+use crate::domain::record::{KeyRecord, Rotation, Transition, deletion_window};
 use crate::domain::spec::{
     HashAlg, KeyOrigin, KeySpec, KeyState, KeyUsage, MAX_RAW_MESSAGE, MessageType, SigningAlgorithm,
 };
@@ -30,6 +30,8 @@ pub(crate) struct NewKey {
     pub(crate) description: String,
     pub(crate) tags: BTreeMap<String, String>,
     pub(crate) idempotency_token: Option<String>,
+    /// Automatic rotation every this many days (AES_256 ENCRYPT_DECRYPT keys only).
+    pub(crate) rotation_period_days: Option<u32>,
 }
 
 /// Applies the key rules.
@@ -195,6 +197,7 @@ impl KeyManager {
         alias: Option<&str>,
     ) -> Result<KeyRecord, KeyError> {
         let external = req.origin == KeyOrigin::External;
+        let now = self.now();
         let public_key_der = if req.spec.is_asymmetric() && !external {
             let material = self.backend.public_key(id, req.spec)?;
             Some(public::spki_der(&material).map_err(KeyError::Internal)?)
@@ -214,7 +217,7 @@ impl KeyManager {
             description: req.description.clone(),
             tags: req.tags.clone(),
             created_by: principal.to_string(),
-            create_time: self.now(),
+            create_time: now,
             deletion_time: None,
             destroy_time: None,
             public_key_der,
@@ -222,7 +225,12 @@ impl KeyManager {
             valid_to: None,
             key_check_value: None,
             aliases: alias.iter().map(|a| a.to_string()).collect(),
+            versions: Vec::new(),
+            rotation: req
+                .rotation_period_days
+                .and_then(|d| Rotation::every(d, now)),
         };
+        record.versions = KeyRecord::first_version(id, record.create_time);
         self.store
             .insert_key(&record, alias, req.idempotency_token.as_deref())
             .map_err(|e| match e {
@@ -291,7 +299,7 @@ impl KeyManager {
         };
         if to != key.state {
             if t == Transition::Destroy {
-                self.backend.destroy(key.id)?;
+                self.destroy_objects(key)?;
             }
             let destroy_time = (t == Transition::Destroy).then(|| self.now());
             self.store
@@ -460,6 +468,9 @@ fn check_new_key(req: &NewKey) -> Result<(), KeyError> {
         return Err(KeyError::InvalidArgument(
             "idempotency_token is over 128 bytes".into(),
         ));
+    }
+    if let Some(days) = req.rotation_period_days {
+        super::rotation::check_rotation(req.spec, req.usage, req.origin, days, 0)?;
     }
     Ok(())
 }

@@ -6,6 +6,7 @@ pub(crate) mod crypt;
 pub(crate) mod import;
 pub(crate) mod lifecycle;
 pub(crate) mod manager;
+pub(crate) mod rotation;
 
 use uuid::Uuid;
 
@@ -126,6 +127,11 @@ pub(crate) enum KeyError {
         reason: import::ImportReason,
         message: String,
     },
+    /// RotateKey (or a rotation period) for a key that cannot rotate.
+    #[error("{0}")]
+    RotationNotSupported(String),
+    #[error("rotation period of {0} days is outside 7..365")]
+    InvalidRotationPeriod(u32),
     #[error("token unavailable")]
     Unavailable(String),
     #[error("internal error")]
@@ -173,6 +179,8 @@ impl KeyError {
             KeyError::InvalidCiphertext(_) => Reason::InvalidCiphertext,
             KeyError::DecryptionFailed => Reason::DecryptionFailed,
             KeyError::Import { reason, .. } => reason.reason(),
+            KeyError::RotationNotSupported(_) => Reason::RotationNotSupported,
+            KeyError::InvalidRotationPeriod(_) => Reason::InvalidRotationPeriod,
             KeyError::Unavailable(_) => Reason::TokenUnavailable,
             KeyError::Internal(_) => Reason::Internal,
         }

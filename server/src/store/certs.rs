@@ -123,6 +123,8 @@ mod tests {
             valid_to: None,
             key_check_value: None,
             aliases: vec![],
+            versions: vec![],
+            rotation: None,
         };
         store.insert_key(&key, None, None).unwrap();
         assert_eq!(store.get_certificate(key.id).unwrap(), None);

@@ -16,7 +16,7 @@ use std::sync::Mutex;
 use rusqlite::{Connection, OptionalExtension, params};
 use uuid::Uuid;
 
-use crate::domain::record::KeyRecord;
+use crate::domain::record::{KeyRecord, KeyVersion, Rotation};
 use crate::domain::spec::{KeyState, KeyUsage};
 pub(crate) use certs::StoredChain;
 pub(crate) use imports::{ImportToken, ImportedMaterial};
@@ -76,6 +76,19 @@ CREATE TABLE IF NOT EXISTS aliases (
     update_time INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS aliases_by_key ON aliases (key_id);
+CREATE TABLE IF NOT EXISTS key_versions (
+    key_id TEXT NOT NULL REFERENCES keys (key_id),
+    version INTEGER NOT NULL CHECK (version >= 2),
+    object_id TEXT NOT NULL UNIQUE,
+    create_time INTEGER NOT NULL,
+    PRIMARY KEY (key_id, version)
+);
+CREATE TABLE IF NOT EXISTS key_rotation (
+    key_id TEXT PRIMARY KEY REFERENCES keys (key_id),
+    period_days INTEGER NOT NULL,
+    next_time INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS key_rotation_due ON key_rotation (next_time);
 ";
 
 /// The SQLite metadata store.
@@ -135,6 +148,12 @@ impl Store {
             rows::insert_key(&tx, key, idempotency_token)?;
             if let Some(a) = alias {
                 rows::insert_alias(&tx, a, key.id, key.create_time)?;
+            }
+            if let Some(r) = key.rotation {
+                tx.execute(
+                    "INSERT INTO key_rotation (key_id, period_days, next_time) VALUES (?1, ?2, ?3)",
+                    params![key.id.to_string(), r.period_days, r.next_time],
+                )?;
             }
             tx.commit()?;
             Ok(())
@@ -242,6 +261,14 @@ impl Store {
         self.with(|conn| {
             let tx = conn.transaction()?;
             tx.execute("DELETE FROM aliases WHERE key_id = ?1", [id.to_string()])?;
+            tx.execute(
+                "DELETE FROM key_versions WHERE key_id = ?1",
+                [id.to_string()],
+            )?;
+            tx.execute(
+                "DELETE FROM key_rotation WHERE key_id = ?1",
+                [id.to_string()],
+            )?;
             tx.execute("DELETE FROM keys WHERE key_id = ?1", [id.to_string()])?;
             tx.commit()?;
             Ok(())
@@ -259,16 +286,96 @@ impl Store {
         })
     }
 
-    /// Every key that should have objects in the token (not destroyed, not awaiting
-    /// import, not an EXTERNAL key without material pending deletion).
+    /// The CKA_IDs of every object that should be in the token: the key id of each key
+    /// with material (not destroyed, not awaiting import, not an EXTERNAL key without
+    /// material pending deletion) and the object id of each of its later versions.
     pub(crate) fn keys_with_material(&self) -> Result<Vec<Uuid>, StoreError> {
         self.with(|conn| {
             let mut stmt = conn.prepare(
-                "SELECT k.key_id FROM keys k LEFT JOIN key_material m ON m.key_id = k.key_id
-                 WHERE k.state NOT IN ('DESTROYED', 'PENDING_IMPORT')
-                   AND (k.origin <> 'EXTERNAL' OR m.import_time IS NOT NULL)",
+                "WITH live AS (
+                   SELECT k.key_id FROM keys k LEFT JOIN key_material m ON m.key_id = k.key_id
+                   WHERE k.state NOT IN ('DESTROYED', 'PENDING_IMPORT')
+                     AND (k.origin <> 'EXTERNAL' OR m.import_time IS NOT NULL))
+                 SELECT key_id FROM live
+                 UNION ALL
+                 SELECT v.object_id FROM key_versions v JOIN live l ON l.key_id = v.key_id",
             )?;
             let ids = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            ids.map(|s| rows::parse_uuid(&s?)).collect()
+        })
+    }
+
+    /// Records a key's next version, made in the token as `version.object_id`, and moves
+    /// its next automatic rotation to `next_rotation` (when it has one). `Conflict` if
+    /// another call added that version first.
+    pub(crate) fn add_version(
+        &self,
+        id: Uuid,
+        version: &KeyVersion,
+        next_rotation: Option<i64>,
+    ) -> Result<(), StoreError> {
+        self.with(|conn| {
+            let tx = conn.transaction()?;
+            let r = tx.execute(
+                "INSERT INTO key_versions (key_id, version, object_id, create_time)
+                 VALUES (?1, ?2, ?3, ?4)",
+                params![
+                    id.to_string(),
+                    version.version,
+                    version.object_id.to_string(),
+                    version.create_time
+                ],
+            );
+            match r {
+                Ok(_) => {}
+                Err(rusqlite::Error::SqliteFailure(e, _))
+                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
+                {
+                    return Err(StoreError::Conflict);
+                }
+                Err(e) => return Err(e.into()),
+            }
+            if let Some(t) = next_rotation {
+                tx.execute(
+                    "UPDATE key_rotation SET next_time = ?1 WHERE key_id = ?2",
+                    params![t, id.to_string()],
+                )?;
+            }
+            tx.commit()?;
+            Ok(())
+        })
+    }
+
+    /// Turns a key's automatic rotation on (or changes it), or off with `None`.
+    pub(crate) fn set_rotation(
+        &self,
+        id: Uuid,
+        rotation: Option<Rotation>,
+    ) -> Result<(), StoreError> {
+        self.with(|conn| {
+            match rotation {
+                Some(r) => conn.execute(
+                    "INSERT INTO key_rotation (key_id, period_days, next_time) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (key_id) DO UPDATE SET period_days = ?2, next_time = ?3",
+                    params![id.to_string(), r.period_days, r.next_time],
+                )?,
+                None => conn.execute(
+                    "DELETE FROM key_rotation WHERE key_id = ?1",
+                    [id.to_string()],
+                )?,
+            };
+            Ok(())
+        })
+    }
+
+    /// ENABLED keys whose automatic rotation is due at `now`.
+    pub(crate) fn due_for_rotation(&self, now: i64) -> Result<Vec<Uuid>, StoreError> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT r.key_id FROM key_rotation r JOIN keys k ON k.key_id = r.key_id
+                 WHERE r.next_time <= ?1 AND k.state = 'ENABLED'",
+            )?;
+            let ids = stmt.query_map([now], |r| r.get::<_, String>(0))?;
             ids.map(|s| rows::parse_uuid(&s?)).collect()
         })
     }

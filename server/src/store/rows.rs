@@ -1,10 +1,10 @@
 //! Row-level SQL for the store: reading and writing key and alias rows.
 
-use rusqlite::{Connection, Row, params};
+use rusqlite::{Connection, OptionalExtension, Row, params};
 use uuid::Uuid;
 
 use super::{KeyFilter, StoreError};
-use crate::domain::record::KeyRecord;
+use crate::domain::record::{KeyRecord, KeyVersion, Rotation};
 use crate::domain::spec::{KeyOrigin, KeySpec, KeyState, KeyUsage};
 
 /// One alias.
@@ -54,7 +54,37 @@ fn key_from_row(row: &Row<'_>) -> Result<KeyRecord, StoreError> {
         valid_to: row.get(13)?,
         key_check_value: row.get(14)?,
         aliases: Vec::new(),
+        versions: Vec::new(),
+        rotation: None,
     })
+}
+
+/// Fills in what a key row joins from other tables: aliases, versions, rotation.
+fn complete(conn: &Connection, key: &mut KeyRecord) -> Result<(), StoreError> {
+    key.aliases = aliases_of(conn, key.id)?;
+    key.versions = KeyRecord::first_version(key.id, key.create_time);
+    let mut stmt = conn.prepare_cached(
+        "SELECT version, object_id, create_time FROM key_versions WHERE key_id = ?1 ORDER BY version",
+    )?;
+    let mut rows = stmt.query([key.id.to_string()])?;
+    while let Some(r) = rows.next()? {
+        key.versions.push(KeyVersion {
+            version: r.get(0)?,
+            object_id: parse_uuid(&r.get::<_, String>(1)?)?,
+            create_time: r.get(2)?,
+        });
+    }
+    let mut stmt =
+        conn.prepare_cached("SELECT period_days, next_time FROM key_rotation WHERE key_id = ?1")?;
+    key.rotation = stmt
+        .query_row([key.id.to_string()], |r| {
+            Ok(Rotation {
+                period_days: r.get(0)?,
+                next_time: r.get(1)?,
+            })
+        })
+        .optional()?;
+    Ok(())
 }
 
 fn aliases_of(conn: &Connection, id: Uuid) -> Result<Vec<String>, StoreError> {
@@ -98,7 +128,7 @@ pub(crate) fn get_key(conn: &Connection, id: Uuid) -> Result<Option<KeyRecord>, 
         return Ok(None);
     };
     let mut key = key_from_row(row)?;
-    key.aliases = aliases_of(conn, id)?;
+    complete(conn, &mut key)?;
     Ok(Some(key))
 }
 
@@ -147,7 +177,7 @@ pub(crate) fn list_keys(conn: &Connection, f: &KeyFilter) -> Result<Vec<KeyRecor
         out.push(key_from_row(row)?);
     }
     for k in &mut out {
-        k.aliases = aliases_of(conn, k.id)?;
+        complete(conn, k)?;
     }
     Ok(out)
 }

@@ -23,6 +23,8 @@ fn key(t: i64) -> KeyRecord {
         valid_to: None,
         key_check_value: None,
         aliases: vec![],
+        versions: vec![],
+        rotation: None,
     }
 }
 
