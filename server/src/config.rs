@@ -14,6 +14,7 @@ use figment::providers::{Env, Format, Toml};
 use secrecy::SecretString;
 use serde::Deserialize;
 
+use crate::api::kubernetes::KubernetesConfig;
 use crate::audit::AuditConfig;
 use crate::auth::{LimitClass, Policy, Rate, RawRule, Rule};
 use crate::hsm::HsmConfig;
@@ -52,6 +53,17 @@ struct RawConfig {
     lifecycle: RawLifecycle,
     #[serde(default)]
     import: RawImport,
+    #[serde(default)]
+    kubernetes: Option<RawKubernetes>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawKubernetes {
+    socket: PathBuf,
+    key: Option<String>,
+    group: Option<String>,
+    create_key: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -153,6 +165,8 @@ pub struct Config {
     pub sweep_interval: Duration,
     /// Key import settings.
     pub(crate) import: ImportConfig,
+    /// The Kubernetes KMS v2 plugin socket, when configured.
+    pub(crate) kubernetes: Option<KubernetesConfig>,
 }
 
 /// Default listen address.
@@ -242,6 +256,7 @@ impl RawConfig {
             token_lifetime_secs: lifetime,
             allow_host_oaep_sha256: self.import.allow_host_oaep_sha256.unwrap_or(false),
         };
+        let kubernetes = self.kubernetes.map(|k| kubernetes(k, &abs)).transpose()?;
         Ok(Config {
             listen,
             hsm: HsmConfig {
@@ -259,6 +274,7 @@ impl RawConfig {
             rate_limits,
             sweep_interval: Duration::from_secs(sweep),
             import,
+            kubernetes,
         })
     }
 }
@@ -298,6 +314,36 @@ fn policy(auth: Option<RawAuth>, policy: Option<RawPolicy>) -> Result<Policy, Co
         ));
     }
     Ok(Policy::new(rules))
+}
+
+/// Default key of the KMS plugin.
+pub const DEFAULT_KMS_KEY: &str = "alias/k8s-secrets";
+
+fn kubernetes(
+    raw: RawKubernetes,
+    abs: &impl Fn(PathBuf) -> PathBuf,
+) -> Result<KubernetesConfig, ConfigError> {
+    if raw.socket.as_os_str().is_empty() {
+        return Err(bad("kubernetes.socket", "must not be empty"));
+    }
+    let key = raw.key.unwrap_or_else(|| DEFAULT_KMS_KEY.to_string());
+    crate::keys::KeyRef::parse(&key).map_err(|e| bad("kubernetes.key", e.to_string()))?;
+    let create_key = raw.create_key.unwrap_or(false);
+    if create_key && !key.starts_with("alias/") {
+        return Err(bad(
+            "kubernetes.create_key",
+            "needs kubernetes.key to be an alias (alias/NAME) to create",
+        ));
+    }
+    if raw.group.as_deref().is_some_and(|g| g.trim().is_empty()) {
+        return Err(bad("kubernetes.group", "must not be empty"));
+    }
+    Ok(KubernetesConfig {
+        socket: abs(raw.socket),
+        key,
+        group: raw.group,
+        create_key,
+    })
 }
 
 fn rate_limits(raw: RawRateLimits) -> Result<HashMap<LimitClass, Rate>, ConfigError> {

@@ -35,6 +35,13 @@ enum Cmd {
         /// Address to listen on; port 0 picks a free port.
         #[arg(long, value_name = "HOST:PORT", default_value = hsmd::config::DEFAULT_LISTEN)]
         listen: String,
+        /// Also serve the Kubernetes KMS v2 plugin on this Unix socket (mode 0600).
+        #[arg(long, value_name = "PATH")]
+        kms_socket: Option<PathBuf>,
+        /// The plugin's key: alias/NAME (an AES-256 key is created for a missing alias)
+        /// or a key id.
+        #[arg(long, value_name = "KEY", default_value = hsmd::config::DEFAULT_KMS_KEY, requires = "kms_socket")]
+        kms_key: String,
     },
 }
 
@@ -60,9 +67,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     // runtime starts any thread.
     let (config_path, dev_dir) = match cli.command {
         Cmd::Serve { config } => (config, None),
-        Cmd::Dev { data_dir, listen } => {
+        Cmd::Dev {
+            data_dir,
+            listen,
+            kms_socket,
+            kms_key,
+        } => {
             let dir = data_dir.unwrap_or_else(hsmd::dev::default_data_dir);
-            (hsmd::dev::provision(&dir, &listen)?, Some(dir))
+            let kms = kms_socket.map(|socket| hsmd::dev::DevKms {
+                socket,
+                key: kms_key,
+            });
+            let config = hsmd::dev::provision_with_kms(&dir, &listen, kms.as_ref())?;
+            (config, Some(dir))
         }
     };
     let cfg = hsmd::config::Config::load(&config_path)?;

@@ -3,12 +3,15 @@
 //! listen with TLS 1.3 and client certificates, reload the policy on SIGHUP, and serve
 //! (each call in a task of its own, so it runs to its audit record even if the client
 //! goes away) until SIGINT/SIGTERM, then seal the audit log with a last checkpoint.
+//! With `[kubernetes]`, the same process also serves the KMS v2 plugin on its Unix
+//! socket.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use hsmd_proto::kms_v2::key_management_service_server::KeyManagementServiceServer;
 use hsmd_proto::v1::audit_service_server::AuditServiceServer;
 use hsmd_proto::v1::certificate_service_server::CertificateServiceServer;
 use hsmd_proto::v1::key_service_server::KeyServiceServer;
@@ -23,6 +26,7 @@ use crate::api::ApiState;
 use crate::api::audit::AuditApi;
 use crate::api::certs::CertApi;
 use crate::api::keys::KeyApi;
+use crate::api::kubernetes::{KmsPlugin, KubernetesConfig};
 use crate::api::token::TokenApi;
 use crate::audit::{AuditEvent, AuditLog, CheckpointSigner, Outcome};
 use crate::auth::Authorizer;
@@ -86,6 +90,10 @@ pub async fn run_until<S: std::future::Future<Output = ()>>(
     // Both reflection versions: grpcurl before 1.9 and many tools speak only v1alpha.
     let reflection = reflection_builder().build_v1()?;
     let reflection_alpha = reflection_builder().build_v1alpha()?;
+    let kms = match &cfg.kubernetes {
+        Some(k) => Some(serve_kms_plugin(&state, k).await?),
+        None => None,
+    };
     let shutdown = shutdown();
     on_bound(addr)?;
     tracing::info!(%addr, "serving");
@@ -100,6 +108,15 @@ pub async fn run_until<S: std::future::Future<Output = ()>>(
         .add_service(CertificateServiceServer::new(CertApi::new(state.clone())))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
+    if let Some((stop, task, socket)) = kms {
+        let _ = stop.send(true);
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "KMS plugin server failed"),
+            Err(e) => tracing::error!(error = %e, "KMS plugin task failed"),
+        }
+        let _ = std::fs::remove_file(&socket);
+    }
     match state.audit.close().await {
         Ok(head) => tracing::info!(
             sequence = head.sequence,
@@ -304,6 +321,69 @@ fn log_capabilities(backend: &Pkcs11Backend) {
     }
     for p in &backend.capabilities().algorithm_paths {
         tracing::info!(algorithm = p.algorithm.name(), offered = p.offered, path = %p.path, "encryption path");
+    }
+}
+
+/// A running KMS plugin server: its stop switch, its task and its socket path.
+type KmsServer = (
+    tokio::sync::watch::Sender<bool>,
+    tokio::task::JoinHandle<Result<(), tonic::transport::Error>>,
+    std::path::PathBuf,
+);
+
+/// Serves the Kubernetes KMS v2 plugin on its Unix socket (creating its key and alias
+/// first when `create_key` says so), until the stop switch is thrown.
+async fn serve_kms_plugin(state: &ApiState, cfg: &KubernetesConfig) -> anyhow::Result<KmsServer> {
+    if cfg.create_key {
+        ensure_kms_key(state, cfg).await?;
+    }
+    let listener = crate::api::kubernetes::socket::bind(cfg)?;
+    let incoming = tokio_stream::wrappers::UnixListenerStream::new(listener);
+    let (stop, mut stopped) = tokio::sync::watch::channel(false);
+    let plugin = KeyManagementServiceServer::new(KmsPlugin::new(state.clone(), cfg));
+    let task = tokio::spawn(
+        Server::builder()
+            .add_service(plugin)
+            .serve_with_incoming_shutdown(incoming, async move {
+                let _ = stopped.changed().await;
+            }),
+    );
+    tracing::info!(socket = %cfg.socket.display(), key = %cfg.key, principal = %cfg.principal(), "serving the Kubernetes KMS v2 plugin");
+    Ok((stop, task, cfg.socket.clone()))
+}
+
+/// Creates the plugin's AES-256 key with its alias when the alias is missing (dev).
+async fn ensure_kms_key(state: &ApiState, cfg: &KubernetesConfig) -> anyhow::Result<()> {
+    let keys = state.keys.clone();
+    let alias = cfg.key.clone();
+    let made = tokio::task::spawn_blocking(move || {
+        if keys.store().resolve_alias(&alias)?.is_some() {
+            return Ok(None);
+        }
+        let new = crate::keys::manager::NewKey {
+            spec: crate::domain::spec::KeySpec::Aes256,
+            usage: crate::domain::spec::KeyUsage::EncryptDecrypt,
+            origin: crate::domain::spec::KeyOrigin::Hsm,
+            alias: Some(alias),
+            description: "Kubernetes Secret encryption (KMS v2 plugin)".into(),
+            tags: Default::default(),
+            idempotency_token: None,
+            rotation_period_days: None,
+        };
+        keys.create(SYSTEM_PRINCIPAL, new).map(Some)
+    })
+    .await?;
+    match made {
+        Ok(Some(key)) => {
+            tracing::info!(key_id = %key.id, alias = %cfg.key, "created the KMS plugin key");
+            system_record(state, "hsmd/CreateKey", key.id, &Ok(Ok(()))).await;
+            Ok(())
+        }
+        Ok(None) => Ok(()),
+        Err(e) => Err(anyhow::anyhow!(
+            "creating the KMS plugin key {}: {e}",
+            cfg.key
+        )),
     }
 }
 

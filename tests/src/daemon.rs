@@ -41,6 +41,8 @@ pub struct Daemon {
     pub(crate) mode: Mode,
     pub(crate) child: Option<Child>,
     pub(crate) starts: u32,
+    /// More `hsmd dev` arguments, given at every (re)start.
+    pub(crate) dev_args: Vec<std::ffi::OsString>,
 }
 
 impl Deref for Daemon {
@@ -54,11 +56,21 @@ impl Deref for Daemon {
 impl Daemon {
     /// Starts a daemon on a fresh data folder and connects to it.
     pub async fn start() -> Daemon {
+        Daemon::start_with(Vec::<std::ffi::OsString>::new()).await
+    }
+
+    /// Starts `hsmd dev` with more arguments (kept for restarts), e.g. `--kms-socket`.
+    pub async fn start_with<I, S>(dev_args: I) -> Daemon
+    where
+        I: IntoIterator<Item = S>,
+        S: Into<std::ffi::OsString>,
+    {
         let mut daemon = Daemon {
             inst: Instance::fresh(),
             mode: Mode::Dev,
             child: None,
             starts: 0,
+            dev_args: dev_args.into_iter().map(Into::into).collect(),
         };
         daemon.launch().await;
         daemon
@@ -123,7 +135,8 @@ impl Daemon {
                 cmd.arg("dev")
                     .arg("--data-dir")
                     .arg(&self.data_dir)
-                    .args(["--listen", "127.0.0.1:0"]);
+                    .args(["--listen", "127.0.0.1:0"])
+                    .args(&self.dev_args);
                 self.child = Some(cmd.spawn().expect("spawn hsmd dev"));
                 self.wait_for_profile().await
             }

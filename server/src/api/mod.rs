@@ -26,6 +26,7 @@ pub(crate) mod convert;
 pub(crate) mod crypt;
 pub(crate) mod import;
 pub(crate) mod keys;
+pub(crate) mod kubernetes;
 mod rotation;
 mod signing;
 pub(crate) mod status;

@@ -41,9 +41,27 @@ pub fn default_data_dir() -> PathBuf {
     base.join("hsmd/dev")
 }
 
+/// `hsmd dev --kms-socket PATH [--kms-key KEY]`: serve the Kubernetes KMS v2 plugin.
+#[derive(Debug, Clone)]
+pub struct DevKms {
+    pub socket: PathBuf,
+    /// `alias/NAME` (created with an AES-256 key when missing) or a key id.
+    pub key: String,
+}
+
 /// Provisions (or reuses) `dir` and returns the path of its `hsmd.toml`. Must run
 /// before any thread starts: it sets SOFTHSM2_CONF for this process.
 pub fn provision(dir: &Path, listen: &str) -> anyhow::Result<PathBuf> {
+    provision_with_kms(dir, listen, None)
+}
+
+/// As [`provision`], with the KMS plugin configured (and its principal allowed Encrypt
+/// and Decrypt on every key) when `kms` is given.
+pub fn provision_with_kms(
+    dir: &Path,
+    listen: &str,
+    kms: Option<&DevKms>,
+) -> anyhow::Result<PathBuf> {
     fs::create_dir_all(dir.join("tokens")).with_context(|| format!("create {}", dir.display()))?;
     let dir = dir.canonicalize()?;
     let module = ensure_softhsm()?;
@@ -59,7 +77,11 @@ pub fn provision(dir: &Path, listen: &str) -> anyhow::Result<PathBuf> {
     }
     certs::ensure(&dir.join("tls"), DEV_PRINCIPAL)?;
     let config = dir.join("hsmd.toml");
-    fs::write(&config, config_text(&dir, &module, listen)?)?;
+    let mut text = config_text(&dir, &module, listen)?;
+    if let Some(k) = kms {
+        text.push_str(&kms_text(k)?);
+    }
+    fs::write(&config, text)?;
     Ok(config)
 }
 
@@ -148,6 +170,62 @@ fn config_text(dir: &Path, module: &Path, listen: &str) -> anyhow::Result<String
          # The local client may do everything on every key.\n{}",
         toml::to_string(&config).context("hsmd.toml")?,
         toml::to_string(&policy).context("hsmd.toml policy")?,
+    ))
+}
+
+/// `[kubernetes]` and the plugin principal's rule, appended to `hsmd.toml`.
+fn kms_text(kms: &DevKms) -> anyhow::Result<String> {
+    #[derive(Serialize)]
+    struct Section<'a> {
+        kubernetes: Kubernetes<'a>,
+    }
+    #[derive(Serialize)]
+    struct Kubernetes<'a> {
+        socket: &'a Path,
+        key: &'a str,
+        create_key: bool,
+    }
+    #[derive(Serialize)]
+    struct Rules {
+        policy: Rule,
+    }
+    #[derive(Serialize)]
+    struct Rule {
+        rules: [KmsRule; 1],
+    }
+    #[derive(Serialize)]
+    struct KmsRule {
+        principals: [String; 1],
+        actions: [&'static str; 2],
+        keys: [&'static str; 1],
+    }
+    let socket = if kms.socket.is_absolute() {
+        kms.socket.clone()
+    } else {
+        std::env::current_dir()?.join(&kms.socket)
+    };
+    let section = Section {
+        kubernetes: Kubernetes {
+            socket: &socket,
+            key: &kms.key,
+            create_key: kms.key.starts_with("alias/"),
+        },
+    };
+    let principal = format!("kubernetes:{}", socket.display());
+    let rule = Rules {
+        policy: Rule {
+            rules: [KmsRule {
+                principals: [principal],
+                actions: ["Encrypt", "Decrypt"],
+                keys: ["*"],
+            }],
+        },
+    };
+    // `[[policy.rules]]` again: TOML appends this rule to the array above.
+    Ok(format!(
+        "\n# The Kubernetes KMS v2 plugin (hsmd dev --kms-socket).\n{}\n{}",
+        toml::to_string(&section).context("hsmd.toml kubernetes")?,
+        toml::to_string(&rule).context("hsmd.toml kubernetes rule")?,
     ))
 }
 
