@@ -5,6 +5,7 @@
 //! turns going first — so a shared machine's drift falls on both sides alike, and prints
 //! both, pooled over the rounds, with the ratio.
 
+mod kms;
 mod raw;
 
 use std::path::{Path, PathBuf};
@@ -64,6 +65,10 @@ struct Args {
     /// hsmd side: sign over the SignStream RPC (one stream per connection).
     #[arg(long)]
     stream: bool,
+    /// hsmd side of --op encrypt: the Kubernetes KMS v2 plugin's Encrypt over its Unix
+    /// socket (the API server's hot path) instead of KeyService Encrypt over mTLS.
+    #[arg(long)]
+    kms: bool,
     /// Output: table or json.
     #[arg(short, long, default_value = "table")]
     output: String,
@@ -118,6 +123,9 @@ fn checked(args: &Args) -> anyhow::Result<(KeySpec, SigningAlgorithm)> {
     if args.stream && args.op != BenchOp::Sign {
         bail!("--stream works with --op sign only");
     }
+    if args.kms && args.op != BenchOp::Encrypt {
+        bail!("--kms works with --op encrypt only");
+    }
     if args.calls.is_some_and(|n| n < u64::from(args.rounds)) {
         bail!("--calls must be at least --rounds (each round measures some calls)");
     }
@@ -164,14 +172,15 @@ fn run_rounds(
             Duration::ZERO
         };
         let slice = slice_of(length, round, args.rounds);
-        let measure_hsmd = || {
-            runtime.block_on(bench::measure(
+        let measure_hsmd = || match &side.kms {
+            Some(kms) => runtime.block_on(kms::measure(kms, args.concurrency, warmup, slice)),
+            None => runtime.block_on(bench::measure(
                 &side.clients,
                 &side.spec,
                 &side.prepared,
                 warmup,
                 slice,
-            ))
+            )),
         };
         // The sides take turns going first (hsmd-raw, raw-hsmd, ...), so whatever one
         // leaves behind (the daemon's last fsyncs) or a drift within a round does not
@@ -203,7 +212,7 @@ fn report(args: &Args, spec: KeySpec, algorithm: SigningAlgorithm, run: &Run, rs
         let v = serde_json::json!({
             "op": args.op, "spec": spec.name(), "algorithm": alg_name(args.op, algorithm),
             "concurrency": args.concurrency, "connections": args.connections, "extra_keys": args.extra_keys,
-            "stream": args.stream,
+            "stream": args.stream, "kms": args.kms,
             "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
             "raw": raw_stats, "hsmd": hsmd_stats, "ratio": ratio, "hsmd_peak_rss_kib": rss,
             "rounds": run.rounds.iter().map(Round::json).collect::<Vec<_>>(),
@@ -219,7 +228,13 @@ fn report(args: &Args, spec: KeySpec, algorithm: SigningAlgorithm, run: &Run, rs
         alg_name(args.op, algorithm),
         args.concurrency,
         args.connections,
-        if args.stream { ", SignStream" } else { "" },
+        if args.stream {
+            ", SignStream"
+        } else if args.kms {
+            ", KMS v2 plugin over its Unix socket"
+        } else {
+            ""
+        },
         args.extra_keys
     );
     print!(
@@ -307,6 +322,12 @@ fn slice_of(length: Length, i: u32, rounds: u32) -> Length {
 struct HsmdSide {
     daemon: Daemon,
     clients: Vec<Client>,
+    /// With --kms: the plugin client (the calls go there instead).
+    kms: Option<
+        hsmd_proto::kms_v2::key_management_service_client::KeyManagementServiceClient<
+            tonic::transport::Channel,
+        >,
+    >,
     spec: BenchSpec,
     prepared: bench::Prepared,
 }
@@ -319,7 +340,8 @@ impl HsmdSide {
         spec: KeySpec,
         algorithm: SigningAlgorithm,
     ) -> anyhow::Result<HsmdSide> {
-        let daemon = Daemon::start(dir)?;
+        let socket = dir.join("kms.sock");
+        let daemon = Daemon::start(dir, args.kms.then_some(socket.as_path()))?;
         let profile = Profile::load(dir.join("client.toml"))?;
         let mut clients = Vec::new();
         for _ in 0..args.connections.max(1) {
@@ -348,9 +370,14 @@ impl HsmdSide {
             stream: args.stream,
         };
         let prepared = bench::prepare(&clients, &spec).await?;
+        let kms = match args.kms {
+            true => Some(kms::connect(&socket).await?),
+            false => None,
+        };
         Ok(HsmdSide {
             daemon,
             clients,
+            kms,
             spec,
             prepared,
         })
@@ -396,7 +423,8 @@ struct Daemon {
 }
 
 impl Daemon {
-    fn start(dir: &Path) -> anyhow::Result<Daemon> {
+    /// `hsmd dev` on `dir`, with the KMS plugin on `kms_socket` when given.
+    fn start(dir: &Path, kms_socket: Option<&Path>) -> anyhow::Result<Daemon> {
         let exe = std::env::current_exe()?.with_file_name("hsmd");
         if !exe.exists() {
             bail!(
@@ -406,9 +434,13 @@ impl Daemon {
         }
         let profile = dir.join("client.toml");
         let _ = std::fs::remove_file(&profile);
-        let child = Command::new(&exe)
-            .args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
-            .arg(dir)
+        let mut cmd = Command::new(&exe);
+        cmd.args(["dev", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(dir);
+        if let Some(socket) = kms_socket {
+            cmd.arg("--kms-socket").arg(socket);
+        }
+        let child = cmd
             .env("RUST_LOG", "warn,cryptoki::mechanism=off")
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())

@@ -4,6 +4,7 @@
 
 use std::process::Command;
 
+use hsmd_e2e::tools::run_unchecked;
 use hsmd_e2e::tools::workspace_bin;
 use hsmd_e2e::{Daemon, require_tools, run};
 
@@ -98,6 +99,42 @@ fn hsmd_bench_reports_the_encryption_operations() {
         };
         assert_eq!(report["spec"], expected_spec, "{report}");
     }
+}
+
+/// `--op encrypt --kms` drives the Kubernetes KMS v2 plugin over its Unix socket.
+#[test]
+fn hsmd_bench_drives_the_kms_plugin() {
+    require_tools();
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(Command::new(workspace_bin("hsmd-bench"))
+        .args(["--data-dir"])
+        .arg(dir.path())
+        .args(["--op", "encrypt", "--kms", "--concurrency", "2"])
+        .args(["--calls", "30", "--warmup", "0s", "-o", "json"]));
+    let report: serde_json::Value = serde_json::from_str(out.stdout.trim())
+        .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", out.describe()));
+    assert_eq!(report["kms"], true, "{report}");
+    for side in ["raw", "hsmd"] {
+        assert_eq!(report[side]["calls"], 30, "{side}: {report}");
+        assert_eq!(report[side]["errors"], 0, "{side}: {report}");
+    }
+    // The calls went through the plugin: its principal's records are in the log.
+    let log = std::fs::read_to_string(dir.path().join("audit/audit.log")).unwrap();
+    let plugin_calls = log
+        .lines()
+        .filter(|l| l.contains("/v2.KeyManagementService/Encrypt"))
+        .count();
+    assert!(plugin_calls >= 30, "{plugin_calls} plugin Encrypt records");
+    let refused =
+        run_unchecked(Command::new(workspace_bin("hsmd-bench")).args(["--op", "sign", "--kms"]));
+    assert!(
+        !refused.success()
+            && refused
+                .stderr
+                .contains("--kms works with --op encrypt only"),
+        "{}",
+        refused.describe()
+    );
 }
 
 #[tokio::test]
