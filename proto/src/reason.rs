@@ -315,7 +315,16 @@ mod tests {
         assert_eq!(Reason::DigestLengthMismatch, "DIGEST_LENGTH_MISMATCH");
         assert_eq!(Reason::NoClientIdentity, "NO_CLIENT_IDENTITY");
         assert_eq!(Reason::InvalidSan, "INVALID_SAN");
-        assert_eq!(Reason::ALL.len(), 41);
+        assert_eq!(Reason::RotationNotSupported, "ROTATION_NOT_SUPPORTED");
+        assert_eq!(
+            Reason::RotationNotSupported.code(),
+            tonic::Code::FailedPrecondition
+        );
+        assert_eq!(
+            Reason::InvalidRotationPeriod.code(),
+            tonic::Code::InvalidArgument
+        );
+        assert_eq!(Reason::ALL.len(), 43);
     }
 
     #[test]
