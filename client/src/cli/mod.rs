@@ -1,7 +1,7 @@
 //! The `hsmctl` command line: global flags, the command tree, and dispatch.
 //!
 //! One file per command family (`key`, `alias`, `crypto`, `encrypt`, `envelope`, `csr`,
-//! `import`, `token`, `audit`); each turns
+//! `import`, `token`, `audit`, with `report` and its shared counting in `tally`); each turns
 //! its arguments into calls on [`hsm_client::Client`] and prints a table (for people)
 //! or JSON (`-o json`, for programs).
 
@@ -17,7 +17,9 @@ mod error;
 mod import;
 mod key;
 mod render;
+mod report;
 mod table;
+mod tally;
 mod token;
 mod verify;
 
@@ -153,6 +155,8 @@ impl From<Verdict> for ExitCode {
 pub struct CliEnv {
     client: Client,
     output: Output,
+    /// The profile's endpoint, for reports that say where they came from.
+    endpoint: String,
 }
 
 impl CliEnv {
@@ -197,6 +201,7 @@ impl Cli {
         let env = CliEnv {
             client,
             output: self.output,
+            endpoint: profile.endpoint.clone(),
         };
         match self.command {
             Command::Key(cmd) => cmd.run(&env).await,
