@@ -335,6 +335,20 @@ mod tests {
     }
 
     #[test]
+    fn audit_report_and_stats_take_a_range() {
+        let parses = |line: &str| Cli::try_parse_from(line.split_whitespace()).is_ok();
+        for good in [
+            "hsmctl audit report --since 7d --out report.html",
+            "hsmctl audit report --since 2025-01-01T00:00:00Z --until 2025-01-08T00:00:00Z",
+            "hsmctl -o json audit report --since 24h --until 1h --top 3",
+            "hsmctl audit stats --since 7d --until 2025-01-08T00:00:00Z",
+        ] {
+            assert!(parses(good), "{good}");
+        }
+        assert!(!parses("hsmctl audit report --top many"));
+    }
+
+    #[test]
     fn key_create_origin_defaults_to_hsm() {
         let origin = |extra: &[&str]| {
             let line = "hsmctl key create --spec aes-256 --usage encrypt-decrypt";

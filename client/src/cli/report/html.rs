@@ -78,7 +78,7 @@ fn counts_cells(h: &mut String, c: &Counts) {
     for n in c {
         let _ = write!(h, "<td class=\"n\">{n}</td>");
     }
-    let _ = write!(h, "<td class=\"n\">{}</td></tr>\n", sum(c));
+    let _ = writeln!(h, "<td class=\"n\">{}</td></tr>", sum(c));
 }
 
 fn hourly(h: &mut String, r: &Report<'_>) -> Result<(), String> {
@@ -133,22 +133,23 @@ fn top_keys(h: &mut String, r: &Report<'_>) {
 
 fn refusals(h: &mut String, r: &Report<'_>) {
     let groups = r.figures.refusals();
-    let _ = write!(
+    let _ = writeln!(
         h,
         "<section id=\"refusals\"><h2>Denied, throttled and failed calls</h2>\
-         <p>{} calls in {} groups (principal, outcome, reason), largest first.</p>\n",
+         <p>{} calls in {} groups (principal, outcome, reason), largest first.</p>",
         groups.iter().map(|g| g.calls.len()).sum::<usize>(),
         groups.len()
     );
     for g in &groups {
-        let _ = write!(
+        let _ = writeln!(
             h,
-            "<h3>{} &mdash; {} {} ({} calls)</h3><table><tr><th>time</th><th class=\"n\">seq</th>\
-             <th>method</th><th>key</th><th>status</th></tr>\n",
+            "<h3>{} &mdash; {} {} ({} {})</h3><table><tr><th>time</th><th class=\"n\">seq</th>\
+             <th>method</th><th>key</th><th>status</th></tr>",
             esc(or_none(&g.principal)),
             g.outcome,
             esc(or_none(&g.reason)),
-            g.calls.len()
+            g.calls.len(),
+            if g.calls.len() == 1 { "call" } else { "calls" }
         );
         for c in &g.calls {
             call_row(h, c, &[&c.method, c.key(), &c.status]);
@@ -160,12 +161,12 @@ fn refusals(h: &mut String, r: &Report<'_>) {
 
 fn lifecycle(h: &mut String, r: &Report<'_>) {
     let events = &r.figures.lifecycle;
-    let _ = write!(
+    let _ = writeln!(
         h,
         "<section id=\"lifecycle\"><h2>Key lifecycle events</h2><p>{} events (calls that \
          succeeded: created, enabled, disabled, deletion scheduled or cancelled, material \
          imported or deleted, rotated).</p><table><tr><th>time</th><th class=\"n\">seq</th>\
-         <th>event</th><th>key</th><th>alias</th><th>principal</th></tr>\n",
+         <th>event</th><th>key</th><th>alias</th><th>principal</th></tr>",
         events.len()
     );
     for (event, c) in events {
