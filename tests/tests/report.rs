@@ -2,7 +2,8 @@
 //! allowed, invalid, denied, throttled and failed calls and key lifecycle events. The
 //! HTML report has every section, its figures are those of `hsmctl -o json audit stats`
 //! for the same range, `-o json` gives the same numbers, a principal made of markup is
-//! escaped, and headless Chromium draws the page to a PNG with no network at all.
+//! escaped, and headless Chromium draws the page to a PNG with no network at all. An
+//! edited record makes the report say BROKEN and exit 1.
 
 use std::{
     fs,
@@ -63,6 +64,27 @@ async fn report_shows_every_kind_of_call_with_the_figures_of_audit_stats() {
     check_escaped(&html);
     check_self_contained(&html);
     render_with_chromium(&dir, &html_path);
+    report_of_a_broken_chain_says_so(&d, &since, &until);
+}
+
+/// An edited record: the report is still written, says BROKEN, and exits 1.
+fn report_of_a_broken_chain_says_so(d: &Daemon, since: &str, until: &str) {
+    let text = fs::read_to_string(d.audit_log_path()).expect("audit log");
+    let edited = text.replacen("\"outcome\":\"ok\"", "\"outcome\":\"no\"", 1);
+    assert_ne!(edited, text, "an ok record to edit");
+    // Same length, same inode: the daemon keeps appending where it was.
+    fs::write(d.audit_log_path(), edited).expect("rewrite audit log");
+    let html_path = d.scratch().join("broken.html");
+    let out = d.hsmctl(args![
+        "audit", "report", "--since", since, "--until", until, "--out", html_path
+    ]);
+    out.expect_code(1);
+    let html = fs::read_to_string(&html_path).expect("broken.html");
+    assert!(html.contains(">BROKEN<"), "the page says BROKEN");
+    assert!(
+        html.contains("audit chain BROKEN at record "),
+        "and so does the summary"
+    );
 }
 
 /// Makes the calls the report is about; returns the RFC 3339 range that holds exactly

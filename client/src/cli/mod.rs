@@ -38,7 +38,7 @@ pub use error::CliError;
 /// --profile / $HSMCTL_PROFILE). Keys are named by UUID or `alias/NAME`.
 ///
 /// Exit status: 0 success; 1 a negative answer (`verify`: invalid signature,
-/// `audit verify`: broken chain); 2 any error, printed on stderr as
+/// `audit verify` and `audit report`: broken chain); 2 any error, printed on stderr as
 /// `error: <CODE> <REASON>: <message>`.
 #[derive(Debug, Parser)]
 #[command(name = "hsmctl", version, propagate_version = true)]
@@ -126,7 +126,8 @@ enum Command {
     /// What token hsmd runs on and what it offers there.
     #[command(subcommand)]
     Token(token::TokenCommand),
-    /// Query, summarize and verify the audit log; export the audit public key.
+    /// Query, summarize, review (HTML report) and verify the audit log; export the audit
+    /// public key.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
     /// Load-test a running daemon: ops/s and p50/p90/p99/max latency (exit 1 on errors).
