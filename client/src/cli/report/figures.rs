@@ -188,37 +188,19 @@ impl Figures {
 
     /// The figures as JSON (the `-o json` report, without range and checkpoint).
     pub fn json(&self, top: usize) -> serde_json::Value {
-        let hours: Vec<serde_json::Value> = self
-            .hours
-            .iter()
-            .map(|(h, c)| {
-                let mut v = counts_json(c);
-                v["hour"] = json!(hour_label(*h));
-                v
-            })
+        let hours: Vec<_> = (self.hours.iter())
+            .map(|(h, c)| with(counts_json(c), "hour", json!(hour_label(*h))))
             .collect();
-        let principals: Vec<serde_json::Value> = self
-            .top_principals(top)
-            .iter()
-            .map(|(p, c)| {
-                let mut v = counts_json(c);
-                v["principal"] = json!(p);
-                v
-            })
+        let principals: Vec<_> = (self.top_principals(top).iter())
+            .map(|(p, c)| with(counts_json(c), "principal", json!(p)))
             .collect();
-        let keys: Vec<serde_json::Value> = self
-            .top_keys(top)
-            .iter()
+        let keys: Vec<_> = (self.top_keys(top).iter())
             .map(|(k, t)| {
-                let mut v = counts_json(&t.counts);
-                v["key"] = json!(k);
-                v["aliases"] = json!(t.aliases);
-                v
+                let v = with(counts_json(&t.counts), "key", json!(k));
+                with(v, "aliases", json!(t.aliases))
             })
             .collect();
-        let refusals: Vec<serde_json::Value> = self
-            .refusals()
-            .iter()
+        let refusals: Vec<_> = (self.refusals().iter())
             .map(|r| {
                 json!({
                     "principal": r.principal, "outcome": r.outcome, "reason": r.reason,
@@ -227,14 +209,8 @@ impl Figures {
                 })
             })
             .collect();
-        let lifecycle: Vec<serde_json::Value> = self
-            .lifecycle
-            .iter()
-            .map(|(event, call)| {
-                let mut v = call.json();
-                v["event"] = json!(event);
-                v
-            })
+        let lifecycle: Vec<_> = (self.lifecycle.iter())
+            .map(|(event, call)| with(call.json(), "event", json!(event)))
             .collect();
         json!({
             "records": self.records,
@@ -249,6 +225,12 @@ impl Figures {
             "lifecycle": lifecycle,
         })
     }
+}
+
+/// `object` with `field` set to `value`.
+fn with(mut object: serde_json::Value, field: &str, value: serde_json::Value) -> serde_json::Value {
+    object[field] = value;
+    object
 }
 
 /// Hour number (Unix seconds / 3600) as `2025-01-31T12:00:00Z`.
