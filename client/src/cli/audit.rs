@@ -2,8 +2,6 @@
 //! lines for tools), summarize it, export the audit public key, and verify the hash
 //! chain and the signed checkpoints, on the server or offline from the files.
 
-use std::collections::BTreeMap;
-
 use clap::{Args, Subcommand};
 use hsm_client::ClientError;
 use hsm_client::names::{self, name_of};
@@ -15,6 +13,7 @@ use super::args::{
     format_timestamp, parse_rfc3339, parse_since, print, print_json, println, to_timestamp,
 };
 use super::table::{Table, cell, or_dash};
+use super::tally::{Range, Stats, scan, short_method};
 use super::{CliEnv, CliError, Verdict};
 
 /// Audit commands.
@@ -33,6 +32,12 @@ pub enum AuditCommand {
     Verify(super::verify::VerifyArgs),
     /// Summarize calls per principal, method and outcome.
     Stats(StatsArgs),
+    /// Write a review report of a time range: one self-contained HTML file (calls per
+    /// hour by outcome, top principals and keys, every denied, throttled and failed
+    /// call, key lifecycle events, checkpoint status, a summary line to sign off), or
+    /// with -o json the same figures as JSON. Its counts are those of `audit stats`
+    /// for the same range. Exit 1 when the audit chain does not verify.
+    Report(super::report::ReportArgs),
     /// Print the audit public key (PEM) that checkpoint signatures verify with.
     PublicKey(PublicKeyArgs),
 }
@@ -43,6 +48,9 @@ pub struct StatsArgs {
     /// Only records from this far back (1h, 24h, 7d) or since an RFC 3339 time.
     #[arg(long, value_name = "DURATION", default_value = "24h")]
     since: String,
+    /// Only records before this time: an RFC 3339 time, or a duration back from now.
+    #[arg(long, value_name = "TIME")]
+    until: Option<String>,
     /// Only records of this principal.
     #[arg(long, value_name = "P")]
     principal: Option<String>,
@@ -88,6 +96,7 @@ impl AuditCommand {
         match self {
             AuditCommand::Query(a) => a.run(env).await,
             AuditCommand::Stats(a) => a.run(env).await,
+            AuditCommand::Report(a) => a.run(env).await,
             AuditCommand::PublicKey(a) => {
                 let key = env.client.audit_public_key().await?;
                 if env.json() {
@@ -152,18 +161,14 @@ impl QueryArgs {
 
 impl StatsArgs {
     async fn run(self, env: &CliEnv) -> Result<Verdict, CliError> {
-        let since = parse_since(&self.since, OffsetDateTime::now_utc()).map_err(CliError::usage)?;
-        let req = QueryAuditRequest {
-            start_time: Some(to_timestamp(since)),
-            principal: self.principal.clone().unwrap_or_default(),
-            limit: 100_000,
-            ..Default::default()
+        let now = OffsetDateTime::now_utc();
+        let range = Range {
+            since: parse_since(&self.since, now).map_err(CliError::usage)?,
+            until: parse_until(self.until.as_deref(), now)?,
+            principal: self.principal,
         };
-        let mut stream = env.client.query_audit(req).await?;
         let mut stats = Stats::default();
-        while let Some(r) = stream.message().await.map_err(ClientError::from)? {
-            stats.add(&r);
-        }
+        scan(env, &range, |r| stats.add(r)).await?;
         if env.json() {
             print_json(&stats.json())?;
         } else {
@@ -173,71 +178,15 @@ impl StatsArgs {
     }
 }
 
-/// Calls counted per (principal, method), by outcome.
-#[derive(Debug, Default)]
-struct Stats {
-    rows: BTreeMap<(String, String), [u64; 5]>,
-}
-
-const OUTCOMES: [AuditOutcome; 5] = [
-    AuditOutcome::Ok,
-    AuditOutcome::Denied,
-    AuditOutcome::Invalid,
-    AuditOutcome::Failed,
-    AuditOutcome::Throttled,
-];
-
-impl Stats {
-    fn add(&mut self, r: &AuditRecord) {
-        let key = (r.principal.clone(), short_method(&r.method));
-        let row = self.rows.entry(key).or_default();
-        if let Some(i) = OUTCOMES.iter().position(|o| *o as i32 == r.outcome) {
-            row[i] += 1;
-        }
-    }
-
-    fn table(&self) -> String {
-        let mut t = Table::new(&[
-            "PRINCIPAL",
-            "METHOD",
-            "OK",
-            "DENIED",
-            "INVALID",
-            "FAILED",
-            "THROTTLED",
-            "TOTAL",
-        ]);
-        let mut totals = [0u64; 5];
-        for ((p, m), counts) in &self.rows {
-            let mut cells = vec![or_dash(cell(p)), m.clone()];
-            cells.extend(counts.iter().map(u64::to_string));
-            cells.push(counts.iter().sum::<u64>().to_string());
-            t.row(cells);
-            for (i, c) in counts.iter().enumerate() {
-                totals[i] += c;
-            }
-        }
-        let mut cells = vec!["TOTAL".to_string(), String::new()];
-        cells.extend(totals.iter().map(u64::to_string));
-        cells.push(totals.iter().sum::<u64>().to_string());
-        t.row(cells);
-        t.render()
-    }
-
-    fn json(&self) -> serde_json::Value {
-        let rows: Vec<serde_json::Value> = self
-            .rows
-            .iter()
-            .map(|((p, m), c)| {
-                json!({
-                    "principal": p, "method": m, "ok": c[0], "denied": c[1],
-                    "invalid": c[2], "failed": c[3], "throttled": c[4],
-                    "total": c.iter().sum::<u64>(),
-                })
-            })
-            .collect();
-        json!({ "rows": rows })
-    }
+/// Parses `--until` as `--since` is parsed (a duration back from now, or an RFC 3339
+/// time); `None` when not given.
+pub(super) fn parse_until(
+    until: Option<&str>,
+    now: OffsetDateTime,
+) -> Result<Option<OffsetDateTime>, CliError> {
+    until
+        .map(|u| parse_since(u, now).map_err(CliError::usage))
+        .transpose()
 }
 
 fn records_table(records: &[AuditRecord]) -> String {
@@ -271,11 +220,6 @@ fn records_table(records: &[AuditRecord]) -> String {
     t.render()
 }
 
-/// `/hsmd.v1.KeyService/Sign` -> `Sign`: the service is clear from the method name.
-fn short_method(method: &str) -> String {
-    method.rsplit('/').next().unwrap_or(method).to_string()
-}
-
 /// 850us, 12.3ms, 1.25s.
 fn format_micros(us: u64) -> String {
     if us < 1_000 {
@@ -298,7 +242,7 @@ fn verify_line(r: &VerifyAuditLogResponse) -> String {
     }
 }
 
-fn verify_json(r: &VerifyAuditLogResponse) -> serde_json::Value {
+pub(super) fn verify_json(r: &VerifyAuditLogResponse) -> serde_json::Value {
     json!({
         "ok": r.ok,
         "records_checked": r.records_checked,
@@ -315,8 +259,6 @@ mod tests {
 
     #[test]
     fn small_formats() {
-        assert_eq!(short_method("/hsmd.v1.KeyService/Sign"), "Sign");
-        assert_eq!(short_method("Sign"), "Sign");
         assert_eq!(format_micros(850), "850us");
         assert_eq!(format_micros(12_345), "12.3ms");
         assert_eq!(format_micros(1_250_000), "1.25s");
@@ -360,29 +302,6 @@ mod tests {
         assert_eq!(req.end_time, None);
         assert_eq!(req.outcome, AuditOutcome::Denied as i32);
         assert_eq!(req.limit, 5);
-    }
-
-    #[test]
-    fn stats_count_per_principal_method_and_outcome() {
-        let rec = |p: &str, m: &str, o: AuditOutcome| AuditRecord {
-            principal: p.into(),
-            method: format!("/hsmd.v1.KeyService/{m}"),
-            outcome: o as i32,
-            ..Default::default()
-        };
-        let mut s = Stats::default();
-        s.add(&rec("a", "Sign", AuditOutcome::Ok));
-        s.add(&rec("a", "Sign", AuditOutcome::Throttled));
-        s.add(&rec("b", "Sign", AuditOutcome::Denied));
-        let text = s.table();
-        let lines: Vec<Vec<&str>> = text
-            .lines()
-            .map(|l| l.split_whitespace().collect())
-            .collect();
-        assert_eq!(lines[1], ["a", "Sign", "1", "0", "0", "0", "1", "2"]);
-        assert_eq!(lines[2], ["b", "Sign", "0", "1", "0", "0", "0", "1"]);
-        assert_eq!(lines[3], ["TOTAL", "1", "1", "0", "0", "1", "3"]);
-        assert_eq!(s.json()["rows"][0]["throttled"], 1);
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! The `hsmctl` command line: global flags, the command tree, and dispatch.
 //!
 //! One file per command family (`key`, `alias`, `crypto`, `encrypt`, `envelope`, `csr`,
-//! `import`, `token`, `audit`); each turns
+//! `import`, `token`, `audit`, with `report` and its shared counting in `tally`); each turns
 //! its arguments into calls on [`hsm_client::Client`] and prints a table (for people)
 //! or JSON (`-o json`, for programs).
 
@@ -17,7 +17,9 @@ mod error;
 mod import;
 mod key;
 mod render;
+mod report;
 mod table;
+mod tally;
 mod token;
 mod verify;
 
@@ -36,7 +38,7 @@ pub use error::CliError;
 /// --profile / $HSMCTL_PROFILE). Keys are named by UUID or `alias/NAME`.
 ///
 /// Exit status: 0 success; 1 a negative answer (`verify`: invalid signature,
-/// `audit verify`: broken chain); 2 any error, printed on stderr as
+/// `audit verify` and `audit report`: broken chain); 2 any error, printed on stderr as
 /// `error: <CODE> <REASON>: <message>`.
 #[derive(Debug, Parser)]
 #[command(name = "hsmctl", version, propagate_version = true)]
@@ -124,7 +126,8 @@ enum Command {
     /// What token hsmd runs on and what it offers there.
     #[command(subcommand)]
     Token(token::TokenCommand),
-    /// Query, summarize and verify the audit log; export the audit public key.
+    /// Query, summarize, review (HTML report) and verify the audit log; export the audit
+    /// public key.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
     /// Load-test a running daemon: ops/s and p50/p90/p99/max latency (exit 1 on errors).
@@ -153,6 +156,8 @@ impl From<Verdict> for ExitCode {
 pub struct CliEnv {
     client: Client,
     output: Output,
+    /// The profile's endpoint, for reports that say where they came from.
+    endpoint: String,
 }
 
 impl CliEnv {
@@ -197,6 +202,7 @@ impl Cli {
         let env = CliEnv {
             client,
             output: self.output,
+            endpoint: profile.endpoint.clone(),
         };
         match self.command {
             Command::Key(cmd) => cmd.run(&env).await,
@@ -327,6 +333,20 @@ mod tests {
         ] {
             assert!(!parses(bad), "{bad}");
         }
+    }
+
+    #[test]
+    fn audit_report_and_stats_take_a_range() {
+        let parses = |line: &str| Cli::try_parse_from(line.split_whitespace()).is_ok();
+        for good in [
+            "hsmctl audit report --since 7d --out report.html",
+            "hsmctl audit report --since 2025-01-01T00:00:00Z --until 2025-01-08T00:00:00Z",
+            "hsmctl -o json audit report --since 24h --until 1h --top 3",
+            "hsmctl audit stats --since 7d --until 2025-01-08T00:00:00Z",
+        ] {
+            assert!(parses(good), "{good}");
+        }
+        assert!(!parses("hsmctl audit report --top many"));
     }
 
     #[test]
