@@ -438,44 +438,25 @@ pub(crate) async fn sweep(state: &ApiState) {
         Err(e) => return tracing::error!(error = %e, "lifecycle sweep task failed"),
     };
     for key in due {
-        let id = key.id;
-        let keys = state.keys.clone();
-        let result = tokio::task::spawn_blocking(move || keys.destroy(&key).map(drop)).await;
-        match &result {
-            Ok(Ok(())) => tracing::info!(key_id = %id, "key destroyed after its deletion date"),
-            Ok(Err(e)) => {
-                tracing::error!(key_id = %id, error = %e, "destroying a key failed; retried next sweep")
-            }
-            Err(e) => tracing::error!(key_id = %id, error = %e, "destroy task failed"),
-        }
-        system_record(state, "hsmd/DestroyKey", id, &result).await;
+        let done = "key destroyed after its deletion date";
+        sweep_change(state, "hsmd/DestroyKey", key.id, done, move |m| {
+            m.destroy(&key).map(drop)
+        })
+        .await;
     }
     for id in expired {
-        let keys = state.keys.clone();
-        let result = tokio::task::spawn_blocking(move || keys.expire_material(id).map(drop)).await;
-        match &result {
-            Ok(Ok(())) => {
-                tracing::info!(key_id = %id, "imported key material destroyed at its valid-to; key is PENDING_IMPORT")
-            }
-            Ok(Err(e)) => {
-                tracing::error!(key_id = %id, error = %e, "destroying expired key material failed; retried next sweep")
-            }
-            Err(e) => tracing::error!(key_id = %id, error = %e, "expiry task failed"),
-        }
-        system_record(state, "hsmd/ExpireKeyMaterial", id, &result).await;
+        let done = "imported key material destroyed at its valid-to; key is PENDING_IMPORT";
+        sweep_change(state, "hsmd/ExpireKeyMaterial", id, done, move |m| {
+            m.expire_material(id).map(drop)
+        })
+        .await;
     }
     for key in rotating {
-        let id = key.id;
-        let keys = state.keys.clone();
-        let result = tokio::task::spawn_blocking(move || keys.rotate(&key).map(drop)).await;
-        match &result {
-            Ok(Ok(())) => tracing::info!(key_id = %id, "key rotated on its schedule"),
-            Ok(Err(e)) => {
-                tracing::error!(key_id = %id, error = %e, "automatic rotation failed; retried next sweep")
-            }
-            Err(e) => tracing::error!(key_id = %id, error = %e, "rotation task failed"),
-        }
-        system_record(state, "hsmd/RotateKey", id, &result).await;
+        let done = "key rotated on its schedule";
+        sweep_change(state, "hsmd/RotateKey", key.id, done, move |m| {
+            m.rotate(&key).map(drop)
+        })
+        .await;
     }
     let keys = state.keys.clone();
     let wrapping = tokio::task::spawn_blocking(move || {
@@ -488,6 +469,28 @@ pub(crate) async fn sweep(state: &ApiState) {
         Ok(Err(e)) => tracing::error!(error = %e, "checking the token's wrapping keys failed"),
         Err(e) => tracing::error!(error = %e, "wrapping key sweep task failed"),
     }
+}
+
+/// One change the sweep makes on its own: runs `change` in the blocking pool, logs it
+/// (`done` on success; a failure is retried at the next sweep) and audits it as `method`
+/// by the principal `hsmd`.
+async fn sweep_change(
+    state: &ApiState,
+    method: &'static str,
+    id: uuid::Uuid,
+    done: &'static str,
+    change: impl FnOnce(&KeyManager) -> Result<(), crate::keys::KeyError> + Send + 'static,
+) {
+    let keys = state.keys.clone();
+    let result = tokio::task::spawn_blocking(move || change(&keys)).await;
+    match &result {
+        Ok(Ok(())) => tracing::info!(key_id = %id, "{done}"),
+        Ok(Err(e)) => {
+            tracing::error!(key_id = %id, method, error = %e, "lifecycle change failed; retried next sweep")
+        }
+        Err(e) => tracing::error!(key_id = %id, method, error = %e, "lifecycle task failed"),
+    }
+    system_record(state, method, id, &result).await;
 }
 
 /// The audit record of a change hsmd made on its own (principal `hsmd`).

@@ -25,7 +25,11 @@ pub(crate) struct Reconciliation {
 impl KeyManager {
     /// Keys PENDING_DELETION whose date has passed (by this manager's clock).
     pub(crate) fn due_for_deletion(&self) -> Result<Vec<KeyRecord>, KeyError> {
-        let ids = self.store.due_for_deletion(self.now())?;
+        self.records_of(self.store.due_for_deletion(self.now())?)
+    }
+
+    /// The records of `ids` (keys gone meanwhile are left out).
+    pub(super) fn records_of(&self, ids: Vec<Uuid>) -> Result<Vec<KeyRecord>, KeyError> {
         let mut out = Vec::with_capacity(ids.len());
         for id in ids {
             if let Some(k) = self.store.get_key(id)? {

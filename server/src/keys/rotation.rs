@@ -90,14 +90,7 @@ impl KeyManager {
 
     /// ENABLED keys whose automatic rotation is due (by this manager's clock).
     pub(crate) fn due_for_rotation(&self) -> Result<Vec<KeyRecord>, KeyError> {
-        let ids = self.store.due_for_rotation(self.now())?;
-        let mut out = Vec::with_capacity(ids.len());
-        for id in ids {
-            if let Some(k) = self.store.get_key(id)? {
-                out.push(k);
-            }
-        }
-        Ok(out)
+        self.records_of(self.store.due_for_rotation(self.now())?)
     }
 
     /// Destroys every version's object of a key (the key id's objects, certificate

@@ -150,6 +150,23 @@ impl KmsPlugin {
             .await
     }
 
+    /// Opens a plugin blob with the key `named` (the blob's own key, or the configured
+    /// one for the health probe).
+    async fn open(
+        &self,
+        call: &mut Call,
+        grant: &super::Grant,
+        named: &str,
+        blob: Vec<u8>,
+    ) -> Result<Zeroizing<Vec<u8>>, ApiError> {
+        self.state
+            .with_key(call, grant, named, move |m, key| {
+                let alg = Some(EncryptionAlgorithm::SymmetricDefault);
+                Ok(m.decrypt(&key, alg, &blob, PLUGIN_AAD)?.1)
+            })
+            .await
+    }
+
     /// The configured key's current key_id, without touching the token.
     async fn current_key_id(
         &self,
@@ -176,18 +193,7 @@ impl KmsPlugin {
         }
         let probe = Zeroizing::new(vec![0x5a; 32]);
         let (blob, _) = self.seal(call, grant, probe.clone()).await?;
-        let back = self
-            .state
-            .with_key(call, grant, &self.key, move |m, key| {
-                Ok(m.decrypt(
-                    &key,
-                    Some(EncryptionAlgorithm::SymmetricDefault),
-                    &blob,
-                    PLUGIN_AAD,
-                )?
-                .1)
-            })
-            .await?;
+        let back = self.open(call, grant, &self.key, blob).await?;
         if back != probe {
             return Err(KeyError::Internal("health round trip returned other bytes".into()).into());
         }
@@ -260,19 +266,8 @@ impl KeyManagementService for KmsPlugin {
                 ))
                 .into());
             }
-            let ciphertext = r.ciphertext.clone();
-            let plaintext = self
-                .state
-                .with_key(call, &grant, &parsed.key_id.to_string(), move |m, key| {
-                    Ok(m.decrypt(
-                        &key,
-                        Some(EncryptionAlgorithm::SymmetricDefault),
-                        &ciphertext,
-                        PLUGIN_AAD,
-                    )?
-                    .1)
-                })
-                .await?;
+            let named = parsed.key_id.to_string();
+            let plaintext = self.open(call, &grant, &named, r.ciphertext.clone()).await?;
             Ok(k8s::DecryptResponse {
                 plaintext: plaintext.to_vec(),
             })
