@@ -35,6 +35,10 @@ enum Cmd {
         /// Address to listen on; port 0 picks a free port.
         #[arg(long, value_name = "HOST:PORT", default_value = hsmd::config::DEFAULT_LISTEN)]
         listen: String,
+        /// Also serve Prometheus metrics (/metrics) and /healthz over plain HTTP on this
+        /// address; port 0 picks a free port. Off unless given.
+        #[arg(long, value_name = "HOST:PORT")]
+        metrics_listen: Option<String>,
     },
 }
 
@@ -60,9 +64,15 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     // runtime starts any thread.
     let (config_path, dev_dir) = match cli.command {
         Cmd::Serve { config } => (config, None),
-        Cmd::Dev { data_dir, listen } => {
+        Cmd::Dev {
+            data_dir,
+            listen,
+            metrics_listen,
+        } => {
             let dir = data_dir.unwrap_or_else(hsmd::dev::default_data_dir);
-            (hsmd::dev::provision(&dir, &listen)?, Some(dir))
+            let config =
+                hsmd::dev::provision_with_metrics(&dir, &listen, metrics_listen.as_deref())?;
+            (config, Some(dir))
         }
     };
     let cfg = hsmd::config::Config::load(&config_path)?;
@@ -73,8 +83,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(hsmd::server::run(cfg, move |addr| match &dev_dir {
-        Some(dir) => hsmd::dev::write_profile(dir, addr),
+    runtime.block_on(hsmd::server::run(cfg, move |bound| match &dev_dir {
+        Some(dir) => hsmd::dev::write_profile(dir, bound.grpc, bound.metrics),
         None => Ok(()),
     }))
 }

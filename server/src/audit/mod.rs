@@ -3,6 +3,7 @@
 //! every file of the log. The record format and the verifier live in `audit-chain`.
 
 pub(crate) mod checkpoint;
+mod forward;
 mod open;
 pub(crate) mod record;
 mod writer;
@@ -36,6 +37,8 @@ pub(crate) struct AuditConfig {
     pub(crate) checkpoint_interval: Duration,
     /// Rotate once the current file reaches this size; 0 = never.
     pub(crate) max_file_bytes: u64,
+    /// Also send every record to this syslog receiver (`[audit.forward] syslog`).
+    pub(crate) forward: Option<audit_chain::syslog::Target>,
 }
 
 impl AuditConfig {
@@ -47,6 +50,7 @@ impl AuditConfig {
             checkpoint_every: 1000,
             checkpoint_interval: Duration::from_secs(60),
             max_file_bytes: 64 << 20,
+            forward: None,
         }
     }
 }

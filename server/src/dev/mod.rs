@@ -44,6 +44,16 @@ pub fn default_data_dir() -> PathBuf {
 /// Provisions (or reuses) `dir` and returns the path of its `hsmd.toml`. Must run
 /// before any thread starts: it sets SOFTHSM2_CONF for this process.
 pub fn provision(dir: &Path, listen: &str) -> anyhow::Result<PathBuf> {
+    provision_with_metrics(dir, listen, None)
+}
+
+/// As [`provision`], the config also serving metrics on `metrics_listen` (plain HTTP,
+/// `/metrics` and `/healthz`; port 0 picks a free port).
+pub fn provision_with_metrics(
+    dir: &Path,
+    listen: &str,
+    metrics_listen: Option<&str>,
+) -> anyhow::Result<PathBuf> {
     fs::create_dir_all(dir.join("tokens")).with_context(|| format!("create {}", dir.display()))?;
     let dir = dir.canonicalize()?;
     let module = ensure_softhsm()?;
@@ -59,7 +69,7 @@ pub fn provision(dir: &Path, listen: &str) -> anyhow::Result<PathBuf> {
     }
     certs::ensure(&dir.join("tls"), DEV_PRINCIPAL)?;
     let config = dir.join("hsmd.toml");
-    fs::write(&config, config_text(&dir, &module, listen)?)?;
+    fs::write(&config, config_text(&dir, &module, listen, metrics_listen)?)?;
     Ok(config)
 }
 
@@ -72,6 +82,13 @@ struct DevConfig<'a> {
     store: DevPath,
     audit: DevPath,
     tls: DevTls,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics: Option<DevMetrics<'a>>,
+}
+
+#[derive(Serialize)]
+struct DevMetrics<'a> {
+    listen: &'a str,
 }
 
 #[derive(Serialize)]
@@ -113,7 +130,12 @@ struct DevRule {
 }
 
 /// `hsmd.toml` for `dir`. Fails only on a path that is not UTF-8 (TOML cannot hold it).
-fn config_text(dir: &Path, module: &Path, listen: &str) -> anyhow::Result<String> {
+fn config_text(
+    dir: &Path,
+    module: &Path,
+    listen: &str,
+    metrics_listen: Option<&str>,
+) -> anyhow::Result<String> {
     let config = DevConfig {
         listen,
         hsm: DevHsm {
@@ -133,6 +155,7 @@ fn config_text(dir: &Path, module: &Path, listen: &str) -> anyhow::Result<String
             key: dir.join("tls/server.key"),
             client_ca: dir.join("tls/ca.pem"),
         },
+        metrics: metrics_listen.map(|listen| DevMetrics { listen }),
     };
     let policy = DevPolicy {
         policy: DevRules {
@@ -159,11 +182,18 @@ struct DevProfile {
     ca_cert: PathBuf,
     client_cert: PathBuf,
     client_key: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics_endpoint: Option<String>,
 }
 
-fn profile_text(dir: &Path, addr: SocketAddr) -> anyhow::Result<String> {
+fn profile_text(
+    dir: &Path,
+    grpc: SocketAddr,
+    metrics: Option<SocketAddr>,
+) -> anyhow::Result<String> {
     let profile = DevProfile {
-        endpoint: format!("https://{addr}"),
+        endpoint: format!("https://{grpc}"),
+        metrics_endpoint: metrics.map(|m| format!("http://{m}")),
         server_name: "localhost",
         ca_cert: dir.join("tls/ca.pem"),
         client_cert: dir.join("tls/client.pem"),
@@ -175,16 +205,25 @@ fn profile_text(dir: &Path, addr: SocketAddr) -> anyhow::Result<String> {
     ))
 }
 
-/// Writes the client profile once the listener is bound, and prints where it is.
-pub fn write_profile(dir: &Path, addr: SocketAddr) -> anyhow::Result<()> {
+/// Writes the client profile once the listeners are bound, and prints where they are.
+/// `metrics` is the metrics listener, if any.
+pub fn write_profile(
+    dir: &Path,
+    grpc: SocketAddr,
+    metrics: Option<SocketAddr>,
+) -> anyhow::Result<()> {
     let dir = dir.canonicalize()?;
-    let profile = profile_text(&dir, addr)?;
+    let profile = profile_text(&dir, grpc, metrics)?;
     let path = dir.join("client.toml");
     let tmp = dir.join("client.toml.tmp");
     fs::write(&tmp, profile)?;
     fs::rename(&tmp, &path)?;
+    let metrics = match metrics {
+        Some(m) => format!("; metrics on http://{m}/metrics"),
+        None => String::new(),
+    };
     println!(
-        "hsmd dev listening on https://{addr}; client profile {}",
+        "hsmd dev listening on https://{grpc}{metrics}; client profile {}",
         path.display()
     );
     std::io::stdout().flush()?;
@@ -281,6 +320,7 @@ mod tests {
             Path::new("/data/dev"),
             Path::new("/usr/lib/softhsm/libsofthsm2.so"),
             "127.0.0.1:0",
+            None,
         )
         .unwrap();
         assert!(text.starts_with("# Written by `hsmd dev`"), "{text}");
@@ -311,7 +351,7 @@ mod tests {
     fn quotes_and_backslashes_in_the_data_dir_survive() {
         let dir = Path::new(r#"/tmp/a "quoted" dir\with\backslashes"#);
         let module = Path::new(r#"/opt/so"ft\hsm.so"#);
-        let t = table(&config_text(dir, module, "127.0.0.1:0").unwrap());
+        let t = table(&config_text(dir, module, "127.0.0.1:0", None).unwrap());
         assert_eq!(path(&t, "hsm", "module"), module);
         assert_eq!(path(&t, "hsm", "pin_file"), dir.join("pin"));
         assert_eq!(path(&t, "hsm", "softhsm2_conf"), dir.join("softhsm2.conf"));
@@ -322,8 +362,17 @@ mod tests {
         assert_eq!(path(&t, "tls", "client_ca"), dir.join("tls/ca.pem"));
 
         let addr: SocketAddr = "127.0.0.1:40123".parse().unwrap();
-        let p = table(&profile_text(dir, addr).unwrap());
+        let p = table(&profile_text(dir, addr, None).unwrap());
         assert_eq!(p["endpoint"].as_str(), Some("https://127.0.0.1:40123"));
+        assert!(p.get("metrics_endpoint").is_none());
+        let m: SocketAddr = "127.0.0.1:9464".parse().unwrap();
+        let p = table(&profile_text(dir, addr, Some(m)).unwrap());
+        assert_eq!(
+            p["metrics_endpoint"].as_str(),
+            Some("http://127.0.0.1:9464")
+        );
+        let t = table(&config_text(dir, module, "127.0.0.1:0", Some("127.0.0.1:0")).unwrap());
+        assert_eq!(t["metrics"]["listen"].as_str(), Some("127.0.0.1:0"));
         assert_eq!(p["server_name"].as_str(), Some("localhost"));
         for (key, file) in [
             ("ca_cert", "tls/ca.pem"),
@@ -338,6 +387,6 @@ mod tests {
     fn a_path_that_is_not_utf8_is_refused() {
         use std::os::unix::ffi::OsStrExt;
         let dir = Path::new(std::ffi::OsStr::from_bytes(b"/tmp/\xff"));
-        assert!(config_text(dir, Path::new("/m.so"), "127.0.0.1:0").is_err());
+        assert!(config_text(dir, Path::new("/m.so"), "127.0.0.1:0", None).is_err());
     }
 }
