@@ -67,6 +67,8 @@ pub(crate) struct AuditQuery {
     /// Full method path, or its last segment ("Sign").
     pub(crate) method: Option<String>,
     pub(crate) outcome: Option<Outcome>,
+    /// Only records numbered at least this.
+    pub(crate) min_seq: u64,
     pub(crate) limit: usize,
 }
 
@@ -77,7 +79,8 @@ impl AuditQuery {
             .method
             .as_deref()
             .is_none_or(|m| r.method == m || r.method.rsplit('/').next() == Some(m));
-        self.start.as_deref().is_none_or(|s| r.time.as_str() >= s)
+        r.seq >= self.min_seq
+            && self.start.as_deref().is_none_or(|s| r.time.as_str() >= s)
             && self.end.as_deref().is_none_or(|e| r.time.as_str() < e)
             && self.principal.as_deref().is_none_or(|p| r.principal == p)
             && self
