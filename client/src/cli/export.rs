@@ -87,7 +87,7 @@ impl ExportArgs {
             print_json(&json!({ "exported": sent, "first": self.since, "last": last, "to": to }))?;
         } else if self.syslog.is_some() {
             let range = last.map_or("none".into(), |l| format!("{}..{l}", self.since));
-            println(&format!("exported {sent} records (seq {range}) to {to}"))?;
+            println(format!("exported {sent} records (seq {range}) to {to}"))?;
         }
         Ok(Verdict::Yes)
     }
