@@ -41,6 +41,8 @@ pub struct Daemon {
     pub(crate) mode: Mode,
     pub(crate) child: Option<Child>,
     pub(crate) starts: u32,
+    /// More `hsmd dev` arguments (e.g. `--metrics-listen 127.0.0.1:0`).
+    pub(crate) dev_args: Vec<String>,
 }
 
 impl Deref for Daemon {
@@ -54,11 +56,17 @@ impl Deref for Daemon {
 impl Daemon {
     /// Starts a daemon on a fresh data folder and connects to it.
     pub async fn start() -> Daemon {
+        Daemon::start_dev_with(&[]).await
+    }
+
+    /// As [`Daemon::start`], with more `hsmd dev` arguments.
+    pub async fn start_dev_with(args: &[&str]) -> Daemon {
         let mut daemon = Daemon {
             inst: Instance::fresh(),
             mode: Mode::Dev,
             child: None,
             starts: 0,
+            dev_args: args.iter().map(|a| a.to_string()).collect(),
         };
         daemon.launch().await;
         daemon
@@ -123,7 +131,8 @@ impl Daemon {
                 cmd.arg("dev")
                     .arg("--data-dir")
                     .arg(&self.data_dir)
-                    .args(["--listen", "127.0.0.1:0"]);
+                    .args(["--listen", "127.0.0.1:0"])
+                    .args(&self.dev_args);
                 self.child = Some(cmd.spawn().expect("spawn hsmd dev"));
                 self.wait_for_profile().await
             }

@@ -22,6 +22,7 @@ pub mod import;
 pub mod inprocess;
 pub mod instance;
 pub mod keys;
+pub mod ops;
 pub mod pkcs11;
 pub mod profile;
 pub mod serve;
