@@ -202,4 +202,32 @@ mod tests {
         assert_eq!(framed("abc"), "3 abc");
         assert_eq!(framed("é"), "2 é", "octets, not characters");
     }
+
+    #[test]
+    fn unix_datagram_and_stream_sockets() {
+        use std::io::Read;
+        let dir = tempfile::tempdir().unwrap();
+        let dgram_path = dir.path().join("dgram");
+        let rx = UnixDatagram::bind(&dgram_path).unwrap();
+        let target = Target::Unix(dgram_path);
+        let mut c = Connection::open(&target, Duration::from_secs(1)).unwrap();
+        assert!(matches!(c, Connection::UnixDatagram(_)));
+        c.send("one message").unwrap();
+        let mut buf = [0u8; 64];
+        let n = rx.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"one message", "one datagram, no framing");
+
+        let stream_path = dir.path().join("stream");
+        let listener = std::os::unix::net::UnixListener::bind(&stream_path).unwrap();
+        let target = Target::Unix(stream_path);
+        let mut c = Connection::open(&target, Duration::from_secs(1)).unwrap();
+        assert!(matches!(c, Connection::UnixStream(_)));
+        c.send("ab").unwrap();
+        c.send("cde").unwrap();
+        drop(c);
+        let (mut peer, _) = listener.accept().unwrap();
+        let mut got = String::new();
+        peer.read_to_string(&mut got).unwrap();
+        assert_eq!(got, "2 ab3 cde", "octet counting on a stream");
+    }
 }

@@ -107,3 +107,68 @@ fn run(target: Target, rx: Receiver<String>, metrics: Arc<Metrics>) {
         let _ = c.flush();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+
+    #[test]
+    fn sends_octet_counted_messages_over_tcp() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let target = Target::Tcp(listener.local_addr().unwrap().to_string());
+        let metrics = Arc::new(Metrics::default());
+        let f = Forwarder::start(target, metrics.clone()).unwrap();
+        f.send("2026-01-01T00:00:00.000000Z", 1, "aa", "{\"seq\":1}");
+        f.send("2026-01-01T00:00:01.000000Z", 2, "bb", "{\"seq\":2}");
+        let (mut peer, _) = listener.accept().unwrap();
+        peer.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut got = String::new();
+        let mut buf = [0u8; 1024];
+        while got.matches("hsmd@32473").count() < 2 {
+            let n = peer.read(&mut buf).unwrap();
+            assert!(n > 0, "connection closed early: {got}");
+            got.push_str(std::str::from_utf8(&buf[..n]).unwrap());
+        }
+        let first = syslog::message(
+            &syslog::hostname(),
+            "2026-01-01T00:00:00.000000Z",
+            1,
+            "aa",
+            "{\"seq\":1}",
+        );
+        assert!(
+            got.starts_with(&format!("{} {first}", first.len())),
+            "{got}"
+        );
+        assert!(
+            got.ends_with("[hsmd@32473 seq=\"2\" hash=\"bb\"] {\"seq\":2}"),
+            "{got}"
+        );
+        assert_eq!(metrics.forward_dropped.get(), 0);
+    }
+
+    #[test]
+    fn a_full_queue_drops_and_counts_without_waiting() {
+        // Nobody listens: the thread holds one message in backoff, the queue fills.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let metrics = Arc::new(Metrics::default());
+        let f =
+            Forwarder::start(Target::Tcp(format!("127.0.0.1:{port}")), metrics.clone()).unwrap();
+        let started = std::time::Instant::now();
+        for seq in 0..(QUEUE as u64 + 50) {
+            f.send("-", seq, "00", "{}");
+        }
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "send never waits"
+        );
+        let dropped = metrics.forward_dropped.get();
+        assert!((49..=50).contains(&dropped), "dropped {dropped}");
+    }
+}
