@@ -3,15 +3,18 @@
 //! file. Every record hsmd writes arrives with its sequence number and hash as
 //! structured data and its log line, byte for byte, as the message; with the receiver
 //! stopped calls still succeed; once it is back, `hsmctl audit export --since SEQ`
-//! fills the gap. One receiver and one daemon for the binary, the steps in one test.
+//! fills the gap. The same daemon serves metrics with `per_principal = true` and a rate
+//! limit, to see the forwarding counters and a labelled refusal. One receiver and one
+//! daemon for the binary, the steps in one test.
 
 use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use hsmd_e2e::{
-    Daemon,
+    ADMIN_PRINCIPAL, Daemon,
     configured::with_admin_policy,
-    ops::{Rsyslog, forwarded_seqs, require_ops_tools},
+    ops::{Rsyslog, forwarded_seqs, http_get, promtool_check, require_ops_tools},
+    tools::free_port,
 };
 
 /// How long forwarded records may take to reach the file (the forwarder's backoff is
@@ -66,7 +69,12 @@ async fn every_record_reaches_rsyslog_and_export_fills_an_outage() {
         .tempdir()
         .expect("temp dir");
     let mut rsyslog = Rsyslog::start(syslog_dir.path());
-    let extra = format!("[audit.forward]\nsyslog = \"{}\"\n", rsyslog.url());
+    let metrics = format!("127.0.0.1:{}", free_port());
+    let extra = format!(
+        "[audit.forward]\nsyslog = \"{}\"\n[metrics]\nlisten = \"{metrics}\"\nper_principal = true\n\
+         [rate_limits]\nrandom = \"1/h burst 1\"\n",
+        rsyslog.url()
+    );
     let (d, _config) = Daemon::start_configured(&with_admin_policy(&extra)).await;
     // The provisioning run of `hsmd dev` did not forward; this run forwards from here.
     let base = d.audit_lines().last().map_or(0, |l| l.seq());
@@ -158,6 +166,33 @@ async fn every_record_reaches_rsyslog_and_export_fills_an_outage() {
             line.seq()
         );
     }
+    // The counters of all this, per principal where asked for.
+    d.hsmctl_ok(["random", "8"]);
+    let throttled = d.hsmctl(["--max-retries", "0", "random", "8"]);
+    assert!(
+        !throttled.success(),
+        "the second GenerateRandom is over the limit"
+    );
+    let (status, text) = http_get(&metrics, "/metrics");
+    assert_eq!(status, 200);
+    let check = promtool_check(&text);
+    assert!(check.success(), "{}\n{text}", check.describe());
+    let limited =
+        format!("hsmd_rate_limited_total{{class=\"random\",principal=\"{ADMIN_PRINCIPAL}\"}} 1");
+    assert!(text.contains(&limited), "{limited}\n{text}");
+    assert!(
+        text.contains(&format!(
+            "outcome=\"throttled\",principal=\"{ADMIN_PRINCIPAL}\"}} 1"
+        )),
+        "{text}"
+    );
+    let forwarded: f64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("hsmd_audit_forwarded_total "))
+        .and_then(|v| v.parse().ok())
+        .expect("hsmd_audit_forwarded_total");
+    assert!(forwarded >= first.len() as f64, "{text}");
+
     let bad = d.hsmctl([
         "audit",
         "export",
