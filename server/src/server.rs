@@ -103,14 +103,19 @@ pub async fn run_until<S: std::future::Future<Output = ()>>(
         Some(at) => Some(serve_metrics(at, &state, serving_rx).await?),
         None => None,
     };
-    let shutdown = shutdown();
+    let stop = shutdown();
     on_bound(Bound {
         grpc: addr,
         metrics: metrics_addr,
     })?;
     tracing::info!(%addr, "serving");
     serving.send_replace(true);
-    let served = Server::builder()
+    // /healthz says NOT_SERVING from the moment shutdown begins.
+    let shutdown = async move {
+        stop.await;
+        serving.send_replace(false);
+    };
+    Server::builder()
         .layer(tower_layer::layer_fn(crate::api::complete::RunToCompletion))
         .add_service(health_service)
         .add_service(reflection)
@@ -120,10 +125,7 @@ pub async fn run_until<S: std::future::Future<Output = ()>>(
         .add_service(TokenServiceServer::new(TokenApi::new(state.clone())))
         .add_service(CertificateServiceServer::new(CertApi::new(state.clone())))
         .serve_with_incoming_shutdown(incoming, shutdown)
-        .await;
-    serving.send_replace(false);
-    health.set_not_serving::<KeyServiceServer<KeyApi>>().await;
-    served?;
+        .await?;
     match state.audit.close().await {
         Ok(head) => tracing::info!(
             sequence = head.sequence,

@@ -131,21 +131,24 @@ impl AuditLog {
     /// Appends an event and waits until it is durable. Returns its sequence number.
     pub(crate) async fn append(&self, event: AuditEvent) -> Result<u64, AuditError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::Event(Box::new(event), Some(reply)))
-            .map_err(|_| stopped())?;
-        self.metrics.audit_queue.inc();
+        self.queue(Msg::Event(Box::new(event), Some(reply)))?;
         rx.await.map_err(|_| stopped())?
     }
 
     /// Queues an event without waiting: it is written with the next group (for
     /// throttled calls, which did nothing and must not cost an fsync each).
     pub(crate) fn append_lazy(&self, event: AuditEvent) -> Result<(), AuditError> {
-        self.tx
-            .send(Msg::Event(Box::new(event), None))
-            .map_err(|_| stopped())?;
+        self.queue(Msg::Event(Box::new(event), None))
+    }
+
+    /// Hands an event to the writer, counted in the queue-depth gauge until the writer
+    /// takes it (counted first, so the gauge never dips below zero).
+    fn queue(&self, m: Msg) -> Result<(), AuditError> {
         self.metrics.audit_queue.inc();
-        Ok(())
+        self.tx.send(m).map_err(|_| {
+            self.metrics.audit_queue.dec();
+            stopped()
+        })
     }
 
     /// Writes a checkpoint now if any record is not yet covered by one (tests; the

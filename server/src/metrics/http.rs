@@ -12,7 +12,7 @@ use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::header::{ACCEPT, CONTENT_TYPE};
 use hyper::{Method, Request, Response, StatusCode};
-use hyper_util::rt::TokioIo;
+use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -51,7 +51,10 @@ pub(crate) async fn serve(listener: TcpListener, exporter: Exporter) {
                 let exporter = exporter.clone();
                 async move { Ok::<_, Infallible>(exporter.answer(req).await) }
             });
+            // A client that never finishes its request head does not hold a task forever.
             let conn = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10))
                 .serve_connection(TokioIo::new(tcp), service);
             if let Err(e) = conn.await {
                 tracing::debug!(%peer, error = %e, "metrics connection ended");
