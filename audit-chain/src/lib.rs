@@ -6,10 +6,12 @@
 //! - [`walk`]: the strict walk hsmd does over its current file at start-up;
 //! - [`verify`]: the offline verifier over rotated files, which names every edited,
 //!   inserted, deleted or reordered record, bad checkpoint signatures and a cut tail,
-//!   each with its file, line and sequence number.
+//!   each with its file, line and sequence number;
+//! - [`syslog`]: a record as an RFC 5424 message, and the TCP / Unix socket transports.
 
 pub mod files;
 pub mod record;
+pub mod syslog;
 pub mod verify;
 pub mod walk;
 

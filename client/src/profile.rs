@@ -32,6 +32,10 @@ pub struct Profile {
     /// How typed calls retry (optional `[retry]` table; see [`crate::RetryPolicy`]).
     #[serde(default)]
     pub retry: crate::RetryPolicy,
+    /// The daemon's plain-HTTP metrics endpoint (`http://HOST:PORT`), when it has one
+    /// (`hsmd dev --metrics-listen`). Informational: hsmctl does not use it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub metrics_endpoint: Option<String>,
 }
 
 /// Why a profile could not be found, read or used.

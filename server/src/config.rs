@@ -55,6 +55,21 @@ struct RawConfig {
     import: RawImport,
     #[serde(default)]
     kubernetes: Option<RawKubernetes>,
+    #[serde(default)]
+    metrics: RawMetrics,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawMetrics {
+    listen: Option<String>,
+    per_principal: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawForward {
+    syslog: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -80,6 +95,8 @@ struct RawAudit {
     checkpoint_every: Option<u64>,
     checkpoint_interval: Option<String>,
     max_file_bytes: Option<u64>,
+    #[serde(default)]
+    forward: RawForward,
 }
 
 #[derive(Debug, Deserialize)]
@@ -145,6 +162,15 @@ pub(crate) struct TlsConfig {
     pub(crate) client_ca: PathBuf,
 }
 
+/// The metrics listener (`[metrics]`).
+#[derive(Debug, Clone, Default)]
+pub(crate) struct MetricsConfig {
+    /// Plain-HTTP address of `/metrics` and `/healthz`; none = no listener.
+    pub(crate) listen: Option<SocketAddr>,
+    /// Label call and rate-limit counters with the principal (one series per client).
+    pub(crate) per_principal: bool,
+}
+
 /// The validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -167,6 +193,8 @@ pub struct Config {
     pub(crate) import: ImportConfig,
     /// The Kubernetes KMS v2 plugin socket, when configured.
     pub(crate) kubernetes: Option<KubernetesConfig>,
+    /// Prometheus metrics.
+    pub(crate) metrics: MetricsConfig,
 }
 
 /// Default listen address.
@@ -252,6 +280,21 @@ impl RawConfig {
                 format!("must be 1..{IMPORT_TOKEN_LIFETIME_SECS}"),
             ));
         }
+        let metrics = MetricsConfig {
+            listen: self
+                .metrics
+                .listen
+                .map(|l| {
+                    l.parse().map_err(|_| {
+                        bad(
+                            "metrics.listen",
+                            format!("'{l}' is not HOST:PORT, e.g. 127.0.0.1:9464"),
+                        )
+                    })
+                })
+                .transpose()?,
+            per_principal: self.metrics.per_principal.unwrap_or(false),
+        };
         let import = ImportConfig {
             token_lifetime_secs: lifetime,
             allow_host_oaep_sha256: self.import.allow_host_oaep_sha256.unwrap_or(false),
@@ -275,6 +318,7 @@ impl RawConfig {
             sweep_interval: Duration::from_secs(sweep),
             import,
             kubernetes,
+            metrics,
         })
     }
 }
@@ -389,6 +433,11 @@ fn audit(raw: RawAudit, abs: impl Fn(PathBuf) -> PathBuf) -> Result<AuditConfig,
             ));
         }
         cfg.max_file_bytes = n;
+    }
+    if let Some(t) = raw.forward.syslog {
+        cfg.forward = Some(
+            audit_chain::syslog::Target::parse(&t).map_err(|p| bad("audit.forward.syslog", p))?,
+        );
     }
     Ok(cfg)
 }
@@ -530,5 +579,38 @@ mod tests {
         assert_eq!(parse_interval("2m"), Some(Duration::from_secs(120)));
         assert_eq!(parse_interval("2"), None);
         assert_eq!(parse_interval("2d"), None);
+    }
+
+    #[test]
+    fn metrics_and_forwarding() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = Config::load(&write_fixture(dir.path(), "pin = \"1\"")).unwrap();
+        assert!(cfg.metrics.listen.is_none(), "off unless set");
+        assert!(!cfg.metrics.per_principal);
+        assert!(cfg.audit.forward.is_none());
+        let path = write_fixture_with(dir.path(), "pin = \"1\"", "");
+        let text = std::fs::read_to_string(&path).unwrap().replace(
+            "[audit]\npath = \"audit.log\"\n",
+            "[audit]\npath = \"audit.log\"\n[audit.forward]\nsyslog = \"tcp://127.0.0.1:6514\"\n",
+        );
+        std::fs::write(
+            &path,
+            format!("{text}[metrics]\nlisten = \"127.0.0.1:9464\"\nper_principal = true\n"),
+        )
+        .unwrap();
+        let cfg = Config::load(&path).unwrap();
+        assert_eq!(cfg.metrics.listen, Some("127.0.0.1:9464".parse().unwrap()));
+        assert!(cfg.metrics.per_principal);
+        assert_eq!(
+            cfg.audit.forward,
+            Some(audit_chain::syslog::Target::Tcp("127.0.0.1:6514".into()))
+        );
+        std::fs::write(&path, format!("{text}[metrics]\nlisten = \"nine\"\n")).unwrap();
+        assert_eq!(Config::load(&path).unwrap_err().key, "metrics.listen");
+        let bad_fwd = text.replace("tcp://127.0.0.1:6514", "udp://x:1");
+        std::fs::write(&path, bad_fwd).unwrap();
+        let err = Config::load(&path).unwrap_err();
+        assert_eq!(err.key, "audit.forward.syslog");
+        assert!(err.problem.contains("tcp://HOST:PORT"), "{err}");
     }
 }

@@ -4,7 +4,8 @@
 //! Architecture section draws them): `api` (gRPC services) → `csr` → `keys` (the rules)
 //! → the backends `hsm` (the only module that names cryptoki), `store` (SQLite), `audit`
 //! (the hash-chained log) and `auth` (identity, policy, limits) → the leaves `encoding`
-//! (SPKI, ECDSA DER, OAEP), `domain` (specs, states, the key record) and `clock`.
+//! (SPKI, ECDSA DER, OAEP), `domain` (specs, states, the key record), `clock` and
+//! `metrics` (the Prometheus registry every layer records into).
 //! `config`, `dev` and `server` assemble them.
 //!
 //! # Library surface
@@ -33,6 +34,7 @@ pub mod domain;
 mod encoding;
 mod hsm;
 mod keys;
+mod metrics;
 pub mod server;
 mod store;
 

@@ -42,6 +42,10 @@ enum Cmd {
         /// or a key id.
         #[arg(long, value_name = "KEY", default_value = hsmd::config::DEFAULT_KMS_KEY, requires = "kms_socket")]
         kms_key: String,
+        /// Also serve Prometheus metrics (/metrics) and /healthz over plain HTTP on this
+        /// address; port 0 picks a free port. Off unless given.
+        #[arg(long, value_name = "HOST:PORT")]
+        metrics_listen: Option<String>,
     },
 }
 
@@ -72,13 +76,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             listen,
             kms_socket,
             kms_key,
+            metrics_listen,
         } => {
             let dir = data_dir.unwrap_or_else(hsmd::dev::default_data_dir);
-            let kms = kms_socket.map(|socket| hsmd::dev::DevKms {
-                socket,
-                key: kms_key,
-            });
-            let config = hsmd::dev::provision_with_kms(&dir, &listen, kms.as_ref())?;
+            let options = hsmd::dev::DevOptions {
+                metrics_listen: metrics_listen.as_deref(),
+                kms: kms_socket.map(|socket| hsmd::dev::DevKms {
+                    socket,
+                    key: kms_key,
+                }),
+            };
+            let config = hsmd::dev::provision_with(&dir, &listen, &options)?;
             (config, Some(dir))
         }
     };
@@ -90,8 +98,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(hsmd::server::run(cfg, move |addr| match &dev_dir {
-        Some(dir) => hsmd::dev::write_profile(dir, addr),
+    runtime.block_on(hsmd::server::run(cfg, move |bound| match &dev_dir {
+        Some(dir) => hsmd::dev::write_profile(dir, bound.grpc, bound.metrics),
         None => Ok(()),
     }))
 }

@@ -5,6 +5,7 @@
 //! goes away) until SIGINT/SIGTERM, then seal the audit log with a last checkpoint.
 //! With `[kubernetes]`, the same process also serves the KMS v2 plugin on its Unix
 //! socket.
+//! With `[metrics] listen`, a plain-HTTP listener serves `/metrics` and `/healthz`.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -33,6 +34,8 @@ use crate::auth::Authorizer;
 use crate::config::{Config, TlsConfig};
 use crate::hsm::Pkcs11Backend;
 use crate::keys::KeyManager;
+use crate::metrics::Metrics;
+use crate::metrics::http::{Exporter, Refresh};
 
 use crate::clock::{SharedClock, SystemClock};
 use crate::store::Store;
@@ -40,11 +43,20 @@ use crate::store::Store;
 /// Principal of the records hsmd writes for its own background work.
 pub(crate) use crate::domain::SYSTEM_PRINCIPAL;
 
-/// Runs the daemon. `on_bound` is called once the listener is bound (with its real
-/// address, so port 0 works) and before the first call is served.
+/// The addresses the daemon listens on, once bound (real ports, so port 0 works).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bound {
+    /// The gRPC listener (TLS).
+    pub grpc: SocketAddr,
+    /// The plain-HTTP metrics listener, when `[metrics] listen` is set.
+    pub metrics: Option<SocketAddr>,
+}
+
+/// Runs the daemon. `on_bound` is called once the listeners are bound (with their real
+/// addresses, so port 0 works) and before the first call is served.
 pub async fn run(
     cfg: Config,
-    on_bound: impl FnOnce(SocketAddr) -> anyhow::Result<()>,
+    on_bound: impl FnOnce(Bound) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     run_with_clock(cfg, SystemClock::shared(), on_bound).await
 }
@@ -53,7 +65,7 @@ pub async fn run(
 pub async fn run_with_clock(
     cfg: Config,
     clock: SharedClock,
-    on_bound: impl FnOnce(SocketAddr) -> anyhow::Result<()>,
+    on_bound: impl FnOnce(Bound) -> anyhow::Result<()>,
 ) -> anyhow::Result<()> {
     run_until(cfg, clock, on_bound, shutdown_signal).await
 }
@@ -64,7 +76,7 @@ pub async fn run_with_clock(
 pub async fn run_until<S: std::future::Future<Output = ()>>(
     cfg: Config,
     clock: SharedClock,
-    on_bound: impl FnOnce(SocketAddr) -> anyhow::Result<()>,
+    on_bound: impl FnOnce(Bound) -> anyhow::Result<()>,
     shutdown: impl FnOnce() -> S,
 ) -> anyhow::Result<()> {
     let state = open_state(&cfg, clock).await?;
@@ -94,9 +106,23 @@ pub async fn run_until<S: std::future::Future<Output = ()>>(
         Some(k) => Some(serve_kms_plugin(&state, k).await?),
         None => None,
     };
-    let shutdown = shutdown();
-    on_bound(addr)?;
+    let (serving, serving_rx) = tokio::sync::watch::channel(false);
+    let metrics_addr = match cfg.metrics.listen {
+        Some(at) => Some(serve_metrics(at, &state, serving_rx).await?),
+        None => None,
+    };
+    let stop = shutdown();
+    on_bound(Bound {
+        grpc: addr,
+        metrics: metrics_addr,
+    })?;
     tracing::info!(%addr, "serving");
+    serving.send_replace(true);
+    // /healthz says NOT_SERVING from the moment shutdown begins.
+    let shutdown = async move {
+        stop.await;
+        serving.send_replace(false);
+    };
     Server::builder()
         .layer(tower_layer::layer_fn(crate::api::complete::RunToCompletion))
         .add_service(health_service)
@@ -134,7 +160,8 @@ pub async fn run_until<S: std::future::Future<Output = ()>>(
 async fn open_state(cfg: &Config, clock: SharedClock) -> anyhow::Result<ApiState> {
     let hsm_cfg = cfg.hsm.clone();
     let backend = tokio::task::spawn_blocking(move || Pkcs11Backend::open(&hsm_cfg)).await??;
-    let backend = Arc::new(backend);
+    let metrics = Arc::new(Metrics::new(cfg.metrics.per_principal));
+    let backend = Arc::new(backend.with_metrics(metrics.clone()));
     log_capabilities(&backend);
     let store = Arc::new(
         Store::open(&cfg.store_path)
@@ -143,8 +170,9 @@ async fn open_state(cfg: &Config, clock: SharedClock) -> anyhow::Result<ApiState
     let signer = token_signer(&backend).await?;
     let audit_cfg = cfg.audit.clone();
     let audit_clock = clock.clone();
+    let audit_metrics = metrics.clone();
     let audit = tokio::task::spawn_blocking(move || {
-        AuditLog::open_with_clock(&audit_cfg, Some(signer), audit_clock)
+        AuditLog::open_observed(&audit_cfg, Some(signer), audit_clock, audit_metrics)
     })
     .await??;
     let keys = Arc::new(
@@ -166,7 +194,35 @@ async fn open_state(cfg: &Config, clock: SharedClock) -> anyhow::Result<ApiState
         keys,
         audit,
         auth: Arc::new(Authorizer::new(cfg.policy.clone(), cfg.rate_limits.clone())),
+        metrics,
     })
+}
+
+/// Binds the metrics listener and serves `/metrics` and `/healthz` in a task of its
+/// own; `serving` mirrors the gRPC health. Each scrape first reads the key and import
+/// token counts from the store.
+async fn serve_metrics(
+    at: SocketAddr,
+    state: &ApiState,
+    serving: tokio::sync::watch::Receiver<bool>,
+) -> anyhow::Result<SocketAddr> {
+    let listener = TcpListener::bind(at)
+        .await
+        .with_context(|| format!("metrics.listen {at}"))?;
+    let addr = listener.local_addr()?;
+    let keys = state.keys.clone();
+    let refresh: Refresh = Arc::new(move |m: &Metrics| match keys.store().counts(keys.now()) {
+        Ok(c) => m.set_store_counts(&c.keys_by_state, c.import_tokens_live),
+        Err(e) => tracing::warn!(error = %e, "metrics: store counts not read"),
+    });
+    let exporter = Exporter {
+        metrics: state.metrics.clone(),
+        serving,
+        refresh,
+    };
+    tokio::spawn(crate::metrics::http::serve(listener, exporter));
+    tracing::info!(%addr, "metrics on http://{addr}/metrics");
+    Ok(addr)
 }
 
 /// Server reflection over hsmd's, health's and the error details' descriptors.

@@ -105,9 +105,9 @@ impl InProcess {
                     .enable_all()
                     .build()
                     .map_err(|e| format!("tokio runtime: {e}"))?;
-                let on_bound = move |addr| {
-                    hsmd::dev::write_profile(&dir, addr)?;
-                    let _ = bound_tx.send(addr);
+                let on_bound = move |bound: hsmd::server::Bound| {
+                    hsmd::dev::write_profile(&dir, bound.grpc, bound.metrics)?;
+                    let _ = bound_tx.send(bound.grpc);
                     Ok(())
                 };
                 let stopped = || async move {

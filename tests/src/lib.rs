@@ -23,6 +23,7 @@ pub mod inprocess;
 pub mod instance;
 pub mod keys;
 pub mod kms;
+pub mod ops;
 pub mod pkcs11;
 pub mod profile;
 pub mod serve;

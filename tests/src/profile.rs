@@ -11,6 +11,8 @@ pub struct Profile {
     pub ca_cert: PathBuf,
     pub client_cert: PathBuf,
     pub client_key: PathBuf,
+    /// `http://HOST:PORT` of the metrics listener (`hsmd dev --metrics-listen`).
+    pub metrics_endpoint: Option<String>,
 }
 
 impl Profile {
@@ -29,6 +31,7 @@ impl Profile {
             ca_cert: field("ca_cert")?.into(),
             client_cert: field("client_cert")?.into(),
             client_key: field("client_key")?.into(),
+            metrics_endpoint: field("metrics_endpoint").ok(),
         })
     }
 }

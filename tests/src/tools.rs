@@ -42,6 +42,11 @@ pub fn require_tools() {
     );
 }
 
+/// The first `program` on PATH.
+pub fn find_program(program: &str) -> Option<PathBuf> {
+    find_on_path(program)
+}
+
 fn find_on_path(program: &str) -> Option<PathBuf> {
     let path = env::var_os("PATH")?;
     env::split_paths(&path)

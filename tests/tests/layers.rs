@@ -14,8 +14,8 @@ use std::path::{Path, PathBuf};
 /// Top-level modules by layer, lowest first. A module may name modules of lower layers
 /// only; modules of one layer are independent of each other.
 const LAYERS: &[&[&str]] = &[
-    // leaves: the shared vocabulary and time
-    &["domain", "clock"],
+    // leaves: the shared vocabulary, time, and the metrics registry every layer records into
+    &["domain", "clock", "metrics"],
     // crypto encodings over the vocabulary (SPKI, ECDSA DER, OAEP)
     &["encoding"],
     // backends: the token, the metadata store, the audit log, identity and policy

@@ -40,6 +40,11 @@ pub enum AuditCommand {
     Report(super::report::ReportArgs),
     /// Print the audit public key (PEM) that checkpoint signatures verify with.
     PublicKey(PublicKeyArgs),
+    /// Resend audit records from sequence number SEQ on, read from the server
+    /// (QueryAudit), as the same RFC 5424 messages hsmd forwards (`[audit.forward]`):
+    /// to a syslog receiver with --syslog, else one message per line on stdout. For
+    /// filling the gap after a receiver outage.
+    Export(super::export::ExportArgs),
 }
 
 /// Arguments of `audit stats`.
@@ -97,6 +102,7 @@ impl AuditCommand {
             AuditCommand::Query(a) => a.run(env).await,
             AuditCommand::Stats(a) => a.run(env).await,
             AuditCommand::Report(a) => a.run(env).await,
+            AuditCommand::Export(a) => a.run(env).await,
             AuditCommand::PublicKey(a) => {
                 let key = env.client.audit_public_key().await?;
                 if env.json() {
@@ -140,6 +146,7 @@ impl QueryArgs {
             method: self.method.clone().unwrap_or_default(),
             outcome: self.outcome.map_or(0, |o| o as i32),
             limit: self.limit.unwrap_or(0),
+            min_sequence: 0,
         })
     }
 

@@ -14,6 +14,7 @@ mod csr;
 mod encrypt;
 mod envelope;
 mod error;
+mod export;
 mod import;
 mod key;
 mod render;

@@ -116,6 +116,7 @@ fn query(r: pb::QueryAuditRequest) -> Result<AuditQuery, ApiError> {
         key: nonempty(r.key_id),
         method: nonempty(r.method),
         outcome: outcome_from_pb(r.outcome)?,
+        min_seq: r.min_sequence,
         limit: if r.limit == 0 { 1000 } else { r.limit as usize },
     })
 }

@@ -42,6 +42,7 @@ use crate::audit::{AuditEvent, AuditLog, Outcome};
 use crate::auth::{Action, Authorizer, KeyFacts, Policy, principal_of};
 use crate::domain::record::KeyRecord;
 use crate::keys::{KeyError, KeyManager, KeyRef};
+use crate::metrics::Metrics;
 pub(crate) use status::ApiError;
 
 /// Shared state of the services.
@@ -50,6 +51,8 @@ pub(crate) struct ApiState {
     pub(crate) keys: Arc<KeyManager>,
     pub(crate) audit: AuditLog,
     pub(crate) auth: Arc<Authorizer>,
+    /// Calls by method and outcome, their latency, rate-limit refusals.
+    pub(crate) metrics: Arc<Metrics>,
 }
 
 /// Who is calling, from the connection: principal (verified client certificate) and peer.
@@ -117,6 +120,7 @@ impl Call {
         }
         let class = action.limit_class();
         if let Err(wait) = state.auth.limits().check(p, class) {
+            state.metrics.rate_limited(class.name(), p);
             return Err(ApiError::RateLimited {
                 class: class.name(),
                 retry_after: wait,
@@ -283,8 +287,31 @@ impl ApiState {
     }
 
     /// Makes the call's audit record durable; returns its request id and the result to
-    /// answer with (AUDIT_UNAVAILABLE if the record could not be written).
+    /// answer with (AUDIT_UNAVAILABLE if the record could not be written). Every call
+    /// ends here, so this is where its metrics are counted.
     async fn record<T>(
+        &self,
+        call: Call,
+        result: Result<T, ApiError>,
+    ) -> (String, Result<T, ApiError>) {
+        let (started, method) = (call.started, call.method);
+        let principal = call.principal.clone();
+        let (request_id, result) = self.write_record(call, result).await;
+        let outcome = match &result {
+            Ok(_) => Outcome::Ok,
+            Err(e) => e.outcome(),
+        };
+        self.metrics.call(
+            method,
+            outcome.name(),
+            principal.as_deref(),
+            started.elapsed(),
+        );
+        (request_id, result)
+    }
+
+    /// The audit half of [`record`](ApiState::record).
+    async fn write_record<T>(
         &self,
         mut call: Call,
         result: Result<T, ApiError>,

@@ -3,6 +3,7 @@
 //! every file of the log. The record format and the verifier live in `audit-chain`.
 
 pub(crate) mod checkpoint;
+mod forward;
 mod open;
 pub(crate) mod record;
 mod writer;
@@ -36,6 +37,8 @@ pub(crate) struct AuditConfig {
     pub(crate) checkpoint_interval: Duration,
     /// Rotate once the current file reaches this size; 0 = never.
     pub(crate) max_file_bytes: u64,
+    /// Also send every record to this syslog receiver (`[audit.forward] syslog`).
+    pub(crate) forward: Option<audit_chain::syslog::Target>,
 }
 
 impl AuditConfig {
@@ -47,6 +50,7 @@ impl AuditConfig {
             checkpoint_every: 1000,
             checkpoint_interval: Duration::from_secs(60),
             max_file_bytes: 64 << 20,
+            forward: None,
         }
     }
 }
@@ -63,6 +67,8 @@ pub(crate) struct AuditQuery {
     /// Full method path, or its last segment ("Sign").
     pub(crate) method: Option<String>,
     pub(crate) outcome: Option<Outcome>,
+    /// Only records numbered at least this.
+    pub(crate) min_seq: u64,
     pub(crate) limit: usize,
 }
 
@@ -73,7 +79,8 @@ impl AuditQuery {
             .method
             .as_deref()
             .is_none_or(|m| r.method == m || r.method.rsplit('/').next() == Some(m));
-        self.start.as_deref().is_none_or(|s| r.time.as_str() >= s)
+        r.seq >= self.min_seq
+            && self.start.as_deref().is_none_or(|s| r.time.as_str() >= s)
             && self.end.as_deref().is_none_or(|e| r.time.as_str() < e)
             && self.principal.as_deref().is_none_or(|p| r.principal == p)
             && self

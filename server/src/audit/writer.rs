@@ -22,11 +22,13 @@ use audit_chain::files;
 use tokio::sync::oneshot;
 
 use super::checkpoint::{self, CheckpointSigner};
+use super::forward::Forwarder;
 use super::record::{AuditEvent, AuditRecord, rfc3339};
 use super::{AuditConfig, AuditError, open};
 use crate::clock::SharedClock;
 #[cfg(test)]
 use crate::clock::SystemClock;
+use crate::metrics::Metrics;
 use audit_chain::walk::ChainHead;
 
 /// Most events written under one fsync.
@@ -54,28 +56,39 @@ pub(crate) struct AuditLog {
     tx: mpsc::Sender<Msg>,
     path: PathBuf,
     head: Arc<Mutex<ChainHead>>,
+    metrics: Arc<Metrics>,
 }
 
 impl AuditLog {
-    /// [`open_with_clock`](AuditLog::open_with_clock) with the system clock (tests).
+    /// [`open_observed`](AuditLog::open_observed) with the system clock, no forwarding
+    /// and metrics of its own (tests).
     #[cfg(test)]
     pub(crate) fn open(
         cfg: &AuditConfig,
         signer: Option<Arc<dyn CheckpointSigner>>,
     ) -> Result<Self, AuditError> {
-        Self::open_with_clock(cfg, signer, SystemClock::shared())
+        Self::open_observed(cfg, signer, SystemClock::shared(), Default::default())
     }
 
     /// Opens the log (see `open.rs`: head across rotated files, torn-line recovery),
     /// appends the record of a torn line moved aside, signs any unsigned tail a crash
     /// left, and starts the writer thread. `clock` stamps the records; checkpoint
-    /// intervals stay on the monotonic clock.
-    pub(crate) fn open_with_clock(
+    /// intervals stay on the monotonic clock. The writer records into `metrics`, and
+    /// forwards each durable record to syslog when `cfg.forward` names a receiver.
+    pub(crate) fn open_observed(
         cfg: &AuditConfig,
         signer: Option<Arc<dyn CheckpointSigner>>,
         clock: SharedClock,
+        metrics: Arc<Metrics>,
     ) -> Result<Self, AuditError> {
         let o = open::open(&cfg.path)?;
+        let forward = match &cfg.forward {
+            Some(target) => Some(
+                Forwarder::start(target.clone(), metrics.clone())
+                    .map_err(|e| AuditError::Io(format!("audit forwarding thread: {e}")))?,
+            ),
+            None => None,
+        };
         let mut w = Writer {
             file: o.file,
             path: cfg.path.clone(),
@@ -88,6 +101,8 @@ impl AuditLog {
             last_checkpoint: Instant::now(),
             file_first_seq: o.file_first_seq,
             file_len: o.file_len,
+            metrics,
+            forward,
         };
         if let Some(ev) = o.torn {
             w.write(vec![ev])?;
@@ -100,29 +115,40 @@ impl AuditLog {
 
     fn spawn(w: Writer) -> Result<Self, AuditError> {
         let (tx, rx) = mpsc::channel();
-        let (path, head) = (w.path.clone(), w.head.clone());
+        let (path, head, metrics) = (w.path.clone(), w.head.clone(), w.metrics.clone());
         std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || w.run(rx))
             .map_err(|e| AuditError::Io(e.to_string()))?;
-        Ok(AuditLog { tx, path, head })
+        Ok(AuditLog {
+            tx,
+            path,
+            head,
+            metrics,
+        })
     }
 
     /// Appends an event and waits until it is durable. Returns its sequence number.
     pub(crate) async fn append(&self, event: AuditEvent) -> Result<u64, AuditError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .send(Msg::Event(Box::new(event), Some(reply)))
-            .map_err(|_| stopped())?;
+        self.queue(Msg::Event(Box::new(event), Some(reply)))?;
         rx.await.map_err(|_| stopped())?
     }
 
     /// Queues an event without waiting: it is written with the next group (for
     /// throttled calls, which did nothing and must not cost an fsync each).
     pub(crate) fn append_lazy(&self, event: AuditEvent) -> Result<(), AuditError> {
-        self.tx
-            .send(Msg::Event(Box::new(event), None))
-            .map_err(|_| stopped())
+        self.queue(Msg::Event(Box::new(event), None))
+    }
+
+    /// Hands an event to the writer, counted in the queue-depth gauge until the writer
+    /// takes it (counted first, so the gauge never dips below zero).
+    fn queue(&self, m: Msg) -> Result<(), AuditError> {
+        self.metrics.audit_queue.inc();
+        self.tx.send(m).map_err(|_| {
+            self.metrics.audit_queue.dec();
+            stopped()
+        })
     }
 
     /// Writes a checkpoint now if any record is not yet covered by one (tests; the
@@ -175,6 +201,9 @@ struct Writer {
     last_checkpoint: Instant,
     file_first_seq: u64,
     file_len: u64,
+    metrics: Arc<Metrics>,
+    /// The syslog forwarder, when `[audit.forward]` is set.
+    forward: Option<Forwarder>,
 }
 
 impl Writer {
@@ -192,7 +221,7 @@ impl Writer {
             let had_lazy = !lazy.is_empty();
             match first {
                 Ok(Msg::Close(reply)) => close = Some(reply),
-                Ok(m) => sort(m, &mut group, &mut lazy, &mut controls),
+                Ok(m) => sort(self.taken(m), &mut group, &mut lazy, &mut controls),
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     self.flush(Vec::new(), std::mem::take(&mut lazy));
@@ -202,7 +231,7 @@ impl Writer {
             while close.is_none() && group.len() + lazy.len() < MAX_GROUP {
                 match rx.try_recv() {
                     Ok(Msg::Close(reply)) => close = Some(reply),
-                    Ok(m) => sort(m, &mut group, &mut lazy, &mut controls),
+                    Ok(m) => sort(self.taken(m), &mut group, &mut lazy, &mut controls),
                     Err(_) => break,
                 }
             }
@@ -231,6 +260,14 @@ impl Writer {
                 let _ = reply.send(Ok(self.state.clone()));
             }
         }
+    }
+
+    /// Counts a message as taken off the queue (the queue-depth gauge).
+    fn taken(&self, m: Msg) -> Msg {
+        if matches!(m, Msg::Event(..)) {
+            self.metrics.audit_queue.dec();
+        }
+        m
     }
 
     /// How long to wait for the next message: until held lazy records are due, or the
@@ -285,19 +322,33 @@ impl Writer {
         let mut state = self.state.clone();
         let mut buf = Vec::with_capacity(events.len() * 512);
         let mut seqs = Vec::with_capacity(events.len());
+        let mut forwards = Vec::new();
         for ev in events {
             let seq = state.sequence + 1;
             let record =
                 AuditRecord::new(ev, seq, rfc3339(self.clock.now_utc()), state.hash.clone());
-            buf.extend_from_slice(record.to_line().as_bytes());
+            let line = record.to_line();
+            buf.extend_from_slice(line.as_bytes());
             buf.push(b'\n');
+            if self.forward.is_some() {
+                forwards.push((record.time.clone(), seq, record.hash.clone(), line));
+            }
             state = ChainHead {
                 sequence: seq,
                 hash: record.hash,
             };
             seqs.push(seq);
         }
-        write_durably(&mut self.file, self.file_len, &buf)?;
+        let started = Instant::now();
+        let written = write_durably(&mut self.file, self.file_len, &buf);
+        let n = if written.is_ok() { seqs.len() } else { 0 };
+        self.metrics.audit_write(started.elapsed(), n);
+        written?;
+        if let Some(f) = &self.forward {
+            for (time, seq, hash, line) in forwards {
+                f.send(&time, seq, &hash, &line);
+            }
+        }
         self.file_len += buf.len() as u64;
         self.unsigned += seqs.len() as u64;
         self.state = state.clone();
@@ -330,7 +381,11 @@ impl Writer {
         match self.write(vec![ev]) {
             // The checkpoint record itself is covered by the next checkpoint's hash
             // chain, but needs no checkpoint of its own.
-            Ok(_) => self.unsigned = 0,
+            Ok(_) => {
+                self.unsigned = 0;
+                let now = self.clock.now_utc();
+                self.metrics.audit_checkpoint(now.unix_timestamp() as f64);
+            }
             Err(e) => tracing::error!(error = %e, "audit checkpoint not written; retried later"),
         }
     }

@@ -52,15 +52,24 @@ pub struct DevKms {
 /// Provisions (or reuses) `dir` and returns the path of its `hsmd.toml`. Must run
 /// before any thread starts: it sets SOFTHSM2_CONF for this process.
 pub fn provision(dir: &Path, listen: &str) -> anyhow::Result<PathBuf> {
-    provision_with_kms(dir, listen, None)
+    provision_with(dir, listen, &DevOptions::default())
 }
 
-/// As [`provision`], with the KMS plugin configured (and its principal allowed Encrypt
-/// and Decrypt on every key) when `kms` is given.
-pub fn provision_with_kms(
+/// What `hsmd dev` serves beside the gRPC API.
+#[derive(Debug, Clone, Default)]
+pub struct DevOptions<'a> {
+    /// Prometheus metrics and /healthz over plain HTTP here (port 0: a free port).
+    pub metrics_listen: Option<&'a str>,
+    /// The Kubernetes KMS v2 plugin (its principal allowed Encrypt and Decrypt on every
+    /// key).
+    pub kms: Option<DevKms>,
+}
+
+/// As [`provision`], with the extras of `options`.
+pub fn provision_with(
     dir: &Path,
     listen: &str,
-    kms: Option<&DevKms>,
+    options: &DevOptions<'_>,
 ) -> anyhow::Result<PathBuf> {
     fs::create_dir_all(dir.join("tokens")).with_context(|| format!("create {}", dir.display()))?;
     let dir = dir.canonicalize()?;
@@ -77,8 +86,8 @@ pub fn provision_with_kms(
     }
     certs::ensure(&dir.join("tls"), DEV_PRINCIPAL)?;
     let config = dir.join("hsmd.toml");
-    let mut text = config_text(&dir, &module, listen)?;
-    if let Some(k) = kms {
+    let mut text = config_text(&dir, &module, listen, options.metrics_listen)?;
+    if let Some(k) = &options.kms {
         text.push_str(&kms_text(k)?);
     }
     fs::write(&config, text)?;
@@ -94,6 +103,13 @@ struct DevConfig<'a> {
     store: DevPath,
     audit: DevPath,
     tls: DevTls,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics: Option<DevMetrics<'a>>,
+}
+
+#[derive(Serialize)]
+struct DevMetrics<'a> {
+    listen: &'a str,
 }
 
 #[derive(Serialize)]
@@ -135,7 +151,12 @@ struct DevRule {
 }
 
 /// `hsmd.toml` for `dir`. Fails only on a path that is not UTF-8 (TOML cannot hold it).
-fn config_text(dir: &Path, module: &Path, listen: &str) -> anyhow::Result<String> {
+fn config_text(
+    dir: &Path,
+    module: &Path,
+    listen: &str,
+    metrics_listen: Option<&str>,
+) -> anyhow::Result<String> {
     let config = DevConfig {
         listen,
         hsm: DevHsm {
@@ -155,6 +176,7 @@ fn config_text(dir: &Path, module: &Path, listen: &str) -> anyhow::Result<String
             key: dir.join("tls/server.key"),
             client_ca: dir.join("tls/ca.pem"),
         },
+        metrics: metrics_listen.map(|listen| DevMetrics { listen }),
     };
     let policy = DevPolicy {
         policy: DevRules {
@@ -237,11 +259,18 @@ struct DevProfile {
     ca_cert: PathBuf,
     client_cert: PathBuf,
     client_key: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    metrics_endpoint: Option<String>,
 }
 
-fn profile_text(dir: &Path, addr: SocketAddr) -> anyhow::Result<String> {
+fn profile_text(
+    dir: &Path,
+    grpc: SocketAddr,
+    metrics: Option<SocketAddr>,
+) -> anyhow::Result<String> {
     let profile = DevProfile {
-        endpoint: format!("https://{addr}"),
+        endpoint: format!("https://{grpc}"),
+        metrics_endpoint: metrics.map(|m| format!("http://{m}")),
         server_name: "localhost",
         ca_cert: dir.join("tls/ca.pem"),
         client_cert: dir.join("tls/client.pem"),
@@ -253,16 +282,25 @@ fn profile_text(dir: &Path, addr: SocketAddr) -> anyhow::Result<String> {
     ))
 }
 
-/// Writes the client profile once the listener is bound, and prints where it is.
-pub fn write_profile(dir: &Path, addr: SocketAddr) -> anyhow::Result<()> {
+/// Writes the client profile once the listeners are bound, and prints where they are.
+/// `metrics` is the metrics listener, if any.
+pub fn write_profile(
+    dir: &Path,
+    grpc: SocketAddr,
+    metrics: Option<SocketAddr>,
+) -> anyhow::Result<()> {
     let dir = dir.canonicalize()?;
-    let profile = profile_text(&dir, addr)?;
+    let profile = profile_text(&dir, grpc, metrics)?;
     let path = dir.join("client.toml");
     let tmp = dir.join("client.toml.tmp");
     fs::write(&tmp, profile)?;
     fs::rename(&tmp, &path)?;
+    let metrics = match metrics {
+        Some(m) => format!("; metrics on http://{m}/metrics"),
+        None => String::new(),
+    };
     println!(
-        "hsmd dev listening on https://{addr}; client profile {}",
+        "hsmd dev listening on https://{grpc}{metrics}; client profile {}",
         path.display()
     );
     std::io::stdout().flush()?;
@@ -359,6 +397,7 @@ mod tests {
             Path::new("/data/dev"),
             Path::new("/usr/lib/softhsm/libsofthsm2.so"),
             "127.0.0.1:0",
+            None,
         )
         .unwrap();
         assert!(text.starts_with("# Written by `hsmd dev`"), "{text}");
@@ -389,7 +428,7 @@ mod tests {
     fn quotes_and_backslashes_in_the_data_dir_survive() {
         let dir = Path::new(r#"/tmp/a "quoted" dir\with\backslashes"#);
         let module = Path::new(r#"/opt/so"ft\hsm.so"#);
-        let t = table(&config_text(dir, module, "127.0.0.1:0").unwrap());
+        let t = table(&config_text(dir, module, "127.0.0.1:0", None).unwrap());
         assert_eq!(path(&t, "hsm", "module"), module);
         assert_eq!(path(&t, "hsm", "pin_file"), dir.join("pin"));
         assert_eq!(path(&t, "hsm", "softhsm2_conf"), dir.join("softhsm2.conf"));
@@ -400,8 +439,17 @@ mod tests {
         assert_eq!(path(&t, "tls", "client_ca"), dir.join("tls/ca.pem"));
 
         let addr: SocketAddr = "127.0.0.1:40123".parse().unwrap();
-        let p = table(&profile_text(dir, addr).unwrap());
+        let p = table(&profile_text(dir, addr, None).unwrap());
         assert_eq!(p["endpoint"].as_str(), Some("https://127.0.0.1:40123"));
+        assert!(p.get("metrics_endpoint").is_none());
+        let m: SocketAddr = "127.0.0.1:9464".parse().unwrap();
+        let p = table(&profile_text(dir, addr, Some(m)).unwrap());
+        assert_eq!(
+            p["metrics_endpoint"].as_str(),
+            Some("http://127.0.0.1:9464")
+        );
+        let t = table(&config_text(dir, module, "127.0.0.1:0", Some("127.0.0.1:0")).unwrap());
+        assert_eq!(t["metrics"]["listen"].as_str(), Some("127.0.0.1:0"));
         assert_eq!(p["server_name"].as_str(), Some("localhost"));
         for (key, file) in [
             ("ca_cert", "tls/ca.pem"),
@@ -416,6 +464,6 @@ mod tests {
     fn a_path_that_is_not_utf8_is_refused() {
         use std::os::unix::ffi::OsStrExt;
         let dir = Path::new(std::ffi::OsStr::from_bytes(b"/tmp/\xff"));
-        assert!(config_text(dir, Path::new("/m.so"), "127.0.0.1:0").is_err());
+        assert!(config_text(dir, Path::new("/m.so"), "127.0.0.1:0", None).is_err());
     }
 }

@@ -50,6 +50,22 @@ impl SignMechanism {
         }
     }
 
+    /// The PKCS#11 name of the mechanism (for metrics and logs).
+    pub fn name(self) -> &'static str {
+        match self {
+            SignMechanism::RsaPkcs1(HashAlg::Sha256) => "CKM_SHA256_RSA_PKCS",
+            SignMechanism::RsaPkcs1(HashAlg::Sha384) => "CKM_SHA384_RSA_PKCS",
+            SignMechanism::RsaPkcs1(HashAlg::Sha512) => "CKM_SHA512_RSA_PKCS",
+            SignMechanism::RsaPkcs1Digest(_) => "CKM_RSA_PKCS",
+            SignMechanism::RsaPss(HashAlg::Sha256) => "CKM_SHA256_RSA_PKCS_PSS",
+            SignMechanism::RsaPss(HashAlg::Sha384) => "CKM_SHA384_RSA_PKCS_PSS",
+            SignMechanism::RsaPss(HashAlg::Sha512) => "CKM_SHA512_RSA_PKCS_PSS",
+            SignMechanism::RsaPssDigest(_) => "CKM_RSA_PKCS_PSS",
+            SignMechanism::EcdsaDigest => "CKM_ECDSA",
+            SignMechanism::Ed25519 => "CKM_EDDSA",
+        }
+    }
+
     /// The bytes handed to C_Sign / C_Verify for `input` (the message or the digest).
     pub fn token_input(self, input: &[u8]) -> Vec<u8> {
         match self {

@@ -18,7 +18,7 @@ pub(crate) mod provision;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Arc, RwLock};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::RvError;
@@ -36,6 +36,7 @@ pub(crate) use probe::{Capabilities, OaepPath};
 
 use crate::domain::spec::{KeySpec, KeyUsage};
 use crate::encoding::PublicKeyMaterial;
+use crate::metrics::Metrics;
 use error::{classify, login_hint, session_lost};
 
 /// Where the token is and how to log in to it.
@@ -66,6 +67,8 @@ pub(crate) struct TokenDescription {
 /// The token, a pool of logged-in sessions and a cache of key object handles.
 pub(crate) struct Pkcs11Backend {
     pool: pool::SessionPool,
+    /// Time and failures of each PKCS#11 operation.
+    metrics: Arc<Metrics>,
     handles: RwLock<HashMap<Uuid, KeyObjects>>,
     /// Guards the token's object files: a call that creates or destroys token objects
     /// holds it exclusively, one that reads them (find, copy) shares it. SoftHSM2's file
@@ -127,12 +130,20 @@ impl Pkcs11Backend {
         let capabilities = Capabilities::from_mechanisms(&mechs).with_encryption(probe);
         Ok(Pkcs11Backend {
             pool,
+            metrics: Default::default(),
             handles: RwLock::new(HashMap::new()),
             token_objects: RwLock::new(()),
             capabilities,
             description,
             audit_key: Default::default(),
         })
+    }
+
+    /// Records token operations and the session pool into `metrics` from now on.
+    pub(crate) fn with_metrics(mut self, metrics: Arc<Metrics>) -> Self {
+        self.pool.observe(metrics.clone());
+        self.metrics = metrics;
+        self
     }
 
     /// What the start-up probe found.
@@ -151,14 +162,35 @@ impl Pkcs11Backend {
     }
 
     /// Runs `f` on a pooled session; a session the token lost is replaced and the
-    /// handle cache flushed (handles die with the login).
+    /// handle cache flushed (handles die with the login). `what` names the operation
+    /// and, in parentheses, its mechanism (`C_Decrypt (RSA-OAEP)`), as logs and metrics
+    /// show it.
     fn with_session<T>(
         &self,
         what: &'static str,
         f: impl FnOnce(&Session) -> cryptoki::error::Result<T>,
     ) -> Result<T, HsmError> {
+        let (operation, mechanism) = match what.split_once(" (") {
+            Some((op, mech)) => (op, mech.trim_end_matches(')')),
+            None => (what, "-"),
+        };
+        self.with_session_as(what, operation, mechanism, f)
+    }
+
+    /// `with_session`, with the operation and mechanism named apart for the metrics.
+    fn with_session_as<T>(
+        &self,
+        what: &'static str,
+        operation: &str,
+        mechanism: &str,
+        f: impl FnOnce(&Session) -> cryptoki::error::Result<T>,
+    ) -> Result<T, HsmError> {
         let s = self.pool.get()?;
-        match f(s.session()) {
+        let started = std::time::Instant::now();
+        let result = f(s.session());
+        self.metrics
+            .token_op(operation, mechanism, started.elapsed(), result.is_ok());
+        match result {
             Ok(v) => Ok(v),
             Err(e) => {
                 if session_lost(&e) {
@@ -245,7 +277,9 @@ impl Pkcs11Backend {
     ) -> Result<Vec<u8>, HsmError> {
         let data = mech.token_input(input);
         self.retry_if_missing(id, |objs| {
-            self.with_session("C_Sign", |s| s.sign(&mech.mechanism(), objs.private, &data))
+            self.with_session_as("C_Sign", "C_Sign", mech.name(), |s| {
+                s.sign(&mech.mechanism(), objs.private, &data)
+            })
         })
     }
 
@@ -279,7 +313,7 @@ impl Pkcs11Backend {
         let data = mech.token_input(input);
         self.retry_if_missing(id, |objs| {
             let public = objs.public.ok_or(HsmError::ObjectMissing)?;
-            self.with_session("C_Verify", |s| {
+            self.with_session_as("C_Verify", "C_Verify", mech.name(), |s| {
                 match s.verify(&mech.mechanism(), public, &data, signature) {
                     Ok(()) => Ok(true),
                     Err(cryptoki::error::Error::Pkcs11(

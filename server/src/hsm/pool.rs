@@ -6,7 +6,7 @@
 //! front ends lose most of their speed. A `Session` is `Send` but not `Sync`, so each is
 //! lent to one blocking thread at a time.
 
-use std::sync::{Condvar, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use cryptoki::context::Pkcs11;
@@ -15,6 +15,7 @@ use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 
 use super::error::{HsmError, classify};
+use crate::metrics::Metrics;
 
 /// How long a call waits for a free session before it gives up with UNAVAILABLE.
 const CHECKOUT_TIMEOUT: Duration = Duration::from_secs(30);
@@ -26,6 +27,8 @@ pub(crate) struct SessionPool {
     idle: Mutex<Vec<Session>>,
     freed: Condvar,
     size: usize,
+    /// Sessions in use and callers waiting, as gauges.
+    metrics: Arc<Metrics>,
 }
 
 /// A session borrowed from the pool; it goes back on drop unless marked lost.
@@ -59,7 +62,14 @@ impl SessionPool {
             idle: Mutex::new(sessions),
             freed: Condvar::new(),
             size,
+            metrics: Default::default(),
         })
+    }
+
+    /// Records the pool's size, sessions in use and waiters into `metrics` from now on.
+    pub(crate) fn observe(&mut self, metrics: Arc<Metrics>) {
+        metrics.pool_size.set(self.size as i64);
+        self.metrics = metrics;
     }
 
     /// Number of sessions in the pool.
@@ -72,15 +82,18 @@ impl SessionPool {
         let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
         loop {
             if let Some(session) = idle.pop() {
+                self.metrics.pool_in_use.inc();
                 return Ok(PooledSession {
                     pool: self,
                     session: Some(session),
                 });
             }
+            self.metrics.pool_waiters.inc();
             let (guard, timeout) = self
                 .freed
                 .wait_timeout(idle, CHECKOUT_TIMEOUT)
                 .unwrap_or_else(|p| p.into_inner());
+            self.metrics.pool_waiters.dec();
             idle = guard;
             if timeout.timed_out() && idle.is_empty() {
                 return Err(HsmError::Unavailable("no free token session".into()));
@@ -136,6 +149,7 @@ impl PooledSession<'_> {
     /// Marks the session as lost: it is closed and a fresh one takes its place.
     pub(crate) fn mark_lost(mut self) {
         if let Some(s) = self.session.take() {
+            self.pool.metrics.pool_in_use.dec();
             drop(s);
             self.pool.replace();
         }
@@ -145,6 +159,7 @@ impl PooledSession<'_> {
 impl Drop for PooledSession<'_> {
     fn drop(&mut self) {
         if let Some(s) = self.session.take() {
+            self.pool.metrics.pool_in_use.dec();
             self.pool.put_back(s);
         }
     }

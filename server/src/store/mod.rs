@@ -9,6 +9,7 @@ mod cache;
 mod certs;
 mod imports;
 mod rows;
+mod stats;
 
 use std::path::Path;
 use std::sync::Mutex;

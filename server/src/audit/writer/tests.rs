@@ -89,6 +89,8 @@ async fn unwritable_log_fails_the_call() {
         last_checkpoint: Instant::now(),
         file_first_seq: 1,
         file_len: 0,
+        metrics: Default::default(),
+        forward: None,
     };
     let log = AuditLog::spawn(w).unwrap();
     assert!(matches!(
