@@ -1,0 +1,293 @@
+//! Putting the daemon together: open the token, the store and the audit log (with the
+//! token's audit key signing its checkpoints), reconcile, start the lifecycle task,
+//! listen with TLS 1.3 and client certificates, reload the policy on SIGHUP, and serve
+//! (each call in a task of its own, so it runs to its audit record even if the client
+//! goes away) until SIGINT/SIGTERM, then seal the audit log with a last checkpoint.
+//!
+//! Beside it: `tls.rs` (the listener's TLS), `sweep.rs` (reconciliation and the
+//! lifecycle sweep), `side.rs` (the listeners beside gRPC: `[metrics] listen` serves
+//! `/metrics` and `/healthz` over plain HTTP, `[kubernetes]` the KMS v2 plugin on its
+//! Unix socket).
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use anyhow::Context;
+use hsmd_proto::v1::audit_service_server::AuditServiceServer;
+use hsmd_proto::v1::certificate_service_server::CertificateServiceServer;
+use hsmd_proto::v1::key_service_server::KeyServiceServer;
+use hsmd_proto::v1::token_service_server::TokenServiceServer;
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+use tonic::transport::Server;
+
+use crate::api::ApiState;
+use crate::api::audit::AuditApi;
+use crate::api::certs::CertApi;
+use crate::api::keys::KeyApi;
+use crate::api::token::TokenApi;
+use crate::audit::{AuditLog, CheckpointSigner};
+use crate::auth::Authorizer;
+use crate::config::Config;
+use crate::hsm::Pkcs11Backend;
+use crate::keys::KeyManager;
+use crate::metrics::Metrics;
+
+use crate::clock::{SharedClock, SystemClock};
+
+mod side;
+mod sweep;
+mod tls;
+
+use crate::store::Store;
+use side::{serve_kms_plugin, serve_metrics};
+pub(crate) use sweep::sweep;
+use sweep::{reconcile, sweep_loop};
+use tls::{tls_config, tls_incoming};
+
+/// Principal of the records hsmd writes for its own background work.
+pub(crate) use crate::domain::SYSTEM_PRINCIPAL;
+
+/// The addresses the daemon listens on, once bound (real ports, so port 0 works).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Bound {
+    /// The gRPC listener (TLS).
+    pub grpc: SocketAddr,
+    /// The plain-HTTP metrics listener, when `[metrics] listen` is set.
+    pub metrics: Option<SocketAddr>,
+}
+
+/// Runs the daemon. `on_bound` is called once the listeners are bound (with their real
+/// addresses, so port 0 works) and before the first call is served.
+pub async fn run(
+    cfg: Config,
+    on_bound: impl FnOnce(Bound) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    run_with_clock(cfg, SystemClock::shared(), on_bound).await
+}
+
+/// As [`run`], with the clock every date comes from (tests pass a `ManualClock`).
+pub async fn run_with_clock(
+    cfg: Config,
+    clock: SharedClock,
+    on_bound: impl FnOnce(Bound) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    run_until(cfg, clock, on_bound, shutdown_signal).await
+}
+
+/// As [`run_with_clock`], stopping when the future `shutdown` makes resolves instead of
+/// at SIGINT/SIGTERM (a daemon inside a test process). `shutdown` is called once, just
+/// before `on_bound`, so whatever it listens for counts from then on.
+pub async fn run_until<S: std::future::Future<Output = ()>>(
+    cfg: Config,
+    clock: SharedClock,
+    on_bound: impl FnOnce(Bound) -> anyhow::Result<()>,
+    shutdown: impl FnOnce() -> S,
+) -> anyhow::Result<()> {
+    let state = open_state(&cfg, clock).await?;
+    tracing::info!(rules = cfg.policy.len(), "policy loaded");
+    tokio::spawn(reload_on_sighup(state.clone(), cfg.source.clone()));
+    reconcile(&state).await;
+    sweep(&state).await;
+    tokio::spawn(sweep_loop(state.clone(), cfg.sweep_interval));
+
+    let acceptor = TlsAcceptor::from(Arc::new(tls_config(&cfg.tls)?));
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("listen on {}", cfg.listen))?;
+    let addr = listener.local_addr()?;
+    let incoming = tls_incoming(listener, acceptor);
+
+    let (health, health_service) = tonic_health::server::health_reporter();
+    health.set_serving::<KeyServiceServer<KeyApi>>().await;
+    health.set_serving::<AuditServiceServer<AuditApi>>().await;
+    health
+        .set_serving::<CertificateServiceServer<CertApi>>()
+        .await;
+    // Both reflection versions: grpcurl before 1.9 and many tools speak only v1alpha.
+    let reflection = reflection_builder().build_v1()?;
+    let reflection_alpha = reflection_builder().build_v1alpha()?;
+    let kms = match &cfg.kubernetes {
+        Some(k) => Some(serve_kms_plugin(&state, k).await?),
+        None => None,
+    };
+    let (serving, serving_rx) = tokio::sync::watch::channel(false);
+    let metrics_addr = match cfg.metrics.listen {
+        Some(at) => Some(serve_metrics(at, &state, serving_rx).await?),
+        None => None,
+    };
+    let stop = shutdown();
+    on_bound(Bound {
+        grpc: addr,
+        metrics: metrics_addr,
+    })?;
+    tracing::info!(%addr, "serving");
+    serving.send_replace(true);
+    // /healthz says NOT_SERVING from the moment shutdown begins.
+    let shutdown = async move {
+        stop.await;
+        serving.send_replace(false);
+    };
+    Server::builder()
+        .layer(tower_layer::layer_fn(crate::api::complete::RunToCompletion))
+        .add_service(health_service)
+        .add_service(reflection)
+        .add_service(reflection_alpha)
+        .add_service(KeyServiceServer::new(KeyApi::new(state.clone())))
+        .add_service(AuditServiceServer::new(AuditApi::new(state.clone())))
+        .add_service(TokenServiceServer::new(TokenApi::new(state.clone())))
+        .add_service(CertificateServiceServer::new(CertApi::new(state.clone())))
+        .serve_with_incoming_shutdown(incoming, shutdown)
+        .await?;
+    if let Some((stop, task, socket)) = kms {
+        let _ = stop.send(true);
+        match task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "KMS plugin server failed"),
+            Err(e) => tracing::error!(error = %e, "KMS plugin task failed"),
+        }
+        let _ = std::fs::remove_file(&socket);
+    }
+    match state.audit.close().await {
+        Ok(head) => tracing::info!(
+            sequence = head.sequence,
+            "audit log sealed with a checkpoint"
+        ),
+        Err(e) => tracing::error!(error = %e, "final audit checkpoint not written"),
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// Opens what every service shares, in start-up order: the token (and its probed
+/// capabilities), the metadata store, the audit log (signed by the token's audit key),
+/// the key manager and the policy.
+async fn open_state(cfg: &Config, clock: SharedClock) -> anyhow::Result<ApiState> {
+    let hsm_cfg = cfg.hsm.clone();
+    let backend = tokio::task::spawn_blocking(move || Pkcs11Backend::open(&hsm_cfg)).await??;
+    let metrics = Arc::new(Metrics::new(cfg.metrics.per_principal));
+    let backend = Arc::new(backend.with_metrics(metrics.clone()));
+    log_capabilities(&backend);
+    let store = Arc::new(
+        Store::open(&cfg.store_path)
+            .with_context(|| format!("metadata store {}", cfg.store_path.display()))?,
+    );
+    let signer = token_signer(&backend).await?;
+    let audit_cfg = cfg.audit.clone();
+    let audit_clock = clock.clone();
+    let audit_metrics = metrics.clone();
+    let audit = tokio::task::spawn_blocking(move || {
+        AuditLog::open_observed(&audit_cfg, Some(signer), audit_clock, audit_metrics)
+    })
+    .await??;
+    let keys = Arc::new(
+        KeyManager::new(backend, store)
+            .with_import(cfg.import)
+            .with_clock(clock),
+    );
+    for (alg, path) in keys.import_paths() {
+        match path {
+            Ok(p) => {
+                tracing::info!(algorithm = alg.name(), offered = true, path = %p, "import path")
+            }
+            Err(why) => {
+                tracing::info!(algorithm = alg.name(), offered = false, path = %why, "import path")
+            }
+        }
+    }
+    Ok(ApiState {
+        keys,
+        audit,
+        auth: Arc::new(Authorizer::new(cfg.policy.clone(), cfg.rate_limits.clone())),
+        metrics,
+    })
+}
+
+/// Server reflection over hsmd's, health's and the error details' descriptors.
+fn reflection_builder() -> tonic_reflection::server::Builder<'static> {
+    tonic_reflection::server::Builder::configure()
+        .register_encoded_file_descriptor_set(hsmd_proto::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+}
+
+/// Signs audit checkpoints with the token's audit key (created on first start).
+struct TokenSigner(Arc<Pkcs11Backend>);
+
+impl CheckpointSigner for TokenSigner {
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, String> {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(msg);
+        let raw = self
+            .0
+            .sign_audit_digest(&digest)
+            .map_err(|e| e.to_string())?;
+        crate::encoding::public::ecdsa_raw_to_der(crate::domain::spec::KeySpec::EcP256, &raw)
+    }
+}
+
+async fn token_signer(backend: &Arc<Pkcs11Backend>) -> anyhow::Result<Arc<dyn CheckpointSigner>> {
+    let b = backend.clone();
+    tokio::task::spawn_blocking(move || b.audit_public_key())
+        .await?
+        .context("audit checkpoint key in the token")?;
+    Ok(Arc::new(TokenSigner(backend.clone())))
+}
+
+/// On SIGHUP, rereads the config file and swaps in its policy and rate limits. Calls in
+/// flight finish under the policy they started with; a file that does not validate
+/// keeps the old policy, and the log says why.
+async fn reload_on_sighup(state: ApiState, source: std::path::PathBuf) {
+    let kind = tokio::signal::unix::SignalKind::hangup();
+    let Ok(mut hup) = tokio::signal::unix::signal(kind) else {
+        return tracing::warn!("cannot listen for SIGHUP: policy reload disabled");
+    };
+    while hup.recv().await.is_some() {
+        let path = source.clone();
+        match tokio::task::spawn_blocking(move || Config::load(&path)).await {
+            Ok(Ok(cfg)) => {
+                let rules = cfg.policy.len();
+                state.auth.replace(cfg.policy, cfg.rate_limits);
+                tracing::info!(file = %source.display(), rules, "policy and rate limits reloaded (other settings need a restart)");
+            }
+            Ok(Err(e)) => {
+                tracing::error!(file = %source.display(), error = %e, "config reload refused; the previous policy stays in force")
+            }
+            Err(e) => tracing::error!(error = %e, "config reload task failed"),
+        }
+    }
+}
+
+/// Listens for SIGTERM and SIGINT from now on (so a signal that arrives before the
+/// server is polled still means a clean stop) and resolves at the first of them.
+fn shutdown_signal() -> impl std::future::Future<Output = ()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let term = signal(SignalKind::terminate()).ok();
+    let int = signal(SignalKind::interrupt()).ok();
+    async move {
+        let wait = |s: Option<tokio::signal::unix::Signal>| async move {
+            match s {
+                Some(mut s) => {
+                    s.recv().await;
+                }
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = wait(term) => {},
+            _ = wait(int) => {},
+        }
+        tracing::info!("shutting down");
+    }
+}
+
+fn log_capabilities(backend: &Pkcs11Backend) {
+    let d = backend.description();
+    tracing::info!(label = %d.label, manufacturer = %d.manufacturer, model = %d.model, sessions = backend.pool_size(), "token ready");
+    for c in &backend.capabilities().mechanisms {
+        tracing::info!(mechanism = c.mechanism, supported = c.supported, use_ = %c.note, "capability");
+    }
+    for p in &backend.capabilities().algorithm_paths {
+        tracing::info!(algorithm = p.algorithm.name(), offered = p.offered, path = %p.path, "encryption path");
+    }
+}
