@@ -3,6 +3,7 @@
 //!
 //! - [`record`]: one JSON line per call, its own `hash` and the `prev_hash` chain, and the
 //!   signed checkpoint records;
+//! - [`line`]: a record's line read in place (the fast paths of verify and query);
 //! - [`walk`]: the strict walk hsmd does over its current file at start-up;
 //! - [`verify`]: the offline verifier over rotated files, which names every edited,
 //!   inserted, deleted or reordered record, bad checkpoint signatures and a cut tail,
@@ -10,6 +11,7 @@
 //! - [`syslog`]: a record as an RFC 5424 message, and the TCP / Unix socket transports.
 
 pub mod files;
+pub mod line;
 pub mod record;
 pub mod syslog;
 pub mod verify;

@@ -28,6 +28,8 @@ use p256::pkcs8::DecodePublicKey;
 use crate::record::{AuditRecord, Checkpoint, GENESIS_HASH};
 use crate::walk::{ChainHead, MAX_LINE};
 
+mod fast;
+
 /// Kind of a problem found in a log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum ProblemKind {
@@ -175,8 +177,14 @@ impl Verifier {
         )
     }
 
-    /// Verifies files given in chain order (see [`crate::files::expand`]).
+    /// Verifies files given in chain order (see [`crate::files::expand`]). A whole log
+    /// is checked by the fast path (streamed, files in parallel, memory flat); a log with
+    /// any problem is read again by the full walk, which names every problem.
     pub fn verify_files(&self, paths: &[impl AsRef<Path>]) -> std::io::Result<ChainReport> {
+        let refs: Vec<&Path> = paths.iter().map(|p| p.as_ref()).collect();
+        if let Some(report) = fast::verify(self, &refs) {
+            return Ok(report);
+        }
         let mut inputs = Vec::new();
         for p in paths {
             let p = p.as_ref();

@@ -55,16 +55,42 @@ fn verifier() -> Verifier {
     Verifier::with_key(*key().verifying_key()).sealed(true)
 }
 
+/// Verifies `files` from readers (the full walk) and from files (the fast path, which
+/// falls back to the full walk at any problem): both must give the same report.
 fn check(files: &[Vec<String>]) -> ChainReport {
+    let dir = tempfile::tempdir().unwrap();
+    let paths: Vec<_> = (0..files.len())
+        .map(|i| dir.path().join(format!("f{i}")))
+        .collect();
     let inputs = files
         .iter()
-        .enumerate()
-        .map(|(i, lines)| {
+        .zip(&paths)
+        .map(|(lines, p)| {
             let text: String = lines.iter().map(|l| format!("{l}\n")).collect();
-            (format!("f{i}"), std::io::Cursor::new(text.into_bytes()))
+            std::fs::write(p, &text).unwrap();
+            (
+                p.display().to_string(),
+                std::io::Cursor::new(text.into_bytes()),
+            )
         })
         .collect();
-    verifier().verify_readers(inputs).unwrap()
+    let full = verifier().verify_readers(inputs).unwrap();
+    assert_eq!(verifier().verify_files(&paths).unwrap(), full);
+    let refs: Vec<&Path> = paths.iter().map(|p| p.as_path()).collect();
+    let fast = fast::verify(&verifier(), &refs);
+    assert_eq!(
+        fast.is_some(),
+        full.ok(),
+        "fast path taken exactly when whole"
+    );
+    // Report names as before: the file's base name.
+    let mut full = full;
+    let base = |f: &mut String| *f = f.rsplit('/').next().unwrap_or_default().to_string();
+    full.problems.iter_mut().for_each(|p| base(&mut p.file));
+    if let Some(c) = full.last_checkpoint.as_mut() {
+        base(&mut c.file);
+    }
+    full
 }
 
 fn kinds(r: &ChainReport) -> Vec<(ProblemKind, String, u64)> {
