@@ -4,6 +4,7 @@
 //! - [`record`]: one JSON line per call, its own `hash` and the `prev_hash` chain, and the
 //!   signed checkpoint records;
 //! - [`line`]: a record's line read in place (the fast paths of verify and query);
+//! - [`query`]: the offline query over the files (`hsmctl audit query FILES`);
 //! - [`walk`]: the strict walk hsmd does over its current file at start-up;
 //! - [`verify`]: the offline verifier over rotated files, which names every edited,
 //!   inserted, deleted or reordered record, bad checkpoint signatures and a cut tail,
@@ -12,6 +13,7 @@
 
 pub mod files;
 pub mod line;
+pub mod query;
 pub mod record;
 pub mod syslog;
 pub mod verify;

@@ -90,9 +90,13 @@ pub struct QueryArgs {
     /// Only records with this outcome: ok, denied, invalid, failed, throttled.
     #[arg(long, value_name = "O", value_parser = names::parse::<AuditOutcome>)]
     outcome: Option<AuditOutcome>,
-    /// At most N records (server default 1000, at most 100000).
+    /// At most N records (server default 1000, at most 100000; offline: no limit).
     #[arg(long, value_name = "N")]
     limit: Option<u32>,
+    /// Log files or folders to read offline, without the daemon (as `audit verify`
+    /// does); the matching records are printed as their lines, table or not.
+    #[arg(value_name = "FILES")]
+    files: Vec<std::path::PathBuf>,
 }
 
 impl AuditCommand {
@@ -150,6 +154,37 @@ impl QueryArgs {
         })
     }
 
+    /// True when this reads files instead of asking the daemon.
+    pub fn offline(&self) -> bool {
+        !self.files.is_empty()
+    }
+
+    /// Reads the files (see `audit_chain::query`) and prints each matching line.
+    pub fn run_offline(&self) -> Result<Verdict, CliError> {
+        let now = OffsetDateTime::now_utc();
+        let since = match &self.since {
+            Some(s) => Some(parse_since(s, now).map_err(CliError::usage)?),
+            None => None,
+        };
+        let filter = audit_chain::query::Filter {
+            since: since.map(record_time),
+            until: self.until.map(record_time),
+            principal: self.principal.clone(),
+            key: self.key.clone(),
+            method: self.method.clone(),
+            outcome: self.outcome.and_then(outcome),
+            limit: self.limit.filter(|&n| n > 0).map(u64::from),
+        };
+        let io = |e: std::io::Error| CliError::io("cannot read", "audit log", e);
+        let paths = audit_chain::files::expand(&self.files).map_err(io)?;
+        if paths.is_empty() {
+            return Err(CliError::usage("no audit log files found there"));
+        }
+        let out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+        audit_chain::query::query_files(&paths, &filter, out).map_err(io)?;
+        Ok(Verdict::Yes)
+    }
+
     async fn run(self, env: &CliEnv) -> Result<Verdict, CliError> {
         let req = self.request(OffsetDateTime::now_utc())?;
         if !env.json() {
@@ -194,6 +229,29 @@ pub(super) fn parse_until(
     until
         .map(|u| parse_since(u, now).map_err(CliError::usage))
         .transpose()
+}
+
+/// A time as records write it (UTC, microseconds), so filters compare as text.
+fn record_time(t: OffsetDateTime) -> String {
+    let fmt = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z"
+    );
+    let t = t.to_offset(time::UtcOffset::UTC);
+    t.format(&fmt)
+        .unwrap_or_else(|_| t.unix_timestamp().to_string())
+}
+
+/// The outcome filter; none for UNSPECIFIED, as on the server.
+fn outcome(o: AuditOutcome) -> Option<audit_chain::Outcome> {
+    use audit_chain::Outcome as O;
+    Some(match o {
+        AuditOutcome::Unspecified => return None,
+        AuditOutcome::Ok => O::Ok,
+        AuditOutcome::Denied => O::Denied,
+        AuditOutcome::Invalid => O::Invalid,
+        AuditOutcome::Failed => O::Failed,
+        AuditOutcome::Throttled => O::Throttled,
+    })
 }
 
 fn records_table(records: &[AuditRecord]) -> String {
@@ -303,6 +361,7 @@ mod tests {
             method: Some("Sign".into()),
             outcome: Some(AuditOutcome::Denied),
             limit: Some(5),
+            files: Vec::new(),
         };
         let req = args.request(now).unwrap();
         assert_eq!(req.start_time.unwrap().seconds, now.unix_timestamp() - 3600);

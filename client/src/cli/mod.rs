@@ -176,6 +176,11 @@ impl Cli {
         {
             return v.run_offline(self.output);
         }
+        if let Command::Audit(audit::AuditCommand::Query(q)) = &self.command
+            && q.offline()
+        {
+            return q.run_offline();
+        }
         if let Command::Import(import::ImportCommand::Wrap(w)) = &self.command {
             return w.run_offline(self.output);
         }
