@@ -5,6 +5,7 @@
 //! turns going first — so a shared machine's drift falls on both sides alike, and prints
 //! both, pooled over the rounds, with the ratio.
 
+mod audit;
 mod kms;
 mod raw;
 
@@ -90,6 +91,9 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
 }
 
 fn main() -> anyhow::Result<()> {
+    if std::env::args().nth(1).as_deref() == Some("audit") {
+        return audit::main();
+    }
     let args = Args::parse();
     let (spec, algorithm) = checked(&args)?;
     let tmp = tempfile::tempdir()?;

@@ -21,7 +21,8 @@
 //! - [`dev`]: the provisioning of `hsmd dev` (the binary, `hsmd-bench`, the tests);
 //! - [`clock`] and [`domain`]: time, and the vocabulary of keys;
 //! - [`baseline`]: the PKCS#11 pieces `hsmd-bench`'s raw side shares with hsmd, so that
-//!   raw and hsmd do exactly the same token work.
+//!   raw and hsmd do exactly the same token work;
+//! - [`audit_writer`]: hsmd's audit writer without the daemon, for `hsmd-bench audit`.
 
 mod api;
 mod audit;
@@ -46,4 +47,10 @@ pub mod baseline {
     pub use crate::hsm::find_slot;
     pub use crate::hsm::objects::{KeyObjects, generate, generation};
     pub use crate::keys::manager::mechanism as sign_mechanism;
+}
+
+/// hsmd's audit writer (group commit, checkpoints, rotation) without the daemon, so that
+/// `hsmd-bench audit` writes a log exactly as hsmd does (checkpoints signed in software).
+pub mod audit_writer {
+    pub use crate::audit::standalone::{AuditEvent, Outcome, StandaloneLog};
 }

@@ -6,6 +6,7 @@ pub(crate) mod checkpoint;
 mod forward;
 mod open;
 pub(crate) mod record;
+pub(crate) mod standalone;
 mod writer;
 
 use std::io::{BufRead, BufReader};
