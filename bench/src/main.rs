@@ -5,6 +5,7 @@
 //! turns going first — so a shared machine's drift falls on both sides alike, and prints
 //! both, pooled over the rounds, with the ratio.
 
+mod floor;
 mod kms;
 mod pin;
 mod raw;
@@ -76,6 +77,11 @@ struct Args {
     /// Default: on with 2 or more CPUs; --pin=false for the unpinned figure.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pin: Option<bool>,
+    /// Also measure the transport floor in each round: gRPC health checks on the same
+    /// daemon, connections and CPUs (TLS, HTTP/2, tonic; no token, no audit). Reports
+    /// the daemon's CPU per check and hsmd's overhead above it.
+    #[arg(long)]
+    floor: bool,
     /// Output: table or json.
     #[arg(short, long, default_value = "table")]
     output: String,
@@ -171,6 +177,9 @@ struct Run {
     /// process.
     raw_cpu: Duration,
     hsmd_cpu: Duration,
+    /// With --floor: the health checks and the daemon's CPU over them.
+    floor: Samples,
+    floor_cpu: Duration,
     rounds: Vec<Round>,
     first_error: Option<String>,
 }
@@ -182,6 +191,10 @@ impl Run {
 
     fn hsmd_cpu_us(&self) -> f64 {
         pin::us_per_call(self.hsmd_cpu, self.hsmd.micros.len() as u64)
+    }
+
+    fn floor_cpu_us(&self) -> f64 {
+        pin::us_per_call(self.floor_cpu, self.floor.micros.len() as u64)
     }
 }
 
@@ -202,6 +215,8 @@ fn run_rounds(
         hsmd: Samples::default(),
         raw_cpu: Duration::ZERO,
         hsmd_cpu: Duration::ZERO,
+        floor: Samples::default(),
+        floor_cpu: Duration::ZERO,
         rounds: Vec::new(),
         first_error: None,
     };
@@ -247,6 +262,12 @@ fn run_rounds(
         run.hsmd.add(h);
         run.raw_cpu += r_cpu;
         run.hsmd_cpu += h_cpu;
+        if args.floor {
+            let before = pin::process_cpu(side.daemon.pid())?;
+            let f = runtime.block_on(floor::measure(&side.clients, args.concurrency, slice));
+            run.floor_cpu += pin::process_cpu(side.daemon.pid())? - before;
+            run.floor.add(f);
+        }
     }
     Ok(run)
 }
@@ -286,6 +307,13 @@ fn report(
             "raw": side(&raw_stats, raw_cpu), "hsmd": side(&hsmd_stats, hsmd_cpu),
             "ratio": ratio, "overhead_us_per_call": overhead,
             "overhead_us_per_call_rounds": overheads,
+            "floor": args.floor.then(|| serde_json::json!({
+                "method": "grpc.health.v1.Health/Check",
+                "ops_per_sec": run.floor.stats().ops_per_sec,
+                "cpu_us_per_call": run.floor_cpu_us(),
+                "errors": run.floor.errors,
+            })),
+            "overhead_above_floor_us_per_call": args.floor.then(|| overhead - run.floor_cpu_us()),
             "hsmd_peak_rss_kib": rss,
             "rounds": run.rounds.iter().map(Round::json).collect::<Vec<_>>(),
             "first_error": run.first_error,
@@ -331,6 +359,14 @@ fn report(
     println!(
         "CPU per call: raw {raw_cpu:.1} us, hsmd {hsmd_cpu:.1} us; hsmd overhead {overhead:.1} us per call (rounds {lo:.1}..{hi:.1})"
     );
+    if args.floor {
+        let f = run.floor_cpu_us();
+        println!(
+            "transport floor (health checks, {:.0}/s): {f:.1} us of hsmd CPU per call; hsmd overhead above it {:.1} us",
+            run.floor.stats().ops_per_sec,
+            overhead - f
+        );
+    }
     if run.rounds.len() > 1 {
         let each: Vec<String> = run
             .rounds

@@ -32,6 +32,7 @@ fn hsmd_bench_reports_raw_and_hsmd() {
             "3",
             "--rounds",
             "3",
+            "--floor",
             "-o",
             "json",
         ]));
@@ -95,6 +96,19 @@ fn hsmd_bench_reports_raw_and_hsmd() {
         report["raw"]["cpu_us_per_call"].as_f64().unwrap(),
     );
     assert!((overhead - (h - r)).abs() < 1e-6, "{report}");
+    // --floor: health checks on the same daemon, the transport's own CPU per call.
+    let floor = &report["floor"];
+    assert_eq!(floor["method"], "grpc.health.v1.Health/Check", "{report}");
+    assert_eq!(floor["errors"], 0, "{report}");
+    assert!(
+        floor["ops_per_sec"].as_f64().is_some_and(|v| v > 0.0),
+        "{report}"
+    );
+    let f = floor["cpu_us_per_call"].as_f64().expect("floor cpu");
+    let above = report["overhead_above_floor_us_per_call"]
+        .as_f64()
+        .expect("above floor");
+    assert!((above - (overhead - f)).abs() < 1e-6, "{report}");
     // 40 calls per side over 3 alternating rounds (14 + 13 + 13), each with its ratio.
     let rounds = report["rounds"].as_array().expect("rounds");
     assert_eq!(rounds.len(), 3, "{report}");
