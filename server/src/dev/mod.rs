@@ -5,6 +5,9 @@
 //! `hsmctl` finds on its own. Reuses what is already there. `certs` makes the local PKI.
 
 mod certs;
+mod tpm;
+
+pub use tpm::{TPM_PACKAGES, TpmToken};
 
 use std::fs;
 use std::io::Write;
@@ -49,6 +52,36 @@ pub struct DevKms {
     pub key: String,
 }
 
+/// Which token `hsmd dev` provisions (`--token`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DevToken {
+    /// SoftHSM2 (the default): files under DIR/tokens.
+    #[default]
+    Softhsm,
+    /// tpm2-pkcs11 on swtpm, with a private D-Bus and tpm2-abrmd, under DIR/tpm.
+    Tpm,
+}
+
+impl std::str::FromStr for DevToken {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "softhsm" | "softhsm2" => Ok(DevToken::Softhsm),
+            "tpm" => Ok(DevToken::Tpm),
+            other => Err(format!("unknown token '{other}': use softhsm or tpm")),
+        }
+    }
+}
+
+/// A provisioned dev folder: its config, and the TPM token's processes when `--token
+/// tpm` (they stop when this is dropped).
+#[derive(Debug)]
+pub struct Provisioned {
+    pub config: PathBuf,
+    pub tpm: Option<TpmToken>,
+}
+
 /// Provisions (or reuses) `dir` and returns the path of its `hsmd.toml`. Must run
 /// before any thread starts: it sets SOFTHSM2_CONF for this process.
 pub fn provision(dir: &Path, listen: &str) -> anyhow::Result<PathBuf> {
@@ -62,8 +95,47 @@ pub fn provision_with_kms(
     listen: &str,
     kms: Option<&DevKms>,
 ) -> anyhow::Result<PathBuf> {
-    fs::create_dir_all(dir.join("tokens")).with_context(|| format!("create {}", dir.display()))?;
+    provision_token(dir, listen, kms, DevToken::Softhsm).map(|p| p.config)
+}
+
+/// As [`provision_with_kms`] on the chosen token. For the TPM token it starts the
+/// token's processes and sets the variables its module reads in this process' environment,
+/// so it too must run before any thread starts.
+pub fn provision_token(
+    dir: &Path,
+    listen: &str,
+    kms: Option<&DevKms>,
+    token: DevToken,
+) -> anyhow::Result<Provisioned> {
+    fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let dir = dir.canonicalize()?;
+    let (module, softhsm2_conf, tpm) = match token {
+        DevToken::Softhsm => {
+            let (module, conf) = provision_softhsm(&dir)?;
+            (module, Some(conf), None)
+        }
+        DevToken::Tpm => {
+            let tpm = TpmToken::start(&dir)?;
+            for (k, v) in tpm.env() {
+                // SAFETY: called from main before the runtime or any other thread exists.
+                unsafe { std::env::set_var(k, v) };
+            }
+            (tpm.module().to_path_buf(), None, Some(tpm))
+        }
+    };
+    certs::ensure(&dir.join("tls"), DEV_PRINCIPAL)?;
+    let config = dir.join("hsmd.toml");
+    let mut text = config_text(&dir, &module, softhsm2_conf, listen)?;
+    if let Some(k) = kms {
+        text.push_str(&kms_text(k)?);
+    }
+    fs::write(&config, text)?;
+    Ok(Provisioned { config, tpm })
+}
+
+/// The SoftHSM2 token under DIR/tokens; returns the module and the softhsm2.conf.
+fn provision_softhsm(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    fs::create_dir_all(dir.join("tokens")).with_context(|| format!("create {}", dir.display()))?;
     let module = ensure_softhsm()?;
     let conf = dir.join("softhsm2.conf");
     let text =
@@ -75,14 +147,7 @@ pub fn provision_with_kms(
     if !pin_file.exists() {
         init_token(&module, &pin_file)?;
     }
-    certs::ensure(&dir.join("tls"), DEV_PRINCIPAL)?;
-    let config = dir.join("hsmd.toml");
-    let mut text = config_text(&dir, &module, listen)?;
-    if let Some(k) = kms {
-        text.push_str(&kms_text(k)?);
-    }
-    fs::write(&config, text)?;
-    Ok(config)
+    Ok((module, conf))
 }
 
 /// `hsmd.toml` as `hsmd dev` writes it; serialized, so any path (quotes, backslashes)
@@ -101,7 +166,8 @@ struct DevHsm<'a> {
     module: &'a Path,
     token_label: &'a str,
     pin_file: PathBuf,
-    softhsm2_conf: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    softhsm2_conf: Option<PathBuf>,
 }
 
 #[derive(Serialize)]
@@ -135,14 +201,19 @@ struct DevRule {
 }
 
 /// `hsmd.toml` for `dir`. Fails only on a path that is not UTF-8 (TOML cannot hold it).
-fn config_text(dir: &Path, module: &Path, listen: &str) -> anyhow::Result<String> {
+fn config_text(
+    dir: &Path,
+    module: &Path,
+    softhsm2_conf: Option<PathBuf>,
+    listen: &str,
+) -> anyhow::Result<String> {
     let config = DevConfig {
         listen,
         hsm: DevHsm {
             module,
             token_label: DEV_TOKEN_LABEL,
             pin_file: dir.join("pin"),
-            softhsm2_conf: dir.join("softhsm2.conf"),
+            softhsm2_conf,
         },
         store: DevPath {
             path: dir.join("hsmd.db"),
@@ -275,34 +346,29 @@ fn ensure_softhsm() -> anyhow::Result<PathBuf> {
         return Ok(m);
     }
     eprintln!("hsmd dev: SoftHSM2 is not installed; installing softhsm2 and opensc with apt-get");
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout.starts_with(b"0"))
-        .unwrap_or(false);
-    let apt = |args: &[&str]| -> anyhow::Result<()> {
-        let mut cmd = if root {
-            Command::new("apt-get")
-        } else {
-            Command::new("sudo")
-        };
-        if !root {
-            cmd.arg("apt-get");
-        }
-        let status = cmd
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status();
-        match status {
-            Ok(s) if s.success() => Ok(()),
-            _ => bail!(
-                "could not install SoftHSM2; run: sudo apt-get update && sudo apt-get install -y softhsm2 opensc"
-            ),
-        }
-    };
-    apt(&["update"])?;
-    apt(&["install", "-y", "softhsm2", "opensc"])?;
+    apt_get(&["update"])?;
+    apt_get(&["install", "-y", "softhsm2", "opensc"])?;
     find_module().context("softhsm2 installed but libsofthsm2.so not found")
+}
+
+/// `apt-get ARGS` (through sudo when not root), non-interactive.
+fn apt_get(args: &[&str]) -> anyhow::Result<()> {
+    let root = nix::unistd::geteuid().is_root();
+    let mut cmd = Command::new(if root { "apt-get" } else { "sudo" });
+    if !root {
+        cmd.arg("apt-get");
+    }
+    let status = cmd
+        .args(args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status();
+    match status {
+        Ok(s) if s.success() => Ok(()),
+        _ => bail!(
+            "`apt-get {}` failed; run it as root (after apt-get update)",
+            args.join(" ")
+        ),
+    }
 }
 
 fn find_module() -> Option<PathBuf> {
@@ -358,6 +424,7 @@ mod tests {
         let text = config_text(
             Path::new("/data/dev"),
             Path::new("/usr/lib/softhsm/libsofthsm2.so"),
+            Some(PathBuf::from("/data/dev/softhsm2.conf")),
             "127.0.0.1:0",
         )
         .unwrap();
@@ -389,7 +456,9 @@ mod tests {
     fn quotes_and_backslashes_in_the_data_dir_survive() {
         let dir = Path::new(r#"/tmp/a "quoted" dir\with\backslashes"#);
         let module = Path::new(r#"/opt/so"ft\hsm.so"#);
-        let t = table(&config_text(dir, module, "127.0.0.1:0").unwrap());
+        let t = table(
+            &config_text(dir, module, Some(dir.join("softhsm2.conf")), "127.0.0.1:0").unwrap(),
+        );
         assert_eq!(path(&t, "hsm", "module"), module);
         assert_eq!(path(&t, "hsm", "pin_file"), dir.join("pin"));
         assert_eq!(path(&t, "hsm", "softhsm2_conf"), dir.join("softhsm2.conf"));
@@ -416,6 +485,6 @@ mod tests {
     fn a_path_that_is_not_utf8_is_refused() {
         use std::os::unix::ffi::OsStrExt;
         let dir = Path::new(std::ffi::OsStr::from_bytes(b"/tmp/\xff"));
-        assert!(config_text(dir, Path::new("/m.so"), "127.0.0.1:0").is_err());
+        assert!(config_text(dir, Path::new("/m.so"), None, "127.0.0.1:0").is_err());
     }
 }
