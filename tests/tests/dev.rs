@@ -163,7 +163,21 @@ async fn token_info_reports_softhsm_and_what_it_offers() {
             "{alg:?} not offered"
         );
     }
+    assert!(
+        info.refusals.is_empty(),
+        "SoftHSM2 refuses nothing hsmd has: {:?}",
+        info.refusals
+    );
+    assert!(
+        info.usage_enforced_by_token,
+        "SoftHSM2 keeps CKA_DECRYPT false"
+    );
     let out = d.hsmctl(["token", "info"]);
+    assert!(
+        out.stdout.contains("refused: nothing"),
+        "{}",
+        out.describe()
+    );
     assert!(
         out.success() && out.stdout.contains("hsmd-dev"),
         "{}",

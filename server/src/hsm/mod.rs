@@ -15,6 +15,7 @@ pub(crate) mod objects;
 pub(crate) mod pool;
 pub(crate) mod probe;
 pub(crate) mod provision;
+pub(crate) mod token_probe;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -22,6 +23,7 @@ use std::sync::RwLock;
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::RvError;
+use cryptoki::mechanism::MechanismType;
 use cryptoki::object::ObjectClass;
 use cryptoki::session::Session;
 use cryptoki::slot::Slot;
@@ -119,12 +121,25 @@ impl Pkcs11Backend {
         let mechs = pkcs11
             .get_mechanism_list(slot)
             .map_err(|e| setup("C_GetMechanismList", e.to_string()))?;
+        // Key size range in bits (tpm2-pkcs11: 1024..3072, so no RSA_4096).
+        let rsa_sizes = mechs
+            .contains(&MechanismType::RSA_PKCS_KEY_PAIR_GEN)
+            .then(|| pkcs11.get_mechanism_info(slot, MechanismType::RSA_PKCS_KEY_PAIR_GEN))
+            .and_then(Result::ok)
+            .map(|i| (i.min_key_size(), i.max_key_size()));
         let pool = pool::SessionPool::open(pkcs11, slot, cfg.pin.clone(), cfg.sessions)
             .map_err(|e| setup("login", login_hint(e)))?;
         // Tried, not read from the mechanism list: SoftHSM2 lists CKM_RSA_PKCS_OAEP but
         // refuses it with SHA-256.
-        let probe = crypt::probe_encryption(pool.get()?.session(), &mechs);
-        let capabilities = Capabilities::from_mechanisms(&mechs).with_encryption(probe);
+        let session = pool.get()?;
+        let probe = crypt::probe_encryption(session.session(), &mechs);
+        let mut capabilities = Capabilities::from_mechanisms(&mechs).with_encryption(probe);
+        if let Some((min, max)) = rsa_sizes {
+            capabilities = capabilities.with_rsa_key_sizes(min, max);
+        }
+        capabilities.usage_forced_by_token =
+            token_probe::usage_forced_by_token(session.session(), &mechs);
+        drop(session);
         Ok(Pkcs11Backend {
             pool,
             handles: RwLock::new(HashMap::new()),
@@ -214,8 +229,11 @@ impl Pkcs11Backend {
         spec: KeySpec,
         usage: KeyUsage,
     ) -> Result<(), HsmError> {
-        let template = objects::generation(spec, usage, id.as_bytes(), label)
+        let mut template = objects::generation(spec, usage, id.as_bytes(), label)
             .ok_or_else(|| HsmError::Unsupported(format!("{spec} keys on this token")))?;
+        if self.capabilities.usage_forced_by_token {
+            template.drop_false_usage();
+        }
         // Handles are cached on first use (with the session-object copy, see `objects`).
         self.with_token_write("C_GenerateKeyPair", |s| objects::generate(s, &template))
             .map(drop)

@@ -35,6 +35,31 @@ pub struct Generation {
     pub private: Vec<Attribute>,
 }
 
+impl Generation {
+    /// Leaves out CKA_SIGN, CKA_DECRYPT, CKA_VERIFY and CKA_ENCRYPT where they are false,
+    /// for a token that forces them true and refuses a template saying otherwise
+    /// (`Capabilities::usage_forced_by_token`); hsmd still enforces the key's usage.
+    pub fn drop_false_usage(&mut self) {
+        drop_false_usage(&mut self.private);
+        if let Some(p) = &mut self.public {
+            drop_false_usage(p);
+        }
+    }
+}
+
+/// See [`Generation::drop_false_usage`].
+pub(crate) fn drop_false_usage(template: &mut Vec<Attribute>) {
+    template.retain(|a| {
+        !matches!(
+            a,
+            Attribute::Sign(false)
+                | Attribute::Decrypt(false)
+                | Attribute::Verify(false)
+                | Attribute::Encrypt(false)
+        )
+    });
+}
+
 /// Templates for a new key of `spec` and `usage` with CKA_ID `id` and CKA_LABEL `label`.
 pub fn generation(spec: KeySpec, usage: KeyUsage, id: &[u8], label: &str) -> Option<Generation> {
     let sign = usage == KeyUsage::SignVerify;

@@ -1,6 +1,9 @@
 //! Start-up probe of what the token can do, and the key specs and signing algorithms
 //! hsmd offers on it as a result. Nothing is faked: a spec whose mechanisms the token
-//! lacks (SM2 on SoftHSM2) is not offered, and `hsmctl token info` says why.
+//! lacks (SM2 on SoftHSM2; RSA_4096, ED25519 and AES-GCM on tpm2-pkcs11) is not
+//! offered, each refusal names the mechanism (or key size) it lacks, and `hsmctl token
+//! info` says why. Decided from the mechanism list, its key size ranges and trials on
+//! throw-away keys, never from the token's manufacturer or model.
 
 use cryptoki::mechanism::MechanismType;
 
@@ -44,10 +47,32 @@ pub(crate) struct AlgorithmPath {
     pub(crate) path: String,
 }
 
+/// A feature hsmd offers on some tokens and refuses on this one, with the mechanism it
+/// lacks: CreateKey, Sign, Encrypt, GenerateDataKey and import answer FAILED_PRECONDITION
+/// MECHANISM_NOT_SUPPORTED with this text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Refusal {
+    /// A key spec, signing or encryption algorithm, or import wrapping algorithm name.
+    pub(crate) feature: String,
+    /// The PKCS#11 mechanism the feature needs, e.g. "CKM_AES_GCM".
+    pub(crate) mechanism: &'static str,
+    /// Why the token cannot do it, e.g. "not in the token's mechanism list".
+    pub(crate) why: String,
+}
+
+const NOT_LISTED: &str = "not in the token's mechanism list";
+
 /// What the probe found.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Capabilities {
     pub(crate) mechanisms: Vec<Capability>,
+    /// Features refused on this token, each naming the mechanism it lacks.
+    pub(crate) refusals: Vec<Refusal>,
+    /// The token sets CKA_SIGN, CKA_DECRYPT, CKA_VERIFY and CKA_ENCRYPT on every key pair
+    /// it generates and refuses a template that sets one false (tpm2-pkcs11: the TPM key
+    /// template carries both sign and decrypt): hsmd then leaves the false ones out and
+    /// a key's usage is enforced by hsmd alone.
+    pub(crate) usage_forced_by_token: bool,
     pub(crate) key_specs: Vec<KeySpec>,
     pub(crate) signing_algorithms: Vec<SigningAlgorithm>,
     pub(crate) encryption_algorithms: Vec<EncryptionAlgorithm>,
@@ -210,15 +235,49 @@ impl Capabilities {
             key_specs.push(KeySpec::Ed25519);
             signing_algorithms.push(SigningAlgorithm::Ed25519);
         }
-        if all(&[MechanismType::AES_KEY_GEN]) {
+        // hsmd's AES keys do AES-256-GCM and nothing else: no GCM, no AES keys.
+        if all(&[MechanismType::AES_KEY_GEN, MechanismType::AES_GCM]) {
             key_specs.push(KeySpec::Aes256);
         }
+        let refusals = refusals(have, &key_specs, &signing_algorithms);
         Capabilities {
             mechanisms,
+            refusals,
             key_specs,
             signing_algorithms,
             ..Default::default()
         }
+    }
+
+    /// Drops the RSA specs whose size is outside the token's CKM_RSA_PKCS_KEY_PAIR_GEN
+    /// range (C_GetMechanismInfo, in bits; a maximum of 0 means "not reported").
+    pub(crate) fn with_rsa_key_sizes(mut self, min: usize, max: usize) -> Self {
+        if max == 0 {
+            return self;
+        }
+        let note = format!("RSA key generation ({min}..{max} bits)");
+        for c in &mut self.mechanisms {
+            if c.mechanism == "CKM_RSA_PKCS_KEY_PAIR_GEN" && c.supported {
+                c.note = note.clone();
+            }
+        }
+        for spec in [KeySpec::Rsa2048, KeySpec::Rsa3072, KeySpec::Rsa4096] {
+            let bits = spec.rsa_bits().unwrap_or(0) as usize;
+            if self.offers_spec(spec) && !(min..=max).contains(&bits) {
+                self.key_specs.retain(|s| *s != spec);
+                self.refusals.push(Refusal {
+                    feature: spec.name().to_string(),
+                    mechanism: "CKM_RSA_PKCS_KEY_PAIR_GEN",
+                    why: format!("the token generates RSA keys of {min}..{max} bits only"),
+                });
+            }
+        }
+        self
+    }
+
+    /// The refusal of `feature` (a spec or algorithm name), if this token refuses it.
+    pub(crate) fn refusal(&self, feature: &str) -> Option<&Refusal> {
+        self.refusals.iter().find(|r| r.feature == feature)
     }
 
     /// True if CreateKey may make keys of `spec` on this token.
@@ -256,6 +315,8 @@ impl Capabilities {
                 probe.aes_gcm && self.key_specs.contains(&KeySpec::Aes256),
                 if probe.aes_gcm {
                     "encrypt and decrypt: CKM_AES_GCM in the token (96-bit IV from C_GenerateRandom, 128-bit tag); data keys from C_GenerateRandom"
+                } else if self.refusal(SymmetricDefault.name()).is_some() {
+                    "refused: the token lacks CKM_AES_GCM (Encrypt, GenerateDataKey and AES keys need it)"
                 } else {
                     "not offered: AES-GCM round trip failed on this token"
                 },
@@ -280,6 +341,13 @@ impl Capabilities {
                 "refused: PKCS#1 v1.5 decryption is a padding oracle; use RSAES_OAEP_SHA_256",
             ),
         ];
+        if !probe.aes_gcm && self.refusal(SymmetricDefault.name()).is_none() {
+            self.refusals.push(Refusal {
+                feature: SymmetricDefault.name().to_string(),
+                mechanism: "CKM_AES_GCM",
+                why: "an AES-GCM round trip on a probe key failed".into(),
+            });
+        }
         self.encryption = probe;
         self.encryption_algorithms = paths
             .iter()
@@ -300,6 +368,101 @@ impl Capabilities {
             .collect();
         self
     }
+}
+
+/// What the mechanism list alone refuses: each spec and algorithm hsmd knows, with the
+/// first mechanism it needs that the token does not list.
+fn refusals(
+    have: &[MechanismType],
+    specs: &[KeySpec],
+    algorithms: &[SigningAlgorithm],
+) -> Vec<Refusal> {
+    use MechanismType as M;
+    let first_missing = |needs: &[(MechanismType, &'static str)]| {
+        needs
+            .iter()
+            .find(|(m, _)| !have.contains(m))
+            .map(|(_, n)| *n)
+    };
+    let rsa: &[(MechanismType, &'static str)] = &[
+        (M::RSA_PKCS_KEY_PAIR_GEN, "CKM_RSA_PKCS_KEY_PAIR_GEN"),
+        (M::RSA_PKCS, "CKM_RSA_PKCS"),
+    ];
+    let ec: &[(MechanismType, &'static str)] = &[
+        (M::ECC_KEY_PAIR_GEN, "CKM_EC_KEY_PAIR_GEN"),
+        (M::ECDSA, "CKM_ECDSA"),
+    ];
+    let ed: &[(MechanismType, &'static str)] = &[
+        (M::ECC_EDWARDS_KEY_PAIR_GEN, "CKM_EC_EDWARDS_KEY_PAIR_GEN"),
+        (M::EDDSA, "CKM_EDDSA"),
+    ];
+    let aes: &[(MechanismType, &'static str)] = &[
+        (M::AES_KEY_GEN, "CKM_AES_KEY_GEN"),
+        (M::AES_GCM, "CKM_AES_GCM"),
+    ];
+    let mut out = Vec::new();
+    let mut refuse = |feature: &str, mechanism: Option<&'static str>| {
+        if let Some(mechanism) = mechanism {
+            out.push(Refusal {
+                feature: feature.to_string(),
+                mechanism,
+                why: NOT_LISTED.into(),
+            });
+        }
+    };
+    for (spec, needs) in [
+        (KeySpec::Rsa2048, rsa),
+        (KeySpec::Rsa3072, rsa),
+        (KeySpec::Rsa4096, rsa),
+        (KeySpec::EcP256, ec),
+        (KeySpec::EcP384, ec),
+        (KeySpec::Ed25519, ed),
+        (KeySpec::Aes256, aes),
+    ] {
+        if !specs.contains(&spec) {
+            refuse(spec.name(), first_missing(needs));
+        }
+    }
+    use SigningAlgorithm::*;
+    let pss = (M::RSA_PKCS_PSS, "CKM_RSA_PKCS_PSS");
+    let pkcs = (M::RSA_PKCS, "CKM_RSA_PKCS");
+    for (alg, needs) in [
+        (
+            RsaPkcs1Sha256,
+            [(M::SHA256_RSA_PKCS, "CKM_SHA256_RSA_PKCS"), pkcs],
+        ),
+        (
+            RsaPkcs1Sha384,
+            [(M::SHA384_RSA_PKCS, "CKM_SHA384_RSA_PKCS"), pkcs],
+        ),
+        (
+            RsaPkcs1Sha512,
+            [(M::SHA512_RSA_PKCS, "CKM_SHA512_RSA_PKCS"), pkcs],
+        ),
+        (
+            RsaPssSha256,
+            [(M::SHA256_RSA_PKCS_PSS, "CKM_SHA256_RSA_PKCS_PSS"), pss],
+        ),
+        (
+            RsaPssSha384,
+            [(M::SHA384_RSA_PKCS_PSS, "CKM_SHA384_RSA_PKCS_PSS"), pss],
+        ),
+        (
+            RsaPssSha512,
+            [(M::SHA512_RSA_PKCS_PSS, "CKM_SHA512_RSA_PKCS_PSS"), pss],
+        ),
+        (Ed25519, [ed[0], ed[1]]),
+    ] {
+        if !algorithms.contains(&alg) {
+            refuse(alg.name(), first_missing(&needs));
+        }
+    }
+    // Encrypt and GenerateDataKey (blobs are AES-256-GCM in the token).
+    refuse(
+        EncryptionAlgorithm::SymmetricDefault.name(),
+        first_missing(&aes[1..]),
+    );
+    out
 }
 
 #[cfg(test)]
@@ -325,6 +488,7 @@ mod tests {
             MechanismType::RSA_PKCS_KEY_PAIR_GEN,
             MechanismType::RSA_PKCS,
             MechanismType::AES_KEY_GEN,
+            MechanismType::AES_GCM,
         ])
         .with_encryption(EncryptionProbe {
             aes_gcm: true,
@@ -345,6 +509,56 @@ mod tests {
         assert!(p256.path.contains("CKM_RSA_X_509"), "{}", p256.path);
         let caps = Capabilities::from_mechanisms(&[]).with_encryption(EncryptionProbe::default());
         assert!(caps.encryption_algorithms.is_empty());
+    }
+
+    /// tpm2-pkcs11 1.9 on swtpm, as `pkcs11-tool -M` lists it (RSA 1024..3072 bits).
+    #[test]
+    fn tpm_token_refusals_name_the_mechanism() {
+        use MechanismType as M;
+        let caps = Capabilities::from_mechanisms(&[
+            M::RSA_PKCS_KEY_PAIR_GEN,
+            M::RSA_X_509,
+            M::RSA_PKCS,
+            M::RSA_PKCS_PSS,
+            M::RSA_PKCS_OAEP,
+            M::SHA256_RSA_PKCS,
+            M::SHA384_RSA_PKCS,
+            M::SHA512_RSA_PKCS,
+            M::SHA256_RSA_PKCS_PSS,
+            M::SHA384_RSA_PKCS_PSS,
+            M::SHA512_RSA_PKCS_PSS,
+            M::ECC_KEY_PAIR_GEN,
+            M::ECDSA,
+            M::ECDSA_SHA256,
+            M::AES_KEY_GEN,
+            M::AES_CBC,
+            M::AES_ECB,
+        ])
+        .with_rsa_key_sizes(1024, 3072);
+        assert_eq!(
+            caps.key_specs,
+            [
+                KeySpec::Rsa2048,
+                KeySpec::Rsa3072,
+                KeySpec::EcP256,
+                KeySpec::EcP384
+            ]
+        );
+        let r = caps.refusal("RSA_4096").expect("RSA_4096 refused");
+        assert_eq!(r.mechanism, "CKM_RSA_PKCS_KEY_PAIR_GEN");
+        assert!(r.why.contains("1024..3072"), "{}", r.why);
+        assert_eq!(
+            caps.refusal("ED25519").unwrap().mechanism,
+            "CKM_EC_EDWARDS_KEY_PAIR_GEN"
+        );
+        assert_eq!(caps.refusal("AES_256").unwrap().mechanism, "CKM_AES_GCM");
+        assert_eq!(
+            caps.refusal("SYMMETRIC_DEFAULT").unwrap().mechanism,
+            "CKM_AES_GCM"
+        );
+        assert!(caps.refusal("RSA_2048").is_none());
+        assert!(caps.refusal("ECDSA_SHA_256").is_none());
+        assert!(caps.offers_algorithm(SigningAlgorithm::RsaPssSha256));
     }
 
     #[test]

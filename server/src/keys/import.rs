@@ -152,6 +152,22 @@ impl KeyManager {
             .collect()
     }
 
+    /// The wrapping algorithms refused because the token lacks a mechanism: (algorithm,
+    /// mechanism, why), for `hsmctl token info`.
+    pub(crate) fn import_refusals(&self) -> Vec<(String, &'static str, String)> {
+        WrappingAlgorithm::ALL
+            .iter()
+            .filter_map(|&alg| match self.unwrap_path(alg) {
+                Err(KeyError::MechanismNotSupported {
+                    feature,
+                    mechanism,
+                    why,
+                }) => Some((feature, mechanism, why)),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The wrapping algorithm GetParametersForImport picks when none is asked for: key
     /// wrap (it carries every spec), with SHA-256 where the token does it itself.
     fn default_wrapping(&self) -> WrappingAlgorithm {
@@ -172,9 +188,11 @@ impl KeyManager {
                 .iter()
                 .any(|c| c.mechanism == "CKM_AES_KEY_WRAP_PAD" && c.supported)
         {
-            return Err(refuse(format!(
-                "{alg} needs CKM_AES_KEY_WRAP_PAD, which this token lacks; use RSAES_OAEP_SHA_1 or RSAES_OAEP_SHA_256 (AES keys only)"
-            )));
+            return Err(KeyError::MechanismNotSupported {
+                feature: alg.to_string(),
+                mechanism: "CKM_AES_KEY_WRAP_PAD",
+                why: "not in the token's mechanism list; RSAES_OAEP_SHA_1 and RSAES_OAEP_SHA_256 carry AES keys only".into(),
+            });
         }
         if !alg.sha256() {
             return if caps.encryption.oaep_sha1 {

@@ -117,6 +117,9 @@ impl KeyManager {
         }
         let offered = caps.offers_spec(req.spec)
             || (external && req.spec == KeySpec::Aes128 && caps.offers_spec(KeySpec::Aes256));
+        if !offered && let Some(r) = caps.refusal(req.spec.name()) {
+            return Err(r.into());
+        }
         if !offered {
             return Err(KeyError::UnsupportedKeySpec(format!(
                 "{} keys are not supported by this token (it lacks the mechanisms); offered: {}",
@@ -420,6 +423,11 @@ impl KeyManager {
     ) -> Result<(SignMechanism, Vec<u8>), KeyError> {
         key.require_usage(KeyUsage::SignVerify)?;
         let allowed = key.spec.signing_algorithms();
+        if allowed.contains(&alg)
+            && let Some(r) = self.backend.capabilities().refusal(alg.name())
+        {
+            return Err(r.into());
+        }
         if !allowed.contains(&alg) || !self.backend.capabilities().offers_algorithm(alg) {
             return Err(KeyError::AlgorithmNotAllowed {
                 algorithm: alg.name().to_string(),
