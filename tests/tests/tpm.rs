@@ -31,7 +31,9 @@ async fn tpm_token_signs_decrypts_audits_and_refuses_what_it_lacks() {
     let info = token_info_names_the_tpm_token(&d).await;
     refusals_name_the_missing_mechanism(&d, &info).await;
     let sign_keys = signatures_verify_with_openssl(&d).await;
-    csr_verifies_with_openssl(&d, &sign_keys[0]);
+    csr_and_certificate_verify_with_openssl(&d, &sign_keys[0]);
+    let random = d.hsmctl_ok(["-o", "json", "random", "32"]);
+    assert!(random.len() > 32, "random bytes from the TPM: {random}");
     oaep_decrypts_openssl_ciphertexts(&d).await;
     private_keys_are_sensitive_and_not_extractable(&d, &sign_keys);
     audit_checkpoints_verify_offline(&mut d).await;
@@ -189,7 +191,9 @@ async fn public_pem(d: &Daemon, id: &str, name: &str) -> std::path::PathBuf {
     )
 }
 
-fn csr_verifies_with_openssl(d: &Daemon, key: &str) {
+/// A CSR and a self-signed certificate signed in the TPM; the certificate is also
+/// stored in the token as a certificate object (C_CreateObject).
+fn csr_and_certificate_verify_with_openssl(d: &Daemon, key: &str) {
     let out = d.scratch().join("tpm.csr");
     d.hsmctl_ok(args![
         "csr",
@@ -205,6 +209,25 @@ fn csr_verifies_with_openssl(d: &Daemon, key: &str) {
     assert!(
         format!("{}{}", verify.stdout, verify.stderr).contains("verify OK"),
         "openssl req -verify of a CSR signed in the TPM\n{}",
+        verify.describe()
+    );
+    let cert = d.scratch().join("tpm-self.pem");
+    d.hsmctl_ok(args![
+        "cert",
+        "self-signed",
+        key,
+        "--subject",
+        "CN=tpm bootstrap",
+        "--days",
+        "1",
+        "--out",
+        &cert,
+        "--import"
+    ]);
+    let verify = openssl(args!["verify", "-CAfile", &cert, &cert]);
+    assert!(
+        verify.stdout.contains(": OK"),
+        "openssl verify of a certificate signed in the TPM\n{}",
         verify.describe()
     );
 }
