@@ -19,7 +19,7 @@ use hsmd_e2e::{
     tpm::TPM_ARGS,
     v1::{
         CreateKeyRequest, DecryptRequest, EncryptionAlgorithm, GetPublicKeyRequest,
-        GetTokenInfoRequest, GetTokenInfoResponse, KeySpec, KeyUsage, MessageType,
+        GetTokenInfoRequest, GetTokenInfoResponse, KeyOrigin, KeySpec, KeyUsage, MessageType,
         SigningAlgorithm,
     },
 };
@@ -78,7 +78,11 @@ async fn token_info_names_the_tpm_token(d: &Daemon) -> GetTokenInfoResponse {
         ("ED25519", "CKM_EC_EDWARDS_KEY_PAIR_GEN"),
         ("AES_256", "CKM_AES_GCM"),
         ("SYMMETRIC_DEFAULT", "CKM_AES_GCM"),
-        ("RSA_AES_KEY_WRAP_SHA_256", "CKM_AES_KEY_WRAP_PAD"),
+        (
+            "import with RSA_AES_KEY_WRAP_SHA_256",
+            "CKM_AES_KEY_WRAP_PAD",
+        ),
+        ("import with RSAES_OAEP_SHA_256", "CKM_RSA_PKCS_OAEP"),
     ] {
         assert!(
             text.lines().any(|l| l.starts_with(feature)
@@ -92,25 +96,41 @@ async fn token_info_names_the_tpm_token(d: &Daemon) -> GetTokenInfoResponse {
 }
 
 async fn refusals_name_the_missing_mechanism(d: &Daemon, info: &GetTokenInfoResponse) {
+    use KeyOrigin::{External, Hsm};
     let cases = [
         (
             KeySpec::Rsa4096,
             KeyUsage::SignVerify,
+            Hsm,
             "CKM_RSA_PKCS_KEY_PAIR_GEN",
         ),
         (
             KeySpec::Ed25519,
             KeyUsage::SignVerify,
+            Hsm,
             "CKM_EC_EDWARDS_KEY_PAIR_GEN",
         ),
-        (KeySpec::Aes256, KeyUsage::EncryptDecrypt, "CKM_AES_GCM"),
+        (
+            KeySpec::Aes256,
+            KeyUsage::EncryptDecrypt,
+            Hsm,
+            "CKM_AES_GCM",
+        ),
+        // No key would ever leave PENDING_IMPORT: RSA import needs AES key wrap.
+        (
+            KeySpec::Rsa2048,
+            KeyUsage::SignVerify,
+            External,
+            "CKM_AES_KEY_WRAP_PAD",
+        ),
     ];
-    for (spec, usage, mechanism) in cases {
+    for (spec, usage, origin, mechanism) in cases {
         let r = d
             .keys()
             .create_key(CreateKeyRequest {
                 spec: spec as i32,
                 usage: usage as i32,
+                origin: origin as i32,
                 ..Default::default()
             })
             .await;

@@ -127,6 +127,9 @@ impl Pkcs11Backend {
             .then(|| pkcs11.get_mechanism_info(slot, MechanismType::RSA_PKCS_KEY_PAIR_GEN))
             .and_then(Result::ok)
             .map(|i| (i.min_key_size(), i.max_key_size()));
+        let oaep_unwrap = pkcs11
+            .get_mechanism_info(slot, MechanismType::RSA_PKCS_OAEP)
+            .is_ok_and(|i| i.unwrap());
         let pool = pool::SessionPool::open(pkcs11, slot, cfg.pin.clone(), cfg.sessions)
             .map_err(|e| setup("login", login_hint(e)))?;
         // Tried, not read from the mechanism list: SoftHSM2 lists CKM_RSA_PKCS_OAEP but
@@ -137,6 +140,7 @@ impl Pkcs11Backend {
         if let Some((min, max)) = rsa_sizes {
             capabilities = capabilities.with_rsa_key_sizes(min, max);
         }
+        capabilities.oaep_unwrap = oaep_unwrap;
         capabilities.usage_forced_by_token =
             token_probe::usage_forced_by_token(session.session(), &mechs);
         drop(session);

@@ -73,6 +73,9 @@ pub(crate) struct Capabilities {
     /// template carries both sign and decrypt): hsmd then leaves the false ones out and
     /// a key's usage is enforced by hsmd alone.
     pub(crate) usage_forced_by_token: bool,
+    /// CKM_RSA_PKCS_OAEP carries CKF_UNWRAP (C_GetMechanismInfo): import can unwrap with
+    /// it in the token. tpm2-pkcs11 lists OAEP for encrypt and decrypt only.
+    pub(crate) oaep_unwrap: bool,
     pub(crate) key_specs: Vec<KeySpec>,
     pub(crate) signing_algorithms: Vec<SigningAlgorithm>,
     pub(crate) encryption_algorithms: Vec<EncryptionAlgorithm>,

@@ -178,8 +178,52 @@ impl KeyManager {
         }
     }
 
+    /// Refuses an EXTERNAL key of `spec` that no wrapping algorithm could ever fill on
+    /// this token (RSA and EC need AES key wrap; AES keys also take plain OAEP), so no
+    /// key waits in PENDING_IMPORT forever. The error is the first algorithm's refusal.
+    pub(crate) fn check_importable(&self, spec: KeySpec) -> Result<(), KeyError> {
+        let mut first = None;
+        for &alg in WrappingAlgorithm::ALL {
+            if !alg.key_wrap() && spec.is_asymmetric() {
+                continue;
+            }
+            match self.unwrap_path(alg) {
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        match first {
+            Some(KeyError::MechanismNotSupported {
+                feature,
+                mechanism,
+                why,
+            }) => Err(KeyError::MechanismNotSupported {
+                feature: format!("EXTERNAL {spec} (no import path: {feature})"),
+                mechanism,
+                why,
+            }),
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     /// How `alg`'s OAEP block is opened here, or why `alg` is refused.
     fn unwrap_path(&self, alg: WrappingAlgorithm) -> Result<OaepUnwrap, KeyError> {
+        let path = self.oaep_path(alg)?;
+        if matches!(path, OaepUnwrap::Token(_)) && !self.backend.capabilities().oaep_unwrap {
+            return Err(KeyError::MechanismNotSupported {
+                feature: format!("import with {alg}"),
+                mechanism: "CKM_RSA_PKCS_OAEP",
+                why: "the token's OAEP has no CKF_UNWRAP: it cannot unwrap keys with it".into(),
+            });
+        }
+        Ok(path)
+    }
+
+    /// How `alg`'s OAEP block is opened, before the unwrap flag is checked.
+    fn oaep_path(&self, alg: WrappingAlgorithm) -> Result<OaepUnwrap, KeyError> {
         let caps = self.backend.capabilities();
         let refuse = |why: String| ImportReason::AlgorithmNotAllowed.err(why);
         if alg.key_wrap()
@@ -189,7 +233,7 @@ impl KeyManager {
                 .any(|c| c.mechanism == "CKM_AES_KEY_WRAP_PAD" && c.supported)
         {
             return Err(KeyError::MechanismNotSupported {
-                feature: alg.to_string(),
+                feature: format!("import with {alg}"),
                 mechanism: "CKM_AES_KEY_WRAP_PAD",
                 why: "not in the token's mechanism list; RSAES_OAEP_SHA_1 and RSAES_OAEP_SHA_256 carry AES keys only".into(),
             });

@@ -117,7 +117,13 @@ impl KeyManager {
         }
         let offered = caps.offers_spec(req.spec)
             || (external && req.spec == KeySpec::Aes128 && caps.offers_spec(KeySpec::Aes256));
-        if !offered && let Some(r) = caps.refusal(req.spec.name()) {
+        // AES_128 exists for imports only and needs what AES_256 needs.
+        let named = if req.spec == KeySpec::Aes128 {
+            KeySpec::Aes256
+        } else {
+            req.spec
+        };
+        if !offered && let Some(r) = caps.refusal(named.name()) {
             return Err(r.into());
         }
         if !offered {
@@ -132,6 +138,9 @@ impl KeyManager {
                         .map(|s| s.name())
                 )
             )));
+        }
+        if external {
+            self.check_importable(req.spec)?;
         }
         let alias = req.alias.as_deref().map(validate_alias).transpose()?;
         if let Some(existing) = self.earlier(principal, &req, alias.as_deref())? {
