@@ -72,6 +72,15 @@ async fn token_info_names_the_tpm_token(d: &Daemon) -> GetTokenInfoResponse {
         !info.usage_enforced_by_token,
         "tpm2-pkcs11 sets CKA_DECRYPT on signing keys; token info must say so"
     );
+    for row in ["session key objects (CKA_TOKEN false)", "C_CopyObject"] {
+        assert!(
+            info.capabilities
+                .iter()
+                .any(|c| c.mechanism == row && !c.supported),
+            "tpm2-pkcs11 has no {row}; token info says otherwise: {:?}",
+            info.capabilities
+        );
+    }
     let text = d.hsmctl_ok(["token", "info"]);
     for (feature, mechanism) in [
         ("RSA_4096", "CKM_RSA_PKCS_KEY_PAIR_GEN"),

@@ -141,6 +141,11 @@ impl Pkcs11Backend {
             capabilities = capabilities.with_rsa_key_sizes(min, max);
         }
         capabilities.oaep_unwrap = oaep_unwrap;
+        let objects = token_probe::probe_objects(session.session(), &mechs);
+        capabilities = capabilities.with_objects(probe::ObjectSupport {
+            session_keys: objects.session_keys,
+            copy: objects.copy,
+        });
         capabilities.usage_forced_by_token =
             token_probe::usage_forced_by_token(session.session(), &mechs);
         drop(session);

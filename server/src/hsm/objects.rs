@@ -462,4 +462,24 @@ mod tests {
         }
         assert!(generation(KeySpec::Sm2, KeyUsage::SignVerify, &[1; 16], "k").is_none());
     }
+
+    #[test]
+    fn dropping_false_usage_keeps_the_true_flags_and_the_rest() {
+        let mut g = generation(KeySpec::Rsa2048, KeyUsage::SignVerify, &[1; 16], "k").unwrap();
+        g.drop_false_usage();
+        let public = g.public.as_ref().unwrap();
+        assert!(g.private.contains(&Attribute::Sign(true)));
+        assert!(public.contains(&Attribute::Verify(true)));
+        for a in g.private.iter().chain(public) {
+            assert!(
+                !matches!(
+                    a,
+                    Attribute::Decrypt(false) | Attribute::Encrypt(false) | Attribute::Sign(false)
+                ),
+                "{a:?} left in"
+            );
+        }
+        assert!(g.private.contains(&Attribute::Extractable(false)));
+        assert!(g.private.contains(&Attribute::Unwrap(false)));
+    }
 }

@@ -62,6 +62,13 @@ pub(crate) struct Refusal {
 
 const NOT_LISTED: &str = "not in the token's mechanism list";
 
+/// Whether the token makes session key objects and copies objects (import needs both).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ObjectSupport {
+    pub(crate) session_keys: bool,
+    pub(crate) copy: bool,
+}
+
 /// What the probe found.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Capabilities {
@@ -76,6 +83,8 @@ pub(crate) struct Capabilities {
     /// CKM_RSA_PKCS_OAEP carries CKF_UNWRAP (C_GetMechanismInfo): import can unwrap with
     /// it in the token. tpm2-pkcs11 lists OAEP for encrypt and decrypt only.
     pub(crate) oaep_unwrap: bool,
+    /// Session key objects and C_CopyObject, as the object probe found them.
+    pub(crate) objects: ObjectSupport,
     pub(crate) key_specs: Vec<KeySpec>,
     pub(crate) signing_algorithms: Vec<SigningAlgorithm>,
     pub(crate) encryption_algorithms: Vec<EncryptionAlgorithm>,
@@ -275,6 +284,24 @@ impl Capabilities {
                 });
             }
         }
+        self
+    }
+
+    /// Records the object probe, as two rows of the capability table.
+    pub(crate) fn with_objects(mut self, objects: ObjectSupport) -> Self {
+        self.mechanisms.extend([
+            Capability {
+                mechanism: "session key objects (CKA_TOKEN false)",
+                supported: objects.session_keys,
+                note: "import checks unwrapped material in a session object; probes use them".into(),
+            },
+            Capability {
+                mechanism: "C_CopyObject",
+                supported: objects.copy,
+                note: "import copies checked material into a token object; keys are used through session copies where it works".into(),
+            },
+        ]);
+        self.objects = objects;
         self
     }
 

@@ -5,7 +5,8 @@
 //! token refuses them, makes token objects labelled `hsmd-probe` and destroys them at
 //! once. The usage probe learns whether the token keeps CKA_DECRYPT false on a signing
 //! key (SoftHSM2 does; tpm2-pkcs11 1.9 sets sign and decrypt on every TPM key and refuses
-//! a template with either false).
+//! a template with either false); the object probe whether session key objects and
+//! C_CopyObject work, which import needs.
 
 use cryptoki::mechanism::{Mechanism, MechanismType};
 use cryptoki::object::{Attribute, AttributeType, ObjectHandle};
@@ -24,6 +25,16 @@ pub(crate) fn probe_key_pair(
     public: &[Attribute],
     private: &[Attribute],
 ) -> cryptoki::error::Result<(ObjectHandle, ObjectHandle)> {
+    probe_key_pair_where(s, mechanism, public, private).map(|(pu, pr, _)| (pu, pr))
+}
+
+/// As [`probe_key_pair`], also telling whether the pair is made of session objects.
+fn probe_key_pair_where(
+    s: &Session,
+    mechanism: &Mechanism,
+    public: &[Attribute],
+    private: &[Attribute],
+) -> cryptoki::error::Result<(ObjectHandle, ObjectHandle, bool)> {
     let with = |token: bool, t: &[Attribute]| {
         let mut v = vec![Attribute::Token(token)];
         if token {
@@ -33,9 +44,57 @@ pub(crate) fn probe_key_pair(
         v
     };
     match s.generate_key_pair(mechanism, &with(false, public), &with(false, private)) {
-        Ok(pair) => Ok(pair),
-        Err(_) => s.generate_key_pair(mechanism, &with(true, public), &with(true, private)),
+        Ok((pu, pr)) => Ok((pu, pr, true)),
+        Err(_) => s
+            .generate_key_pair(mechanism, &with(true, public), &with(true, private))
+            .map(|(pu, pr)| (pu, pr, false)),
     }
+}
+
+/// What the token does with objects, as import needs it: material is unwrapped into a
+/// session object, checked, then copied into a token object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct ObjectProbe {
+    /// Key objects with CKA_TOKEN false can be made (tpm2-pkcs11: no).
+    pub(crate) session_keys: bool,
+    /// C_CopyObject works (tpm2-pkcs11: CKR_FUNCTION_NOT_SUPPORTED).
+    pub(crate) copy: bool,
+}
+
+/// Tries a P-256 probe pair as session objects and a C_CopyObject of its private half.
+/// Without EC key generation nothing is tried and both are assumed to work (the
+/// operations that need them then report the token's own error).
+pub(crate) fn probe_objects(s: &Session, mechs: &[MechanismType]) -> ObjectProbe {
+    let assumed = ObjectProbe {
+        session_keys: true,
+        copy: true,
+    };
+    if !mechs.contains(&MechanismType::ECC_KEY_PAIR_GEN) {
+        return assumed;
+    }
+    let public = [
+        Attribute::EcParams(OID_P256.to_vec()),
+        Attribute::Verify(true),
+    ];
+    let private = [
+        Attribute::Private(true),
+        Attribute::Sensitive(true),
+        Attribute::Sign(true),
+    ];
+    let Ok((pu, pr, session_keys)) =
+        probe_key_pair_where(s, &Mechanism::EccKeyPairGen, &public, &private)
+    else {
+        return assumed;
+    };
+    let copy = match s.copy_object(pr, &[Attribute::Token(false)]) {
+        Ok(c) => {
+            destroy(s, &[c]);
+            true
+        }
+        Err(_) => false,
+    };
+    destroy(s, &[pr, pu]);
+    ObjectProbe { session_keys, copy }
 }
 
 /// True if the token forces CKA_SIGN and CKA_DECRYPT (and their public twins) on its

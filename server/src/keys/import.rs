@@ -219,6 +219,18 @@ impl KeyManager {
                 why: "the token's OAEP has no CKF_UNWRAP: it cannot unwrap keys with it".into(),
             });
         }
+        let objects = self.backend.capabilities().objects;
+        if !objects.session_keys || !objects.copy {
+            return Err(KeyError::MechanismNotSupported {
+                feature: format!("import with {alg}"),
+                mechanism: if objects.session_keys {
+                    "C_CopyObject"
+                } else {
+                    "session key objects (CKA_TOKEN false)"
+                },
+                why: "import unwraps into a session object, checks it, then copies it into a token object".into(),
+            });
+        }
         Ok(path)
     }
 
