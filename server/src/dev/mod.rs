@@ -109,6 +109,7 @@ pub fn provision_token(
 ) -> anyhow::Result<Provisioned> {
     fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let dir = dir.canonicalize()?;
+    check_same_token(&dir, token)?;
     let (module, softhsm2_conf, tpm) = match token {
         DevToken::Softhsm => {
             let (module, conf) = provision_softhsm(&dir)?;
@@ -131,6 +132,20 @@ pub fn provision_token(
     }
     fs::write(&config, text)?;
     Ok(Provisioned { config, tpm })
+}
+
+/// Refuses a folder provisioned for the other token: its PIN file and key store belong
+/// to that token, and reusing them would overwrite the PIN or orphan every key.
+fn check_same_token(dir: &Path, token: DevToken) -> anyhow::Result<()> {
+    let other = match token {
+        DevToken::Softhsm if dir.join("tpm").exists() => "the TPM token (--token tpm)",
+        DevToken::Tpm if dir.join("softhsm2.conf").exists() => "a SoftHSM2 token (--token softhsm)",
+        _ => return Ok(()),
+    };
+    bail!(
+        "{} holds {other}; use it with that token, or choose another --data-dir",
+        dir.display()
+    )
 }
 
 /// The SoftHSM2 token under DIR/tokens; returns the module and the softhsm2.conf.
@@ -479,6 +494,37 @@ mod tests {
         ] {
             assert_eq!(p[key].as_str().map(PathBuf::from), Some(dir.join(file)));
         }
+    }
+
+    #[test]
+    fn token_names_parse() {
+        assert_eq!("tpm".parse::<DevToken>(), Ok(DevToken::Tpm));
+        assert_eq!("softhsm".parse::<DevToken>(), Ok(DevToken::Softhsm));
+        assert_eq!(DevToken::default(), DevToken::Softhsm);
+        assert!(
+            "luna"
+                .parse::<DevToken>()
+                .unwrap_err()
+                .contains("softhsm or tpm")
+        );
+    }
+
+    #[test]
+    fn a_folder_keeps_its_token() {
+        let dir = std::env::temp_dir().join(format!("hsmd-dev-token-{}", std::process::id()));
+        fs::create_dir_all(dir.join("tpm")).unwrap();
+        assert!(check_same_token(&dir, DevToken::Tpm).is_ok());
+        let e = check_same_token(&dir, DevToken::Softhsm).unwrap_err();
+        assert!(e.to_string().contains("--token tpm"), "{e}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_tpm_config_has_no_softhsm2_conf() {
+        let t =
+            table(&config_text(Path::new("/d"), Path::new("/m.so"), None, "127.0.0.1:0").unwrap());
+        assert!(t["hsm"].get("softhsm2_conf").is_none(), "{t:?}");
+        assert_eq!(path(&t, "hsm", "module"), Path::new("/m.so"));
     }
 
     #[test]

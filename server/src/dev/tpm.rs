@@ -365,3 +365,16 @@ fn die_with_parent(cmd: &mut Command) {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn swtpm_gets_two_consecutive_free_ports() {
+        let (server, ctrl) = free_ports().unwrap();
+        assert_eq!(ctrl, server + 1);
+        TcpListener::bind(("127.0.0.1", server)).expect("server port free");
+        TcpListener::bind(("127.0.0.1", ctrl)).expect("control port free");
+    }
+}
