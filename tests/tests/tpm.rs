@@ -36,7 +36,75 @@ async fn tpm_token_signs_decrypts_audits_and_refuses_what_it_lacks() {
     assert!(random.len() > 32, "random bytes from the TPM: {random}");
     oaep_decrypts_openssl_ciphertexts(&d).await;
     private_keys_are_sensitive_and_not_extractable(&d, &sign_keys);
+    let _restarted = tpm_restart_gives_unavailable_then_recovers(&d, &sign_keys[0]).await;
     audit_checkpoints_verify_offline(&mut d).await;
+}
+
+/// swtpm and tpm2-abrmd die under a running hsmd: calls fail with UNAVAILABLE (never a
+/// wrong answer or INTERNAL); once they run again, hsmd re-initializes the module and
+/// the same key signs again, without an hsmd restart.
+async fn tpm_restart_gives_unavailable_then_recovers(
+    d: &Daemon,
+    key: &str,
+) -> hsmd_e2e::tpm::TpmProcesses {
+    let mut keys = d.keys();
+    let msg = b"after the TPM came back";
+    d.kill_tpm_processes();
+    for _ in 0..2 {
+        let r = sign(
+            &mut keys,
+            key,
+            SigningAlgorithm::EcdsaSha256,
+            MessageType::Raw,
+            msg,
+        )
+        .await;
+        let status = r.expect_err("Sign while the TPM is down");
+        assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+        assert_eq!(
+            reason_of(&status).as_deref(),
+            Some("TOKEN_UNAVAILABLE"),
+            "{status:?}"
+        );
+    }
+    let procs = d.start_tpm_processes();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let sig = loop {
+        match sign(
+            &mut keys,
+            key,
+            SigningAlgorithm::EcdsaSha256,
+            MessageType::Raw,
+            msg,
+        )
+        .await
+        {
+            Ok(r) => break r.into_inner().signature,
+            Err(s) => {
+                assert_eq!(s.code(), Code::Unavailable, "while recovering: {s:?}");
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "hsmd did not recover: {s:?}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            }
+        }
+    };
+    assert!(
+        d.stderr_text()
+            .contains("PKCS#11 module re-initialized; the token is back"),
+        "no re-initialization in the log:\n{}",
+        d.stderr_text()
+    );
+    let pem = public_pem(d, key, "recovered").await;
+    let scratch = d.scratch();
+    let msg_path = write_file(&scratch, "recovered.txt", msg);
+    let sig_path = write_file(&scratch, "recovered.sig", &sig);
+    assert!(
+        openssl_verify(SigningAlgorithm::EcdsaSha256, &pem, &msg_path, &sig_path),
+        "openssl rejects the signature made after recovery"
+    );
+    procs
 }
 
 async fn token_info_names_the_tpm_token(d: &Daemon) -> GetTokenInfoResponse {

@@ -61,6 +61,8 @@ pub struct TpmToken {
     _bus_stdout: Option<ChildStdout>,
     module: PathBuf,
     env: Vec<(&'static str, String)>,
+    /// swtpm's server port (its control port is the next one).
+    port: u16,
 }
 
 impl TpmToken {
@@ -77,6 +79,7 @@ impl TpmToken {
             _bus_stdout: None,
             module,
             env: Vec::new(),
+            port: 0,
         };
         let (port, ctrl) = free_ports()?;
         let swtpm = spawn(
@@ -143,6 +146,7 @@ impl TpmToken {
         if !dir.join("pin").exists() || !tpm.join("store/tpm2_pkcs11.sqlite3").exists() {
             token.create(dir)?;
         }
+        token.port = port;
         token.write_env_file(&tpm)?;
         Ok(token)
     }
@@ -212,6 +216,7 @@ impl TpmToken {
             "export HSMD_TPM_MODULE='{}'\n",
             self.module.display()
         ));
+        text.push_str(&format!("export HSMD_TPM_PORT={}\n", self.port));
         for (name, child) in &self.children {
             let var = name.replace('-', "_").to_uppercase();
             text.push_str(&format!("export HSMD_TPM_{var}_PID={}\n", child.id()));

@@ -38,7 +38,7 @@ pub(crate) use probe::{Capabilities, OaepPath};
 
 use crate::domain::spec::{KeySpec, KeyUsage};
 use crate::encoding::PublicKeyMaterial;
-use error::{classify, login_hint, session_lost};
+use error::{classify, login_hint, session_lost, token_suspect};
 
 /// Where the token is and how to log in to it.
 #[derive(Debug, Clone)]
@@ -75,6 +75,9 @@ pub(crate) struct Pkcs11Backend {
     /// CKR_GENERAL_ERROR (softhsm/SoftHSMv2#573; seen here at 8 concurrent CreateKey
     /// calls). Signing and verifying use session-object copies and never take it.
     token_objects: RwLock<()>,
+    /// Shared by every call that uses a session, held exclusively while the module is
+    /// re-initialized (C_Finalize must not race other calls).
+    module: RwLock<()>,
     capabilities: Capabilities,
     description: TokenDescription,
     audit_key: audit_key::AuditKeyCache,
@@ -153,6 +156,7 @@ impl Pkcs11Backend {
             pool,
             handles: RwLock::new(HashMap::new()),
             token_objects: RwLock::new(()),
+            module: RwLock::new(()),
             capabilities,
             description,
             audit_key: Default::default(),
@@ -175,12 +179,19 @@ impl Pkcs11Backend {
     }
 
     /// Runs `f` on a pooled session; a session the token lost is replaced and the
-    /// handle cache flushed (handles die with the login).
+    /// handle cache flushed (handles die with the login). An error that may mean the
+    /// token itself is gone (CKR_GENERAL_ERROR, CKR_DEVICE_ERROR...) is followed by a
+    /// health check (C_GenerateRandom); if that fails too the call is UNAVAILABLE and the
+    /// module is re-initialized, by this call or the next one, until it works again.
     fn with_session<T>(
         &self,
         what: &'static str,
         f: impl FnOnce(&Session) -> cryptoki::error::Result<T>,
     ) -> Result<T, HsmError> {
+        if self.pool.is_broken() {
+            self.recover()?;
+        }
+        let module = self.module.read().unwrap_or_else(|p| p.into_inner());
         let s = self.pool.get()?;
         match f(s.session()) {
             Ok(v) => Ok(v),
@@ -188,9 +199,36 @@ impl Pkcs11Backend {
                 if session_lost(&e) {
                     s.mark_lost();
                     self.flush_handles();
+                } else if token_suspect(&e) && s.session().generate_random_vec(1).is_err() {
+                    tracing::warn!(call = what, error = %e, "token failed a health check; re-initializing the PKCS#11 module");
+                    self.pool.mark_broken();
+                    drop(s);
+                    drop(module);
+                    self.recover()?;
+                    return Err(HsmError::Unavailable(format!(
+                        "{what}: the token was lost and is back; retry"
+                    )));
                 }
                 Err(classify(what, e))
             }
+        }
+    }
+
+    /// Re-initializes the module once no call uses it; UNAVAILABLE while that fails.
+    fn recover(&self) -> Result<(), HsmError> {
+        let _only = self.module.write().unwrap_or_else(|p| p.into_inner());
+        if !self.pool.is_broken() {
+            return Ok(());
+        }
+        self.flush_handles();
+        match self.pool.reinitialize() {
+            Ok(()) => {
+                tracing::info!("PKCS#11 module re-initialized; the token is back");
+                Ok(())
+            }
+            Err(e) => Err(HsmError::Unavailable(format!(
+                "token lost; re-initializing the module failed: {e}"
+            ))),
         }
     }
 
