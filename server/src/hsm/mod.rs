@@ -15,6 +15,7 @@ pub(crate) mod objects;
 pub(crate) mod pool;
 pub(crate) mod probe;
 pub(crate) mod provision;
+pub(crate) mod refusals;
 pub(crate) mod token_probe;
 
 use std::collections::HashMap;
