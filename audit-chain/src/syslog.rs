@@ -69,10 +69,32 @@ pub const SD_ID: &str = "hsmd@32473";
 
 /// The RFC 5424 message of one record: `time`, `seq` and `hash` from the record, `line`
 /// its JSON line as written (without the newline).
+///
+/// The header and structured data take only what they may hold, whatever a (possibly
+/// edited) log line gave `hsmctl audit export`: a time that is not an RFC 3339 time
+/// becomes `-`, and `"`, `\` and `]` in the hash are escaped (RFC 5424 section 6.3.3), so
+/// no field can add a header field or an SD element.
 pub fn message(host: &str, time: &str, seq: u64, hash: &str, line: &str) -> String {
     let host = if host.is_empty() { "-" } else { host };
-    let time = if time.is_empty() { "-" } else { time };
+    let time_ok = !time.is_empty()
+        && time
+            .bytes()
+            .all(|b| b.is_ascii_digit() || b"TZ:.+-".contains(&b));
+    let time = if time_ok { time } else { "-" };
+    let hash = sd_escape(hash);
     format!("<{PRI}>1 {time} {host} hsmd - audit [{SD_ID} seq=\"{seq}\" hash=\"{hash}\"] {line}")
+}
+
+/// An SD-PARAM value with `"`, `\` and `]` escaped (RFC 5424 section 6.3.3).
+fn sd_escape(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for c in value.chars() {
+        if matches!(c, '"' | '\\' | ']') {
+            out.push('\\');
+        }
+        out.push(c);
+    }
+    out
 }
 
 /// This machine's host name as RFC 5424 wants it (printable ASCII, no spaces, at most
@@ -184,6 +206,21 @@ mod tests {
         ] {
             assert!(Target::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn edited_fields_cannot_add_header_fields_or_sd_elements() {
+        let m = message(
+            "h",
+            "2026-01-01T00:00:00Z evilhost",
+            7,
+            "x\"] [origin@1 ip=\"1.2.3.4",
+            "{}",
+        );
+        assert_eq!(
+            m,
+            "<110>1 - h hsmd - audit [hsmd@32473 seq=\"7\" hash=\"x\\\"\\] [origin@1 ip=\\\"1.2.3.4\"] {}"
+        );
     }
 
     #[test]

@@ -6,7 +6,9 @@
 //! both, pooled over the rounds, with the ratio.
 
 mod audit;
+mod floor;
 mod kms;
+mod pin;
 mod raw;
 
 use std::path::{Path, PathBuf};
@@ -70,6 +72,17 @@ struct Args {
     /// socket (the API server's hot path) instead of KeyService Encrypt over mTLS.
     #[arg(long)]
     kms: bool,
+    /// Pin the load generator to the last CPU and both measured sides (the raw threads
+    /// and the hsmd process) to the others, so the client's CPU leaves the ratio; the
+    /// report then also gives each side's CPU per call and hsmd's overhead per call.
+    /// Default: on with 2 or more CPUs; --pin=false for the unpinned figure.
+    #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
+    pin: Option<bool>,
+    /// Also measure the transport floor in each round: gRPC health checks on the same
+    /// daemon, connections and CPUs (TLS, HTTP/2, tonic; no token, no audit). Reports
+    /// the daemon's CPU per check and hsmd's overhead above it.
+    #[arg(long)]
+    floor: bool,
     /// Output: table or json.
     #[arg(short, long, default_value = "table")]
     output: String,
@@ -96,6 +109,15 @@ fn main() -> anyhow::Result<()> {
     }
     let args = Args::parse();
     let (spec, algorithm) = checked(&args)?;
+    let plan = match args.pin {
+        Some(false) => None,
+        Some(true) => Some(pin::Plan::current()?),
+        None => pin::Plan::current().ok(),
+    };
+    if let Some(p) = &plan {
+        // Before any thread exists: the runtime's threads inherit the client CPU.
+        pin::pin_current_thread(&p.client).context("pin the load generator")?;
+    }
     let tmp = tempfile::tempdir()?;
     let dir = args
         .data_dir
@@ -107,18 +129,26 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    let side = runtime.block_on(HsmdSide::start(&args, &dir, spec, algorithm))?;
+    let work_cpus = plan.as_ref().map(|p| p.work.clone());
+    let side = runtime.block_on(HsmdSide::start(
+        &args,
+        &dir,
+        spec,
+        algorithm,
+        work_cpus.clone(),
+    ))?;
     let raw_spec = raw::RawSpec {
         op: args.op,
         spec,
         algorithm,
         threads: args.concurrency,
+        work_cpus,
     };
     let mut raw = raw::RawBench::open(&config, &raw_spec)?;
     let run = run_rounds(&args, &runtime, &side, &mut raw)?;
     raw.close()?;
     let rss = side.stop();
-    report(&args, spec, algorithm, &run, rss);
+    report(&args, spec, algorithm, &run, rss, plan.as_ref());
     Ok(())
 }
 
@@ -147,8 +177,29 @@ fn checked(args: &Args) -> anyhow::Result<(KeySpec, SigningAlgorithm)> {
 struct Run {
     raw: Samples,
     hsmd: Samples,
+    /// CPU time of the token work over the measured parts: the raw threads, the hsmd
+    /// process.
+    raw_cpu: Duration,
+    hsmd_cpu: Duration,
+    /// With --floor: the health checks and the daemon's CPU over them.
+    floor: Samples,
+    floor_cpu: Duration,
     rounds: Vec<Round>,
     first_error: Option<String>,
+}
+
+impl Run {
+    fn raw_cpu_us(&self) -> f64 {
+        pin::us_per_call(self.raw_cpu, self.raw.micros.len() as u64)
+    }
+
+    fn hsmd_cpu_us(&self) -> f64 {
+        pin::us_per_call(self.hsmd_cpu, self.hsmd.micros.len() as u64)
+    }
+
+    fn floor_cpu_us(&self) -> f64 {
+        pin::us_per_call(self.floor_cpu, self.floor.micros.len() as u64)
+    }
 }
 
 /// Measures raw and hsmd in `args.rounds` alternating rounds (the warm-up only in the
@@ -166,6 +217,10 @@ fn run_rounds(
     let mut run = Run {
         raw: Samples::default(),
         hsmd: Samples::default(),
+        raw_cpu: Duration::ZERO,
+        hsmd_cpu: Duration::ZERO,
+        floor: Samples::default(),
+        floor_cpu: Duration::ZERO,
         rounds: Vec::new(),
         first_error: None,
     };
@@ -176,7 +231,7 @@ fn run_rounds(
             Duration::ZERO
         };
         let slice = slice_of(length, round, args.rounds);
-        let measure_hsmd = || match &side.kms {
+        let drive_hsmd = |warmup: Duration, slice: Length| match &side.kms {
             Some(kms) => runtime.block_on(kms::measure(kms, args.concurrency, warmup, slice)),
             None => runtime.block_on(bench::measure(
                 &side.clients,
@@ -186,39 +241,84 @@ fn run_rounds(
                 slice,
             )),
         };
+        // The warm-up on its own, so the daemon's CPU is read around the measured part.
+        let measure_hsmd = || -> anyhow::Result<(Samples, Option<String>, Duration)> {
+            if !warmup.is_zero() {
+                drive_hsmd(Duration::ZERO, Length::Duration(warmup));
+            }
+            let before = pin::process_cpu(side.daemon.pid())?;
+            let (samples, err) = drive_hsmd(Duration::ZERO, slice);
+            Ok((samples, err, pin::process_cpu(side.daemon.pid())? - before))
+        };
         // The sides take turns going first (hsmd-raw, raw-hsmd, ...), so whatever one
         // leaves behind (the daemon's last fsyncs) or a drift within a round does not
         // always fall on the same side.
-        let (r, (h, err)) = if round % 2 == 0 {
-            let h = measure_hsmd();
+        let ((r, r_cpu), (h, err, h_cpu)) = if round % 2 == 0 {
+            let h = measure_hsmd()?;
             (raw.measure(warmup, slice)?, h)
         } else {
             let r = raw.measure(warmup, slice)?;
-            (r, measure_hsmd())
+            (r, measure_hsmd()?)
         };
         run.first_error = run.first_error.or(err);
-        run.rounds.push(Round::of(&r, &h));
+        run.rounds.push(Round::of(&r, &h, r_cpu, h_cpu));
         run.raw.add(r);
         run.hsmd.add(h);
+        run.raw_cpu += r_cpu;
+        run.hsmd_cpu += h_cpu;
+        if args.floor {
+            let before = pin::process_cpu(side.daemon.pid())?;
+            let f = runtime.block_on(floor::measure(&side.clients, args.concurrency, slice));
+            run.floor_cpu += pin::process_cpu(side.daemon.pid())? - before;
+            run.floor.add(f);
+        }
     }
     Ok(run)
 }
 
 /// Prints the run as a table for people or one JSON object (`-o json`).
-fn report(args: &Args, spec: KeySpec, algorithm: SigningAlgorithm, run: &Run, rss: u64) {
+fn report(
+    args: &Args,
+    spec: KeySpec,
+    algorithm: SigningAlgorithm,
+    run: &Run,
+    rss: u64,
+    plan: Option<&pin::Plan>,
+) {
     let (raw_stats, hsmd_stats) = (run.raw.stats(), run.hsmd.stats());
     let ratio = if raw_stats.ops_per_sec > 0.0 {
         hsmd_stats.ops_per_sec / raw_stats.ops_per_sec
     } else {
         0.0
     };
+    let (raw_cpu, hsmd_cpu) = (run.raw_cpu_us(), run.hsmd_cpu_us());
+    let overhead = hsmd_cpu - raw_cpu;
+    let overheads: Vec<f64> = run.rounds.iter().map(|r| r.overhead_us()).collect();
     if args.output == "json" {
+        let side = |stats: &bench::LatencyStats, cpu: f64| {
+            let mut v = serde_json::to_value(stats).unwrap_or_default();
+            v["cpu_us_per_call"] = serde_json::json!(cpu);
+            v
+        };
         let v = serde_json::json!({
             "op": args.op, "spec": spec.name(), "algorithm": alg_name(args.op, algorithm),
             "concurrency": args.concurrency, "connections": args.connections, "extra_keys": args.extra_keys,
             "stream": args.stream, "kms": args.kms,
             "cores": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-            "raw": raw_stats, "hsmd": hsmd_stats, "ratio": ratio, "hsmd_peak_rss_kib": rss,
+            "pin": plan.is_some(),
+            "client_cpus": plan.map(|p| p.client.clone()),
+            "work_cpus": plan.map(|p| p.work.clone()),
+            "raw": side(&raw_stats, raw_cpu), "hsmd": side(&hsmd_stats, hsmd_cpu),
+            "ratio": ratio, "overhead_us_per_call": overhead,
+            "overhead_us_per_call_rounds": overheads,
+            "floor": args.floor.then(|| serde_json::json!({
+                "method": "grpc.health.v1.Health/Check",
+                "ops_per_sec": run.floor.stats().ops_per_sec,
+                "cpu_us_per_call": run.floor_cpu_us(),
+                "errors": run.floor.errors,
+            })),
+            "overhead_above_floor_us_per_call": args.floor.then(|| overhead - run.floor_cpu_us()),
+            "hsmd_peak_rss_kib": rss,
             "rounds": run.rounds.iter().map(Round::json).collect::<Vec<_>>(),
             "first_error": run.first_error,
         });
@@ -246,6 +346,31 @@ fn report(args: &Args, spec: KeySpec, algorithm: SigningAlgorithm, run: &Run, rs
         bench::table(&[("raw", &raw_stats), ("hsmd", &hsmd_stats)])
     );
     println!("ratio hsmd/raw: {ratio:.3}   hsmd peak RSS: {rss} KiB");
+    match plan {
+        Some(p) => println!(
+            "pinned: load generator on CPU {:?}, raw threads and hsmd on CPU {:?}",
+            p.client, p.work
+        ),
+        None => println!("not pinned: load generator, raw threads and hsmd share every CPU"),
+    }
+    let spread = |v: &[f64]| {
+        let (lo, hi) = v
+            .iter()
+            .fold((f64::MAX, f64::MIN), |(a, b), x| (a.min(*x), b.max(*x)));
+        if v.is_empty() { (0.0, 0.0) } else { (lo, hi) }
+    };
+    let (lo, hi) = spread(&overheads);
+    println!(
+        "CPU per call: raw {raw_cpu:.1} us, hsmd {hsmd_cpu:.1} us; hsmd overhead {overhead:.1} us per call (rounds {lo:.1}..{hi:.1})"
+    );
+    if args.floor {
+        let f = run.floor_cpu_us();
+        println!(
+            "transport floor (health checks, {:.0}/s): {f:.1} us of hsmd CPU per call; hsmd overhead above it {:.1} us",
+            run.floor.stats().ops_per_sec,
+            overhead - f
+        );
+    }
     if run.rounds.len() > 1 {
         let each: Vec<String> = run
             .rounds
@@ -288,16 +413,25 @@ struct Round {
     raw_ops_per_sec: f64,
     hsmd_ops_per_sec: f64,
     ratio: f64,
+    raw_cpu_us_per_call: f64,
+    hsmd_cpu_us_per_call: f64,
 }
 
 impl Round {
-    fn of(raw: &Samples, hsmd: &Samples) -> Round {
+    fn of(raw: &Samples, hsmd: &Samples, raw_cpu: Duration, hsmd_cpu: Duration) -> Round {
         let (r, h) = (raw.stats().ops_per_sec, hsmd.stats().ops_per_sec);
         Round {
             raw_ops_per_sec: r,
             hsmd_ops_per_sec: h,
             ratio: if r > 0.0 { h / r } else { 0.0 },
+            raw_cpu_us_per_call: pin::us_per_call(raw_cpu, raw.micros.len() as u64),
+            hsmd_cpu_us_per_call: pin::us_per_call(hsmd_cpu, hsmd.micros.len() as u64),
         }
+    }
+
+    /// hsmd's CPU per call beyond raw's, microseconds.
+    fn overhead_us(&self) -> f64 {
+        self.hsmd_cpu_us_per_call - self.raw_cpu_us_per_call
     }
 
     fn json(&self) -> serde_json::Value {
@@ -305,6 +439,9 @@ impl Round {
             "raw_ops_per_sec": self.raw_ops_per_sec,
             "hsmd_ops_per_sec": self.hsmd_ops_per_sec,
             "ratio": self.ratio,
+            "raw_cpu_us_per_call": self.raw_cpu_us_per_call,
+            "hsmd_cpu_us_per_call": self.hsmd_cpu_us_per_call,
+            "overhead_us_per_call": self.overhead_us(),
         })
     }
 }
@@ -343,9 +480,10 @@ impl HsmdSide {
         dir: &Path,
         spec: KeySpec,
         algorithm: SigningAlgorithm,
+        work_cpus: Option<Vec<usize>>,
     ) -> anyhow::Result<HsmdSide> {
         let socket = dir.join("kms.sock");
-        let daemon = Daemon::start(dir, args.kms.then_some(socket.as_path()))?;
+        let daemon = Daemon::start(dir, args.kms.then_some(socket.as_path()), work_cpus)?;
         let profile = Profile::load(dir.join("client.toml"))?;
         let mut clients = Vec::new();
         for _ in 0..args.connections.max(1) {
@@ -427,8 +565,13 @@ struct Daemon {
 }
 
 impl Daemon {
-    /// `hsmd dev` on `dir`, with the KMS plugin on `kms_socket` when given.
-    fn start(dir: &Path, kms_socket: Option<&Path>) -> anyhow::Result<Daemon> {
+    /// `hsmd dev` on `dir`, with the KMS plugin on `kms_socket` when given, and every
+    /// thread of it on `cpus` when given.
+    fn start(
+        dir: &Path,
+        kms_socket: Option<&Path>,
+        cpus: Option<Vec<usize>>,
+    ) -> anyhow::Result<Daemon> {
         let exe = std::env::current_exe()?.with_file_name("hsmd");
         if !exe.exists() {
             bail!(
@@ -443,6 +586,15 @@ impl Daemon {
             .arg(dir);
         if let Some(socket) = kms_socket {
             cmd.arg("--kms-socket").arg(socket);
+        }
+        if let Some(cpus) = cpus {
+            use std::os::unix::process::CommandExt;
+            // SAFETY: runs in the forked child before exec; sched_setaffinity is a
+            // plain system call (async-signal-safe), and the CPU list was built before
+            // the fork. Every thread hsmd starts inherits the affinity.
+            unsafe {
+                cmd.pre_exec(move || pin::pin_current_thread(&cpus).map_err(std::io::Error::from));
+            }
         }
         let child = cmd
             .env("RUST_LOG", "warn,cryptoki::mechanism=off")
@@ -462,6 +614,10 @@ impl Daemon {
             std::thread::sleep(Duration::from_millis(50));
         }
         Ok(daemon)
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// VmHWM of the child, KiB.

@@ -30,6 +30,8 @@ pub struct RawSpec {
     pub spec: KeySpec,
     pub algorithm: SigningAlgorithm,
     pub threads: usize,
+    /// `--pin`: the CPUs the raw threads run on.
+    pub work_cpus: Option<Vec<usize>>,
 }
 
 /// The baseline, set up on the token: its own key (destroyed by `close`), one logged-in
@@ -40,6 +42,7 @@ pub struct RawBench {
     objects: [Option<ObjectHandle>; 3],
     op: Op,
     sessions: Vec<Session>,
+    work_cpus: Option<Vec<usize>>,
 }
 
 impl RawBench {
@@ -75,6 +78,7 @@ impl RawBench {
                 prepared: Vec::new(),
             },
             sessions: Vec::new(),
+            work_cpus: spec.work_cpus.clone(),
         };
         // Use the key as hsmd does: through a session-object copy of the private key.
         let copy = bench
@@ -104,19 +108,28 @@ impl RawBench {
         Ok(bench)
     }
 
-    /// One measured slice of `length` after `warmup` (unmeasured).
-    pub fn measure(&mut self, warmup: Duration, length: Length) -> anyhow::Result<Samples> {
+    /// One measured slice of `length` after `warmup` (unmeasured), and the CPU time the
+    /// threads doing the token work spent in the measured part.
+    pub fn measure(
+        &mut self,
+        warmup: Duration,
+        length: Length,
+    ) -> anyhow::Result<(Samples, Duration)> {
         let mut sessions = std::mem::take(&mut self.sessions);
+        let pin = self.work_cpus.as_deref();
         if !warmup.is_zero() {
-            sessions = drive(sessions, &self.op, Length::Duration(warmup))?.3;
+            sessions = drive(sessions, &self.op, Length::Duration(warmup), pin)?.sessions;
         }
-        let (micros, errors, elapsed, sessions) = drive(sessions, &self.op, length)?;
-        self.sessions = sessions;
-        Ok(Samples {
-            micros,
-            errors,
-            elapsed,
-        })
+        let run = drive(sessions, &self.op, length, pin)?;
+        self.sessions = run.sessions;
+        Ok((
+            Samples {
+                micros: run.micros,
+                errors: run.errors,
+                elapsed: run.elapsed,
+            },
+            run.cpu,
+        ))
     }
 
     /// Destroys the key, closes the sessions and finalizes the module.
@@ -197,13 +210,24 @@ fn public(k: KeyObjects) -> ObjectHandle {
     k.public.unwrap_or(k.private)
 }
 
-/// Runs one thread per session (a `Session` is Send, not Sync: each thread owns one)
-/// and hands the sessions back.
+/// What one `drive` measured, and the sessions back.
+struct Driven {
+    micros: Vec<u32>,
+    errors: u64,
+    elapsed: Duration,
+    /// CPU time of the threads' loops (CLOCK_THREAD_CPUTIME_ID), summed.
+    cpu: Duration,
+    sessions: Vec<Session>,
+}
+
+/// Runs one thread per session (a `Session` is Send, not Sync: each thread owns one),
+/// each pinned to `pin` when given, and hands the sessions back.
 fn drive(
     sessions: Vec<Session>,
     op: &Op,
     length: Length,
-) -> anyhow::Result<(Vec<u32>, u64, Duration, Vec<Session>)> {
+    pin: Option<&[usize]>,
+) -> anyhow::Result<Driven> {
     let start = Instant::now();
     let deadline = match length {
         Length::Duration(d) => Some(start + d),
@@ -219,6 +243,10 @@ fn drive(
             .map(|s| {
                 let remaining = remaining.clone();
                 scope.spawn(move || {
+                    if let Some(cpus) = pin {
+                        crate::pin::pin_current_thread(cpus)?;
+                    }
+                    let cpu0 = crate::pin::thread_cpu();
                     let (mut micros, mut errors) = (Vec::with_capacity(4096), 0u64);
                     while deadline.is_none_or(|d| Instant::now() < d)
                         && remaining.fetch_sub(1, Ordering::Relaxed) > 0
@@ -231,19 +259,28 @@ fn drive(
                             Err(_) => errors += 1,
                         }
                     }
-                    (micros, errors, s)
+                    Ok::<_, nix::Error>((micros, errors, crate::pin::thread_cpu() - cpu0, s))
                 })
             })
             .collect();
         handles.into_iter().map(|h| h.join()).collect::<Vec<_>>()
     });
     let elapsed = start.elapsed();
-    let (mut all, mut errors, mut back) = (Vec::new(), 0, Vec::new());
+    let mut out = Driven {
+        micros: Vec::new(),
+        errors: 0,
+        elapsed,
+        cpu: Duration::ZERO,
+        sessions: Vec::new(),
+    };
     for r in results {
-        let (m, e, s) = r.map_err(|_| anyhow::anyhow!("bench thread panicked"))?;
-        all.extend(m);
-        errors += e;
-        back.push(s);
+        let (m, e, cpu, s) = r
+            .map_err(|_| anyhow::anyhow!("bench thread panicked"))?
+            .context("pinning a raw thread (sched_setaffinity)")?;
+        out.micros.extend(m);
+        out.errors += e;
+        out.cpu += cpu;
+        out.sessions.push(s);
     }
-    Ok((all, errors, elapsed, back))
+    Ok(out)
 }

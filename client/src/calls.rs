@@ -157,11 +157,19 @@ impl Client {
     }
 
     /// Makes a new version of an AES-256 key in the token; Encrypt uses it from now on.
+    /// Sent once, never retried: a rotation whose answer was lost (or refused with
+    /// AUDIT_UNAVAILABLE after the version was made) would make another version if
+    /// repeated. Describe the key before rotating again.
     pub async fn rotate_key(&self, key_id: &str) -> Result<KeyMetadata, ClientError> {
         let req = RotateKeyRequest {
             key_id: key_id.to_string(),
         };
-        let resp = retried!(self, "RotateKey", keys, rotate_key, req);
+        let resp = self
+            .keys()
+            .rotate_key(req)
+            .await
+            .map_err(ClientError::from)?
+            .into_inner();
         key_of(resp.key, "RotateKeyResponse.key")
     }
 

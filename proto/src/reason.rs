@@ -135,6 +135,8 @@ reasons! {
     RotationNotSupported => "ROTATION_NOT_SUPPORTED",
     /// A rotation period outside 7..365 days.
     InvalidRotationPeriod => "INVALID_ROTATION_PERIOD",
+    /// The token lacks a mechanism (or key size) the call needs; the message names it.
+    MechanismNotSupported => "MECHANISM_NOT_SUPPORTED",
 }
 
 impl Reason {
@@ -191,7 +193,8 @@ impl Reason {
             | Reason::ImportTokenExpired
             | Reason::ImportTokenSuperseded
             | Reason::CertificateKeyMismatch
-            | Reason::RotationNotSupported => Code::FailedPrecondition,
+            | Reason::RotationNotSupported
+            | Reason::MechanismNotSupported => Code::FailedPrecondition,
             Reason::NoClientIdentity => Code::Unauthenticated,
             Reason::AccessDenied => Code::PermissionDenied,
             Reason::RateLimited => Code::ResourceExhausted,
@@ -324,7 +327,11 @@ mod tests {
             Reason::InvalidRotationPeriod.code(),
             tonic::Code::InvalidArgument
         );
-        assert_eq!(Reason::ALL.len(), 43);
+        assert_eq!(
+            Reason::MechanismNotSupported.code(),
+            tonic::Code::FailedPrecondition
+        );
+        assert_eq!(Reason::ALL.len(), 44);
     }
 
     #[test]

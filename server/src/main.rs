@@ -26,7 +26,7 @@ enum Cmd {
         #[arg(long, short, value_name = "FILE")]
         config: PathBuf,
     },
-    /// Provision (or reuse) a SoftHSM2 token, PIN, local CA, certificates and config
+    /// Provision (or reuse) a SoftHSM2 or TPM token, PIN, local CA, certificates and config
     /// under DIR, then serve; writes DIR/client.toml for hsmctl once listening.
     Dev {
         /// Data folder [default: $XDG_DATA_HOME/hsmd/dev or ~/.local/share/hsmd/dev].
@@ -46,6 +46,10 @@ enum Cmd {
         /// address; port 0 picks a free port. Off unless given.
         #[arg(long, value_name = "HOST:PORT")]
         metrics_listen: Option<String>,
+        /// The token: softhsm (SoftHSM2) or tpm (tpm2-pkcs11 on swtpm, with a private
+        /// D-Bus and tpm2-abrmd, all stopped with hsmd; under DIR/tpm).
+        #[arg(long, value_name = "TOKEN", default_value = "softhsm")]
+        token: hsmd::dev::DevToken,
     },
 }
 
@@ -69,25 +73,28 @@ fn main() -> ExitCode {
 fn run(cli: Cli) -> anyhow::Result<()> {
     // Everything that touches the process environment happens here, before the
     // runtime starts any thread.
-    let (config_path, dev_dir) = match cli.command {
-        Cmd::Serve { config } => (config, None),
+    // The TPM token's processes live as long as this binding.
+    let (config_path, dev_dir, _tpm) = match cli.command {
+        Cmd::Serve { config } => (config, None, None),
         Cmd::Dev {
             data_dir,
             listen,
             kms_socket,
             kms_key,
             metrics_listen,
+            token,
         } => {
             let dir = data_dir.unwrap_or_else(hsmd::dev::default_data_dir);
             let options = hsmd::dev::DevOptions {
+                token,
                 metrics_listen: metrics_listen.as_deref(),
                 kms: kms_socket.map(|socket| hsmd::dev::DevKms {
                     socket,
                     key: kms_key,
                 }),
             };
-            let config = hsmd::dev::provision_with(&dir, &listen, &options)?;
-            (config, Some(dir))
+            let p = hsmd::dev::provision_with(&dir, &listen, &options)?;
+            (p.config, Some(dir), p.tpm)
         }
     };
     let cfg = hsmd::config::Config::load(&config_path)?;

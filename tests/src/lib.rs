@@ -29,6 +29,7 @@ pub mod profile;
 pub mod serve;
 pub mod status;
 pub mod tools;
+pub mod tpm;
 
 pub use daemon::Daemon;
 pub use hsmd_proto::v1;

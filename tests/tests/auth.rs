@@ -197,3 +197,30 @@ async fn principal_falls_back_to_common_name() {
         rec.raw
     );
 }
+
+/// Names hsmd gives its own callers cannot come from a certificate: `hsmd` (the
+/// sweeps' records) and `kubernetes:<socket>` (the KMS plugin). Such a certificate from
+/// the right CA has no identity: UNAUTHENTICATED / NO_CLIENT_IDENTITY, audited with no
+/// principal.
+#[tokio::test]
+async fn reserved_principals_cannot_come_from_a_certificate() {
+    let d = Daemon::start().await;
+    let as_system = d.issue_from_dev_ca("hsmd", None);
+    let as_plugin = d.issue_from_dev_ca("kube", Some("kubernetes:/run/hsmd/kms.sock"));
+    for cert in [&as_system, &as_plugin] {
+        let channel = d
+            .connect_as(&cert.cert_pem, &cert.key_pem)
+            .await
+            .expect("TLS accepts a certificate of the dev CA");
+        let r = KeyServiceClient::new(channel)
+            .generate_random(GenerateRandomRequest { length: 8 })
+            .await;
+        let rec = d.assert_refused(
+            r,
+            &key_method("GenerateRandom"),
+            Code::Unauthenticated,
+            "NO_CLIENT_IDENTITY",
+        );
+        assert_eq!(rec.str("principal"), "", "{}", rec.raw);
+    }
+}

@@ -32,6 +32,7 @@ fn hsmd_bench_reports_raw_and_hsmd() {
             "3",
             "--rounds",
             "3",
+            "--floor",
             "-o",
             "json",
         ]));
@@ -59,6 +60,55 @@ fn hsmd_bench_reports_raw_and_hsmd() {
         "{report}"
     );
     assert_eq!(report["extra_keys"], 3);
+    // Pinned by default on a machine with 2 or more CPUs: the load generator alone on
+    // the last one, and each side's CPU per call from the kernel.
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    assert_eq!(report["pin"], cpus >= 2, "{report}");
+    if cpus >= 2 {
+        assert_eq!(
+            report["client_cpus"].as_array().map(Vec::len),
+            Some(1),
+            "{report}"
+        );
+        let work = report["work_cpus"].as_array().expect("work_cpus");
+        assert!(
+            !work.is_empty() && !work.contains(&report["client_cpus"][0]),
+            "{report}"
+        );
+    }
+    assert!(
+        report["raw"]["cpu_us_per_call"]
+            .as_f64()
+            .is_some_and(|v| v > 0.0),
+        "raw CPU per call (thread CPU clock): {report}"
+    );
+    assert!(
+        report["hsmd"]["cpu_us_per_call"]
+            .as_f64()
+            .is_some_and(|v| v >= 0.0),
+        "{report}"
+    );
+    let overhead = report["overhead_us_per_call"]
+        .as_f64()
+        .expect("overhead_us_per_call");
+    let (h, r) = (
+        report["hsmd"]["cpu_us_per_call"].as_f64().unwrap(),
+        report["raw"]["cpu_us_per_call"].as_f64().unwrap(),
+    );
+    assert!((overhead - (h - r)).abs() < 1e-6, "{report}");
+    // --floor: health checks on the same daemon, the transport's own CPU per call.
+    let floor = &report["floor"];
+    assert_eq!(floor["method"], "grpc.health.v1.Health/Check", "{report}");
+    assert_eq!(floor["errors"], 0, "{report}");
+    assert!(
+        floor["ops_per_sec"].as_f64().is_some_and(|v| v > 0.0),
+        "{report}"
+    );
+    let f = floor["cpu_us_per_call"].as_f64().expect("floor cpu");
+    let above = report["overhead_above_floor_us_per_call"]
+        .as_f64()
+        .expect("above floor");
+    assert!((above - (overhead - f)).abs() < 1e-6, "{report}");
     // 40 calls per side over 3 alternating rounds (14 + 13 + 13), each with its ratio.
     let rounds = report["rounds"].as_array().expect("rounds");
     assert_eq!(rounds.len(), 3, "{report}");
@@ -79,10 +129,20 @@ fn hsmd_bench_reports_the_encryption_operations() {
             .args(["--data-dir"])
             .arg(dir.path())
             .args(["--op", op, "--spec", "RSA_2048", "--concurrency", "2"])
-            .args(["--calls", "30", "--warmup", "0s", "-o", "json"]));
+            .args([
+                "--calls",
+                "30",
+                "--warmup",
+                "0s",
+                "--pin=false",
+                "-o",
+                "json",
+            ]));
         let report: serde_json::Value = serde_json::from_str(out.stdout.trim())
             .unwrap_or_else(|e| panic!("{op}: not JSON ({e}):\n{}", out.describe()));
         assert_eq!(report["op"], op, "{report}");
+        assert_eq!(report["pin"], false, "--pin=false: {report}");
+        assert!(report["client_cpus"].is_null(), "{report}");
         for side in ["raw", "hsmd"] {
             let s = &report[side];
             assert_eq!(s["calls"], 30, "{op} {side}: {report}");

@@ -163,7 +163,30 @@ async fn token_info_reports_softhsm_and_what_it_offers() {
             "{alg:?} not offered"
         );
     }
+    assert!(
+        info.refusals.is_empty(),
+        "SoftHSM2 refuses nothing hsmd has: {:?}",
+        info.refusals
+    );
+    for row in ["session key objects (CKA_TOKEN false)", "C_CopyObject"] {
+        assert!(
+            info.capabilities
+                .iter()
+                .any(|c| c.mechanism == row && c.supported),
+            "SoftHSM2 has {row}: {:?}",
+            info.capabilities
+        );
+    }
+    assert!(
+        info.usage_enforced_by_token,
+        "SoftHSM2 keeps CKA_DECRYPT false"
+    );
     let out = d.hsmctl(["token", "info"]);
+    assert!(
+        out.stdout.contains("refused: nothing"),
+        "{}",
+        out.describe()
+    );
     assert!(
         out.success() && out.stdout.contains("hsmd-dev"),
         "{}",

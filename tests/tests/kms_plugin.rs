@@ -222,6 +222,21 @@ async fn kubernetes_kms_v2_plugin_encrypts_rotates_and_refuses() {
         Code::InvalidArgument,
         "DECRYPTION_FAILED",
     );
+    // KeyService callers cannot use the plugin's AAD: neither to open a Secret's DEK
+    // (even with Decrypt on the key) nor to forge one the plugin would accept.
+    let plugin_aad = b"hsmd kubernetes kms v2";
+    d.assert_refused(
+        hsmd_e2e::crypt::decrypt(&mut d.keys(), &key.key_id, sym, &c1, plugin_aad).await,
+        &hsmd_e2e::status::key_method("Decrypt"),
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
+    d.assert_refused(
+        encrypt(&mut d.keys(), &key.key_id, sym, &dek, plugin_aad).await,
+        &hsmd_e2e::status::key_method("Encrypt"),
+        Code::InvalidArgument,
+        "INVALID_ARGUMENT",
+    );
     let big = kms_client(&sock)
         .await
         .encrypt(EncryptRequest {

@@ -57,11 +57,15 @@ fn token_json(i: &GetTokenInfoResponse) -> Value {
         "algorithm_paths": i.algorithm_paths.iter().map(|p| json!({
             "algorithm": p.algorithm, "offered": p.offered, "path": p.path,
         })).collect::<Vec<Value>>(),
+        "refusals": i.refusals.iter().map(|r| json!({
+            "feature": r.feature, "mechanism": r.mechanism, "reason": r.reason,
+        })).collect::<Vec<Value>>(),
+        "usage_enforced_by_token": i.usage_enforced_by_token,
     })
 }
 
-/// Four blocks: the token's identity, the capability table, what is offered, and the
-/// path each encryption algorithm takes.
+/// Five blocks: the token's identity, the capability table, what is offered, the path
+/// each encryption algorithm takes, and what is refused on this token and why.
 fn token_text(i: &GetTokenInfoResponse) -> String {
     let library = format!("{} {}", i.library_description, i.library_version);
     let mut about = Table::plain();
@@ -72,6 +76,12 @@ fn token_text(i: &GetTokenInfoResponse) -> String {
     about.row(["module".to_string(), or_dash(cell(&i.module_path))]);
     about.row(["library".to_string(), or_dash(cell(library.trim()))]);
     about.row(["sessions".to_string(), i.session_pool_size.to_string()]);
+    let usage = if i.usage_enforced_by_token {
+        "by the token and by hsmd"
+    } else {
+        "by hsmd only (the token sets CKA_SIGN and CKA_DECRYPT on every key pair)"
+    };
+    about.row(["key usage".to_string(), usage.to_string()]);
 
     let mut caps = Table::new(&["MECHANISM", "SUPPORTED", "NOTE"]);
     for c in &i.capabilities {
@@ -93,12 +103,28 @@ fn token_text(i: &GetTokenInfoResponse) -> String {
         paths.row([cell(&p.algorithm), offered.to_string(), cell(&p.path)]);
     }
 
+    let mut refused = Table::new(&["FEATURE", "STATUS", "MECHANISM", "REASON"]);
+    for r in &i.refusals {
+        refused.row([
+            cell(&r.feature),
+            "refused".to_string(),
+            cell(&r.mechanism),
+            cell(&r.reason),
+        ]);
+    }
+    let refused = if i.refusals.is_empty() {
+        "refused: nothing (every feature hsmd has is available on this token)\n".to_string()
+    } else {
+        refused.render()
+    };
+
     format!(
-        "{}\n{}\n{}\n{}",
+        "{}\n{}\n{}\n{}\n{}",
         about.render(),
         caps.render(),
         offered.render(),
-        paths.render()
+        paths.render(),
+        refused
     )
 }
 
@@ -128,5 +154,28 @@ mod tests {
         assert!(text.contains("CKM_ECDSA  yes        ECDSA over"), "{text}");
         assert!(text.contains("key specs              EC_P256\n"), "{text}");
         assert_eq!(token_json(&info)["signing_algorithms"][0], "ECDSA_SHA_256");
+        assert!(text.contains("refused: nothing"), "{text}");
+    }
+
+    #[test]
+    fn refusals_are_listed_with_the_word_refused() {
+        let info = GetTokenInfoResponse {
+            refusals: vec![hsm_client::v1::Refusal {
+                feature: "RSA_4096".into(),
+                mechanism: "CKM_RSA_PKCS_KEY_PAIR_GEN".into(),
+                reason: "the token generates RSA keys of 1024..3072 bits only".into(),
+            }],
+            ..Default::default()
+        };
+        let text = token_text(&info);
+        assert!(
+            text.contains("RSA_4096  refused  CKM_RSA_PKCS_KEY_PAIR_GEN  the token generates"),
+            "{text}"
+        );
+        assert!(text.contains("key usage     by hsmd only"), "{text}");
+        assert_eq!(
+            token_json(&info)["refusals"][0]["mechanism"],
+            "CKM_RSA_PKCS_KEY_PAIR_GEN"
+        );
     }
 }

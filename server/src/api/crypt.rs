@@ -34,6 +34,7 @@ impl KeyApi {
         });
         call.answer(Action::Encrypt, async |call, grant, (mut r, plaintext)| {
             let aad = std::mem::take(&mut r.aad);
+            caller_aad(&aad)?;
             let alg = enc_alg_from_pb(r.encryption_algorithm)?;
             note_algorithm(call, alg);
             let (id, alg, ciphertext) = self
@@ -64,6 +65,7 @@ impl KeyApi {
             let alg = enc_alg_from_pb(r.encryption_algorithm)?;
             note_algorithm(call, alg);
             let (ciphertext, aad) = (r.ciphertext, r.aad);
+            caller_aad(&aad)?;
             let (id, alg, mut plaintext) = if r.key_id.is_empty() {
                 self.decrypt_blob(call, &grant, alg, ciphertext, aad)
                     .await?
@@ -182,6 +184,7 @@ impl KeyApi {
             spec_from_pb(key_spec)?
         };
         call.event.algorithm = spec.name().into();
+        caller_aad(&aad)?;
         let (id, dk) = self
             .state
             .with_key(call, grant, key_id, move |m, key| {
@@ -209,4 +212,16 @@ fn note_algorithm(call: &mut Call, alg: Option<EncryptionAlgorithm>) {
     if let Some(a) = alg {
         call.event.algorithm = a.name().into();
     }
+}
+
+/// Refuses the AAD the Kubernetes KMS plugin seals its DEKs with: with it, a KeyService
+/// caller could open a Secret's DEK from etcd, or forge one the plugin accepts.
+fn caller_aad(aad: &[u8]) -> Result<(), ApiError> {
+    if aad == crate::api::kubernetes::PLUGIN_AAD {
+        return Err(KeyError::InvalidArgument(
+            "this aad is reserved for the Kubernetes KMS plugin's ciphertexts".into(),
+        )
+        .into());
+    }
+    Ok(())
 }

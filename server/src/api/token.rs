@@ -89,6 +89,31 @@ impl TokenApi {
                         }),
                 )
                 .collect(),
+            refusals: caps
+                .refusals
+                .iter()
+                .map(|r| pb::Refusal {
+                    feature: r.feature.clone(),
+                    mechanism: r.mechanism.to_string(),
+                    reason: r.why.clone(),
+                })
+                .chain(self.import_refusals())
+                .collect(),
+            usage_enforced_by_token: !caps.usage_forced_by_token,
         }
+    }
+
+    /// Import wrapping algorithms refused for a missing mechanism.
+    fn import_refusals(&self) -> Vec<pb::Refusal> {
+        self.state
+            .keys
+            .import_refusals()
+            .into_iter()
+            .map(|(feature, mechanism, reason)| pb::Refusal {
+                feature,
+                mechanism: mechanism.to_string(),
+                reason,
+            })
+            .collect()
     }
 }

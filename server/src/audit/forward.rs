@@ -57,6 +57,9 @@ impl Forwarder {
     }
 }
 
+/// Sends of one message, each after a fresh connection, before it is dropped.
+const MAX_SEND_ATTEMPTS: u32 = 5;
+
 /// The thread: sends each message in order, holding it (and so filling the queue)
 /// while the receiver is away, with backoff between attempts. Ends when the writer is
 /// gone and the queue is empty.
@@ -65,6 +68,10 @@ fn run(target: Target, rx: Receiver<String>, metrics: Arc<Metrics>) {
     let mut backoff = FIRST_BACKOFF;
     let mut logged_down = false;
     while let Ok(msg) = rx.recv() {
+        // Send failures of this message once connected: a message the receiver keeps
+        // refusing (too large for a datagram socket...) is dropped and counted after
+        // MAX_SEND_ATTEMPTS instead of holding back every later record.
+        let mut failed_sends = 0;
         loop {
             if conn.is_none() {
                 match Connection::open(&target, IO_TIMEOUT) {
@@ -93,6 +100,12 @@ fn run(target: Target, rx: Receiver<String>, metrics: Arc<Metrics>) {
                     break;
                 }
                 Err(e) => {
+                    failed_sends += 1;
+                    if failed_sends >= MAX_SEND_ATTEMPTS {
+                        tracing::error!(%target, error = %e, "audit forwarding: a record failed {MAX_SEND_ATTEMPTS} times and is dropped (hsmctl audit export resends it)");
+                        metrics.forward_dropped.inc();
+                        break;
+                    }
                     tracing::warn!(%target, error = %e, "audit forwarding: send failed; reconnecting");
                     metrics.forward_connected.set(0);
                     conn = None;

@@ -52,7 +52,19 @@ pub(crate) fn principal_of(der_bytes: &[u8]) -> Option<String> {
 }
 
 /// The principal named by a DER client certificate: its first SAN URI, else its CN.
+/// Names hsmd gives its own callers are never taken from a certificate: `hsmd` (the
+/// sweeps' records) and `kubernetes:...` (the KMS plugin socket); such a certificate has
+/// no identity (UNAUTHENTICATED).
 pub(crate) fn principal_from_cert(der_bytes: &[u8]) -> Option<String> {
+    principal_named(der_bytes).filter(|p| !is_reserved_principal(p))
+}
+
+/// True for the principals only hsmd itself names.
+pub(crate) fn is_reserved_principal(p: &str) -> bool {
+    p == crate::domain::SYSTEM_PRINCIPAL || p.starts_with("kubernetes:")
+}
+
+fn principal_named(der_bytes: &[u8]) -> Option<String> {
     let cert = Certificate::from_der(der_bytes).ok()?;
     let tbs = &cert.tbs_certificate;
     if let Ok(Some((_, san))) = tbs.get::<SubjectAltName>() {

@@ -5,6 +5,9 @@
 //! `hsmctl` finds on its own. Reuses what is already there. `certs` makes the local PKI.
 
 mod certs;
+mod tpm;
+
+pub use tpm::{TPM_PACKAGES, TpmToken};
 
 use std::fs;
 use std::io::Write;
@@ -49,15 +52,47 @@ pub struct DevKms {
     pub key: String,
 }
 
-/// Provisions (or reuses) `dir` and returns the path of its `hsmd.toml`. Must run
-/// before any thread starts: it sets SOFTHSM2_CONF for this process.
-pub fn provision(dir: &Path, listen: &str) -> anyhow::Result<PathBuf> {
-    provision_with(dir, listen, &DevOptions::default())
+/// Which token `hsmd dev` provisions (`--token`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum DevToken {
+    /// SoftHSM2 (the default): files under DIR/tokens.
+    #[default]
+    Softhsm,
+    /// tpm2-pkcs11 on swtpm, with a private D-Bus and tpm2-abrmd, under DIR/tpm.
+    Tpm,
 }
 
-/// What `hsmd dev` serves beside the gRPC API.
+impl std::str::FromStr for DevToken {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "softhsm" | "softhsm2" => Ok(DevToken::Softhsm),
+            "tpm" => Ok(DevToken::Tpm),
+            other => Err(format!("unknown token '{other}': use softhsm or tpm")),
+        }
+    }
+}
+
+/// A provisioned dev folder: its config, and the TPM token's processes when `--token
+/// tpm` (they stop when this is dropped).
+#[derive(Debug)]
+pub struct Provisioned {
+    pub config: PathBuf,
+    pub tpm: Option<TpmToken>,
+}
+
+/// Provisions (or reuses) a SoftHSM2 `dir` and returns the path of its `hsmd.toml`.
+/// Must run before any thread starts: it sets SOFTHSM2_CONF for this process.
+pub fn provision(dir: &Path, listen: &str) -> anyhow::Result<PathBuf> {
+    provision_with(dir, listen, &DevOptions::default()).map(|p| p.config)
+}
+
+/// What `hsmd dev` runs on and serves beside the gRPC API.
 #[derive(Debug, Clone, Default)]
 pub struct DevOptions<'a> {
+    /// The token (`--token`).
+    pub token: DevToken,
     /// Prometheus metrics and /healthz over plain HTTP here (port 0: a free port).
     pub metrics_listen: Option<&'a str>,
     /// The Kubernetes KMS v2 plugin (its principal allowed Encrypt and Decrypt on every
@@ -65,14 +100,58 @@ pub struct DevOptions<'a> {
     pub kms: Option<DevKms>,
 }
 
-/// As [`provision`], with the extras of `options`.
+/// As [`provision`], with the token and extras of `options`. For the TPM token it starts
+/// the token's processes and sets the variables its module reads in this process'
+/// environment, so it too must run before any thread starts.
 pub fn provision_with(
     dir: &Path,
     listen: &str,
     options: &DevOptions<'_>,
-) -> anyhow::Result<PathBuf> {
-    fs::create_dir_all(dir.join("tokens")).with_context(|| format!("create {}", dir.display()))?;
+) -> anyhow::Result<Provisioned> {
+    fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let dir = dir.canonicalize()?;
+    check_same_token(&dir, options.token)?;
+    let (module, softhsm2_conf, tpm) = match options.token {
+        DevToken::Softhsm => {
+            let (module, conf) = provision_softhsm(&dir)?;
+            (module, Some(conf), None)
+        }
+        DevToken::Tpm => {
+            let tpm = TpmToken::start(&dir)?;
+            for (k, v) in tpm.env() {
+                // SAFETY: called from main before the runtime or any other thread exists.
+                unsafe { std::env::set_var(k, v) };
+            }
+            (tpm.module().to_path_buf(), None, Some(tpm))
+        }
+    };
+    certs::ensure(&dir.join("tls"), DEV_PRINCIPAL)?;
+    let config = dir.join("hsmd.toml");
+    let mut text = config_text(&dir, &module, softhsm2_conf, listen, options.metrics_listen)?;
+    if let Some(k) = &options.kms {
+        text.push_str(&kms_text(k)?);
+    }
+    fs::write(&config, text)?;
+    Ok(Provisioned { config, tpm })
+}
+
+/// Refuses a folder provisioned for the other token: its PIN file and key store belong
+/// to that token, and reusing them would overwrite the PIN or orphan every key.
+fn check_same_token(dir: &Path, token: DevToken) -> anyhow::Result<()> {
+    let other = match token {
+        DevToken::Softhsm if dir.join("tpm").exists() => "the TPM token (--token tpm)",
+        DevToken::Tpm if dir.join("softhsm2.conf").exists() => "a SoftHSM2 token (--token softhsm)",
+        _ => return Ok(()),
+    };
+    bail!(
+        "{} holds {other}; use it with that token, or choose another --data-dir",
+        dir.display()
+    )
+}
+
+/// The SoftHSM2 token under DIR/tokens; returns the module and the softhsm2.conf.
+fn provision_softhsm(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    fs::create_dir_all(dir.join("tokens")).with_context(|| format!("create {}", dir.display()))?;
     let module = ensure_softhsm()?;
     let conf = dir.join("softhsm2.conf");
     let text =
@@ -84,14 +163,7 @@ pub fn provision_with(
     if !pin_file.exists() {
         init_token(&module, &pin_file)?;
     }
-    certs::ensure(&dir.join("tls"), DEV_PRINCIPAL)?;
-    let config = dir.join("hsmd.toml");
-    let mut text = config_text(&dir, &module, listen, options.metrics_listen)?;
-    if let Some(k) = &options.kms {
-        text.push_str(&kms_text(k)?);
-    }
-    fs::write(&config, text)?;
-    Ok(config)
+    Ok((module, conf))
 }
 
 /// `hsmd.toml` as `hsmd dev` writes it; serialized, so any path (quotes, backslashes)
@@ -117,7 +189,8 @@ struct DevHsm<'a> {
     module: &'a Path,
     token_label: &'a str,
     pin_file: PathBuf,
-    softhsm2_conf: PathBuf,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    softhsm2_conf: Option<PathBuf>,
 }
 
 #[derive(Serialize)]
@@ -154,6 +227,7 @@ struct DevRule {
 fn config_text(
     dir: &Path,
     module: &Path,
+    softhsm2_conf: Option<PathBuf>,
     listen: &str,
     metrics_listen: Option<&str>,
 ) -> anyhow::Result<String> {
@@ -163,7 +237,7 @@ fn config_text(
             module,
             token_label: DEV_TOKEN_LABEL,
             pin_file: dir.join("pin"),
-            softhsm2_conf: dir.join("softhsm2.conf"),
+            softhsm2_conf,
         },
         store: DevPath {
             path: dir.join("hsmd.db"),
@@ -313,34 +387,29 @@ fn ensure_softhsm() -> anyhow::Result<PathBuf> {
         return Ok(m);
     }
     eprintln!("hsmd dev: SoftHSM2 is not installed; installing softhsm2 and opensc with apt-get");
-    let root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout.starts_with(b"0"))
-        .unwrap_or(false);
-    let apt = |args: &[&str]| -> anyhow::Result<()> {
-        let mut cmd = if root {
-            Command::new("apt-get")
-        } else {
-            Command::new("sudo")
-        };
-        if !root {
-            cmd.arg("apt-get");
-        }
-        let status = cmd
-            .args(args)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .status();
-        match status {
-            Ok(s) if s.success() => Ok(()),
-            _ => bail!(
-                "could not install SoftHSM2; run: sudo apt-get update && sudo apt-get install -y softhsm2 opensc"
-            ),
-        }
-    };
-    apt(&["update"])?;
-    apt(&["install", "-y", "softhsm2", "opensc"])?;
+    apt_get(&["update"])?;
+    apt_get(&["install", "-y", "softhsm2", "opensc"])?;
     find_module().context("softhsm2 installed but libsofthsm2.so not found")
+}
+
+/// `apt-get ARGS` (through sudo when not root), non-interactive.
+fn apt_get(args: &[&str]) -> anyhow::Result<()> {
+    let root = nix::unistd::geteuid().is_root();
+    let mut cmd = Command::new(if root { "apt-get" } else { "sudo" });
+    if !root {
+        cmd.arg("apt-get");
+    }
+    let status = cmd
+        .args(args)
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .status();
+    match status {
+        Ok(s) if s.success() => Ok(()),
+        _ => bail!(
+            "`apt-get {}` failed; run it as root (after apt-get update)",
+            args.join(" ")
+        ),
+    }
 }
 
 fn find_module() -> Option<PathBuf> {
@@ -396,6 +465,7 @@ mod tests {
         let text = config_text(
             Path::new("/data/dev"),
             Path::new("/usr/lib/softhsm/libsofthsm2.so"),
+            Some(PathBuf::from("/data/dev/softhsm2.conf")),
             "127.0.0.1:0",
             None,
         )
@@ -428,7 +498,16 @@ mod tests {
     fn quotes_and_backslashes_in_the_data_dir_survive() {
         let dir = Path::new(r#"/tmp/a "quoted" dir\with\backslashes"#);
         let module = Path::new(r#"/opt/so"ft\hsm.so"#);
-        let t = table(&config_text(dir, module, "127.0.0.1:0", None).unwrap());
+        let t = table(
+            &config_text(
+                dir,
+                module,
+                Some(dir.join("softhsm2.conf")),
+                "127.0.0.1:0",
+                None,
+            )
+            .unwrap(),
+        );
         assert_eq!(path(&t, "hsm", "module"), module);
         assert_eq!(path(&t, "hsm", "pin_file"), dir.join("pin"));
         assert_eq!(path(&t, "hsm", "softhsm2_conf"), dir.join("softhsm2.conf"));
@@ -448,7 +527,7 @@ mod tests {
             p["metrics_endpoint"].as_str(),
             Some("http://127.0.0.1:9464")
         );
-        let t = table(&config_text(dir, module, "127.0.0.1:0", Some("127.0.0.1:0")).unwrap());
+        let t = table(&config_text(dir, module, None, "127.0.0.1:0", Some("127.0.0.1:0")).unwrap());
         assert_eq!(t["metrics"]["listen"].as_str(), Some("127.0.0.1:0"));
         assert_eq!(p["server_name"].as_str(), Some("localhost"));
         for (key, file) in [
@@ -461,9 +540,48 @@ mod tests {
     }
 
     #[test]
+    fn token_names_parse() {
+        assert_eq!("tpm".parse::<DevToken>(), Ok(DevToken::Tpm));
+        assert_eq!("softhsm".parse::<DevToken>(), Ok(DevToken::Softhsm));
+        assert_eq!(DevToken::default(), DevToken::Softhsm);
+        assert!(
+            "luna"
+                .parse::<DevToken>()
+                .unwrap_err()
+                .contains("softhsm or tpm")
+        );
+    }
+
+    #[test]
+    fn a_folder_keeps_its_token() {
+        let dir = std::env::temp_dir().join(format!("hsmd-dev-token-{}", std::process::id()));
+        fs::create_dir_all(dir.join("tpm")).unwrap();
+        assert!(check_same_token(&dir, DevToken::Tpm).is_ok());
+        let e = check_same_token(&dir, DevToken::Softhsm).unwrap_err();
+        assert!(e.to_string().contains("--token tpm"), "{e}");
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_tpm_config_has_no_softhsm2_conf() {
+        let t = table(
+            &config_text(
+                Path::new("/d"),
+                Path::new("/m.so"),
+                None,
+                "127.0.0.1:0",
+                None,
+            )
+            .unwrap(),
+        );
+        assert!(t["hsm"].get("softhsm2_conf").is_none(), "{t:?}");
+        assert_eq!(path(&t, "hsm", "module"), Path::new("/m.so"));
+    }
+
+    #[test]
     fn a_path_that_is_not_utf8_is_refused() {
         use std::os::unix::ffi::OsStrExt;
         let dir = Path::new(std::ffi::OsStr::from_bytes(b"/tmp/\xff"));
-        assert!(config_text(dir, Path::new("/m.so"), "127.0.0.1:0", None).is_err());
+        assert!(config_text(dir, Path::new("/m.so"), None, "127.0.0.1:0", None).is_err());
     }
 }

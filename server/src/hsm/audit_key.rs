@@ -72,14 +72,16 @@ impl Pkcs11Backend {
                 AUDIT_KEY_ID,
             )? {
                 Some(o) => Ok(o),
-                None => generate(s),
+                None => generate(s, self.capabilities.usage_forced_by_token),
             })?;
         *self.audit_key.0.lock().unwrap_or_else(|p| p.into_inner()) = Some(objs);
         Ok(objs)
     }
 }
 
-fn generate(s: &Session) -> cryptoki::error::Result<KeyObjects> {
+/// The audit key pair; on a token that forces the usage flags (tpm2-pkcs11) the false
+/// ones are left out, and only hsmd's checkpoint code ever uses the key.
+fn generate(s: &Session, usage_forced: bool) -> cryptoki::error::Result<KeyObjects> {
     let common = |private: bool| {
         vec![
             Attribute::Token(true),
@@ -106,6 +108,10 @@ fn generate(s: &Session) -> cryptoki::error::Result<KeyObjects> {
         Attribute::Encrypt(false),
         Attribute::Wrap(false),
     ]);
+    if usage_forced {
+        objects::drop_false_usage(&mut private);
+        objects::drop_false_usage(&mut public);
+    }
     let (pubh, privh): (ObjectHandle, ObjectHandle) =
         s.generate_key_pair(&Mechanism::EccKeyPairGen, &public, &private)?;
     tracing::info!("created the audit checkpoint key (hsmd-audit) in the token");

@@ -116,7 +116,8 @@ impl Pkcs11Backend {
     }
 }
 
-/// Tries every encryption path on throw-away session keys (destroyed before returning).
+/// Tries every encryption path on throw-away keys (session objects where the token
+/// makes them; destroyed before returning).
 /// A failure of the probe itself only means "not offered".
 pub(crate) fn probe_encryption(s: &Session, mechs: &[MechanismType]) -> EncryptionProbe {
     let mut probe = EncryptionProbe::default();
@@ -178,26 +179,23 @@ fn probe_aes_gcm(s: &Session) -> Result<bool, String> {
 
 /// (OAEP-SHA-1 in the token works, how OAEP-SHA-256 can be decrypted).
 fn probe_rsa(s: &Session, mechs: &[MechanismType]) -> Result<(bool, OaepPath), String> {
-    let (public, private) = s
-        .generate_key_pair(
-            &Mechanism::RsaPkcsKeyPairGen,
-            &[
-                Attribute::Token(false),
-                Attribute::ModulusBits(1024u64.into()),
-                Attribute::PublicExponent(vec![1, 0, 1]),
-                Attribute::Encrypt(true),
-            ],
-            &[
-                Attribute::Token(false),
-                Attribute::Private(true),
-                Attribute::Sensitive(true),
-                Attribute::Decrypt(true),
-            ],
-        )
-        .map_err(|e| format!("C_GenerateKeyPair: {e}"))?;
+    let (public, private) = super::token_probe::probe_key_pair(
+        s,
+        &Mechanism::RsaPkcsKeyPairGen,
+        &[
+            Attribute::ModulusBits(1024u64.into()),
+            Attribute::PublicExponent(vec![1, 0, 1]),
+            Attribute::Encrypt(true),
+        ],
+        &[
+            Attribute::Private(true),
+            Attribute::Sensitive(true),
+            Attribute::Decrypt(true),
+        ],
+    )
+    .map_err(|e| format!("C_GenerateKeyPair: {e}"))?;
     let result = probe_rsa_key(s, mechs, public, private);
-    let _ = s.destroy_object(private);
-    let _ = s.destroy_object(public);
+    super::token_probe::destroy(s, &[private, public]);
     result
 }
 

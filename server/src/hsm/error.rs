@@ -102,6 +102,24 @@ pub(crate) fn session_lost(err: &CkError) -> bool {
     )
 }
 
+/// True for return values that may mean the token (or the module's link to it) is gone
+/// rather than that the request was bad: worth a health check. tpm2-pkcs11 answers
+/// CKR_GENERAL_ERROR to everything once its TPM or resource manager restarted.
+pub(crate) fn token_suspect(err: &CkError) -> bool {
+    matches!(
+        err,
+        CkError::Pkcs11(
+            RvError::GeneralError
+                | RvError::DeviceError
+                | RvError::DeviceRemoved
+                | RvError::TokenNotPresent
+                | RvError::CryptokiNotInitialized
+                | RvError::FunctionFailed,
+            _
+        )
+    )
+}
+
 /// True when a failed C_Decrypt was refused because of the ciphertext (its padding,
 /// tag, length or range), as opposed to the key, the session or the token.
 pub(crate) fn is_decrypt_failure(err: &CkError) -> bool {

@@ -15,6 +15,8 @@ pub(crate) mod objects;
 pub(crate) mod pool;
 pub(crate) mod probe;
 pub(crate) mod provision;
+pub(crate) mod refusals;
+pub(crate) mod token_probe;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -22,6 +24,7 @@ use std::sync::{Arc, RwLock};
 
 use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::error::RvError;
+use cryptoki::mechanism::MechanismType;
 use cryptoki::object::ObjectClass;
 use cryptoki::session::Session;
 use cryptoki::slot::Slot;
@@ -37,7 +40,7 @@ pub(crate) use probe::{Capabilities, OaepPath};
 use crate::domain::spec::{KeySpec, KeyUsage};
 use crate::encoding::PublicKeyMaterial;
 use crate::metrics::Metrics;
-use error::{classify, login_hint, session_lost};
+use error::{classify, login_hint, session_lost, token_suspect};
 
 /// Where the token is and how to log in to it.
 #[derive(Debug, Clone)]
@@ -76,6 +79,9 @@ pub(crate) struct Pkcs11Backend {
     /// CKR_GENERAL_ERROR (softhsm/SoftHSMv2#573; seen here at 8 concurrent CreateKey
     /// calls). Signing and verifying use session-object copies and never take it.
     token_objects: RwLock<()>,
+    /// Shared by every call that uses a session, held exclusively while the module is
+    /// re-initialized (C_Finalize must not race other calls).
+    module: RwLock<()>,
     capabilities: Capabilities,
     description: TokenDescription,
     audit_key: audit_key::AuditKeyCache,
@@ -122,17 +128,40 @@ impl Pkcs11Backend {
         let mechs = pkcs11
             .get_mechanism_list(slot)
             .map_err(|e| setup("C_GetMechanismList", e.to_string()))?;
+        // Key size range in bits (tpm2-pkcs11: 1024..3072, so no RSA_4096).
+        let rsa_sizes = mechs
+            .contains(&MechanismType::RSA_PKCS_KEY_PAIR_GEN)
+            .then(|| pkcs11.get_mechanism_info(slot, MechanismType::RSA_PKCS_KEY_PAIR_GEN))
+            .and_then(Result::ok)
+            .map(|i| (i.min_key_size(), i.max_key_size()));
+        let oaep_unwrap = pkcs11
+            .get_mechanism_info(slot, MechanismType::RSA_PKCS_OAEP)
+            .is_ok_and(|i| i.unwrap());
         let pool = pool::SessionPool::open(pkcs11, slot, cfg.pin.clone(), cfg.sessions)
             .map_err(|e| setup("login", login_hint(e)))?;
         // Tried, not read from the mechanism list: SoftHSM2 lists CKM_RSA_PKCS_OAEP but
         // refuses it with SHA-256.
-        let probe = crypt::probe_encryption(pool.get()?.session(), &mechs);
-        let capabilities = Capabilities::from_mechanisms(&mechs).with_encryption(probe);
+        let session = pool.get()?;
+        let probe = crypt::probe_encryption(session.session(), &mechs);
+        let mut capabilities = Capabilities::from_mechanisms(&mechs).with_encryption(probe);
+        if let Some((min, max)) = rsa_sizes {
+            capabilities = capabilities.with_rsa_key_sizes(min, max);
+        }
+        capabilities.oaep_unwrap = oaep_unwrap;
+        let objects = token_probe::probe_objects(session.session(), &mechs);
+        capabilities = capabilities.with_objects(probe::ObjectSupport {
+            session_keys: objects.session_keys,
+            copy: objects.copy,
+        });
+        capabilities.usage_forced_by_token =
+            token_probe::usage_forced_by_token(session.session(), &mechs);
+        drop(session);
         Ok(Pkcs11Backend {
             pool,
             metrics: Default::default(),
             handles: RwLock::new(HashMap::new()),
             token_objects: RwLock::new(()),
+            module: RwLock::new(()),
             capabilities,
             description,
             audit_key: Default::default(),
@@ -162,9 +191,12 @@ impl Pkcs11Backend {
     }
 
     /// Runs `f` on a pooled session; a session the token lost is replaced and the
-    /// handle cache flushed (handles die with the login). `what` names the operation
-    /// and, in parentheses, its mechanism (`C_Decrypt (RSA-OAEP)`), as logs and metrics
-    /// show it.
+    /// handle cache flushed (handles die with the login). An error that may mean the
+    /// token itself is gone (CKR_GENERAL_ERROR, CKR_DEVICE_ERROR...) is followed by a
+    /// health check (C_GenerateRandom); if that fails too the call is UNAVAILABLE and the
+    /// module is re-initialized, by this call or the next one, until it works again.
+    /// `what` names the operation and, in parentheses, its mechanism
+    /// (`C_Decrypt (RSA-OAEP)`), as logs and metrics show it.
     fn with_session<T>(
         &self,
         what: &'static str,
@@ -185,6 +217,10 @@ impl Pkcs11Backend {
         mechanism: &str,
         f: impl FnOnce(&Session) -> cryptoki::error::Result<T>,
     ) -> Result<T, HsmError> {
+        if self.pool.is_broken() {
+            self.recover()?;
+        }
+        let module = self.module.read().unwrap_or_else(|p| p.into_inner());
         let s = self.pool.get()?;
         let started = std::time::Instant::now();
         let result = f(s.session());
@@ -196,9 +232,36 @@ impl Pkcs11Backend {
                 if session_lost(&e) {
                     s.mark_lost();
                     self.flush_handles();
+                } else if token_suspect(&e) && s.session().generate_random_vec(1).is_err() {
+                    tracing::warn!(call = what, error = %e, "token failed a health check; re-initializing the PKCS#11 module");
+                    self.pool.mark_broken();
+                    drop(s);
+                    drop(module);
+                    self.recover()?;
+                    return Err(HsmError::Unavailable(format!(
+                        "{what}: the token was lost and is back; retry"
+                    )));
                 }
                 Err(classify(what, e))
             }
+        }
+    }
+
+    /// Re-initializes the module once no call uses it; UNAVAILABLE while that fails.
+    fn recover(&self) -> Result<(), HsmError> {
+        let _only = self.module.write().unwrap_or_else(|p| p.into_inner());
+        if !self.pool.is_broken() {
+            return Ok(());
+        }
+        self.flush_handles();
+        match self.pool.reinitialize() {
+            Ok(()) => {
+                tracing::info!("PKCS#11 module re-initialized; the token is back");
+                Ok(())
+            }
+            Err(e) => Err(HsmError::Unavailable(format!(
+                "token lost; re-initializing the module failed: {e}"
+            ))),
         }
     }
 
@@ -246,8 +309,11 @@ impl Pkcs11Backend {
         spec: KeySpec,
         usage: KeyUsage,
     ) -> Result<(), HsmError> {
-        let template = objects::generation(spec, usage, id.as_bytes(), label)
+        let mut template = objects::generation(spec, usage, id.as_bytes(), label)
             .ok_or_else(|| HsmError::Unsupported(format!("{spec} keys on this token")))?;
+        if self.capabilities.usage_forced_by_token {
+            template.drop_false_usage();
+        }
         // Handles are cached on first use (with the session-object copy, see `objects`).
         self.with_token_write("C_GenerateKeyPair", |s| objects::generate(s, &template))
             .map(drop)

@@ -35,6 +35,31 @@ pub struct Generation {
     pub private: Vec<Attribute>,
 }
 
+impl Generation {
+    /// Leaves out CKA_SIGN, CKA_DECRYPT, CKA_VERIFY and CKA_ENCRYPT where they are false,
+    /// for a token that forces them true and refuses a template saying otherwise
+    /// (`Capabilities::usage_forced_by_token`); hsmd still enforces the key's usage.
+    pub fn drop_false_usage(&mut self) {
+        drop_false_usage(&mut self.private);
+        if let Some(p) = &mut self.public {
+            drop_false_usage(p);
+        }
+    }
+}
+
+/// See [`Generation::drop_false_usage`].
+pub(crate) fn drop_false_usage(template: &mut Vec<Attribute>) {
+    template.retain(|a| {
+        !matches!(
+            a,
+            Attribute::Sign(false)
+                | Attribute::Decrypt(false)
+                | Attribute::Verify(false)
+                | Attribute::Encrypt(false)
+        )
+    });
+}
+
 /// Templates for a new key of `spec` and `usage` with CKA_ID `id` and CKA_LABEL `label`.
 pub fn generation(spec: KeySpec, usage: KeyUsage, id: &[u8], label: &str) -> Option<Generation> {
     let sign = usage == KeyUsage::SignVerify;
@@ -436,5 +461,25 @@ mod tests {
             assert!(g.private.contains(&must), "missing {must:?}");
         }
         assert!(generation(KeySpec::Sm2, KeyUsage::SignVerify, &[1; 16], "k").is_none());
+    }
+
+    #[test]
+    fn dropping_false_usage_keeps_the_true_flags_and_the_rest() {
+        let mut g = generation(KeySpec::Rsa2048, KeyUsage::SignVerify, &[1; 16], "k").unwrap();
+        g.drop_false_usage();
+        let public = g.public.as_ref().unwrap();
+        assert!(g.private.contains(&Attribute::Sign(true)));
+        assert!(public.contains(&Attribute::Verify(true)));
+        for a in g.private.iter().chain(public) {
+            assert!(
+                !matches!(
+                    a,
+                    Attribute::Decrypt(false) | Attribute::Encrypt(false) | Attribute::Sign(false)
+                ),
+                "{a:?} left in"
+            );
+        }
+        assert!(g.private.contains(&Attribute::Extractable(false)));
+        assert!(g.private.contains(&Attribute::Unwrap(false)));
     }
 }

@@ -6,10 +6,11 @@
 //! front ends lose most of their speed. A `Session` is `Send` but not `Sync`, so each is
 //! lent to one blocking thread at a time.
 
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
-use cryptoki::context::Pkcs11;
+use cryptoki::context::{CInitializeArgs, CInitializeFlags, Pkcs11};
 use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
@@ -29,12 +30,18 @@ pub(crate) struct SessionPool {
     size: usize,
     /// Sessions in use and callers waiting, as gauges.
     metrics: Arc<Metrics>,
+    /// Bumped by every module re-initialization: a session of an older generation
+    /// belongs to a finalized module and is never used or closed again.
+    generation: AtomicU64,
+    /// The module failed a health check and is not re-initialized yet.
+    broken: AtomicBool,
 }
 
 /// A session borrowed from the pool; it goes back on drop unless marked lost.
 pub(crate) struct PooledSession<'a> {
     pool: &'a SessionPool,
     session: Option<Session>,
+    generation: u64,
 }
 
 impl SessionPool {
@@ -63,6 +70,8 @@ impl SessionPool {
             freed: Condvar::new(),
             size,
             metrics: Default::default(),
+            generation: AtomicU64::new(0),
+            broken: AtomicBool::new(false),
         })
     }
 
@@ -70,6 +79,45 @@ impl SessionPool {
     pub(crate) fn observe(&mut self, metrics: Arc<Metrics>) {
         metrics.pool_size.set(self.size as i64);
         self.metrics = metrics;
+    }
+
+    /// True after a failed health check, until [`SessionPool::reinitialize`] succeeds.
+    pub(crate) fn is_broken(&self) -> bool {
+        self.broken.load(Ordering::Acquire)
+    }
+
+    /// Marks the module as needing re-initialization.
+    pub(crate) fn mark_broken(&self) {
+        self.broken.store(true, Ordering::Release);
+    }
+
+    /// C_Finalize, C_Initialize, a fresh set of sessions and a new login: what brings
+    /// tpm2-pkcs11 back after its TPM or resource manager restarted (its TCTI lives from
+    /// C_Initialize to C_Finalize). The caller guarantees that no session is lent out
+    /// (`Pkcs11Backend` holds its module lock exclusively); sessions of the old module
+    /// still lent out are forgotten when they come back, never closed: their handle
+    /// numbers may name sessions of the new module.
+    pub(crate) fn reinitialize(&self) -> Result<(), HsmError> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.clear();
+        self.generation.fetch_add(1, Ordering::AcqRel);
+        let _ = self.pkcs11.clone().finalize();
+        self.pkcs11
+            .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+            .map_err(|e| classify("C_Initialize", e))?;
+        let mut sessions = Vec::with_capacity(self.size);
+        for _ in 0..self.size {
+            sessions.push(
+                self.pkcs11
+                    .open_rw_session(self.slot)
+                    .map_err(|e| classify("C_OpenSession", e))?,
+            );
+        }
+        login(&sessions[0], &self.pin)?;
+        *idle = sessions;
+        self.broken.store(false, Ordering::Release);
+        self.freed.notify_all();
+        Ok(())
     }
 
     /// Number of sessions in the pool.
@@ -86,7 +134,13 @@ impl SessionPool {
                 return Ok(PooledSession {
                     pool: self,
                     session: Some(session),
+                    generation: self.generation.load(Ordering::Acquire),
                 });
+            }
+            if self.is_broken() {
+                return Err(HsmError::Unavailable(
+                    "the token failed a health check; re-initializing the module".into(),
+                ));
             }
             self.metrics.pool_waiters.inc();
             let (guard, timeout) = self
@@ -101,7 +155,11 @@ impl SessionPool {
         }
     }
 
-    fn put_back(&self, session: Session) {
+    fn put_back(&self, generation: u64, session: Session) {
+        if generation != self.generation.load(Ordering::Acquire) {
+            std::mem::forget(session);
+            return;
+        }
         self.idle
             .lock()
             .unwrap_or_else(|p| p.into_inner())
@@ -111,19 +169,20 @@ impl SessionPool {
 
     /// Replaces a session the token no longer knows, logging in again if needed.
     fn replace(&self) {
+        let generation = self.generation.load(Ordering::Acquire);
         match self.pkcs11.open_rw_session(self.slot) {
             Ok(session) => {
                 if let Err(e) = login(&session, &self.pin) {
                     tracing::error!(error = %e, "re-login after a lost session failed");
                 }
-                self.put_back(session);
+                self.put_back(generation, session);
             }
             Err(e) => {
                 tracing::error!(error = %e, "cannot reopen a lost token session");
                 // Keep the pool's size: the next caller waits and may retry.
                 std::thread::sleep(Duration::from_millis(200));
                 if let Ok(session) = self.pkcs11.open_rw_session(self.slot) {
-                    self.put_back(session);
+                    self.put_back(generation, session);
                 }
             }
         }
@@ -150,6 +209,10 @@ impl PooledSession<'_> {
     pub(crate) fn mark_lost(mut self) {
         if let Some(s) = self.session.take() {
             self.pool.metrics.pool_in_use.dec();
+            if self.generation != self.pool.generation.load(Ordering::Acquire) {
+                std::mem::forget(s);
+                return;
+            }
             drop(s);
             self.pool.replace();
         }
@@ -160,7 +223,7 @@ impl Drop for PooledSession<'_> {
     fn drop(&mut self) {
         if let Some(s) = self.session.take() {
             self.pool.metrics.pool_in_use.dec();
-            self.pool.put_back(s);
+            self.pool.put_back(self.generation, s);
         }
     }
 }

@@ -1,9 +1,14 @@
 //! Start-up probe of what the token can do, and the key specs and signing algorithms
 //! hsmd offers on it as a result. Nothing is faked: a spec whose mechanisms the token
-//! lacks (SM2 on SoftHSM2) is not offered, and `hsmctl token info` says why.
+//! lacks (SM2 on SoftHSM2; RSA_4096, ED25519 and AES-GCM on tpm2-pkcs11) is not
+//! offered, each refusal names the mechanism (or key size) it lacks, and `hsmctl token
+//! info` says why. Decided from the mechanism list, its key size ranges and trials on
+//! throw-away keys, never from the token's manufacturer or model.
 
 use cryptoki::mechanism::MechanismType;
 
+pub(crate) use super::refusals::Refusal;
+use super::refusals::refusals;
 use crate::domain::spec::{EncryptionAlgorithm, KeySpec, SigningAlgorithm};
 
 /// One mechanism hsmd may use, and whether the token reports it.
@@ -44,10 +49,29 @@ pub(crate) struct AlgorithmPath {
     pub(crate) path: String,
 }
 
+/// Whether the token makes session key objects and copies objects (import needs both).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub(crate) struct ObjectSupport {
+    pub(crate) session_keys: bool,
+    pub(crate) copy: bool,
+}
+
 /// What the probe found.
 #[derive(Debug, Clone, Default)]
 pub(crate) struct Capabilities {
     pub(crate) mechanisms: Vec<Capability>,
+    /// Features refused on this token, each naming the mechanism it lacks.
+    pub(crate) refusals: Vec<Refusal>,
+    /// The token sets CKA_SIGN, CKA_DECRYPT, CKA_VERIFY and CKA_ENCRYPT on every key pair
+    /// it generates and refuses a template that sets one false (tpm2-pkcs11: the TPM key
+    /// template carries both sign and decrypt): hsmd then leaves the false ones out and
+    /// a key's usage is enforced by hsmd alone.
+    pub(crate) usage_forced_by_token: bool,
+    /// CKM_RSA_PKCS_OAEP carries CKF_UNWRAP (C_GetMechanismInfo): import can unwrap with
+    /// it in the token. tpm2-pkcs11 lists OAEP for encrypt and decrypt only.
+    pub(crate) oaep_unwrap: bool,
+    /// Session key objects and C_CopyObject, as the object probe found them.
+    pub(crate) objects: ObjectSupport,
     pub(crate) key_specs: Vec<KeySpec>,
     pub(crate) signing_algorithms: Vec<SigningAlgorithm>,
     pub(crate) encryption_algorithms: Vec<EncryptionAlgorithm>,
@@ -210,15 +234,67 @@ impl Capabilities {
             key_specs.push(KeySpec::Ed25519);
             signing_algorithms.push(SigningAlgorithm::Ed25519);
         }
-        if all(&[MechanismType::AES_KEY_GEN]) {
+        // hsmd's AES keys do AES-256-GCM and nothing else: no GCM, no AES keys.
+        if all(&[MechanismType::AES_KEY_GEN, MechanismType::AES_GCM]) {
             key_specs.push(KeySpec::Aes256);
         }
+        let refusals = refusals(have, &key_specs, &signing_algorithms);
         Capabilities {
             mechanisms,
+            refusals,
             key_specs,
             signing_algorithms,
             ..Default::default()
         }
+    }
+
+    /// Drops the RSA specs whose size is outside the token's CKM_RSA_PKCS_KEY_PAIR_GEN
+    /// range (C_GetMechanismInfo, in bits; a maximum of 0 means "not reported").
+    pub(crate) fn with_rsa_key_sizes(mut self, min: usize, max: usize) -> Self {
+        if max == 0 {
+            return self;
+        }
+        let note = format!("RSA key generation ({min}..{max} bits)");
+        for c in &mut self.mechanisms {
+            if c.mechanism == "CKM_RSA_PKCS_KEY_PAIR_GEN" && c.supported {
+                c.note = note.clone();
+            }
+        }
+        for spec in [KeySpec::Rsa2048, KeySpec::Rsa3072, KeySpec::Rsa4096] {
+            let bits = spec.rsa_bits().unwrap_or(0) as usize;
+            if self.offers_spec(spec) && !(min..=max).contains(&bits) {
+                self.key_specs.retain(|s| *s != spec);
+                self.refusals.push(Refusal {
+                    feature: spec.name().to_string(),
+                    mechanism: "CKM_RSA_PKCS_KEY_PAIR_GEN",
+                    why: format!("the token generates RSA keys of {min}..{max} bits only"),
+                });
+            }
+        }
+        self
+    }
+
+    /// Records the object probe, as two rows of the capability table.
+    pub(crate) fn with_objects(mut self, objects: ObjectSupport) -> Self {
+        self.mechanisms.extend([
+            Capability {
+                mechanism: "session key objects (CKA_TOKEN false)",
+                supported: objects.session_keys,
+                note: "import checks unwrapped material in a session object; probes use them".into(),
+            },
+            Capability {
+                mechanism: "C_CopyObject",
+                supported: objects.copy,
+                note: "import copies checked material into a token object; keys are used through session copies where it works".into(),
+            },
+        ]);
+        self.objects = objects;
+        self
+    }
+
+    /// The refusal of `feature` (a spec or algorithm name), if this token refuses it.
+    pub(crate) fn refusal(&self, feature: &str) -> Option<&Refusal> {
+        self.refusals.iter().find(|r| r.feature == feature)
     }
 
     /// True if CreateKey may make keys of `spec` on this token.
@@ -256,6 +332,8 @@ impl Capabilities {
                 probe.aes_gcm && self.key_specs.contains(&KeySpec::Aes256),
                 if probe.aes_gcm {
                     "encrypt and decrypt: CKM_AES_GCM in the token (96-bit IV from C_GenerateRandom, 128-bit tag); data keys from C_GenerateRandom"
+                } else if self.refusal(SymmetricDefault.name()).is_some() {
+                    "refused: the token lacks CKM_AES_GCM (Encrypt, GenerateDataKey and AES keys need it)"
                 } else {
                     "not offered: AES-GCM round trip failed on this token"
                 },
@@ -280,6 +358,13 @@ impl Capabilities {
                 "refused: PKCS#1 v1.5 decryption is a padding oracle; use RSAES_OAEP_SHA_256",
             ),
         ];
+        if !probe.aes_gcm && self.refusal(SymmetricDefault.name()).is_none() {
+            self.refusals.push(Refusal {
+                feature: SymmetricDefault.name().to_string(),
+                mechanism: "CKM_AES_GCM",
+                why: "an AES-GCM round trip on a probe key failed".into(),
+            });
+        }
         self.encryption = probe;
         self.encryption_algorithms = paths
             .iter()
@@ -325,6 +410,7 @@ mod tests {
             MechanismType::RSA_PKCS_KEY_PAIR_GEN,
             MechanismType::RSA_PKCS,
             MechanismType::AES_KEY_GEN,
+            MechanismType::AES_GCM,
         ])
         .with_encryption(EncryptionProbe {
             aes_gcm: true,

@@ -157,6 +157,11 @@ impl KeyManager {
                 allowed: offered.join(", "),
             });
         }
+        if allowed.contains(&alg)
+            && let Some(r) = self.backend.capabilities().refusal(alg.name())
+        {
+            return Err(r.into());
+        }
         if !allowed.contains(&alg) || !self.backend.capabilities().offers_encryption(alg) {
             return Err(KeyError::AlgorithmNotAllowed {
                 algorithm: alg.name().to_string(),

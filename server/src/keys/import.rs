@@ -152,6 +152,22 @@ impl KeyManager {
             .collect()
     }
 
+    /// The wrapping algorithms refused because the token lacks a mechanism: (algorithm,
+    /// mechanism, why), for `hsmctl token info`.
+    pub(crate) fn import_refusals(&self) -> Vec<(String, &'static str, String)> {
+        WrappingAlgorithm::ALL
+            .iter()
+            .filter_map(|&alg| match self.unwrap_path(alg) {
+                Err(KeyError::MechanismNotSupported {
+                    feature,
+                    mechanism,
+                    why,
+                }) => Some((feature, mechanism, why)),
+                _ => None,
+            })
+            .collect()
+    }
+
     /// The wrapping algorithm GetParametersForImport picks when none is asked for: key
     /// wrap (it carries every spec), with SHA-256 where the token does it itself.
     fn default_wrapping(&self) -> WrappingAlgorithm {
@@ -162,8 +178,64 @@ impl KeyManager {
         }
     }
 
+    /// Refuses an EXTERNAL key of `spec` that no wrapping algorithm could ever fill on
+    /// this token (RSA and EC need AES key wrap; AES keys also take plain OAEP), so no
+    /// key waits in PENDING_IMPORT forever. The error is the first algorithm's refusal.
+    pub(crate) fn check_importable(&self, spec: KeySpec) -> Result<(), KeyError> {
+        let mut first = None;
+        for &alg in WrappingAlgorithm::ALL {
+            if !alg.key_wrap() && spec.is_asymmetric() {
+                continue;
+            }
+            match self.unwrap_path(alg) {
+                Ok(_) => return Ok(()),
+                Err(e) => {
+                    first.get_or_insert(e);
+                }
+            }
+        }
+        match first {
+            Some(KeyError::MechanismNotSupported {
+                feature,
+                mechanism,
+                why,
+            }) => Err(KeyError::MechanismNotSupported {
+                feature: format!("EXTERNAL {spec} (no import path: {feature})"),
+                mechanism,
+                why,
+            }),
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
     /// How `alg`'s OAEP block is opened here, or why `alg` is refused.
     fn unwrap_path(&self, alg: WrappingAlgorithm) -> Result<OaepUnwrap, KeyError> {
+        let path = self.oaep_path(alg)?;
+        if matches!(path, OaepUnwrap::Token(_)) && !self.backend.capabilities().oaep_unwrap {
+            return Err(KeyError::MechanismNotSupported {
+                feature: format!("import with {alg}"),
+                mechanism: "CKM_RSA_PKCS_OAEP",
+                why: "the token's OAEP has no CKF_UNWRAP: it cannot unwrap keys with it".into(),
+            });
+        }
+        let objects = self.backend.capabilities().objects;
+        if !objects.session_keys || !objects.copy {
+            return Err(KeyError::MechanismNotSupported {
+                feature: format!("import with {alg}"),
+                mechanism: if objects.session_keys {
+                    "C_CopyObject"
+                } else {
+                    "session key objects (CKA_TOKEN false)"
+                },
+                why: "import unwraps into a session object, checks it, then copies it into a token object".into(),
+            });
+        }
+        Ok(path)
+    }
+
+    /// How `alg`'s OAEP block is opened, before the unwrap flag is checked.
+    fn oaep_path(&self, alg: WrappingAlgorithm) -> Result<OaepUnwrap, KeyError> {
         let caps = self.backend.capabilities();
         let refuse = |why: String| ImportReason::AlgorithmNotAllowed.err(why);
         if alg.key_wrap()
@@ -172,9 +244,11 @@ impl KeyManager {
                 .iter()
                 .any(|c| c.mechanism == "CKM_AES_KEY_WRAP_PAD" && c.supported)
         {
-            return Err(refuse(format!(
-                "{alg} needs CKM_AES_KEY_WRAP_PAD, which this token lacks; use RSAES_OAEP_SHA_1 or RSAES_OAEP_SHA_256 (AES keys only)"
-            )));
+            return Err(KeyError::MechanismNotSupported {
+                feature: format!("import with {alg}"),
+                mechanism: "CKM_AES_KEY_WRAP_PAD",
+                why: "not in the token's mechanism list; RSAES_OAEP_SHA_1 and RSAES_OAEP_SHA_256 carry AES keys only".into(),
+            });
         }
         if !alg.sha256() {
             return if caps.encryption.oaep_sha1 {

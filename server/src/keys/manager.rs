@@ -117,6 +117,15 @@ impl KeyManager {
         }
         let offered = caps.offers_spec(req.spec)
             || (external && req.spec == KeySpec::Aes128 && caps.offers_spec(KeySpec::Aes256));
+        // AES_128 exists for imports only and needs what AES_256 needs.
+        let named = if req.spec == KeySpec::Aes128 {
+            KeySpec::Aes256
+        } else {
+            req.spec
+        };
+        if !offered && let Some(r) = caps.refusal(named.name()) {
+            return Err(r.into());
+        }
         if !offered {
             return Err(KeyError::UnsupportedKeySpec(format!(
                 "{} keys are not supported by this token (it lacks the mechanisms); offered: {}",
@@ -129,6 +138,9 @@ impl KeyManager {
                         .map(|s| s.name())
                 )
             )));
+        }
+        if external {
+            self.check_importable(req.spec)?;
         }
         let alias = req.alias.as_deref().map(validate_alias).transpose()?;
         if let Some(existing) = self.earlier(principal, &req, alias.as_deref())? {
@@ -420,6 +432,11 @@ impl KeyManager {
     ) -> Result<(SignMechanism, Vec<u8>), KeyError> {
         key.require_usage(KeyUsage::SignVerify)?;
         let allowed = key.spec.signing_algorithms();
+        if allowed.contains(&alg)
+            && let Some(r) = self.backend.capabilities().refusal(alg.name())
+        {
+            return Err(r.into());
+        }
         if !allowed.contains(&alg) || !self.backend.capabilities().offers_algorithm(alg) {
             return Err(KeyError::AlgorithmNotAllowed {
                 algorithm: alg.name().to_string(),

@@ -132,6 +132,14 @@ pub(crate) enum KeyError {
     RotationNotSupported(String),
     #[error("rotation period of {0} days is outside 7..365")]
     InvalidRotationPeriod(u32),
+    /// A spec or algorithm hsmd offers on other tokens, refused on this one because the
+    /// token lacks a mechanism (or key size).
+    #[error("{feature} is not available on this token: it needs {mechanism} ({why})")]
+    MechanismNotSupported {
+        feature: String,
+        mechanism: &'static str,
+        why: String,
+    },
     #[error("token unavailable")]
     Unavailable(String),
     #[error("internal error")]
@@ -181,6 +189,7 @@ impl KeyError {
             KeyError::Import { reason, .. } => reason.reason(),
             KeyError::RotationNotSupported(_) => Reason::RotationNotSupported,
             KeyError::InvalidRotationPeriod(_) => Reason::InvalidRotationPeriod,
+            KeyError::MechanismNotSupported { .. } => Reason::MechanismNotSupported,
             KeyError::Unavailable(_) => Reason::TokenUnavailable,
             KeyError::Internal(_) => Reason::Internal,
         }
@@ -189,6 +198,16 @@ impl KeyError {
 
 /// The one message of every decryption failure.
 pub(crate) const DECRYPTION_FAILED_MESSAGE: &str = "decryption failed: the ciphertext does not decrypt with this key and algorithm (wrong key or algorithm, altered or truncated ciphertext, or another AAD)";
+
+impl From<&crate::hsm::probe::Refusal> for KeyError {
+    fn from(r: &crate::hsm::probe::Refusal) -> Self {
+        KeyError::MechanismNotSupported {
+            feature: r.feature.clone(),
+            mechanism: r.mechanism,
+            why: r.why.clone(),
+        }
+    }
+}
 
 impl From<StoreError> for KeyError {
     fn from(e: StoreError) -> Self {

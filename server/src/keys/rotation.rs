@@ -55,7 +55,7 @@ impl KeyManager {
             }
             return Err(match e {
                 crate::store::StoreError::Conflict => KeyError::InvalidKeyState(format!(
-                    "key {} was rotated by another call meanwhile; describe it and retry if needed",
+                    "key {} was rotated, disabled or scheduled for deletion by another call meanwhile; describe it and retry if needed",
                     key.id
                 )),
                 other => other.into(),

@@ -207,7 +207,7 @@ impl Metrics {
             ("outcome", outcome.to_string()),
         ];
         if self.per_principal {
-            labels.push(("principal", principal.unwrap_or("").to_string()));
+            labels.push(("principal", label_value(principal.unwrap_or(""))));
         }
         self.calls.get_or_create(&labels).inc();
         self.call_seconds
@@ -249,7 +249,7 @@ impl Metrics {
     pub(crate) fn rate_limited(&self, class: &str, principal: &str) {
         let mut labels = vec![("class", class.to_string())];
         if self.per_principal {
-            labels.push(("principal", principal.to_string()));
+            labels.push(("principal", label_value(principal)));
         }
         self.rate_limited.get_or_create(&labels).inc();
     }
@@ -319,6 +319,23 @@ fn classic_text(om: &str) -> String {
     out
 }
 
+/// A label value from outside (a principal, from a client certificate) made safe for
+/// the text format, which prometheus-client writes as is: `\\`, `"` and line feeds
+/// escaped as the exposition format defines, other control characters replaced by `?`.
+fn label_value(v: &str) -> String {
+    let mut out = String::with_capacity(v.len());
+    for c in v.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '"' => out.push_str("\\\""),
+            '\n' => out.push_str("\\n"),
+            c if c.is_control() => out.push('?'),
+            c => out.push(c),
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,6 +363,14 @@ mod tests {
         assert!(!text.contains("# EOF"));
         assert!(m.openmetrics().ends_with("# EOF\n"));
         assert!(text.contains("le=\"0.0001\"}"), "{text}");
+    }
+
+    #[test]
+    fn principal_labels_cannot_break_the_text_format() {
+        assert_eq!(
+            label_value("x\"} 0\nhsmd_fake 1\r\\"),
+            "x\\\"} 0\\nhsmd_fake 1?\\\\"
+        );
     }
 
     #[test]

@@ -66,6 +66,9 @@ pub(super) async fn serve_kms_plugin(
     let plugin = KeyManagementServiceServer::new(KmsPlugin::new(state.clone(), cfg));
     let task = tokio::spawn(
         Server::builder()
+            // As on the gRPC port: a call the API server gives up on still runs to its
+            // audit record.
+            .layer(tower_layer::layer_fn(crate::api::complete::RunToCompletion))
             .add_service(plugin)
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = stopped.changed().await;

@@ -308,7 +308,7 @@ impl Store {
 
     /// Records a key's next version, made in the token as `version.object_id`, and moves
     /// its next automatic rotation to `next_rotation` (when it has one). `Conflict` if
-    /// another call added that version first.
+    /// another call added that version first or the key is no longer ENABLED.
     pub(crate) fn add_version(
         &self,
         id: Uuid,
@@ -317,9 +317,12 @@ impl Store {
     ) -> Result<(), StoreError> {
         self.with(|conn| {
             let tx = conn.transaction()?;
+            // Only while the key is ENABLED: a rotation racing ScheduleKeyDeletion or
+            // DisableKey adds nothing (Conflict, and the caller destroys its object).
             let r = tx.execute(
                 "INSERT INTO key_versions (key_id, version, object_id, create_time)
-                 VALUES (?1, ?2, ?3, ?4)",
+                 SELECT ?1, ?2, ?3, ?4 WHERE EXISTS
+                   (SELECT 1 FROM keys WHERE key_id = ?1 AND state = 'ENABLED')",
                 params![
                     id.to_string(),
                     version.version,
@@ -328,7 +331,8 @@ impl Store {
                 ],
             );
             match r {
-                Ok(_) => {}
+                Ok(1) => {}
+                Ok(_) => return Err(StoreError::Conflict),
                 Err(rusqlite::Error::SqliteFailure(e, _))
                     if e.code == rusqlite::ErrorCode::ConstraintViolation =>
                 {

@@ -1,11 +1,11 @@
-//! The plugin's Unix socket: bound under a temporary name, given its mode (0600, or
-//! 0660 with its owner group) and only then renamed to the configured path, so nobody
-//! ever connects to it with looser permissions. A stale socket a crashed hsmd left
+//! The plugin's Unix socket: bound inside a fresh 0700 directory, given its mode (0600,
+//! or 0660 with its owner group) and only then renamed to the configured path, so nobody
+//! ever connects to it with looser permissions, whatever the umask. A stale socket a crashed hsmd left
 //! behind is replaced; a live one (another hsmd serving it) or a file that is no socket
 //! stops start-up instead.
 
 use std::io::ErrorKind;
-use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::os::unix::fs::{DirBuilderExt, FileTypeExt, PermissionsExt};
 use std::path::Path;
 
 use anyhow::{Context, bail};
@@ -26,14 +26,22 @@ pub(crate) fn bind(cfg: &KubernetesConfig) -> anyhow::Result<UnixListener> {
     let name = path
         .file_name()
         .with_context(|| format!("kubernetes.socket {} has no file name", path.display()))?;
-    let mut tmp_name = std::ffi::OsString::from(".");
-    tmp_name.push(name);
-    tmp_name.push(format!(".{}.tmp", std::process::id()));
-    let tmp = dir.join(tmp_name);
-    let _ = std::fs::remove_file(&tmp);
-    let listener = UnixListener::bind(&tmp)
-        .with_context(|| format!("kubernetes.socket: bind {}", tmp.display()))?;
-    let prepared = (|| -> anyhow::Result<()> {
+    // A fresh directory only this process may enter: nobody can connect to the socket
+    // inside it before it has its mode and group, and the chmod cannot follow a path
+    // someone else swapped.
+    let mut private_name = std::ffi::OsString::from(".");
+    private_name.push(name);
+    private_name.push(format!(".{}.d", std::process::id()));
+    let private = dir.join(private_name);
+    let _ = std::fs::remove_dir_all(&private);
+    std::fs::DirBuilder::new()
+        .mode(0o700)
+        .create(&private)
+        .with_context(|| format!("kubernetes.socket: create {}", private.display()))?;
+    let tmp = private.join("s");
+    let bound = (|| -> anyhow::Result<UnixListener> {
+        let listener = UnixListener::bind(&tmp)
+            .with_context(|| format!("kubernetes.socket: bind {}", tmp.display()))?;
         let mode = match &cfg.group {
             Some(group) => {
                 let gid = gid_of(group)?;
@@ -46,13 +54,10 @@ pub(crate) fn bind(cfg: &KubernetesConfig) -> anyhow::Result<UnixListener> {
         std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(mode))?;
         std::fs::rename(&tmp, path)
             .with_context(|| format!("kubernetes.socket: rename to {}", path.display()))?;
-        Ok(())
+        Ok(listener)
     })();
-    if let Err(e) = prepared {
-        let _ = std::fs::remove_file(&tmp);
-        return Err(e);
-    }
-    Ok(listener)
+    let _ = std::fs::remove_dir_all(&private);
+    bound
 }
 
 /// Removes `path` if it is a socket nobody listens on; refuses anything else.
