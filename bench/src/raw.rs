@@ -19,10 +19,10 @@ use cryptoki::object::{Attribute, AttributeType, ObjectHandle};
 use cryptoki::session::{Session, UserType};
 use hsm_client::bench::{BENCH_MESSAGE, BenchOp, Length, Samples};
 use hsmd::baseline::{
-    self as objects, KeyObjects, OaepHash, aes_gcm, oaep, sign_mechanism as mechanism,
+    self as objects, KeyObjects, OaepHash, aes_gcm, ecdsa_hashes, oaep, sign_mechanism as mechanism,
 };
 use hsmd::config::Config;
-use hsmd::domain::spec::{KeySpec, KeyUsage, MessageType, SigningAlgorithm};
+use hsmd::domain::spec::{HashAlg, KeySpec, KeyUsage, MessageType, SigningAlgorithm};
 
 /// One raw run's parameters.
 pub struct RawSpec {
@@ -66,6 +66,8 @@ impl RawBench {
             objects::generation(spec.spec, usage, id.as_bytes(), &format!("raw-bench-{id}"))
                 .context("key spec")?;
         let key = objects::generate(&admin, &template).context("generate key")?;
+        // The same mechanism choice as hsmd's: the token hashes ECDSA messages if it can.
+        let ecdsa_hashes = ecdsa_hashes(&pkcs11.get_mechanism_list(slot)?);
         // From here on an error drops `bench`, which destroys the key.
         let mut bench = RawBench {
             pkcs11,
@@ -76,6 +78,7 @@ impl RawBench {
                 algorithm: spec.algorithm,
                 key,
                 prepared: Vec::new(),
+                ecdsa_hashes,
             },
             sessions: Vec::new(),
             work_cpus: spec.work_cpus.clone(),
@@ -92,7 +95,12 @@ impl RawBench {
             bench.sessions.push(session);
         }
         // Verify checks a signature and decrypt opens a ciphertext, both made once here.
-        let (mech, input) = mechanism(spec.algorithm, MessageType::Raw, BENCH_MESSAGE);
+        let (mech, input) = mechanism(
+            spec.algorithm,
+            MessageType::Raw,
+            BENCH_MESSAGE,
+            &bench.op.ecdsa_hashes,
+        );
         let first = &bench.sessions[0];
         bench.op.prepared = match spec.op {
             BenchOp::Verify => first.sign(
@@ -162,13 +170,20 @@ struct Op {
     key: KeyObjects,
     /// Verify: the signature; decrypt: the ciphertext.
     prepared: Vec<u8>,
+    /// The hashes the token does for ECDSA (CKM_ECDSA_SHA*), as hsmd's capabilities.
+    ecdsa_hashes: Vec<HashAlg>,
 }
 
 impl Op {
     /// One call, doing what hsmd does for it: prepare the input, then the token call.
     fn call(&self, s: &Session) -> cryptoki::error::Result<()> {
         let signing = || {
-            let (mech, input) = mechanism(self.algorithm, MessageType::Raw, BENCH_MESSAGE);
+            let (mech, input) = mechanism(
+                self.algorithm,
+                MessageType::Raw,
+                BENCH_MESSAGE,
+                &self.ecdsa_hashes,
+            );
             (mech.mechanism(), mech.token_input(&input))
         };
         match self.op {

@@ -45,6 +45,7 @@ pub mod baseline {
     pub use crate::encoding::OaepHash;
     pub use crate::hsm::crypt::{aes_gcm, oaep};
     pub use crate::hsm::find_slot;
+    pub use crate::hsm::mechanisms::ecdsa_hashes;
     pub use crate::hsm::objects::{KeyObjects, generate, generation};
     pub use crate::keys::manager::mechanism as sign_mechanism;
 }

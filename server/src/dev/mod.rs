@@ -7,7 +7,7 @@
 mod certs;
 mod tpm;
 
-pub use tpm::{TPM_PACKAGES, TpmToken};
+pub use tpm::{ABRMD_MAX_TRANSIENTS, TPM_PACKAGES, TpmToken};
 
 use std::fs;
 use std::io::Write;
@@ -31,7 +31,8 @@ const MODULE_CANDIDATES: &[&str] = &[
     "/usr/lib/aarch64-linux-gnu/softhsm/libsofthsm2.so",
     "/usr/local/lib/softhsm/libsofthsm2.so",
 ];
-const SOFTHSM2_CONF_TEMPLATE: &str = include_str!("../../../softhsm/softhsm2.conf.template");
+const SOFTHSM2_CONF_TEMPLATE: &str =
+    include_str!("../../../tokens/softhsm2/softhsm2.conf.template");
 
 /// The default dev data folder: `$XDG_DATA_HOME/hsmd/dev`, else
 /// `$HOME/.local/share/hsmd/dev`.

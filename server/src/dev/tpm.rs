@@ -49,6 +49,8 @@ const TOOLS: &[&str] = &[
 ];
 /// The TCTI through which tpm2-pkcs11 and tpm2-tools reach tpm2-abrmd.
 const TABRMD_TCTI: &str = "tabrmd:bus_type=session";
+/// Loaded transient objects tpm2-abrmd allows one client (its maximum).
+pub const ABRMD_MAX_TRANSIENTS: u32 = 100;
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The running TPM token: its processes and the environment its module needs. Dropping
@@ -134,7 +136,11 @@ impl TpmToken {
         let mut abrmd = Command::new("tpm2-abrmd");
         abrmd
             .arg("--session")
-            .arg(format!("--tcti=swtpm:host=127.0.0.1,port={port}"));
+            .arg(format!("--tcti=swtpm:host=127.0.0.1,port={port}"))
+            // tpm2-pkcs11 keeps the objects of each key it has used loaded for its
+            // connection; the default cap of 27 failed CreateKey after a few dozen keys
+            // ("out of memory for object contexts"). 100 is tpm2-abrmd's maximum.
+            .arg(format!("--max-transients={ABRMD_MAX_TRANSIENTS}"));
         if nix::unistd::geteuid().is_root() {
             abrmd.arg("--allow-root");
         }

@@ -105,7 +105,7 @@ impl Pkcs11Backend {
     fn decrypt_op(
         &self,
         what: &'static str,
-        f: impl FnOnce(&Session) -> cryptoki::error::Result<Vec<u8>>,
+        mut f: impl FnMut(&Session) -> cryptoki::error::Result<Vec<u8>>,
     ) -> Result<Zeroizing<Vec<u8>>, HsmError> {
         self.with_session(what, |s| match f(s) {
             Ok(v) => Ok(Some(Zeroizing::new(v))),

@@ -1,7 +1,8 @@
 //! Signing operations and the PKCS#11 mechanisms that carry them out on this token.
 //!
-//! SoftHSM2 has no CKM_ECDSA_SHA256/384, so ECDSA always signs a digest made in hsmd;
-//! a DIGEST request for RSA uses the bare CKM_RSA_PKCS / CKM_RSA_PKCS_PSS mechanisms,
+//! ECDSA over a RAW message uses CKM_ECDSA_SHA256/384 where the token lists them (the
+//! token hashes, as it does for RSA); SoftHSM2 has neither, so there hsmd hashes and
+//! the token signs the digest with CKM_ECDSA. A DIGEST request for RSA uses the bare CKM_RSA_PKCS / CKM_RSA_PKCS_PSS mechanisms,
 //! with the DigestInfo prefix added here for PKCS#1 v1.5.
 
 use cryptoki::mechanism::eddsa::{EddsaParams, EddsaSignatureScheme};
@@ -23,6 +24,8 @@ pub enum SignMechanism {
     RsaPssDigest(HashAlg),
     /// ECDSA over a digest; output is raw r‖s.
     EcdsaDigest,
+    /// ECDSA; the token hashes the message (CKM_ECDSA_SHA256/384). Output is raw r‖s.
+    Ecdsa(HashAlg),
     /// Pure Ed25519 over the message.
     Ed25519,
 }
@@ -44,6 +47,11 @@ impl SignMechanism {
             },
             SignMechanism::RsaPssDigest(h) => Mechanism::RsaPkcsPss(pss_params(h)),
             SignMechanism::EcdsaDigest => Mechanism::Ecdsa,
+            SignMechanism::Ecdsa(h) => match h {
+                HashAlg::Sha256 => Mechanism::EcdsaSha256,
+                HashAlg::Sha384 => Mechanism::EcdsaSha384,
+                HashAlg::Sha512 => Mechanism::EcdsaSha512,
+            },
             SignMechanism::Ed25519 => {
                 Mechanism::Eddsa(EddsaParams::new(EddsaSignatureScheme::Pure))
             }
@@ -62,6 +70,9 @@ impl SignMechanism {
             SignMechanism::RsaPss(HashAlg::Sha512) => "CKM_SHA512_RSA_PKCS_PSS",
             SignMechanism::RsaPssDigest(_) => "CKM_RSA_PKCS_PSS",
             SignMechanism::EcdsaDigest => "CKM_ECDSA",
+            SignMechanism::Ecdsa(HashAlg::Sha256) => "CKM_ECDSA_SHA256",
+            SignMechanism::Ecdsa(HashAlg::Sha384) => "CKM_ECDSA_SHA384",
+            SignMechanism::Ecdsa(HashAlg::Sha512) => "CKM_ECDSA_SHA512",
             SignMechanism::Ed25519 => "CKM_EDDSA",
         }
     }
@@ -78,6 +89,19 @@ impl SignMechanism {
             _ => input.to_vec(),
         }
     }
+}
+
+/// The hashes for which a mechanism list has CKM_ECDSA_SHA*, so the token hashes RAW
+/// ECDSA messages itself.
+pub fn ecdsa_hashes(listed: &[MechanismType]) -> Vec<HashAlg> {
+    [
+        (HashAlg::Sha256, MechanismType::ECDSA_SHA256),
+        (HashAlg::Sha384, MechanismType::ECDSA_SHA384),
+    ]
+    .into_iter()
+    .filter(|(_, m)| listed.contains(m))
+    .map(|(h, _)| h)
+    .collect()
 }
 
 fn pss_params(h: HashAlg) -> PkcsPssParams {

@@ -200,7 +200,7 @@ impl Pkcs11Backend {
     fn with_session<T>(
         &self,
         what: &'static str,
-        f: impl FnOnce(&Session) -> cryptoki::error::Result<T>,
+        f: impl FnMut(&Session) -> cryptoki::error::Result<T>,
     ) -> Result<T, HsmError> {
         let (operation, mechanism) = match what.split_once(" (") {
             Some((op, mech)) => (op, mech.trim_end_matches(')')),
@@ -215,15 +215,26 @@ impl Pkcs11Backend {
         what: &'static str,
         operation: &str,
         mechanism: &str,
-        f: impl FnOnce(&Session) -> cryptoki::error::Result<T>,
+        mut f: impl FnMut(&Session) -> cryptoki::error::Result<T>,
     ) -> Result<T, HsmError> {
         if self.pool.is_broken() {
             self.recover()?;
         }
         let module = self.module.read().unwrap_or_else(|p| p.into_inner());
-        let s = self.pool.get()?;
-        let started = std::time::Instant::now();
-        let result = f(s.session());
+        let mut s = self.pool.get()?;
+        let mut started = std::time::Instant::now();
+        let mut result = f(s.session());
+        // A session left with an operation active by an earlier failed call (tpm2-pkcs11
+        // does not end a C_Decrypt that failed on the ciphertext) fails this call's
+        // C_*Init through no fault of its own: replace the session and try once more.
+        if let Err(cryptoki::error::Error::Pkcs11(RvError::OperationActive, _)) = &result {
+            tracing::debug!(call = what, "session had an operation active; replacing it");
+            s.mark_lost();
+            self.flush_handles();
+            s = self.pool.get()?;
+            started = std::time::Instant::now();
+            result = f(s.session());
+        }
         self.metrics
             .token_op(operation, mechanism, started.elapsed(), result.is_ok());
         match result {
@@ -270,7 +281,7 @@ impl Pkcs11Backend {
     pub(crate) fn with_token_write<T>(
         &self,
         what: &'static str,
-        f: impl FnOnce(&Session) -> cryptoki::error::Result<T>,
+        f: impl FnMut(&Session) -> cryptoki::error::Result<T>,
     ) -> Result<T, HsmError> {
         let _writer = self
             .token_objects
@@ -284,7 +295,7 @@ impl Pkcs11Backend {
     pub(crate) fn with_token_read<T>(
         &self,
         what: &'static str,
-        f: impl FnOnce(&Session) -> cryptoki::error::Result<T>,
+        f: impl FnMut(&Session) -> cryptoki::error::Result<T>,
     ) -> Result<T, HsmError> {
         let _reader = self.token_objects.read().unwrap_or_else(|p| p.into_inner());
         self.with_session(what, f)

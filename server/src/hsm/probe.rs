@@ -9,7 +9,7 @@ use cryptoki::mechanism::MechanismType;
 
 pub(crate) use super::refusals::Refusal;
 use super::refusals::refusals;
-use crate::domain::spec::{EncryptionAlgorithm, KeySpec, SigningAlgorithm};
+use crate::domain::spec::{EncryptionAlgorithm, HashAlg, KeySpec, SigningAlgorithm};
 
 /// One mechanism hsmd may use, and whether the token reports it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -77,6 +77,9 @@ pub(crate) struct Capabilities {
     pub(crate) encryption_algorithms: Vec<EncryptionAlgorithm>,
     pub(crate) encryption: EncryptionProbe,
     pub(crate) algorithm_paths: Vec<AlgorithmPath>,
+    /// The hashes for which the token lists CKM_ECDSA_SHA*: RAW ECDSA messages are then
+    /// hashed in the token, as RSA ones are.
+    pub(crate) ecdsa_hashes: Vec<HashAlg>,
 }
 
 const WANTED: &[(MechanismType, &str, &str)] = &[
@@ -138,7 +141,12 @@ const WANTED: &[(MechanismType, &str, &str)] = &[
     (
         MechanismType::ECDSA_SHA256,
         "CKM_ECDSA_SHA256",
-        "not needed: hsmd hashes, token signs",
+        "ECDSA_SHA_256 RAW: the token hashes (without it hsmd hashes, token signs)",
+    ),
+    (
+        MechanismType::ECDSA_SHA384,
+        "CKM_ECDSA_SHA384",
+        "ECDSA_SHA_384 RAW: the token hashes (without it hsmd hashes, token signs)",
     ),
     (
         MechanismType::ECC_EDWARDS_KEY_PAIR_GEN,
@@ -239,11 +247,13 @@ impl Capabilities {
             key_specs.push(KeySpec::Aes256);
         }
         let refusals = refusals(have, &key_specs, &signing_algorithms);
+        let ecdsa_hashes = super::mechanisms::ecdsa_hashes(have);
         Capabilities {
             mechanisms,
             refusals,
             key_specs,
             signing_algorithms,
+            ecdsa_hashes,
             ..Default::default()
         }
     }

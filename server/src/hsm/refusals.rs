@@ -169,5 +169,7 @@ mod tests {
         assert!(caps.refusal("RSA_2048").is_none());
         assert!(caps.refusal("ECDSA_SHA_256").is_none());
         assert!(caps.offers_algorithm(SigningAlgorithm::RsaPssSha256));
+        // The token hashes ECDSA_SHA_256 RAW messages itself; SHA-384 stays with hsmd.
+        assert_eq!(caps.ecdsa_hashes, [crate::domain::spec::HashAlg::Sha256]);
     }
 }

@@ -446,7 +446,12 @@ impl KeyManager {
         }
         check_message(alg, mt, msg)?;
         key.require_enabled(self.now())?;
-        Ok(mechanism(alg, mt, msg))
+        Ok(mechanism(
+            alg,
+            mt,
+            msg,
+            &self.backend.capabilities().ecdsa_hashes,
+        ))
     }
 }
 
@@ -513,9 +518,15 @@ fn check_message(alg: SigningAlgorithm, mt: MessageType, msg: &[u8]) -> Result<(
     }
 }
 
-/// The token mechanism and its input for a checked request (RAW ECDSA messages are
-/// hashed here). Public so the benchmark's raw baseline does exactly the same work.
-pub fn mechanism(alg: SigningAlgorithm, mt: MessageType, msg: &[u8]) -> (SignMechanism, Vec<u8>) {
+/// The token mechanism and its input for a checked request. RAW ECDSA messages are
+/// hashed by the token when it lists CKM_ECDSA_SHA* for that hash (`token_ecdsa_hashes`),
+/// here otherwise. Public so the benchmark's raw baseline does exactly the same work.
+pub fn mechanism(
+    alg: SigningAlgorithm,
+    mt: MessageType,
+    msg: &[u8],
+    token_ecdsa_hashes: &[HashAlg],
+) -> (SignMechanism, Vec<u8>) {
     use SigningAlgorithm::*;
     let raw = mt == MessageType::Raw;
     let h = alg.hash().unwrap_or(HashAlg::Sha512);
@@ -531,6 +542,9 @@ pub fn mechanism(alg: SigningAlgorithm, mt: MessageType, msg: &[u8]) -> (SignMec
         }
         RsaPssSha256 | RsaPssSha384 | RsaPssSha512 => {
             (SignMechanism::RsaPssDigest(h), msg.to_vec())
+        }
+        EcdsaSha256 | EcdsaSha384 if raw && token_ecdsa_hashes.contains(&h) => {
+            (SignMechanism::Ecdsa(h), msg.to_vec())
         }
         EcdsaSha256 | EcdsaSha384 if raw => (SignMechanism::EcdsaDigest, h.digest(msg)),
         EcdsaSha256 | EcdsaSha384 => (SignMechanism::EcdsaDigest, msg.to_vec()),
@@ -594,14 +608,27 @@ mod tests {
     }
 
     #[test]
-    fn ecdsa_raw_messages_are_hashed_in_hsmd() {
-        let (mech, input) = mechanism(SigningAlgorithm::EcdsaSha256, MessageType::Raw, b"abc");
+    fn ecdsa_raw_messages_are_hashed_in_hsmd_unless_the_token_can() {
+        use SigningAlgorithm::{EcdsaSha256, EcdsaSha384};
+        let (mech, input) = mechanism(EcdsaSha256, MessageType::Raw, b"abc", &[]);
         assert_eq!(mech, SignMechanism::EcdsaDigest);
         assert_eq!(input, HashAlg::Sha256.digest(b"abc"));
+        // A token with CKM_ECDSA_SHA256 only: it hashes SHA-256 messages, hsmd SHA-384.
+        let token = [HashAlg::Sha256];
+        let (mech, input) = mechanism(EcdsaSha256, MessageType::Raw, b"abc", &token);
+        assert_eq!(mech, SignMechanism::Ecdsa(HashAlg::Sha256));
+        assert_eq!(input, b"abc");
+        let (mech, input) = mechanism(EcdsaSha384, MessageType::Raw, b"abc", &token);
+        assert_eq!(mech, SignMechanism::EcdsaDigest);
+        assert_eq!(input, HashAlg::Sha384.digest(b"abc"));
+        // A DIGEST request is signed as given.
+        let (mech, _) = mechanism(EcdsaSha256, MessageType::Digest, &[1; 32], &token);
+        assert_eq!(mech, SignMechanism::EcdsaDigest);
         let (mech, input) = mechanism(
             SigningAlgorithm::RsaPssSha384,
             MessageType::Digest,
             &[1; 48],
+            &[],
         );
         assert_eq!(mech, SignMechanism::RsaPssDigest(HashAlg::Sha384));
         assert_eq!(input, vec![1; 48]);

@@ -208,7 +208,7 @@ impl Pkcs11Backend {
         &self,
         u: &Unwrapping<'_>,
         t: &Target<'_>,
-        accept: impl FnOnce(&Inspected) -> Result<(), String>,
+        mut accept: impl FnMut(&Inspected) -> Result<(), String>,
     ) -> Result<(Inspected, KeyObjects), ImportRefused> {
         let label = t.id.to_string();
         let template = objects::import_template(t.spec, t.usage, t.id.as_bytes(), &label)
@@ -216,7 +216,7 @@ impl Pkcs11Backend {
         let (block, rest) = u.wrapped.split_at(u.modulus_len.min(u.wrapped.len()));
         let mut outcome = None;
         self.with_token_write("C_UnwrapKey", |s| {
-            outcome = Some(install(s, u, t, &template, block, rest, accept));
+            outcome = Some(install(s, u, t, &template, block, rest, &mut accept));
             // Hand a lost session (or login) back to the pool's check, which replaces it.
             s.get_session_info().map(drop)
         })?;
@@ -241,7 +241,7 @@ fn install(
     template: &[Attribute],
     block: &[u8],
     rest: &[u8],
-    accept: impl FnOnce(&Inspected) -> Result<(), String>,
+    mut accept: impl FnMut(&Inspected) -> Result<(), String>,
 ) -> Result<(Inspected, KeyObjects), ImportRefused> {
     let mut scratch = Scratch {
         session: s,

@@ -3,7 +3,7 @@
 # this script), DIR/tokens/, a token labelled LABEL, and the user PIN in DIR/pin (mode 0600).
 # PINs are random and never printed. `hsmd dev` does the same by itself for development.
 #
-# usage: softhsm/provision.sh DIR [LABEL]      (LABEL defaults to "hsmd")
+# usage: tokens/softhsm2/provision.sh DIR [LABEL]      (LABEL defaults to "hsmd")
 set -euo pipefail
 dir=${1:?usage: $0 DIR [LABEL]}
 label=${2:-hsmd}
