@@ -17,6 +17,7 @@ use std::{
 pub use crate::instance::ADMIN_PRINCIPAL;
 use crate::instance::{Instance, connect_admin};
 pub use crate::profile::Profile;
+use crate::token::TokenKind;
 use crate::tools::{self, CmdOutput};
 
 /// How long the daemon may take to provision its folder and bind.
@@ -37,6 +38,9 @@ pub(crate) enum Mode {
 
 /// A running `hsmd` with its temporary data folder. Dropping it stops the process.
 pub struct Daemon {
+    /// The TPM token's processes while `hsmd serve` runs on a TPM dev folder (under
+    /// `hsmd dev` they are the daemon's own children). Dropped before the folder.
+    pub(crate) tpm: Option<hsmd::dev::TpmToken>,
     pub(crate) inst: Instance,
     pub(crate) mode: Mode,
     pub(crate) child: Option<Child>,
@@ -66,6 +70,7 @@ impl Daemon {
         S: Into<std::ffi::OsString>,
     {
         let mut daemon = Daemon {
+            tpm: None,
             inst: Instance::fresh(),
             mode: Mode::Dev,
             child: None,
@@ -131,17 +136,33 @@ impl Daemon {
                     Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                     Err(e) => panic!("remove {}: {e}", profile_path.display()),
                 }
+                // `hsmd dev` starts the TPM token's processes itself.
+                self.tpm = None;
                 let mut cmd = self.hsmd_command();
                 cmd.arg("dev")
                     .arg("--data-dir")
                     .arg(&self.data_dir)
                     .args(["--listen", "127.0.0.1:0"])
                     .args(&self.dev_args);
+                // The token matrix: E2E_TOKEN chooses the token unless the test did.
+                if !self.dev_args.iter().any(|a| a == "--token") {
+                    cmd.args(TokenKind::under_test().dev_args());
+                }
                 self.child = Some(cmd.spawn().expect("spawn hsmd dev"));
                 self.wait_for_profile().await
             }
             Mode::Serve { config, profile } => {
+                // `hsmd serve` on a TPM folder: the harness runs the token's processes,
+                // as an operator's service manager would, and hands hsmd their variables.
+                if self.is_tpm() && self.tpm.is_none() {
+                    let tpm = hsmd::dev::TpmToken::start(&self.data_dir)
+                        .unwrap_or_else(|e| panic!("start the TPM token for hsmd serve: {e:#}"));
+                    self.tpm = Some(tpm);
+                }
                 let mut cmd = self.hsmd_command();
+                if let Some(tpm) = &self.tpm {
+                    cmd.envs(tpm.env().iter().map(|(k, v)| (k, v)));
+                }
                 cmd.arg("serve").arg("--config").arg(&config);
                 self.child = Some(cmd.spawn().expect("spawn hsmd serve"));
                 let text = fs::read_to_string(&profile).expect("read serve profile");

@@ -40,6 +40,7 @@ use tokio::sync::oneshot;
 use crate::daemon::START_TIMEOUT;
 use crate::instance::{Instance, connect_admin};
 use crate::profile::Profile;
+use crate::token::TokenKind;
 
 /// How often the in-process daemon's lifecycle task sweeps (the config's minimum is a
 /// second; tests want it sooner after they move the clock).
@@ -59,6 +60,8 @@ pub struct InProcess {
     clock: Arc<ManualClock>,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<Result<(), String>>>,
+    /// The TPM token's processes under `E2E_TOKEN=tpm`; dropped after the server.
+    _tpm: Option<hsmd::dev::TpmToken>,
 }
 
 impl Deref for InProcess {
@@ -86,9 +89,18 @@ impl InProcess {
              connections must close while the harness waits for the server to stop"
         );
         let mut inst = Instance::fresh();
-        // Sets SOFTHSM2_CONF for this process: the token of this folder is its only one.
-        let config = hsmd::dev::provision(&inst.data_dir, "127.0.0.1:0")
-            .unwrap_or_else(|e| panic!("provision {}: {e:#}", inst.data_dir.display()));
+        // Sets SOFTHSM2_CONF (or the TPM token's variables) for this process: the token
+        // of this folder is its only one.
+        let options = hsmd::dev::DevOptions {
+            token: match TokenKind::under_test() {
+                TokenKind::SoftHsm => hsmd::dev::DevToken::Softhsm,
+                TokenKind::Tpm => hsmd::dev::DevToken::Tpm,
+            },
+            ..Default::default()
+        };
+        let hsmd::dev::Provisioned { config, tpm } =
+            hsmd::dev::provision_with(&inst.data_dir, "127.0.0.1:0", &options)
+                .unwrap_or_else(|e| panic!("provision {}: {e:#}", inst.data_dir.display()));
         let mut cfg = hsmd::config::Config::load(&config)
             .unwrap_or_else(|e| panic!("load {}: {e:#}", config.display()));
         cfg.sweep_interval = SWEEP_INTERVAL;
@@ -149,6 +161,7 @@ impl InProcess {
             clock,
             stop: Some(stop_tx),
             server: Some(server),
+            _tpm: tpm,
         }
     }
 

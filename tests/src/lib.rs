@@ -1,4 +1,5 @@
-//! Helpers for the end-to-end tests: the real `hsmd` binary on a real SoftHSM2 token.
+//! Helpers for the end-to-end tests: the real `hsmd` binary on a real SoftHSM2 token, or
+//! on the TPM token with `E2E_TOKEN=tpm` (the token matrix, see [`token`]).
 //!
 //! Every test starts its own daemon ([`Daemon::start`]) with `hsmd dev` on a fresh data
 //! folder and port 0, so tests run in parallel and never share a token. Results are
@@ -28,6 +29,7 @@ pub mod pkcs11;
 pub mod profile;
 pub mod serve;
 pub mod status;
+pub mod token;
 pub mod tools;
 pub mod tpm;
 
@@ -36,4 +38,5 @@ pub use hsmd_proto::v1;
 pub use inprocess::InProcess;
 pub use instance::{ADMIN_PRINCIPAL, Instance};
 pub use status::{expect_error, expect_ok, reason_of, request_id};
+pub use token::{Need, TokenKind};
 pub use tools::{CmdOutput, require_tools, run, run_unchecked};

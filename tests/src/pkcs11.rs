@@ -77,7 +77,11 @@ pub fn key_id_hex(key_id: &str) -> String {
 impl Instance {
     /// Runs `pkcs11-tool --module SOFTHSM --token-label hsmd-dev [--login --pin PIN] ARGS`
     /// with `SOFTHSM2_CONF=DIR/softhsm2.conf`.
+    /// On a TPM dev folder (`hsmd dev --token tpm`) it runs on the TPM token instead.
     pub fn pkcs11_tool(&self, login: bool, args: &[&str]) -> CmdOutput {
+        if self.is_tpm() {
+            return self.tpm_pkcs11_tool(login, args);
+        }
         let mut cmd = Command::new("pkcs11-tool");
         cmd.env("SOFTHSM2_CONF", self.data_dir().join("softhsm2.conf"))
             .arg("--module")
@@ -112,9 +116,14 @@ impl Instance {
     /// Runs the `p11probe` binary (path given by the test) against the token.
     pub fn p11probe(&self, probe: &Path, key_ids: &[&str]) -> serde_json::Value {
         let mut cmd = Command::new(probe);
-        cmd.env("SOFTHSM2_CONF", self.data_dir().join("softhsm2.conf"))
-            .arg(softhsm_module())
-            .arg(DEV_TOKEN_LABEL)
+        if self.is_tpm() {
+            cmd.envs(self.tpm_env())
+                .arg(self.tpm_var("HSMD_TPM_MODULE"));
+        } else {
+            cmd.env("SOFTHSM2_CONF", self.data_dir().join("softhsm2.conf"))
+                .arg(softhsm_module());
+        }
+        cmd.arg(DEV_TOKEN_LABEL)
             .arg(self.data_dir().join("pin"))
             .args(key_ids);
         let out = run_unchecked(&mut cmd);

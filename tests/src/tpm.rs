@@ -19,6 +19,11 @@ use crate::{
 pub const TPM_ARGS: [&str; 2] = ["--token", "tpm"];
 
 impl Instance {
+    /// True when the data folder holds a TPM token (`hsmd dev --token tpm`).
+    pub fn is_tpm(&self) -> bool {
+        self.data_dir().join("tpm/env").is_file()
+    }
+
     /// `DIR/tpm/env` as (name, value) pairs: the D-Bus address, the tpm2-pkcs11 TCTI
     /// and store, the module path (`HSMD_TPM_MODULE`) and the token's process ids.
     pub fn tpm_env(&self) -> Vec<(String, String)> {
@@ -140,7 +145,11 @@ impl Instance {
         let mut abrmd = Command::new("tpm2-abrmd");
         abrmd
             .arg("--session")
-            .arg(format!("--tcti=swtpm:host=127.0.0.1,port={port}"));
+            .arg(format!("--tcti=swtpm:host=127.0.0.1,port={port}"))
+            .arg(format!(
+                "--max-transients={}",
+                hsmd::dev::ABRMD_MAX_TRANSIENTS
+            ));
         // SAFETY: geteuid(2) has no preconditions.
         if unsafe { libc::geteuid() } == 0 {
             abrmd.arg("--allow-root");

@@ -7,7 +7,7 @@
 use std::path::{Path, PathBuf};
 
 use hsmd_e2e::{
-    Daemon,
+    Daemon, Need,
     algorithms::create_key,
     args,
     certs::make_ca,
@@ -116,7 +116,12 @@ async fn csr_and_self_signed_for_every_spec_and_algorithm() {
         ),
         (KeySpec::Ed25519, &[("", &["ED25519"])]),
     ];
+    let mut made = 0;
     for (spec, algs) in cases {
+        if !d.offers_spec(*spec).await {
+            continue;
+        }
+        made += algs.len();
         let key = create_key(&mut d.keys(), *spec, "").await;
         let public = public_pem(&d, &key).await;
         for (alg, want) in *algs {
@@ -201,7 +206,7 @@ async fn csr_and_self_signed_for_every_spec_and_algorithm() {
         .iter()
         .filter(|l| l.str("method") == format!("{METHOD}GenerateCsr"))
         .count();
-    assert_eq!(csrs, 9, "every GenerateCsr is audited");
+    assert_eq!(csrs, made, "every GenerateCsr is audited");
     let pss = lines
         .iter()
         .find(|l| {
@@ -321,7 +326,13 @@ fn req(key: &str, subject: &str, sans: Vec<Name>) -> GenerateCsrRequest {
 #[tokio::test]
 async fn bad_subjects_and_sans_are_refused_by_part() {
     let d = Daemon::start().await;
-    let key = create_key(&mut d.keys(), KeySpec::Ed25519, "").await;
+    // Ed25519 signs fastest; where the token has none, P-256 does the same job.
+    let spec = if d.offers(Need::Ed25519).await {
+        KeySpec::Ed25519
+    } else {
+        KeySpec::EcP256
+    };
+    let key = create_key(&mut d.keys(), spec, "").await;
     let ok = |s: &str| Name::DnsName(s.to_owned());
     let cases: Vec<(GenerateCsrRequest, &str, &str)> = vec![
         (

@@ -13,7 +13,7 @@
 use std::time::{Duration, Instant};
 
 use hsmd_e2e::{
-    Daemon,
+    Daemon, Need,
     algorithms::openssl_verify,
     configured::with_admin_policy,
     crypt::{decrypt, encrypt, plaintext_of},
@@ -76,6 +76,9 @@ fn assert_protected(d: &Daemon, key: &str, pair: bool) {
 /// verifies with the original public key.
 async fn import_and_sign(spec: KeySpec, alg: SigningAlgorithm) {
     let d = Daemon::start().await;
+    if !d.offers(Need::Import).await {
+        return;
+    }
     let dir = d.scratch();
     let mut keys = d.keys();
     let key = create_external(&mut keys, spec, KeyUsage::SignVerify).await;
@@ -157,6 +160,9 @@ async fn imported_ec_p384_key_signs_and_openssl_verifies() {
 #[tokio::test]
 async fn ed25519_import_is_refused_clearly_on_softhsm() {
     let d = Daemon::start().await;
+    if !d.offers(Need::Import).await {
+        return;
+    }
     let dir = d.scratch();
     let mut keys = d.keys();
     let key = create_external(&mut keys, KeySpec::Ed25519, KeyUsage::SignVerify).await;
@@ -193,6 +199,9 @@ async fn ed25519_import_is_refused_clearly_on_softhsm() {
 #[tokio::test]
 async fn imported_aes_keys_have_openssl_check_values_and_decrypt() {
     let d = Daemon::start().await;
+    if !d.offers(Need::Import).await {
+        return;
+    }
     let dir = d.scratch();
     let mut keys = d.keys();
     for (spec, len, alg) in [
@@ -250,6 +259,9 @@ async fn imported_aes_keys_have_openssl_check_values_and_decrypt() {
 #[tokio::test]
 async fn cancelled_deletion_of_a_key_without_material_waits_for_import() {
     let d = Daemon::start().await;
+    if !d.offers(Need::Import).await {
+        return;
+    }
     let dir = d.scratch();
     let mut keys = d.keys();
     let key = create_external(&mut keys, KeySpec::Aes256, KeyUsage::EncryptDecrypt).await;
@@ -297,6 +309,9 @@ async fn cancelled_deletion_of_a_key_without_material_waits_for_import() {
 #[tokio::test]
 async fn hsm_keys_take_no_material() {
     let d = Daemon::start().await;
+    if !d.offers(Need::Import).await {
+        return;
+    }
     let mut keys = d.keys();
     let key =
         hsmd_e2e::crypt::create_key(&mut keys, KeySpec::Aes256, KeyUsage::EncryptDecrypt, "").await;
@@ -332,6 +347,9 @@ async fn hsm_keys_take_no_material() {
 #[tokio::test]
 async fn sha256_wrapping_is_refused_by_default() {
     let d = Daemon::start().await;
+    if !d.offers(Need::Import).await {
+        return;
+    }
     let dir = d.scratch();
     let mut keys = d.keys();
     let key = create_external(&mut keys, KeySpec::Aes256, KeyUsage::EncryptDecrypt).await;
@@ -380,6 +398,9 @@ async fn sha256_wrapping_works_with_the_host_decode_switch() {
         "[import]\nallow_host_oaep_sha256 = true\n",
     ))
     .await;
+    if !d.offers(Need::Import).await {
+        return;
+    }
     let dir = d.scratch();
     let mut keys = d.keys();
     let aes = create_external(&mut keys, KeySpec::Aes256, KeyUsage::EncryptDecrypt).await;
@@ -429,6 +450,9 @@ async fn sha256_wrapping_works_with_the_host_decode_switch() {
 #[tokio::test]
 async fn concurrent_imports_into_one_key_make_one_set_of_objects() {
     let d = Daemon::start().await;
+    if !d.offers(Need::Import).await {
+        return;
+    }
     let dir = d.scratch();
     let mut keys = d.keys();
     let key = create_external(&mut keys, KeySpec::EcP256, KeyUsage::SignVerify).await;
@@ -479,6 +503,9 @@ async fn concurrent_imports_into_one_key_make_one_set_of_objects() {
 #[tokio::test]
 async fn imported_rsa_key_decrypts_openssl_ciphertexts() {
     let d = Daemon::start().await;
+    if !d.offers(Need::Import).await {
+        return;
+    }
     let dir = d.scratch();
     let mut keys = d.keys();
     let key = create_external(&mut keys, KeySpec::Rsa2048, KeyUsage::EncryptDecrypt).await;
@@ -512,6 +539,9 @@ async fn the_sweep_destroys_wrapping_keys_no_import_token_names() {
         "[import]\ntoken_lifetime_secs = {LIFETIME}\n[lifecycle]\nsweep_interval_secs = 1\n"
     )))
     .await;
+    if !d.offers(Need::Import).await {
+        return;
+    }
     d.kill_hard();
     let orphan = hex::encode([b"hsmd-wrap:".as_slice(), uuid::Uuid::new_v4().as_bytes()].concat());
     let made = d.pkcs11_tool(

@@ -10,7 +10,7 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
 
 use hsmd_e2e::{
-    Daemon,
+    Daemon, Need, TokenKind, args,
     crypt::{create_key, encrypt},
     expect_ok,
     keys::describe_key,
@@ -102,6 +102,28 @@ async fn kubernetes_kms_v2_plugin_encrypts_rotates_and_refuses() {
         .tempdir()
         .expect("tempdir");
     let sock = dir.path().join("kms.sock");
+    if TokenKind::under_test() != TokenKind::SoftHsm {
+        // The plugin encrypts with AES-GCM in the token: where the token lacks it, hsmd
+        // must say so at start-up, naming the mechanism, instead of serving a plugin
+        // that fails every call.
+        let mut d = Daemon::start().await;
+        if !d.offers(Need::Aes256).await {
+            d.stop().await;
+            let data_dir = d.data_dir().to_path_buf();
+            let mut argv = args!["dev", "--data-dir", data_dir, "--listen", "127.0.0.1:0"];
+            argv.extend(args!["--kms-socket", sock]);
+            argv.extend(TokenKind::under_test().dev_args().iter().map(Into::into));
+            let argv: Vec<&std::ffi::OsStr> = argv.iter().map(|a| a.as_os_str()).collect();
+            let out = d.run_hsmd_to_exit(&argv).await;
+            assert_ne!(out.code, Some(0), "{}", out.describe());
+            assert!(
+                out.stderr.contains("alias/k8s-secrets") && out.stderr.contains("CKM_AES_GCM"),
+                "the refusal names neither the plugin key nor the mechanism\n{}",
+                out.describe()
+            );
+            return;
+        }
+    }
     let mut d = Daemon::start_with(["--kms-socket".as_ref(), sock.as_os_str()]).await;
     let meta = std::fs::metadata(&sock).expect("socket exists");
     assert!(meta.file_type().is_socket());

@@ -63,14 +63,27 @@ fn probe(args: Vec<String>) -> Res<Value> {
         .login(UserType::User, Some(&AuthPin::from(pin.trim().to_owned())))
         .map_err(|e| format!("C_Login: {e}"))?;
 
-    let wrapping_key = session_aes_key(&session)?;
+    // A token without session AES keys (tpm2-pkcs11) has nothing to wrap with: the
+    // report says so, and the wrap attempts are left out.
+    let wrapping_key = session_aes_key(&session);
     let mut keys = serde_json::Map::new();
     for key_id in key_ids {
+        let wrapping_key = wrapping_key.as_ref().ok().copied();
         keys.insert(key_id.clone(), probe_key(&session, wrapping_key, key_id)?);
     }
-    let control = control_key(&session)?;
-    let control_wrap = describe_wrap(&session, wrapping_key, control);
-    Ok(json!({ "keys": keys, "control_wrap": control_wrap }))
+    let mut report = json!({ "keys": keys });
+    match wrapping_key {
+        Ok(wrapping_key) => {
+            let control = control_key(&session)?;
+            report["wrapping_key"] = json!(true);
+            report["control_wrap"] = describe_wrap(&session, wrapping_key, control);
+        }
+        Err(e) => {
+            report["wrapping_key"] = json!(false);
+            report["wrapping_key_error"] = json!(e);
+        }
+    }
+    Ok(report)
 }
 
 /// An AES-256 wrapping key that lives only in this session.
@@ -116,7 +129,7 @@ fn describe_wrap(session: &Session, wrapping_key: ObjectHandle, key: ObjectHandl
     }
 }
 
-fn probe_key(session: &Session, wrapping_key: ObjectHandle, key_id: &str) -> Res<Value> {
+fn probe_key(session: &Session, wrapping_key: Option<ObjectHandle>, key_id: &str) -> Res<Value> {
     let private = session
         .find_objects(&[
             Attribute::Class(ObjectClass::PRIVATE_KEY),
@@ -172,6 +185,8 @@ fn probe_key(session: &Session, wrapping_key: ObjectHandle, key_id: &str) -> Res
         };
         report.insert(format!("{name}_attribute"), json!(text));
     }
-    report.insert("wrap".into(), describe_wrap(session, wrapping_key, *handle));
+    if let Some(wrapping_key) = wrapping_key {
+        report.insert("wrap".into(), describe_wrap(session, wrapping_key, *handle));
+    }
     Ok(Value::Object(report))
 }
