@@ -20,6 +20,9 @@ pub const GENESIS_HASH: &str = "000000000000000000000000000000000000000000000000
 pub const CHECKPOINT_METHOD: &str = "hsmd/AuditCheckpoint";
 /// Method of the record that reports a torn last line moved aside at start-up.
 pub const TORN_LINE_METHOD: &str = "hsmd/TornLineRemoved";
+/// Method of the record that closes an audit storage outage (writes failed, calls were
+/// refused): the first record written once storage works again.
+pub const OUTAGE_METHOD: &str = "hsmd/AuditStorageRecovered";
 
 /// What happened to a call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -54,12 +54,25 @@ enum Cmd {
 }
 
 fn main() -> ExitCode {
+    // A file-size limit (RLIMIT_FSIZE) reached by the audit log must fail that write
+    // (EFBIG: the calls are refused AUDIT_UNAVAILABLE and hsmd recovers once the limit
+    // is raised), not kill the daemon with SIGXFSZ.
+    // SAFETY: setting a signal to SIG_IGN installs no handler; nothing runs yet.
+    unsafe {
+        let _ = nix::sys::signal::signal(
+            nix::sys::signal::Signal::SIGXFSZ,
+            nix::sys::signal::SigHandler::SigIgn,
+        );
+    }
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
                 .unwrap_or_else(|_| "info,cryptoki::mechanism=off".into()),
         )
         .with_writer(std::io::stderr)
+        // A log line that cannot be written (stderr on a full disk) is lost; reporting
+        // that with eprintln! would panic the task that logged it.
+        .log_internal_errors(false)
         .init();
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,

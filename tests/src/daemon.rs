@@ -81,6 +81,11 @@ impl Daemon {
         daemon
     }
 
+    /// The running hsmd's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("hsmd is running").id()
+    }
+
     /// The client profile hsmctl uses: `DIR/client.toml` under `hsmd dev`.
     pub fn profile_path(&self) -> PathBuf {
         match &self.mode {

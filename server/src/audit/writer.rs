@@ -23,7 +23,7 @@ use tokio::sync::oneshot;
 
 use super::checkpoint::{self, CheckpointSigner};
 use super::forward::Forwarder;
-use super::record::{AuditEvent, AuditRecord, rfc3339};
+use super::record::{AuditEvent, AuditRecord, OUTAGE_METHOD, Outcome, rfc3339};
 use super::{AuditConfig, AuditError, open};
 use crate::clock::SharedClock;
 #[cfg(test)]
@@ -57,6 +57,8 @@ pub(crate) struct AuditLog {
     path: PathBuf,
     head: Arc<Mutex<ChainHead>>,
     metrics: Arc<Metrics>,
+    /// True while records are written; false from a failed write to the next good one.
+    writable: tokio::sync::watch::Receiver<bool>,
 }
 
 impl AuditLog {
@@ -103,6 +105,8 @@ impl AuditLog {
             file_len: o.file_len,
             metrics,
             forward,
+            outage: None,
+            writable: tokio::sync::watch::Sender::new(true),
         };
         if let Some(ev) = o.torn {
             w.write(vec![ev])?;
@@ -116,6 +120,7 @@ impl AuditLog {
     fn spawn(w: Writer) -> Result<Self, AuditError> {
         let (tx, rx) = mpsc::channel();
         let (path, head, metrics) = (w.path.clone(), w.head.clone(), w.metrics.clone());
+        let writable = w.writable.subscribe();
         std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || w.run(rx))
@@ -125,7 +130,14 @@ impl AuditLog {
             path,
             head,
             metrics,
+            writable,
         })
+    }
+
+    /// Whether records are being written: false from a failed write (full disk, I/O
+    /// error) until the next write succeeds. The server mirrors it into health.
+    pub(crate) fn writable(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.writable.clone()
     }
 
     /// Appends an event and waits until it is durable. Returns its sequence number.
@@ -204,6 +216,16 @@ struct Writer {
     metrics: Arc<Metrics>,
     /// The syslog forwarder, when `[audit.forward]` is set.
     forward: Option<Forwarder>,
+    /// Since the first failed write, until one succeeds.
+    outage: Option<Outage>,
+    writable: tokio::sync::watch::Sender<bool>,
+}
+
+/// Writes failing: when, how many calls were refused for it, and the first error.
+struct Outage {
+    since: String,
+    refused: u64,
+    error: String,
 }
 
 impl Writer {
@@ -294,8 +316,31 @@ impl Writer {
         }
         let (events, replies): (Vec<_>, Vec<_>) = group.into_iter().unzip();
         let n = events.len();
-        let all = events.into_iter().chain(lazy).collect();
+        // After an outage the first group starts with a record of it, so the log says
+        // how many calls were refused for want of storage, and since when.
+        let outage = self.outage.as_ref().map(|o| self.outage_event(o));
+        let skip = usize::from(outage.is_some());
+        let lazy_n = lazy.len() as u64;
+        let all = outage.into_iter().chain(events).chain(lazy).collect();
         let written = self.write(all);
+        match &written {
+            Ok(_) if skip > 0 => {
+                self.outage = None;
+                self.writable.send_replace(true);
+                tracing::info!("audit log writable again; the outage is recorded");
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let since = rfc3339(self.clock.now_utc());
+                let o = self.outage.get_or_insert_with(|| Outage {
+                    since,
+                    refused: 0,
+                    error: e.to_string(),
+                });
+                o.refused += n as u64 + lazy_n;
+                self.writable.send_replace(false);
+            }
+        }
         if written.is_ok()
             && self.cfg.max_file_bytes > 0
             && self.file_len >= self.cfg.max_file_bytes
@@ -304,7 +349,7 @@ impl Writer {
         }
         match written {
             Ok(seqs) => {
-                for (reply, seq) in replies.into_iter().zip(seqs.into_iter().take(n)) {
+                for (reply, seq) in replies.into_iter().zip(seqs.into_iter().skip(skip).take(n)) {
                     let _ = reply.send(Ok(seq));
                 }
             }
@@ -313,6 +358,24 @@ impl Writer {
                     let _ = reply.send(Err(e.clone()));
                 }
             }
+        }
+    }
+
+    /// The record that closes an outage.
+    fn outage_event(&self, o: &Outage) -> AuditEvent {
+        AuditEvent {
+            request_id: uuid::Uuid::new_v4().to_string(),
+            principal: crate::domain::SYSTEM_PRINCIPAL.into(),
+            method: OUTAGE_METHOD.into(),
+            outcome: Some(Outcome::Ok),
+            status: "OK".into(),
+            reason: "AUDIT_STORAGE_RECOVERED".into(),
+            note: format!(
+                "audit writes failed from {} until this record: {} call(s) refused \
+                 UNAVAILABLE/AUDIT_UNAVAILABLE, none answered; first error: {}",
+                o.since, o.refused, o.error
+            ),
+            ..Default::default()
         }
     }
 

@@ -112,6 +112,12 @@ pub async fn run_until<S: std::future::Future<Output = ()>>(
         None => None,
     };
     let (serving, serving_rx) = tokio::sync::watch::channel(false);
+    let serving = Arc::new(serving);
+    tokio::spawn(mirror_audit_health(
+        state.audit.writable(),
+        health.clone(),
+        serving.clone(),
+    ));
     let metrics_addr = match cfg.metrics.listen {
         Some(at) => Some(serve_metrics(at, &state, serving_rx).await?),
         None => None,
@@ -157,6 +163,37 @@ pub async fn run_until<S: std::future::Future<Output = ()>>(
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Health follows the audit log: while records cannot be written (full disk, I/O error)
+/// every audited call fails AUDIT_UNAVAILABLE, so the services say NOT_SERVING (gRPC
+/// health and `/healthz`) until a write succeeds again.
+async fn mirror_audit_health(
+    mut writable: tokio::sync::watch::Receiver<bool>,
+    health: tonic_health::server::HealthReporter,
+    serving: Arc<tokio::sync::watch::Sender<bool>>,
+) {
+    while writable.changed().await.is_ok() {
+        let ok = *writable.borrow_and_update();
+        if ok {
+            tracing::info!("audit log writable: health SERVING");
+            health.set_serving::<KeyServiceServer<KeyApi>>().await;
+            health.set_serving::<AuditServiceServer<AuditApi>>().await;
+            health
+                .set_serving::<CertificateServiceServer<CertApi>>()
+                .await;
+        } else {
+            tracing::error!("audit log not writable: health NOT_SERVING until it is");
+            health.set_not_serving::<KeyServiceServer<KeyApi>>().await;
+            health
+                .set_not_serving::<AuditServiceServer<AuditApi>>()
+                .await;
+            health
+                .set_not_serving::<CertificateServiceServer<CertApi>>()
+                .await;
+        }
+        serving.send_replace(ok);
+    }
 }
 
 /// Opens what every service shares, in start-up order: the token (and its probed

@@ -91,12 +91,21 @@ async fn unwritable_log_fails_the_call() {
         file_len: 0,
         metrics: Default::default(),
         forward: None,
+        outage: None,
+        writable: tokio::sync::watch::Sender::new(true),
     };
     let log = AuditLog::spawn(w).unwrap();
+    let writable = log.writable();
+    assert!(*writable.borrow());
     assert!(matches!(
         log.append(event("x")).await,
         Err(AuditError::Io(_))
     ));
+    // The server turns health NOT_SERVING on this.
+    assert!(
+        !*writable.borrow(),
+        "a failed write leaves the log marked writable"
+    );
     // Nothing was made durable, so the head did not move.
     assert_eq!(log.head(), ChainHead::default());
 }
