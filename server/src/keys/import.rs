@@ -367,6 +367,7 @@ impl KeyManager {
         let given = given_public_key(key, &req.public_key_der)?;
         let expected = self.store.material_fingerprint(key.id)?;
         let mut fingerprint = None;
+        self.creating(key.id, || {
         let (inspected, objects) = self
             .backend
             .import_material(
@@ -405,6 +406,8 @@ impl KeyManager {
             }
             return Err(e.into());
         }
+        Ok(())
+        })?;
         self.reload(key.id)
     }
 

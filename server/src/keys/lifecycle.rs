@@ -8,8 +8,11 @@ use uuid::Uuid;
 use super::{KeyError, KeyManager};
 use crate::domain::record::{KeyRecord, Transition};
 
-/// What reconciliation found. Nothing is changed automatically: a mismatch needs a
-/// person to look at it.
+/// What reconciliation found and fixed. The one fix it makes on its own: objects of a
+/// CreateKey, RotateKey or ImportKeyMaterial that hsmd died in the middle of (a creation
+/// note in the store, the objects not recorded as a live key's material) are destroyed;
+/// that call was never answered.
+/// Any other mismatch needs a person to look at it.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub(crate) struct Reconciliation {
     /// Keys in the store, in both places.
@@ -20,6 +23,8 @@ pub(crate) struct Reconciliation {
     pub(crate) missing: Vec<Uuid>,
     /// Objects whose CKA_ID is not a key id of hsmd (other applications' objects).
     pub(crate) foreign_objects: usize,
+    /// Half-made objects of interrupted creations, destroyed.
+    pub(crate) destroyed: Vec<Uuid>,
 }
 
 impl KeyManager {
@@ -44,11 +49,24 @@ impl KeyManager {
         self.transition(key, Transition::Destroy, 0)
     }
 
-    /// Compares the token's key objects with the store.
+    /// Compares the token's key objects with the store, destroying the half-made
+    /// objects of creations a crash interrupted.
     pub(crate) fn reconcile(&self) -> Result<Reconciliation, KeyError> {
         let (in_token, foreign_objects) = self.backend.token_key_ids()?;
         let in_store: HashSet<Uuid> = self.store.keys_with_material()?.into_iter().collect();
-        let token_set: HashSet<Uuid> = in_token.iter().copied().collect();
+        let mut token_set: HashSet<Uuid> = in_token.iter().copied().collect();
+        let mut destroyed = Vec::new();
+        for id in self.store.creations()? {
+            // Objects the store does not count as a live key's material: a CreateKey or
+            // RotateKey the store never recorded, or an import into a key still
+            // PENDING_IMPORT. A note whose objects are recorded was simply not cleared.
+            if token_set.contains(&id) && !in_store.contains(&id) {
+                self.backend.destroy(id)?;
+                token_set.remove(&id);
+                destroyed.push(id);
+            }
+            self.store.end_creation(id)?;
+        }
         let mut orphans: Vec<Uuid> = token_set.difference(&in_store).copied().collect();
         let mut missing: Vec<Uuid> = in_store.difference(&token_set).copied().collect();
         orphans.sort();
@@ -58,6 +76,7 @@ impl KeyManager {
             orphans,
             missing,
             foreign_objects,
+            destroyed,
         })
     }
 }

@@ -162,18 +162,39 @@ impl KeyManager {
             }
             return record;
         }
-        self.backend.generate(id, req.spec, req.usage)?;
-        let record = self.finish_create(id, principal, &req, alias.as_deref());
-        if record.is_err() {
-            if let Err(e) = self.backend.destroy(id) {
+        let record = self.creating(id, || {
+            self.backend.generate(id, req.spec, req.usage)?;
+            let record = self.finish_create(id, principal, &req, alias.as_deref());
+            if record.is_err()
+                && let Err(e) = self.backend.destroy(id)
+            {
                 tracing::error!(key_id = %id, error = %e, "rollback of a half-made key failed; start-up reconciliation will report it");
             }
-            // Lost a race with a call carrying the same token: answer with its key.
-            if let Some(existing) = self.earlier(principal, &req, alias.as_deref())? {
-                return Ok(existing);
-            }
+            record
+        });
+        // Lost a race with a call carrying the same token: answer with its key.
+        if record.is_err()
+            && let Some(existing) = self.earlier(principal, &req, alias.as_deref())?
+        {
+            return Ok(existing);
         }
         record
+    }
+
+    /// Runs `make`, which creates token objects with CKA_ID `object_id` and records them
+    /// in the store (or rolls them back), under a creation note in the store: if hsmd
+    /// dies in between, start-up reconciliation destroys the half-made objects.
+    pub(super) fn creating<T>(
+        &self,
+        object_id: Uuid,
+        make: impl FnOnce() -> Result<T, KeyError>,
+    ) -> Result<T, KeyError> {
+        self.store.begin_creation(object_id, self.now())?;
+        let result = make();
+        if let Err(e) = self.store.end_creation(object_id) {
+            tracing::warn!(%object_id, error = %e, "creation note not cleared; start-up reconciliation clears it");
+        }
+        result
     }
 
     /// The key an earlier CreateKey with the same idempotency token made, if any.

@@ -44,23 +44,26 @@ impl KeyManager {
             create_time: now,
         };
         let label = format!("{} v{}", key.id, next.version);
-        self.backend
-            .generate_labelled(next.object_id, &label, key.spec, key.usage)?;
-        let next_rotation = key
-            .rotation
-            .map(|r| now + i64::from(r.period_days) * 86_400);
-        if let Err(e) = self.store.add_version(key.id, &next, next_rotation) {
-            if let Err(d) = self.backend.destroy(next.object_id) {
-                tracing::error!(key_id = %key.id, object_id = %next.object_id, error = %d, "rollback of a half-made key version failed; start-up reconciliation will report it");
+        self.creating(next.object_id, || {
+            self.backend
+                .generate_labelled(next.object_id, &label, key.spec, key.usage)?;
+            let next_rotation = key
+                .rotation
+                .map(|r| now + i64::from(r.period_days) * 86_400);
+            if let Err(e) = self.store.add_version(key.id, &next, next_rotation) {
+                if let Err(d) = self.backend.destroy(next.object_id) {
+                    tracing::error!(key_id = %key.id, object_id = %next.object_id, error = %d, "rollback of a half-made key version failed; start-up reconciliation will report it");
+                }
+                return Err(match e {
+                    crate::store::StoreError::Conflict => KeyError::InvalidKeyState(format!(
+                        "key {} was rotated, disabled or scheduled for deletion by another call meanwhile; describe it and retry if needed",
+                        key.id
+                    )),
+                    other => other.into(),
+                });
             }
-            return Err(match e {
-                crate::store::StoreError::Conflict => KeyError::InvalidKeyState(format!(
-                    "key {} was rotated, disabled or scheduled for deletion by another call meanwhile; describe it and retry if needed",
-                    key.id
-                )),
-                other => other.into(),
-            });
-        }
+            Ok(())
+        })?;
         self.reload(key.id)
     }
 

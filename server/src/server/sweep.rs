@@ -9,6 +9,11 @@ use crate::api::ApiState;
 use crate::audit::{AuditEvent, Outcome};
 use crate::keys::KeyManager;
 
+/// Audit method of the start-up fix that destroys a half-made key's token objects.
+pub(crate) const HALF_MADE_METHOD: &str = "hsmd/DestroyHalfMadeKey";
+
+/// Start-up reconciliation of the token with the store: the report is logged, and each
+/// half-made key it destroys gets an audit record.
 pub(super) async fn reconcile(state: &ApiState) {
     let keys = state.keys.clone();
     match tokio::task::spawn_blocking(move || keys.reconcile()).await {
@@ -16,8 +21,15 @@ pub(super) async fn reconcile(state: &ApiState) {
             tracing::info!(
                 matched = r.matched,
                 foreign_objects = r.foreign_objects,
+                destroyed = r.destroyed.len(),
+                orphans = r.orphans.len(),
+                missing = r.missing.len(),
                 "token and store reconciled"
             );
+            for id in &r.destroyed {
+                tracing::warn!(object_id = %id, "destroyed the token objects of a CreateKey or RotateKey that hsmd died in the middle of (never answered, never recorded)");
+                system_record(state, HALF_MADE_METHOD, *id, &Ok(Ok(()))).await;
+            }
             for id in &r.orphans {
                 tracing::warn!(key_id = %id, "token holds key objects with no live key in the store (left in place; inspect and remove by hand)");
             }

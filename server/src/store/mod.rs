@@ -90,6 +90,10 @@ CREATE TABLE IF NOT EXISTS key_rotation (
     next_time INTEGER NOT NULL
 );
 CREATE INDEX IF NOT EXISTS key_rotation_due ON key_rotation (next_time);
+CREATE TABLE IF NOT EXISTS creations (
+    object_id TEXT PRIMARY KEY,
+    start_time INTEGER NOT NULL
+);
 ";
 
 /// The SQLite metadata store.
@@ -301,6 +305,39 @@ impl Store {
                  UNION ALL
                  SELECT v.object_id FROM key_versions v JOIN live l ON l.key_id = v.key_id",
             )?;
+            let ids = stmt.query_map([], |r| r.get::<_, String>(0))?;
+            ids.map(|s| rows::parse_uuid(&s?)).collect()
+        })
+    }
+
+    /// Notes that token objects with this CKA_ID are about to be made (CreateKey,
+    /// RotateKey, ImportKeyMaterial): if hsmd dies before the store records them, start-up reconciliation
+    /// finds the note and destroys the half-made objects.
+    pub(crate) fn begin_creation(&self, object_id: Uuid, now: i64) -> Result<(), StoreError> {
+        self.with(|conn| {
+            conn.execute(
+                "INSERT OR REPLACE INTO creations (object_id, start_time) VALUES (?1, ?2)",
+                rusqlite::params![object_id.to_string(), now],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Drops the note of [`Store::begin_creation`]: the objects are recorded or gone.
+    pub(crate) fn end_creation(&self, object_id: Uuid) -> Result<(), StoreError> {
+        self.with(|conn| {
+            conn.execute(
+                "DELETE FROM creations WHERE object_id = ?1",
+                [object_id.to_string()],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// Creations begun and never ended (hsmd died in between).
+    pub(crate) fn creations(&self) -> Result<Vec<Uuid>, StoreError> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare("SELECT object_id FROM creations ORDER BY object_id")?;
             let ids = stmt.query_map([], |r| r.get::<_, String>(0))?;
             ids.map(|s| rows::parse_uuid(&s?)).collect()
         })
