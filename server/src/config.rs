@@ -140,6 +140,8 @@ struct RawTls {
     cert: PathBuf,
     key: PathBuf,
     client_ca: PathBuf,
+    #[serde(default)]
+    crl: Vec<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -160,6 +162,9 @@ pub(crate) struct TlsConfig {
     pub(crate) cert: PathBuf,
     pub(crate) key: PathBuf,
     pub(crate) client_ca: PathBuf,
+    /// PEM certificate revocation lists of the client CA (`tls.crl`): a client
+    /// certificate they revoke is refused at the handshake. Read again on SIGHUP.
+    pub(crate) crl: Vec<PathBuf>,
 }
 
 /// The metrics listener (`[metrics]`).
@@ -262,6 +267,12 @@ impl RawConfig {
             cert: existing("tls.cert", abs(self.tls.cert))?,
             key: existing("tls.key", abs(self.tls.key))?,
             client_ca: existing("tls.client_ca", abs(self.tls.client_ca))?,
+            crl: self
+                .tls
+                .crl
+                .into_iter()
+                .map(|p| existing("tls.crl", abs(p)))
+                .collect::<Result<_, _>>()?,
         };
         let policy = policy(self.auth, self.policy)?;
         let rate_limits = rate_limits(self.rate_limits)?;

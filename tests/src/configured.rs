@@ -40,7 +40,7 @@ impl Daemon {
     }
 
     /// The dev config with a fixed port and `extra` in place of its policy. An
-    /// `[audit]` table in `extra` is merged into the dev one (its path kept).
+    /// `[audit]` or `[tls]` table in `extra` is merged into the dev one (its paths kept).
     pub fn configured_text(&self, extra: &str) -> String {
         let text = fs::read_to_string(self.data_dir().join("hsmd.toml")).expect("hsmd.toml");
         let mut table: toml::Table = text.parse().expect("hsmd.toml is TOML");
@@ -58,12 +58,14 @@ impl Daemon {
         };
         table.insert("listen".into(), listen.into());
         let mut extra_table: toml::Table = extra.parse().expect("extra config is TOML");
-        if let Some(toml::Value::Table(a)) = extra_table.remove("audit") {
-            let audit = table
-                .get_mut("audit")
-                .and_then(|v| v.as_table_mut())
-                .expect("[audit]");
-            audit.extend(a);
+        for merged in ["audit", "tls"] {
+            if let Some(toml::Value::Table(a)) = extra_table.remove(merged) {
+                table
+                    .get_mut(merged)
+                    .and_then(|v| v.as_table_mut())
+                    .unwrap_or_else(|| panic!("[{merged}] in the dev config"))
+                    .extend(a);
+            }
         }
         for (k, v) in extra_table {
             table.insert(k, v);

@@ -86,17 +86,22 @@ pub async fn run_until<S: std::future::Future<Output = ()>>(
 ) -> anyhow::Result<()> {
     let state = open_state(&cfg, clock).await?;
     tracing::info!(rules = cfg.policy.len(), "policy loaded");
-    tokio::spawn(reload_on_sighup(state.clone(), cfg.source.clone()));
+    let acceptor = TlsAcceptor::from(Arc::new(tls_config(&cfg.tls)?));
+    let (acceptor_tx, acceptor_rx) = tokio::sync::watch::channel(acceptor);
+    tokio::spawn(reload_on_sighup(
+        state.clone(),
+        cfg.source.clone(),
+        acceptor_tx,
+    ));
     reconcile(&state).await;
     sweep(&state).await;
     tokio::spawn(sweep_loop(state.clone(), cfg.sweep_interval));
 
-    let acceptor = TlsAcceptor::from(Arc::new(tls_config(&cfg.tls)?));
     let listener = TcpListener::bind(cfg.listen)
         .await
         .with_context(|| format!("listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
-    let incoming = tls_incoming(listener, acceptor);
+    let incoming = tls_incoming(listener, acceptor_rx);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<KeyServiceServer<KeyApi>>().await;
@@ -274,7 +279,14 @@ async fn token_signer(backend: &Arc<Pkcs11Backend>) -> anyhow::Result<Arc<dyn Ch
 /// On SIGHUP, rereads the config file and swaps in its policy and rate limits. Calls in
 /// flight finish under the policy they started with; a file that does not validate
 /// keeps the old policy, and the log says why.
-async fn reload_on_sighup(state: ApiState, source: std::path::PathBuf) {
+/// On SIGHUP: reads the config file again and puts its policy, rate limits and TLS files
+/// (certificate, key, client CA, CRLs) in force; a file that fails to load keeps the
+/// previous setting. Other settings need a restart.
+async fn reload_on_sighup(
+    state: ApiState,
+    source: std::path::PathBuf,
+    acceptor: tokio::sync::watch::Sender<TlsAcceptor>,
+) {
     let kind = tokio::signal::unix::SignalKind::hangup();
     let Ok(mut hup) = tokio::signal::unix::signal(kind) else {
         return tracing::warn!("cannot listen for SIGHUP: policy reload disabled");
@@ -284,6 +296,18 @@ async fn reload_on_sighup(state: ApiState, source: std::path::PathBuf) {
         match tokio::task::spawn_blocking(move || Config::load(&path)).await {
             Ok(Ok(cfg)) => {
                 let rules = cfg.policy.len();
+                match tls_config(&cfg.tls) {
+                    Ok(tls) => {
+                        acceptor.send_replace(TlsAcceptor::from(Arc::new(tls)));
+                        tracing::info!(
+                            crls = cfg.tls.crl.len(),
+                            "TLS certificate, client CA and CRLs reloaded"
+                        );
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %format!("{e:#}"), "TLS reload refused; the previous certificate, CA and CRLs stay in force")
+                    }
+                }
                 state.auth.replace(cfg.policy, cfg.rate_limits);
                 tracing::info!(file = %source.display(), rules, "policy and rate limits reloaded (other settings need a restart)");
             }
