@@ -40,7 +40,8 @@ impl Daemon {
     }
 
     /// The dev config with a fixed port and `extra` in place of its policy. An
-    /// `[audit]` or `[tls]` table in `extra` is merged into the dev one (its paths kept).
+    /// `[audit]`, `[tls]` or `[hsm]` table in `extra` is merged into the dev one (its other
+    /// keys kept).
     pub fn configured_text(&self, extra: &str) -> String {
         let text = fs::read_to_string(self.data_dir().join("hsmd.toml")).expect("hsmd.toml");
         let mut table: toml::Table = text.parse().expect("hsmd.toml is TOML");
@@ -58,7 +59,7 @@ impl Daemon {
         };
         table.insert("listen".into(), listen.into());
         let mut extra_table: toml::Table = extra.parse().expect("extra config is TOML");
-        for merged in ["audit", "tls"] {
+        for merged in ["audit", "tls", "hsm"] {
             if let Some(toml::Value::Table(a)) = extra_table.remove(merged) {
                 table
                     .get_mut(merged)

@@ -10,7 +10,8 @@
 //! they move ([`InProcess`]; one such test per test binary). Both harnesses give the
 //! same client helpers, those of [`Instance`].
 //!
-//! The binaries `hsmd` and `hsmctl` must be built first (`cargo build --workspace --bins`);
+//! The binaries `hsmd` and `hsmctl` (and the fault module `libfaultp11.so`) must be built
+//! first (`cargo build --workspace --bins --lib`);
 //! they are looked up next to the test executable.
 
 pub mod algorithms;

@@ -67,7 +67,7 @@ pub fn workspace_bin(name: &str) -> PathBuf {
     let bin = profile_dir.join(name);
     assert!(
         bin.is_file(),
-        "{} not found: run `cargo build --workspace --bins` first",
+        "{} not found: run `cargo build --workspace --bins --lib` first",
         bin.display()
     );
     bin

@@ -6,7 +6,7 @@
 //! front ends lose most of their speed. A `Session` is `Send` but not `Sync`, so each is
 //! lent to one blocking thread at a time.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
@@ -35,6 +35,9 @@ pub(crate) struct SessionPool {
     generation: AtomicU64,
     /// The module failed a health check and is not re-initialized yet.
     broken: AtomicBool,
+    /// Sessions lost and not reopened yet (the token refused C_OpenSession): `get`
+    /// opens them again when it finds no idle one, so the pool never shrinks for good.
+    missing: AtomicUsize,
 }
 
 /// A session borrowed from the pool; it goes back on drop unless marked lost.
@@ -72,6 +75,7 @@ impl SessionPool {
             metrics: Default::default(),
             generation: AtomicU64::new(0),
             broken: AtomicBool::new(false),
+            missing: AtomicUsize::new(0),
         })
     }
 
@@ -115,6 +119,7 @@ impl SessionPool {
         }
         login(&sessions[0], &self.pin)?;
         *idle = sessions;
+        self.missing.store(0, Ordering::Release);
         self.broken.store(false, Ordering::Release);
         self.freed.notify_all();
         Ok(())
@@ -142,6 +147,14 @@ impl SessionPool {
                     "the token failed a health check; re-initializing the module".into(),
                 ));
             }
+            if let Some(session) = self.reopen_missing()? {
+                self.metrics.pool_in_use.inc();
+                return Ok(PooledSession {
+                    pool: self,
+                    session: Some(session),
+                    generation: self.generation.load(Ordering::Acquire),
+                });
+            }
             self.metrics.pool_waiters.inc();
             let (guard, timeout) = self
                 .freed
@@ -167,25 +180,51 @@ impl SessionPool {
         self.freed.notify_one();
     }
 
-    /// Replaces a session the token no longer knows, logging in again if needed.
+    /// Replaces a session the token no longer knows, logging in again if needed. If the
+    /// token refuses a new session now, the place stays open for `get` to fill later.
     fn replace(&self) {
         let generation = self.generation.load(Ordering::Acquire);
-        match self.pkcs11.open_rw_session(self.slot) {
-            Ok(session) => {
-                if let Err(e) = login(&session, &self.pin) {
-                    tracing::error!(error = %e, "re-login after a lost session failed");
-                }
-                self.put_back(generation, session);
-            }
+        match self.open_logged_in() {
+            Ok(session) => self.put_back(generation, session),
             Err(e) => {
-                tracing::error!(error = %e, "cannot reopen a lost token session");
-                // Keep the pool's size: the next caller waits and may retry.
-                std::thread::sleep(Duration::from_millis(200));
-                if let Ok(session) = self.pkcs11.open_rw_session(self.slot) {
-                    self.put_back(generation, session);
-                }
+                tracing::error!(error = %e, "cannot reopen a lost token session; retried when a call needs it");
+                self.missing.fetch_add(1, Ordering::AcqRel);
+                // A waiter must learn that it can try to open one itself.
+                self.freed.notify_one();
             }
         }
+    }
+
+    /// Opens one of the sessions lost earlier, if any is missing (called with no idle
+    /// session). `Ok(None)`: nothing missing, wait for a session to come back.
+    fn reopen_missing(&self) -> Result<Option<Session>, HsmError> {
+        let taken = self
+            .missing
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |m| m.checked_sub(1));
+        if taken.is_err() {
+            return Ok(None);
+        }
+        match self.open_logged_in() {
+            Ok(session) => {
+                tracing::info!("reopened a lost token session");
+                Ok(Some(session))
+            }
+            Err(e) => {
+                self.missing.fetch_add(1, Ordering::AcqRel);
+                Err(e)
+            }
+        }
+    }
+
+    /// A new read-write session, logged in (login is per application: after every
+    /// session was lost the token may have forgotten it).
+    fn open_logged_in(&self) -> Result<Session, HsmError> {
+        let session = self
+            .pkcs11
+            .open_rw_session(self.slot)
+            .map_err(|e| classify("C_OpenSession", e))?;
+        login(&session, &self.pin)?;
+        Ok(session)
     }
 }
 
