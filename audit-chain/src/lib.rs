@@ -19,6 +19,9 @@ pub mod syslog;
 pub mod verify;
 pub mod walk;
 
+#[cfg(test)]
+mod proptests;
+
 pub use record::{AuditEvent, AuditRecord, Checkpoint, GENESIS_HASH, Outcome};
 pub use verify::{ChainReport, Problem, ProblemKind, Verifier};
 pub use walk::{BadRecord, ChainHead, WalkReport};

@@ -78,7 +78,15 @@ pub struct Header {
 
 impl Header {
     /// The header's bytes as written at the start of the file.
+    /// Refuses what [`Header::read`] would refuse, so no file is written that cannot be
+    /// read back.
     pub fn to_bytes(&self) -> Result<Vec<u8>, EnvelopeError> {
+        if self.chunk_size == 0 || self.chunk_size > MAX_CHUNK {
+            return Err(EnvelopeError::Format(format!(
+                "chunk size {} outside 1..{MAX_CHUNK}",
+                self.chunk_size
+            )));
+        }
         let len = u16::try_from(self.blob.len())
             .ok()
             .filter(|l| usize::from(*l) <= MAX_BLOB)

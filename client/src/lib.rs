@@ -34,6 +34,8 @@ pub mod import;
 mod import_calls;
 pub mod names;
 mod profile;
+#[cfg(test)]
+mod proptests;
 pub mod retry;
 
 pub use client::{Client, RetryObserver};

@@ -36,6 +36,8 @@ mod encoding;
 mod hsm;
 mod keys;
 mod metrics;
+#[cfg(test)]
+mod proptests;
 pub mod server;
 mod store;
 
