@@ -142,6 +142,7 @@ struct RawTls {
     client_ca: PathBuf,
     #[serde(default)]
     crl: Vec<PathBuf>,
+    handshake_timeout_secs: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -165,6 +166,9 @@ pub(crate) struct TlsConfig {
     /// PEM certificate revocation lists of the client CA (`tls.crl`): a client
     /// certificate they revoke is refused at the handshake. Read again on SIGHUP.
     pub(crate) crl: Vec<PathBuf>,
+    /// A connection that has not finished its TLS handshake by then is closed
+    /// (`tls.handshake_timeout_secs`, 1..300, default 10).
+    pub(crate) handshake_timeout: std::time::Duration,
 }
 
 /// The metrics listener (`[metrics]`).
@@ -263,7 +267,12 @@ impl RawConfig {
         if !(1..=256).contains(&sessions) {
             return Err(bad("hsm.sessions", "must be 1..256"));
         }
+        let handshake = self.tls.handshake_timeout_secs.unwrap_or(10);
+        if !(1..=300).contains(&handshake) {
+            return Err(bad("tls.handshake_timeout_secs", "must be 1..300"));
+        }
         let tls = TlsConfig {
+            handshake_timeout: std::time::Duration::from_secs(handshake),
             cert: existing("tls.cert", abs(self.tls.cert))?,
             key: existing("tls.key", abs(self.tls.key))?,
             client_ca: existing("tls.client_ca", abs(self.tls.client_ca))?,

@@ -57,6 +57,14 @@ fn main() -> ExitCode {
     // A file-size limit (RLIMIT_FSIZE) reached by the audit log must fail that write
     // (EFBIG: the calls are refused AUDIT_UNAVAILABLE and hsmd recovers once the limit
     // is raised), not kill the daemon with SIGXFSZ.
+    // Every client connection is a file descriptor: take the whole hard limit, not the
+    // soft default (often 1024).
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    if let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE)
+        && soft < hard
+    {
+        let _ = setrlimit(Resource::RLIMIT_NOFILE, hard, hard);
+    }
     // SAFETY: setting a signal to SIG_IGN installs no handler; nothing runs yet.
     unsafe {
         let _ = nix::sys::signal::signal(

@@ -101,7 +101,7 @@ pub async fn run_until<S: std::future::Future<Output = ()>>(
         .await
         .with_context(|| format!("listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
-    let incoming = tls_incoming(listener, acceptor_rx);
+    let incoming = tls_incoming(listener, acceptor_rx, cfg.tls.handshake_timeout);
 
     let (health, health_service) = tonic_health::server::health_reporter();
     health.set_serving::<KeyServiceServer<KeyApi>>().await;

@@ -66,6 +66,7 @@ pub(super) fn tls_config(tls: &TlsConfig) -> anyhow::Result<rustls::ServerConfig
 pub(super) fn tls_incoming(
     listener: TcpListener,
     acceptor: tokio::sync::watch::Receiver<TlsAcceptor>,
+    handshake_timeout: Duration,
 ) -> tokio_stream::wrappers::ReceiverStream<
     Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>,
 > {
@@ -84,7 +85,7 @@ pub(super) fn tls_incoming(
             let acceptor = acceptor.borrow().clone();
             let tx = tx.clone();
             tokio::spawn(async move {
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
                         let _ = tx.send(Ok(tls)).await;
                     }
