@@ -83,28 +83,53 @@ impl TpmToken {
             env: Vec::new(),
             port: 0,
         };
-        let (port, ctrl) = free_ports()?;
-        let swtpm = spawn(
-            Command::new("swtpm")
-                .arg("socket")
-                .arg("--tpmstate")
-                .arg(format!("dir={}", tpm.join("state").display()))
-                .arg("--tpm2")
-                .args([
-                    "--server",
-                    &format!("type=tcp,port={port},bindaddr=127.0.0.1"),
-                ])
-                .args([
-                    "--ctrl",
-                    &format!("type=tcp,port={ctrl},bindaddr=127.0.0.1"),
-                ])
-                .args(["--flags", "not-need-init,startup-clear"]),
-            &tpm.join("swtpm.log"),
-        )?;
-        token.children.push(("swtpm", swtpm));
-        wait_for(&mut token.children, "swtpm", || {
-            TcpStream::connect(("127.0.0.1", ctrl)).is_ok()
-        })?;
+        // Another process may take the ports between the probe and swtpm's bind (tests
+        // start TPM tokens in parallel): then swtpm exits, and it starts again on others.
+        let mut attempt = 0;
+        let port = loop {
+            attempt += 1;
+            let (port, ctrl) = free_ports()?;
+            let swtpm = spawn(
+                Command::new("swtpm")
+                    .arg("socket")
+                    .arg("--tpmstate")
+                    .arg(format!("dir={}", tpm.join("state").display()))
+                    .arg("--tpm2")
+                    .args([
+                        "--server",
+                        &format!("type=tcp,port={port},bindaddr=127.0.0.1"),
+                    ])
+                    .args([
+                        "--ctrl",
+                        &format!("type=tcp,port={ctrl},bindaddr=127.0.0.1"),
+                    ])
+                    .args(["--flags", "not-need-init,startup-clear"]),
+                &tpm.join("swtpm.log"),
+            )?;
+            token.children.push(("swtpm", swtpm));
+            let started = wait_for(&mut token.children, "swtpm", || {
+                TcpStream::connect(("127.0.0.1", ctrl)).is_ok()
+            })
+            .and_then(|()| {
+                // Whoever answered, our swtpm must still run: else it lost the ports.
+                sleep(Duration::from_millis(100));
+                match token.children.last_mut().map(|(_, c)| c.try_wait()) {
+                    Some(Ok(None)) => Ok(()),
+                    _ => bail!("swtpm exited after start (ports {port}/{ctrl} taken?)"),
+                }
+            });
+            match started {
+                Ok(()) => break port,
+                Err(e) if attempt < 5 => {
+                    tracing::warn!(error = %e, attempt, "swtpm did not start; new ports");
+                    if let Some((_, mut c)) = token.children.pop() {
+                        let _ = c.kill();
+                        let _ = c.wait();
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        };
 
         let mut bus = Command::new("dbus-daemon");
         bus.args(["--session", "--nofork", "--print-address=1"])
