@@ -136,7 +136,7 @@ const WANTED: &[(MechanismType, &str, &str)] = &[
     (
         MechanismType::ECDSA,
         "CKM_ECDSA",
-        "ECDSA_SHA_256/384 (hsmd hashes RAW messages)",
+        "ECDSA_SHA_256/384 over a digest (DIGEST requests; RAW ones when the token lacks CKM_ECDSA_SHA*)",
     ),
     (
         MechanismType::ECDSA_SHA256,
