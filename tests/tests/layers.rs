@@ -27,7 +27,8 @@ const LAYERS: &[&[&str]] = &[
     &["api"],
     // assembly: configuration, `hsmd dev`, start-up
     &["config", "dev"],
-    &["server"],
+    // `proptests`: the parser property tests (test builds only), beside the top
+    &["server", "proptests"],
 ];
 
 /// External crates only some top-level modules (or, by path under `server/src`, single
