@@ -96,6 +96,27 @@ impl Daemon {
         self.inst.channel = None;
     }
 
+    /// After [`Daemon::kill_hard`], before the restart: `hsmctl audit verify` offline with
+    /// the audit key `pem` finds the chain whole, or only its last line torn (hsmd died
+    /// mid-write). `what` names the moment in the panic message.
+    pub fn verify_offline_after_crash(&self, pem: &std::path::Path, what: &str) {
+        let out = self.hsmctl(crate::args![
+            "audit",
+            "verify",
+            "--public-key",
+            pem,
+            self.data_dir().join("audit")
+        ]);
+        if !out.success() {
+            let problems: Vec<&str> = out.stdout.lines().skip(1).collect();
+            assert!(
+                problems.len() == 1 && problems[0].starts_with("torn-line: "),
+                "{what}: only a torn last line may be wrong after kill -9:\n{}",
+                out.stdout
+            );
+        }
+    }
+
     /// Starts the daemon again after [`Daemon::kill_hard`] (same mode and folder).
     pub async fn start_again(&mut self) {
         self.launch().await;

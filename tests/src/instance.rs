@@ -27,7 +27,7 @@ pub const ADMIN_PRINCIPAL: &str = "spiffe://hsmd.dev/admin";
 
 /// A running hsmd's temporary folder (the data folder `DIR` is `data` in it) and its
 /// connection. Dropping it removes the folder, unless a test is failing and
-/// `HSMD_E2E_KEEP` is set.
+/// `E2E_KEEP` is set.
 pub struct Instance {
     pub(crate) root: Option<TempDir>,
     pub(crate) data_dir: PathBuf,
@@ -172,7 +172,7 @@ pub(crate) fn read(path: &Path) -> Vec<u8> {
 impl Drop for Instance {
     fn drop(&mut self) {
         if std::thread::panicking()
-            && std::env::var_os("HSMD_E2E_KEEP").is_some()
+            && std::env::var_os("E2E_KEEP").is_some()
             && let Some(root) = self.root.take()
         {
             eprintln!("---- kept {}", root.keep().display());

@@ -15,10 +15,10 @@ use std::{
 /// The command that installs every external tool the tests need.
 pub const INSTALL_HINT: &str = "install with: apt-get install -y softhsm2 opensc openssl";
 
-/// Where Debian's softhsm2 package puts the PKCS#11 module; `HSMD_E2E_PKCS11_MODULE`
+/// Where Debian's softhsm2 package puts the PKCS#11 module; `E2E_PKCS11_MODULE`
 /// overrides it.
 pub fn softhsm_module() -> PathBuf {
-    env::var_os("HSMD_E2E_PKCS11_MODULE")
+    env::var_os("E2E_PKCS11_MODULE")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from("/usr/lib/softhsm/libsofthsm2.so"))
 }

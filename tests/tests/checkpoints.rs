@@ -417,22 +417,7 @@ async fn kill_9_under_load_loses_no_answered_record() {
         answered.len()
     );
 
-    // Offline, before the restart: the chain is whole, or only a torn last line.
-    let out = d.hsmctl(args![
-        "audit",
-        "verify",
-        "--public-key",
-        &pem,
-        audit_dir(&d)
-    ]);
-    if !out.success() {
-        let problems: Vec<&str> = out.stdout.lines().skip(1).collect();
-        assert!(
-            problems.len() == 1 && problems[0].starts_with("torn-line: "),
-            "only a torn last line may be wrong after kill -9:\n{}",
-            out.stdout
-        );
-    }
+    d.verify_offline_after_crash(&pem, "kill -9 under load");
     d.start_again().await;
     let recs = d.audit_lines();
     let logged: HashSet<&str> = recs.iter().map(|r| r.str("request_id")).collect();

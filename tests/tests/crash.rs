@@ -11,7 +11,7 @@
 
 use std::{
     collections::HashSet,
-    path::{Path, PathBuf},
+    path::PathBuf,
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
@@ -182,23 +182,6 @@ fn rand_u64() -> u64 {
     u64::from(nanos).wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 17
 }
 
-fn audit_dir(d: &Daemon) -> PathBuf {
-    d.data_dir().join("audit")
-}
-
-/// Offline, before the restart: the chain is whole, or only a torn last line is wrong.
-fn verify_offline(d: &Daemon, pem: &Path, round: usize) {
-    let out = d.hsmctl(args!["audit", "verify", "--public-key", pem, audit_dir(d)]);
-    if !out.success() {
-        let problems: Vec<&str> = out.stdout.lines().skip(1).collect();
-        assert!(
-            problems.len() == 1 && problems[0].starts_with("torn-line: "),
-            "round {round}: only a torn last line may be wrong after kill -9:\n{}",
-            out.stdout
-        );
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_kill_9s_under_mixed_load_lose_nothing() {
     let mut d = Daemon::start().await;
@@ -261,7 +244,7 @@ async fn five_kill_9s_under_mixed_load_lose_nothing() {
             answered.len() - before
         );
 
-        verify_offline(&d, &pem, round);
+        d.verify_offline_after_crash(&pem, &format!("round {round}"));
         d.start_again().await;
         let logged: HashSet<String> = d
             .audit_lines()
