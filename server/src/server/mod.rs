@@ -104,11 +104,7 @@ pub async fn run_until<S: std::future::Future<Output = ()>>(
     let incoming = tls_incoming(listener, acceptor_rx, cfg.tls.handshake_timeout);
 
     let (health, health_service) = tonic_health::server::health_reporter();
-    health.set_serving::<KeyServiceServer<KeyApi>>().await;
-    health.set_serving::<AuditServiceServer<AuditApi>>().await;
-    health
-        .set_serving::<CertificateServiceServer<CertApi>>()
-        .await;
+    set_health(&health, true).await;
     // Both reflection versions: grpcurl before 1.9 and many tools speak only v1alpha.
     let reflection = reflection_builder().build_v1()?;
     let reflection_alpha = reflection_builder().build_v1alpha()?;
@@ -170,6 +166,23 @@ pub async fn run_until<S: std::future::Future<Output = ()>>(
     Ok(())
 }
 
+/// The gRPC health of the services that need the token and the audit log.
+async fn set_health(health: &tonic_health::server::HealthReporter, ok: bool) {
+    use tonic::server::NamedService;
+    let status = if ok {
+        tonic_health::ServingStatus::Serving
+    } else {
+        tonic_health::ServingStatus::NotServing
+    };
+    for service in [
+        <KeyServiceServer<KeyApi> as NamedService>::NAME,
+        <AuditServiceServer<AuditApi> as NamedService>::NAME,
+        <CertificateServiceServer<CertApi> as NamedService>::NAME,
+    ] {
+        health.set_service_status(service, status).await;
+    }
+}
+
 /// Health follows the audit log: while records cannot be written (full disk, I/O error)
 /// every audited call fails AUDIT_UNAVAILABLE, so the services say NOT_SERVING (gRPC
 /// health and `/healthz`) until a write succeeds again.
@@ -182,21 +195,10 @@ async fn mirror_audit_health(
         let ok = *writable.borrow_and_update();
         if ok {
             tracing::info!("audit log writable: health SERVING");
-            health.set_serving::<KeyServiceServer<KeyApi>>().await;
-            health.set_serving::<AuditServiceServer<AuditApi>>().await;
-            health
-                .set_serving::<CertificateServiceServer<CertApi>>()
-                .await;
         } else {
             tracing::error!("audit log not writable: health NOT_SERVING until it is");
-            health.set_not_serving::<KeyServiceServer<KeyApi>>().await;
-            health
-                .set_not_serving::<AuditServiceServer<AuditApi>>()
-                .await;
-            health
-                .set_not_serving::<CertificateServiceServer<CertApi>>()
-                .await;
         }
+        set_health(&health, ok).await;
         serving.send_replace(ok);
     }
 }
