@@ -56,15 +56,7 @@ impl SessionPool {
         size: usize,
     ) -> Result<Self, HsmError> {
         let size = size.max(1);
-        let mut sessions = Vec::with_capacity(size);
-        for _ in 0..size {
-            sessions.push(
-                pkcs11
-                    .open_rw_session(slot)
-                    .map_err(|e| classify("C_OpenSession", e))?,
-            );
-        }
-        login(&sessions[0], &pin)?;
+        let sessions = open_all(&pkcs11, slot, &pin, size)?;
         Ok(SessionPool {
             pkcs11,
             slot,
@@ -109,16 +101,7 @@ impl SessionPool {
         self.pkcs11
             .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
             .map_err(|e| classify("C_Initialize", e))?;
-        let mut sessions = Vec::with_capacity(self.size);
-        for _ in 0..self.size {
-            sessions.push(
-                self.pkcs11
-                    .open_rw_session(self.slot)
-                    .map_err(|e| classify("C_OpenSession", e))?,
-            );
-        }
-        login(&sessions[0], &self.pin)?;
-        *idle = sessions;
+        *idle = open_all(&self.pkcs11, self.slot, &self.pin, self.size)?;
         self.missing.store(0, Ordering::Release);
         self.broken.store(false, Ordering::Release);
         self.freed.notify_all();
@@ -226,6 +209,26 @@ impl SessionPool {
         login(&session, &self.pin)?;
         Ok(session)
     }
+}
+
+/// `size` (at least one) read-write sessions, the user logged in once (login is per
+/// application, so the others share it).
+fn open_all(
+    pkcs11: &Pkcs11,
+    slot: Slot,
+    pin: &AuthPin,
+    size: usize,
+) -> Result<Vec<Session>, HsmError> {
+    let mut sessions = Vec::with_capacity(size);
+    for _ in 0..size {
+        sessions.push(
+            pkcs11
+                .open_rw_session(slot)
+                .map_err(|e| classify("C_OpenSession", e))?,
+        );
+    }
+    login(&sessions[0], pin)?;
+    Ok(sessions)
 }
 
 fn login(session: &Session, pin: &AuthPin) -> Result<(), HsmError> {
