@@ -115,20 +115,7 @@ impl Instance {
     pub fn start_tpm_processes(&self) -> TpmProcesses {
         let port: u16 = self.tpm_var("HSMD_TPM_PORT").parse().expect("port");
         let state = self.data_dir().join("tpm/state");
-        let swtpm = Command::new("swtpm")
-            .arg("socket")
-            .arg("--tpmstate")
-            .arg(format!("dir={}", state.display()))
-            .arg("--tpm2")
-            .args([
-                "--server",
-                &format!("type=tcp,port={port},bindaddr=127.0.0.1"),
-            ])
-            .args([
-                "--ctrl",
-                &format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1),
-            ])
-            .args(["--flags", "not-need-init,startup-clear"])
+        let swtpm = hsmd::dev::swtpm_command(&state, port)
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -142,20 +129,9 @@ impl Instance {
             assert!(Instant::now() < deadline, "swtpm did not listen again");
             std::thread::sleep(Duration::from_millis(50));
         }
-        let mut abrmd = Command::new("tpm2-abrmd");
-        abrmd
-            .arg("--session")
-            .arg(format!("--tcti=swtpm:host=127.0.0.1,port={port}"))
-            .arg(format!(
-                "--max-transients={}",
-                hsmd::dev::ABRMD_MAX_TRANSIENTS
-            ));
-        // SAFETY: geteuid(2) has no preconditions.
-        if unsafe { libc::geteuid() } == 0 {
-            abrmd.arg("--allow-root");
-        }
-        let abrmd = abrmd
-            .envs(self.tpm_env())
+        let env = self.tpm_env();
+        let abrmd = hsmd::dev::abrmd_command(port)
+            .envs(env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -163,22 +139,7 @@ impl Instance {
             .expect("start tpm2-abrmd");
         procs.children.push(abrmd);
         let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let out = Command::new("dbus-send")
-                .envs(self.tpm_env())
-                .args([
-                    "--session",
-                    "--print-reply",
-                    "--dest=org.freedesktop.DBus",
-                    "/org/freedesktop/DBus",
-                    "org.freedesktop.DBus.NameHasOwner",
-                    "string:com.intel.tss2.Tabrmd",
-                ])
-                .output()
-                .expect("dbus-send");
-            if String::from_utf8_lossy(&out.stdout).contains("boolean true") {
-                break;
-            }
+        while !hsmd::dev::abrmd_ready(&env) {
             assert!(Instant::now() < deadline, "tpm2-abrmd not on the bus again");
             std::thread::sleep(Duration::from_millis(50));
         }

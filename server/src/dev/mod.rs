@@ -7,7 +7,7 @@
 mod certs;
 mod tpm;
 
-pub use tpm::{ABRMD_MAX_TRANSIENTS, TPM_PACKAGES, TpmToken};
+pub use tpm::{TPM_PACKAGES, TpmToken, abrmd_command, abrmd_ready, swtpm_command};
 
 use std::fs;
 use std::io::Write;

@@ -50,7 +50,7 @@ const TOOLS: &[&str] = &[
 /// The TCTI through which tpm2-pkcs11 and tpm2-tools reach tpm2-abrmd.
 const TABRMD_TCTI: &str = "tabrmd:bus_type=session";
 /// Loaded transient objects tpm2-abrmd allows one client (its maximum).
-pub const ABRMD_MAX_TRANSIENTS: u32 = 100;
+pub(crate) const ABRMD_MAX_TRANSIENTS: u32 = 100;
 const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
 /// The running TPM token: its processes and the environment its module needs. Dropping
@@ -90,20 +90,7 @@ impl TpmToken {
             attempt += 1;
             let (port, ctrl) = free_ports()?;
             let swtpm = spawn(
-                Command::new("swtpm")
-                    .arg("socket")
-                    .arg("--tpmstate")
-                    .arg(format!("dir={}", tpm.join("state").display()))
-                    .arg("--tpm2")
-                    .args([
-                        "--server",
-                        &format!("type=tcp,port={port},bindaddr=127.0.0.1"),
-                    ])
-                    .args([
-                        "--ctrl",
-                        &format!("type=tcp,port={ctrl},bindaddr=127.0.0.1"),
-                    ])
-                    .args(["--flags", "not-need-init,startup-clear"]),
+                &mut swtpm_command(&tpm.join("state"), port),
                 &tpm.join("swtpm.log"),
             )?;
             token.children.push(("swtpm", swtpm));
@@ -158,18 +145,10 @@ impl TpmToken {
             ("TPM2_PKCS11_STORE", tpm.join("store").display().to_string()),
         ];
 
-        let mut abrmd = Command::new("tpm2-abrmd");
-        abrmd
-            .arg("--session")
-            .arg(format!("--tcti=swtpm:host=127.0.0.1,port={port}"))
-            // tpm2-pkcs11 keeps the objects of each key it has used loaded for its
-            // connection; the default cap of 27 failed CreateKey after a few dozen keys
-            // ("out of memory for object contexts"). 100 is tpm2-abrmd's maximum.
-            .arg(format!("--max-transients={ABRMD_MAX_TRANSIENTS}"));
-        if nix::unistd::geteuid().is_root() {
-            abrmd.arg("--allow-root");
-        }
-        let abrmd = spawn(token.with_env(&mut abrmd), &tpm.join("abrmd.log"))?;
+        let abrmd = spawn(
+            token.with_env(&mut abrmd_command(port)),
+            &tpm.join("abrmd.log"),
+        )?;
         token.children.push(("tpm2-abrmd", abrmd));
         let env = token.env.clone();
         wait_for(&mut token.children, "tpm2-abrmd", || abrmd_ready(&env))?;
@@ -276,9 +255,47 @@ impl Drop for TpmToken {
     }
 }
 
-fn with_env<'a>(env: &[(&'static str, String)], cmd: &'a mut Command) -> &'a mut Command {
+fn with_env<'a, K: AsRef<std::ffi::OsStr>>(
+    env: &[(K, String)],
+    cmd: &'a mut Command,
+) -> &'a mut Command {
     for (k, v) in env {
         cmd.env(k, v);
+    }
+    cmd
+}
+
+/// swtpm on `port` (server) and `port + 1` (control), loopback only, with its state in
+/// `state`.
+pub fn swtpm_command(state: &Path, port: u16) -> Command {
+    let mut cmd = Command::new("swtpm");
+    cmd.arg("socket")
+        .arg("--tpmstate")
+        .arg(format!("dir={}", state.display()))
+        .arg("--tpm2")
+        .args([
+            "--server",
+            &format!("type=tcp,port={port},bindaddr=127.0.0.1"),
+        ])
+        .args([
+            "--ctrl",
+            &format!("type=tcp,port={},bindaddr=127.0.0.1", port + 1),
+        ])
+        .args(["--flags", "not-need-init,startup-clear"]);
+    cmd
+}
+
+/// tpm2-abrmd on the session bus of its environment, in front of the swtpm on `port`.
+pub fn abrmd_command(port: u16) -> Command {
+    let mut cmd = Command::new("tpm2-abrmd");
+    cmd.arg("--session")
+        .arg(format!("--tcti=swtpm:host=127.0.0.1,port={port}"))
+        // tpm2-pkcs11 keeps the objects of each key it has used loaded for its
+        // connection; the default cap of 27 failed CreateKey after a few dozen keys
+        // ("out of memory for object contexts"). 100 is tpm2-abrmd's maximum.
+        .arg(format!("--max-transients={ABRMD_MAX_TRANSIENTS}"));
+    if nix::unistd::geteuid().is_root() {
+        cmd.arg("--allow-root");
     }
     cmd
 }
@@ -305,7 +322,7 @@ fn wait_for(
 }
 
 /// True once tpm2-abrmd owns its name on the private bus.
-fn abrmd_ready(env: &[(&'static str, String)]) -> bool {
+pub fn abrmd_ready<K: AsRef<std::ffi::OsStr>>(env: &[(K, String)]) -> bool {
     let out = with_env(env, &mut Command::new("dbus-send"))
         .args([
             "--session",
