@@ -115,6 +115,9 @@ reasons! {
     AccessDenied => "ACCESS_DENIED",
     /// Over the principal's rate limit; the status carries the retry delay.
     RateLimited => "RATE_LIMITED",
+    /// The principal has `tls.max_connections_per_principal` connections open already;
+    /// calls on a connection past that are refused (use one of the open ones).
+    ConnectionLimit => "CONNECTION_LIMIT",
     /// The token is briefly out of reach.
     TokenUnavailable => "TOKEN_UNAVAILABLE",
     /// The audit log cannot record the call, so it was not carried out.
@@ -143,12 +146,13 @@ impl Reason {
     /// True for the reasons that mean "the call was not carried out; the same call may
     /// succeed later": those whose code is UNAVAILABLE or RESOURCE_EXHAUSTED
     /// (RATE_LIMITED, TOKEN_UNAVAILABLE, AUDIT_UNAVAILABLE), the codes hsm-client also
-    /// retries for a reason it does not know.
+    /// retries for a reason it does not know. Not CONNECTION_LIMIT: the connection it
+    /// came on is refused until it closes, so a retry on it fails the same way.
     pub const fn is_retryable(self) -> bool {
         matches!(
             self.code(),
             tonic::Code::Unavailable | tonic::Code::ResourceExhausted
-        )
+        ) && !matches!(self, Reason::ConnectionLimit)
     }
 
     /// The gRPC code every error with this reason carries (the README's error table,
@@ -197,7 +201,7 @@ impl Reason {
             | Reason::MechanismNotSupported => Code::FailedPrecondition,
             Reason::NoClientIdentity => Code::Unauthenticated,
             Reason::AccessDenied => Code::PermissionDenied,
-            Reason::RateLimited => Code::ResourceExhausted,
+            Reason::RateLimited | Reason::ConnectionLimit => Code::ResourceExhausted,
             Reason::TokenUnavailable | Reason::AuditUnavailable => Code::Unavailable,
             Reason::Internal => Code::Internal,
         }
@@ -331,7 +335,12 @@ mod tests {
             Reason::MechanismNotSupported.code(),
             tonic::Code::FailedPrecondition
         );
-        assert_eq!(Reason::ALL.len(), 44);
+        assert_eq!(Reason::ConnectionLimit, "CONNECTION_LIMIT");
+        assert_eq!(
+            Reason::ConnectionLimit.code(),
+            tonic::Code::ResourceExhausted
+        );
+        assert_eq!(Reason::ALL.len(), 45);
     }
 
     #[test]

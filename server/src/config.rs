@@ -143,6 +143,7 @@ struct RawTls {
     #[serde(default)]
     crl: Vec<PathBuf>,
     handshake_timeout_secs: Option<u64>,
+    max_connections_per_principal: Option<usize>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -169,6 +170,10 @@ pub(crate) struct TlsConfig {
     /// A connection that has not finished its TLS handshake by then is closed
     /// (`tls.handshake_timeout_secs`, 1..300, default 10).
     pub(crate) handshake_timeout: std::time::Duration,
+    /// Open connections one principal may have (`tls.max_connections_per_principal`,
+    /// 1..100000, default 256); past it a connection's calls are refused
+    /// RESOURCE_EXHAUSTED (CONNECTION_LIMIT) and it is closed.
+    pub(crate) max_connections_per_principal: usize,
 }
 
 /// The metrics listener (`[metrics]`).
@@ -271,8 +276,16 @@ impl RawConfig {
         if !(1..=300).contains(&handshake) {
             return Err(bad("tls.handshake_timeout_secs", "must be 1..300"));
         }
+        let max_connections = self.tls.max_connections_per_principal.unwrap_or(256);
+        if !(1..=100_000).contains(&max_connections) {
+            return Err(bad(
+                "tls.max_connections_per_principal",
+                "must be 1..100000",
+            ));
+        }
         let tls = TlsConfig {
             handshake_timeout: std::time::Duration::from_secs(handshake),
+            max_connections_per_principal: max_connections,
             cert: existing("tls.cert", abs(self.tls.cert))?,
             key: existing("tls.key", abs(self.tls.key))?,
             client_ca: existing("tls.client_ca", abs(self.tls.client_ca))?,
@@ -378,6 +391,26 @@ fn policy(auth: Option<RawAuth>, policy: Option<RawPolicy>) -> Result<Policy, Co
         ));
     }
     Ok(Policy::new(rules))
+}
+
+/// The policy part of a config file read from TOML text alone (what the fuzz target
+/// `policy` feeds): the same checks `Config::load` makes of those tables.
+pub(crate) fn policy_from_toml(text: &str) -> Result<(Policy, usize), ConfigError> {
+    #[derive(Deserialize)]
+    struct PolicyTables {
+        #[serde(default)]
+        auth: Option<RawAuth>,
+        #[serde(default)]
+        policy: Option<RawPolicy>,
+        #[serde(default)]
+        rate_limits: RawRateLimits,
+    }
+    let raw: PolicyTables = Figment::new()
+        .merge(Toml::string(text))
+        .extract()
+        .map_err(|e| bad("file", e.kind.to_string()))?;
+    let limits = rate_limits(raw.rate_limits)?;
+    Ok((policy(raw.auth, raw.policy)?, limits.len()))
 }
 
 /// Default key of the KMS plugin.

@@ -17,7 +17,7 @@ use hsmd_proto::v1::{
     token_service_client::TokenServiceClient,
 };
 use tempfile::TempDir;
-use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig, Endpoint, Identity};
 
 use crate::profile::Profile;
 use crate::tools;
@@ -103,7 +103,18 @@ impl Instance {
         cert_pem: &[u8],
         key_pem: &[u8],
     ) -> Result<Channel, tonic::transport::Error> {
-        connect_with(cert_pem, key_pem, self.profile()).await
+        connect_with(cert_pem, key_pem, self.profile(), |e| e).await
+    }
+
+    /// As [`Instance::connect_as`], with the endpoint's settings changed by `tune` (for
+    /// example HTTP/2 window sizes).
+    pub async fn connect_tuned(
+        &self,
+        cert_pem: &[u8],
+        key_pem: &[u8],
+        tune: impl FnOnce(Endpoint) -> Endpoint,
+    ) -> Result<Channel, tonic::transport::Error> {
+        connect_with(cert_pem, key_pem, self.profile(), tune).await
     }
 
     /// Tries to open a TLS channel without any client certificate.
@@ -145,24 +156,24 @@ impl Instance {
 pub(crate) async fn connect_admin(profile: &Profile) -> Result<Channel, tonic::transport::Error> {
     let cert = read(&profile.client_cert);
     let key = read(&profile.client_key);
-    connect_with(&cert, &key, profile).await
+    connect_with(&cert, &key, profile, |e| e).await
 }
 
 async fn connect_with(
     cert_pem: &[u8],
     key_pem: &[u8],
     profile: &Profile,
+    tune: impl FnOnce(Endpoint) -> Endpoint,
 ) -> Result<Channel, tonic::transport::Error> {
     let tls = ClientTlsConfig::new()
         .ca_certificate(Certificate::from_pem(read(&profile.ca_cert)))
         .identity(Identity::from_pem(cert_pem, key_pem))
         .domain_name(profile.server_name.clone());
-    Channel::from_shared(profile.endpoint.clone())
+    let endpoint = Channel::from_shared(profile.endpoint.clone())
         .expect("endpoint is a URI")
         .tls_config(tls)?
-        .timeout(Duration::from_secs(120))
-        .connect()
-        .await
+        .timeout(Duration::from_secs(120));
+    tune(endpoint).connect().await
 }
 
 pub(crate) fn read(path: &Path) -> Vec<u8> {

@@ -60,6 +60,8 @@ pub(crate) struct ApiState {
 pub(crate) struct Identity {
     pub(crate) principal: Option<String>,
     pub(crate) peer: String,
+    /// The connection's remote address (None for the KMS plugin's Unix socket).
+    pub(crate) addr: Option<std::net::SocketAddr>,
 }
 
 impl Identity {
@@ -68,8 +70,13 @@ impl Identity {
         let principal = req
             .peer_certs()
             .and_then(|certs| certs.first().and_then(|c| principal_of(c.as_ref())));
-        let peer = req.remote_addr().map(|a| a.to_string()).unwrap_or_default();
-        Identity { principal, peer }
+        let addr = req.remote_addr();
+        let peer = addr.map(|a| a.to_string()).unwrap_or_default();
+        Identity {
+            principal,
+            peer,
+            addr,
+        }
     }
 }
 
@@ -79,6 +86,7 @@ pub(crate) struct Call {
     method: &'static str,
     pub(crate) event: AuditEvent,
     principal: Option<String>,
+    addr: Option<std::net::SocketAddr>,
 }
 
 impl Call {
@@ -102,14 +110,23 @@ impl Call {
             method,
             event,
             principal: who.principal.clone(),
+            addr: who.addr,
         }
     }
 
     /// Checks that the caller may do `action` (on some key, for key actions) and takes
     /// a token from its rate limit for the action's class. Refusals are
-    /// PERMISSION_DENIED (ACCESS_DENIED) and RESOURCE_EXHAUSTED (RATE_LIMITED).
+    /// PERMISSION_DENIED (ACCESS_DENIED) and RESOURCE_EXHAUSTED (RATE_LIMITED, or
+    /// CONNECTION_LIMIT on a connection past its principal's limit).
     fn authorize(&self, state: &ApiState, action: Action) -> Result<Grant, ApiError> {
         let p = self.principal.as_deref().ok_or(ApiError::Unauthenticated)?;
+        let connections = state.auth.connections();
+        if connections.is_over(self.addr) {
+            return Err(ApiError::ConnectionLimit {
+                principal: p.to_string(),
+                max: connections.max(),
+            });
+        }
         let policy = state.auth.policy();
         if !policy.may(p, action) {
             return Err(ApiError::AccessDenied {

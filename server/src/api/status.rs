@@ -37,6 +37,10 @@ pub(crate) enum ApiError {
         class: &'static str,
         retry_after: std::time::Duration,
     },
+    #[error(
+        "principal '{principal}' has {max} connections open, the most allowed (tls.max_connections_per_principal): use one of them"
+    )]
+    ConnectionLimit { principal: String, max: usize },
     #[error("audit log unavailable: the call was not carried out; retry later")]
     AuditUnavailable,
     #[error(transparent)]
@@ -72,6 +76,7 @@ impl ApiError {
             ApiError::Unauthenticated => Reason::NoClientIdentity,
             ApiError::AccessDenied { .. } => Reason::AccessDenied,
             ApiError::RateLimited { .. } => Reason::RateLimited,
+            ApiError::ConnectionLimit { .. } => Reason::ConnectionLimit,
             ApiError::AuditUnavailable => Reason::AuditUnavailable,
             ApiError::Cert(c) => c.reason(),
             ApiError::Key(k) => k.reason(),

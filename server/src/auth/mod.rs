@@ -5,6 +5,7 @@
 //! started with.
 
 pub(crate) mod action;
+pub(crate) mod connections;
 pub(crate) mod glob;
 pub(crate) mod limits;
 pub(crate) mod policy;
@@ -13,6 +14,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 
 pub(crate) use action::{Action, LimitClass};
+pub(crate) use connections::{ConnectionLimits, Slot};
 pub(crate) use limits::{Rate, RateLimiter};
 pub(crate) use policy::{KeyFacts, Policy, RawRule, Rule};
 
@@ -101,14 +103,25 @@ fn directory_string(any: &der::Any) -> Option<String> {
 pub(crate) struct Authorizer {
     policy: RwLock<Arc<Policy>>,
     limits: RateLimiter,
+    connections: Arc<ConnectionLimits>,
 }
 
 impl Authorizer {
-    pub(crate) fn new(policy: Policy, limits: HashMap<LimitClass, Rate>) -> Self {
+    pub(crate) fn new(
+        policy: Policy,
+        limits: HashMap<LimitClass, Rate>,
+        connections: Arc<ConnectionLimits>,
+    ) -> Self {
         Authorizer {
             policy: RwLock::new(Arc::new(policy)),
             limits: RateLimiter::new(limits),
+            connections,
         }
+    }
+
+    /// The open connections of each principal (`tls.max_connections_per_principal`).
+    pub(crate) fn connections(&self) -> &Arc<ConnectionLimits> {
+        &self.connections
     }
 
     /// The policy in force (a call keeps the one it started with).

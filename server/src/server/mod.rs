@@ -27,7 +27,7 @@ use crate::api::certs::CertApi;
 use crate::api::keys::KeyApi;
 use crate::api::token::TokenApi;
 use crate::audit::{AuditLog, CheckpointSigner};
-use crate::auth::Authorizer;
+use crate::auth::{Authorizer, ConnectionLimits};
 use crate::config::Config;
 use crate::hsm::Pkcs11Backend;
 use crate::keys::KeyManager;
@@ -56,6 +56,14 @@ pub struct Bound {
     /// The plain-HTTP metrics listener, when `[metrics] listen` is set.
     pub metrics: Option<SocketAddr>,
 }
+
+/// HTTP/2 receive window of each call (bytes of request data hsmd takes ahead of
+/// reading it); enough for a loopback or LAN round trip at full speed.
+const STREAM_WINDOW: u32 = 256 * 1024;
+/// HTTP/2 receive window of each connection, over all its calls.
+const CONNECTION_WINDOW: u32 = 512 * 1024;
+/// Calls open at once on one connection (hyper's default is unbounded).
+const MAX_STREAMS: u32 = 128;
 
 /// Runs the daemon. `on_bound` is called once the listeners are bound (with their real
 /// addresses, so port 0 works) and before the first call is served.
@@ -101,7 +109,12 @@ pub async fn run_until<S: std::future::Future<Output = ()>>(
         .await
         .with_context(|| format!("listen on {}", cfg.listen))?;
     let addr = listener.local_addr()?;
-    let incoming = tls_incoming(listener, acceptor_rx, cfg.tls.handshake_timeout);
+    let incoming = tls_incoming(
+        listener,
+        acceptor_rx,
+        cfg.tls.handshake_timeout,
+        state.auth.connections().clone(),
+    );
 
     let (health, health_service) = tonic_health::server::health_reporter();
     set_health(&health, true).await;
@@ -136,6 +149,11 @@ pub async fn run_until<S: std::future::Future<Output = ()>>(
         serving.send_replace(false);
     };
     Server::builder()
+        // What one connection may make hsmd hold of requests it has not read yet: a
+        // client that sends without reading its answers stops at these windows.
+        .initial_stream_window_size(STREAM_WINDOW)
+        .initial_connection_window_size(CONNECTION_WINDOW)
+        .max_concurrent_streams(MAX_STREAMS)
         .layer(tower_layer::layer_fn(crate::api::complete::RunToCompletion))
         .add_service(health_service)
         .add_service(reflection)
@@ -242,7 +260,11 @@ async fn open_state(cfg: &Config, clock: SharedClock) -> anyhow::Result<ApiState
     Ok(ApiState {
         keys,
         audit,
-        auth: Arc::new(Authorizer::new(cfg.policy.clone(), cfg.rate_limits.clone())),
+        auth: Arc::new(Authorizer::new(
+            cfg.policy.clone(),
+            cfg.rate_limits.clone(),
+            ConnectionLimits::new(cfg.tls.max_connections_per_principal),
+        )),
         metrics,
     })
 }

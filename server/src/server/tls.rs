@@ -1,15 +1,21 @@
 //! The gRPC listener's TLS: TLS 1.3 only, a client certificate from the configured CA
 //! required, and each handshake in a task of its own.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use anyhow::Context;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
+use tokio_rustls::server::TlsStream;
+use tonic::transport::server::Connected;
 
+use crate::auth::{ConnectionLimits, Slot};
 use crate::config::TlsConfig;
 
 /// Server TLS: TLS 1.3 only, a client certificate from the configured CA required, and
@@ -63,13 +69,14 @@ pub(super) fn tls_config(tls: &TlsConfig) -> anyhow::Result<rustls::ServerConfig
 /// failing handshake never holds up the others.
 /// The acceptor in force comes from `acceptor` at each connection, so a SIGHUP that
 /// rebuilds it (new CRLs, certificate or CA) applies to the next handshake.
+/// Each connection takes a place of its principal in `limits`; one past the limit is
+/// served (its calls are refused CONNECTION_LIMIT) for `handshake_timeout`, then closed.
 pub(super) fn tls_incoming(
     listener: TcpListener,
     acceptor: tokio::sync::watch::Receiver<TlsAcceptor>,
     handshake_timeout: Duration,
-) -> tokio_stream::wrappers::ReceiverStream<
-    Result<tokio_rustls::server::TlsStream<tokio::net::TcpStream>, std::io::Error>,
-> {
+    limits: Arc<ConnectionLimits>,
+) -> tokio_stream::wrappers::ReceiverStream<Result<Conn, std::io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
         loop {
@@ -84,10 +91,12 @@ pub(super) fn tls_incoming(
             let _ = tcp.set_nodelay(true);
             let acceptor = acceptor.borrow().clone();
             let tx = tx.clone();
+            let limits = limits.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
-                        let _ = tx.send(Ok(tls)).await;
+                        let conn = Conn::admit(tls, peer, &limits, handshake_timeout);
+                        let _ = tx.send(Ok(conn)).await;
                     }
                     Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake refused"),
                     Err(_) => tracing::info!(%peer, "TLS handshake timed out"),
@@ -96,4 +105,96 @@ pub(super) fn tls_incoming(
         }
     });
     tokio_stream::wrappers::ReceiverStream::new(rx)
+}
+
+/// A verified client connection and its place among its principal's connections. One
+/// past the limit reads end-of-stream at its deadline, which closes it.
+pub(super) struct Conn {
+    tls: TlsStream<TcpStream>,
+    slot: Slot,
+    close_at: Option<Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl Conn {
+    fn admit(
+        tls: TlsStream<TcpStream>,
+        peer: std::net::SocketAddr,
+        limits: &Arc<ConnectionLimits>,
+        grace: Duration,
+    ) -> Conn {
+        let principal = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(|c| crate::auth::principal_of(c.as_ref()))
+            .unwrap_or_default();
+        let slot = limits.admit(&principal, peer);
+        let close_at = slot.over().then(|| {
+            tracing::warn!(%peer, %principal, max = limits.max(), "connection past the principal's limit: its calls are refused, and it closes");
+            Box::pin(tokio::time::sleep(grace))
+        });
+        Conn {
+            tls,
+            slot,
+            close_at,
+        }
+    }
+}
+
+impl Connected for Conn {
+    type ConnectInfo = <TlsStream<TcpStream> as Connected>::ConnectInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.tls.connect_info()
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        if let Some(deadline) = self.close_at.as_mut()
+            && deadline.as_mut().poll(cx).is_ready()
+        {
+            debug_assert!(self.slot.over());
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.tls).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.tls).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.tls).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.tls.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tls).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.tls).poll_shutdown(cx)
+    }
 }

@@ -98,6 +98,7 @@ impl KmsPlugin {
             who: Identity {
                 principal: Some(cfg.principal()),
                 peer: format!("unix:{}", cfg.socket.display()),
+                addr: None,
             },
             healthy_at: Mutex::new(None),
         }
