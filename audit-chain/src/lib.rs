@@ -12,6 +12,8 @@
 //! - [`syslog`]: a record as an RFC 5424 message, and the TCP / Unix socket transports.
 
 pub mod files;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod line;
 pub mod query;
 pub mod record;

@@ -30,6 +30,8 @@ mod client;
 mod encryption;
 pub mod envelope;
 mod error;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod import;
 mod import_calls;
 pub mod names;

@@ -22,7 +22,8 @@
 //! - [`clock`] and [`domain`]: time, and the vocabulary of keys;
 //! - [`baseline`]: the PKCS#11 pieces `hsmd-bench`'s raw side shares with hsmd, so that
 //!   raw and hsmd do exactly the same token work;
-//! - [`audit_writer`]: hsmd's audit writer without the daemon, for `hsmd-bench audit`.
+//! - [`audit_writer`]: hsmd's audit writer without the daemon, for `hsmd-bench audit`;
+//! - `fuzz` (hidden): the parsers of untrusted input as fuzz targets, for `fuzz/`.
 
 mod api;
 mod audit;
@@ -33,6 +34,8 @@ mod csr;
 pub mod dev;
 pub mod domain;
 mod encoding;
+#[doc(hidden)]
+pub mod fuzz;
 mod hsm;
 mod keys;
 mod metrics;

@@ -27,8 +27,9 @@ const LAYERS: &[&[&str]] = &[
     &["api"],
     // assembly: configuration, `hsmd dev`, start-up
     &["config", "dev"],
-    // `proptests`: the parser property tests (test builds only), beside the top
-    &["server", "proptests"],
+    // `proptests` and `fuzz`: the parser property tests (test builds only) and fuzz
+    // targets (for `fuzz/`), which reach into every layer's parsers, beside the top
+    &["server", "proptests", "fuzz"],
 ];
 
 /// External crates only some top-level modules (or, by path under `server/src`, single

@@ -1,0 +1,152 @@
+//! The fuzz targets of hsmd's parsers of untrusted input, one function each that takes
+//! any bytes and must answer without panicking or hanging. `fuzz/` runs them under
+//! AFL++ (`scripts/fuzz TARGET MINUTES`); the unit test below replays every seed and
+//! every input a fuzzer once crashed on, so a fixed crash stays fixed.
+//!
+//! Not an API: public only so that the `fuzz/` crate can reach private parsers.
+
+use audit_chain::fuzz::Target;
+use uuid::Uuid;
+
+use crate::api::kubernetes::parse_key_id;
+use crate::auth::limits::Rate;
+use crate::csr::san::{self, SanKind};
+use crate::csr::{chain, subject};
+use crate::domain::spec::KeySpec;
+use crate::encoding::{oaep, public};
+use crate::keys::{KeyRef, blob};
+
+/// Every target of this crate.
+pub const TARGETS: &[Target] = &[
+    Target {
+        name: "subject",
+        run: subject,
+    },
+    Target {
+        name: "san",
+        run: san,
+    },
+    Target {
+        name: "cert_chain",
+        run: cert_chain,
+    },
+    Target {
+        name: "ciphertext_blob",
+        run: ciphertext_blob,
+    },
+    Target {
+        name: "oaep",
+        run: oaep,
+    },
+    Target {
+        name: "public_key_der",
+        run: public_key_der,
+    },
+    Target {
+        name: "policy",
+        run: policy,
+    },
+    Target {
+        name: "names",
+        run: names,
+    },
+];
+
+fn text(data: &[u8]) -> Option<&str> {
+    std::str::from_utf8(data).ok()
+}
+
+/// RFC 4514 subjects of CreateCsr.
+fn subject(data: &[u8]) {
+    if let Some(s) = text(data) {
+        let _ = subject::parse(s);
+    }
+}
+
+/// SAN strings of CreateCsr; the first byte picks the kind.
+fn san(data: &[u8]) {
+    let Some((&k, rest)) = data.split_first() else {
+        return;
+    };
+    let kind = [SanKind::Dns, SanKind::Ip, SanKind::Uri, SanKind::Email][usize::from(k % 4)];
+    if let Some(s) = text(rest) {
+        let _ = san::parse(kind, s);
+    }
+}
+
+/// PEM or DER certificate chains of ImportCertificate.
+fn cert_chain(data: &[u8]) {
+    let _ = chain::parse(data);
+}
+
+/// Ciphertext blobs of Decrypt and the KMS plugin; a blob that parses is written back
+/// and must read the same.
+fn ciphertext_blob(data: &[u8]) {
+    if let Ok(b) = blob::parse(data) {
+        let again = blob::assemble(
+            &blob::header(b.key_id, b.key_version),
+            b.iv,
+            b.ciphertext_and_tag,
+        );
+        let back = blob::parse(&again).expect("a blob hsmd wrote parses");
+        assert_eq!((back.key_id, back.key_version), (b.key_id, b.key_version));
+    }
+}
+
+/// OAEP decoding of a raw RSA decryption (the host-side unwrap path of imports); the
+/// first byte is the label's length.
+fn oaep(data: &[u8]) {
+    let Some((&n, rest)) = data.split_first() else {
+        return;
+    };
+    let (label, em) = rest.split_at(usize::from(n).min(rest.len()));
+    let _ = oaep::decode::<sha2::Sha256>(em, label);
+    let _ = oaep::decode::<sha1::Sha1>(em, label);
+}
+
+/// The public key a caller sends with ImportKeyMaterial; the first byte picks the spec.
+fn public_key_der(data: &[u8]) {
+    let Some((&k, der)) = data.split_first() else {
+        return;
+    };
+    let specs = [
+        KeySpec::Rsa2048,
+        KeySpec::Rsa3072,
+        KeySpec::Rsa4096,
+        KeySpec::EcP256,
+        KeySpec::EcP384,
+        KeySpec::Ed25519,
+    ];
+    let _ = public::from_spki(specs[usize::from(k) % specs.len()], der);
+}
+
+/// The policy part of a config file (`[[policy.rules]]`, `[auth]`, `[rate_limits]`).
+fn policy(data: &[u8]) {
+    if let Some(s) = text(data) {
+        let _ = crate::config::policy_from_toml(s);
+    }
+}
+
+/// The short names callers send: key references, KMS plugin key ids, rates.
+fn names(data: &[u8]) {
+    if let Some(s) = text(data) {
+        let _ = KeyRef::parse(s);
+        let _ = Rate::parse(s);
+        if let Some((id, v)) = parse_key_id(s) {
+            let back = crate::api::kubernetes::key_id_of(id, v);
+            assert_eq!(parse_key_id(&back), Some((id, v)));
+        }
+        let _ = Uuid::parse_str(s);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every seed and every saved crash of every target, through its function.
+    #[test]
+    fn seeds_and_regressions_replay() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz");
+        let targets = crate::fuzz::TARGETS;
+        assert!(audit_chain::fuzz::replay(&root, targets) >= targets.len());
+    }
+}
