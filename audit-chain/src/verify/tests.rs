@@ -202,3 +202,15 @@ fn missing_first_file_is_named() {
 fn ranges_are_compact() {
     assert_eq!(ranges(&[1, 2, 3, 7, 9, 10]), "1..3, 7, 9..10");
 }
+
+#[test]
+fn gaps_are_the_numbers_not_present_without_walking_the_gap() {
+    assert_eq!(super::gaps(1, 10, &[3, 4, 7]), "1..2, 5..6, 8..9");
+    assert_eq!(super::gaps(5, 6, &[]), "5");
+    assert_eq!(super::gaps(5, 8, &[5, 6, 7]), "");
+    // An edited number opens a gap of almost 2^64: answered at once.
+    assert_eq!(
+        super::gaps(2, u64::MAX, &[9]),
+        format!("2..8, 10..{}", u64::MAX - 1)
+    );
+}
