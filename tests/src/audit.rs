@@ -73,7 +73,28 @@ impl Instance {
         fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()))
     }
 
-    /// Every record of the audit log, in file order.
+    /// The request id of every record in every file of the audit log (rotated files
+    /// too), read line by line so that a long log costs only its ids.
+    pub fn audit_request_ids(&self) -> std::collections::HashSet<String> {
+        use std::io::BufRead;
+        let files =
+            audit_chain::files::log_files(&self.audit_log_path()).expect("list audit files");
+        let mut ids = std::collections::HashSet::new();
+        for f in files {
+            let r = std::io::BufReader::new(fs::File::open(&f).expect("open audit file"));
+            for line in r.lines() {
+                let line = line.expect("read audit file");
+                if let Ok(v) = serde_json::from_str::<Value>(&line)
+                    && let Some(id) = v.get("request_id").and_then(Value::as_str)
+                {
+                    ids.insert(id.to_string());
+                }
+            }
+        }
+        ids
+    }
+
+    /// Every record of the audit log (its current file), in file order.
     pub fn audit_lines(&self) -> Vec<AuditLine> {
         parse_lines(&self.audit_text())
     }

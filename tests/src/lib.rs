@@ -25,6 +25,7 @@ pub mod inprocess;
 pub mod instance;
 pub mod keys;
 pub mod kms;
+pub mod load;
 pub mod ops;
 pub mod pkcs11;
 pub mod profile;
