@@ -4,16 +4,33 @@
 //! These tables are written from the API contract (keys.proto), not taken from the
 //! server, so a server that drifts from the contract fails here.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use hsmd_proto::v1::{
-    CreateKeyRequest, KeySpec, KeyUsage, MessageType, SignRequest, SigningAlgorithm, VerifyRequest,
-    key_service_client::KeyServiceClient,
+    CreateKeyRequest, GetPublicKeyRequest, KeySpec, KeyUsage, MessageType, SignRequest,
+    SigningAlgorithm, VerifyRequest, key_service_client::KeyServiceClient,
 };
 use sha2::{Digest, Sha256, Sha384, Sha512};
 use tonic::{Response, Status, transport::Channel};
 
 use crate::tools::{CmdOutput, run_unchecked};
+
+/// Writes the public key of `key` (PEM, from GetPublicKey) to `dir/name`, for openssl.
+pub async fn public_key_pem_file(
+    keys: &mut KeyServiceClient<Channel>,
+    key: &str,
+    dir: &Path,
+    name: &str,
+) -> PathBuf {
+    let public = keys
+        .get_public_key(GetPublicKeyRequest {
+            key_id: key.to_string(),
+        })
+        .await
+        .unwrap_or_else(|s| panic!("GetPublicKey {key}: {s:?}"))
+        .into_inner();
+    crate::tools::write_file(dir, name, public.public_key_pem.as_bytes())
+}
 
 /// Every RSA signing algorithm.
 pub const RSA_ALGORITHMS: [SigningAlgorithm; 6] = [

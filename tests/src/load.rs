@@ -4,16 +4,18 @@
 //! can check each has its audit record) and every key made.
 
 use std::{
+    collections::HashSet,
     path::PathBuf,
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender};
 use tonic::transport::Channel;
 
 use crate::{
+    Instance,
     crypt::{decrypt, encrypt},
-    import::openssl_wrap,
+    import::{openssl_genpkey, openssl_wrap},
     request_id,
     tools::write_file,
     v1::{
@@ -23,27 +25,119 @@ use crate::{
     },
 };
 
-/// What the clients share: the keys they use and where answered request ids go.
+/// What a load needs on its daemon, made once: the keys, the alias, the key to import.
 #[derive(Clone)]
-pub struct Load {
+pub struct Fixture {
     /// A P-256 SIGN_VERIFY key.
     pub signer: String,
     /// An AES_256 ENCRYPT_DECRYPT key.
     pub aes: String,
     /// An alias the clients move between `signer` and `aes`.
     pub alias: String,
+    scratch: PathBuf,
+    material: (PathBuf, Vec<u8>),
+}
+
+impl Fixture {
+    /// Makes the keys and the alias `alias` on daemon `d`, and a P-256 key to import.
+    pub async fn make(d: &Instance, alias: &str) -> Fixture {
+        let mut keys = d.keys();
+        let signer = crate::algorithms::create_key(&mut keys, KeySpec::EcP256, "").await;
+        let aes =
+            crate::crypt::create_key(&mut keys, KeySpec::Aes256, KeyUsage::EncryptDecrypt, "")
+                .await;
+        keys.create_alias(crate::v1::CreateAliasRequest {
+            alias_name: alias.to_string(),
+            target_key_id: signer.clone(),
+        })
+        .await
+        .expect("CreateAlias");
+        let material = openssl_genpkey(&d.scratch(), "imported", KeySpec::EcP256);
+        Fixture {
+            signer,
+            aes,
+            alias: alias.to_string(),
+            scratch: d.scratch(),
+            material: (material.pkcs8_der, material.public_der),
+        }
+    }
+
+    /// Starts `clients` clients on `d`, each calling until the daemon goes away. One round
+    /// in `create_every` of each client makes a key (CreateKey, or an import): 1 where
+    /// half-made keys are the point (the crash test), more for a long soak, whose token
+    /// would otherwise fill with keys; 0 for never.
+    pub fn start(&self, d: &Instance, clients: usize, create_every: usize) -> Running {
+        let (answered_tx, answered) = tokio::sync::mpsc::unbounded_channel();
+        let (created_tx, created) = tokio::sync::mpsc::unbounded_channel();
+        let load = Load {
+            signer: self.signer.clone(),
+            aes: self.aes.clone(),
+            alias: self.alias.clone(),
+            scratch: self.scratch.clone(),
+            material: self.material.clone(),
+            answered: answered_tx,
+            created: created_tx,
+            create_every,
+        };
+        let clients = (0..clients)
+            .map(|c| tokio::spawn(load.clone().run(c, d.keys())))
+            .collect();
+        Running {
+            clients,
+            answered,
+            created,
+        }
+    }
+}
+
+/// A load under way.
+pub struct Running {
+    clients: Vec<tokio::task::JoinHandle<()>>,
+    answered: UnboundedReceiver<String>,
+    created: UnboundedReceiver<String>,
+}
+
+impl Running {
+    /// Adds the request ids answered since the last call to `into`.
+    pub fn answered_so_far(&mut self, into: &mut HashSet<String>) {
+        while let Ok(id) = self.answered.try_recv() {
+            into.insert(id);
+        }
+    }
+
+    /// Once the daemon has gone away: waits for the clients (panics if one panicked),
+    /// adds the answered request ids to `answered` and returns the keys made.
+    pub async fn finish(mut self, answered: &mut HashSet<String>) -> Vec<String> {
+        for c in self.clients {
+            c.await.expect("a load client panicked");
+        }
+        while let Some(id) = self.answered.recv().await {
+            answered.insert(id);
+        }
+        let mut made = Vec::new();
+        while let Some(id) = self.created.recv().await {
+            made.push(id);
+        }
+        made
+    }
+}
+
+/// What the clients share: the keys they use and where answered request ids go.
+#[derive(Clone)]
+struct Load {
+    signer: String,
+    aes: String,
+    alias: String,
     /// Where the import calls write their files.
-    pub scratch: PathBuf,
+    scratch: PathBuf,
     /// A P-256 private key to import (PKCS#8 DER file) and its public key (DER).
-    pub material: (PathBuf, Vec<u8>),
+    material: (PathBuf, Vec<u8>),
     /// Every answered call's request id.
-    pub answered: UnboundedSender<String>,
+    answered: UnboundedSender<String>,
     /// Every key made (created or imported).
-    pub created: UnboundedSender<String>,
-    /// 1 in how many rounds makes a key (CreateKey, or an import): 1 for the crash test,
-    /// where half-made keys are the point; more for a long soak, whose token would
-    /// otherwise fill with keys; 0 for never.
-    pub create_every: usize,
+    created: UnboundedSender<String>,
+    /// 1 in how many rounds makes a key (0: never).
+    create_every: usize,
 }
 
 impl Load {
@@ -52,7 +146,7 @@ impl Load {
     }
 
     /// One client's calls until the daemon goes away.
-    pub async fn run(self, client: usize, mut keys: KeyServiceClient<Channel>) {
+    async fn run(self, client: usize, mut keys: KeyServiceClient<Channel>) {
         for i in 0usize.. {
             let makes = self.create_every > 0 && (i / 6).is_multiple_of(self.create_every);
             let ok = match (client + i) % 6 {

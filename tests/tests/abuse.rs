@@ -15,13 +15,13 @@ use std::time::{Duration, Instant};
 
 use hsmd_e2e::{
     Daemon, Instance,
-    algorithms::{create_key, openssl_verify, sign},
+    algorithms::{create_key, openssl_verify, public_key_pem_file, sign},
     configured::with_admin_policy,
     expect_ok,
     status::{describe, key_method},
     v1::{
-        GetPublicKeyRequest, KeySpec, MessageType, SignRequest, SigningAlgorithm,
-        key_service_client::KeyServiceClient, sign_stream_response::Result as Answer,
+        KeySpec, MessageType, SignRequest, SigningAlgorithm, key_service_client::KeyServiceClient,
+        sign_stream_response::Result as Answer,
     },
 };
 use tokio::io::AsyncReadExt;
@@ -436,18 +436,8 @@ async fn a_stream_of_100k_tiny_signs_is_answered_whole_and_in_order() {
         .filter(|l| l.str("method") == key_method("SignStream") && l.str("status") == "OK")
         .count();
     assert_eq!(signs, N, "audit records of the stream's Signs");
-    let public = d
-        .keys()
-        .get_public_key(GetPublicKeyRequest {
-            key_id: key.clone(),
-        })
-        .await
-        .expect("GetPublicKey")
-        .into_inner()
-        .public_key_pem;
     let dir = d.scratch();
-    let pem = dir.join("stream.pub.pem");
-    std::fs::write(&pem, public).expect("write public key");
+    let pem = public_key_pem_file(&mut d.keys(), &key, &dir, "stream.pub.pem").await;
     for (i, sig) in kept {
         let (msg, sig_path) = (dir.join(format!("m{i}")), dir.join(format!("s{i}")));
         std::fs::write(&msg, i.to_be_bytes()).expect("write message");

@@ -13,9 +13,8 @@ use std::{collections::HashSet, time::Duration};
 
 use hsmd_e2e::{
     Daemon, args,
-    import::openssl_genpkey,
-    load::{Load, rand_u64},
-    v1::{CreateAliasRequest, KeySpec, KeyUsage, MessageType, SignRequest, SigningAlgorithm},
+    load::{Fixture, rand_u64},
+    v1::{MessageType, SignRequest, SigningAlgorithm},
 };
 
 const ROUNDS: usize = 5;
@@ -24,56 +23,22 @@ const CLIENTS: usize = 16;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn five_kill_9s_under_mixed_load_lose_nothing() {
     let mut d = Daemon::start().await;
-    let mut keys = d.keys();
-    let signer = hsmd_e2e::algorithms::create_key(&mut keys, KeySpec::EcP256, "").await;
-    let aes =
-        hsmd_e2e::crypt::create_key(&mut keys, KeySpec::Aes256, KeyUsage::EncryptDecrypt, "").await;
-    let alias = "alias/crash-moving".to_string();
-    keys.create_alias(CreateAliasRequest {
-        alias_name: alias.clone(),
-        target_key_id: signer.clone(),
-    })
-    .await
-    .expect("CreateAlias");
+    let load = Fixture::make(&d, "alias/crash-moving").await;
     let pem = d.scratch().join("audit.pem");
     assert!(
         d.hsmctl(args!["audit", "public-key", "--out", &pem])
             .success()
     );
-    let material = openssl_genpkey(&d.scratch(), "imported", KeySpec::EcP256);
     let mut answered: HashSet<String> = HashSet::new();
     let mut created: Vec<String> = Vec::new();
 
     for round in 1..=ROUNDS {
-        let (answered_tx, mut answered_rx) = tokio::sync::mpsc::unbounded_channel();
-        let (created_tx, mut created_rx) = tokio::sync::mpsc::unbounded_channel();
-        let load = Load {
-            signer: signer.clone(),
-            aes: aes.clone(),
-            alias: alias.clone(),
-            scratch: d.scratch(),
-            material: (material.pkcs8_der.clone(), material.public_der.clone()),
-            answered: answered_tx,
-            created: created_tx,
-            create_every: 1,
-        };
-        let clients: Vec<_> = (0..CLIENTS)
-            .map(|c| tokio::spawn(load.clone().run(c, d.keys())))
-            .collect();
-        drop(load);
+        let running = load.start(&d, CLIENTS, 1);
         let delay = 800 + rand_u64() % 1700;
         tokio::time::sleep(Duration::from_millis(delay)).await;
         d.kill_hard();
-        for c in clients {
-            c.await.expect("a client panicked");
-        }
         let before = answered.len();
-        while let Some(id) = answered_rx.recv().await {
-            answered.insert(id);
-        }
-        while let Some(id) = created_rx.recv().await {
-            created.push(id);
-        }
+        created.extend(running.finish(&mut answered).await);
         assert!(
             answered.len() >= before + 10,
             "round {round}: the load hardly ran ({} calls answered)",
@@ -116,7 +81,7 @@ async fn five_kill_9s_under_mixed_load_lose_nothing() {
             report.split("reconciled").nth(1).unwrap_or(report).trim()
         );
         let mut keys = d.keys();
-        for key in std::iter::once(&signer).chain(&created) {
+        for key in std::iter::once(&load.signer).chain(&created) {
             let r = keys
                 .sign(SignRequest {
                     key_id: key.clone(),

@@ -13,11 +13,11 @@ use std::{fs, time::Duration};
 
 use hsmd_e2e::{
     Daemon,
-    algorithms::{create_key, openssl_verify, sign},
+    algorithms::{create_key, openssl_verify, public_key_pem_file, sign},
     configured::with_admin_policy,
     status::describe,
     tools::{workspace_bin, write_file},
-    v1::{GetPublicKeyRequest, GetTokenInfoRequest, KeySpec, MessageType, SigningAlgorithm},
+    v1::{GetTokenInfoRequest, KeySpec, MessageType, SigningAlgorithm},
 };
 use tonic::Code;
 
@@ -104,16 +104,8 @@ async fn lost_sessions_and_a_removed_token_give_unavailable_then_recover() {
     let (tries, sig) = recovered.expect("the key never signed again after the token came back");
     eprintln!("---- signed again after {tries} failed tries");
 
-    let public = d
-        .keys()
-        .get_public_key(GetPublicKeyRequest {
-            key_id: key.clone(),
-        })
-        .await
-        .expect("GetPublicKey")
-        .into_inner();
     let dir = d.scratch();
-    let pem = write_file(&dir, "key.pem", public.public_key_pem.as_bytes());
+    let pem = public_key_pem_file(&mut d.keys(), &key, &dir, "key.pem").await;
     let msg = write_file(&dir, "msg", b"back again");
     let sig = write_file(&dir, "sig", &sig);
     assert!(

@@ -15,12 +15,7 @@ use std::collections::HashSet;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use hsmd_e2e::{
-    Daemon,
-    import::openssl_genpkey,
-    load::Load,
-    v1::{CreateAliasRequest, KeySpec, KeyUsage},
-};
+use hsmd_e2e::{Daemon, load::Fixture};
 
 /// Clients calling at once.
 const CLIENTS: usize = 16;
@@ -92,46 +87,18 @@ fn main() -> ExitCode {
 async fn soak(length: Duration, restart_every: Duration, create_every: usize) -> Vec<String> {
     let mut problems = Vec::new();
     let mut d = Daemon::start().await;
-    let mut keys = d.keys();
-    let signer = hsmd_e2e::algorithms::create_key(&mut keys, KeySpec::EcP256, "").await;
-    let aes =
-        hsmd_e2e::crypt::create_key(&mut keys, KeySpec::Aes256, KeyUsage::EncryptDecrypt, "").await;
-    let alias = "alias/soak-moving".to_string();
-    keys.create_alias(CreateAliasRequest {
-        alias_name: alias.clone(),
-        target_key_id: signer.clone(),
-    })
-    .await
-    .expect("CreateAlias");
-    let material = openssl_genpkey(&d.scratch(), "imported", KeySpec::EcP256);
+    let load = Fixture::make(&d, "alias/soak-moving").await;
     let started = Instant::now();
     let mut answered: HashSet<String> = HashSet::new();
     let mut made = 0usize;
     let mut samples: Vec<Sample> = Vec::new();
     println!("minute  pid      rss_kib  fds  answered  calls/s");
     for run in 0usize.. {
-        let (answered_tx, mut answered_rx) = tokio::sync::mpsc::unbounded_channel();
-        let (created_tx, mut created_rx) = tokio::sync::mpsc::unbounded_channel();
-        let load = Load {
-            signer: signer.clone(),
-            aes: aes.clone(),
-            alias: alias.clone(),
-            scratch: d.scratch(),
-            material: (material.pkcs8_der.clone(), material.public_der.clone()),
-            answered: answered_tx,
-            created: created_tx,
-            create_every,
-        };
-        let clients: Vec<_> = (0..CLIENTS)
-            .map(|c| tokio::spawn(load.clone().run(c, d.keys())))
-            .collect();
-        drop(load);
+        let mut running = load.start(&d, CLIENTS, create_every);
         let run_started = Instant::now();
         let last = loop {
             tokio::time::sleep(Duration::from_secs(SAMPLE_SECS)).await;
-            while let Ok(id) = answered_rx.try_recv() {
-                answered.insert(id);
-            }
+            running.answered_so_far(&mut answered);
             let pid = d.pid();
             let prev = samples.last().map_or(0, |s| s.answered);
             let s = Sample {
@@ -187,17 +154,7 @@ async fn soak(length: Duration, restart_every: Duration, create_every: usize) ->
         } else {
             d.stop().await;
         }
-        for c in clients {
-            if let Err(e) = c.await {
-                problems.push(format!("a load client panicked: {e}"));
-            }
-        }
-        while let Some(id) = answered_rx.recv().await {
-            answered.insert(id);
-        }
-        while created_rx.recv().await.is_some() {
-            made += 1;
-        }
+        made += running.finish(&mut answered).await.len();
         d.start_again().await;
         check(
             &d,
