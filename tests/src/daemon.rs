@@ -176,7 +176,7 @@ impl Daemon {
         };
         let deadline = Instant::now() + START_TIMEOUT;
         let channel = loop {
-            match connect_admin(&profile).await {
+            match connect_admin(&profile, |e| e).await {
                 Ok(channel) => break channel,
                 Err(e) => {
                     self.panic_if_exited();

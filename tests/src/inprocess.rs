@@ -151,7 +151,7 @@ impl InProcess {
         let text =
             fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
         let profile = Profile::parse(&text).expect("client profile");
-        let channel = connect_admin(&profile)
+        let channel = connect_admin(&profile, |e| e)
             .await
             .unwrap_or_else(|e| panic!("connect to the in-process hsmd: {e:?}"));
         inst.profile = Some(profile);

@@ -106,15 +106,13 @@ impl Instance {
         connect_with(cert_pem, key_pem, self.profile(), |e| e).await
     }
 
-    /// As [`Instance::connect_as`], with the endpoint's settings changed by `tune` (for
-    /// example HTTP/2 window sizes).
-    pub async fn connect_tuned(
+    /// A new TLS channel (a connection of its own) as the dev client, with the endpoint's
+    /// settings changed by `tune` (for example HTTP/2 window sizes; `|e| e` for none).
+    pub async fn connect_admin(
         &self,
-        cert_pem: &[u8],
-        key_pem: &[u8],
         tune: impl FnOnce(Endpoint) -> Endpoint,
     ) -> Result<Channel, tonic::transport::Error> {
-        connect_with(cert_pem, key_pem, self.profile(), tune).await
+        connect_admin(self.profile(), tune).await
     }
 
     /// Tries to open a TLS channel without any client certificate.
@@ -152,11 +150,15 @@ impl Instance {
     }
 }
 
-/// Connects as the dev client of `profile` (its certificate and key files).
-pub(crate) async fn connect_admin(profile: &Profile) -> Result<Channel, tonic::transport::Error> {
+/// Connects as the dev client of `profile` (its certificate and key files), the endpoint
+/// changed by `tune`.
+pub(crate) async fn connect_admin(
+    profile: &Profile,
+    tune: impl FnOnce(Endpoint) -> Endpoint,
+) -> Result<Channel, tonic::transport::Error> {
     let cert = read(&profile.client_cert);
     let key = read(&profile.client_key);
-    connect_with(&cert, &key, profile, |e| e).await
+    connect_with(&cert, &key, profile, tune).await
 }
 
 async fn connect_with(

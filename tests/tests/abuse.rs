@@ -90,14 +90,10 @@ async fn idle_half_open_and_huge_requests_do_not_hurt_other_clients() {
                 .expect("TCP connect"),
         );
     }
-    let admin = (
-        std::fs::read(&d.profile().client_cert).expect("client cert"),
-        std::fs::read(&d.profile().client_key).expect("client key"),
-    );
     let mut idle = Vec::with_capacity(IDLE_TLS);
     for i in 0..IDLE_TLS {
         let channel = d
-            .connect_as(&admin.0, &admin.1)
+            .connect_admin(|e| e)
             .await
             .unwrap_or_else(|e| panic!("idle TLS connection {i}: {e:?}"));
         idle.push(channel);
@@ -169,12 +165,7 @@ fn sockets(pid: u32) -> usize {
 
 /// A KeyService client on a connection of its own as the dev admin.
 async fn admin_connection(d: &Instance) -> KeyServiceClient<tonic::transport::Channel> {
-    let p = d.profile();
-    let (cert, key) = (
-        std::fs::read(&p.client_cert).expect("client cert"),
-        std::fs::read(&p.client_key).expect("client key"),
-    );
-    KeyServiceClient::new(d.connect_as(&cert, &key).await.expect("admin connection"))
+    KeyServiceClient::new(d.connect_admin(|e| e).await.expect("admin connection"))
 }
 
 fn tiny_sign(key: &str, i: usize) -> SignRequest {
@@ -311,16 +302,11 @@ async fn clients_that_never_read_are_held_by_flow_control() {
     let before = rss_kib(d.pid());
     let sent = Arc::new(AtomicUsize::new(0));
     let mut stalled = Vec::new();
-    let p = d.profile();
-    let (cert, key_pem) = (
-        std::fs::read(&p.client_cert).expect("client cert"),
-        std::fs::read(&p.client_key).expect("client key"),
-    );
     for _ in 0..STALLED {
         // Small receive windows, so a client that does not read is full after some
         // hundred answers (hyper's defaults, 2 MiB a stream, hold some 17,000).
         let channel = d
-            .connect_tuned(&cert, &key_pem, |e| {
+            .connect_admin(|e| {
                 e.initial_stream_window_size(64 * 1024)
                     .initial_connection_window_size(64 * 1024)
             })

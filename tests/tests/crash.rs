@@ -51,11 +51,7 @@ async fn five_kill_9s_under_mixed_load_lose_nothing() {
 
         d.verify_offline_after_crash(&pem, &format!("round {round}"));
         d.start_again().await;
-        let logged: HashSet<String> = d
-            .audit_lines()
-            .iter()
-            .map(|l| l.str("request_id").to_owned())
-            .collect();
+        let logged = d.audit_request_ids();
         let missing: Vec<&String> = answered.iter().filter(|r| !logged.contains(*r)).collect();
         assert!(
             missing.is_empty(),
