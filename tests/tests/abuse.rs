@@ -34,12 +34,7 @@ const IDLE_TLS: usize = 200;
 const RSS_BOUND_KIB: u64 = 100 * 1024;
 
 fn rss_kib(pid: u32) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .expect("VmRSS")
+    hsmd_e2e::tools::rss_kib(pid).expect("VmRSS of hsmd")
 }
 
 /// This test holds over a thousand sockets: use the whole hard limit of open files.

@@ -15,7 +15,7 @@ use std::collections::HashSet;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
-use hsmd_e2e::{Daemon, load::Fixture};
+use hsmd_e2e::{Daemon, load::Fixture, tools::rss_kib};
 
 /// Clients calling at once.
 const CLIENTS: usize = 16;
@@ -32,17 +32,6 @@ struct Sample {
     rss_kib: u64,
     fds: usize,
     answered: usize,
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 fn fds(pid: u32) -> usize {
@@ -104,7 +93,7 @@ async fn soak(length: Duration, restart_every: Duration, create_every: usize) ->
             let s = Sample {
                 secs: started.elapsed().as_secs(),
                 pid,
-                rss_kib: rss_kib(pid),
+                rss_kib: rss_kib(pid).unwrap_or(0),
                 fds: fds(pid),
                 answered: answered.len(),
             };
