@@ -87,6 +87,8 @@ pub(crate) struct Call {
     pub(crate) event: AuditEvent,
     principal: Option<String>,
     addr: Option<std::net::SocketAddr>,
+    /// Tells the audit writer a record is coming (group commit); dropped as it is queued.
+    expected: Option<crate::audit::Expected>,
 }
 
 impl Call {
@@ -111,6 +113,7 @@ impl Call {
             event,
             principal: who.principal.clone(),
             addr: who.addr,
+            expected: None,
         }
     }
 
@@ -346,6 +349,7 @@ impl ApiState {
             }
         }
         let request_id = call.event.request_id.clone();
+        drop(call.expected.take());
         if matches!(result, Err(ApiError::RateLimited { .. })) {
             // A throttled call did nothing: its record shares the next group's fsync
             // instead of costing one of its own (see `audit::writer`).
@@ -374,7 +378,8 @@ pub(crate) struct Begun<'s, R> {
 
 impl<'s, R> Begun<'s, R> {
     /// A call begun by hand (each request of a stream, for a caller already known).
-    pub(crate) fn new(state: &'s ApiState, call: Call, req: R) -> Self {
+    pub(crate) fn new(state: &'s ApiState, mut call: Call, req: R) -> Self {
+        call.expected = Some(state.audit.expect());
         Begun { state, call, req }
     }
 

@@ -16,7 +16,7 @@ use std::time::Duration;
 pub(crate) use audit_chain::walk::ChainHead;
 pub(crate) use checkpoint::CheckpointSigner;
 pub(crate) use record::{AuditEvent, AuditRecord, Outcome};
-pub(crate) use writer::AuditLog;
+pub(crate) use writer::{AuditLog, Expected};
 
 /// Audit failures. Any of them makes the call that needed a record fail UNAVAILABLE.
 #[derive(Debug, Clone, thiserror::Error)]

@@ -15,6 +15,7 @@
 use std::fs::File;
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
 
@@ -35,6 +36,10 @@ use audit_chain::walk::ChainHead;
 const MAX_GROUP: usize = 1024;
 /// Longest a lazy (throttled-call) record waits for company before it is written.
 pub(crate) const LAZY_WAIT: Duration = Duration::from_millis(25);
+/// How long the writer holds a group for records of calls still in flight before its
+/// fsync (PostgreSQL's `commit_delay`, with `commit_siblings` = 1): only when another
+/// call has begun and not yet handed its record over, so a lone call never waits.
+const COMMIT_DELAY: Duration = Duration::from_micros(100);
 
 type Reply = oneshot::Sender<Result<u64, AuditError>>;
 
@@ -59,6 +64,19 @@ pub(crate) struct AuditLog {
     metrics: Arc<Metrics>,
     /// True while records are written; false from a failed write to the next good one.
     writable: tokio::sync::watch::Receiver<bool>,
+    /// Calls begun whose records are not yet queued (see [`Expected`]).
+    in_flight: Arc<AtomicUsize>,
+}
+
+/// A call whose record the writer should expect: counted from the call's start until
+/// it is dropped, just before the record is queued. While any is counted, a group
+/// waits [`COMMIT_DELAY`] for company before its fsync.
+pub(crate) struct Expected(Arc<AtomicUsize>);
+
+impl Drop for Expected {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl AuditLog {
@@ -107,6 +125,7 @@ impl AuditLog {
             forward,
             outage: None,
             writable: tokio::sync::watch::Sender::new(true),
+            in_flight: Arc::new(AtomicUsize::new(0)),
         };
         if let Some(ev) = o.torn {
             w.write(vec![ev])?;
@@ -121,6 +140,7 @@ impl AuditLog {
         let (tx, rx) = mpsc::channel();
         let (path, head, metrics) = (w.path.clone(), w.head.clone(), w.metrics.clone());
         let writable = w.writable.subscribe();
+        let in_flight = w.in_flight.clone();
         std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || w.run(rx))
@@ -131,7 +151,14 @@ impl AuditLog {
             head,
             metrics,
             writable,
+            in_flight,
         })
+    }
+
+    /// Counts a call whose record will follow; drop the guard before appending it.
+    pub(crate) fn expect(&self) -> Expected {
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
+        Expected(self.in_flight.clone())
     }
 
     /// Whether records are being written: false from a failed write (full disk, I/O
@@ -219,6 +246,8 @@ struct Writer {
     /// Since the first failed write, until one succeeds.
     outage: Option<Outage>,
     writable: tokio::sync::watch::Sender<bool>,
+    /// Shared with [`AuditLog::expect`].
+    in_flight: Arc<AtomicUsize>,
 }
 
 /// Writes failing: when, how many calls were refused for it, and the first error.
@@ -250,12 +279,19 @@ impl Writer {
                     return;
                 }
             }
-            while close.is_none() && group.len() + lazy.len() < MAX_GROUP {
-                match rx.try_recv() {
-                    Ok(Msg::Close(reply)) => close = Some(reply),
-                    Ok(m) => sort(self.taken(m), &mut group, &mut lazy, &mut controls),
-                    Err(_) => break,
+            let mut drain = |close: &mut Option<_>, group: &mut Vec<_>, lazy: &mut Vec<_>| {
+                while close.is_none() && group.len() + lazy.len() < MAX_GROUP {
+                    match rx.try_recv() {
+                        Ok(Msg::Close(reply)) => *close = Some(reply),
+                        Ok(m) => sort(self.taken(m), group, lazy, &mut controls),
+                        Err(_) => break,
+                    }
                 }
+            };
+            drain(&mut close, &mut group, &mut lazy);
+            if !group.is_empty() && close.is_none() && self.in_flight.load(Ordering::Relaxed) > 0 {
+                std::thread::sleep(COMMIT_DELAY);
+                drain(&mut close, &mut group, &mut lazy);
             }
             if let Some(reply) = close {
                 self.flush(group, std::mem::take(&mut lazy));

@@ -93,6 +93,7 @@ async fn unwritable_log_fails_the_call() {
         forward: None,
         outage: None,
         writable: tokio::sync::watch::Sender::new(true),
+        in_flight: Default::default(),
     };
     let log = AuditLog::spawn(w).unwrap();
     let writable = log.writable();
@@ -213,4 +214,29 @@ async fn lazy_records_share_a_group() {
     }
     std::thread::sleep(LAZY_WAIT * 4);
     assert_eq!(log.append(event("durable")).await.unwrap(), 21);
+}
+
+#[tokio::test]
+async fn a_call_in_flight_delays_a_group_but_never_holds_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path());
+    let log = AuditLog::open(&c, None).unwrap();
+    // A call that has begun and never hands its record over: groups wait for it
+    // (COMMIT_DELAY) and are then written anyway.
+    let stuck = log.expect();
+    for i in 1..=3 {
+        let seq = log.append(event(&format!("m{i}"))).await.unwrap();
+        assert_eq!(seq, i);
+        // Answered only once on disk: the record is in the file when append returns.
+        let text = std::fs::read_to_string(&c.path).unwrap();
+        assert!(text.contains(&format!("\"method\":\"m{i}\"")), "{text}");
+    }
+    drop(stuck);
+    assert_eq!(log.in_flight.load(Ordering::Relaxed), 0);
+    let also = log.expect();
+    let other = log.expect();
+    assert_eq!(log.in_flight.load(Ordering::Relaxed), 2);
+    drop((also, other));
+    assert_eq!(log.in_flight.load(Ordering::Relaxed), 0);
+    assert!(verify(&Verifier::default(), &c.path).ok());
 }
