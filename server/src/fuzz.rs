@@ -15,6 +15,7 @@ use crate::csr::{chain, subject};
 use crate::domain::spec::KeySpec;
 use crate::encoding::{oaep, public};
 use crate::keys::{KeyRef, blob};
+use crate::signing::{cosign, rules};
 
 /// Every target of this crate.
 pub const TARGETS: &[Target] = &[
@@ -49,6 +50,18 @@ pub const TARGETS: &[Target] = &[
     Target {
         name: "names",
         run: names,
+    },
+    Target {
+        name: "signature_manifest",
+        run: signature_manifest,
+    },
+    Target {
+        name: "simple_signing",
+        run: simple_signing,
+    },
+    Target {
+        name: "scope_rule",
+        run: scope_rule,
     },
 ];
 
@@ -137,6 +150,43 @@ fn names(data: &[u8]) {
             assert_eq!(parse_key_id(&back), Some((id, v)));
         }
         let _ = Uuid::parse_str(s);
+    }
+}
+
+/// A `.sig` manifest fetched from a registry: what is read writes back the same.
+fn signature_manifest(data: &[u8]) {
+    if let Ok(layers) = cosign::parse_signature_manifest(data) {
+        let again = cosign::signature_manifest(&layers);
+        assert_eq!(
+            cosign::parse_signature_manifest(&again.manifest).as_ref(),
+            Ok(&layers)
+        );
+    }
+}
+
+/// A simple-signing payload blob fetched from a registry: parse, write, parse again.
+fn simple_signing(data: &[u8]) {
+    if let Ok(p) = cosign::Payload::parse(data) {
+        assert_eq!(cosign::Payload::parse(&p.to_bytes()).as_ref(), Ok(&p));
+        let _ = cosign::Digest::parse(p.digest()).map(|d| d.signature_tag());
+    }
+}
+
+/// A policy's selectors and schedule: the first line is a pattern (or a cron
+/// expression), the rest candidates to match against it.
+fn scope_rule(data: &[u8]) {
+    let Some(s) = text(data) else {
+        return;
+    };
+    let (first, rest) = s.split_once('\n').unwrap_or((s, ""));
+    let _ = rules::check_name(first);
+    if let Ok(p) = rules::Pattern::new(first) {
+        for candidate in rest.lines() {
+            let _ = p.matches(candidate);
+        }
+    }
+    if let Ok(c) = rules::Schedule::new(first) {
+        let _ = c.next_after(time::OffsetDateTime::UNIX_EPOCH);
     }
 }
 

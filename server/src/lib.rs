@@ -42,6 +42,7 @@ mod metrics;
 #[cfg(test)]
 mod proptests;
 pub mod server;
+mod signing;
 mod store;
 
 /// What `hsmd-bench` needs to run, with cryptoki directly, the same token work hsmd runs

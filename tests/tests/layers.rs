@@ -22,7 +22,8 @@ const LAYERS: &[&[&str]] = &[
     &["hsm", "store", "audit", "auth"],
     // capabilities: the rules
     &["keys"],
-    &["csr"],
+    // csr: certificate requests; signing: image signatures (cosign format, policy rules)
+    &["csr", "signing"],
     // gRPC services: decode, authorize, call a capability, map errors
     &["api"],
     // assembly: configuration, `hsmd dev`, start-up
