@@ -15,7 +15,7 @@ use crate::csr::{chain, subject};
 use crate::domain::spec::KeySpec;
 use crate::encoding::{oaep, public};
 use crate::keys::{KeyRef, blob};
-use crate::signing::{cosign, rules};
+use crate::signing::{cosign, events, rules};
 
 /// Every target of this crate.
 pub const TARGETS: &[Target] = &[
@@ -62,6 +62,10 @@ pub const TARGETS: &[Target] = &[
     Target {
         name: "scope_rule",
         run: scope_rule,
+    },
+    Target {
+        name: "registry_events",
+        run: registry_events,
     },
 ];
 
@@ -187,6 +191,21 @@ fn scope_rule(data: &[u8]) {
     }
     if let Ok(c) = rules::Schedule::new(first) {
         let _ = c.next_after(time::OffsetDateTime::UNIX_EPOCH);
+    }
+}
+
+/// The registry's notification envelopes (the push webhook's body): every event is
+/// a push, ignored or malformed, none lost.
+fn registry_events(data: &[u8]) {
+    if let Ok(e) = events::parse(data) {
+        assert!(e.pushes.len() + e.ignored + e.malformed.len() <= events::MAX_EVENTS);
+        for p in &e.pushes {
+            assert!(
+                p.tag
+                    .as_deref()
+                    .is_none_or(|t| !events::is_cosign_artifact_tag(t))
+            );
+        }
     }
 }
 
