@@ -221,14 +221,30 @@ impl Schedule {
                 "{fields} fields (give 5, or 6 with seconds first)"
             )));
         }
+        // Plain cron only: croner also takes L, W, # and ?, whose searches for a next
+        // run can take seconds (found by fuzzing); a policy does not need them.
+        for field in expr.split_whitespace() {
+            if let Some(problem) = field_problem(field) {
+                return Err(bad(format!("field {:?}: {problem}", shown(field))));
+            }
+        }
         let cron = croner::Cron::new(expr)
             .with_seconds_optional()
             .parse()
             .map_err(|e| bad(e.to_string()))?;
-        Ok(Schedule {
+        let schedule = Schedule {
             text: expr.to_string(),
             cron,
-        })
+        };
+        // A date no month has (30 February): croner searches to its year limit and
+        // finds nothing; say so now rather than keep a policy that never runs.
+        if schedule
+            .next_after(time::OffsetDateTime::UNIX_EPOCH)
+            .is_none()
+        {
+            return Err(bad("never fires (no month has that day)".into()));
+        }
+        Ok(schedule)
     }
 
     /// The expression as written.
@@ -242,6 +258,30 @@ impl Schedule {
         let next = self.cron.find_next_occurrence(&t, false).ok()?;
         time::OffsetDateTime::from_unix_timestamp(next.timestamp()).ok()
     }
+}
+
+/// What is wrong with one cron field, if anything: a comma-separated list of `*`, `N`
+/// or `N-M`, each optionally followed by `/STEP`.
+fn field_problem(field: &str) -> Option<&'static str> {
+    let number = |s: &str| !s.is_empty() && s.len() <= 2 && s.bytes().all(|b| b.is_ascii_digit());
+    for item in field.split(',') {
+        let (range, step) = match item.split_once('/') {
+            Some((r, s)) => (r, Some(s)),
+            None => (item, None),
+        };
+        if step.is_some_and(|s| !number(s)) {
+            return Some("a step must be a number");
+        }
+        let ok = range == "*"
+            || number(range)
+            || range
+                .split_once('-')
+                .is_some_and(|(a, b)| number(a) && number(b));
+        if !ok {
+            return Some("use *, N, N-M, each with an optional /STEP, separated by commas");
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -379,6 +419,14 @@ mod tests {
             "61 * * * *",
             "a b c d e",
             "* * 32 * *",
+            "15 */10 L * * *",
+            "* * , 8 ,",
+            "0 0 ? * MON",
+            "0 0 1W * *",
+            "0 0 * * 5#3",
+            "*/ * * * *",
+            "0 0 30 2 *",
+            "0 0 31 4,6,9,11 *",
         ] {
             let e = Schedule::new(bad).unwrap_err();
             assert!(matches!(e, RuleError::Cron { .. }), "{bad:?}: {e:?}");
