@@ -416,6 +416,20 @@ mod tests {
         }
     }
 
+    /// A `.sig` manifest docker-registry 2.8.2 accepted (pushed with curl; its
+    /// signature, by an openssl P-256 key, verified with `openssl dgst -verify` from the
+    /// registry's own blobs): what this module writes for its layer is byte for byte
+    /// the same manifest.
+    #[test]
+    fn writes_the_manifest_a_real_registry_accepted() {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../fuzz/seeds/signature_manifest/accepted-by-docker-registry-2.8.2.json");
+        let real = std::fs::read(path).unwrap();
+        let layers = parse_signature_manifest(&real).unwrap();
+        assert_eq!(layers.len(), 1);
+        assert_eq!(signature_manifest(&layers).manifest, real);
+    }
+
     #[test]
     fn manifests_missing_what_a_verifier_needs_are_refused() {
         let layer = SignatureLayer::new(b"payload", b"sig");

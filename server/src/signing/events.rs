@@ -298,6 +298,32 @@ mod tests {
         assert_eq!(parse(br#"{"events":[]}"#).unwrap(), Envelope::default());
     }
 
+    /// Envelopes docker-registry 2.8.2 (Debian 12) really sent: a layer push, an image
+    /// pushed with skopeo 1.9.3, and a cosign-format `.sig` manifest pushed with curl.
+    #[test]
+    fn envelopes_of_the_real_registry() {
+        let seeds =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../fuzz/seeds/registry_events");
+        let read = |name: &str| parse(&std::fs::read(seeds.join(name)).unwrap()).unwrap();
+        let blob = read("docker-registry-2.8.2-blob-push.json");
+        assert_eq!((blob.pushes.len(), blob.ignored), (0, 1));
+        let image = read("docker-registry-2.8.2-manifest-push.json");
+        assert_eq!(image.ignored, 0);
+        assert!(image.malformed.is_empty());
+        let p = &image.pushes[0];
+        assert_eq!(
+            (p.namespace.as_str(), p.repository.as_str()),
+            ("team", "app-web")
+        );
+        assert_eq!(p.tag.as_deref(), Some("v1"));
+        assert_eq!(
+            p.digest.as_str(),
+            "sha256:9ce7d1c1d65aa97d05c82af0c3b344ef095579d40f12fc6a7d9e7a82a99650d9"
+        );
+        let sig = read("docker-registry-2.8.2-signature-push.json");
+        assert_eq!((sig.pushes.len(), sig.ignored), (0, 1));
+    }
+
     #[test]
     fn repository_and_tag_names_follow_the_distribution_spec() {
         for ok in ["a/b", "team/app-web", "a.b/c__d", "x/y/z"] {
