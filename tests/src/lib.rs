@@ -29,6 +29,7 @@ pub mod load;
 pub mod ops;
 pub mod pkcs11;
 pub mod profile;
+pub mod registry;
 pub mod serve;
 pub mod status;
 pub mod token;
