@@ -9,6 +9,7 @@ mod cache;
 mod certs;
 mod imports;
 mod rows;
+mod signing_policies;
 mod stats;
 
 use std::path::Path;
@@ -115,6 +116,7 @@ impl Store {
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(certs::SCHEMA)?;
         conn.execute_batch(imports::SCHEMA)?;
+        conn.execute_batch(signing_policies::SCHEMA)?;
         store
             .idle
             .lock()
