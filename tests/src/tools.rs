@@ -168,8 +168,6 @@ macro_rules! args {
     };
 }
 
-/// A TCP port on 127.0.0.1 that was free a moment ago, for `hsmd serve` configs (which,
-/// unlike `hsmd dev`, write no profile to learn a port-0 address from).
 /// The resident set size of process `pid` in KiB (`VmRSS` of `/proc/PID/status`), or
 /// None if the process is gone.
 pub fn rss_kib(pid: u32) -> Option<u64> {
@@ -180,6 +178,8 @@ pub fn rss_kib(pid: u32) -> Option<u64> {
         .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
 }
 
+/// A TCP port on 127.0.0.1 that was free a moment ago, for `hsmd serve` configs (which,
+/// unlike `hsmd dev`, write no profile to learn a port-0 address from).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
