@@ -19,6 +19,8 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 use std::collections::BTreeMap;
 
+use super::shown;
+
 /// Media type of a layer holding a simple-signing payload.
 pub(crate) const SIMPLE_SIGNING: &str = "application/vnd.dev.cosign.simplesigning.v1+json";
 /// Layer annotation holding the base64 signature over the layer's blob.
@@ -50,11 +52,11 @@ impl Digest {
     pub(crate) fn parse(s: &str) -> Result<Digest, FormatError> {
         let hex = s
             .strip_prefix("sha256:")
-            .ok_or_else(|| FormatError::Digest(crate_truncate(s)))?;
+            .ok_or_else(|| FormatError::Digest(shown(s)))?;
         if hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')) {
             Ok(Digest(s.to_string()))
         } else {
-            Err(FormatError::Digest(crate_truncate(s)))
+            Err(FormatError::Digest(shown(s)))
         }
     }
 
@@ -78,11 +80,6 @@ impl std::fmt::Display for Digest {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
     }
-}
-
-/// A digest-like text is echoed in errors, but never at any length.
-fn crate_truncate(s: &str) -> String {
-    s.chars().take(80).collect()
 }
 
 /// The simple-signing payload: what a signature says about an image.
@@ -154,7 +151,7 @@ impl Payload {
         if p.critical.kind != SIGNATURE_TYPE {
             return Err(FormatError::Payload(format!(
                 "critical.type is {:?}, not {SIGNATURE_TYPE:?}",
-                crate_truncate(&p.critical.kind)
+                shown(&p.critical.kind)
             )));
         }
         Digest::parse(&p.critical.image.docker_manifest_digest)?;
@@ -288,7 +285,7 @@ pub(crate) fn parse_signature_manifest(bytes: &[u8]) -> Result<Vec<SignatureLaye
                 .ok_or_else(|| {
                     FormatError::Manifest(format!(
                         "layer {} has no {SIGNATURE_ANNOTATION} annotation",
-                        crate_truncate(&d.digest)
+                        shown(&d.digest)
                     ))
                 })?;
             Ok(SignatureLayer {

@@ -11,6 +11,7 @@
 use serde_json::Value;
 
 use super::cosign::Digest;
+use super::shown;
 
 /// Manifest media types a push of an image (or image index) carries.
 const MANIFEST_TYPES: &[&str] = &[
@@ -110,10 +111,6 @@ fn text<'a>(v: &'a Value, key: &str) -> Result<&'a str, String> {
         .ok_or_else(|| format!("no string {key:?}"))
 }
 
-fn shown(s: &str) -> String {
-    s.chars().take(80).collect()
-}
-
 /// One event: Some(push) to consider, None to ignore, Err if it cannot be read.
 fn event(ev: &Value) -> Result<Option<Push>, String> {
     let action = text(ev, "action")?;
@@ -153,7 +150,8 @@ fn event(ev: &Value) -> Result<Option<Push>, String> {
         return Ok(None);
     };
     Ok(Some(Push {
-        id: shown(id),
+        // Registry event ids are UUIDs; a longer one is cut, not echoed whole.
+        id: id.chars().take(80).collect(),
         namespace: namespace.to_string(),
         repository: below.to_string(),
         digest,

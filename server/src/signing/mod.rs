@@ -10,3 +10,8 @@
 pub(crate) mod cosign;
 pub(crate) mod events;
 pub(crate) mod rules;
+
+/// Caller or registry text echoed into an error, capped as every error of hsmd caps it.
+fn shown(s: &str) -> String {
+    crate::keys::truncate(s, 80)
+}

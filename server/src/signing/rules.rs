@@ -10,6 +10,8 @@
 
 use globset::{GlobBuilder, GlobMatcher};
 
+use super::shown;
+
 /// Longest pattern accepted.
 pub(crate) const MAX_PATTERN: usize = 512;
 /// Shortest and longest policy name.
@@ -31,10 +33,6 @@ pub(crate) enum RuleError {
     },
     #[error("cron expression {expr:?} is invalid: {problem}")]
     Cron { expr: String, problem: String },
-}
-
-fn shown(s: &str) -> String {
-    s.chars().take(80).collect()
 }
 
 fn is_separator(c: char) -> bool {
