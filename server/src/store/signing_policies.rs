@@ -7,7 +7,8 @@
 //! Not called by the daemon yet: the policy service that uses it comes next.
 #![allow(dead_code)]
 
-use rusqlite::{OptionalExtension, Row, params};
+use rusqlite::types::Value;
+use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};
 use uuid::Uuid;
 
 use super::{Store, StoreError};
@@ -133,22 +134,7 @@ impl Store {
                      VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13, ?14, 1) \
                      ON CONFLICT (namespace) DO NOTHING"
                 ),
-                params![
-                    p.namespace,
-                    p.name,
-                    p.description,
-                    p.enabled,
-                    p.key_ref,
-                    p.key_id.to_string(),
-                    p.domain,
-                    json(&p.repositories),
-                    json(&p.tags),
-                    p.untagged,
-                    p.trigger.name(),
-                    p.cron,
-                    p.create_time,
-                    p.update_time,
-                ],
+                params_from_iter(&values(p)[..14]),
             )?;
             Ok(n == 1)
         })
@@ -183,41 +169,18 @@ impl Store {
     /// `Err(Conflict)`: another call changed it first.
     pub(crate) fn update_signing_policy(&self, p: &PolicyRow) -> Result<Option<i64>, StoreError> {
         self.with(|conn| {
+            // Numbered as in `values` (?13, the create time, is left as it was).
             let n = conn.execute(
                 "UPDATE signing_policies SET name = ?2, description = ?3, enabled = ?4, \
                  key_ref = ?5, key_id = ?6, domain = ?7, repositories = ?8, tags = ?9, \
-                 untagged = ?10, trigger = ?11, cron = ?12, update_time = ?13, \
+                 untagged = ?10, trigger = ?11, cron = ?12, update_time = ?14, \
                  version = version + 1 \
-                 WHERE namespace = ?1 AND version = ?14",
-                params![
-                    p.namespace,
-                    p.name,
-                    p.description,
-                    p.enabled,
-                    p.key_ref,
-                    p.key_id.to_string(),
-                    p.domain,
-                    json(&p.repositories),
-                    json(&p.tags),
-                    p.untagged,
-                    p.trigger.name(),
-                    p.cron,
-                    p.update_time,
-                    p.version,
-                ],
+                 WHERE namespace = ?1 AND version = ?15",
+                params_from_iter(&values(p)),
             )?;
             if n == 1 {
-                return Ok(Some(p.version + 1));
-            }
-            let exists = conn
-                .query_row(
-                    "SELECT 1 FROM signing_policies WHERE namespace = ?1",
-                    [&p.namespace],
-                    |_| Ok(()),
-                )
-                .optional()?
-                .is_some();
-            if exists {
+                Ok(Some(p.version + 1))
+            } else if exists(conn, &p.namespace)? {
                 Err(StoreError::Conflict)
             } else {
                 Ok(None)
@@ -238,23 +201,49 @@ impl Store {
                 params![namespace, version],
             )?;
             if n == 1 {
-                return Ok(true);
-            }
-            let exists = conn
-                .query_row(
-                    "SELECT 1 FROM signing_policies WHERE namespace = ?1",
-                    [namespace],
-                    |_| Ok(()),
-                )
-                .optional()?
-                .is_some();
-            if exists {
+                Ok(true)
+            } else if exists(conn, namespace)? {
                 Err(StoreError::Conflict)
             } else {
                 Ok(false)
             }
         })
     }
+}
+
+/// A policy's columns in `COLUMNS` order, its version last: what insert (the first
+/// 14; the version starts at 1) and update (all 15) bind.
+fn values(p: &PolicyRow) -> [Value; 15] {
+    [
+        p.namespace.clone().into(),
+        p.name.clone().into(),
+        p.description.clone().into(),
+        p.enabled.into(),
+        p.key_ref.clone().into(),
+        p.key_id.to_string().into(),
+        p.domain.clone().into(),
+        json(&p.repositories).into(),
+        json(&p.tags).into(),
+        p.untagged.into(),
+        p.trigger.name().to_string().into(),
+        p.cron.clone().into(),
+        p.create_time.into(),
+        p.update_time.into(),
+        p.version.into(),
+    ]
+}
+
+/// Whether the namespace has a policy (after a compare-and-set matched no row: was it
+/// changed, or is it gone?).
+fn exists(conn: &Connection, namespace: &str) -> Result<bool, StoreError> {
+    Ok(conn
+        .query_row(
+            "SELECT 1 FROM signing_policies WHERE namespace = ?1",
+            [namespace],
+            |_| Ok(()),
+        )
+        .optional()?
+        .is_some())
 }
 
 #[cfg(test)]
