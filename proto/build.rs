@@ -11,6 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "hsmd/v1/audit.proto",
         "hsmd/v1/token.proto",
         "hsmd/v1/certs.proto",
+        "hsmd/v1/images.proto",
     ];
     for f in &files {
         println!("cargo:rerun-if-changed={f}");

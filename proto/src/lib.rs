@@ -7,7 +7,8 @@
 pub mod reason;
 pub use reason::Reason;
 
-/// `hsmd.v1`: KeyService, AuditService, TokenService, CertificateService and their messages.
+/// `hsmd.v1`: KeyService, AuditService, TokenService, CertificateService,
+/// SigningPolicyService, ImageSigningService and their messages.
 #[allow(clippy::all, missing_docs)]
 pub mod v1 {
     tonic::include_proto!("hsmd.v1");

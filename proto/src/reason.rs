@@ -140,6 +140,34 @@ reasons! {
     InvalidRotationPeriod => "INVALID_ROTATION_PERIOD",
     /// The token lacks a mechanism (or key size) the call needs; the message names it.
     MechanismNotSupported => "MECHANISM_NOT_SUPPORTED",
+    /// A signature policy name breaks the naming rules.
+    InvalidPolicyName => "INVALID_POLICY_NAME",
+    /// A registry namespace that is not a valid first path segment of a repository.
+    InvalidNamespace => "INVALID_NAMESPACE",
+    /// A repository or tag selector that is not a valid doublestar pattern; the message
+    /// names the pattern and the position.
+    InvalidScopeRule => "INVALID_SCOPE_RULE",
+    /// A cron expression that does not parse, or never fires.
+    InvalidSchedule => "INVALID_SCHEDULE",
+    /// An image reference that is not HOST/NAMESPACE/REPO:TAG or ...@sha256:HEX.
+    InvalidImageReference => "INVALID_IMAGE_REFERENCE",
+    /// The namespace already has a signature policy (one per namespace).
+    PolicyExists => "POLICY_EXISTS",
+    /// The namespace has no signature policy.
+    PolicyNotFound => "POLICY_NOT_FOUND",
+    /// The registry has no such image (tag or digest).
+    ImageNotFound => "IMAGE_NOT_FOUND",
+    /// A key of a spec images are not signed with (only RSA and EC P-256/P-384).
+    KeySpecNotAllowed => "KEY_SPEC_NOT_ALLOWED",
+    /// hsmd has no registry configured (`[registry] url`).
+    RegistryNotConfigured => "REGISTRY_NOT_CONFIGURED",
+    /// The policy was changed by another call while this one read it: retry.
+    PolicyChanged => "POLICY_CHANGED",
+    /// The registry did not answer, or answered with a server error: retry later.
+    RegistryUnavailable => "REGISTRY_UNAVAILABLE",
+    /// The registry refused a request (credentials, deletes disabled, a manifest it
+    /// would not take); the message says what it answered.
+    RegistryRefused => "REGISTRY_REFUSED",
 }
 
 impl Reason {
@@ -183,11 +211,19 @@ impl Reason {
             | Reason::InvalidSubject
             | Reason::InvalidSan
             | Reason::InvalidCertificate
-            | Reason::InvalidRotationPeriod => Code::InvalidArgument,
-            Reason::KeyNotFound | Reason::AliasNotFound | Reason::CertificateNotFound => {
-                Code::NotFound
-            }
-            Reason::AliasExists => Code::AlreadyExists,
+            | Reason::InvalidRotationPeriod
+            | Reason::InvalidPolicyName
+            | Reason::InvalidNamespace
+            | Reason::InvalidScopeRule
+            | Reason::InvalidSchedule
+            | Reason::InvalidImageReference => Code::InvalidArgument,
+            Reason::KeyNotFound
+            | Reason::AliasNotFound
+            | Reason::CertificateNotFound
+            | Reason::PolicyNotFound
+            | Reason::ImageNotFound => Code::NotFound,
+            Reason::AliasExists | Reason::PolicyExists => Code::AlreadyExists,
+            Reason::PolicyChanged => Code::Aborted,
             Reason::KeyDisabled
             | Reason::KeyPendingDeletion
             | Reason::KeyPendingImport
@@ -198,13 +234,49 @@ impl Reason {
             | Reason::ImportTokenSuperseded
             | Reason::CertificateKeyMismatch
             | Reason::RotationNotSupported
-            | Reason::MechanismNotSupported => Code::FailedPrecondition,
+            | Reason::MechanismNotSupported
+            | Reason::KeySpecNotAllowed
+            | Reason::RegistryNotConfigured
+            | Reason::RegistryRefused => Code::FailedPrecondition,
             Reason::NoClientIdentity => Code::Unauthenticated,
             Reason::AccessDenied => Code::PermissionDenied,
             Reason::RateLimited | Reason::ConnectionLimit => Code::ResourceExhausted,
-            Reason::TokenUnavailable | Reason::AuditUnavailable => Code::Unavailable,
+            Reason::TokenUnavailable | Reason::AuditUnavailable | Reason::RegistryUnavailable => {
+                Code::Unavailable
+            }
             Reason::Internal => Code::Internal,
         }
+    }
+}
+
+impl Reason {
+    /// The name of this reason's gRPC code, as audit records write it.
+    pub const fn code_name(self) -> &'static str {
+        code_name(self.code())
+    }
+}
+
+/// Name of a gRPC code as written in audit records ("OK", "INVALID_ARGUMENT"...).
+pub const fn code_name(code: tonic::Code) -> &'static str {
+    use tonic::Code;
+    match code {
+        Code::Ok => "OK",
+        Code::Cancelled => "CANCELLED",
+        Code::Unknown => "UNKNOWN",
+        Code::InvalidArgument => "INVALID_ARGUMENT",
+        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
+        Code::NotFound => "NOT_FOUND",
+        Code::AlreadyExists => "ALREADY_EXISTS",
+        Code::PermissionDenied => "PERMISSION_DENIED",
+        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
+        Code::FailedPrecondition => "FAILED_PRECONDITION",
+        Code::Aborted => "ABORTED",
+        Code::OutOfRange => "OUT_OF_RANGE",
+        Code::Unimplemented => "UNIMPLEMENTED",
+        Code::Internal => "INTERNAL",
+        Code::Unavailable => "UNAVAILABLE",
+        Code::DataLoss => "DATA_LOSS",
+        Code::Unauthenticated => "UNAUTHENTICATED",
     }
 }
 
@@ -293,7 +365,8 @@ mod tests {
             [
                 Reason::RateLimited,
                 Reason::TokenUnavailable,
-                Reason::AuditUnavailable
+                Reason::AuditUnavailable,
+                Reason::RegistryUnavailable
             ]
         );
         for &r in Reason::ALL {
@@ -340,7 +413,7 @@ mod tests {
             Reason::ConnectionLimit.code(),
             tonic::Code::ResourceExhausted
         );
-        assert_eq!(Reason::ALL.len(), 45);
+        assert_eq!(Reason::ALL.len(), 58);
     }
 
     #[test]
@@ -355,7 +428,8 @@ mod tests {
             [
                 Reason::RateLimited,
                 Reason::TokenUnavailable,
-                Reason::AuditUnavailable
+                Reason::AuditUnavailable,
+                Reason::RegistryUnavailable
             ]
         );
     }

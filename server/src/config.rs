@@ -57,6 +57,8 @@ struct RawConfig {
     kubernetes: Option<RawKubernetes>,
     #[serde(default)]
     metrics: RawMetrics,
+    #[serde(default)]
+    registry: crate::signing::config::RawRegistry,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -209,6 +211,8 @@ pub struct Config {
     pub(crate) kubernetes: Option<KubernetesConfig>,
     /// Prometheus metrics.
     pub(crate) metrics: MetricsConfig,
+    /// The OCI registry images are signed in, and its push webhook.
+    pub(crate) registry: Option<crate::signing::config::RegistryConfig>,
 }
 
 /// Default listen address.
@@ -333,6 +337,10 @@ impl RawConfig {
             allow_host_oaep_sha256: self.import.allow_host_oaep_sha256.unwrap_or(false),
         };
         let kubernetes = self.kubernetes.map(|k| kubernetes(k, &abs)).transpose()?;
+        let registry = self
+            .registry
+            .validate(abs)
+            .map_err(|(key, problem)| bad(key, problem))?;
         Ok(Config {
             listen,
             hsm: HsmConfig {
@@ -352,6 +360,7 @@ impl RawConfig {
             import,
             kubernetes,
             metrics,
+            registry,
         })
     }
 }

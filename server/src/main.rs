@@ -50,6 +50,23 @@ enum Cmd {
         /// D-Bus and tpm2-abrmd, all stopped with hsmd; under DIR/tpm).
         #[arg(long, value_name = "TOKEN", default_value = "softhsm")]
         token: hsmd::dev::DevToken,
+        /// Sign container images in this OCI registry (http://HOST:PORT or https://...):
+        /// enables the SigningPolicyService and ImageSigningService, and the push webhook.
+        #[arg(long, value_name = "URL")]
+        registry: Option<String>,
+        /// Where the registry's push notifications are served (POST /registry/events);
+        /// port 0 picks a free port. The address is printed and written to the profile.
+        #[arg(
+            long,
+            value_name = "HOST:PORT",
+            default_value = "127.0.0.1:0",
+            requires = "registry"
+        )]
+        webhook_listen: String,
+        /// The shared secret the registry sends as `Authorization: Bearer <secret>`
+        /// [default: DIR/webhook.secret, made at first start].
+        #[arg(long, value_name = "FILE", requires = "registry")]
+        webhook_secret_file: Option<PathBuf>,
     },
 }
 
@@ -104,6 +121,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             kms_key,
             metrics_listen,
             token,
+            registry,
+            webhook_listen,
+            webhook_secret_file,
         } => {
             let dir = data_dir.unwrap_or_else(hsmd::dev::default_data_dir);
             let options = hsmd::dev::DevOptions {
@@ -112,6 +132,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 kms: kms_socket.map(|socket| hsmd::dev::DevKms {
                     socket,
                     key: kms_key,
+                }),
+                registry: registry.map(|url| hsmd::dev::DevRegistry {
+                    url,
+                    webhook_listen,
+                    webhook_secret_file,
                 }),
             };
             let p = hsmd::dev::provision_with(&dir, &listen, &options)?;
@@ -127,7 +152,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(hsmd::server::run(cfg, move |bound| match &dev_dir {
-        Some(dir) => hsmd::dev::write_profile(dir, bound.grpc, bound.metrics),
+        Some(dir) => hsmd::dev::write_profile(
+            dir,
+            hsmd::dev::Listening {
+                grpc: bound.grpc,
+                metrics: bound.metrics,
+                webhook: bound.webhook,
+            },
+        ),
         None => Ok(()),
     }))
 }

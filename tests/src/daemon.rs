@@ -285,6 +285,17 @@ impl Daemon {
         );
     }
 
+    /// Kills the daemon with SIGKILL (no shutdown work at all), then starts it again on
+    /// the same data folder and reconnects.
+    pub async fn kill_and_restart(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            self.inst.channel = None;
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+        self.launch().await;
+    }
+
     /// Starts the daemon again on the same data folder (after [`Daemon::stop`], or stops
     /// it first) and reconnects. The port changes.
     pub async fn restart(&mut self) {

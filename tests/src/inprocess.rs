@@ -118,7 +118,14 @@ impl InProcess {
                     .build()
                     .map_err(|e| format!("tokio runtime: {e}"))?;
                 let on_bound = move |bound: hsmd::server::Bound| {
-                    hsmd::dev::write_profile(&dir, bound.grpc, bound.metrics)?;
+                    hsmd::dev::write_profile(
+                        &dir,
+                        hsmd::dev::Listening {
+                            grpc: bound.grpc,
+                            metrics: bound.metrics,
+                            webhook: bound.webhook,
+                        },
+                    )?;
                     let _ = bound_tx.send(bound.grpc);
                     Ok(())
                 };

@@ -42,10 +42,12 @@ pub struct Notify {
     pub secret: String,
 }
 
-/// A `docker-registry serve` on a free loopback port. Stopped on drop.
+/// A `docker-registry serve` on a free loopback port, deletes enabled (hsmd removes a
+/// deleted policy's signatures). Stopped on drop.
 pub struct Registry {
     port: u16,
-    child: Child,
+    dir: PathBuf,
+    child: Option<Child>,
 }
 
 impl Registry {
@@ -56,8 +58,8 @@ impl Registry {
         fs::create_dir_all(dir).expect("registry dir");
         let port = tools::free_port();
         let mut config = format!(
-            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n\
-             http:\n  addr: 127.0.0.1:{port}\n",
+            "version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\n  \
+             delete:\n    enabled: true\nhttp:\n  addr: 127.0.0.1:{port}\n",
             dir.join("data").display()
         );
         if let Some(n) = notify {
@@ -68,22 +70,48 @@ impl Registry {
                 n.url, n.secret
             ));
         }
-        let path = tools::write_file(dir, "registry.yml", config.as_bytes());
-        let log = fs::File::create(dir.join("registry.log")).expect("registry log");
+        tools::write_file(dir, "registry.yml", config.as_bytes());
+        let mut r = Registry {
+            port,
+            dir: dir.to_path_buf(),
+            child: None,
+        };
+        r.restart();
+        r
+    }
+
+    /// Stops the registry (its storage stays).
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Starts it (again) on the same port and storage; returns once `/v2/` answers.
+    pub fn restart(&mut self) {
+        self.stop();
+        let dir = self.dir.clone();
+        let log = fs::File::options()
+            .create(true)
+            .append(true)
+            .open(dir.join("registry.log"))
+            .expect("registry log");
         let child = Command::new("docker-registry")
             .arg("serve")
-            .arg(&path)
+            .arg(dir.join("registry.yml"))
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
             .unwrap_or_else(|e| panic!("spawn docker-registry: {e}; {REGISTRY_INSTALL_HINT}"));
-        let r = Registry { port, child };
+        self.child = Some(child);
+        let r = &*self;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             if std::net::TcpStream::connect(r.addr()).is_ok()
                 && http_get(&r.addr(), "/v2/").0 == 200
             {
-                return r;
+                return;
             }
             assert!(
                 Instant::now() < deadline,
@@ -103,8 +131,7 @@ impl Registry {
 
 impl Drop for Registry {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.stop();
     }
 }
 

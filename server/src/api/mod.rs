@@ -24,6 +24,7 @@ pub(crate) mod certs;
 pub(crate) mod complete;
 pub(crate) mod convert;
 pub(crate) mod crypt;
+pub(crate) mod images;
 pub(crate) mod import;
 pub(crate) mod keys;
 pub(crate) mod kubernetes;
@@ -53,6 +54,8 @@ pub(crate) struct ApiState {
     pub(crate) auth: Arc<Authorizer>,
     /// Calls by method and outcome, their latency, rate-limit refusals.
     pub(crate) metrics: Arc<Metrics>,
+    /// Signs and verifies container images in the configured registry.
+    pub(crate) signer: Arc<crate::signing::signer::Signer>,
 }
 
 /// Who is calling, from the connection: principal (verified client certificate) and peer.
@@ -190,6 +193,23 @@ impl Grant {
             Ok(())
         } else {
             Err(self.denied(key.id.to_string()))
+        }
+    }
+
+    /// Checks the policy allows `action`, another than the call's, on this key (binding
+    /// a key to an image-signing policy needs Sign on it).
+    pub(crate) fn check_key_for(&self, action: Action, key: &KeyRecord) -> Result<(), ApiError> {
+        if self
+            .policy
+            .may_on(&self.principal, action, &KeyFacts::of(key))
+        {
+            Ok(())
+        } else {
+            Err(ApiError::AccessDenied {
+                principal: self.principal.clone(),
+                action: action.name(),
+                key: Some(key.id.to_string()),
+            })
         }
     }
 

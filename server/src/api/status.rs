@@ -11,6 +11,7 @@ use crate::audit::Outcome;
 use crate::csr::CertError;
 use crate::domain::reason::Reason;
 use crate::keys::KeyError;
+use crate::signing::SigningError;
 
 /// ErrorInfo domain of every hsmd error.
 pub(crate) const DOMAIN: &str = "hsmd";
@@ -45,6 +46,17 @@ pub(crate) enum ApiError {
     AuditUnavailable,
     #[error(transparent)]
     Cert(CertError),
+    #[error(transparent)]
+    Signing(SigningError),
+}
+
+impl From<SigningError> for ApiError {
+    fn from(e: SigningError) -> Self {
+        match e {
+            SigningError::Key(k) => ApiError::Key(k),
+            other => ApiError::Signing(other),
+        }
+    }
 }
 
 impl From<CertError> for ApiError {
@@ -79,6 +91,7 @@ impl ApiError {
             ApiError::ConnectionLimit { .. } => Reason::ConnectionLimit,
             ApiError::AuditUnavailable => Reason::AuditUnavailable,
             ApiError::Cert(c) => c.reason(),
+            ApiError::Signing(s) => s.reason(),
             ApiError::Key(k) => k.reason(),
         }
     }
@@ -121,29 +134,8 @@ impl ApiError {
     }
 }
 
-/// gRPC code of a certificate error (its key errors are mapped as `ApiError::Key`).
 /// Name of a gRPC code as written in audit records ("OK", "INVALID_ARGUMENT"...).
-pub(crate) fn code_name(code: Code) -> &'static str {
-    match code {
-        Code::Ok => "OK",
-        Code::Cancelled => "CANCELLED",
-        Code::Unknown => "UNKNOWN",
-        Code::InvalidArgument => "INVALID_ARGUMENT",
-        Code::DeadlineExceeded => "DEADLINE_EXCEEDED",
-        Code::NotFound => "NOT_FOUND",
-        Code::AlreadyExists => "ALREADY_EXISTS",
-        Code::PermissionDenied => "PERMISSION_DENIED",
-        Code::ResourceExhausted => "RESOURCE_EXHAUSTED",
-        Code::FailedPrecondition => "FAILED_PRECONDITION",
-        Code::Aborted => "ABORTED",
-        Code::OutOfRange => "OUT_OF_RANGE",
-        Code::Unimplemented => "UNIMPLEMENTED",
-        Code::Internal => "INTERNAL",
-        Code::Unavailable => "UNAVAILABLE",
-        Code::DataLoss => "DATA_LOSS",
-        Code::Unauthenticated => "UNAUTHENTICATED",
-    }
-}
+pub(crate) use hsmd_proto::reason::code_name;
 
 #[cfg(test)]
 mod tests;

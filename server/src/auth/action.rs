@@ -59,6 +59,14 @@ actions! {
     QueryAudit,
     VerifyAuditLog,
     GetAuditPublicKey,
+    CreateSignaturePolicy,
+    DescribeSignaturePolicy,
+    ListSignaturePolicies,
+    UpdateSignaturePolicy,
+    DeleteSignaturePolicy,
+    SignImage,
+    SignNamespace,
+    VerifyImage,
 }
 
 /// Rate-limit class of an action (`[rate_limits]` keys).
@@ -89,8 +97,10 @@ impl LimitClass {
 use Action::*;
 
 impl Action {
-    /// The actions a name stands for: a group (`use`, `manage`, `audit`, `*`) or one
-    /// operation (case-insensitive).
+    /// The actions a name stands for: a group (`use`, `manage`, `audit`, `*`), an
+    /// image-signing family (`policy:*`, `policy:create|describe|list|update|delete`,
+    /// `image:sign` (SignImage and SignNamespace), `image:verify`) or one operation
+    /// (case-insensitive).
     pub(crate) fn parse(name: &str) -> Option<Vec<Action>> {
         let group = |g: Group| {
             Action::ALL
@@ -104,6 +114,20 @@ impl Action {
             "use" => Some(group(Group::Use)),
             "manage" => Some(group(Group::Manage)),
             "audit" => Some(group(Group::Audit)),
+            "policy:*" => Some(vec![
+                CreateSignaturePolicy,
+                DescribeSignaturePolicy,
+                ListSignaturePolicies,
+                UpdateSignaturePolicy,
+                DeleteSignaturePolicy,
+            ]),
+            "policy:create" => Some(vec![CreateSignaturePolicy]),
+            "policy:describe" => Some(vec![DescribeSignaturePolicy]),
+            "policy:list" => Some(vec![ListSignaturePolicies]),
+            "policy:update" => Some(vec![UpdateSignaturePolicy]),
+            "policy:delete" => Some(vec![DeleteSignaturePolicy]),
+            "image:sign" => Some(vec![SignImage, SignNamespace]),
+            "image:verify" => Some(vec![VerifyImage]),
             lower => Action::ALL
                 .iter()
                 .copied()
@@ -122,7 +146,10 @@ impl Action {
             | GenerateDataKey
             | GenerateDataKeyWithoutPlaintext
             | GetPublicKey
-            | GenerateRandom => Group::Use,
+            | GenerateRandom
+            | SignImage
+            | SignNamespace
+            | VerifyImage => Group::Use,
             QueryAudit | VerifyAuditLog | GetAuditPublicKey => Group::Audit,
             _ => Group::Manage,
         }
@@ -140,14 +167,22 @@ impl Action {
                 | QueryAudit
                 | VerifyAuditLog
                 | GetAuditPublicKey
+                | CreateSignaturePolicy
+                | DescribeSignaturePolicy
+                | ListSignaturePolicies
+                | UpdateSignaturePolicy
+                | DeleteSignaturePolicy
+                | SignImage
+                | SignNamespace
+                | VerifyImage
         )
     }
 
     /// The rate-limit class.
     pub(crate) fn limit_class(self) -> LimitClass {
         match self {
-            Sign => LimitClass::Sign,
-            Verify | GetPublicKey => LimitClass::Verify,
+            Sign | SignImage | SignNamespace => LimitClass::Sign,
+            Verify | GetPublicKey | VerifyImage => LimitClass::Verify,
             Encrypt | Decrypt | GenerateDataKey | GenerateDataKeyWithoutPlaintext => {
                 LimitClass::Crypt
             }
@@ -191,5 +226,13 @@ mod tests {
         );
         assert_eq!(Action::parse("*").unwrap().len(), Action::ALL.len());
         assert_eq!(Action::parse("Frobnicate"), None);
+        assert_eq!(Action::parse("policy:*").unwrap().len(), 5);
+        assert_eq!(
+            Action::parse("image:sign").unwrap(),
+            [SignImage, SignNamespace]
+        );
+        assert_eq!(Action::parse("IMAGE:VERIFY").unwrap(), [VerifyImage]);
+        assert!(!SignImage.key_bound() && !CreateSignaturePolicy.key_bound());
+        assert!(manage.contains(&DeleteSignaturePolicy) && use_.contains(&VerifyImage));
     }
 }

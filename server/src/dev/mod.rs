@@ -99,6 +99,19 @@ pub struct DevOptions<'a> {
     /// The Kubernetes KMS v2 plugin (its principal allowed Encrypt and Decrypt on every
     /// key).
     pub kms: Option<DevKms>,
+    /// The OCI registry images are signed in, and its push webhook.
+    pub registry: Option<DevRegistry>,
+}
+
+/// `hsmd dev --registry URL [--webhook-listen ADDR] [--webhook-secret-file FILE]`.
+#[derive(Debug, Clone)]
+pub struct DevRegistry {
+    /// `http://HOST:PORT` or `https://...`.
+    pub url: String,
+    /// Where the push webhook listens (port 0: a free port).
+    pub webhook_listen: String,
+    /// The shared secret the registry sends; default DIR/webhook.secret, made once.
+    pub webhook_secret_file: Option<PathBuf>,
 }
 
 /// As [`provision`], with the token and extras of `options`. For the TPM token it starts
@@ -131,6 +144,9 @@ pub fn provision_with(
     let mut text = config_text(&dir, &module, softhsm2_conf, listen, options.metrics_listen)?;
     if let Some(k) = &options.kms {
         text.push_str(&kms_text(k)?);
+    }
+    if let Some(r) = &options.registry {
+        text.push_str(&registry_text(&dir, r)?);
     }
     fs::write(&config, text)?;
     Ok(Provisioned { config, tpm })
@@ -326,6 +342,46 @@ fn kms_text(kms: &DevKms) -> anyhow::Result<String> {
     ))
 }
 
+/// `[registry]`, appended to `hsmd.toml`; makes DIR/webhook.secret (random, mode 0600)
+/// when no secret file is given and it does not exist yet.
+fn registry_text(dir: &Path, r: &DevRegistry) -> anyhow::Result<String> {
+    #[derive(Serialize)]
+    struct Section<'a> {
+        registry: Registry<'a>,
+    }
+    #[derive(Serialize)]
+    struct Registry<'a> {
+        url: &'a str,
+        webhook_listen: &'a str,
+        webhook_secret_file: PathBuf,
+    }
+    crate::signing::config::parse_url(&r.url).map_err(|e| anyhow::anyhow!("--registry {e}"))?;
+    let secret = match &r.webhook_secret_file {
+        Some(f) => std::path::absolute(f)?,
+        None => {
+            let f = dir.join("webhook.secret");
+            if !f.exists() {
+                // 122 random bits from the OS (a v4 UUID), as the token PIN is made.
+                write_secret(&f, &format!("{}\n", random_pin().expose_secret()))?;
+            }
+            f
+        }
+    };
+    crate::signing::config::read_secret(&secret)
+        .map_err(|e| anyhow::anyhow!("--webhook-secret-file {e}"))?;
+    let section = Section {
+        registry: Registry {
+            url: &r.url,
+            webhook_listen: &r.webhook_listen,
+            webhook_secret_file: secret,
+        },
+    };
+    Ok(format!(
+        "\n# The OCI registry images are signed in (hsmd dev --registry).\n{}",
+        toml::to_string(&section).context("hsmd.toml registry")?,
+    ))
+}
+
 /// `client.toml`: the keys `hsm_client::Profile` reads.
 #[derive(Serialize)]
 struct DevProfile {
@@ -336,16 +392,24 @@ struct DevProfile {
     client_key: PathBuf,
     #[serde(skip_serializing_if = "Option::is_none")]
     metrics_endpoint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    webhook_endpoint: Option<String>,
 }
 
-fn profile_text(
-    dir: &Path,
-    grpc: SocketAddr,
-    metrics: Option<SocketAddr>,
-) -> anyhow::Result<String> {
+/// Where `hsmd dev` listens, once bound: gRPC, and the metrics and webhook listeners if
+/// any (the fields of `server::Bound`, which this layer does not name).
+#[derive(Debug, Clone, Copy)]
+pub struct Listening {
+    pub grpc: SocketAddr,
+    pub metrics: Option<SocketAddr>,
+    pub webhook: Option<SocketAddr>,
+}
+
+fn profile_text(dir: &Path, bound: Listening) -> anyhow::Result<String> {
     let profile = DevProfile {
-        endpoint: format!("https://{grpc}"),
-        metrics_endpoint: metrics.map(|m| format!("http://{m}")),
+        endpoint: format!("https://{}", bound.grpc),
+        metrics_endpoint: bound.metrics.map(|m| format!("http://{m}")),
+        webhook_endpoint: bound.webhook.map(webhook_url),
         server_name: "localhost",
         ca_cert: dir.join("tls/ca.pem"),
         client_cert: dir.join("tls/client.pem"),
@@ -357,25 +421,30 @@ fn profile_text(
     ))
 }
 
+/// The URL the registry notifies, for a webhook bound at `at`.
+fn webhook_url(at: SocketAddr) -> String {
+    format!("http://{at}{}", crate::signing::webhook::PATH)
+}
+
 /// Writes the client profile once the listeners are bound, and prints where they are.
-/// `metrics` is the metrics listener, if any.
-pub fn write_profile(
-    dir: &Path,
-    grpc: SocketAddr,
-    metrics: Option<SocketAddr>,
-) -> anyhow::Result<()> {
+pub fn write_profile(dir: &Path, bound: Listening) -> anyhow::Result<()> {
     let dir = dir.canonicalize()?;
-    let profile = profile_text(&dir, grpc, metrics)?;
+    let profile = profile_text(&dir, bound)?;
     let path = dir.join("client.toml");
     let tmp = dir.join("client.toml.tmp");
     fs::write(&tmp, profile)?;
     fs::rename(&tmp, &path)?;
-    let metrics = match metrics {
+    let metrics = match bound.metrics {
         Some(m) => format!("; metrics on http://{m}/metrics"),
         None => String::new(),
     };
+    let webhook = match bound.webhook {
+        Some(w) => format!("; registry webhook on {}", webhook_url(w)),
+        None => String::new(),
+    };
     println!(
-        "hsmd dev listening on https://{grpc}{metrics}; client profile {}",
+        "hsmd dev listening on https://{}{metrics}{webhook}; client profile {}",
+        bound.grpc,
         path.display()
     );
     std::io::stdout().flush()?;
@@ -519,11 +588,16 @@ mod tests {
         assert_eq!(path(&t, "tls", "client_ca"), dir.join("tls/ca.pem"));
 
         let addr: SocketAddr = "127.0.0.1:40123".parse().unwrap();
-        let p = table(&profile_text(dir, addr, None).unwrap());
+        let bound = |metrics, webhook| Listening {
+            grpc: addr,
+            metrics,
+            webhook,
+        };
+        let p = table(&profile_text(dir, bound(None, None)).unwrap());
         assert_eq!(p["endpoint"].as_str(), Some("https://127.0.0.1:40123"));
         assert!(p.get("metrics_endpoint").is_none());
         let m: SocketAddr = "127.0.0.1:9464".parse().unwrap();
-        let p = table(&profile_text(dir, addr, Some(m)).unwrap());
+        let p = table(&profile_text(dir, bound(Some(m), None)).unwrap());
         assert_eq!(
             p["metrics_endpoint"].as_str(),
             Some("http://127.0.0.1:9464")

@@ -15,7 +15,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use hsmd_proto::v1::audit_service_server::AuditServiceServer;
 use hsmd_proto::v1::certificate_service_server::CertificateServiceServer;
+use hsmd_proto::v1::image_signing_service_server::ImageSigningServiceServer;
 use hsmd_proto::v1::key_service_server::KeyServiceServer;
+use hsmd_proto::v1::signing_policy_service_server::SigningPolicyServiceServer;
 use hsmd_proto::v1::token_service_server::TokenServiceServer;
 use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
@@ -24,6 +26,7 @@ use tonic::transport::Server;
 use crate::api::ApiState;
 use crate::api::audit::AuditApi;
 use crate::api::certs::CertApi;
+use crate::api::images::ImagesApi;
 use crate::api::keys::KeyApi;
 use crate::api::token::TokenApi;
 use crate::audit::{AuditLog, CheckpointSigner};
@@ -40,7 +43,7 @@ mod sweep;
 mod tls;
 
 use crate::store::Store;
-use side::{serve_kms_plugin, serve_metrics};
+use side::{serve_image_signing, serve_kms_plugin, serve_metrics};
 pub(crate) use sweep::sweep;
 use sweep::{reconcile, sweep_loop};
 use tls::{tls_config, tls_incoming};
@@ -55,6 +58,8 @@ pub struct Bound {
     pub grpc: SocketAddr,
     /// The plain-HTTP metrics listener, when `[metrics] listen` is set.
     pub metrics: Option<SocketAddr>,
+    /// The registry's push webhook, when `[registry] webhook_listen` is set.
+    pub webhook: Option<SocketAddr>,
 }
 
 /// HTTP/2 receive window of each call (bytes of request data hsmd takes ahead of
@@ -136,10 +141,12 @@ pub async fn run_until<S: std::future::Future<Output = ()>>(
         Some(at) => Some(serve_metrics(at, &state, serving_rx).await?),
         None => None,
     };
+    let webhook_addr = serve_image_signing(&cfg, &state).await?;
     let stop = shutdown();
     on_bound(Bound {
         grpc: addr,
         metrics: metrics_addr,
+        webhook: webhook_addr,
     })?;
     tracing::info!(%addr, "serving");
     serving.send_replace(true);
@@ -162,6 +169,12 @@ pub async fn run_until<S: std::future::Future<Output = ()>>(
         .add_service(AuditServiceServer::new(AuditApi::new(state.clone())))
         .add_service(TokenServiceServer::new(TokenApi::new(state.clone())))
         .add_service(CertificateServiceServer::new(CertApi::new(state.clone())))
+        .add_service(SigningPolicyServiceServer::new(ImagesApi::new(
+            state.clone(),
+        )))
+        .add_service(ImageSigningServiceServer::new(ImagesApi::new(
+            state.clone(),
+        )))
         .serve_with_incoming_shutdown(incoming, shutdown)
         .await?;
     if let Some((stop, task, socket)) = kms {
@@ -196,6 +209,8 @@ async fn set_health(health: &tonic_health::server::HealthReporter, ok: bool) {
         <KeyServiceServer<KeyApi> as NamedService>::NAME,
         <AuditServiceServer<AuditApi> as NamedService>::NAME,
         <CertificateServiceServer<CertApi> as NamedService>::NAME,
+        <SigningPolicyServiceServer<ImagesApi> as NamedService>::NAME,
+        <ImageSigningServiceServer<ImagesApi> as NamedService>::NAME,
     ] {
         health.set_service_status(service, status).await;
     }
@@ -257,7 +272,12 @@ async fn open_state(cfg: &Config, clock: SharedClock) -> anyhow::Result<ApiState
             }
         }
     }
+    let registry = match &cfg.registry {
+        Some(r) => Some(crate::signing::registry::Registry::new(r).map_err(anyhow::Error::msg)?),
+        None => None,
+    };
     Ok(ApiState {
+        signer: Arc::new(crate::signing::signer::Signer::new(keys.clone(), registry)),
         keys,
         audit,
         auth: Arc::new(Authorizer::new(

@@ -1,5 +1,6 @@
-//! The listeners beside the gRPC port: Prometheus metrics over plain HTTP, and the
-//! Kubernetes KMS v2 plugin on its Unix socket.
+//! The listeners beside the gRPC port: Prometheus metrics over plain HTTP, the
+//! Kubernetes KMS v2 plugin on its Unix socket, and the registry's push webhook (with
+//! the image-signing worker behind it).
 
 use std::sync::Arc;
 
@@ -42,6 +43,40 @@ pub(super) async fn serve_metrics(
     tokio::spawn(crate::metrics::http::serve(listener, exporter));
     tracing::info!(%addr, "metrics on http://{addr}/metrics");
     Ok(addr)
+}
+
+/// Starts the image-signing worker (when a registry is configured) and binds the
+/// registry's push webhook (when `[registry] webhook_listen` is set); returns the
+/// webhook's address.
+pub(super) async fn serve_image_signing(
+    cfg: &crate::config::Config,
+    state: &ApiState,
+) -> anyhow::Result<Option<SocketAddr>> {
+    let Some(registry) = &cfg.registry else {
+        return Ok(None);
+    };
+    let wake = Arc::new(tokio::sync::Notify::new());
+    tokio::spawn(crate::signing::worker::run(
+        state.signer.clone(),
+        state.audit.clone(),
+        wake.clone(),
+    ));
+    let (Some(at), Some(secret)) = (registry.webhook_listen, &registry.webhook_secret) else {
+        return Ok(None);
+    };
+    let listener = crate::signing::webhook::bind(at)
+        .await
+        .with_context(|| format!("registry.webhook_listen {at}"))?;
+    let addr = listener.local_addr()?;
+    let hook = crate::signing::webhook::Webhook {
+        keys: state.keys.clone(),
+        audit: state.audit.clone(),
+        secret: Arc::new(secret.clone()),
+        wake,
+    };
+    tokio::spawn(crate::signing::webhook::serve(listener, hook));
+    tracing::info!(%addr, registry = %registry.host, "registry webhook on http://{addr}{}", crate::signing::webhook::PATH);
+    Ok(Some(addr))
 }
 
 /// A running KMS plugin server: its stop switch, its task and its socket path.

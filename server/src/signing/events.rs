@@ -23,6 +23,9 @@ const MANIFEST_TYPES: &[&str] = &[
     "application/vnd.docker.distribution.manifest.v1+prettyjws",
 ];
 
+/// Longest event id accepted.
+const MAX_ID: usize = 128;
+
 /// Most events read from one envelope (the registry sends a handful at a time).
 pub(crate) const MAX_EVENTS: usize = 1000;
 
@@ -145,13 +148,17 @@ fn event(ev: &Value) -> Result<Option<Push>, String> {
             return Ok(None);
         }
     }
+    // Registry event ids are UUIDs; the queue keys on them, so a long one is refused
+    // rather than cut (two cut ids could collide).
+    if id.is_empty() || id.len() > MAX_ID {
+        return Err(format!("id is {} bytes (1..{MAX_ID})", id.len()));
+    }
     let Some((namespace, below)) = repository.split_once('/') else {
         // A repository outside any namespace is in no policy's scope.
         return Ok(None);
     };
     Ok(Some(Push {
-        // Registry event ids are UUIDs; a longer one is cut, not echoed whole.
-        id: id.chars().take(80).collect(),
+        id: id.to_string(),
         namespace: namespace.to_string(),
         repository: below.to_string(),
         digest,
@@ -162,7 +169,7 @@ fn event(ev: &Value) -> Result<Option<Push>, String> {
 
 /// The distribution spec's repository name: path components of `[a-z0-9]+` joined by
 /// `.`, `_`, `__` or `-`s, separated by `/`, at most 255 characters.
-fn valid_repository(r: &str) -> bool {
+pub(crate) fn valid_repository(r: &str) -> bool {
     r.len() <= 255
         && !r.is_empty()
         && r.split('/').all(|part| {
@@ -177,7 +184,7 @@ fn valid_repository(r: &str) -> bool {
 }
 
 /// The distribution spec's tag: `[A-Za-z0-9_][A-Za-z0-9._-]{0,127}`.
-fn valid_tag(t: &str) -> bool {
+pub(crate) fn valid_tag(t: &str) -> bool {
     let b = t.as_bytes();
     !b.is_empty()
         && b.len() <= 128

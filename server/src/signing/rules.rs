@@ -70,7 +70,6 @@ pub(crate) fn check_name(name: &str) -> Result<(), RuleError> {
 /// A compiled repository or tag selector.
 #[derive(Debug, Clone)]
 pub(crate) struct Pattern {
-    text: String,
     matcher: GlobMatcher,
 }
 
@@ -134,15 +133,7 @@ impl Pattern {
             .build()
             .map_err(|e| bad(0, &e.kind().to_string()))?
             .compile_matcher();
-        Ok(Pattern {
-            text: text.to_string(),
-            matcher,
-        })
-    }
-
-    /// The pattern as written.
-    pub(crate) fn as_str(&self) -> &str {
-        &self.text
+        Ok(Pattern { matcher })
     }
 
     /// Whether `candidate` (a repository path below the namespace, or a tag) matches.
@@ -202,7 +193,6 @@ impl Scope {
 /// A checked cron schedule (5 fields, or 6 with seconds first), in UTC.
 #[derive(Debug, Clone)]
 pub(crate) struct Schedule {
-    text: String,
     cron: croner::Cron,
 }
 
@@ -230,10 +220,7 @@ impl Schedule {
             .with_seconds_optional()
             .parse()
             .map_err(|e| bad(e.to_string()))?;
-        let schedule = Schedule {
-            text: expr.to_string(),
-            cron,
-        };
+        let schedule = Schedule { cron };
         // A date no month has (30 February): croner searches to its year limit and
         // finds nothing; say so now rather than keep a policy that never runs.
         if schedule
@@ -243,11 +230,6 @@ impl Schedule {
             return Err(bad("never fires (no month has that day)".into()));
         }
         Ok(schedule)
-    }
-
-    /// The expression as written.
-    pub(crate) fn as_str(&self) -> &str {
-        &self.text
     }
 
     /// The first run strictly after `after` (UTC), if any.

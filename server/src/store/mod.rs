@@ -8,6 +8,7 @@
 mod cache;
 mod certs;
 mod imports;
+mod registry_events;
 mod rows;
 mod signing_policies;
 mod stats;
@@ -22,7 +23,9 @@ use crate::domain::record::{KeyRecord, KeyVersion, Rotation};
 use crate::domain::spec::{KeyState, KeyUsage};
 pub(crate) use certs::StoredChain;
 pub(crate) use imports::{ImportToken, ImportedMaterial};
+pub(crate) use registry_events::EventRow;
 pub(crate) use rows::Alias;
+pub(crate) use signing_policies::{PolicyRow, Trigger};
 
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
@@ -117,6 +120,7 @@ impl Store {
         conn.execute_batch(certs::SCHEMA)?;
         conn.execute_batch(imports::SCHEMA)?;
         conn.execute_batch(signing_policies::SCHEMA)?;
+        conn.execute_batch(registry_events::SCHEMA)?;
         store
             .idle
             .lock()

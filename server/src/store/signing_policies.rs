@@ -3,9 +3,6 @@
 //! compare-and-set on the row's `version`, so two calls (or two replicas) never both
 //! win. Selectors are kept as JSON arrays of the patterns as written; `signing::rules`
 //! checks and compiles them.
-//!
-//! Not called by the daemon yet: the policy service that uses it comes next.
-#![allow(dead_code)]
 
 use rusqlite::types::Value;
 use rusqlite::{Connection, OptionalExtension, Row, params, params_from_iter};

@@ -1,0 +1,334 @@
+//! The signing worker: takes the queued pushes in order and signs those an enabled
+//! `event` policy covers, and runs the `scheduled` policies when their cron says.
+//!
+//! A push leaves the queue only once it is handled: signed (or found signed already by
+//! the policy's key), out of scope, or refused for good (its key disabled, say: an audit
+//! record says why). While the registry or the token is unavailable it stays queued and
+//! is retried after an exponential backoff with jitter (1 s doubling to 5 minutes, each
+//! delay drawn between half and all of it). A daemon killed after the webhook's 200 and
+//! before signing finds the push in the queue at start; one killed after signing and
+//! before dequeuing finds the signature made and adds none.
+//!
+//! Each handled push in scope is an audit record (principal `hsmd`, method
+//! [`PUSH_METHOD`]) naming the policy, repository, tag, digest and key in its `note`,
+//! with `signed=new` or `signed=existing`. Scheduled runs are records of method
+//! [`SCHEDULED_METHOD`], one per image signed.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::sync::Notify;
+
+use crate::audit::{AuditEvent, AuditLog, Outcome};
+use crate::domain::SYSTEM_PRINCIPAL;
+use crate::keys::{KeyError, KeyRef};
+use crate::store::{EventRow, Trigger};
+
+use super::SigningError;
+use super::cosign::Digest;
+use super::policy::{Policy, algorithm_for};
+use super::signer::{Image, Signer, SigningKey};
+
+/// Method of the audit record of a push handled by the worker.
+pub(crate) const PUSH_METHOD: &str = "hsmd/SignImageOnPush";
+/// Method of the audit record of an image signed by a scheduled policy run.
+pub(crate) const SCHEDULED_METHOD: &str = "hsmd/SignImageScheduled";
+
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+const MAX_RETRY: Duration = Duration::from_secs(300);
+/// How often scheduled policies are looked at (and the queue, if nobody wakes it).
+const TICK: Duration = Duration::from_secs(5);
+
+/// The delay before retry number `attempt` (0-based): exponential, capped, jittered.
+pub(crate) fn backoff(attempt: u32) -> Duration {
+    let full = FIRST_RETRY
+        .saturating_mul(1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX))
+        .min(MAX_RETRY);
+    let ms = full.as_millis() as u64;
+    Duration::from_millis(rand::thread_rng().gen_range(ms / 2..=ms))
+}
+
+fn now_ms() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000
+}
+
+/// Runs the worker until the task is dropped. `wake` is notified by the webhook after
+/// it queues pushes.
+pub(crate) async fn run(signer: Arc<Signer>, audit: AuditLog, wake: Arc<Notify>) {
+    let mut last_schedule_check = time::OffsetDateTime::now_utc();
+    loop {
+        drain(&signer, &audit).await;
+        let now = time::OffsetDateTime::now_utc();
+        run_schedules(&signer, &audit, last_schedule_check, now).await;
+        last_schedule_check = now;
+        let keys = signer.keys().clone();
+        let next = tokio::task::spawn_blocking(move || keys.store().next_registry_event_due())
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .flatten();
+        let wait = next.map_or(TICK, |due| {
+            Duration::from_millis((due - now_ms()).clamp(0, TICK.as_millis() as i64) as u64)
+        });
+        tokio::select! {
+            () = wake.notified() => {}
+            () = tokio::time::sleep(wait) => {}
+        }
+    }
+}
+
+/// Handles every queued push that is due.
+async fn drain(signer: &Arc<Signer>, audit: &AuditLog) {
+    loop {
+        let keys = signer.keys().clone();
+        let due =
+            tokio::task::spawn_blocking(move || keys.store().due_registry_events(now_ms(), 16))
+                .await;
+        let due = match due {
+            Ok(Ok(d)) => d,
+            Ok(Err(e)) => {
+                tracing::error!(error = %e, "registry event queue not read");
+                return;
+            }
+            Err(_) => return,
+        };
+        if due.is_empty() {
+            return;
+        }
+        for ev in due {
+            let result = handle(signer, audit, &ev).await;
+            let keys = signer.keys().clone();
+            let seq = ev.seq;
+            let stored = match result {
+                Err(e) if e.is_transient() => {
+                    let delay = backoff(ev.attempts as u32);
+                    tracing::warn!(event = %ev.event_id, repository = %ev.repository, error = %e, retry_in_ms = delay.as_millis() as u64, "push not signed yet; will retry");
+                    let due = now_ms() + delay.as_millis() as i64;
+                    let text = e.to_string();
+                    tokio::task::spawn_blocking(move || {
+                        keys.store().retry_registry_event(seq, due, &text)
+                    })
+                    .await
+                }
+                _ => {
+                    tokio::task::spawn_blocking(move || keys.store().finish_registry_event(seq))
+                        .await
+                }
+            };
+            if !matches!(stored, Ok(Ok(()))) {
+                tracing::error!(event = %ev.event_id, "registry event queue not updated");
+                return;
+            }
+        }
+    }
+}
+
+/// The namespace's policy, compiled, if it is enabled with `trigger`.
+async fn active_policy(
+    signer: &Signer,
+    namespace: &str,
+    trigger: Trigger,
+) -> Result<Option<Policy>, SigningError> {
+    let (keys, ns) = (signer.keys().clone(), namespace.to_string());
+    let row = tokio::task::spawn_blocking(move || keys.store().signing_policy(&ns))
+        .await
+        .map_err(|e| KeyError::Internal(format!("blocking task: {e}")))??;
+    match row {
+        Some(r) if r.enabled && r.trigger == trigger => Ok(Some(Policy::compile(r)?)),
+        _ => Ok(None),
+    }
+}
+
+/// The policy's key, checked for image signing.
+pub(crate) async fn policy_key(
+    signer: &Signer,
+    policy: &Policy,
+) -> Result<SigningKey, SigningError> {
+    let keys = signer.keys().clone();
+    let key_ref = policy.row.key_ref.clone();
+    tokio::task::spawn_blocking(move || {
+        let key = keys.resolve(&KeyRef::parse(&key_ref)?)?;
+        let algorithm = algorithm_for(&keys, &key)?;
+        Ok(SigningKey { key, algorithm })
+    })
+    .await
+    .map_err(|e| KeyError::Internal(format!("blocking task: {e}")))?
+}
+
+/// Handles one push: signs it if an enabled event policy covers it.
+async fn handle(signer: &Arc<Signer>, audit: &AuditLog, ev: &EventRow) -> Result<(), SigningError> {
+    let namespace = ev.repository.split('/').next().unwrap_or_default();
+    let Some(policy) = active_policy(signer, namespace, Trigger::Event).await? else {
+        return Ok(());
+    };
+    if !policy.covers(&ev.repository, ev.tag.as_deref()) {
+        return Ok(());
+    }
+    let image = Image {
+        repository: ev.repository.clone(),
+        digest: Digest::parse(&ev.digest)
+            .map_err(|e| SigningError::InvalidArgument(e.to_string()))?,
+        tag: ev.tag.clone(),
+    };
+    let result = match policy_key(signer, &policy).await {
+        Ok(key) => signer
+            .sign(&image, &key, &policy.row.name, &policy.row.domain)
+            .await
+            .map(|made| (key, made)),
+        Err(e) => Err(e),
+    };
+    if result.as_ref().is_err_and(SigningError::is_transient) {
+        // Retried later; the record is written when it is handled.
+        return result.map(|_| ());
+    }
+    record(
+        audit,
+        PUSH_METHOD,
+        &image,
+        &policy,
+        &result,
+        Some(&ev.event_id),
+    )
+    .await;
+    result.map(|_| ())
+}
+
+/// Writes the audit record of one image handled by a policy.
+async fn record(
+    audit: &AuditLog,
+    method: &str,
+    image: &Image,
+    policy: &Policy,
+    result: &Result<(SigningKey, (bool, String)), SigningError>,
+    event_id: Option<&str>,
+) {
+    let mut event = AuditEvent {
+        request_id: uuid::Uuid::new_v4().to_string(),
+        principal: SYSTEM_PRINCIPAL.into(),
+        method: method.into(),
+        ..Default::default()
+    };
+    event.note = image.note(&policy.row.name);
+    match result {
+        Ok((key, (made, payload))) => {
+            image.describe(&mut event, &policy.row.name, key);
+            event.input_sha256 = payload
+                .strip_prefix("sha256:")
+                .unwrap_or(payload)
+                .to_string();
+            event.note.push_str(if *made {
+                " signed=new"
+            } else {
+                " signed=existing"
+            });
+            event.outcome = Some(Outcome::Ok);
+            event.status = "OK".into();
+        }
+        Err(e) => {
+            event.key_id = policy.row.key_id.to_string();
+            event.outcome = Some(Outcome::Failed);
+            event.status = e.reason().code_name().into();
+            event.reason = e.reason().to_string();
+        }
+    }
+    if let Some(id) = event_id {
+        event.note.push_str(&format!(" event={id}"));
+    }
+    if let Err(e) = audit.append(event).await {
+        tracing::error!(error = %e, method, "audit record of an image signature not written");
+    }
+}
+
+/// Runs each enabled scheduled policy whose cron fired in (`from`, `to`].
+async fn run_schedules(
+    signer: &Arc<Signer>,
+    audit: &AuditLog,
+    from: time::OffsetDateTime,
+    to: time::OffsetDateTime,
+) {
+    if signer.registry().is_err() {
+        return;
+    }
+    let keys = signer.keys().clone();
+    let rows = match tokio::task::spawn_blocking(move || keys.store().signing_policies()).await {
+        Ok(Ok(rows)) => rows,
+        _ => return,
+    };
+    for row in rows {
+        if !row.enabled || row.trigger != Trigger::Scheduled {
+            continue;
+        }
+        let Ok(policy) = Policy::compile(row) else {
+            continue;
+        };
+        let fired = policy
+            .schedule
+            .as_ref()
+            .and_then(|s| s.next_after(from))
+            .is_some_and(|t| t <= to);
+        if fired {
+            let _ = sign_all(signer, audit, &policy, SCHEDULED_METHOD, |_| {}).await;
+        }
+    }
+}
+
+/// Signs every image of the policy's namespace that it covers; `progress` sees each
+/// image's outcome as (image, signed now, error). Returns how many images were looked at.
+pub(crate) async fn sign_all(
+    signer: &Arc<Signer>,
+    audit: &AuditLog,
+    policy: &Policy,
+    method: &str,
+    mut progress: impl FnMut(Progress<'_>),
+) -> Result<usize, SigningError> {
+    let key = policy_key(signer, policy).await?;
+    let images = signer
+        .images(&policy.row.namespace, |r, t| policy.covers(r, t))
+        .await?;
+    let total = images.len();
+    for (i, image) in images.iter().enumerate() {
+        let result = signer
+            .sign(image, &key, &policy.row.name, &policy.row.domain)
+            .await
+            .map(|made| (key.clone(), made));
+        record(audit, method, image, policy, &result, None).await;
+        progress(Progress {
+            total,
+            done: i + 1,
+            image,
+            result: result.as_ref().map(|(_, (made, _))| *made),
+        });
+    }
+    Ok(total)
+}
+
+/// One image of a namespace run.
+pub(crate) struct Progress<'a> {
+    pub(crate) total: usize,
+    pub(crate) done: usize,
+    pub(crate) image: &'a Image,
+    /// True: signed now; false: signed already.
+    pub(crate) result: Result<bool, &'a SigningError>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_is_capped_and_jittered() {
+        for attempt in 0..40 {
+            let full = FIRST_RETRY
+                .saturating_mul(1u32.checked_shl(attempt.min(20)).unwrap_or(u32::MAX))
+                .min(MAX_RETRY);
+            let d = backoff(attempt);
+            assert!(
+                d <= full && d >= full / 2,
+                "attempt {attempt}: {d:?} vs {full:?}"
+            );
+        }
+        assert!(backoff(0) <= Duration::from_secs(1));
+        assert_eq!(backoff(30).max(MAX_RETRY), MAX_RETRY);
+    }
+}

@@ -1,0 +1,192 @@
+//! The durable queue of registry push events waiting to be signed. The webhook writes a
+//! batch in one transaction (synchronous FULL) before it answers 200, so an event the
+//! registry was told is received survives a crash; the signing worker deletes an event
+//! once it is signed (or needs no signature), or puts it back with a later due time when
+//! the registry is unavailable. The registry's event id is unique: a redelivered event
+//! that is still queued is not queued twice.
+
+use rusqlite::{OptionalExtension, params};
+
+use super::{Store, StoreError};
+
+/// Created with the rest of the schema at `Store::open`.
+pub(super) const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS registry_events (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    event_id TEXT NOT NULL UNIQUE,
+    repository TEXT NOT NULL,
+    digest TEXT NOT NULL,
+    tag TEXT,
+    received INTEGER NOT NULL,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    due INTEGER NOT NULL,
+    last_error TEXT NOT NULL DEFAULT ''
+);
+CREATE INDEX IF NOT EXISTS registry_events_due ON registry_events (due);
+";
+
+/// A queued push.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct EventRow {
+    /// Queue order (0 before insertion).
+    pub(crate) seq: i64,
+    pub(crate) event_id: String,
+    /// Full repository name, `namespace/repo`.
+    pub(crate) repository: String,
+    pub(crate) digest: String,
+    pub(crate) tag: Option<String>,
+    /// Unix milliseconds.
+    pub(crate) received: i64,
+    pub(crate) attempts: i64,
+    /// Unix milliseconds before which the worker leaves it.
+    pub(crate) due: i64,
+}
+
+impl Store {
+    /// Queues a batch in one transaction; returns how many were new.
+    pub(crate) fn enqueue_registry_events(&self, events: &[EventRow]) -> Result<usize, StoreError> {
+        self.with(|conn| {
+            let tx = conn.transaction()?;
+            let mut new = 0;
+            {
+                let mut stmt = tx.prepare(
+                    "INSERT INTO registry_events (event_id, repository, digest, tag, received, due) \
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?5) ON CONFLICT (event_id) DO NOTHING",
+                )?;
+                for e in events {
+                    new += stmt.execute(params![
+                        e.event_id,
+                        e.repository,
+                        e.digest,
+                        e.tag,
+                        e.received
+                    ])?;
+                }
+            }
+            tx.commit()?;
+            Ok(new)
+        })
+    }
+
+    /// Up to `limit` events due at `now` (unix ms), oldest first.
+    pub(crate) fn due_registry_events(
+        &self,
+        now: i64,
+        limit: usize,
+    ) -> Result<Vec<EventRow>, StoreError> {
+        self.with(|conn| {
+            let mut stmt = conn.prepare(
+                "SELECT seq, event_id, repository, digest, tag, received, attempts, due \
+                 FROM registry_events WHERE due <= ?1 ORDER BY seq LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![now, limit as i64], |r| {
+                Ok(EventRow {
+                    seq: r.get(0)?,
+                    event_id: r.get(1)?,
+                    repository: r.get(2)?,
+                    digest: r.get(3)?,
+                    tag: r.get(4)?,
+                    received: r.get(5)?,
+                    attempts: r.get(6)?,
+                    due: r.get(7)?,
+                })
+            })?;
+            Ok(rows.collect::<Result<_, _>>()?)
+        })
+    }
+
+    /// The earliest due time of any queued event.
+    pub(crate) fn next_registry_event_due(&self) -> Result<Option<i64>, StoreError> {
+        self.with(|conn| {
+            Ok(conn
+                .query_row("SELECT MIN(due) FROM registry_events", [], |r| {
+                    r.get::<_, Option<i64>>(0)
+                })
+                .optional()?
+                .flatten())
+        })
+    }
+
+    /// Removes a handled event.
+    pub(crate) fn finish_registry_event(&self, seq: i64) -> Result<(), StoreError> {
+        self.with(|conn| {
+            conn.execute("DELETE FROM registry_events WHERE seq = ?1", [seq])?;
+            Ok(())
+        })
+    }
+
+    /// Puts an event back, due again at `due`, noting why it failed.
+    pub(crate) fn retry_registry_event(
+        &self,
+        seq: i64,
+        due: i64,
+        error: &str,
+    ) -> Result<(), StoreError> {
+        self.with(|conn| {
+            conn.execute(
+                "UPDATE registry_events SET attempts = attempts + 1, due = ?2, last_error = ?3 \
+                 WHERE seq = ?1",
+                params![seq, due, error],
+            )?;
+            Ok(())
+        })
+    }
+
+    /// How many events are queued.
+    #[cfg(test)]
+    pub(crate) fn registry_events_queued(&self) -> Result<i64, StoreError> {
+        self.with(|conn| {
+            Ok(conn.query_row("SELECT COUNT(*) FROM registry_events", [], |r| r.get(0))?)
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(id: &str, t: i64) -> EventRow {
+        EventRow {
+            seq: 0,
+            event_id: id.into(),
+            repository: "team/app".into(),
+            digest: format!("sha256:{}", "a".repeat(64)),
+            tag: Some("v1".into()),
+            received: t,
+            attempts: 0,
+            due: t,
+        }
+    }
+
+    #[test]
+    fn queue_dedups_orders_and_retries() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("s.db")).unwrap();
+        assert_eq!(
+            s.enqueue_registry_events(&[ev("a", 10), ev("b", 20)])
+                .unwrap(),
+            2
+        );
+        assert_eq!(
+            s.enqueue_registry_events(&[ev("a", 30)]).unwrap(),
+            0,
+            "redelivery"
+        );
+        let due = s.due_registry_events(15, 10).unwrap();
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].event_id, "a");
+        s.retry_registry_event(due[0].seq, 100, "down").unwrap();
+        let due = s.due_registry_events(50, 10).unwrap();
+        assert_eq!(
+            due.iter().map(|e| e.event_id.as_str()).collect::<Vec<_>>(),
+            ["b"]
+        );
+        assert_eq!(s.next_registry_event_due().unwrap(), Some(20));
+        s.finish_registry_event(due[0].seq).unwrap();
+        let a = s.due_registry_events(100, 10).unwrap();
+        assert_eq!((a.len(), a[0].attempts), (1, 1));
+        s.finish_registry_event(a[0].seq).unwrap();
+        assert_eq!(s.registry_events_queued().unwrap(), 0);
+        assert_eq!(s.next_registry_event_due().unwrap(), None);
+    }
+}
