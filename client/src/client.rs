@@ -18,7 +18,9 @@ use crate::profile::{Profile, ProfileError};
 use crate::retry::{self, RetryNotice, RetryPolicy};
 use crate::v1::audit_service_client::AuditServiceClient;
 use crate::v1::certificate_service_client::CertificateServiceClient;
+use crate::v1::image_signing_service_client::ImageSigningServiceClient;
 use crate::v1::key_service_client::KeyServiceClient;
+use crate::v1::signing_policy_service_client::SigningPolicyServiceClient;
 use crate::v1::token_service_client::TokenServiceClient;
 
 /// How long to wait for TCP + TLS + HTTP/2 set-up before giving up.
@@ -137,6 +139,17 @@ impl Client {
     /// A CertificateService client over the shared channel.
     pub fn certs(&self) -> CertificateServiceClient<Channel> {
         CertificateServiceClient::new(self.channel.clone())
+    }
+
+    /// A SigningPolicyService client (image signature policies) over the shared channel.
+    pub fn policies(&self) -> SigningPolicyServiceClient<Channel> {
+        SigningPolicyServiceClient::new(self.channel.clone())
+    }
+
+    /// An ImageSigningService client (signing and verifying images) over the shared
+    /// channel.
+    pub fn images(&self) -> ImageSigningServiceClient<Channel> {
+        ImageSigningServiceClient::new(self.channel.clone())
     }
 }
 

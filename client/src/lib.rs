@@ -8,6 +8,9 @@
 //! jitter ([`RetryPolicy`], from the profile's `[retry]` table), honouring the server's
 //! retry delay; [`Client::create_key`] fills in an idempotency token, so its retries
 //! never make a second key. [`import`] wraps key material for bring your own key.
+//! Container image signing has typed calls too: signature policies per registry
+//! namespace ([`Client::create_signature_policy`] and the like), and signing and
+//! verifying images ([`Client::sign_image`], [`Client::verify_image`]).
 //!
 //! ```no_run
 //! # async fn demo() -> Result<(), hsm_client::ClientError> {
@@ -32,6 +35,7 @@ pub mod envelope;
 mod error;
 #[doc(hidden)]
 pub mod fuzz;
+mod image_calls;
 pub mod import;
 mod import_calls;
 pub mod names;

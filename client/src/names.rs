@@ -6,8 +6,8 @@
 //! `i32` fields of messages back into names.
 
 use crate::v1::{
-    AuditOutcome, EncryptionAlgorithm, KeyOrigin, KeySpec, KeyState, KeyUsage, MessageType,
-    SigningAlgorithm, WrappingAlgorithm,
+    AuditOutcome, EncryptionAlgorithm, ImageSignatureStatus, KeyOrigin, KeySpec, KeyState,
+    KeyUsage, MessageType, SignatureTrigger, SigningAlgorithm, WrappingAlgorithm,
 };
 
 /// A generated API enum that has proto names.
@@ -45,6 +45,8 @@ proto_enum!(KeyState, "key state");
 proto_enum!(MessageType, "message type");
 proto_enum!(AuditOutcome, "audit outcome");
 proto_enum!(EncryptionAlgorithm, "encryption algorithm");
+proto_enum!(SignatureTrigger, "signature trigger");
+proto_enum!(ImageSignatureStatus, "image signature status");
 
 impl ProtoEnum for SigningAlgorithm {
     const WHAT: &'static str = "signing algorithm";
@@ -218,6 +220,32 @@ mod tests {
         assert_eq!(wrapping_algorithm_name(4), "RSA_AES_KEY_WRAP_SHA_256");
         assert_eq!(wrapping_algorithm_name(0), "UNSPECIFIED");
         assert_eq!(wrapping_algorithm_name(42), "UNKNOWN(42)");
+    }
+
+    #[test]
+    fn image_signing_enums() {
+        assert_eq!(
+            parse::<SignatureTrigger>("event"),
+            Ok(SignatureTrigger::Event)
+        );
+        assert_eq!(
+            parse::<SignatureTrigger>("Scheduled"),
+            Ok(SignatureTrigger::Scheduled)
+        );
+        assert!(parse::<SignatureTrigger>("signature-trigger-unspecified").is_err());
+        assert_eq!(
+            values::<SignatureTrigger>(),
+            [
+                SignatureTrigger::Event,
+                SignatureTrigger::Manual,
+                SignatureTrigger::Scheduled
+            ]
+        );
+        assert_eq!(name_of::<ImageSignatureStatus>(1), "IMAGE_SIGNED");
+        assert_eq!(
+            name_of::<ImageSignatureStatus>(3),
+            "IMAGE_SIGNATURE_INVALID"
+        );
     }
 
     #[test]

@@ -36,6 +36,12 @@ pub struct Profile {
     /// (`hsmd dev --metrics-listen`). Informational: hsmctl does not use it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_endpoint: Option<String>,
+    /// Where the daemon takes the registry's push notifications
+    /// (`http://HOST:PORT/registry/events`), when it has a registry (`hsmd dev
+    /// --registry`): the URL to put in the registry's `notifications` endpoint.
+    /// Informational: hsmctl does not use it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub webhook_endpoint: Option<String>,
 }
 
 /// Why a profile could not be found, read or used.

@@ -669,6 +669,110 @@ async fn images_are_signed_on_push_in_cosign_format_and_verified() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hsmctl_manages_policies_and_verifies_images() {
+    let mut w = World::start().await;
+    let key = create_key(&mut w.d.keys(), KeySpec::EcP384, "alias/cli-signer").await;
+    let other = create_key(&mut w.d.keys(), KeySpec::EcP256, "").await;
+    w.create_policy(policy("team", &key)).await;
+    let url = format!("http://127.0.0.1:{}/registry/events", w.webhook);
+    assert!(
+        w.d.stdout_text()
+            .contains(&format!("registry webhook on {url}")),
+        "hsmd dev prints the webhook: {}",
+        w.d.stdout_text()
+    );
+    let profile = std::fs::read_to_string(w.d.profile_path()).unwrap();
+    assert!(
+        profile.contains(&format!("webhook_endpoint = \"{url}\"")),
+        "{profile}"
+    );
+    let created = w.d.hsmctl_ok([
+        "-o",
+        "json",
+        "policy",
+        "create",
+        "--namespace",
+        "cli",
+        "--name",
+        "cli.policy",
+        "--key",
+        "alias/cli-signer",
+        "--repo",
+        "{app,web}",
+        "--tag",
+        "v*",
+        "--description",
+        "signed by the CLI test",
+    ]);
+    let p: serde_json::Value = serde_json::from_str(&created).unwrap();
+    assert_eq!(p["algorithm"], "ECDSA_SHA_384", "{created}");
+    assert_eq!(
+        p["repositories"],
+        serde_json::json!(["{app,web}"]),
+        "{created}"
+    );
+    let (signed, unsigned) = (w.image(), w.image());
+    w.push(&signed, "cli/app:v1");
+    w.push(&unsigned, "cli/app:dev");
+    w.wait_signed("cli/app", &signed.digest, 1).await;
+    w.marker().await;
+    let reference = format!("{}/cli/app:v1", w.registry.addr());
+    let ok = w.d.hsmctl(["image", "verify", &reference]);
+    assert_eq!(ok.code, Some(0), "{}", ok.stdout);
+    let no = w.d.hsmctl([
+        "image",
+        "verify",
+        &format!("{}/cli/app:dev", w.registry.addr()),
+    ]);
+    assert_eq!(no.code, Some(1), "unsigned: {} {}", no.stdout, no.stderr);
+    let bad = w.d.hsmctl(["image", "verify", &reference, "--key", &other]);
+    assert_eq!(
+        bad.code,
+        Some(1),
+        "another key: {} {}",
+        bad.stdout,
+        bad.stderr
+    );
+    let signed_now = w.d.hsmctl_ok([
+        "-o",
+        "json",
+        "image",
+        "sign",
+        &format!("{}/cli/app:dev", w.registry.addr()),
+    ]);
+    assert!(
+        signed_now.contains("\"signed\": true") || signed_now.contains("\"signed\":true"),
+        "{signed_now}"
+    );
+    let list = w.d.hsmctl_ok(["-o", "json", "policy", "list"]);
+    assert!(
+        list.contains("cli.policy") && list.contains("team-policy"),
+        "{list}"
+    );
+    let refused = w.d.hsmctl(["policy", "delete", "--namespace", "cli"]);
+    assert_eq!(
+        refused.code,
+        Some(2),
+        "delete needs --confirm: {}",
+        refused.stderr
+    );
+    assert!(
+        w.d.hsmctl_ok(["policy", "describe", "--namespace", "cli"])
+            .contains("cli.policy")
+    );
+    w.d.hsmctl_ok(["policy", "delete", "--namespace", "cli", "--confirm"]);
+    assert!(
+        w.sig_manifest("cli/app", &signed.digest).await.is_none(),
+        "its signatures are gone"
+    );
+    let help = w.d.hsmctl_ok(["policy", "delete", "--help"]);
+    assert!(help.contains("signatures"), "{help}");
+    let gone = w.d.hsmctl(["policy", "describe", "--namespace", "cli"]);
+    assert_eq!(gone.code, Some(2));
+    assert!(gone.stderr.contains("POLICY_NOT_FOUND"), "{}", gone.stderr);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_policies_are_refused_with_their_reasons() {
     let dir = tempfile::tempdir().unwrap();
     let registry = Registry::start(&dir.path().join("registry"), None);

@@ -1,9 +1,10 @@
 //! The `hsmctl` command line: global flags, the command tree, and dispatch.
 //!
 //! One file per command family (`key`, `alias`, `crypto`, `encrypt`, `envelope`, `csr`,
-//! `import`, `token`, `audit`, with `report` and its shared counting in `tally`); each turns
-//! its arguments into calls on [`hsm_client::Client`] and prints a table (for people)
-//! or JSON (`-o json`, for programs).
+//! `import`, `token`, `audit`, with `report` and its shared counting in `tally`, and
+//! `policy` and `image` for container image signing); each turns its arguments into calls
+//! on [`hsm_client::Client`] and prints a table (for people) or JSON (`-o json`, for
+//! programs).
 
 mod alias;
 mod args;
@@ -15,8 +16,10 @@ mod encrypt;
 mod envelope;
 mod error;
 mod export;
+mod image;
 mod import;
 mod key;
+mod policy;
 mod render;
 mod report;
 mod table;
@@ -38,8 +41,13 @@ pub use error::CliError;
 /// Connects with the client profile written by `hsmd dev` (or the one named by
 /// --profile / $HSMCTL_PROFILE). Keys are named by UUID or `alias/NAME`.
 ///
+/// Container images: `policy` manages the signature policy of each registry namespace
+/// (which images hsmd signs, with which key, and when); `image` signs images and verifies
+/// their signatures.
+///
 /// Exit status: 0 success; 1 a negative answer (`verify`: invalid signature,
-/// `audit verify` and `audit report`: broken chain); 2 any error, printed on stderr as
+/// `image verify`: image unsigned or no valid signature, `audit verify` and
+/// `audit report`: broken chain); 2 any error, printed on stderr as
 /// `error: <CODE> <REASON>: <message>`.
 #[derive(Debug, Parser)]
 #[command(name = "hsmctl", version, propagate_version = true)]
@@ -131,6 +139,15 @@ enum Command {
     /// public key.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Signature policies of registry namespaces: which images hsmd signs, with which
+    /// key, and when (on push, on request, on a schedule).
+    #[command(subcommand)]
+    Policy(policy::PolicyCommand),
+    /// Sign container images (cosign format, keys in the token) and verify their
+    /// signatures (`image verify` exits 1 when an image is unsigned or no signature is
+    /// valid).
+    #[command(subcommand)]
+    Image(image::ImageCommand),
     /// Load-test a running daemon: ops/s and p50/p90/p99/max latency (exit 1 on errors).
     Bench(bench::BenchArgs),
 }
@@ -169,8 +186,12 @@ impl CliEnv {
 
 impl Cli {
     /// Loads the profile, connects, and runs the command (offline audit verification
-    /// and `import wrap` need neither).
+    /// and `import wrap` need neither; a `policy` command refused locally, such as a
+    /// delete without --confirm, makes no connection).
     pub async fn run(self) -> Result<Verdict, CliError> {
+        if let Command::Policy(p) = &self.command {
+            p.check()?;
+        }
         if let Command::Audit(audit::AuditCommand::Verify(v)) = &self.command
             && v.offline()
         {
@@ -225,6 +246,8 @@ impl Cli {
             Command::Cert(cmd) => cmd.run(&env).await,
             Command::Token(cmd) => cmd.run(&env).await,
             Command::Audit(cmd) => cmd.run(&env).await,
+            Command::Policy(cmd) => cmd.run(&env).await,
+            Command::Image(cmd) => cmd.run(&env).await,
             Command::Bench(a) => a.run(&env, &profile).await,
         }
     }
