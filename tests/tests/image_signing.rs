@@ -646,6 +646,27 @@ async fn images_are_signed_on_push_in_cosign_format_and_verified() {
         ImageSignatureStatus::ImageSigned
     );
 
+    // --- A scheduled policy signs at its cron, not on push -------------------------------
+    let sched = w.image();
+    w.push(&sched, "sched/app:v1");
+    w.create_policy(CreateSignaturePolicyRequest {
+        trigger: SignatureTrigger::Scheduled as i32,
+        cron: "*/2 * * * * *".into(),
+        ..policy("sched", &key)
+    })
+    .await;
+    let again = w.image();
+    w.push(&again, "sched/app:v2");
+    w.wait_signed("sched/app", &sched.digest, 1).await;
+    w.wait_signed("sched/app", &again.digest, 1).await;
+    let log = std::fs::read_to_string(w.d.audit_log_path()).unwrap();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("\"method\":\"hsmd/SignImageScheduled\"")
+                && l.contains("policy=sched-policy")),
+        "a scheduled run's signatures are audit records"
+    );
+
     // --- Registry down, then hsmd killed right after acknowledging ----------------------
     let late = w.image();
     w.push(&late, "team/app-late:seed");

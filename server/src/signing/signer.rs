@@ -114,10 +114,11 @@ impl Signer {
                 return Ok((false, check.payload_digest));
             }
         }
-        let time = crate::audit::record::rfc3339(
-            time::OffsetDateTime::from_unix_timestamp(self.keys.now())
-                .unwrap_or(time::OffsetDateTime::UNIX_EPOCH),
-        );
+        // RFC 3339 to the second, as the key manager's clock keeps time.
+        let time = time::OffsetDateTime::from_unix_timestamp(self.keys.now())
+            .unwrap_or(time::OffsetDateTime::UNIX_EPOCH)
+            .format(&time::format_description::well_known::Rfc3339)
+            .unwrap_or_default();
         let reference = format!("{domain}/{}", image.repository);
         let payload = Payload::new(&reference, &image.digest, policy, &time).to_bytes();
         let signature = {
