@@ -101,7 +101,7 @@ impl Client {
     }
 
     /// Deletes the policy of `namespace` and the signatures it made in the namespace's
-    /// repositories (signatures by other keys are kept). The answer has the deleted
+    /// repositories (everything else in the `.sig` manifests is kept). The answer has the deleted
     /// policy and how many signatures were removed.
     pub async fn delete_signature_policy(
         &self,

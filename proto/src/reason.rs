@@ -168,6 +168,10 @@ reasons! {
     /// The registry refused a request (credentials, deletes disabled, a manifest it
     /// would not take); the message says what it answered.
     RegistryRefused => "REGISTRY_REFUSED",
+    /// SignImage with a namespace's policy key while that policy is disabled.
+    PolicyDisabled => "POLICY_DISABLED",
+    /// SignImage with a namespace's policy key for an image the policy does not cover.
+    ImageOutOfScope => "IMAGE_OUT_OF_SCOPE",
 }
 
 impl Reason {
@@ -237,7 +241,9 @@ impl Reason {
             | Reason::MechanismNotSupported
             | Reason::KeySpecNotAllowed
             | Reason::RegistryNotConfigured
-            | Reason::RegistryRefused => Code::FailedPrecondition,
+            | Reason::RegistryRefused
+            | Reason::PolicyDisabled
+            | Reason::ImageOutOfScope => Code::FailedPrecondition,
             Reason::NoClientIdentity => Code::Unauthenticated,
             Reason::AccessDenied => Code::PermissionDenied,
             Reason::RateLimited | Reason::ConnectionLimit => Code::ResourceExhausted,
@@ -413,7 +419,7 @@ mod tests {
             Reason::ConnectionLimit.code(),
             tonic::Code::ResourceExhausted
         );
-        assert_eq!(Reason::ALL.len(), 58);
+        assert_eq!(Reason::ALL.len(), 60);
     }
 
     #[test]

@@ -15,6 +15,7 @@ use crate::csr::{chain, subject};
 use crate::domain::spec::KeySpec;
 use crate::encoding::{oaep, public};
 use crate::keys::{KeyRef, blob};
+use crate::signing::reference::ImageRef;
 use crate::signing::{cosign, events, rules};
 
 /// Every target of this crate.
@@ -66,6 +67,10 @@ pub const TARGETS: &[Target] = &[
     Target {
         name: "registry_events",
         run: registry_events,
+    },
+    Target {
+        name: "image_reference",
+        run: image_reference,
     },
 ];
 
@@ -207,6 +212,31 @@ fn registry_events(data: &[u8]) {
             );
         }
     }
+}
+
+/// Image references of SignImage and VerifyImage: an accepted one names a namespaced,
+/// valid repository and a tag or digest, and reads back the same when written out.
+fn image_reference(data: &[u8]) {
+    let Some(r) = text(data).and_then(|s| ImageRef::parse(s).ok()) else {
+        return;
+    };
+    assert!(r.repository.contains('/') && !r.namespace().is_empty());
+    assert!(r.tag.is_some() || r.digest.is_some());
+    let mut again = String::new();
+    if let Some(h) = &r.host {
+        again.push_str(h);
+        again.push('/');
+    }
+    again.push_str(&r.repository);
+    if let Some(t) = &r.tag {
+        again.push(':');
+        again.push_str(t);
+    }
+    if let Some(d) = &r.digest {
+        again.push('@');
+        again.push_str(d.as_str());
+    }
+    assert_eq!(ImageRef::parse(&again).ok().as_ref(), Some(&r), "{again}");
 }
 
 #[cfg(test)]

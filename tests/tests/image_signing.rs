@@ -139,10 +139,9 @@ impl World {
         };
         let mut out = Vec::new();
         for layer in m["layers"].as_array().unwrap() {
-            assert_eq!(
-                layer["mediaType"],
-                "application/vnd.dev.cosign.simplesigning.v1+json"
-            );
+            if layer["mediaType"] != "application/vnd.dev.cosign.simplesigning.v1+json" {
+                continue;
+            }
             let sig = layer["annotations"]["dev.cosignproject.cosign/signature"]
                 .as_str()
                 .unwrap();
@@ -166,6 +165,52 @@ impl World {
             out.push((sig, payload.to_vec()));
         }
         out
+    }
+
+    /// Uploads a blob to `repo` (POST, then PUT with the digest); returns its digest.
+    async fn put_blob(&self, repo: &str, data: &[u8]) -> String {
+        use sha2::Digest as _;
+        let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(data)));
+        let base = format!("http://{}", self.registry.addr());
+        let resp = self
+            .http
+            .post(format!("{base}/v2/{repo}/blobs/uploads/"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 202, "start a blob upload");
+        let location = resp.headers()["location"].to_str().unwrap().to_string();
+        let url = if location.starts_with('/') {
+            format!("{base}{location}")
+        } else {
+            location
+        };
+        let sep = if url.contains('?') { '&' } else { '?' };
+        let resp = self
+            .http
+            .put(format!("{url}{sep}digest={digest}"))
+            .header("Content-Type", "application/octet-stream")
+            .body(data.to_vec())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 201, "finish the blob upload");
+        digest
+    }
+
+    /// Replaces the `.sig` manifest of `digest` in `repo` (as another signer would).
+    async fn put_sig_manifest(&self, repo: &str, digest: &str, m: &serde_json::Value) {
+        let tag = format!("{}.sig", digest.replace(':', "-"));
+        let url = format!("http://{}/v2/{repo}/manifests/{tag}", self.registry.addr());
+        let resp = self
+            .http
+            .put(url)
+            .header("Content-Type", OCI_MANIFEST)
+            .body(m.to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status().as_u16(), 201, "PUT .sig manifest");
     }
 
     /// Waits until `digest` in `repo` has `n` signatures; returns them.
@@ -523,13 +568,34 @@ async fn images_are_signed_on_push_in_cosign_format_and_verified() {
     let again = w
         .signing()
         .sign_image(pb::SignImageRequest {
-            reference: format!("man/app@{}", i_man.digest),
+            reference: "man/app:v1".into(),
             key_id: String::new(),
         })
         .await
         .unwrap()
         .into_inner();
     assert!(!again.signed, "signing a signed digest again adds nothing");
+    // With the policy's key, only what the enabled policy covers.
+    let by_digest = pb::SignImageRequest {
+        reference: format!("man/app@{}", i_man.digest),
+        key_id: String::new(),
+    };
+    assert_refused(
+        w.signing().sign_image(by_digest).await,
+        Code::FailedPrecondition,
+        "IMAGE_OUT_OF_SCOPE",
+        "a digest without tag, policy without untagged",
+    );
+    let disabled = pb::SignImageRequest {
+        reference: "off/app:v1".into(),
+        key_id: String::new(),
+    };
+    assert_refused(
+        w.signing().sign_image(disabled).await,
+        Code::FailedPrecondition,
+        "POLICY_DISABLED",
+        "the policy of off/ is disabled",
+    );
     assert_eq!(w.signatures("man/app", &i_man.digest).await.len(), 1);
 
     // --- sign-namespace signs what was pushed before the policy -------------------------
@@ -606,8 +672,9 @@ async fn images_are_signed_on_push_in_cosign_format_and_verified() {
         "{v:?}"
     );
 
-    // --- Delete removes the policy's signatures, keeps another key's --------------------
-    w.create_policy(policy("del", &key)).await;
+    // --- Delete removes the policy's signatures, keeps everything else -----------------
+    let del_key = create_key(&mut w.d.keys(), KeySpec::EcP256, "").await;
+    w.create_policy(policy("del", &del_key)).await;
     let dimg = w.image();
     w.push(&dimg, "del/app:v1");
     w.wait_signed("del/app", &dimg.digest, 1).await;
@@ -622,6 +689,24 @@ async fn images_are_signed_on_push_in_cosign_format_and_verified() {
         .into_inner();
     assert!(by_other.signed && by_other.algorithm == "RSA_PKCS1_SHA_256");
     w.wait_signed("del/app", &dimg.digest, 2).await;
+    // Another signer's annotations and an attachment layer, as cosign writes them.
+    let attachment = b"{\"bundle\":true}";
+    let attachment_digest = w.put_blob("del/app", attachment).await;
+    let mut m = w.sig_manifest("del/app", &dimg.digest).await.unwrap();
+    m["layers"][1]["annotations"]["dev.sigstore.cosign/bundle"] = "{\"rekor\":42}".into();
+    m["layers"].as_array_mut().unwrap().push(serde_json::json!({
+        "mediaType": "application/vnd.dev.sigstore.bundle.v0.3+json",
+        "size": attachment.len(),
+        "digest": attachment_digest,
+    }));
+    w.put_sig_manifest("del/app", &dimg.digest, &m).await;
+    // The policy's key disabled since: its signatures still go, by the policy's name.
+    w.d.keys()
+        .disable_key(DisableKeyRequest {
+            key_id: del_key.clone(),
+        })
+        .await
+        .unwrap();
     let gone = w
         .policies()
         .delete_signature_policy(pb::DeleteSignaturePolicyRequest {
@@ -633,6 +718,13 @@ async fn images_are_signed_on_push_in_cosign_format_and_verified() {
     assert_eq!(gone.signatures_removed, 1);
     let left = w.signatures("del/app", &dimg.digest).await;
     assert_eq!(left.len(), 1);
+    let kept = w.sig_manifest("del/app", &dimg.digest).await.unwrap();
+    assert_eq!(
+        kept["layers"][0], m["layers"][1],
+        "the other key's layer, annotations and all"
+    );
+    assert_eq!(kept["layers"][1], m["layers"][2], "the attachment");
+    assert_eq!(kept["layers"].as_array().unwrap().len(), 2);
     let other_pem = w.public_pem(&other, "other.pem").await;
     assert!(check_openssl(
         w.dir.path(),
@@ -644,6 +736,27 @@ async fn images_are_signed_on_push_in_cosign_format_and_verified() {
     assert_eq!(
         w.verify("del/app:v1", &other).await.status(),
         ImageSignatureStatus::ImageSigned
+    );
+
+    // --- A policy signs with its key even after the alias it was named by moves --------
+    let first = create_key(&mut w.d.keys(), KeySpec::EcP256, "alias/moving").await;
+    w.create_policy(policy("ali", "alias/moving")).await;
+    let second = create_key(&mut w.d.keys(), KeySpec::EcP256, "").await;
+    w.d.keys()
+        .update_alias(pb::UpdateAliasRequest {
+            alias_name: "alias/moving".into(),
+            target_key_id: second.clone(),
+        })
+        .await
+        .unwrap();
+    let moved = w.image();
+    w.push(&moved, "ali/app:v1");
+    w.wait_signed("ali/app", &moved.digest, 1).await;
+    let v = w.verify("ali/app:v1", &first).await;
+    assert_eq!(
+        v.status(),
+        ImageSignatureStatus::ImageSigned,
+        "signed with the first key: {v:?}"
     );
 
     // --- A scheduled policy signs at its cron, not on push -------------------------------
@@ -760,7 +873,20 @@ async fn hsmctl_manages_policies_and_verifies_images() {
         "image",
         "sign",
         &format!("{}/cli/app:dev", w.registry.addr()),
+        "--key",
+        "alias/cli-signer",
     ]);
+    let out_of_scope = w.d.hsmctl([
+        "image",
+        "sign",
+        &format!("{}/cli/app:dev", w.registry.addr()),
+    ]);
+    assert_eq!(out_of_scope.code, Some(2), "{}", out_of_scope.stderr);
+    assert!(
+        out_of_scope.stderr.contains("IMAGE_OUT_OF_SCOPE"),
+        "{}",
+        out_of_scope.stderr
+    );
     assert!(
         signed_now.contains("\"signed\": true") || signed_now.contains("\"signed\":true"),
         "{signed_now}"
@@ -983,5 +1109,117 @@ async fn bad_policies_are_refused_with_their_reasons() {
         Code::InvalidArgument,
         "INVALID_IMAGE_REFERENCE",
         "another registry",
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn image_actions_are_granted_by_name_and_keys_by_sign() {
+    let dir = tempfile::tempdir().unwrap();
+    let registry = Registry::start(&dir.path().join("registry"), None);
+    let extra = format!(
+        r#"
+[[policy.rules]]
+principals = ["{admin}"]
+actions = ["*"]
+keys = ["*"]
+
+[[policy.rules]]
+principals = ["spiffe://hsmd.dev/ci"]
+actions = ["policy:*", "image:verify", "Sign"]
+keys = ["alias/ci-*"]
+
+[[policy.rules]]
+principals = ["spiffe://hsmd.dev/app"]
+actions = ["use"]
+keys = ["*"]
+
+[registry]
+url = "http://{addr}"
+"#,
+        admin = hsmd_e2e::ADMIN_PRINCIPAL,
+        addr = registry.addr()
+    );
+    let (d, _) = Daemon::start_configured(&extra).await;
+    let ci_key = create_key(&mut d.keys(), KeySpec::EcP256, "alias/ci-signer").await;
+    let admin_key = create_key(&mut d.keys(), KeySpec::EcP256, "alias/admin-signer").await;
+    let dref = &d;
+    let channel = |name: &str, principal: &str| {
+        let cert = dref.issue_from_dev_ca(name, Some(principal));
+        async move {
+            dref.connect_as(&cert.cert_pem, &cert.key_pem)
+                .await
+                .unwrap()
+        }
+    };
+    let ci = channel("ci", "spiffe://hsmd.dev/ci").await;
+    let app = channel("app", "spiffe://hsmd.dev/app").await;
+
+    let mut ci_policies = SigningPolicyServiceClient::new(ci.clone());
+    let p = ci_policies
+        .create_signature_policy(policy("ci", "alias/ci-signer"))
+        .await
+        .unwrap_or_else(|s| panic!("{}", describe(&s)))
+        .into_inner()
+        .policy
+        .unwrap();
+    assert_eq!(p.key_id, ci_key);
+    let msg = assert_refused(
+        ci_policies
+            .create_signature_policy(policy("other", &admin_key))
+            .await,
+        Code::PermissionDenied,
+        "ACCESS_DENIED",
+        "binding a key the caller may not Sign with",
+    );
+    assert!(msg.contains("Sign") && msg.contains(&admin_key), "{msg}");
+    let update = pb::UpdateSignaturePolicyRequest {
+        namespace: "ci".into(),
+        key_id: Some(admin_key.clone()),
+        ..Default::default()
+    };
+    assert_refused(
+        ci_policies.update_signature_policy(update).await,
+        Code::PermissionDenied,
+        "ACCESS_DENIED",
+        "moving the policy to a key the caller may not Sign with",
+    );
+    let sign = |reference: &str| pb::SignImageRequest {
+        reference: reference.into(),
+        key_id: String::new(),
+    };
+    assert_refused(
+        ImageSigningServiceClient::new(ci)
+            .sign_image(sign("ci/app:v1"))
+            .await,
+        Code::PermissionDenied,
+        "ACCESS_DENIED",
+        "image:verify and policy:* do not grant SignImage",
+    );
+    let mut app_images = ImageSigningServiceClient::new(app.clone());
+    assert_refused(
+        app_images.sign_image(sign("ci/app:v1")).await,
+        Code::PermissionDenied,
+        "ACCESS_DENIED",
+        "`use` on every key does not grant SignImage",
+    );
+    let verify = pb::VerifyImageRequest {
+        reference: "ci/app:v1".into(),
+        key_id: String::new(),
+    };
+    assert_refused(
+        app_images.verify_image(verify).await,
+        Code::PermissionDenied,
+        "ACCESS_DENIED",
+        "`use` does not grant VerifyImage",
+    );
+    assert_refused(
+        SigningPolicyServiceClient::new(app)
+            .describe_signature_policy(pb::DescribeSignaturePolicyRequest {
+                namespace: "ci".into(),
+            })
+            .await,
+        Code::PermissionDenied,
+        "ACCESS_DENIED",
+        "`use` does not grant policy calls",
     );
 }

@@ -32,7 +32,7 @@ pub enum PolicyCommand {
     /// (--repo and --tag replace the whole list). Prints the policy as it now is.
     Update(UpdateArgs),
     /// Delete a namespace's policy AND the signatures it made in the namespace's
-    /// repositories (signatures by other keys are kept). Refused without --confirm.
+    /// repositories (everything else in the `.sig` manifests is kept). Refused without --confirm.
     Delete(DeleteArgs),
     /// List signature policies: every namespace's, or one's.
     List {
@@ -108,7 +108,8 @@ pub struct UpdateArgs {
     /// Replace the repository patterns with these; repeat for more.
     #[arg(long = "repo", value_name = "PATTERN")]
     repos: Vec<String>,
-    /// Replace the repository patterns with an empty list.
+    /// Replace the repository patterns with none, which means every repository of the
+    /// namespace (`**`).
     #[arg(long, conflicts_with = "repos")]
     clear_repos: bool,
     /// Replace the tag patterns with these; repeat for more.
@@ -145,7 +146,7 @@ pub struct DeleteArgs {
     #[arg(long, value_name = "NS")]
     namespace: String,
     /// Go ahead: deleting the policy also deletes the signatures it made in the
-    /// namespace's repositories (signatures by other keys are kept).
+    /// namespace's repositories (everything else in the `.sig` manifests is kept).
     #[arg(long)]
     confirm: bool,
 }
@@ -263,7 +264,7 @@ impl DeleteArgs {
             reason: "CONFIRMATION_REQUIRED",
             message: format!(
                 "deleting the policy of namespace {} also deletes the signatures it made in \
-                 the namespace's repositories (signatures by other keys are kept); add \
+                 the namespace's repositories (everything else in the `.sig` manifests is kept); add \
                  --confirm to go ahead",
                 self.namespace
             ),
@@ -599,7 +600,7 @@ mod tests {
             .expect("policy delete");
         let help = delete.render_long_help().to_string();
         assert!(help.contains("signatures it made"), "{help}");
-        assert!(help.contains("signatures by other keys are kept"), "{help}");
+        assert!(help.contains("is kept"), "{help}");
     }
 
     #[test]

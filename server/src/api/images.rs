@@ -118,7 +118,7 @@ impl ImagesApi {
             .await?;
         let key_ref = match (named.is_empty(), &row) {
             (false, _) => named.to_string(),
-            (true, Some(r)) => r.key_ref.clone(),
+            (true, Some(r)) => r.key_id.to_string(),
             (true, None) => {
                 return Err(SigningError::PolicyNotFound(image.namespace().to_string()).into());
             }
@@ -390,27 +390,26 @@ impl SigningPolicyService for ImagesApi {
             .call(req, policy_method!("DeleteSignaturePolicy"));
         call.answer(Action::DeleteSignaturePolicy, async |call, _, r| {
             note_namespace(call, &r.namespace);
+            self.state.signer.registry()?;
             let row = self.blocking(move |m| policy::get(m, &r.namespace)).await?;
             call.event.key_id = row.key_id.to_string();
-            let id = row.key_id;
-            let key = self
-                .blocking(move |m| {
-                    let key = m.resolve(&KeyRef::Id(id))?;
-                    let algorithm = algorithm_of(&key)?;
-                    Ok(SigningKey { key, algorithm })
-                })
-                .await;
-            // Its signatures go first: if the registry is down the policy stays, and
-            // deleting it again later finishes the job.
-            let removed = match (&key, self.state.signer.registry()) {
-                (Ok(key), Ok(_)) => {
-                    self.state
-                        .signer
-                        .remove_policy_signatures(&row.namespace, key, &row.name)
-                        .await?
-                }
-                _ => 0,
+            // Disabled first (compare-and-set), so nothing signs under it while its
+            // signatures are removed; if the registry fails midway the policy stays,
+            // disabled, and deleting it again finishes the job.
+            let row = if row.enabled {
+                let off = PolicyRow {
+                    enabled: false,
+                    ..row
+                };
+                self.blocking(move |m| policy::replace(m, &off)).await?
+            } else {
+                row
             };
+            let removed = self
+                .state
+                .signer
+                .remove_policy_signatures(&row.namespace, &row.name)
+                .await?;
             let gone = row.clone();
             self.blocking(move |m| policy::remove(m, &gone)).await?;
             call.event
@@ -441,9 +440,21 @@ impl ImageSigningService for ImagesApi {
                 .image_key(call, &grant, &reference, &r.key_id, true)
                 .await?;
             let registry_host = self.registry_host().unwrap_or_default();
-            let (policy, domain) = match &row {
-                Some(p) => (p.name.clone(), p.domain.clone()),
-                None => (String::new(), registry_host),
+            let (policy, domain) = match (&row, r.key_id.is_empty()) {
+                // With the policy's key: only what the policy would sign.
+                (Some(p), true) => {
+                    let compiled = Policy::compile(p.clone())?;
+                    if !p.enabled {
+                        return Err(SigningError::PolicyDisabled(p.namespace.clone()).into());
+                    }
+                    if !compiled.covers(&image.repository, image.tag.as_deref()) {
+                        return Err(SigningError::OutOfScope(r.reference.clone()).into());
+                    }
+                    (p.name.clone(), p.domain.clone())
+                }
+                // With a key the caller named (and may Sign with): for no policy.
+                (Some(p), false) => (String::new(), p.domain.clone()),
+                (None, _) => (String::new(), registry_host),
             };
             image.describe(&mut call.event, &policy, &key);
             let (made, payload) = self
@@ -476,7 +487,7 @@ impl ImageSigningService for ImagesApi {
         req: Request<pb::SignNamespaceRequest>,
     ) -> Result<Response<ProgressStream>, Status> {
         let call = self.state.call(req, image_method!("SignNamespace"));
-        call.answer(Action::SignNamespace, async |call, _, r| {
+        call.answer(Action::SignNamespace, async |call, grant, r| {
             note_namespace(call, &r.namespace);
             self.state.signer.registry()?;
             let row = self.blocking(move |m| policy::get(m, &r.namespace)).await?;
@@ -484,32 +495,37 @@ impl ImageSigningService for ImagesApi {
             let policy = Policy::compile(row).map_err(ApiError::from)?;
             // Checked now, so a disabled key is this call's error, not the stream's.
             worker::policy_key(&self.state.signer, &policy).await?;
-            let (tx, rx) = tokio::sync::mpsc::channel(64);
+            let (tx, rx) =
+                tokio::sync::mpsc::channel::<Result<pb::SignNamespaceProgress, Status>>(64);
+            let (progress_tx, mut progress_rx) = tokio::sync::mpsc::channel::<worker::Progress>(64);
             let (signer, audit) = (self.state.signer.clone(), self.state.audit.clone());
+            let principal = grant.principal().to_string();
             tokio::spawn(async move {
-                let progress_tx = tx.clone();
-                let result = worker::sign_all(
-                    &signer,
-                    &audit,
-                    &policy,
-                    image_method!("SignNamespace"),
-                    |p| {
+                let run = async move {
+                    let by = (principal.as_str(), image_method!("SignNamespace"));
+                    worker::sign_all(&signer, &audit, &policy, by, Some(&progress_tx)).await
+                };
+                let forward = async {
+                    while let Some(p) = progress_rx.recv().await {
                         let (signed, error) = match p.result {
                             Ok(made) => (made, String::new()),
-                            Err(e) => (false, e.to_string()),
+                            Err(e) => (false, e),
                         };
-                        let _ = progress_tx.try_send(Ok(pb::SignNamespaceProgress {
+                        let msg = pb::SignNamespaceProgress {
                             total: p.total as u32,
                             done: p.done as u32,
-                            repository: p.image.repository.clone(),
-                            tag: p.image.tag.clone().unwrap_or_default(),
+                            repository: p.image.repository,
+                            tag: p.image.tag.unwrap_or_default(),
                             digest: p.image.digest.to_string(),
                             signed,
                             error,
-                        }));
-                    },
-                )
-                .await;
+                        };
+                        // A reader gone away stops nothing: the run goes on, audited.
+                        let _ = tx.send(Ok(msg)).await;
+                    }
+                };
+                // The run's error, if any, comes after its last progress message.
+                let (result, ()) = tokio::join!(run, forward);
                 if let Err(e) = result {
                     let _ = tx.send(Err(ApiError::from(e).to_status())).await;
                 }

@@ -146,10 +146,8 @@ impl Action {
             | GenerateDataKey
             | GenerateDataKeyWithoutPlaintext
             | GetPublicKey
-            | GenerateRandom
-            | SignImage
-            | SignNamespace
-            | VerifyImage => Group::Use,
+            | GenerateRandom => Group::Use,
+            SignImage | SignNamespace | VerifyImage => Group::Images,
             QueryAudit | VerifyAuditLog | GetAuditPublicKey => Group::Audit,
             _ => Group::Manage,
         }
@@ -202,6 +200,9 @@ pub(crate) enum Group {
     Manage,
     /// Reading and checking the audit log.
     Audit,
+    /// Signing and verifying container images: granted by name (`image:sign`,
+    /// `image:verify`) or `*` only, so no existing grant widens to them.
+    Images,
 }
 
 #[cfg(test)]
@@ -233,6 +234,7 @@ mod tests {
         );
         assert_eq!(Action::parse("IMAGE:VERIFY").unwrap(), [VerifyImage]);
         assert!(!SignImage.key_bound() && !CreateSignaturePolicy.key_bound());
-        assert!(manage.contains(&DeleteSignaturePolicy) && use_.contains(&VerifyImage));
+        assert!(manage.contains(&DeleteSignaturePolicy) && !use_.contains(&VerifyImage));
+        assert!(!manage.contains(&SignImage) && Action::parse("*").unwrap().contains(&SignImage));
     }
 }

@@ -6,6 +6,7 @@
 //! url = "https://registry.example:5000"   # or http:// for a registry without TLS
 //! username = "hsmd"                       # basic auth (optional)
 //! password_file = "/etc/hsmd/registry.pass"
+//! # or: token_file = "/etc/hsmd/registry.token"   # a bearer token, sent as is
 //! ca_file = "/etc/hsmd/registry-ca.pem"   # extra CA for the registry's certificate
 //! webhook_listen = "127.0.0.1:5001"       # serves POST /registry/events
 //! webhook_secret_file = "/etc/hsmd/webhook.secret"
@@ -24,6 +25,7 @@ pub(crate) struct RawRegistry {
     url: Option<String>,
     username: Option<String>,
     password_file: Option<PathBuf>,
+    token_file: Option<PathBuf>,
     ca_file: Option<PathBuf>,
     webhook_listen: Option<String>,
     webhook_secret_file: Option<PathBuf>,
@@ -38,6 +40,8 @@ pub(crate) struct RegistryConfig {
     pub(crate) plain_http: bool,
     pub(crate) username: Option<String>,
     pub(crate) password: Option<SecretString>,
+    /// A bearer token sent as `Authorization: Bearer` (instead of a username).
+    pub(crate) token: Option<SecretString>,
     /// PEM of an extra CA the registry's certificate chains to.
     pub(crate) ca_pem: Option<Vec<u8>>,
     /// Where the push webhook listens (none: no webhook).
@@ -119,6 +123,16 @@ impl RawRegistry {
             }
             (None, None) => None,
         };
+        let token = match (&self.username, self.token_file) {
+            (Some(_), Some(_)) => {
+                return Err((
+                    "registry.token_file",
+                    "set username and password_file, or token_file, not both".into(),
+                ));
+            }
+            (None, Some(f)) => Some(read_secret(&abs(f)).map_err(|e| ("registry.token_file", e))?),
+            (_, None) => None,
+        };
         let ca_pem = self
             .ca_file
             .map(|f| {
@@ -150,6 +164,7 @@ impl RawRegistry {
             plain_http,
             username: self.username,
             password,
+            token,
             ca_pem,
             webhook_listen,
             webhook_secret,

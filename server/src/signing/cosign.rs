@@ -116,13 +116,14 @@ pub(crate) struct Image {
 }
 
 impl Payload {
-    /// The payload hsmd signs for `digest` in `reference` under `policy`, at `time`
-    /// (RFC 3339).
+    /// The payload hsmd signs for `digest` in `reference` under `policy` (empty: signed
+    /// with an explicitly named key, for no policy), at `time` (RFC 3339).
     pub(crate) fn new(reference: &str, digest: &Digest, policy: &str, time: &str) -> Payload {
-        let optional = BTreeMap::from([
-            ("policy".to_string(), serde_json::Value::from(policy)),
-            ("time".to_string(), serde_json::Value::from(time)),
-        ]);
+        let mut optional = BTreeMap::from([("time".to_string(), serde_json::Value::from(time))]);
+        // Only a policy's signatures name it (a policy's deletion removes exactly those).
+        if !policy.is_empty() {
+            optional.insert("policy".to_string(), serde_json::Value::from(policy));
+        }
         Payload {
             critical: Critical {
                 identity: Identity {
@@ -195,14 +196,18 @@ impl SignatureLayer {
     }
 }
 
-#[derive(Serialize, Deserialize)]
+/// A layer descriptor. Fields hsmd does not know are kept (`other`), and so are every
+/// annotation, so a layer another signer wrote goes back to the registry as it came.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Descriptor {
+pub(crate) struct Descriptor {
     media_type: String,
     size: u64,
     digest: String,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     annotations: BTreeMap<String, String>,
+    #[serde(flatten)]
+    other: BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Serialize, Deserialize)]
@@ -213,6 +218,8 @@ struct Manifest {
     media_type: String,
     config: Descriptor,
     layers: Vec<Descriptor>,
+    #[serde(flatten)]
+    other: BTreeMap<String, serde_json::Value>,
 }
 
 /// A `.sig` manifest and its config blob, ready to push (blobs first, then the
@@ -223,78 +230,142 @@ pub(crate) struct SignatureManifest {
     pub(crate) config: Vec<u8>,
 }
 
-/// Encodes the `.sig` manifest holding `layers`, in that order.
-pub(crate) fn signature_manifest(layers: &[SignatureLayer]) -> SignatureManifest {
-    let diff_ids: Vec<&str> = layers.iter().map(|l| l.digest.as_str()).collect();
-    let config = serde_json::json!({
-        "architecture": "",
-        "os": "",
-        "config": {},
-        "rootfs": {"type": "layers", "diff_ids": diff_ids},
-    });
-    let config = serde_json::to_vec(&config).unwrap_or_default();
-    let manifest = Manifest {
-        schema_version: 2,
-        media_type: OCI_MANIFEST.to_string(),
-        config: Descriptor {
-            media_type: OCI_CONFIG.to_string(),
-            size: config.len() as u64,
-            digest: Digest::of(&config).0,
-            annotations: BTreeMap::new(),
-        },
-        layers: layers
-            .iter()
-            .map(|l| Descriptor {
-                media_type: SIMPLE_SIGNING.to_string(),
-                size: l.size,
-                digest: l.digest.0.clone(),
-                annotations: BTreeMap::from([(
-                    SIGNATURE_ANNOTATION.to_string(),
-                    l.signature.clone(),
-                )]),
-            })
-            .collect(),
-    };
-    SignatureManifest {
-        manifest: serde_json::to_vec(&manifest).unwrap_or_default(),
-        config,
+/// Most layers read from one `.sig` manifest (each signature costs a blob fetch).
+pub(crate) const MAX_LAYERS: usize = 64;
+
+/// The layers of a `.sig` manifest as the registry holds them. hsmd changes a manifest
+/// only by adding or removing whole signature layers: cosign's bundle and certificate
+/// annotations, attachments of other media types and unknown fields of other signers
+/// are written back as they came.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub(crate) struct SignatureSet {
+    layers: Vec<(Descriptor, Option<SignatureLayer>)>,
+    other: BTreeMap<String, serde_json::Value>,
+}
+
+impl SignatureSet {
+    /// Reads a fetched manifest. A simple-signing layer without a signature annotation,
+    /// or with a bad digest, is an error: a verifier must not skip what it cannot read.
+    pub(crate) fn parse(bytes: &[u8]) -> Result<SignatureSet, FormatError> {
+        let m: Manifest =
+            serde_json::from_slice(bytes).map_err(|e| FormatError::Manifest(e.to_string()))?;
+        if m.schema_version != 2 {
+            return Err(FormatError::Manifest(format!(
+                "schemaVersion {} (expected 2)",
+                m.schema_version
+            )));
+        }
+        if m.layers.len() > MAX_LAYERS {
+            return Err(FormatError::Manifest(format!(
+                "{} layers (at most {MAX_LAYERS} are read)",
+                m.layers.len()
+            )));
+        }
+        let mut layers = Vec::with_capacity(m.layers.len());
+        for d in m.layers {
+            let signature = if d.media_type == SIMPLE_SIGNING {
+                let signature = d
+                    .annotations
+                    .get(SIGNATURE_ANNOTATION)
+                    .cloned()
+                    .ok_or_else(|| {
+                        FormatError::Manifest(format!(
+                            "layer {} has no {SIGNATURE_ANNOTATION} annotation",
+                            shown(&d.digest)
+                        ))
+                    })?;
+                Some(SignatureLayer {
+                    digest: Digest::parse(&d.digest)?,
+                    size: d.size,
+                    signature,
+                })
+            } else {
+                None
+            };
+            layers.push((d, signature));
+        }
+        Ok(SignatureSet {
+            layers,
+            other: m.other,
+        })
+    }
+
+    /// The signatures, in manifest order.
+    pub(crate) fn signatures(&self) -> impl Iterator<Item = &SignatureLayer> {
+        self.layers.iter().filter_map(|(_, s)| s.as_ref())
+    }
+
+    /// Adds a signature layer at the end.
+    pub(crate) fn push(&mut self, layer: SignatureLayer) {
+        let descriptor = Descriptor {
+            media_type: SIMPLE_SIGNING.to_string(),
+            size: layer.size,
+            digest: layer.digest.0.clone(),
+            annotations: BTreeMap::from([(
+                SIGNATURE_ANNOTATION.to_string(),
+                layer.signature.clone(),
+            )]),
+            other: BTreeMap::new(),
+        };
+        self.layers.push((descriptor, Some(layer)));
+    }
+
+    /// Removes the signature layers `drop` selects; returns how many went.
+    pub(crate) fn remove(&mut self, mut drop: impl FnMut(&SignatureLayer) -> bool) -> usize {
+        let before = self.layers.len();
+        self.layers
+            .retain(|(_, s)| !s.as_ref().is_some_and(&mut drop));
+        before - self.layers.len()
+    }
+
+    /// True when no layer is left (the manifest is then deleted, not written).
+    pub(crate) fn is_empty(&self) -> bool {
+        self.layers.is_empty()
+    }
+
+    /// The manifest and its config blob (whose `rootfs.diff_ids` list the layers).
+    pub(crate) fn encode(&self) -> SignatureManifest {
+        let diff_ids: Vec<&str> = self.layers.iter().map(|(d, _)| d.digest.as_str()).collect();
+        let config = serde_json::json!({
+            "architecture": "",
+            "os": "",
+            "config": {},
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        });
+        let config = serde_json::to_vec(&config).unwrap_or_default();
+        let manifest = Manifest {
+            schema_version: 2,
+            media_type: OCI_MANIFEST.to_string(),
+            config: Descriptor {
+                media_type: OCI_CONFIG.to_string(),
+                size: config.len() as u64,
+                digest: Digest::of(&config).0,
+                annotations: BTreeMap::new(),
+                other: BTreeMap::new(),
+            },
+            layers: self.layers.iter().map(|(d, _)| d.clone()).collect(),
+            other: self.other.clone(),
+        };
+        SignatureManifest {
+            manifest: serde_json::to_vec(&manifest).unwrap_or_default(),
+            config,
+        }
     }
 }
 
-/// The signature layers of a `.sig` manifest as fetched. Layers of other media types
-/// (cosign's attachments) are skipped; a simple-signing layer without a signature
-/// annotation, or with a bad digest, is an error: a verifier must not skip what it
-/// cannot read.
-pub(crate) fn parse_signature_manifest(bytes: &[u8]) -> Result<Vec<SignatureLayer>, FormatError> {
-    let m: Manifest =
-        serde_json::from_slice(bytes).map_err(|e| FormatError::Manifest(e.to_string()))?;
-    if m.schema_version != 2 {
-        return Err(FormatError::Manifest(format!(
-            "schemaVersion {} (expected 2)",
-            m.schema_version
-        )));
+/// Encodes a new `.sig` manifest holding `layers`, in that order.
+pub(crate) fn signature_manifest(layers: &[SignatureLayer]) -> SignatureManifest {
+    let mut set = SignatureSet::default();
+    for l in layers {
+        set.push(l.clone());
     }
-    m.layers
-        .into_iter()
-        .filter(|d| d.media_type == SIMPLE_SIGNING)
-        .map(|d| {
-            let signature = d
-                .annotations
-                .get(SIGNATURE_ANNOTATION)
-                .cloned()
-                .ok_or_else(|| {
-                    FormatError::Manifest(format!(
-                        "layer {} has no {SIGNATURE_ANNOTATION} annotation",
-                        shown(&d.digest)
-                    ))
-                })?;
-            Ok(SignatureLayer {
-                digest: Digest::parse(&d.digest)?,
-                size: d.size,
-                signature,
-            })
-        })
-        .collect()
+    set.encode()
+}
+
+/// The signature layers of a `.sig` manifest as fetched (layers of other media types,
+/// cosign's attachments, are skipped).
+pub(crate) fn parse_signature_manifest(bytes: &[u8]) -> Result<Vec<SignatureLayer>, FormatError> {
+    Ok(SignatureSet::parse(bytes)?.signatures().cloned().collect())
 }
 
 #[cfg(test)]
@@ -425,6 +496,37 @@ mod tests {
         let layers = parse_signature_manifest(&real).unwrap();
         assert_eq!(layers.len(), 1);
         assert_eq!(signature_manifest(&layers).manifest, real);
+    }
+
+    #[test]
+    fn other_signers_layers_and_annotations_survive_a_rewrite() {
+        let ours = SignatureLayer::new(b"payload", b"sig");
+        let m = signature_manifest(std::slice::from_ref(&ours));
+        let mut v: serde_json::Value = serde_json::from_slice(&m.manifest).unwrap();
+        v["layers"][0]["annotations"]["dev.sigstore.cosign/bundle"] = "{\"rekor\":1}".into();
+        v["layers"][0]["annotations"]["dev.sigstore.cosign/certificate"] = "PEM".into();
+        v["layers"][0]["urls"] = serde_json::json!(["https://x"]);
+        let attachment = serde_json::json!({"mediaType": "application/vnd.dev.sigstore.bundle+json",
+            "size": 3, "digest": Digest::of(b"abc").as_str()});
+        v["layers"].as_array_mut().unwrap().push(attachment.clone());
+        v["subject"] = serde_json::json!({"digest": "sha256:00"});
+        let mut set = SignatureSet::parse(&serde_json::to_vec(&v).unwrap()).unwrap();
+        assert_eq!(set.signatures().count(), 1);
+        let added = SignatureLayer::new(b"payload 2", b"sig 2");
+        set.push(added.clone());
+        let out: serde_json::Value = serde_json::from_slice(&set.encode().manifest).unwrap();
+        assert_eq!(out["layers"][0], v["layers"][0], "foreign annotations kept");
+        assert_eq!(out["layers"][1], attachment, "attachment kept");
+        assert_eq!(out["layers"][2]["digest"], added.digest.as_str());
+        assert_eq!(out["subject"], v["subject"]);
+        assert_eq!(set.remove(|l| l.digest == added.digest), 1);
+        assert_eq!(set.remove(|l| l.digest == ours.digest), 1);
+        assert!(!set.is_empty(), "the attachment is still there");
+        let cfg: serde_json::Value = serde_json::from_slice(&set.encode().config).unwrap();
+        assert_eq!(
+            cfg["rootfs"]["diff_ids"],
+            serde_json::json!([Digest::of(b"abc").as_str()])
+        );
     }
 
     #[test]

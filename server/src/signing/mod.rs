@@ -58,6 +58,12 @@ pub(crate) enum SigningError {
          EC_P256 (ECDSA_SHA_256) or EC_P384 (ECDSA_SHA_384) keys"
     )]
     KeySpecNotAllowed { key: uuid::Uuid, spec: &'static str },
+    #[error("the signature policy of namespace {0:?} is disabled: enable it, or name a key")]
+    PolicyDisabled(String),
+    #[error(
+        "{0} is outside its namespace's policy (repositories, tags, untagged): name a key to sign it anyway"
+    )]
+    OutOfScope(String),
     #[error("image {0} not found in the registry")]
     ImageNotFound(String),
     #[error("no registry is configured ([registry] url, or hsmd dev --registry URL)")]
@@ -99,6 +105,8 @@ impl SigningError {
             SigningError::PolicyChanged(_) => Reason::PolicyChanged,
             SigningError::KeySpecNotAllowed { .. } => Reason::KeySpecNotAllowed,
             SigningError::ImageNotFound(_) => Reason::ImageNotFound,
+            SigningError::PolicyDisabled(_) => Reason::PolicyDisabled,
+            SigningError::OutOfScope(_) => Reason::ImageOutOfScope,
             SigningError::RegistryNotConfigured => Reason::RegistryNotConfigured,
             SigningError::Registry(R::Unavailable(_)) => Reason::RegistryUnavailable,
             SigningError::Registry(_) => Reason::RegistryRefused,

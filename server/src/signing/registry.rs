@@ -15,7 +15,7 @@ use reqwest::header::HeaderValue;
 use secrecy::ExposeSecret;
 
 use super::config::RegistryConfig;
-use super::cosign::{self, Digest, SignatureLayer};
+use super::cosign::{self, Digest, SignatureSet};
 use super::shown;
 
 /// What the registry said, sorted by what the caller can do about it.
@@ -65,6 +65,53 @@ impl RegistryError {
 
     fn of_http(what: &str, e: reqwest::Error) -> RegistryError {
         RegistryError::Unavailable(shown(&format!("{what}: {e}")))
+    }
+}
+
+/// Payloads of a `.sig` manifest's signatures, by layer digest.
+pub(crate) type Payloads = std::collections::HashMap<Digest, Vec<u8>>;
+
+/// Largest signature payload read (hsmd's are a few hundred bytes).
+pub(crate) const MAX_PAYLOAD: u64 = 64 * 1024;
+
+/// Most catalog or tag pages read (1000 names each) before giving up on a registry
+/// that keeps answering.
+const MAX_PAGES: usize = 1000;
+
+/// A blob sink that refuses bytes past `limit`: a registry that sends more than the
+/// descriptor said cannot make hsmd buffer it.
+struct Capped {
+    buf: Vec<u8>,
+    limit: usize,
+}
+
+impl tokio::io::AsyncWrite for Capped {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        data: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if self.buf.len() + data.len() > self.limit {
+            return std::task::Poll::Ready(Err(std::io::Error::other(
+                "blob longer than its descriptor says",
+            )));
+        }
+        self.buf.extend_from_slice(data);
+        std::task::Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
     }
 }
 
@@ -123,8 +170,9 @@ impl Registry {
                 .map_err(|e| format!("registry.ca_file: {e}"))?;
             http = http.add_root_certificate(cert);
         }
-        let auth = match (&cfg.username, &cfg.password) {
-            (Some(u), Some(p)) => RegistryAuth::Basic(u.clone(), p.expose_secret().to_string()),
+        let auth = match (&cfg.username, &cfg.password, &cfg.token) {
+            (Some(u), Some(p), _) => RegistryAuth::Basic(u.clone(), p.expose_secret().to_string()),
+            (_, _, Some(t)) => RegistryAuth::Bearer(t.expose_secret().to_string()),
             _ => RegistryAuth::Anonymous,
         };
         Ok(Registry {
@@ -173,13 +221,13 @@ impl Registry {
         Ok(Digest::parse(&digest)?)
     }
 
-    /// The signatures of `digest` in `repository` with their payloads, in manifest
-    /// order; empty if it has no `.sig` manifest.
+    /// The `.sig` manifest of `digest` in `repository` (empty if it has none), and the
+    /// payload of each of its signatures, by layer digest.
     pub(crate) async fn signatures(
         &self,
         repository: &str,
         digest: &Digest,
-    ) -> Result<Vec<(SignatureLayer, Vec<u8>)>, RegistryError> {
+    ) -> Result<(SignatureSet, Payloads), RegistryError> {
         let tag = digest.signature_tag();
         let r = self.reference(repository, &tag);
         let manifest = match self
@@ -190,36 +238,38 @@ impl Registry {
             Ok((bytes, _)) => bytes,
             Err(e) => {
                 return match RegistryError::of(&format!("{repository}:{tag}"), e) {
-                    RegistryError::NotFound(_) => Ok(Vec::new()),
+                    RegistryError::NotFound(_) => Ok((SignatureSet::default(), Payloads::new())),
                     other => Err(other),
                 };
             }
         };
-        let layers = cosign::parse_signature_manifest(&manifest)?;
-        let mut out = Vec::with_capacity(layers.len());
-        for layer in layers {
+        let set = SignatureSet::parse(&manifest)?;
+        let mut payloads = Payloads::new();
+        for layer in set.signatures() {
             let payload = self.blob(repository, &layer.digest, layer.size).await?;
-            out.push((layer, payload));
+            payloads.insert(layer.digest.clone(), payload);
         }
-        Ok(out)
+        Ok((set, payloads))
     }
 
-    /// A blob, checked against its digest (by oci-client) and its size.
+    /// A blob, checked against its digest (by oci-client) and read to at most its
+    /// declared size (and never more than [`MAX_PAYLOAD`]).
     async fn blob(
         &self,
         repository: &str,
         digest: &Digest,
         size: u64,
     ) -> Result<Vec<u8>, RegistryError> {
-        // A payload is a few hundred bytes; a huge one is not a signature of ours.
-        const MAX: u64 = 64 * 1024;
-        if size > MAX {
+        if size > MAX_PAYLOAD {
             return Err(RegistryError::Refused(format!(
-                "signature payload {digest} is {size} bytes (at most {MAX} are read)"
+                "signature payload {digest} is {size} bytes (at most {MAX_PAYLOAD} are read)"
             )));
         }
         let r = self.by_digest(repository, digest);
-        let mut out = Vec::with_capacity(size as usize);
+        let mut out = Capped {
+            buf: Vec::with_capacity(size as usize),
+            limit: size as usize,
+        };
         let layer = oci_client::manifest::OciDescriptor {
             media_type: cosign::SIMPLE_SIGNING.to_string(),
             digest: digest.as_str().to_string(),
@@ -230,25 +280,25 @@ impl Registry {
             .pull_blob(&r, &layer, &mut out)
             .await
             .map_err(|e| RegistryError::of(&format!("blob {digest}"), e))?;
-        Ok(out)
+        Ok(out.buf)
     }
 
-    /// Replaces the `.sig` manifest of `digest` with one holding `layers` (their
-    /// payload blobs and the config blob are pushed first).
+    /// Writes `set` as the `.sig` manifest of `digest`, after pushing the payload blobs
+    /// of the layers it adds (`new`) and its config blob.
     pub(crate) async fn put_signatures(
         &self,
         repository: &str,
         digest: &Digest,
-        layers: &[(SignatureLayer, Vec<u8>)],
+        set: &SignatureSet,
+        new: &[(Digest, Vec<u8>)],
     ) -> Result<(), RegistryError> {
-        let sig =
-            cosign::signature_manifest(&layers.iter().map(|(l, _)| l.clone()).collect::<Vec<_>>());
+        let sig = set.encode();
         let tag = digest.signature_tag();
         let r = self.reference(repository, &tag);
         let what = format!("{repository}:{tag}");
-        for (layer, payload) in layers {
+        for (d, payload) in new {
             self.oci
-                .push_blob(&r, payload, layer.digest.as_str())
+                .push_blob(&r, payload, d.as_str())
                 .await
                 .map_err(|e| RegistryError::of(&what, e))?;
         }
@@ -316,7 +366,7 @@ impl Registry {
         let prefix = format!("{namespace}/");
         let mut out = Vec::new();
         let mut last: Option<String> = None;
-        loop {
+        for _ in 0..MAX_PAGES {
             let mut req = self
                 .http
                 .get(format!("{}/v2/_catalog", self.base))
@@ -343,28 +393,32 @@ impl Registry {
                 .json()
                 .await
                 .map_err(|e| RegistryError::Refused(shown(&format!("catalog: {e}"))))?;
-            let n = page.repositories.len();
-            last = page.repositories.last().cloned();
+            let next = page.repositories.last().cloned();
             out.extend(
                 page.repositories
                     .into_iter()
                     .filter(|r| r.starts_with(&prefix)),
             );
-            if !more || n == 0 {
-                break;
+            // A registry that ignores `last` would send the same page forever.
+            if !more || next.is_none() || next <= last {
+                return Ok(out);
             }
+            last = next;
         }
-        Ok(out)
+        Err(RegistryError::Refused(format!(
+            "catalog: more than {MAX_PAGES} pages"
+        )))
     }
 
     /// The tags of `repository` (all pages).
     pub(crate) async fn tags(&self, repository: &str) -> Result<Vec<String>, RegistryError> {
         let r = self.reference(repository, "latest");
         let mut out: Vec<String> = Vec::new();
-        loop {
+        for _ in 0..MAX_PAGES {
+            let last = out.last().cloned();
             let page = self
                 .oci
-                .list_tags(&r, &self.auth, Some(1000), out.last().map(String::as_str))
+                .list_tags(&r, &self.auth, Some(1000), last.as_deref())
                 .await;
             let page = match page {
                 Ok(p) => p,
@@ -377,11 +431,13 @@ impl Registry {
             };
             let n = page.tags.len();
             out.extend(page.tags);
-            if n < 1000 {
-                break;
+            if n < 1000 || out.last().cloned() <= last {
+                return Ok(out);
             }
         }
-        Ok(out)
+        Err(RegistryError::Refused(format!(
+            "{repository} tags: more than {MAX_PAGES} pages"
+        )))
     }
 
     fn authed(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {

@@ -15,7 +15,7 @@ use crate::keys::{KeyError, KeyManager};
 
 use super::SigningError;
 use super::cosign::{Digest, Payload, SignatureLayer};
-use super::registry::Registry;
+use super::registry::{Payloads, Registry};
 
 /// The key a signature is made or checked with.
 #[derive(Debug, Clone)]
@@ -94,8 +94,8 @@ impl Signer {
     }
 
     /// Signs `image` with `key` under `policy` unless a signature by that key already
-    /// vouches for its digest; returns true if a signature was added, and the SHA-256 of
-    /// the payload signed.
+    /// vouches for its digest; returns true if a signature was added, and the digest of
+    /// the payload signed (or found).
     pub(crate) async fn sign(
         &self,
         image: &Image,
@@ -105,11 +105,11 @@ impl Signer {
     ) -> Result<(bool, String), SigningError> {
         let registry = self.registry()?;
         let _guard = self.lock.lock().await;
-        let mut layers = registry
+        let (mut set, payloads) = registry
             .signatures(&image.repository, &image.digest)
             .await?;
-        for (layer, payload) in &layers {
-            let check = self.check(&image.digest, key, layer, payload).await?;
+        for layer in set.signatures() {
+            let check = self.check(&image.digest, key, layer, &payloads).await?;
             if check.valid {
                 return Ok((false, check.payload_digest));
             }
@@ -130,12 +130,17 @@ impl Signer {
             .map_err(|e| KeyError::Internal(format!("blocking task: {e}")))??
         };
         let layer = SignatureLayer::new(&payload, &signature);
-        let payload_digest = layer.digest.to_string();
-        layers.push((layer, payload));
+        let payload_digest = layer.digest.clone();
+        set.push(layer);
         registry
-            .put_signatures(&image.repository, &image.digest, &layers)
+            .put_signatures(
+                &image.repository,
+                &image.digest,
+                &set,
+                &[(payload_digest.clone(), payload)],
+            )
             .await?;
-        Ok((true, payload_digest))
+        Ok((true, payload_digest.to_string()))
     }
 
     /// Checks every signature of `image` against `key`.
@@ -144,13 +149,13 @@ impl Signer {
         image: &Image,
         key: &SigningKey,
     ) -> Result<Vec<Check>, SigningError> {
-        let layers = self
+        let (set, payloads) = self
             .registry()?
             .signatures(&image.repository, &image.digest)
             .await?;
-        let mut out = Vec::with_capacity(layers.len());
-        for (layer, payload) in &layers {
-            out.push(self.check(&image.digest, key, layer, payload).await?);
+        let mut out = Vec::new();
+        for layer in set.signatures() {
+            out.push(self.check(&image.digest, key, layer, &payloads).await?);
         }
         Ok(out)
     }
@@ -162,13 +167,17 @@ impl Signer {
         digest: &Digest,
         key: &SigningKey,
         layer: &SignatureLayer,
-        payload: &[u8],
+        payloads: &Payloads,
     ) -> Result<Check, SigningError> {
         let mut check = Check {
             payload_digest: layer.digest.to_string(),
             valid: false,
             reason: String::new(),
             policy: String::new(),
+        };
+        let Some(payload) = payloads.get(&layer.digest) else {
+            check.reason = "the payload blob was not read".into();
+            return Ok(check);
         };
         let parsed = match Payload::parse(payload) {
             Ok(p) => p,
@@ -201,12 +210,13 @@ impl Signer {
     }
 
     /// Removes, from every `.sig` manifest of the namespace's repositories, the
-    /// signatures `policy` made with `key` (others are kept; a manifest left empty is
-    /// deleted). Returns how many were removed.
+    /// signatures whose payload names `policy` (only a policy's own signatures do; a
+    /// signature made with an explicitly named key names none). Everything else in the
+    /// manifest stays; a manifest left with no layer is deleted; one the policy never
+    /// signed is not rewritten. Returns how many signatures were removed.
     pub(crate) async fn remove_policy_signatures(
         &self,
         namespace: &str,
-        key: &SigningKey,
         policy: &str,
     ) -> Result<u32, SigningError> {
         let registry = self.registry()?;
@@ -217,29 +227,24 @@ impl Signer {
                     continue;
                 };
                 let _guard = self.lock.lock().await;
-                let layers = registry.signatures(&repository, &digest).await?;
-                let mut kept = Vec::with_capacity(layers.len());
-                for (layer, payload) in layers {
-                    let check = self.check(&digest, key, &layer, &payload).await;
-                    // A key that can no longer verify (disabled since): the payload's
-                    // policy name decides alone.
-                    let ours = match check {
-                        Ok(c) => c.valid && c.policy == policy,
-                        Err(SigningError::Key(_)) => {
-                            Payload::parse(&payload).is_ok_and(|p| p.policy() == Some(policy))
-                        }
-                        Err(e) => return Err(e),
-                    };
-                    if ours {
-                        removed += 1;
-                    } else {
-                        kept.push((layer, payload));
-                    }
+                let (mut set, payloads) = registry.signatures(&repository, &digest).await?;
+                let named = |l: &SignatureLayer| {
+                    payloads
+                        .get(&l.digest)
+                        .and_then(|p| Payload::parse(p).ok())
+                        .is_some_and(|p| p.policy() == Some(policy))
+                };
+                let n = set.remove(named);
+                if n == 0 {
+                    continue;
                 }
-                if kept.is_empty() {
+                removed += n as u32;
+                if set.is_empty() {
                     registry.delete_signatures(&repository, &digest).await?;
                 } else {
-                    registry.put_signatures(&repository, &digest, &kept).await?;
+                    registry
+                        .put_signatures(&repository, &digest, &set, &[])
+                        .await?;
                 }
             }
         }

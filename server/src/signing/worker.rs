@@ -12,7 +12,10 @@
 //! Each handled push in scope is an audit record (principal `hsmd`, method
 //! [`PUSH_METHOD`]) naming the policy, repository, tag, digest and key in its `note`,
 //! with `signed=new` or `signed=existing`. Scheduled runs are records of method
-//! [`SCHEDULED_METHOD`], one per image signed.
+//! [`SCHEDULED_METHOD`], one per image covered. A push whose record cannot be written is
+//! retried (the retry finds the signature and writes `signed=existing`); one still
+//! failing after [`MAX_AGE`] is given up with a failed record. Scheduled runs go in
+//! tasks of their own (one at a time per policy), so pushes are not held up by them.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,6 +39,8 @@ pub(crate) const PUSH_METHOD: &str = "hsmd/SignImageOnPush";
 pub(crate) const SCHEDULED_METHOD: &str = "hsmd/SignImageScheduled";
 
 const FIRST_RETRY: Duration = Duration::from_secs(1);
+/// How long a push is retried before it is given up (with a failed audit record).
+pub(crate) const MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 const MAX_RETRY: Duration = Duration::from_secs(300);
 /// How often scheduled policies are looked at (and the queue, if nobody wakes it).
 const TICK: Duration = Duration::from_secs(5);
@@ -57,10 +62,11 @@ fn now_ms() -> i64 {
 /// it queues pushes.
 pub(crate) async fn run(signer: Arc<Signer>, audit: AuditLog, wake: Arc<Notify>) {
     let mut last_schedule_check = time::OffsetDateTime::now_utc();
+    let running = Running::default();
     loop {
         drain(&signer, &audit).await;
         let now = time::OffsetDateTime::now_utc();
-        run_schedules(&signer, &audit, last_schedule_check, now).await;
+        run_schedules(&signer, &audit, &running, last_schedule_check, now).await;
         last_schedule_check = now;
         let keys = signer.keys().clone();
         let next = tokio::task::spawn_blocking(move || keys.store().next_registry_event_due())
@@ -140,15 +146,16 @@ async fn active_policy(
     }
 }
 
-/// The policy's key, checked for image signing.
+/// The policy's key (the one it was created or updated with, even if an alias it was
+/// named by has moved since), checked for image signing.
 pub(crate) async fn policy_key(
     signer: &Signer,
     policy: &Policy,
 ) -> Result<SigningKey, SigningError> {
     let keys = signer.keys().clone();
-    let key_ref = policy.row.key_ref.clone();
+    let id = policy.row.key_id;
     tokio::task::spawn_blocking(move || {
-        let key = keys.resolve(&KeyRef::parse(&key_ref)?)?;
+        let key = keys.resolve(&KeyRef::Id(id))?;
         let algorithm = algorithm_for(&keys, &key)?;
         Ok(SigningKey { key, algorithm })
     })
@@ -178,34 +185,43 @@ async fn handle(signer: &Arc<Signer>, audit: &AuditLog, ev: &EventRow) -> Result
             .map(|made| (key, made)),
         Err(e) => Err(e),
     };
-    if result.as_ref().is_err_and(SigningError::is_transient) {
+    let age = Duration::from_millis((now_ms() - ev.received).max(0) as u64);
+    if result.as_ref().is_err_and(SigningError::is_transient) && age < MAX_AGE {
         // Retried later; the record is written when it is handled.
         return result.map(|_| ());
     }
-    record(
+    if !record(
         audit,
-        PUSH_METHOD,
+        (SYSTEM_PRINCIPAL, PUSH_METHOD),
         &image,
         &policy,
         &result,
         Some(&ev.event_id),
     )
-    .await;
-    result.map(|_| ())
+    .await
+    {
+        // No signature without its record: handled again, the retry writes it.
+        return Err(KeyError::Unavailable("audit record not written".into()).into());
+    }
+    if result.is_err() && age >= MAX_AGE {
+        tracing::error!(event = %ev.event_id, repository = %ev.repository, "push given up after {} h", MAX_AGE.as_secs() / 3600);
+    }
+    Ok(())
 }
 
-/// Writes the audit record of one image handled by a policy.
+/// Writes the audit record of one image handled by a policy, for `by` (principal,
+/// method); false if it could not be.
 async fn record(
     audit: &AuditLog,
-    method: &str,
+    (principal, method): (&str, &str),
     image: &Image,
     policy: &Policy,
     result: &Result<(SigningKey, (bool, String)), SigningError>,
     event_id: Option<&str>,
-) {
+) -> bool {
     let mut event = AuditEvent {
         request_id: uuid::Uuid::new_v4().to_string(),
-        principal: SYSTEM_PRINCIPAL.into(),
+        principal: principal.into(),
         method: method.into(),
         ..Default::default()
     };
@@ -235,15 +251,24 @@ async fn record(
     if let Some(id) = event_id {
         event.note.push_str(&format!(" event={id}"));
     }
-    if let Err(e) = audit.append(event).await {
-        tracing::error!(error = %e, method, "audit record of an image signature not written");
+    match audit.append(event).await {
+        Ok(_) => true,
+        Err(e) => {
+            tracing::error!(error = %e, method, "audit record of an image signature not written");
+            false
+        }
     }
 }
 
-/// Runs each enabled scheduled policy whose cron fired in (`from`, `to`].
+/// Namespaces whose scheduled run is under way.
+type Running = Arc<std::sync::Mutex<std::collections::HashSet<String>>>;
+
+/// Starts a run of each enabled scheduled policy whose cron fired in (`from`, `to`],
+/// in a task of its own, unless its previous run is still going.
 async fn run_schedules(
     signer: &Arc<Signer>,
     audit: &AuditLog,
+    running: &Running,
     from: time::OffsetDateTime,
     to: time::OffsetDateTime,
 ) {
@@ -267,20 +292,44 @@ async fn run_schedules(
             .as_ref()
             .and_then(|s| s.next_after(from))
             .is_some_and(|t| t <= to);
-        if fired {
-            let _ = sign_all(signer, audit, &policy, SCHEDULED_METHOD, |_| {}).await;
+        let ns = policy.row.namespace.clone();
+        if !fired
+            || !running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(ns.clone())
+        {
+            continue;
         }
+        let (signer, audit, running) = (signer.clone(), audit.clone(), running.clone());
+        tokio::spawn(async move {
+            if let Err(e) = sign_all(
+                &signer,
+                &audit,
+                &policy,
+                (SYSTEM_PRINCIPAL, SCHEDULED_METHOD),
+                None,
+            )
+            .await
+            {
+                tracing::warn!(namespace = %ns, error = %e, "scheduled signing run failed");
+            }
+            running
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .remove(&ns);
+        });
     }
 }
 
-/// Signs every image of the policy's namespace that it covers; `progress` sees each
-/// image's outcome as (image, signed now, error). Returns how many images were looked at.
+/// Signs every image of the policy's namespace that it covers, each an audit record
+/// for `by` (principal, method); `progress`, if given, gets each image's outcome. Returns how many images were looked at.
 pub(crate) async fn sign_all(
     signer: &Arc<Signer>,
     audit: &AuditLog,
     policy: &Policy,
-    method: &str,
-    mut progress: impl FnMut(Progress<'_>),
+    by: (&str, &str),
+    progress: Option<&tokio::sync::mpsc::Sender<Progress>>,
 ) -> Result<usize, SigningError> {
     let key = policy_key(signer, policy).await?;
     let images = signer
@@ -292,24 +341,34 @@ pub(crate) async fn sign_all(
             .sign(image, &key, &policy.row.name, &policy.row.domain)
             .await
             .map(|made| (key.clone(), made));
-        record(audit, method, image, policy, &result, None).await;
-        progress(Progress {
-            total,
-            done: i + 1,
-            image,
-            result: result.as_ref().map(|(_, (made, _))| *made),
-        });
+        record(audit, by, image, policy, &result, None).await;
+        if let Some(tx) = progress {
+            // Every message is delivered (a slow reader slows the run); one nobody
+            // reads any more stops nothing.
+            let _ = tx
+                .send(Progress {
+                    total,
+                    done: i + 1,
+                    image: image.clone(),
+                    result: result
+                        .as_ref()
+                        .map(|(_, (made, _))| *made)
+                        .map_err(|e| e.to_string()),
+                })
+                .await;
+        }
     }
     Ok(total)
 }
 
 /// One image of a namespace run.
-pub(crate) struct Progress<'a> {
+#[derive(Debug)]
+pub(crate) struct Progress {
     pub(crate) total: usize,
     pub(crate) done: usize,
-    pub(crate) image: &'a Image,
-    /// True: signed now; false: signed already.
-    pub(crate) result: Result<bool, &'a SigningError>,
+    pub(crate) image: Image,
+    /// True: signed now; false: signed already; Err: why it could not be.
+    pub(crate) result: Result<bool, String>,
 }
 
 #[cfg(test)]
