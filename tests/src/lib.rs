@@ -28,6 +28,7 @@ pub mod kms;
 pub mod load;
 pub mod ops;
 pub mod pkcs11;
+pub mod postgres;
 pub mod profile;
 pub mod registry;
 pub mod serve;
