@@ -1,9 +1,9 @@
 //! Typed convenience methods for the common calls.
 //!
 //! Each one fills the request, runs it under the client's retry policy (only
-//! RESOURCE_EXHAUSTED and UNAVAILABLE are retried), unwraps the response to what
-//! callers want (a key's metadata, a signature, a verdict) and turns every status into
-//! a [`ClientError`].
+//! RESOURCE_EXHAUSTED and UNAVAILABLE are retried; with several endpoints, on the
+//! endpoint `retry::route` picks), unwraps the response to what callers want (a key's
+//! metadata, a signature, a verdict) and turns every status into a [`ClientError`].
 //! For anything not covered here, use [`Client::keys`], [`Client::audit`] or
 //! [`Client::token`] and the generated request types directly.
 
@@ -11,6 +11,7 @@ use tonic::Streaming;
 
 use crate::client::Client;
 use crate::error::ClientError;
+use crate::retry::Idempotency;
 use crate::v1::{
     Alias, AuditRecord, CancelKeyDeletionRequest, CreateAliasRequest, CreateKeyRequest,
     DeleteAliasRequest, DescribeKeyRequest, DisableKeyRequest, DisableKeyRotationRequest,
@@ -25,12 +26,25 @@ use crate::v1::{
 /// Pages above this many are refused by the server; listing everything uses the maximum.
 const MAX_PAGE_SIZE: u32 = 1000;
 
-/// One retried call: `retried!(self, "Sign", keys, sign, req)` is the response.
+/// One retried call: `retried!(self, "Sign", keys, sign, req)` is the response. The
+/// call's idempotency (whether a retry may go to another endpoint after a failure that
+/// leaves its outcome unknown) is [`Idempotency::of_call`] of its name, or given last:
+/// `retried!(self, "CreateKey", keys, create_key, req, Idempotency::Idempotent)`.
 macro_rules! retried {
-    ($self:ident, $name:literal, $svc:ident, $method:ident, $req:expr) => {{
+    ($self:ident, $name:literal, $svc:ident, $method:ident, $req:expr) => {
+        retried!(
+            $self,
+            $name,
+            $svc,
+            $method,
+            $req,
+            $crate::retry::Idempotency::of_call($name)
+        )
+    };
+    ($self:ident, $name:literal, $svc:ident, $method:ident, $req:expr, $idempotency:expr) => {{
         let req = $req;
         $self
-            .with_retries($name, || {
+            .with_retries_as($name, $idempotency, || {
                 let mut c = $self.$svc();
                 let req = req.clone();
                 async move { c.$method(req).await }
@@ -54,12 +68,15 @@ fn key_of(key: Option<KeyMetadata>, what: &'static str) -> Result<KeyMetadata, C
 impl Client {
     /// Creates a key and returns its metadata. Without an `idempotency_token` in the
     /// request one is made up, so that a retry (after a lost answer, say) returns the
-    /// key the first try made instead of making a second one.
+    /// key the first try made instead of making a second one. With the token the call
+    /// is idempotent, also across the replicas of a cluster (hsmd keeps the tokens in its
+    /// shared store), so it fails over to another endpoint like a read.
     pub async fn create_key(&self, mut req: CreateKeyRequest) -> Result<KeyMetadata, ClientError> {
         if req.idempotency_token.is_empty() {
             req.idempotency_token = idempotency_token();
         }
-        let resp = retried!(self, "CreateKey", keys, create_key, req);
+        let idempotent = Idempotency::Idempotent;
+        let resp = retried!(self, "CreateKey", keys, create_key, req, idempotent);
         key_of(resp.key, "CreateKeyResponse.key")
     }
 

@@ -1,13 +1,16 @@
 //! `hsm_client`: a typed client for hsmd.
 //!
-//! One [`Client`] holds one TLS channel (mutual TLS, client certificate from a
-//! [`Profile`]) and hands out the generated gRPC clients over it, plus typed convenience
-//! methods for the common calls. Every failure is a [`ClientError`]; server errors keep
+//! One [`Client`] holds a TLS channel per endpoint (mutual TLS, client certificate from a
+//! [`Profile`]; one hsmd, or the replicas of a cluster listed as `endpoints`) and hands
+//! out the generated gRPC clients over the one in use, plus typed convenience methods
+//! for the common calls. Every failure is a [`ClientError`]; server errors keep
 //! hsmd's stable reason (google.rpc.ErrorInfo) so programs can match on it. The typed
 //! methods retry RESOURCE_EXHAUSTED and UNAVAILABLE with exponential backoff and full
 //! jitter ([`RetryPolicy`], from the profile's `[retry]` table), honouring the server's
 //! retry delay; [`Client::create_key`] fills in an idempotency token, so its retries
-//! never make a second key. [`import`] wraps key material for bring your own key.
+//! never make a second key. With several endpoints, a retry after a connection failure
+//! or UNAVAILABLE goes to the next one ([`retry::route`] is the rule, [`Idempotency`]
+//! which calls may move). [`import`] wraps key material for bring your own key.
 //! Container image signing has typed calls too: signature policies per registry
 //! namespace ([`Client::create_signature_policy`] and the like), and signing and
 //! verifying images ([`Client::sign_image`], [`Client::verify_image`]).
@@ -50,7 +53,7 @@ pub use error::{ClientError, code_name};
 /// hsmd's stable error reasons, as [`ClientError::reason`] returns them.
 pub use hsmd_proto::Reason;
 pub use profile::{Profile, ProfileError};
-pub use retry::{RetryNotice, RetryPolicy};
+pub use retry::{Idempotency, RetryNotice, RetryPolicy};
 
 /// The generated API types and gRPC clients (`hsmd.v1`), re-exported for convenience.
 pub use hsmd_proto::v1;

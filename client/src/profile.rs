@@ -3,6 +3,12 @@
 //! A profile is a small TOML file (`hsmd dev` writes one) naming the endpoint, the TLS
 //! server name and three PEM files. Relative paths are resolved against the profile's
 //! folder, so a profile and its certificates can be moved together.
+//!
+//! One hsmd is named by `endpoint = "https://HOST:PORT"`; several replicas of one
+//! cluster by `endpoints = ["https://A:PORT", "https://B:PORT"]` (the client starts on
+//! the first and fails over to the next, see [`crate::Client`]). A profile has exactly
+//! one of the two keys. Every endpoint shares `server_name`, `ca_cert`, `client_cert`
+//! and `client_key`.
 
 use std::ffi::OsString;
 use std::path::{Path, PathBuf};
@@ -15,12 +21,20 @@ pub const PROFILE_ENV: &str = "HSMCTL_PROFILE";
 /// Location of the profile below the data home (`$XDG_DATA_HOME` or `~/.local/share`).
 const PROFILE_UNDER_DATA_HOME: &str = "hsmd/dev/client.toml";
 
-/// How to reach and authenticate to one hsmd.
+/// How to reach and authenticate to hsmd: one daemon, or the replicas of a cluster.
+///
+/// In TOML unknown keys are refused, and exactly one of `endpoint` and `endpoints` must
+/// be given.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "ProfileFile", into = "ProfileFile")]
 pub struct Profile {
-    /// gRPC endpoint, e.g. `https://127.0.0.1:40123`.
+    /// gRPC endpoint, e.g. `https://127.0.0.1:40123`: the profile's `endpoint`, or the
+    /// first of its `endpoints` (the one the client starts on).
     pub endpoint: String,
+    /// The profile's `endpoints` (replicas of one cluster, in the order the client tries
+    /// them); empty when the profile names one `endpoint`. Which endpoints a client uses
+    /// is [`Profile::endpoint_list`].
+    pub endpoints: Vec<String>,
     /// Name the server certificate must carry, e.g. `localhost`.
     pub server_name: String,
     /// PEM file with the CA certificate(s) that sign the server certificate.
@@ -30,18 +44,90 @@ pub struct Profile {
     /// PEM file with the client certificate's private key.
     pub client_key: PathBuf,
     /// How typed calls retry (optional `[retry]` table; see [`crate::RetryPolicy`]).
-    #[serde(default)]
     pub retry: crate::RetryPolicy,
     /// The daemon's plain-HTTP metrics endpoint (`http://HOST:PORT`), when it has one
     /// (`hsmd dev --metrics-listen`). Informational: hsmctl does not use it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub metrics_endpoint: Option<String>,
     /// Where the daemon takes the registry's push notifications
     /// (`http://HOST:PORT/registry/events`), when it has a registry (`hsmd dev
     /// --registry`): the URL to put in the registry's `notifications` endpoint.
     /// Informational: hsmctl does not use it.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub webhook_endpoint: Option<String>,
+}
+
+/// A profile file as written: [`Profile`]'s keys, with `endpoint` and `endpoints` both
+/// optional (exactly one must be given). Unknown keys are refused.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfileFile {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    endpoints: Option<Vec<String>>,
+    server_name: String,
+    ca_cert: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+    #[serde(default)]
+    retry: crate::RetryPolicy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    metrics_endpoint: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    webhook_endpoint: Option<String>,
+}
+
+impl TryFrom<ProfileFile> for Profile {
+    type Error = String;
+
+    fn try_from(f: ProfileFile) -> Result<Profile, String> {
+        let (endpoint, endpoints) = match (f.endpoint, f.endpoints) {
+            (Some(_), Some(_)) => {
+                return Err("`endpoint` and `endpoints` are both given: keep one \
+                            (`endpoints = [...]` for several replicas)"
+                    .into());
+            }
+            (None, None) => {
+                return Err("no endpoint: give `endpoint = \"https://HOST:PORT\"` or \
+                            `endpoints = [\"https://HOST:PORT\", ...]`"
+                    .into());
+            }
+            (Some(e), None) => (e, Vec::new()),
+            (None, Some(list)) => match list.first() {
+                Some(first) => (first.clone(), list),
+                None => return Err("`endpoints` is empty: name at least one endpoint".into()),
+            },
+        };
+        Ok(Profile {
+            endpoint,
+            endpoints,
+            server_name: f.server_name,
+            ca_cert: f.ca_cert,
+            client_cert: f.client_cert,
+            client_key: f.client_key,
+            retry: f.retry,
+            metrics_endpoint: f.metrics_endpoint,
+            webhook_endpoint: f.webhook_endpoint,
+        })
+    }
+}
+
+impl From<Profile> for ProfileFile {
+    /// Writes `endpoints` when the profile still uses its list, else `endpoint` (so a
+    /// profile pinned to one endpoint reads back pinned).
+    fn from(p: Profile) -> ProfileFile {
+        let listed = p.uses_list();
+        ProfileFile {
+            endpoint: (!listed).then_some(p.endpoint),
+            endpoints: listed.then_some(p.endpoints),
+            server_name: p.server_name,
+            ca_cert: p.ca_cert,
+            client_cert: p.client_cert,
+            client_key: p.client_key,
+            retry: p.retry,
+            metrics_endpoint: p.metrics_endpoint,
+            webhook_endpoint: p.webhook_endpoint,
+        }
+    }
 }
 
 /// Why a profile could not be found, read or used.
@@ -58,7 +144,8 @@ pub enum ProfileError {
         /// The I/O error.
         source: std::io::Error,
     },
-    /// The profile file is not valid TOML or has unknown/missing fields.
+    /// The profile file is not valid TOML, has unknown/missing fields, or names no
+    /// endpoint (or both `endpoint` and `endpoints`).
     #[error("invalid profile {}: {source}", path.display())]
     Parse {
         /// The profile file.
@@ -119,6 +206,31 @@ impl Profile {
                 *p = base.join(&*p);
             }
         }
+    }
+
+    /// The endpoints a client uses, in the order it tries them: the `endpoints` list
+    /// when the profile has one and `endpoint` is still its first entry; otherwise
+    /// `endpoint` alone. So giving `endpoint` another value (as [`Profile::set_endpoint`]
+    /// and `hsmctl --endpoint` do, and as older programs do by assigning the field) pins
+    /// the client to that one endpoint.
+    pub fn endpoint_list(&self) -> Vec<&str> {
+        if self.uses_list() {
+            self.endpoints.iter().map(String::as_str).collect()
+        } else {
+            vec![self.endpoint.as_str()]
+        }
+    }
+
+    /// Makes `endpoint` the one endpoint of this profile (the list is dropped); the TLS
+    /// settings stay.
+    pub fn set_endpoint(&mut self, endpoint: impl Into<String>) {
+        self.endpoint = endpoint.into();
+        self.endpoints.clear();
+    }
+
+    /// Whether [`Profile::endpoint_list`] is the `endpoints` list.
+    fn uses_list(&self) -> bool {
+        self.endpoints.first() == Some(&self.endpoint)
     }
 
     /// The profile used when none is named: `$HSMCTL_PROFILE` if set, else
@@ -237,5 +349,86 @@ mod tests {
         "#;
         let err = Profile::parse(text, Path::new("p.toml")).unwrap_err();
         assert!(matches!(err, ProfileError::Parse { .. }), "{err}");
+    }
+
+    /// The TLS part every profile test shares.
+    const TLS: &str = r#"
+        server_name = "localhost"
+        ca_cert = "ca.pem"
+        client_cert = "c.pem"
+        client_key = "k.pem"
+    "#;
+
+    fn parse(endpoints: &str) -> Result<Profile, ProfileError> {
+        Profile::parse(&format!("{endpoints}\n{TLS}"), Path::new("/d/p.toml"))
+    }
+
+    #[test]
+    fn endpoint_alone_is_one_endpoint() {
+        let p = parse(r#"endpoint = "https://a:8443""#).unwrap();
+        assert_eq!(p.endpoint, "https://a:8443");
+        assert!(p.endpoints.is_empty());
+        assert_eq!(p.endpoint_list(), ["https://a:8443"]);
+        assert_eq!(p.ca_cert, PathBuf::from("/d/ca.pem"));
+    }
+
+    #[test]
+    fn endpoints_list_the_replicas_in_order() {
+        let p = parse(r#"endpoints = ["https://a:8443", "https://b:8443"]"#).unwrap();
+        assert_eq!(
+            p.endpoint, "https://a:8443",
+            "the first is where a client starts"
+        );
+        assert_eq!(p.endpoint_list(), ["https://a:8443", "https://b:8443"]);
+        assert_eq!(
+            p.client_key,
+            PathBuf::from("/d/k.pem"),
+            "shared TLS settings"
+        );
+        let one = parse(r#"endpoints = ["https://a:8443"]"#).unwrap();
+        assert_eq!(one.endpoint_list(), ["https://a:8443"]);
+    }
+
+    #[test]
+    fn endpoint_and_endpoints_together_or_neither_are_refused() {
+        let both = parse(
+            r#"endpoint = "https://a:8443"
+               endpoints = ["https://a:8443", "https://b:8443"]"#,
+        )
+        .unwrap_err();
+        assert!(matches!(both, ProfileError::Parse { .. }), "{both}");
+        let text = both.to_string();
+        assert!(
+            text.contains("`endpoint` and `endpoints` are both given"),
+            "{text}"
+        );
+        let neither = parse("").unwrap_err().to_string();
+        assert!(neither.contains("no endpoint"), "{neither}");
+        assert!(neither.contains("`endpoints = ["), "{neither}");
+        let empty = parse("endpoints = []").unwrap_err().to_string();
+        assert!(empty.contains("`endpoints` is empty"), "{empty}");
+        let typo = parse(r#"endpoint_list = ["https://a:1"]"#).unwrap_err();
+        assert!(typo.to_string().contains("endpoint_list"), "{typo}");
+    }
+
+    #[test]
+    fn set_endpoint_pins_one_endpoint_and_round_trips() {
+        let mut p = parse(r#"endpoints = ["https://a:8443", "https://b:8443"]"#).unwrap();
+        let text = toml::to_string(&p).unwrap();
+        assert!(text.contains("endpoints = ["), "{text}");
+        assert!(!text.contains("endpoint ="), "{text}");
+        assert_eq!(toml::from_str::<Profile>(&text).unwrap(), p);
+
+        p.set_endpoint("https://c:8443");
+        assert_eq!(p.endpoint_list(), ["https://c:8443"]);
+        let text = toml::to_string(&p).unwrap();
+        assert!(text.contains("endpoint = \"https://c:8443\""), "{text}");
+        assert!(!text.contains("endpoints"), "{text}");
+        assert_eq!(toml::from_str::<Profile>(&text).unwrap(), p);
+
+        // Assigning the field, as programs written for one endpoint do, pins it too.
+        let mut p = parse(r#"endpoints = ["https://a:8443", "https://b:8443"]"#).unwrap();
+        p.endpoint = "https://proxy:1".into();
+        assert_eq!(p.endpoint_list(), ["https://proxy:1"]);
     }
 }

@@ -8,7 +8,15 @@
 //! When the server says how long to wait (google.rpc.RetryInfo or the `retry-after-ms`
 //! header), the client waits at least that long. A retry that would end after the total
 //! deadline is not made.
+//!
+//! With several endpoints (replicas of one cluster), [`route`] says where a retry goes:
+//! a rate-limited call stays on its endpoint; a call that could not connect, or got
+//! UNAVAILABLE, moves on to the next endpoint (round robin), with the same backoff. A
+//! call that is not idempotent ([`Idempotency`]) is retried only when it surely did
+//! nothing: rate limited, or failed before it reached any server
+//! ([`failed_before_sending`]).
 
+use std::error::Error;
 use std::future::Future;
 use std::time::{Duration, Instant};
 
@@ -88,6 +96,104 @@ pub struct RetryNotice {
     pub reason: String,
     /// How long the client waits before the retry.
     pub delay: Duration,
+    /// The endpoint the retry goes to when it is another than the failed try's (the
+    /// client failed over); `None` when the retry stays where it was.
+    pub moved_to: Option<String>,
+}
+
+/// Whether sending a call again can do its work twice.
+///
+/// Idempotent: reads (DescribeKey, ListKeys, GetPublicKey, GetTokenInfo, QueryAudit...);
+/// Sign, Verify, Encrypt, Decrypt, GenerateRandom, GenerateDataKey (a repeat makes a
+/// fresh answer, the lost one was never seen); state changes whose repeat lands in the
+/// same state or is refused (EnableKey, DisableKey, UpdateAlias, Schedule/
+/// CancelKeyDeletion; CreateAlias: ALREADY_EXISTS, ImportKeyMaterial:
+/// INVALID_KEY_STATE), exactly as when they are retried on one endpoint, since the
+/// replicas share one store; and CreateKey with an idempotency token, which hsmd keeps in
+/// that store, so a repeat on any replica returns the first key. Not idempotent: CreateKey
+/// without a token and RotateKey (each repeat would make another key or key version).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Idempotency {
+    /// Safe to send again, on any endpoint, after any retryable failure.
+    Idempotent,
+    /// Sent again only when the failed try surely did nothing: refused with
+    /// RESOURCE_EXHAUSTED (same endpoint), or failed before reaching a server (next
+    /// endpoint). A failure that leaves the outcome unknown (connection lost after
+    /// sending, UNAVAILABLE from a server or proxy) is returned at once.
+    NotIdempotent,
+}
+
+impl Idempotency {
+    /// What a call is by its name, for callers that only name it
+    /// ([`crate::Client::with_retries`]): `CreateKey` (whose token the retry loop cannot
+    /// see; [`crate::Client::create_key`] always sends one and says so) and `RotateKey`
+    /// are [`Idempotency::NotIdempotent`], every other call idempotent.
+    pub fn of_call(call: &str) -> Idempotency {
+        match call {
+            "CreateKey" | "RotateKey" => Idempotency::NotIdempotent,
+            _ => Idempotency::Idempotent,
+        }
+    }
+}
+
+/// Where the retry of a failed try goes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// The same endpoint: the server refused for now (RESOURCE_EXHAUSTED, e.g.
+    /// RATE_LIMITED; limits are per cluster, another replica would refuse too).
+    Same,
+    /// The next endpoint of the client's list (round robin; the same one when there is
+    /// only one).
+    Next,
+}
+
+/// The fail-over rule: whether a failed try is retried, and where (`None`: not
+/// retried). Retryable at all as [`retryable_status`] says; then
+///
+/// - RESOURCE_EXHAUSTED (RATE_LIMITED and the like): [`Route::Same`], for every call
+///   (the server did nothing);
+/// - failed before reaching a server ([`failed_before_sending`]): [`Route::Next`], for
+///   every call;
+/// - any other retryable failure (UNAVAILABLE answered by a server or proxy, such as
+///   TOKEN_UNAVAILABLE or AUDIT_UNAVAILABLE; a connection lost after the request went
+///   out): [`Route::Next`] for idempotent calls, not retried for the others (their
+///   first try may have done the work).
+pub fn route(status: &tonic::Status, idempotency: Idempotency) -> Option<Route> {
+    if !retryable_status(status) {
+        return None;
+    }
+    if status.code() == Code::ResourceExhausted
+        || Reason::parse(&reason_of(status)) == Some(Reason::RateLimited)
+    {
+        return Some(Route::Same);
+    }
+    if idempotency == Idempotency::Idempotent || failed_before_sending(status) {
+        Some(Route::Next)
+    } else {
+        None
+    }
+}
+
+/// True when a failed call surely never reached a server: tonic could not set up the
+/// connection (TCP connect refused or timed out, name not resolved, TLS handshake
+/// failed), so no HTTP/2 request was sent. tonic reports exactly these as UNAVAILABLE
+/// with its [`tonic::ConnectError`] in the status's source chain (its connector wraps
+/// every TCP and TLS error in one). A status decoded from a server's answer has no
+/// source, and a connection that broke after the request went out shows a hyper/h2
+/// error instead (or UNKNOWN "transport error"), so both count as "may have reached
+/// the server".
+pub fn failed_before_sending(status: &tonic::Status) -> bool {
+    if status.code() != Code::Unavailable {
+        return false;
+    }
+    let mut cause: Option<&(dyn Error + 'static)> = status.source();
+    while let Some(e) = cause {
+        if e.is::<tonic::ConnectError>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// The one retry rule, for the retry loop and `ClientError::is_retryable`, from a
@@ -142,11 +248,33 @@ pub fn server_hint(status: &tonic::Status) -> Option<Duration> {
         .map(Duration::from_millis)
 }
 
-/// Runs `f` under `policy`, calling `notify` before each retry.
+/// Runs `f` under `policy` against one endpoint, calling `notify` before each retry.
+/// Whether a failure is retried is [`route`]'s rule, with the call's
+/// [`Idempotency::of_call`].
 pub async fn run<T, F, Fut>(
     policy: &RetryPolicy,
     call: &'static str,
     notify: &(dyn Fn(&RetryNotice) + Send + Sync),
+    f: F,
+) -> Result<T, tonic::Status>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, tonic::Status>>,
+{
+    let stay = |_: Route| None;
+    run_routed(policy, call, Idempotency::of_call(call), notify, &stay, f).await
+}
+
+/// [`run`] across several endpoints: before each retry (after the attempt and deadline
+/// checks, before `notify`), `go(route)` points the client at the endpoint [`route`]
+/// chose, so that the next `f()` uses it, and returns that endpoint when it is another
+/// than the failed try's (for [`RetryNotice::moved_to`]).
+pub async fn run_routed<T, F, Fut>(
+    policy: &RetryPolicy,
+    call: &'static str,
+    idempotency: Idempotency,
+    notify: &(dyn Fn(&RetryNotice) + Send + Sync),
+    go: &(dyn Fn(Route) -> Option<String> + Send + Sync),
     mut f: F,
 ) -> Result<T, tonic::Status>
 where
@@ -161,7 +289,10 @@ where
             Ok(v) => return Ok(v),
             Err(s) => s,
         };
-        if !retryable_status(&status) || retry + 1 >= policy.max_attempts.max(1) {
+        let Some(to) = route(&status, idempotency) else {
+            return Err(status);
+        };
+        if retry + 1 >= policy.max_attempts.max(1) {
             return Err(status);
         }
         retry += 1;
@@ -169,12 +300,14 @@ where
         if start.elapsed() + delay > deadline {
             return Err(status);
         }
+        let moved_to = go(to);
         notify(&RetryNotice {
             call,
             retry,
             code: status.code(),
             reason: reason_of(&status),
             delay,
+            moved_to,
         });
         tokio::time::sleep(delay).await;
     }
@@ -290,5 +423,84 @@ mod tests {
         .await;
         assert!(r.is_err());
         assert_eq!(seen.load(Ordering::SeqCst), 1);
+    }
+
+    fn rate_limited() -> tonic::Status {
+        let details = tonic_types::ErrorDetails::with_error_info(
+            "RATE_LIMITED",
+            "hsmd",
+            std::collections::HashMap::<String, String>::new(),
+        );
+        tonic::Status::with_error_details(Code::ResourceExhausted, "slow down", details)
+    }
+
+    /// What tonic makes of a refused TCP connect: UNAVAILABLE, ConnectError in the chain.
+    fn refused() -> tonic::Status {
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        tonic::Status::from_error(Box::new(tonic::ConnectError(Box::new(io))))
+    }
+
+    #[test]
+    fn connect_failures_are_told_from_answers() {
+        let s = refused();
+        assert_eq!(s.code(), Code::Unavailable);
+        assert!(failed_before_sending(&s));
+        assert!(!failed_before_sending(&tonic::Status::unavailable("down")));
+        assert!(!failed_before_sending(&tonic::Status::unknown(
+            "transport error"
+        )));
+        // A lost connection after sending: an io error, but no ConnectError.
+        let reset = std::io::Error::from(std::io::ErrorKind::ConnectionReset);
+        let s = tonic::Status::from_error(Box::new(reset));
+        assert!(!failed_before_sending(&s), "{s:?}");
+    }
+
+    #[test]
+    fn route_keeps_rate_limits_and_moves_the_rest_when_safe() {
+        use Idempotency::{Idempotent, NotIdempotent};
+        for idem in [Idempotent, NotIdempotent] {
+            assert_eq!(route(&rate_limited(), idem), Some(Route::Same));
+            let exhausted = tonic::Status::resource_exhausted("x");
+            assert_eq!(route(&exhausted, idem), Some(Route::Same));
+            assert_eq!(route(&refused(), idem), Some(Route::Next));
+            assert_eq!(route(&tonic::Status::permission_denied("no"), idem), None);
+        }
+        let unavailable = tonic::Status::unavailable("replica going away");
+        let broken = tonic::Status::unknown("transport error");
+        assert_eq!(route(&unavailable, Idempotent), Some(Route::Next));
+        assert_eq!(route(&broken, Idempotent), Some(Route::Next));
+        assert_eq!(route(&unavailable, NotIdempotent), None);
+        assert_eq!(route(&broken, NotIdempotent), None);
+        assert_eq!(Idempotency::of_call("CreateKey"), NotIdempotent);
+        assert_eq!(Idempotency::of_call("RotateKey"), NotIdempotent);
+        assert_eq!(Idempotency::of_call("Sign"), Idempotent);
+    }
+
+    #[tokio::test]
+    async fn run_gives_up_at_once_on_an_ambiguous_non_idempotent_failure() {
+        let p = RetryPolicy {
+            initial_delay_ms: 1,
+            max_delay_ms: 2,
+            ..Default::default()
+        };
+        let seen = AtomicU32::new(0);
+        let notify = |_: &RetryNotice| {};
+        let r: Result<(), _> = run(&p, "CreateKey", &notify, || async {
+            seen.fetch_add(1, Ordering::SeqCst);
+            Err(tonic::Status::unavailable("audit log down"))
+        })
+        .await;
+        assert_eq!(r.unwrap_err().code(), Code::Unavailable);
+        assert_eq!(seen.load(Ordering::SeqCst), 1, "not sent twice");
+        seen.store(0, Ordering::SeqCst);
+        let r = run(&p, "CreateKey", &notify, || async {
+            if seen.fetch_add(1, Ordering::SeqCst) == 0 {
+                Err(refused())
+            } else {
+                Ok(1)
+            }
+        })
+        .await;
+        assert_eq!(r.unwrap(), 1, "a try that never left is made again");
     }
 }

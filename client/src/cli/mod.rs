@@ -41,6 +41,11 @@ pub use error::CliError;
 /// Connects with the client profile written by `hsmd dev` (or the one named by
 /// --profile / $HSMCTL_PROFILE). Keys are named by UUID or `alias/NAME`.
 ///
+/// Several replicas: a profile with `endpoints = ["https://A:PORT", "https://B:PORT"]`
+/// starts on the first; a call that cannot connect or gets UNAVAILABLE is retried on the
+/// next (with the --max-retries backoff; CreateKey carries an idempotency token, so it
+/// never makes a second key). --endpoint talks to one replica only.
+///
 /// Container images: `policy` manages the signature policy of each registry namespace
 /// (which images hsmd signs, with which key, and when); `image` signs images and verifies
 /// their signatures.
@@ -52,8 +57,8 @@ pub use error::CliError;
 #[derive(Debug, Parser)]
 #[command(name = "hsmctl", version, propagate_version = true)]
 pub struct Cli {
-    /// Client profile (TOML: endpoint, server_name, ca_cert, client_cert, client_key).
-    /// Default: $XDG_DATA_HOME/hsmd/dev/client.toml, else
+    /// Client profile (TOML: endpoint or endpoints, server_name, ca_cert, client_cert,
+    /// client_key). Default: $XDG_DATA_HOME/hsmd/dev/client.toml, else
     /// ~/.local/share/hsmd/dev/client.toml.
     #[arg(
         long,
@@ -63,6 +68,17 @@ pub struct Cli {
         help_heading = "Global options"
     )]
     profile: Option<PathBuf>,
+
+    /// Talk to this one hsmd (one replica of a cluster) instead of the profile's
+    /// endpoint(s): no fail-over. The TLS settings (server_name, CA, client certificate)
+    /// still come from the profile.
+    #[arg(
+        long,
+        global = true,
+        value_name = "https://HOST:PORT",
+        help_heading = "Global options"
+    )]
+    endpoint: Option<String>,
 
     /// Output format: aligned tables for people, or JSON (one object, or one object per
     /// line for streams) for programs.
@@ -77,12 +93,15 @@ pub struct Cli {
     output: Output,
 
     /// Retries of a call refused with RESOURCE_EXHAUSTED (rate limit) or UNAVAILABLE,
-    /// with exponential backoff and jitter (default: the profile's [retry] table, else 5;
-    /// 0 = never retry). Other errors are never retried.
+    /// or whose connection failed, with exponential backoff and jitter (default: the
+    /// profile's [retry] table, else 5; 0 = never retry). With several endpoints, a retry
+    /// after UNAVAILABLE or a connection failure goes to the next one. Other errors are
+    /// never retried.
     #[arg(long, global = true, value_name = "N", help_heading = "Global options")]
     max_retries: Option<u32>,
 
-    /// Print each retry (call, status, reason, delay) on stderr.
+    /// Print each retry (call, status, reason, delay, and the endpoint it moves to) on
+    /// stderr.
     #[arg(short, long, global = true, help_heading = "Global options")]
     verbose: bool,
 
@@ -174,7 +193,8 @@ impl From<Verdict> for ExitCode {
 pub struct CliEnv {
     client: Client,
     output: Output,
-    /// The profile's endpoint, for reports that say where they came from.
+    /// The endpoint(s) used (the profile's, or --endpoint), for reports that say where
+    /// they came from.
     endpoint: String,
 }
 
@@ -185,6 +205,17 @@ impl CliEnv {
 }
 
 impl Cli {
+    /// Applies the global options that override the profile: --max-retries, and
+    /// --endpoint (one endpoint instead of the profile's list; TLS settings stay).
+    fn adjust(&self, profile: &mut Profile) {
+        if let Some(n) = self.max_retries {
+            profile.retry.max_attempts = n.saturating_add(1);
+        }
+        if let Some(endpoint) = &self.endpoint {
+            profile.set_endpoint(endpoint.clone());
+        }
+    }
+
     /// Loads the profile, connects, and runs the command (offline audit verification
     /// and `import wrap` need neither; a `policy` command refused locally, such as a
     /// delete without --confirm, makes no connection).
@@ -205,31 +236,22 @@ impl Cli {
         if let Command::Import(import::ImportCommand::Wrap(w)) = &self.command {
             return w.run_offline(self.output);
         }
-        let path = match self.profile {
-            Some(p) => p,
+        let path = match &self.profile {
+            Some(p) => p.clone(),
             None => Profile::default_path()?,
         };
         let mut profile = Profile::load(&path)?;
-        if let Some(n) = self.max_retries {
-            profile.retry.max_attempts = n.saturating_add(1);
-        }
+        self.adjust(&mut profile);
         let mut client = Client::connect(&profile).await?;
         if self.verbose {
             client = client.with_retry_observer(Arc::new(|n: &RetryNotice| {
-                eprintln!(
-                    "retry {} of {} after {} {}: waiting {} ms",
-                    n.retry,
-                    n.call,
-                    hsm_client::code_name(n.code),
-                    if n.reason.is_empty() { "-" } else { &n.reason },
-                    n.delay.as_millis()
-                );
+                eprintln!("{}", retry_line(n));
             }));
         }
         let env = CliEnv {
             client,
             output: self.output,
-            endpoint: profile.endpoint.clone(),
+            endpoint: profile.endpoint_list().join(", "),
         };
         match self.command {
             Command::Key(cmd) => cmd.run(&env).await,
@@ -251,6 +273,23 @@ impl Cli {
             Command::Bench(a) => a.run(&env, &profile).await,
         }
     }
+}
+
+/// The line `hsmctl -v` prints before a retry.
+fn retry_line(n: &RetryNotice) -> String {
+    let mut line = format!(
+        "retry {} of {} after {} {}: waiting {} ms",
+        n.retry,
+        n.call,
+        hsm_client::code_name(n.code),
+        if n.reason.is_empty() { "-" } else { &n.reason },
+        n.delay.as_millis()
+    );
+    if let Some(to) = &n.moved_to {
+        line.push_str(", then trying ");
+        line.push_str(to);
+    }
+    line
 }
 
 #[cfg(test)]
@@ -392,5 +431,66 @@ mod tests {
         assert_eq!(origin(&[]), KeyOrigin::Hsm);
         assert_eq!(origin(&["--origin", "external"]), KeyOrigin::External);
         assert_eq!(origin(&["--origin", "HSM"]), KeyOrigin::Hsm);
+    }
+
+    #[test]
+    fn endpoint_is_a_global_option() {
+        let parse = |line: &str| Cli::try_parse_from(line.split_whitespace());
+        let cli = parse("hsmctl --endpoint https://b:8443 random 8").unwrap();
+        assert_eq!(cli.endpoint.as_deref(), Some("https://b:8443"));
+        let cli = parse("hsmctl key list --endpoint https://c:8443 -o json").unwrap();
+        assert_eq!(cli.endpoint.as_deref(), Some("https://c:8443"));
+        assert_eq!(parse("hsmctl random 8").unwrap().endpoint, None);
+        assert!(parse("hsmctl --endpoint").is_err());
+        let help = Cli::command().render_long_help().to_string();
+        assert!(help.contains("--endpoint <https://HOST:PORT>"), "{help}");
+    }
+
+    #[test]
+    fn endpoint_overrides_the_profiles_list() {
+        let cli =
+            Cli::try_parse_from(["hsmctl", "--endpoint", "https://b:8443", "random", "8"]).unwrap();
+        let text = r#"
+            endpoints = ["https://a:8443", "https://b:8443", "https://c:8443"]
+            server_name = "localhost"
+            ca_cert = "ca.pem"
+            client_cert = "c.pem"
+            client_key = "k.pem"
+        "#;
+        let loaded = Profile::parse(text, std::path::Path::new("/d/p.toml")).unwrap();
+        assert_eq!(loaded.endpoint_list().len(), 3);
+        let mut profile = loaded.clone();
+        cli.adjust(&mut profile);
+        assert_eq!(profile.endpoint_list(), ["https://b:8443"]);
+        assert_eq!(profile.server_name, "localhost", "TLS settings stay");
+        assert_eq!(profile.ca_cert, loaded.ca_cert);
+        // Without --endpoint the list stays.
+        let cli = Cli::try_parse_from(["hsmctl", "random", "8"]).unwrap();
+        let mut profile = loaded.clone();
+        cli.adjust(&mut profile);
+        assert_eq!(profile, loaded);
+    }
+
+    #[test]
+    fn verbose_retry_lines_name_the_endpoint_moved_to() {
+        let mut n = RetryNotice {
+            call: "Sign",
+            retry: 1,
+            code: tonic::Code::ResourceExhausted,
+            reason: "RATE_LIMITED".into(),
+            delay: std::time::Duration::from_millis(40),
+            moved_to: None,
+        };
+        assert_eq!(
+            retry_line(&n),
+            "retry 1 of Sign after RESOURCE_EXHAUSTED RATE_LIMITED: waiting 40 ms"
+        );
+        n.code = tonic::Code::Unavailable;
+        n.reason.clear();
+        n.moved_to = Some("https://b:8443".into());
+        assert_eq!(
+            retry_line(&n),
+            "retry 1 of Sign after UNAVAILABLE -: waiting 40 ms, then trying https://b:8443"
+        );
     }
 }
