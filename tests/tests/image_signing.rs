@@ -59,6 +59,8 @@ impl World {
             format!("127.0.0.1:{webhook}"),
             "--webhook-secret-file".into(),
             secret.display().to_string(),
+            "--metrics-listen".into(),
+            "127.0.0.1:0".into(),
         ])
         .await;
         World {
@@ -238,6 +240,23 @@ impl World {
         let tag = format!("v-marker-{}", self.images);
         self.push(&image, &format!("team/app-web:{tag}"));
         self.wait_signed("team/app-web", &image.digest, 1).await;
+    }
+
+    /// `hsmd_image_sign_queue` as /metrics says now.
+    fn queued(&self) -> i64 {
+        let endpoint = self
+            .d
+            .profile()
+            .metrics_endpoint
+            .clone()
+            .expect("metrics_endpoint");
+        let addr = endpoint.trim_start_matches("http://");
+        let (status, body) = hsmd_e2e::ops::http_get(addr, "/metrics");
+        assert_eq!(status, 200);
+        body.lines()
+            .find_map(|l| l.strip_prefix("hsmd_image_sign_queue "))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no hsmd_image_sign_queue in\n{body}"))
     }
 
     async fn post_events(&self, auth: Option<&str>, body: &serde_json::Value) -> (u16, String) {
@@ -788,6 +807,11 @@ async fn images_are_signed_on_push_in_cosign_format_and_verified() {
     let (status, text) = w.post_events(Some(&format!("Bearer {SECRET}")), &ev).await;
     assert_eq!(status, 200, "{text}");
     tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        w.queued(),
+        1,
+        "the push waits in the queue while the registry is down"
+    );
     w.d.kill_and_restart().await;
     w.registry.restart();
     w.wait_signed("team/app-late", &late.digest, 1).await;
@@ -800,6 +824,7 @@ async fn images_are_signed_on_push_in_cosign_format_and_verified() {
         1,
         "exactly once"
     );
+    assert_eq!(w.queued(), 0, "nothing left in the queue");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -62,6 +62,7 @@ pub(crate) struct Metrics {
     rate_limited: Family<Labels, Counter>,
     keys: Family<Labels, Gauge>,
     import_tokens_live: Gauge,
+    image_sign_queue: Gauge,
 }
 
 impl Metrics {
@@ -89,6 +90,7 @@ impl Metrics {
             rate_limited: Family::default(),
             keys: Family::default(),
             import_tokens_live: Gauge::default(),
+            image_sign_queue: Gauge::default(),
         };
         m.register();
         m
@@ -147,6 +149,11 @@ impl Metrics {
             "hsmd_import_tokens_live",
             "Import tokens neither expired nor superseded (read at scrape time)",
             self.import_tokens_live.clone(),
+        );
+        r.register(
+            "hsmd_image_sign_queue",
+            "Registry pushes queued for image signing, not yet handled (read at scrape time)",
+            self.image_sign_queue.clone(),
         );
     }
 
@@ -254,8 +261,14 @@ impl Metrics {
         self.rate_limited.get_or_create(&labels).inc();
     }
 
-    /// Key counts by state and live import tokens, as read from the store.
-    pub(crate) fn set_store_counts(&self, keys_by_state: &[(String, i64)], import_tokens: i64) {
+    /// Key counts by state, live import tokens and queued registry pushes, as read from
+    /// the store.
+    pub(crate) fn set_store_counts(
+        &self,
+        keys_by_state: &[(String, i64)],
+        import_tokens: i64,
+        image_sign_queue: i64,
+    ) {
         self.keys.clear();
         for (state, n) in keys_by_state {
             self.keys
@@ -263,6 +276,7 @@ impl Metrics {
                 .set(*n);
         }
         self.import_tokens_live.set(import_tokens);
+        self.image_sign_queue.set(image_sign_queue);
     }
 
     /// The registry in the OpenMetrics text format (what prometheus-client writes).

@@ -32,7 +32,11 @@ pub(super) async fn serve_metrics(
     let addr = listener.local_addr()?;
     let keys = state.keys.clone();
     let refresh: Refresh = Arc::new(move |m: &Metrics| match keys.store().counts(keys.now()) {
-        Ok(c) => m.set_store_counts(&c.keys_by_state, c.import_tokens_live),
+        Ok(c) => m.set_store_counts(
+            &c.keys_by_state,
+            c.import_tokens_live,
+            c.registry_events_queued,
+        ),
         Err(e) => tracing::warn!(error = %e, "metrics: store counts not read"),
     });
     let exporter = Exporter {

@@ -9,10 +9,13 @@ pub(crate) struct StoreCounts {
     pub(crate) keys_by_state: Vec<(String, i64)>,
     /// Import tokens neither superseded nor expired at `now`.
     pub(crate) import_tokens_live: i64,
+    /// Registry pushes queued for image signing (not yet handled).
+    pub(crate) registry_events_queued: i64,
 }
 
 impl Store {
-    /// Keys by state and the import tokens live at `now` (Unix seconds).
+    /// Keys by state, the import tokens live at `now` (Unix seconds) and the registry
+    /// pushes queued for signing.
     pub(crate) fn counts(&self, now: i64) -> Result<StoreCounts, StoreError> {
         self.with(|conn| {
             let mut stmt =
@@ -25,9 +28,12 @@ impl Store {
                 [now],
                 |r| r.get(0),
             )?;
+            let registry_events_queued =
+                conn.query_row("SELECT COUNT(*) FROM registry_events", [], |r| r.get(0))?;
             Ok(StoreCounts {
                 keys_by_state,
                 import_tokens_live,
+                registry_events_queued,
             })
         })
     }
