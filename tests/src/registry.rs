@@ -251,7 +251,7 @@ impl Received {
 }
 
 /// An HTTP/1.1 endpoint on a free loopback port that answers every POST with 200 and
-/// keeps it (the registry's notifications, before hsmd's webhook exists).
+/// keeps it: what the registry itself sends, seen without hsmd in between.
 pub struct Receiver {
     port: u16,
     got: Arc<Mutex<Vec<Received>>>,

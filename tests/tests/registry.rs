@@ -1,8 +1,8 @@
 //! The image-signing tests' registry, checked on its own before hsmd signs anything:
 //! Debian's docker-registry sends a push notification with the configured bearer
 //! secret for an image skopeo pushes, naming the repository, the tag and the digest of
-//! the manifest the test built; and hsmd's reader of those envelopes (the future
-//! webhook's parser, run here through its fuzz target) takes the real bodies.
+//! the manifest the test built; and hsmd's reader of those envelopes (the webhook's
+//! parser, run here through its fuzz target) takes the real bodies.
 
 use hsmd_e2e::registry::{self, Notify, Receiver, Registry};
 
