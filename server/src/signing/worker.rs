@@ -39,6 +39,9 @@ pub(crate) const PUSH_METHOD: &str = "hsmd/SignImageOnPush";
 pub(crate) const SCHEDULED_METHOD: &str = "hsmd/SignImageScheduled";
 
 const FIRST_RETRY: Duration = Duration::from_secs(1);
+/// How long a worker holds the pushes it takes: another worker on the same store leaves
+/// them alone meanwhile; a worker that dies holding one leaves it due again after this.
+const LEASE: Duration = Duration::from_secs(30);
 /// How long a push is retried before it is given up (with a failed audit record).
 pub(crate) const MAX_AGE: Duration = Duration::from_secs(24 * 3600);
 const MAX_RETRY: Duration = Duration::from_secs(300);
@@ -88,9 +91,11 @@ pub(crate) async fn run(signer: Arc<Signer>, audit: AuditLog, wake: Arc<Notify>)
 async fn drain(signer: &Arc<Signer>, audit: &AuditLog) {
     loop {
         let keys = signer.keys().clone();
-        let due =
-            tokio::task::spawn_blocking(move || keys.store().due_registry_events(now_ms(), 16))
-                .await;
+        let due = tokio::task::spawn_blocking(move || {
+            keys.store()
+                .claim_registry_events(now_ms(), LEASE.as_millis() as i64, 16)
+        })
+        .await;
         let due = match due {
             Ok(Ok(d)) => d,
             Ok(Err(e)) => {

@@ -2,7 +2,8 @@
 //! batch in one transaction (synchronous FULL) before it answers 200, so an event the
 //! registry was told is received survives a crash; the signing worker deletes an event
 //! once it is signed (or needs no signature), or puts it back with a later due time when
-//! the registry is unavailable. The registry's event id is unique: a redelivered event
+//! the registry is unavailable. A worker claims events for a lease (they are not due
+//! again until it ends), so two workers on one store never handle one event at once. The registry's event id is unique: a redelivered event
 //! that is still queued is not queued twice.
 
 use rusqlite::{OptionalExtension, params};
@@ -68,30 +69,42 @@ impl Store {
         })
     }
 
-    /// Up to `limit` events due at `now` (unix ms), oldest first.
-    pub(crate) fn due_registry_events(
+    /// Takes up to `limit` events due at `now` (unix ms), oldest first, for `lease`
+    /// ms: they are not due again before `now + lease`, so another worker (another
+    /// replica on the same store) does not take them meanwhile, and one that dies while
+    /// handling an event leaves it to be taken again once the lease is over.
+    pub(crate) fn claim_registry_events(
         &self,
         now: i64,
+        lease: i64,
         limit: usize,
     ) -> Result<Vec<EventRow>, StoreError> {
         self.with(|conn| {
-            let mut stmt = conn.prepare(
-                "SELECT seq, event_id, repository, digest, tag, received, attempts, due \
-                 FROM registry_events WHERE due <= ?1 ORDER BY seq LIMIT ?2",
-            )?;
-            let rows = stmt.query_map(params![now, limit as i64], |r| {
-                Ok(EventRow {
-                    seq: r.get(0)?,
-                    event_id: r.get(1)?,
-                    repository: r.get(2)?,
-                    digest: r.get(3)?,
-                    tag: r.get(4)?,
-                    received: r.get(5)?,
-                    attempts: r.get(6)?,
-                    due: r.get(7)?,
-                })
-            })?;
-            Ok(rows.collect::<Result<_, _>>()?)
+            // IMMEDIATE: the write lock from the start, so two workers cannot both read
+            // the same due events before either marks them.
+            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            let mut rows = {
+                let mut stmt = tx.prepare(
+                    "UPDATE registry_events SET due = ?1 + ?2 WHERE seq IN                      (SELECT seq FROM registry_events WHERE due <= ?1 ORDER BY seq LIMIT ?3)                      RETURNING seq, event_id, repository, digest, tag, received, attempts, due",
+                )?;
+                let rows = stmt.query_map(params![now, lease, limit as i64], |r| {
+                    Ok(EventRow {
+                        seq: r.get(0)?,
+                        event_id: r.get(1)?,
+                        repository: r.get(2)?,
+                        digest: r.get(3)?,
+                        tag: r.get(4)?,
+                        received: r.get(5)?,
+                        attempts: r.get(6)?,
+                        due: r.get(7)?,
+                    })
+                })?;
+                rows.collect::<Result<Vec<_>, _>>()?
+            };
+            tx.commit()?;
+            // RETURNING gives no order.
+            rows.sort_by_key(|e| e.seq);
+            Ok(rows)
         })
     }
 
@@ -159,7 +172,7 @@ mod tests {
     }
 
     #[test]
-    fn queue_dedups_orders_and_retries() {
+    fn queue_dedups_orders_leases_and_retries() {
         let dir = tempfile::tempdir().unwrap();
         let s = Store::open(&dir.path().join("s.db")).unwrap();
         assert_eq!(
@@ -172,21 +185,47 @@ mod tests {
             0,
             "redelivery"
         );
-        let due = s.due_registry_events(15, 10).unwrap();
+        let due = s.claim_registry_events(15, 1000, 10).unwrap();
         assert_eq!(due.len(), 1);
-        assert_eq!(due[0].event_id, "a");
-        s.retry_registry_event(due[0].seq, 100, "down").unwrap();
-        let due = s.due_registry_events(50, 10).unwrap();
+        assert_eq!((due[0].event_id.as_str(), due[0].due), ("a", 1015));
+        // Leased: another worker does not get it, even when b is due.
+        let other = s.claim_registry_events(25, 1000, 10).unwrap();
         assert_eq!(
-            due.iter().map(|e| e.event_id.as_str()).collect::<Vec<_>>(),
+            other
+                .iter()
+                .map(|e| e.event_id.as_str())
+                .collect::<Vec<_>>(),
             ["b"]
         );
-        assert_eq!(s.next_registry_event_due().unwrap(), Some(20));
-        s.finish_registry_event(due[0].seq).unwrap();
-        let a = s.due_registry_events(100, 10).unwrap();
+        assert!(s.claim_registry_events(500, 1000, 10).unwrap().is_empty());
+        s.retry_registry_event(due[0].seq, 100, "down").unwrap();
+        assert_eq!(s.next_registry_event_due().unwrap(), Some(100));
+        s.finish_registry_event(other[0].seq).unwrap();
+        let a = s.claim_registry_events(100, 1000, 10).unwrap();
         assert_eq!((a.len(), a[0].attempts), (1, 1));
+        // A worker that died holding it: taken again once the lease is over.
+        assert!(s.claim_registry_events(1099, 1000, 10).unwrap().is_empty());
+        assert_eq!(s.claim_registry_events(1100, 1000, 10).unwrap().len(), 1);
         s.finish_registry_event(a[0].seq).unwrap();
         assert_eq!(s.registry_events_queued().unwrap(), 0);
         assert_eq!(s.next_registry_event_due().unwrap(), None);
+    }
+
+    #[test]
+    fn claims_are_ordered_and_limited() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = Store::open(&dir.path().join("s.db")).unwrap();
+        let evs: Vec<EventRow> = (0..5).map(|i| ev(&format!("e{i}"), 10)).collect();
+        s.enqueue_registry_events(&evs).unwrap();
+        let got = s.claim_registry_events(10, 60_000, 3).unwrap();
+        assert_eq!(
+            got.iter().map(|e| e.event_id.as_str()).collect::<Vec<_>>(),
+            ["e0", "e1", "e2"]
+        );
+        let rest = s.claim_registry_events(10, 60_000, 3).unwrap();
+        assert_eq!(
+            rest.iter().map(|e| e.event_id.as_str()).collect::<Vec<_>>(),
+            ["e3", "e4"]
+        );
     }
 }
