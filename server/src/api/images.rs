@@ -14,7 +14,7 @@ use tonic::{Request, Response, Status};
 use super::convert::ts;
 use super::{ApiError, ApiState, Call, Grant};
 use crate::auth::Action;
-use crate::keys::{KeyError, KeyManager, KeyRef};
+use crate::keys::{KeyManager, KeyRef};
 use crate::signing::SigningError;
 use crate::signing::policy::{self, Policy, PolicySpec, algorithm_of};
 use crate::signing::reference::ImageRef;
@@ -49,11 +49,7 @@ impl ImagesApi {
         &self,
         f: impl FnOnce(&KeyManager) -> Result<T, SigningError> + Send + 'static,
     ) -> Result<T, ApiError> {
-        let keys = self.state.keys.clone();
-        tokio::task::spawn_blocking(move || f(&keys))
-            .await
-            .map_err(|e| ApiError::Key(KeyError::Internal(format!("blocking task: {e}"))))?
-            .map_err(ApiError::from)
+        self.state.signer.blocking(f).await.map_err(ApiError::from)
     }
 
     /// The registry host, if one is configured.
@@ -462,12 +458,7 @@ impl ImageSigningService for ImagesApi {
                 .signer
                 .sign(&image, &key, &policy, &domain)
                 .await?;
-            call.event.input_sha256 = payload.trim_start_matches("sha256:").to_string();
-            call.event.note.push_str(if made {
-                " signed=new"
-            } else {
-                " signed=existing"
-            });
+            Image::note_signed(&mut call.event, made, &payload);
             Ok(pb::SignImageResponse {
                 repository: image.repository,
                 digest: image.digest.to_string(),

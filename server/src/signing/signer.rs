@@ -51,6 +51,20 @@ impl Image {
         event.message_type = "COSIGN_SIMPLE_SIGNING".into();
         event.note = self.note(policy);
     }
+
+    /// Notes in an audit event the outcome of [`Signer::sign`]: the signed payload's
+    /// SHA-256 as the input hash, and whether the signature is new.
+    pub(crate) fn note_signed(event: &mut AuditEvent, made: bool, payload_digest: &str) {
+        event.input_sha256 = payload_digest
+            .strip_prefix("sha256:")
+            .unwrap_or(payload_digest)
+            .to_string();
+        event.note.push_str(if made {
+            " signed=new"
+        } else {
+            " signed=existing"
+        });
+    }
 }
 
 /// One signature found in a `.sig` manifest, and what checking it said.
@@ -88,9 +102,16 @@ impl Signer {
             .ok_or(SigningError::RegistryNotConfigured)
     }
 
-    /// The key manager.
-    pub(crate) fn keys(&self) -> &Arc<KeyManager> {
-        &self.keys
+    /// Runs `f` on the key manager in the blocking pool (it blocks on SQLite and
+    /// PKCS#11): the one hop every signing step takes for the store and the token.
+    pub(crate) async fn blocking<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&KeyManager) -> Result<T, SigningError> + Send + 'static,
+    ) -> Result<T, SigningError> {
+        let keys = self.keys.clone();
+        tokio::task::spawn_blocking(move || f(&keys))
+            .await
+            .map_err(|e| KeyError::Internal(format!("blocking task: {e}")))?
     }
 
     /// Signs `image` with `key` under `policy` unless a signature by that key already
@@ -121,14 +142,10 @@ impl Signer {
             .unwrap_or_default();
         let reference = format!("{domain}/{}", image.repository);
         let payload = Payload::new(&reference, &image.digest, policy, &time).to_bytes();
-        let signature = {
-            let (keys, k, p) = (self.keys.clone(), key.clone(), payload.clone());
-            tokio::task::spawn_blocking(move || {
-                keys.sign(&k.key, k.algorithm, MessageType::Raw, &p)
-            })
-            .await
-            .map_err(|e| KeyError::Internal(format!("blocking task: {e}")))??
-        };
+        let (k, p) = (key.clone(), payload.clone());
+        let signature = self
+            .blocking(move |m| Ok(m.sign(&k.key, k.algorithm, MessageType::Raw, &p)?))
+            .await?;
         let layer = SignatureLayer::new(&payload, &signature);
         let payload_digest = layer.digest.clone();
         set.push(layer);
@@ -195,12 +212,12 @@ impl Signer {
             check.reason = "the signature annotation is not base64".into();
             return Ok(check);
         };
-        let (keys, k, p) = (self.keys.clone(), key.clone(), payload.to_vec());
-        let ok = tokio::task::spawn_blocking(move || {
-            keys.verify(&k.key, k.algorithm, MessageType::Raw, &p, &signature)
-        })
-        .await
-        .map_err(|e| KeyError::Internal(format!("blocking task: {e}")))??;
+        let (k, p) = (key.clone(), payload.to_vec());
+        let ok = self
+            .blocking(move |m| {
+                Ok(m.verify(&k.key, k.algorithm, MessageType::Raw, &p, &signature)?)
+            })
+            .await?;
         if ok {
             check.valid = true;
         } else {

@@ -142,7 +142,7 @@ impl Webhook {
                     .await;
             }
         };
-        let received = time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000;
+        let received = super::worker::now_ms();
         let rows: Vec<EventRow> = envelope
             .pushes
             .iter()

@@ -57,7 +57,8 @@ pub(crate) fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(rand::thread_rng().gen_range(ms / 2..=ms))
 }
 
-fn now_ms() -> i64 {
+/// Now, in Unix milliseconds (the queue's time unit).
+pub(crate) fn now_ms() -> i64 {
     time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000
 }
 
@@ -71,11 +72,10 @@ pub(crate) async fn run(signer: Arc<Signer>, audit: AuditLog, wake: Arc<Notify>)
         let now = time::OffsetDateTime::now_utc();
         run_schedules(&signer, &audit, &running, last_schedule_check, now).await;
         last_schedule_check = now;
-        let keys = signer.keys().clone();
-        let next = tokio::task::spawn_blocking(move || keys.store().next_registry_event_due())
+        let next = signer
+            .blocking(|m| Ok(m.store().next_registry_event_due()?))
             .await
             .ok()
-            .and_then(Result::ok)
             .flatten();
         let wait = next.map_or(TICK, |due| {
             Duration::from_millis((due - now_ms()).clamp(0, TICK.as_millis() as i64) as u64)
@@ -90,26 +90,22 @@ pub(crate) async fn run(signer: Arc<Signer>, audit: AuditLog, wake: Arc<Notify>)
 /// Handles every queued push that is due.
 async fn drain(signer: &Arc<Signer>, audit: &AuditLog) {
     loop {
-        let keys = signer.keys().clone();
-        let due = tokio::task::spawn_blocking(move || {
-            keys.store()
-                .claim_registry_events(now_ms(), LEASE.as_millis() as i64, 16)
-        })
-        .await;
+        let lease = LEASE.as_millis() as i64;
+        let due = signer
+            .blocking(move |m| Ok(m.store().claim_registry_events(now_ms(), lease, 16)?))
+            .await;
         let due = match due {
-            Ok(Ok(d)) => d,
-            Ok(Err(e)) => {
+            Ok(d) => d,
+            Err(e) => {
                 tracing::error!(error = %e, "registry event queue not read");
                 return;
             }
-            Err(_) => return,
         };
         if due.is_empty() {
             return;
         }
         for ev in due {
             let result = handle(signer, audit, &ev).await;
-            let keys = signer.keys().clone();
             let seq = ev.seq;
             let stored = match result {
                 Err(e) if e.is_transient() => {
@@ -117,17 +113,17 @@ async fn drain(signer: &Arc<Signer>, audit: &AuditLog) {
                     tracing::warn!(event = %ev.event_id, repository = %ev.repository, error = %e, retry_in_ms = delay.as_millis() as u64, "push not signed yet; will retry");
                     let due = now_ms() + delay.as_millis() as i64;
                     let text = e.to_string();
-                    tokio::task::spawn_blocking(move || {
-                        keys.store().retry_registry_event(seq, due, &text)
-                    })
-                    .await
+                    signer
+                        .blocking(move |m| Ok(m.store().retry_registry_event(seq, due, &text)?))
+                        .await
                 }
                 _ => {
-                    tokio::task::spawn_blocking(move || keys.store().finish_registry_event(seq))
+                    signer
+                        .blocking(move |m| Ok(m.store().finish_registry_event(seq)?))
                         .await
                 }
             };
-            if !matches!(stored, Ok(Ok(()))) {
+            if stored.is_err() {
                 tracing::error!(event = %ev.event_id, "registry event queue not updated");
                 return;
             }
@@ -141,10 +137,10 @@ async fn active_policy(
     namespace: &str,
     trigger: Trigger,
 ) -> Result<Option<Policy>, SigningError> {
-    let (keys, ns) = (signer.keys().clone(), namespace.to_string());
-    let row = tokio::task::spawn_blocking(move || keys.store().signing_policy(&ns))
-        .await
-        .map_err(|e| KeyError::Internal(format!("blocking task: {e}")))??;
+    let ns = namespace.to_string();
+    let row = signer
+        .blocking(move |m| Ok(m.store().signing_policy(&ns)?))
+        .await?;
     match row {
         Some(r) if r.enabled && r.trigger == trigger => Ok(Some(Policy::compile(r)?)),
         _ => Ok(None),
@@ -157,15 +153,14 @@ pub(crate) async fn policy_key(
     signer: &Signer,
     policy: &Policy,
 ) -> Result<SigningKey, SigningError> {
-    let keys = signer.keys().clone();
     let id = policy.row.key_id;
-    tokio::task::spawn_blocking(move || {
-        let key = keys.resolve(&KeyRef::Id(id))?;
-        let algorithm = algorithm_for(&keys, &key)?;
-        Ok(SigningKey { key, algorithm })
-    })
-    .await
-    .map_err(|e| KeyError::Internal(format!("blocking task: {e}")))?
+    signer
+        .blocking(move |m| {
+            let key = m.resolve(&KeyRef::Id(id))?;
+            let algorithm = algorithm_for(m, &key)?;
+            Ok(SigningKey { key, algorithm })
+        })
+        .await
 }
 
 /// Handles one push: signs it if an enabled event policy covers it.
@@ -230,23 +225,15 @@ async fn record(
         method: method.into(),
         ..Default::default()
     };
-    event.note = image.note(&policy.row.name);
     match result {
         Ok((key, (made, payload))) => {
             image.describe(&mut event, &policy.row.name, key);
-            event.input_sha256 = payload
-                .strip_prefix("sha256:")
-                .unwrap_or(payload)
-                .to_string();
-            event.note.push_str(if *made {
-                " signed=new"
-            } else {
-                " signed=existing"
-            });
+            Image::note_signed(&mut event, *made, payload);
             event.outcome = Some(Outcome::Ok);
             event.status = "OK".into();
         }
         Err(e) => {
+            event.note = image.note(&policy.row.name);
             event.key_id = policy.row.key_id.to_string();
             event.outcome = Some(Outcome::Failed);
             event.status = e.reason().code_name().into();
@@ -280,10 +267,8 @@ async fn run_schedules(
     if signer.registry().is_err() {
         return;
     }
-    let keys = signer.keys().clone();
-    let rows = match tokio::task::spawn_blocking(move || keys.store().signing_policies()).await {
-        Ok(Ok(rows)) => rows,
-        _ => return,
+    let Ok(rows) = signer.blocking(|m| Ok(m.store().signing_policies()?)).await else {
+        return;
     };
     for row in rows {
         if !row.enabled || row.trigger != Trigger::Scheduled {

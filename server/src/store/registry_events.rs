@@ -144,14 +144,6 @@ impl Store {
             Ok(())
         })
     }
-
-    /// How many events are queued.
-    #[cfg(test)]
-    pub(crate) fn registry_events_queued(&self) -> Result<i64, StoreError> {
-        self.with(|conn| {
-            Ok(conn.query_row("SELECT COUNT(*) FROM registry_events", [], |r| r.get(0))?)
-        })
-    }
 }
 
 #[cfg(test)]
@@ -207,7 +199,7 @@ mod tests {
         assert!(s.claim_registry_events(1099, 1000, 10).unwrap().is_empty());
         assert_eq!(s.claim_registry_events(1100, 1000, 10).unwrap().len(), 1);
         s.finish_registry_event(a[0].seq).unwrap();
-        assert_eq!(s.registry_events_queued().unwrap(), 0);
+        assert_eq!(s.counts(0).unwrap().registry_events_queued, 0);
         assert_eq!(s.next_registry_event_due().unwrap(), None);
     }
 
