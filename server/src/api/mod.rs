@@ -186,14 +186,7 @@ impl Grant {
 
     /// Checks the policy allows the action on this key.
     pub(crate) fn check_key(&self, key: &KeyRecord) -> Result<(), ApiError> {
-        if self
-            .policy
-            .may_on(&self.principal, self.action, &KeyFacts::of(key))
-        {
-            Ok(())
-        } else {
-            Err(self.denied(key.id.to_string()))
-        }
+        self.check_key_for(self.action, key)
     }
 
     /// Checks the policy allows `action`, another than the call's, on this key (binding
