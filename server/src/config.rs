@@ -19,6 +19,7 @@ use crate::audit::AuditConfig;
 use crate::auth::{LimitClass, Policy, Rate, RawRule, Rule};
 use crate::hsm::HsmConfig;
 use crate::keys::import::{IMPORT_TOKEN_LIFETIME_SECS, ImportConfig};
+use crate::store::{PgConfig, StoreConfig};
 
 /// A config problem: the key and what is wrong with it.
 #[derive(Debug, thiserror::Error)]
@@ -39,8 +40,10 @@ fn bad(key: &str, problem: impl Into<String>) -> ConfigError {
 #[serde(deny_unknown_fields)]
 struct RawConfig {
     listen: Option<String>,
+    /// This replica's name in a cluster (default: the host name).
+    node_id: Option<String>,
     hsm: RawHsm,
-    store: RawPath,
+    store: RawStore,
     audit: RawAudit,
     tls: RawTls,
     #[serde(default)]
@@ -132,8 +135,99 @@ struct RawHsm {
 
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawPath {
-    path: PathBuf,
+struct RawStore {
+    /// SQLite: the file.
+    path: Option<PathBuf>,
+    /// PostgreSQL: `postgres://USER@HOST:PORT/DB[?sslmode=...]`.
+    url: Option<String>,
+    password_file: Option<PathBuf>,
+    ca_file: Option<PathBuf>,
+    pool_size: Option<usize>,
+}
+
+impl RawStore {
+    fn validate(self, abs: impl Fn(PathBuf) -> PathBuf) -> Result<StoreConfig, ConfigError> {
+        let url = match (self.path, self.url) {
+            (Some(path), None) => {
+                for (key, set) in [
+                    ("store.password_file", self.password_file.is_some()),
+                    ("store.ca_file", self.ca_file.is_some()),
+                    ("store.pool_size", self.pool_size.is_some()),
+                ] {
+                    if set {
+                        return Err(bad(key, "is for PostgreSQL (store.url), not SQLite"));
+                    }
+                }
+                return Ok(StoreConfig::Sqlite(abs(path)));
+            }
+            (None, Some(url)) => url,
+            (Some(_), Some(_)) => {
+                return Err(bad(
+                    "store",
+                    "set path (SQLite) or url (PostgreSQL), not both",
+                ));
+            }
+            (None, None) => return Err(bad("store", "set path (SQLite) or url (PostgreSQL)")),
+        };
+        if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+            return Err(bad(
+                "store.url",
+                "must start with postgres:// (the only engine with a URL)",
+            ));
+        }
+        PgConfig::check_url(&url).map_err(|e| bad("store.url", e))?;
+        let password = match self.password_file {
+            Some(f) => Some(
+                crate::signing::config::read_secret(&abs(f))
+                    .map_err(|e| bad("store.password_file", e))?,
+            ),
+            None => std::env::var("PGPASSWORD").ok().map(SecretString::from),
+        };
+        let ca_file = self
+            .ca_file
+            .map(|f| existing("store.ca_file", abs(f)))
+            .transpose()?;
+        let pool_size = self.pool_size.unwrap_or(16);
+        if !(2..=256).contains(&pool_size) {
+            return Err(bad("store.pool_size", "must be 2 to 256"));
+        }
+        Ok(StoreConfig::Postgres(PgConfig {
+            url,
+            password,
+            ca_file,
+            pool_size,
+        }))
+    }
+}
+
+/// The host name, the default node id.
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .ok()
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "hsmd".into())
+}
+
+/// A node id names a folder (`DIR/audit/NAME/`) and appears in every audit record.
+fn node_id(raw: Option<String>) -> Result<String, ConfigError> {
+    let id = raw.unwrap_or_else(host_name);
+    let ok = !id.is_empty()
+        && id.len() <= 63
+        && id
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
+        && !id.starts_with('.');
+    if ok {
+        Ok(id)
+    } else {
+        Err(bad(
+            "node_id",
+            format!(
+                "'{id}' must be 1 to 63 letters, digits, '-', '_' or '.', not starting with '.'"
+            ),
+        ))
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -196,7 +290,10 @@ pub struct Config {
     pub hsm: HsmConfig,
     /// SOFTHSM2_CONF to set for the module (SoftHSM2 tokens outside the default folder).
     pub softhsm2_conf: Option<PathBuf>,
-    pub(crate) store_path: PathBuf,
+    /// The metadata store: SQLite (one node) or PostgreSQL (replicas).
+    pub(crate) store: StoreConfig,
+    /// This replica's name (`node_id`, default the host name).
+    pub(crate) node_id: String,
     pub(crate) audit: AuditConfig,
     pub(crate) tls: TlsConfig,
     /// Who may do what (deny by default).
@@ -351,7 +448,8 @@ impl RawConfig {
             },
             softhsm2_conf: self.hsm.softhsm2_conf.map(abs),
             source: PathBuf::new(),
-            store_path: abs(self.store.path),
+            store: self.store.validate(abs)?,
+            node_id: node_id(self.node_id)?,
             audit,
             tls,
             policy,
@@ -583,7 +681,8 @@ mod tests {
         std::fs::set_permissions(&pin, std::fs::Permissions::from_mode(0o600)).unwrap();
         let path = write_fixture(dir.path(), "pin_file = \"pin\"");
         let cfg = Config::load(&path).unwrap();
-        assert_eq!(cfg.store_path, dir.path().join("m.db"));
+        assert!(matches!(&cfg.store, StoreConfig::Sqlite(p) if *p == dir.path().join("m.db")));
+        assert!(!cfg.node_id.is_empty());
         assert!(format!("{cfg:?}").contains("REDACTED") || !format!("{cfg:?}").contains("1234"));
     }
 

@@ -38,6 +38,9 @@ const LAYERS: &[&[&str]] = &[
 const CONFINED: &[(&str, &[&str])] = &[
     ("cryptoki", &["hsm"]),
     ("rusqlite", &["store"]),
+    ("tokio_postgres", &["store"]),
+    ("deadpool_postgres", &["store"]),
+    ("tokio_postgres_rustls", &["store"]),
     ("tonic", &["api", "server"]),
     ("tonic_types", &["api", "server"]),
     ("tonic_health", &["server"]),

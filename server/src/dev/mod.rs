@@ -5,6 +5,11 @@
 //! `hsmctl` finds on its own. Reuses what is already there. `certs` makes the local PKI.
 
 mod certs;
+/// A private PostgreSQL server (`hsmd dev --postgres`, and the tests'): it lives beside
+/// the store, whose tests start it too.
+pub mod postgres {
+    pub use crate::store::local_postgres::*;
+}
 mod tpm;
 
 pub use tpm::{TPM_PACKAGES, TpmToken, abrmd_command, abrmd_ready, swtpm_command};

@@ -218,8 +218,12 @@ impl From<StoreError> for KeyError {
             StoreError::Conflict => {
                 KeyError::InvalidKeyState("the key's state changed meanwhile; retry".into())
             }
-            StoreError::Sqlite(e) => KeyError::Unavailable(format!("metadata store: {e}")),
-            StoreError::Corrupt(e) => KeyError::Internal(format!("metadata store: {e}")),
+            e @ (StoreError::Unavailable(_) | StoreError::Engine(_)) => {
+                KeyError::Unavailable(e.to_string())
+            }
+            e @ (StoreError::Violation(_) | StoreError::Corrupt(_)) => {
+                KeyError::Internal(e.to_string())
+            }
         }
     }
 }

@@ -245,9 +245,11 @@ async fn open_state(cfg: &Config, clock: SharedClock) -> anyhow::Result<ApiState
     let metrics = Arc::new(Metrics::new(cfg.metrics.per_principal));
     let backend = Arc::new(backend.with_metrics(metrics.clone()));
     log_capabilities(&backend);
+    let (store_cfg, node) = (cfg.store.clone(), cfg.node_id.clone());
     let store = Arc::new(
-        Store::open(&cfg.store_path)
-            .with_context(|| format!("metadata store {}", cfg.store_path.display()))?,
+        tokio::task::spawn_blocking(move || Store::connect(&store_cfg, &node))
+            .await?
+            .with_context(|| format!("metadata store ({})", cfg.store.describe()))?,
     );
     let signer = token_signer(&backend).await?;
     let audit_cfg = cfg.audit.clone();

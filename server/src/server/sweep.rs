@@ -57,6 +57,20 @@ pub(super) async fn sweep_loop(state: ApiState, every: Duration) {
 /// superseded and expired import tokens, and those no import token names once seen for
 /// a token lifetime.
 pub(crate) async fn sweep(state: &ApiState) {
+    // One replica at a time: the others skip this round. Each change below is
+    // compare-and-set anyway, so a replica that dies mid-sweep leaves no half-done work
+    // (the lock goes with its connection, and the next sweep finds what is left).
+    let keys = state.keys.clone();
+    let _alone = match tokio::task::spawn_blocking(move || {
+        keys.store().exclusive("lifecycle-sweep")
+    })
+    .await
+    {
+        Ok(Ok(Some(guard))) => guard,
+        Ok(Ok(None)) => return tracing::debug!("another replica is sweeping"),
+        Ok(Err(e)) => return tracing::error!(error = %e, "lifecycle sweep failed"),
+        Err(e) => return tracing::error!(error = %e, "lifecycle sweep task failed"),
+    };
     let keys = state.keys.clone();
     let found = tokio::task::spawn_blocking(move || {
         Ok::<_, crate::keys::KeyError>((

@@ -3,9 +3,9 @@
 //! issuer, serial and validity of the leaf are columns too, for listing and expiry
 //! queries without decoding.
 
-use rusqlite::{OptionalExtension, params};
 use uuid::Uuid;
 
+use super::sql::args;
 use super::{Store, StoreError};
 
 /// Created with the rest of the schema at `Store::open`.
@@ -44,20 +44,20 @@ pub(crate) struct StoredChain {
 impl Store {
     /// Stores a key's chain, replacing the one imported before.
     pub(crate) fn put_certificate(&self, c: &StoredChain) -> Result<(), StoreError> {
-        self.with(|conn| {
-            conn.execute(
+        self.with(|db| {
+            db.execute(
                 "INSERT INTO certificates (key_id, chain, chain_length, subject, issuer, serial, not_before, not_after, import_time)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)
                  ON CONFLICT (key_id) DO UPDATE SET chain = excluded.chain, chain_length = excluded.chain_length,
                    subject = excluded.subject, issuer = excluded.issuer, serial = excluded.serial,
                    not_before = excluded.not_before, not_after = excluded.not_after, import_time = excluded.import_time",
-                params![
-                    c.key_id.to_string(),
-                    c.chain,
+                args![
+                    c.key_id,
+                    &c.chain,
                     c.chain_length,
-                    c.subject,
-                    c.issuer,
-                    c.serial,
+                    &c.subject,
+                    &c.issuer,
+                    &c.serial,
                     c.not_before,
                     c.not_after,
                     c.import_time
@@ -69,27 +69,26 @@ impl Store {
 
     /// A key's chain, if one was imported.
     pub(crate) fn get_certificate(&self, key: Uuid) -> Result<Option<StoredChain>, StoreError> {
-        self.with(|conn| {
-            Ok(conn
-                .query_row(
-                    "SELECT chain, chain_length, subject, issuer, serial, not_before, not_after, import_time
-                     FROM certificates WHERE key_id = ?1",
-                    [key.to_string()],
-                    |r| {
-                        Ok(StoredChain {
-                            key_id: key,
-                            chain: r.get(0)?,
-                            chain_length: r.get(1)?,
-                            subject: r.get(2)?,
-                            issuer: r.get(3)?,
-                            serial: r.get(4)?,
-                            not_before: r.get(5)?,
-                            not_after: r.get(6)?,
-                            import_time: r.get(7)?,
-                        })
-                    },
-                )
-                .optional()?)
+        self.with(|db| {
+            db.query_opt(
+                "SELECT chain, chain_length, subject, issuer, serial, not_before, not_after, import_time
+                 FROM certificates WHERE key_id = ?1",
+                args![key],
+            )?
+            .map(|r| {
+                Ok(StoredChain {
+                    key_id: key,
+                    chain: r.get(0)?,
+                    chain_length: r.get(1)?,
+                    subject: r.get(2)?,
+                    issuer: r.get(3)?,
+                    serial: r.get(4)?,
+                    not_before: r.get(5)?,
+                    not_after: r.get(6)?,
+                    import_time: r.get(7)?,
+                })
+            })
+            .transpose()
         })
     }
 }
@@ -104,8 +103,12 @@ mod tests {
 
     #[test]
     fn put_replaces_and_get_reads_back() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("m.db")).unwrap();
+        for db in crate::store::tests::databases() {
+            put_replaces_and_get_reads_back_on(&db.open("a"));
+        }
+    }
+
+    fn put_replaces_and_get_reads_back_on(store: &Store) {
         let key = KeyRecord {
             id: Uuid::new_v4(),
             spec: KeySpec::EcP256,

@@ -7,9 +7,9 @@
 //! (kept after deletion, so that a re-import must be the same material), and while the
 //! key holds material, when it was imported and when it expires.
 
-use rusqlite::{OptionalExtension, params};
 use uuid::Uuid;
 
+use super::sql::args;
 use super::{Store, StoreError, rows};
 use crate::domain::spec::KeyState;
 
@@ -68,65 +68,53 @@ impl Store {
     /// Records a new import token for its key; every older token of the key is
     /// superseded by it.
     pub(crate) fn insert_import_token(&self, t: &ImportToken) -> Result<(), StoreError> {
-        self.with(|conn| {
-            let tx = conn.transaction()?;
-            tx.execute(
+        self.tx(|c| {
+            // Two replicas issuing tokens for one key at once: the second waits here
+            // for the first to commit, then supersedes its token ("newest only").
+            rows::lock_key(c, t.key_id)?;
+            c.execute(
                 "UPDATE import_tokens SET superseded_by = ?1 WHERE key_id = ?2 AND superseded_by IS NULL",
-                params![t.id.to_string(), t.key_id.to_string()],
+                args![t.id, t.key_id],
             )?;
-            tx.execute(
+            c.execute(
                 "INSERT INTO import_tokens (token_id, key_id, algorithm, wrapping_spec, modulus_len, create_time, expire_time)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                params![
-                    t.id.to_string(),
-                    t.key_id.to_string(),
-                    t.algorithm,
-                    t.wrapping_spec,
-                    t.modulus_len as i64,
+                args![
+                    t.id,
+                    t.key_id,
+                    &t.algorithm,
+                    &t.wrapping_spec,
+                    i64::try_from(t.modulus_len).unwrap_or(i64::MAX),
                     t.create_time,
                     t.expire_time
                 ],
             )?;
-            tx.commit()?;
             Ok(())
         })
     }
 
     /// An import token by id.
     pub(crate) fn get_import_token(&self, id: Uuid) -> Result<Option<ImportToken>, StoreError> {
-        self.with(|conn| {
-            let row = conn
-                .query_row(
-                    "SELECT key_id, algorithm, wrapping_spec, modulus_len, create_time, expire_time, superseded_by
-                     FROM import_tokens WHERE token_id = ?1",
-                    [id.to_string()],
-                    |r| {
-                        Ok((
-                            r.get::<_, String>(0)?,
-                            r.get::<_, String>(1)?,
-                            r.get::<_, String>(2)?,
-                            r.get::<_, i64>(3)?,
-                            r.get::<_, i64>(4)?,
-                            r.get::<_, i64>(5)?,
-                            r.get::<_, Option<String>>(6)?,
-                        ))
-                    },
-                )
-                .optional()?;
-            let Some((key, algorithm, wrapping_spec, modulus_len, create, expire, sup)) = row
+        self.with(|c| {
+            let Some(r) = c.query_opt(
+                "SELECT key_id, algorithm, wrapping_spec, modulus_len, create_time, expire_time, superseded_by
+                 FROM import_tokens WHERE token_id = ?1",
+                args![id],
+            )?
             else {
                 return Ok(None);
             };
+            let modulus_len: i64 = r.get(3)?;
             Ok(Some(ImportToken {
                 id,
-                key_id: rows::parse_uuid(&key)?,
-                algorithm,
-                wrapping_spec,
+                key_id: r.get(0)?,
+                algorithm: r.get(1)?,
+                wrapping_spec: r.get(2)?,
                 modulus_len: usize::try_from(modulus_len)
                     .map_err(|_| StoreError::Corrupt(format!("modulus_len {modulus_len}")))?,
-                create_time: create,
-                expire_time: expire,
-                superseded_by: sup.as_deref().map(rows::parse_uuid).transpose()?,
+                create_time: r.get(4)?,
+                expire_time: r.get(5)?,
+                superseded_by: r.get(6)?,
             }))
         })
     }
@@ -134,23 +122,22 @@ impl Store {
     /// Tokens whose wrapping key is still in the token although the token is superseded
     /// or expired at `now` (or its key is destroyed).
     pub(crate) fn stale_wrapping_keys(&self, now: i64) -> Result<Vec<Uuid>, StoreError> {
-        self.with(|conn| {
-            let mut stmt = conn.prepare(
+        self.with(|c| {
+            c.column(
                 "SELECT t.token_id FROM import_tokens t JOIN keys k ON k.key_id = t.key_id
                  WHERE t.wrapping_key_destroyed = 0
                    AND (t.superseded_by IS NOT NULL OR t.expire_time <= ?1 OR k.state = 'DESTROYED')",
-            )?;
-            let ids = stmt.query_map([now], |r| r.get::<_, String>(0))?;
-            ids.map(|s| rows::parse_uuid(&s?)).collect()
+                args![now],
+            )
         })
     }
 
     /// Notes that a token's wrapping key is gone from the token.
     pub(crate) fn wrapping_key_destroyed(&self, token: Uuid) -> Result<(), StoreError> {
-        self.with(|conn| {
-            conn.execute(
+        self.with(|c| {
+            c.execute(
                 "UPDATE import_tokens SET wrapping_key_destroyed = 1 WHERE token_id = ?1",
-                [token.to_string()],
+                args![token],
             )?;
             Ok(())
         })
@@ -158,14 +145,13 @@ impl Store {
 
     /// The fingerprint of the first material imported for a key, if any.
     pub(crate) fn material_fingerprint(&self, key: Uuid) -> Result<Option<Vec<u8>>, StoreError> {
-        self.with(|conn| {
-            Ok(conn
-                .query_row(
-                    "SELECT fingerprint FROM key_material WHERE key_id = ?1",
-                    [key.to_string()],
-                    |r| r.get(0),
-                )
-                .optional()?)
+        self.with(|c| {
+            c.query_opt(
+                "SELECT fingerprint FROM key_material WHERE key_id = ?1",
+                args![key],
+            )?
+            .map(|r| r.get(0))
+            .transpose()
         })
     }
 
@@ -173,36 +159,28 @@ impl Store {
     /// one transaction (`Conflict` if the key left PENDING_IMPORT meanwhile). The
     /// fingerprint of the first import is kept.
     pub(crate) fn record_import(&self, key: Uuid, m: &ImportedMaterial) -> Result<(), StoreError> {
-        self.with(|conn| {
-            let tx = conn.transaction()?;
-            let n = tx.execute(
+        self.tx(|c| {
+            let n = c.execute(
                 "UPDATE keys SET state = ?1, public_key = COALESCE(?2, public_key)
                  WHERE key_id = ?3 AND state = ?4",
-                params![
+                args![
                     KeyState::Enabled.name(),
-                    m.public_key_der,
-                    key.to_string(),
+                    &m.public_key_der,
+                    key,
                     KeyState::PendingImport.name()
                 ],
             )?;
             if n != 1 {
                 return Err(StoreError::Conflict);
             }
-            tx.execute(
+            c.execute(
                 "INSERT INTO key_material (key_id, fingerprint, key_check_value, import_time, valid_to)
                  VALUES (?1, ?2, ?3, ?4, ?5)
                  ON CONFLICT (key_id) DO UPDATE SET import_time = excluded.import_time,
                    valid_to = excluded.valid_to,
                    key_check_value = COALESCE(key_material.key_check_value, excluded.key_check_value)",
-                params![
-                    key.to_string(),
-                    m.fingerprint,
-                    m.key_check_value,
-                    m.import_time,
-                    m.valid_to
-                ],
+                args![key, &m.fingerprint, &m.key_check_value, m.import_time, m.valid_to],
             )?;
-            tx.commit()?;
             Ok(())
         })
     }
@@ -210,33 +188,30 @@ impl Store {
     /// Moves a key whose material was destroyed from `from` back to PENDING_IMPORT and
     /// clears its import and expiry times (`Conflict` if it left `from` meanwhile).
     pub(crate) fn material_deleted(&self, key: Uuid, from: KeyState) -> Result<(), StoreError> {
-        self.with(|conn| {
-            let tx = conn.transaction()?;
-            let n = tx.execute(
+        self.tx(|c| {
+            let n = c.execute(
                 "UPDATE keys SET state = ?1 WHERE key_id = ?2 AND state = ?3",
-                params![KeyState::PendingImport.name(), key.to_string(), from.name()],
+                args![KeyState::PendingImport.name(), key, from.name()],
             )?;
             if n != 1 {
                 return Err(StoreError::Conflict);
             }
-            tx.execute(
+            c.execute(
                 "UPDATE key_material SET import_time = NULL, valid_to = NULL WHERE key_id = ?1",
-                [key.to_string()],
+                args![key],
             )?;
-            tx.commit()?;
             Ok(())
         })
     }
 
     /// Keys holding imported material whose valid-to is at or before `now`.
     pub(crate) fn expired_material(&self, now: i64) -> Result<Vec<Uuid>, StoreError> {
-        self.with(|conn| {
-            let mut stmt = conn.prepare(
+        self.with(|c| {
+            c.column(
                 "SELECT m.key_id FROM key_material m JOIN keys k ON k.key_id = m.key_id
                  WHERE m.valid_to <= ?1 AND k.state IN ('ENABLED', 'DISABLED')",
-            )?;
-            let ids = stmt.query_map([now], |r| r.get::<_, String>(0))?;
-            ids.map(|s| rows::parse_uuid(&s?)).collect()
+                args![now],
+            )
         })
     }
 }

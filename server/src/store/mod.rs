@@ -1,31 +1,41 @@
-//! Metadata store: key records and aliases in an embedded SQLite file.
+//! Metadata store: key records, aliases and the rest of hsmd's metadata, in an
+//! embedded SQLite file (one node, `hsmd dev`) or in PostgreSQL (several replicas),
+//! chosen by `[store]`.
 //!
-//! Blocking (call from the blocking pool). WAL mode lets readers run beside the writer;
-//! a small pool of connections keeps concurrent calls from queueing on one. State
+//! Blocking (call from the blocking pool). Every query is written once, against the
+//! engine-neutral interface of `sql.rs`; `sqlite.rs` and `postgres.rs` run it. SQLite's
+//! WAL mode lets readers run beside the writer, and a small pool of connections keeps
+//! concurrent calls from queueing on one; PostgreSQL has a pool of its own. State
 //! changes are compare-and-set on the expected state, so two replicas (or two calls)
 //! never both win a transition.
 
 mod cache;
 mod certs;
 mod imports;
+pub(crate) mod local_postgres;
+pub(crate) mod postgres;
 mod registry_events;
 mod rows;
 mod signing_policies;
+mod sql;
+mod sqlite;
 mod stats;
 
 use std::path::Path;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
-use rusqlite::{Connection, OptionalExtension, params};
+use rusqlite::Connection;
 use uuid::Uuid;
 
 use crate::domain::record::{KeyRecord, KeyVersion, Rotation};
 use crate::domain::spec::{KeyState, KeyUsage};
 pub(crate) use certs::StoredChain;
 pub(crate) use imports::{ImportToken, ImportedMaterial};
+pub(crate) use postgres::PgConfig;
 pub(crate) use registry_events::EventRow;
 pub(crate) use rows::Alias;
 pub(crate) use signing_policies::{PolicyRow, Trigger};
+use sql::{Db, Dialect, Violation, args};
 
 /// Store failures.
 #[derive(Debug, thiserror::Error)]
@@ -39,8 +49,14 @@ pub(crate) enum StoreError {
     /// Another call changed the key's state first.
     #[error("key state changed concurrently")]
     Conflict,
+    /// A write broke a constraint the caller did not expect.
+    #[error("metadata store: constraint violated ({0:?})")]
+    Violation(Violation),
+    /// The database cannot be reached or did not answer in time: try again.
+    #[error("metadata store unavailable: {0}")]
+    Unavailable(String),
     #[error("metadata store: {0}")]
-    Sqlite(#[from] rusqlite::Error),
+    Engine(String),
     #[error("metadata store holds a bad row: {0}")]
     Corrupt(String),
 }
@@ -100,51 +116,124 @@ CREATE TABLE IF NOT EXISTS creations (
 );
 ";
 
-/// The SQLite metadata store.
+/// Which database, and the node this process is.
+#[derive(Debug, Clone)]
+pub(crate) enum StoreConfig {
+    Sqlite(std::path::PathBuf),
+    Postgres(PgConfig),
+}
+
+impl StoreConfig {
+    /// For messages: the file, or the URL (which holds no password).
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            StoreConfig::Sqlite(p) => p.display().to_string(),
+            StoreConfig::Postgres(pg) => pg.url.clone(),
+        }
+    }
+}
+
+enum Engine {
+    Sqlite {
+        path: std::path::PathBuf,
+        idle: Mutex<Vec<Connection>>,
+    },
+    Postgres(Arc<postgres::Engine>),
+}
+
+/// The metadata store.
 pub(crate) struct Store {
-    path: std::path::PathBuf,
-    idle: Mutex<Vec<Connection>>,
+    engine: Engine,
     cache: cache::KeyCache,
+    /// This replica's name (empty for SQLite's one node): whose creations are whose.
+    node: String,
+}
+
+/// Work only one replica at a time may do, held until dropped (see [`Store::exclusive`]).
+pub(crate) enum Exclusive {
+    /// One node: nobody else to exclude.
+    Alone,
+    Locked(#[allow(dead_code)] postgres::PgLock),
 }
 
 impl Store {
-    /// Opens (creating if needed) the store and its schema.
+    /// Opens (creating if needed) the SQLite store and its schema.
     pub(crate) fn open(path: &Path) -> Result<Self, StoreError> {
-        let conn = connect(path)?;
-        let store = Store {
-            path: path.to_path_buf(),
-            idle: Mutex::new(Vec::new()),
-            cache: cache::KeyCache::new(connect(path)?)?,
-        };
+        let conn = sqlite::connect(path)?;
         conn.execute_batch(SCHEMA)?;
         conn.execute_batch(certs::SCHEMA)?;
         conn.execute_batch(imports::SCHEMA)?;
         conn.execute_batch(signing_policies::SCHEMA)?;
         conn.execute_batch(registry_events::SCHEMA)?;
-        store
-            .idle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(conn);
-        Ok(store)
+        Ok(Store {
+            engine: Engine::Sqlite {
+                path: path.to_path_buf(),
+                idle: Mutex::new(vec![conn]),
+            },
+            cache: cache::KeyCache::sqlite(sqlite::connect(path)?)?,
+            node: String::new(),
+        })
+    }
+
+    /// Opens the store `cfg` names, as node `node`: PostgreSQL's schema is migrated
+    /// first if it is behind.
+    pub(crate) fn connect(cfg: &StoreConfig, node: &str) -> Result<Self, StoreError> {
+        match cfg {
+            StoreConfig::Sqlite(path) => Store::open(path),
+            StoreConfig::Postgres(pg) => {
+                let engine = Arc::new(postgres::Engine::open(pg)?);
+                Ok(Store {
+                    cache: cache::KeyCache::watched(engine.watch.clone()),
+                    engine: Engine::Postgres(engine),
+                    node: node.to_string(),
+                })
+            }
+        }
     }
 
     /// Runs `f` on a pooled connection.
     fn with<T>(
         &self,
-        f: impl FnOnce(&mut Connection) -> Result<T, StoreError>,
+        f: impl FnOnce(&mut dyn Db) -> Result<T, StoreError>,
     ) -> Result<T, StoreError> {
-        let conn = self.idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
-        let mut conn = match conn {
-            Some(c) => c,
-            None => connect(&self.path)?,
-        };
-        let out = f(&mut conn);
-        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
-        if idle.len() < 8 {
-            idle.push(conn);
+        match &self.engine {
+            Engine::Sqlite { path, idle } => {
+                let conn = idle.lock().unwrap_or_else(|p| p.into_inner()).pop();
+                let mut conn = match conn {
+                    Some(c) => c,
+                    None => sqlite::connect(path)?,
+                };
+                let out = f(&mut conn);
+                let mut idle = idle.lock().unwrap_or_else(|p| p.into_inner());
+                if idle.len() < 8 {
+                    idle.push(conn);
+                }
+                out
+            }
+            Engine::Postgres(e) => f(&mut e.conn()?),
         }
-        out
+    }
+
+    /// Runs `f` in one transaction on a pooled connection.
+    fn tx<T>(&self, f: impl FnOnce(&mut dyn Db) -> Result<T, StoreError>) -> Result<T, StoreError> {
+        self.with(|c| c.transaction(f))
+    }
+
+    /// Holds the cluster-wide lock `name` while the result lives, or `None` if another
+    /// replica holds it (it is doing that work now). A replica that dies holding it
+    /// loses it.
+    pub(crate) fn exclusive(&self, name: &str) -> Result<Option<Exclusive>, StoreError> {
+        match &self.engine {
+            Engine::Sqlite { .. } => Ok(Some(Exclusive::Alone)),
+            Engine::Postgres(e) => {
+                // A stable 63-bit key from the name (FNV-1a).
+                let key = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+                    (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+                }) >> 1;
+                let key = i64::try_from(key).expect("63 bits fit");
+                Ok(e.try_lock(key)?.map(Exclusive::Locked))
+            }
+        }
     }
 
     /// Inserts a new key, and its alias if given, in one transaction.
@@ -154,19 +243,17 @@ impl Store {
         alias: Option<&str>,
         idempotency_token: Option<&str>,
     ) -> Result<(), StoreError> {
-        self.with(|conn| {
-            let tx = conn.transaction()?;
-            rows::insert_key(&tx, key, idempotency_token)?;
+        self.tx(|c| {
+            rows::insert_key(c, key, idempotency_token)?;
             if let Some(a) = alias {
-                rows::insert_alias(&tx, a, key.id, key.create_time)?;
+                rows::insert_alias(c, a, key.id, key.create_time)?;
             }
             if let Some(r) = key.rotation {
-                tx.execute(
+                c.execute(
                     "INSERT INTO key_rotation (key_id, period_days, next_time) VALUES (?1, ?2, ?3)",
-                    params![key.id.to_string(), r.period_days, r.next_time],
+                    args![key.id, r.period_days, r.next_time],
                 )?;
             }
-            tx.commit()?;
             Ok(())
         })
     }
@@ -176,12 +263,12 @@ impl Store {
     /// cannot be read at once.
     pub(crate) fn get_key(&self, id: Uuid) -> Result<Option<KeyRecord>, StoreError> {
         let Ok(at) = self.cache.version() else {
-            return self.with(|conn| rows::get_key(conn, id));
+            return self.with(|c| rows::get_key(c, id));
         };
         if let Some(key) = self.cache.key(id) {
             return Ok(Some(key));
         }
-        let key = self.with(|conn| rows::get_key(conn, id))?;
+        let key = self.with(|c| rows::get_key(c, id))?;
         if let Some(k) = &key {
             self.cache.keep_key(at, k);
         }
@@ -194,16 +281,13 @@ impl Store {
         principal: &str,
         token: &str,
     ) -> Result<Option<KeyRecord>, StoreError> {
-        self.with(|conn| {
-            let id: Option<String> = conn
-                .query_row(
-                    "SELECT key_id FROM keys WHERE created_by = ?1 AND idempotency_token = ?2",
-                    params![principal, token],
-                    |r| r.get(0),
-                )
-                .optional()?;
+        self.with(|c| {
+            let id = c.query_opt(
+                "SELECT key_id FROM keys WHERE created_by = ?1 AND idempotency_token = ?2",
+                args![principal, token],
+            )?;
             match id {
-                Some(id) => rows::get_key(conn, rows::parse_uuid(&id)?),
+                Some(row) => rows::get_key(c, row.get(0)?),
                 None => Ok(None),
             }
         })
@@ -215,15 +299,10 @@ impl Store {
         if let Some(id) = at.and_then(|_| self.cache.alias(alias)) {
             return Ok(Some(id));
         }
-        let id = self.with(|conn| {
-            let id: Option<String> = conn
-                .query_row(
-                    "SELECT key_id FROM aliases WHERE alias = ?1",
-                    [alias],
-                    |r| r.get(0),
-                )
-                .optional()?;
-            id.map(|s| rows::parse_uuid(&s)).transpose()
+        let id = self.with(|c| {
+            c.query_opt("SELECT key_id FROM aliases WHERE alias = ?1", args![alias])?
+                .map(|r| r.get(0))
+                .transpose()
         })?;
         if let (Some(at), Some(id)) = (at, id) {
             self.cache.keep_alias(at, alias, id);
@@ -233,7 +312,7 @@ impl Store {
 
     /// Keys matching a filter, newest first, at most `filter.limit`.
     pub(crate) fn list_keys(&self, filter: &KeyFilter) -> Result<Vec<KeyRecord>, StoreError> {
-        self.with(|conn| rows::list_keys(conn, filter))
+        self.with(|c| rows::list_keys(c, filter))
     }
 
     /// Moves a key from `from` to `to` (compare-and-set), setting the deletion and
@@ -246,17 +325,11 @@ impl Store {
         deletion_time: Option<i64>,
         destroy_time: Option<i64>,
     ) -> Result<(), StoreError> {
-        self.with(|conn| {
-            let n = conn.execute(
+        self.with(|c| {
+            let n = c.execute(
                 "UPDATE keys SET state = ?1, deletion_time = ?2, destroy_time = ?3
                  WHERE key_id = ?4 AND state = ?5",
-                params![
-                    to.name(),
-                    deletion_time,
-                    destroy_time,
-                    id.to_string(),
-                    from.name()
-                ],
+                args![to.name(), deletion_time, destroy_time, id, from.name()],
             )?;
             if n == 1 {
                 Ok(())
@@ -269,31 +342,21 @@ impl Store {
     /// Removes a key row (tests: a replica that forgets a key).
     #[cfg(test)]
     pub(crate) fn delete_key(&self, id: Uuid) -> Result<(), StoreError> {
-        self.with(|conn| {
-            let tx = conn.transaction()?;
-            tx.execute("DELETE FROM aliases WHERE key_id = ?1", [id.to_string()])?;
-            tx.execute(
-                "DELETE FROM key_versions WHERE key_id = ?1",
-                [id.to_string()],
-            )?;
-            tx.execute(
-                "DELETE FROM key_rotation WHERE key_id = ?1",
-                [id.to_string()],
-            )?;
-            tx.execute("DELETE FROM keys WHERE key_id = ?1", [id.to_string()])?;
-            tx.commit()?;
+        self.tx(|c| {
+            for table in ["aliases", "key_versions", "key_rotation", "keys"] {
+                c.execute(&format!("DELETE FROM {table} WHERE key_id = ?1"), args![id])?;
+            }
             Ok(())
         })
     }
 
     /// Keys PENDING_DELETION whose deletion time is at or before `now`.
     pub(crate) fn due_for_deletion(&self, now: i64) -> Result<Vec<Uuid>, StoreError> {
-        self.with(|conn| {
-            let mut stmt = conn.prepare(
+        self.with(|c| {
+            c.column(
                 "SELECT key_id FROM keys WHERE state = 'PENDING_DELETION' AND deletion_time <= ?1",
-            )?;
-            let ids = stmt.query_map([now], |r| r.get::<_, String>(0))?;
-            ids.map(|s| rows::parse_uuid(&s?)).collect()
+                args![now],
+            )
         })
     }
 
@@ -301,8 +364,8 @@ impl Store {
     /// with material (not destroyed, not awaiting import, not an EXTERNAL key without
     /// material pending deletion) and the object id of each of its later versions.
     pub(crate) fn keys_with_material(&self) -> Result<Vec<Uuid>, StoreError> {
-        self.with(|conn| {
-            let mut stmt = conn.prepare(
+        self.with(|c| {
+            c.column(
                 "WITH live AS (
                    SELECT k.key_id FROM keys k LEFT JOIN key_material m ON m.key_id = k.key_id
                    WHERE k.state NOT IN ('DESTROYED', 'PENDING_IMPORT')
@@ -310,9 +373,8 @@ impl Store {
                  SELECT key_id FROM live
                  UNION ALL
                  SELECT v.object_id FROM key_versions v JOIN live l ON l.key_id = v.key_id",
-            )?;
-            let ids = stmt.query_map([], |r| r.get::<_, String>(0))?;
-            ids.map(|s| rows::parse_uuid(&s?)).collect()
+                &[],
+            )
         })
     }
 
@@ -320,32 +382,48 @@ impl Store {
     /// RotateKey, ImportKeyMaterial): if hsmd dies before the store records them, start-up reconciliation
     /// finds the note and destroys the half-made objects.
     pub(crate) fn begin_creation(&self, object_id: Uuid, now: i64) -> Result<(), StoreError> {
-        self.with(|conn| {
-            conn.execute(
-                "INSERT OR REPLACE INTO creations (object_id, start_time) VALUES (?1, ?2)",
-                rusqlite::params![object_id.to_string(), now],
-            )?;
+        self.with(|c| {
+            let sql = match c.dialect() {
+                Dialect::Sqlite => {
+                    "INSERT INTO creations (object_id, start_time) VALUES (?1, ?2)
+                     ON CONFLICT (object_id) DO UPDATE SET start_time = excluded.start_time"
+                }
+                // Each replica's creations are its own (see `creations`).
+                Dialect::Postgres => {
+                    "INSERT INTO creations (object_id, start_time, node) VALUES (?1, ?2, ?3)
+                     ON CONFLICT (object_id) DO UPDATE SET start_time = excluded.start_time,
+                       node = excluded.node"
+                }
+            };
+            let n = match c.dialect() {
+                Dialect::Sqlite => c.execute(sql, args![object_id, now])?,
+                Dialect::Postgres => c.execute(sql, args![object_id, now, &self.node])?,
+            };
+            debug_assert_eq!(n, 1);
             Ok(())
         })
     }
 
     /// Drops the note of [`Store::begin_creation`]: the objects are recorded or gone.
     pub(crate) fn end_creation(&self, object_id: Uuid) -> Result<(), StoreError> {
-        self.with(|conn| {
-            conn.execute(
+        self.with(|c| {
+            c.execute(
                 "DELETE FROM creations WHERE object_id = ?1",
-                [object_id.to_string()],
+                args![object_id],
             )?;
             Ok(())
         })
     }
 
-    /// Creations begun and never ended (hsmd died in between).
+    /// Creations this node began and never ended (it died in between). Another
+    /// replica's creations may be under way right now: they are left to it.
     pub(crate) fn creations(&self) -> Result<Vec<Uuid>, StoreError> {
-        self.with(|conn| {
-            let mut stmt = conn.prepare("SELECT object_id FROM creations ORDER BY object_id")?;
-            let ids = stmt.query_map([], |r| r.get::<_, String>(0))?;
-            ids.map(|s| rows::parse_uuid(&s?)).collect()
+        self.with(|c| match c.dialect() {
+            Dialect::Sqlite => c.column("SELECT object_id FROM creations ORDER BY object_id", &[]),
+            Dialect::Postgres => c.column(
+                "SELECT object_id FROM creations WHERE node = ?1 ORDER BY object_id",
+                args![&self.node],
+            ),
         })
     }
 
@@ -358,38 +436,31 @@ impl Store {
         version: &KeyVersion,
         next_rotation: Option<i64>,
     ) -> Result<(), StoreError> {
-        self.with(|conn| {
-            let tx = conn.transaction()?;
+        self.tx(|c| {
             // Only while the key is ENABLED: a rotation racing ScheduleKeyDeletion or
             // DisableKey adds nothing (Conflict, and the caller destroys its object).
-            let r = tx.execute(
+            let r = c.execute(
                 "INSERT INTO key_versions (key_id, version, object_id, create_time)
-                 SELECT ?1, ?2, ?3, ?4 WHERE EXISTS
-                   (SELECT 1 FROM keys WHERE key_id = ?1 AND state = 'ENABLED')",
-                params![
-                    id.to_string(),
-                    version.version,
-                    version.object_id.to_string(),
+                 SELECT CAST(?1 AS TEXT), CAST(?2 AS BIGINT), CAST(?3 AS TEXT), CAST(?4 AS BIGINT)
+                 WHERE EXISTS (SELECT 1 FROM keys WHERE key_id = ?1 AND state = 'ENABLED')",
+                args![
+                    id,
+                    i64::from(version.version),
+                    version.object_id,
                     version.create_time
                 ],
             );
             match r {
                 Ok(1) => {}
-                Ok(_) => return Err(StoreError::Conflict),
-                Err(rusqlite::Error::SqliteFailure(e, _))
-                    if e.code == rusqlite::ErrorCode::ConstraintViolation =>
-                {
-                    return Err(StoreError::Conflict);
-                }
-                Err(e) => return Err(e.into()),
+                Ok(_) | Err(StoreError::Violation(_)) => return Err(StoreError::Conflict),
+                Err(e) => return Err(e),
             }
             if let Some(t) = next_rotation {
-                tx.execute(
+                c.execute(
                     "UPDATE key_rotation SET next_time = ?1 WHERE key_id = ?2",
-                    params![t, id.to_string()],
+                    args![t, id],
                 )?;
             }
-            tx.commit()?;
             Ok(())
         })
     }
@@ -400,17 +471,15 @@ impl Store {
         id: Uuid,
         rotation: Option<Rotation>,
     ) -> Result<(), StoreError> {
-        self.with(|conn| {
+        self.with(|c| {
             match rotation {
-                Some(r) => conn.execute(
+                Some(r) => c.execute(
                     "INSERT INTO key_rotation (key_id, period_days, next_time) VALUES (?1, ?2, ?3)
-                     ON CONFLICT (key_id) DO UPDATE SET period_days = ?2, next_time = ?3",
-                    params![id.to_string(), r.period_days, r.next_time],
+                     ON CONFLICT (key_id) DO UPDATE SET period_days = excluded.period_days,
+                       next_time = excluded.next_time",
+                    args![id, r.period_days, r.next_time],
                 )?,
-                None => conn.execute(
-                    "DELETE FROM key_rotation WHERE key_id = ?1",
-                    [id.to_string()],
-                )?,
+                None => c.execute("DELETE FROM key_rotation WHERE key_id = ?1", args![id])?,
             };
             Ok(())
         })
@@ -418,13 +487,12 @@ impl Store {
 
     /// ENABLED keys whose automatic rotation is due at `now`.
     pub(crate) fn due_for_rotation(&self, now: i64) -> Result<Vec<Uuid>, StoreError> {
-        self.with(|conn| {
-            let mut stmt = conn.prepare(
+        self.with(|c| {
+            c.column(
                 "SELECT r.key_id FROM key_rotation r JOIN keys k ON k.key_id = r.key_id
                  WHERE r.next_time <= ?1 AND k.state = 'ENABLED'",
-            )?;
-            let ids = stmt.query_map([now], |r| r.get::<_, String>(0))?;
-            ids.map(|s| rows::parse_uuid(&s?)).collect()
+                args![now],
+            )
         })
     }
 
@@ -435,8 +503,8 @@ impl Store {
         key: Uuid,
         now: i64,
     ) -> Result<Alias, StoreError> {
-        self.with(|conn| {
-            rows::insert_alias(conn, alias, key, now)?;
+        self.with(|c| {
+            rows::insert_alias(c, alias, key, now)?;
             Ok(Alias {
                 name: alias.to_string(),
                 key_id: key,
@@ -453,24 +521,28 @@ impl Store {
         key: Uuid,
         now: i64,
     ) -> Result<Alias, StoreError> {
-        self.with(|conn| {
-            let n = conn.execute(
-                "UPDATE aliases SET key_id = ?1, update_time = ?2 WHERE alias = ?3",
-                params![key.to_string(), now, alias],
+        self.with(|c| {
+            let row = sql::on_violation(
+                c.query_opt(
+                    "UPDATE aliases SET key_id = ?1, update_time = ?2 WHERE alias = ?3
+                     RETURNING alias, key_id, create_time, update_time",
+                    args![key, now, alias],
+                ),
+                |_| StoreError::KeyNotFound,
             )?;
-            if n == 0 {
-                return Err(StoreError::AliasNotFound);
-            }
-            rows::get_alias(conn, alias)?.ok_or(StoreError::AliasNotFound)
+            rows::alias_from_row(&row.ok_or(StoreError::AliasNotFound)?)
         })
     }
 
     /// Deletes an alias.
     pub(crate) fn delete_alias(&self, alias: &str) -> Result<Uuid, StoreError> {
-        self.with(|conn| {
-            let a = rows::get_alias(conn, alias)?.ok_or(StoreError::AliasNotFound)?;
-            conn.execute("DELETE FROM aliases WHERE alias = ?1", [alias])?;
-            Ok(a.key_id)
+        self.with(|c| {
+            c.query_opt(
+                "DELETE FROM aliases WHERE alias = ?1 RETURNING key_id",
+                args![alias],
+            )?
+            .ok_or(StoreError::AliasNotFound)?
+            .get(0)
         })
     }
 
@@ -481,18 +553,8 @@ impl Store {
         after: Option<&str>,
         limit: usize,
     ) -> Result<Vec<Alias>, StoreError> {
-        self.with(|conn| rows::list_aliases(conn, key, after, limit))
+        self.with(|c| rows::list_aliases(c, key, after, limit))
     }
-}
-
-/// Opens a connection with the store's settings.
-fn connect(path: &Path) -> Result<Connection, StoreError> {
-    let conn = Connection::open(path)?;
-    conn.busy_timeout(std::time::Duration::from_secs(10))?;
-    conn.pragma_update(None, "journal_mode", "WAL")?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.pragma_update(None, "foreign_keys", "ON")?;
-    Ok(conn)
 }
 
 #[cfg(test)]

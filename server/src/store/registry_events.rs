@@ -6,8 +6,7 @@
 //! again until it ends), so two workers on one store never handle one event at once. The registry's event id is unique: a redelivered event
 //! that is still queued is not queued twice.
 
-use rusqlite::{OptionalExtension, params};
-
+use super::sql::{Row, args};
 use super::{Store, StoreError};
 
 /// Created with the rest of the schema at `Store::open`.
@@ -43,28 +42,31 @@ pub(crate) struct EventRow {
     pub(crate) due: i64,
 }
 
+fn event(r: &Row) -> Result<EventRow, StoreError> {
+    Ok(EventRow {
+        seq: r.get(0)?,
+        event_id: r.get(1)?,
+        repository: r.get(2)?,
+        digest: r.get(3)?,
+        tag: r.get(4)?,
+        received: r.get(5)?,
+        attempts: r.get(6)?,
+        due: r.get(7)?,
+    })
+}
+
 impl Store {
     /// Queues a batch in one transaction; returns how many were new.
     pub(crate) fn enqueue_registry_events(&self, events: &[EventRow]) -> Result<usize, StoreError> {
-        self.with(|conn| {
-            let tx = conn.transaction()?;
+        self.tx(|c| {
             let mut new = 0;
-            {
-                let mut stmt = tx.prepare(
+            for e in events {
+                new += c.execute(
                     "INSERT INTO registry_events (event_id, repository, digest, tag, received, due) \
                      VALUES (?1, ?2, ?3, ?4, ?5, ?5) ON CONFLICT (event_id) DO NOTHING",
+                    args![&e.event_id, &e.repository, &e.digest, &e.tag, e.received],
                 )?;
-                for e in events {
-                    new += stmt.execute(params![
-                        e.event_id,
-                        e.repository,
-                        e.digest,
-                        e.tag,
-                        e.received
-                    ])?;
-                }
             }
-            tx.commit()?;
             Ok(new)
         })
     }
@@ -79,29 +81,25 @@ impl Store {
         lease: i64,
         limit: usize,
     ) -> Result<Vec<EventRow>, StoreError> {
-        self.with(|conn| {
-            // IMMEDIATE: the write lock from the start, so two workers cannot both read
-            // the same due events before either marks them.
-            let tx = conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-            let mut rows = {
-                let mut stmt = tx.prepare(
-                    "UPDATE registry_events SET due = ?1 + ?2 WHERE seq IN                      (SELECT seq FROM registry_events WHERE due <= ?1 ORDER BY seq LIMIT ?3)                      RETURNING seq, event_id, repository, digest, tag, received, attempts, due",
-                )?;
-                let rows = stmt.query_map(params![now, lease, limit as i64], |r| {
-                    Ok(EventRow {
-                        seq: r.get(0)?,
-                        event_id: r.get(1)?,
-                        repository: r.get(2)?,
-                        digest: r.get(3)?,
-                        tag: r.get(4)?,
-                        received: r.get(5)?,
-                        attempts: r.get(6)?,
-                        due: r.get(7)?,
-                    })
-                })?;
-                rows.collect::<Result<Vec<_>, _>>()?
-            };
-            tx.commit()?;
+        self.tx(|c| {
+            // The outer `due <= ?1` is checked again on the row itself: of two workers
+            // racing for one event (PostgreSQL: the second waits for the first's row
+            // lock, then re-reads the row), only the first still finds it due. SQLite's
+            // transactions take the write lock at once, so there they never race.
+            let mut rows = c
+                .query(
+                    "UPDATE registry_events SET due = ?2 WHERE due <= ?1 AND seq IN \
+                     (SELECT seq FROM registry_events WHERE due <= ?1 ORDER BY seq LIMIT ?3) \
+                     RETURNING seq, event_id, repository, digest, tag, received, attempts, due",
+                    args![
+                        now,
+                        now.saturating_add(lease),
+                        i64::try_from(limit).unwrap_or(i64::MAX)
+                    ],
+                )?
+                .iter()
+                .map(event)
+                .collect::<Result<Vec<_>, _>>()?;
             // RETURNING gives no order.
             rows.sort_by_key(|e| e.seq);
             Ok(rows)
@@ -110,20 +108,16 @@ impl Store {
 
     /// The earliest due time of any queued event.
     pub(crate) fn next_registry_event_due(&self) -> Result<Option<i64>, StoreError> {
-        self.with(|conn| {
-            Ok(conn
-                .query_row("SELECT MIN(due) FROM registry_events", [], |r| {
-                    r.get::<_, Option<i64>>(0)
-                })
-                .optional()?
-                .flatten())
+        self.with(|c| {
+            c.query_opt("SELECT MIN(due) FROM registry_events", &[])?
+                .map_or(Ok(None), |r| r.get(0))
         })
     }
 
     /// Removes a handled event.
     pub(crate) fn finish_registry_event(&self, seq: i64) -> Result<(), StoreError> {
-        self.with(|conn| {
-            conn.execute("DELETE FROM registry_events WHERE seq = ?1", [seq])?;
+        self.with(|c| {
+            c.execute("DELETE FROM registry_events WHERE seq = ?1", args![seq])?;
             Ok(())
         })
     }
@@ -135,11 +129,11 @@ impl Store {
         due: i64,
         error: &str,
     ) -> Result<(), StoreError> {
-        self.with(|conn| {
-            conn.execute(
+        self.with(|c| {
+            c.execute(
                 "UPDATE registry_events SET attempts = attempts + 1, due = ?2, last_error = ?3 \
                  WHERE seq = ?1",
-                params![seq, due, error],
+                args![seq, due, error],
             )?;
             Ok(())
         })
@@ -165,8 +159,13 @@ mod tests {
 
     #[test]
     fn queue_dedups_orders_leases_and_retries() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(&dir.path().join("s.db")).unwrap();
+        for db in crate::store::tests::databases() {
+            let s = db.open("a");
+            queue_on(&s);
+        }
+    }
+
+    fn queue_on(s: &Store) {
         assert_eq!(
             s.enqueue_registry_events(&[ev("a", 10), ev("b", 20)])
                 .unwrap(),
@@ -205,8 +204,13 @@ mod tests {
 
     #[test]
     fn claims_are_ordered_and_limited() {
-        let dir = tempfile::tempdir().unwrap();
-        let s = Store::open(&dir.path().join("s.db")).unwrap();
+        for db in crate::store::tests::databases() {
+            let s = db.open("a");
+            claims_on(&s);
+        }
+    }
+
+    fn claims_on(s: &Store) {
         let evs: Vec<EventRow> = (0..5).map(|i| ev(&format!("e{i}"), 10)).collect();
         s.enqueue_registry_events(&evs).unwrap();
         let got = s.claim_registry_events(10, 60_000, 3).unwrap();

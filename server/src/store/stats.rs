@@ -17,23 +17,24 @@ impl Store {
     /// Keys by state, the import tokens live at `now` (Unix seconds) and the registry
     /// pushes queued for signing.
     pub(crate) fn counts(&self, now: i64) -> Result<StoreCounts, StoreError> {
-        self.with(|conn| {
-            let mut stmt =
-                conn.prepare_cached("SELECT state, COUNT(*) FROM keys GROUP BY state ORDER BY state")?;
-            let keys_by_state = stmt
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, i64>(1)?)))?
-                .collect::<Result<Vec<_>, _>>()?;
-            let import_tokens_live = conn.query_row(
-                "SELECT COUNT(*) FROM import_tokens WHERE superseded_by IS NULL AND expire_time > ?1",
-                [now],
-                |r| r.get(0),
-            )?;
-            let registry_events_queued =
-                conn.query_row("SELECT COUNT(*) FROM registry_events", [], |r| r.get(0))?;
+        self.with(|c| {
+            let keys_by_state = c
+                .query("SELECT state, COUNT(*) FROM keys GROUP BY state ORDER BY state", &[])?
+                .iter()
+                .map(|r| Ok((r.get(0)?, r.get(1)?)))
+                .collect::<Result<Vec<_>, StoreError>>()?;
+            let count = |c: &mut dyn super::sql::Db, sql: &str, args: &[super::sql::Value]| {
+                c.query_opt(sql, args)?
+                    .map_or(Ok(0), |r| r.get::<i64>(0))
+            };
             Ok(StoreCounts {
                 keys_by_state,
-                import_tokens_live,
-                registry_events_queued,
+                import_tokens_live: count(
+                    c,
+                    "SELECT COUNT(*) FROM import_tokens WHERE superseded_by IS NULL AND expire_time > ?1",
+                    super::sql::args![now],
+                )?,
+                registry_events_queued: count(c, "SELECT COUNT(*) FROM registry_events", &[])?,
             })
         })
     }
