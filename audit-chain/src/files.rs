@@ -86,6 +86,50 @@ pub fn expand(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
     Ok(keyed.into_iter().map(|(_, f)| f).collect())
 }
 
+/// The chains among `paths`, each named and with its files in order ([`expand`]): a
+/// folder holding log files is one chain named after the folder; a folder holding
+/// none, but folders that do, is a cluster's audit folder (`DIR/audit/NODE/` per
+/// replica), one chain per sub-folder, named after it; files named one by one are one
+/// chain with no name. Chains come sorted by name.
+pub fn chains(paths: &[PathBuf]) -> std::io::Result<Vec<(String, Vec<PathBuf>)>> {
+    let mut out = Vec::new();
+    let mut loose = Vec::new();
+    for p in paths {
+        if !p.is_dir() {
+            loose.push(p.clone());
+            continue;
+        }
+        let direct = expand(std::slice::from_ref(p))?;
+        if !direct.is_empty() {
+            out.push((folder_name(p), direct));
+            continue;
+        }
+        let mut subs: Vec<PathBuf> = std::fs::read_dir(p)?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|s| s.is_dir())
+            .collect();
+        subs.sort();
+        for s in subs {
+            let files = expand(std::slice::from_ref(&s))?;
+            if !files.is_empty() {
+                out.push((folder_name(&s), files));
+            }
+        }
+    }
+    if !loose.is_empty() {
+        out.push((String::new(), expand(&loose)?));
+    }
+    out.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(out)
+}
+
+fn folder_name(p: &Path) -> String {
+    p.canonicalize()
+        .ok()
+        .and_then(|c| c.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| p.display().to_string())
+}
+
 /// Sequence number of a file's first readable record.
 fn first_seq(path: &Path) -> std::io::Result<Option<u64>> {
     let file = std::fs::File::open(path)

@@ -93,6 +93,10 @@ pub struct AuditEvent {
 #[serde(deny_unknown_fields)]
 pub struct AuditRecord {
     pub seq: u64,
+    /// The replica that wrote it: only in a cluster (PostgreSQL store), so a single
+    /// node's records are as they always were.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub node: String,
     /// RFC 3339, UTC, microseconds.
     pub time: String,
     pub request_id: String,
@@ -125,6 +129,7 @@ impl AuditRecord {
     pub fn new(ev: AuditEvent, seq: u64, time: String, prev_hash: String) -> Self {
         AuditRecord {
             seq,
+            node: String::new(),
             time,
             request_id: ev.request_id,
             principal: ev.principal,
@@ -145,6 +150,15 @@ impl AuditRecord {
             hash: String::new(),
         }
         .sealed()
+    }
+
+    /// The record as written by replica `node` (empty: a single node), sealed again.
+    pub fn on_node(mut self, node: &str) -> Self {
+        if node.is_empty() {
+            return self;
+        }
+        self.node = node.to_string();
+        self.sealed()
     }
 
     /// Sets `hash` from the body.

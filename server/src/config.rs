@@ -201,7 +201,7 @@ impl RawStore {
 }
 
 /// The host name, the default node id.
-fn host_name() -> String {
+pub(crate) fn host_name() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .ok()
@@ -210,7 +210,7 @@ fn host_name() -> String {
 }
 
 /// A node id names a folder (`DIR/audit/NAME/`) and appears in every audit record.
-fn node_id(raw: Option<String>) -> Result<String, ConfigError> {
+pub(crate) fn node_id(raw: Option<String>) -> Result<String, ConfigError> {
     let id = raw.unwrap_or_else(host_name);
     let ok = !id.is_empty()
         && id.len() <= 63
@@ -399,7 +399,13 @@ impl RawConfig {
         };
         let policy = policy(self.auth, self.policy)?;
         let rate_limits = rate_limits(self.rate_limits)?;
-        let audit = audit(self.audit, abs)?;
+        let mut audit = audit(self.audit, abs)?;
+        let store = self.store.validate(abs)?;
+        let node_id = node_id(self.node_id)?;
+        if matches!(store, StoreConfig::Postgres(_)) {
+            // A replica of a cluster: its records say whose chain they are in.
+            audit.node = node_id.clone();
+        }
         let sweep = self.lifecycle.sweep_interval_secs.unwrap_or(60);
         if sweep == 0 {
             return Err(bad("lifecycle.sweep_interval_secs", "must be at least 1"));
@@ -448,8 +454,8 @@ impl RawConfig {
             },
             softhsm2_conf: self.hsm.softhsm2_conf.map(abs),
             source: PathBuf::new(),
-            store: self.store.validate(abs)?,
-            node_id: node_id(self.node_id)?,
+            store,
+            node_id,
             audit,
             tls,
             policy,

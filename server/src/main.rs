@@ -28,46 +28,74 @@ enum Cmd {
     },
     /// Provision (or reuse) a SoftHSM2 or TPM token, PIN, local CA, certificates and config
     /// under DIR, then serve; writes DIR/client.toml for hsmctl once listening.
-    Dev {
-        /// Data folder [default: $XDG_DATA_HOME/hsmd/dev or ~/.local/share/hsmd/dev].
-        #[arg(long, value_name = "DIR")]
-        data_dir: Option<PathBuf>,
-        /// Address to listen on; port 0 picks a free port.
-        #[arg(long, value_name = "HOST:PORT", default_value = hsmd::config::DEFAULT_LISTEN)]
-        listen: String,
-        /// Also serve the Kubernetes KMS v2 plugin on this Unix socket (mode 0600).
-        #[arg(long, value_name = "PATH")]
-        kms_socket: Option<PathBuf>,
-        /// The plugin's key: alias/NAME (an AES-256 key is created for a missing alias)
-        /// or a key id.
-        #[arg(long, value_name = "KEY", default_value = hsmd::config::DEFAULT_KMS_KEY, requires = "kms_socket")]
-        kms_key: String,
-        /// Also serve Prometheus metrics (/metrics) and /healthz over plain HTTP on this
-        /// address; port 0 picks a free port. Off unless given.
-        #[arg(long, value_name = "HOST:PORT")]
-        metrics_listen: Option<String>,
-        /// The token: softhsm (SoftHSM2) or tpm (tpm2-pkcs11 on swtpm, with a private
-        /// D-Bus and tpm2-abrmd, all stopped with hsmd; under DIR/tpm).
-        #[arg(long, value_name = "TOKEN", default_value = "softhsm")]
-        token: hsmd::dev::DevToken,
-        /// Sign container images in this OCI registry (http://HOST:PORT or https://...):
-        /// enables the SigningPolicyService and ImageSigningService, and the push webhook.
-        #[arg(long, value_name = "URL")]
-        registry: Option<String>,
-        /// Where the registry's push notifications are served (POST /registry/events);
-        /// port 0 picks a free port. The address is printed and written to the profile.
-        #[arg(
-            long,
-            value_name = "HOST:PORT",
-            default_value = "127.0.0.1:0",
-            requires = "registry"
-        )]
-        webhook_listen: String,
-        /// The shared secret the registry sends as `Authorization: Bearer <secret>`
-        /// [default: DIR/webhook.secret, made at first start].
-        #[arg(long, value_name = "FILE", requires = "registry")]
-        webhook_secret_file: Option<PathBuf>,
-    },
+    Dev(Box<DevArgs>),
+}
+
+#[derive(clap::Args)]
+struct DevArgs {
+    /// Data folder [default: $XDG_DATA_HOME/hsmd/dev or ~/.local/share/hsmd/dev].
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address to listen on; port 0 picks a free port.
+    #[arg(long, value_name = "HOST:PORT", default_value = hsmd::config::DEFAULT_LISTEN)]
+    listen: String,
+    /// Also serve the Kubernetes KMS v2 plugin on this Unix socket (mode 0600).
+    #[arg(long, value_name = "PATH")]
+    kms_socket: Option<PathBuf>,
+    /// The plugin's key: alias/NAME (an AES-256 key is created for a missing alias)
+    /// or a key id.
+    #[arg(long, value_name = "KEY", default_value = hsmd::config::DEFAULT_KMS_KEY, requires = "kms_socket")]
+    kms_key: String,
+    /// Also serve Prometheus metrics (/metrics) and /healthz over plain HTTP on this
+    /// address; port 0 picks a free port. Off unless given.
+    #[arg(long, value_name = "HOST:PORT")]
+    metrics_listen: Option<String>,
+    /// The token: softhsm (SoftHSM2) or tpm (tpm2-pkcs11 on swtpm, with a private
+    /// D-Bus and tpm2-abrmd, all stopped with hsmd; under DIR/tpm).
+    #[arg(long, value_name = "TOKEN", default_value = "softhsm")]
+    token: hsmd::dev::DevToken,
+    /// Sign container images in this OCI registry (http://HOST:PORT or https://...):
+    /// enables the SigningPolicyService and ImageSigningService, and the push webhook.
+    #[arg(long, value_name = "URL")]
+    registry: Option<String>,
+    /// Where the registry's push notifications are served (POST /registry/events);
+    /// port 0 picks a free port. The address is printed and written to the profile.
+    #[arg(
+        long,
+        value_name = "HOST:PORT",
+        default_value = "127.0.0.1:0",
+        requires = "registry"
+    )]
+    webhook_listen: String,
+    /// The shared secret the registry sends as `Authorization: Bearer <secret>`
+    /// [default: DIR/webhook.secret, made at first start].
+    #[arg(long, value_name = "FILE", requires = "registry")]
+    webhook_secret_file: Option<PathBuf>,
+    /// Run as one replica of a cluster whose metadata is in this PostgreSQL
+    /// database (postgres://USER@HOST:PORT/DB[?sslmode=...]), on DIR's token and PKI.
+    /// Several such processes on one DIR are one cluster: each has its own config
+    /// (DIR/hsmd-NAME.toml) and audit chain (DIR/audit/NAME/), and DIR/client.toml
+    /// lists every replica's endpoint.
+    #[arg(long, value_name = "URL")]
+    store_url: Option<String>,
+    /// The PostgreSQL password, one line [default: PGPASSWORD, or the URL's].
+    #[arg(long, value_name = "FILE", requires = "store_url")]
+    store_password_file: Option<PathBuf>,
+    /// This replica's name in the cluster (letters, digits, '-', '_', '.')
+    /// [default: the host name].
+    #[arg(long, value_name = "NAME", requires = "store_url")]
+    node_id: Option<String>,
+    /// Start a private PostgreSQL under DIR/postgres (Debian's `postgresql`, a free
+    /// port, no system service touched; kept across restarts) and run --replicas
+    /// replicas on it, each an `hsmd dev --store-url` process of its own; stopped
+    /// together on Ctrl-C or SIGTERM.
+    #[arg(long, conflicts_with = "store_url")]
+    postgres: bool,
+    /// How many replicas --postgres runs (nodes node1, node2...). Their gRPC ports
+    /// follow --listen's (port 0: free ports).
+    #[arg(long, value_name = "N", default_value_t = 2, requires = "postgres",
+              value_parser = clap::value_parser!(u16).range(1..=16))]
+    replicas: u16,
 }
 
 fn main() -> ExitCode {
@@ -114,18 +142,30 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     // The TPM token's processes live as long as this binding.
     let (config_path, dev_dir, _tpm) = match cli.command {
         Cmd::Serve { config } => (config, None, None),
-        Cmd::Dev {
-            data_dir,
-            listen,
-            kms_socket,
-            kms_key,
-            metrics_listen,
-            token,
-            registry,
-            webhook_listen,
-            webhook_secret_file,
-        } => {
+        Cmd::Dev(args) => {
+            let DevArgs {
+                data_dir,
+                listen,
+                kms_socket,
+                kms_key,
+                metrics_listen,
+                token,
+                registry,
+                webhook_listen,
+                webhook_secret_file,
+                store_url,
+                store_password_file,
+                node_id,
+                postgres,
+                replicas,
+            } = *args;
             let dir = data_dir.unwrap_or_else(hsmd::dev::default_data_dir);
+            if postgres {
+                return hsmd::dev::cluster::run(&dir, &listen, token, replicas);
+            }
+            let cluster = store_url
+                .map(|url| hsmd::dev::DevCluster::new(url, store_password_file, node_id))
+                .transpose()?;
             let options = hsmd::dev::DevOptions {
                 token,
                 metrics_listen: metrics_listen.as_deref(),
@@ -138,9 +178,11 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     webhook_listen,
                     webhook_secret_file,
                 }),
+                cluster: cluster.clone(),
             };
             let p = hsmd::dev::provision_with(&dir, &listen, &options)?;
-            (p.config, Some(dir), p.tpm)
+            let node = cluster.map(|c| c.node_id);
+            (p.config, Some((dir, node)), p.tpm)
         }
     };
     let cfg = hsmd::config::Config::load(&config_path)?;
@@ -152,13 +194,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         .enable_all()
         .build()?;
     runtime.block_on(hsmd::server::run(cfg, move |bound| match &dev_dir {
-        Some(dir) => hsmd::dev::write_profile(
+        Some((dir, node)) => hsmd::dev::write_node_profile(
             dir,
             hsmd::dev::Listening {
                 grpc: bound.grpc,
                 metrics: bound.metrics,
                 webhook: bound.webhook,
             },
+            node.as_deref(),
         ),
         None => Ok(()),
     }))

@@ -222,12 +222,21 @@ pub async fn import_material(
     token: &[u8],
     wrapped: Vec<u8>,
 ) -> Result<tonic::Response<ImportKeyMaterialResponse>, tonic::Status> {
-    d.keys()
-        .import_key_material(ImportKeyMaterialRequest {
-            key_id: key.to_string(),
-            import_token: token.to_vec(),
-            encrypted_key_material: wrapped,
-            ..Default::default()
-        })
-        .await
+    import_material_on(&mut d.keys(), key, token, wrapped).await
+}
+
+/// [`import_material`] through this client (a replica of a cluster).
+pub async fn import_material_on(
+    keys: &mut KeyServiceClient<Channel>,
+    key: &str,
+    token: &[u8],
+    wrapped: Vec<u8>,
+) -> Result<tonic::Response<ImportKeyMaterialResponse>, tonic::Status> {
+    keys.import_key_material(ImportKeyMaterialRequest {
+        key_id: key.to_string(),
+        import_token: token.to_vec(),
+        encrypted_key_material: wrapped,
+        ..Default::default()
+    })
+    .await
 }

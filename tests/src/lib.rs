@@ -17,6 +17,7 @@
 pub mod algorithms;
 pub mod audit;
 pub mod certs;
+pub mod cluster;
 pub mod configured;
 pub mod crypt;
 pub mod daemon;

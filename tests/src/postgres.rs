@@ -23,6 +23,18 @@ pub fn bin_dir() -> PathBuf {
 /// A running `postgres` on 127.0.0.1. Stopped (fast shutdown) on drop.
 pub struct Postgres(LocalPostgres);
 
+/// The test binary's own server, started by the first test that asks; it stops with
+/// the binary. Tests that stop or restart a server start one of their own instead.
+pub fn shared() -> &'static Postgres {
+    static PG: std::sync::OnceLock<Postgres> = std::sync::OnceLock::new();
+    PG.get_or_init(|| {
+        Postgres(
+            hsmd::dev::postgres::start_for_process("hsmd-e2e-pg")
+                .unwrap_or_else(|e| panic!("start postgres: {e:#}")),
+        )
+    })
+}
+
 impl Postgres {
     /// Initializes a cluster under `dir` (a fresh folder) and starts it.
     pub fn start(dir: &Path) -> Postgres {

@@ -123,15 +123,10 @@ impl AuditCommand {
                 }
                 Ok(Verdict::Yes)
             }
-            AuditCommand::Verify(_) => {
-                let resp = env.client.verify_audit_log().await?;
-                if env.json() {
-                    print_json(&verify_json(&resp))?;
-                } else {
-                    println(verify_line(&resp))?;
-                }
-                Ok(if resp.ok { Verdict::Yes } else { Verdict::No })
-            }
+            // Answered per endpoint by `verify_each` before a client is made.
+            AuditCommand::Verify(_) => Err(CliError::usage(
+                "audit verify asks each endpoint of the profile (verify_each)",
+            )),
         }
     }
 }
@@ -297,14 +292,87 @@ fn format_micros(us: u64) -> String {
 }
 
 fn verify_line(r: &VerifyAuditLogResponse) -> String {
+    // A replica of a cluster names itself after the verdict: "ok: node a: ...".
+    let (sep, node) = if r.node.is_empty() {
+        (" ", String::new())
+    } else {
+        (": ", format!("node {}: ", r.node))
+    };
     if r.ok {
-        format!("ok: {} records, head {}", r.records_checked, r.head_hash)
+        format!(
+            "ok: {node}{} records, head {}",
+            r.records_checked, r.head_hash
+        )
     } else {
         format!(
-            "BROKEN at record {} (line {}): {}",
+            "BROKEN{sep}{node}at record {} (line {}): {}",
             r.first_bad_sequence, r.first_bad_line, r.problem
         )
     }
+}
+
+/// `audit verify` against the daemon: every endpoint of the profile (each replica of a
+/// cluster; the one `--endpoint` names) verifies its own chain, one line per node. A
+/// replica that cannot be asked is a line of its own (`UNREACHABLE: ENDPOINT: why`),
+/// and fails the verdict like a broken chain.
+pub(super) async fn verify_each(
+    profile: &hsm_client::Profile,
+    json_out: bool,
+) -> Result<Verdict, CliError> {
+    let endpoints: Vec<String> = profile
+        .endpoint_list()
+        .into_iter()
+        .map(String::from)
+        .collect();
+    let mut answers = Vec::with_capacity(endpoints.len());
+    for endpoint in &endpoints {
+        let mut one = profile.clone();
+        one.set_endpoint(endpoint.clone());
+        let answer = match hsm_client::Client::connect(&one).await {
+            Ok(c) => c.verify_audit_log().await,
+            Err(e) => Err(e),
+        };
+        answers.push((endpoint, answer));
+    }
+    if answers.len() == 1 {
+        // One endpoint: its error is the command's, as for any other call.
+        let resp = answers.pop().map(|(_, a)| a).expect("one answer")?;
+        if json_out {
+            print_json(&verify_json(&resp))?;
+        } else {
+            println(verify_line(&resp))?;
+        }
+        return Ok(if resp.ok { Verdict::Yes } else { Verdict::No });
+    }
+    let mut all_ok = true;
+    let mut nodes = Vec::new();
+    for (endpoint, answer) in answers {
+        match answer {
+            Ok(resp) => {
+                all_ok &= resp.ok;
+                if json_out {
+                    let mut j = verify_json(&resp);
+                    j["endpoint"] = json!(endpoint);
+                    nodes.push(j);
+                } else {
+                    println(verify_line(&resp))?;
+                }
+            }
+            Err(e) => {
+                all_ok = false;
+                let why = CliError::from(e).line();
+                if json_out {
+                    nodes.push(json!({"endpoint": endpoint, "ok": false, "error": why}));
+                } else {
+                    println(format!("UNREACHABLE: {endpoint}: {why}"))?;
+                }
+            }
+        }
+    }
+    if json_out {
+        print_json(&json!({"ok": all_ok, "nodes": nodes}))?;
+    }
+    Ok(if all_ok { Verdict::Yes } else { Verdict::No })
 }
 
 pub(super) fn verify_json(r: &VerifyAuditLogResponse) -> serde_json::Value {
@@ -315,6 +383,7 @@ pub(super) fn verify_json(r: &VerifyAuditLogResponse) -> serde_json::Value {
         "first_bad_line": r.first_bad_line,
         "problem": r.problem,
         "head_hash": r.head_hash,
+        "node": r.node,
     })
 }
 
@@ -338,6 +407,11 @@ mod tests {
             ..Default::default()
         };
         assert_eq!(verify_line(&ok), "ok: 42 records, head ab12");
+        let on_node = VerifyAuditLogResponse {
+            node: "a".into(),
+            ..ok.clone()
+        };
+        assert_eq!(verify_line(&on_node), "ok: node a: 42 records, head ab12");
         let broken = VerifyAuditLogResponse {
             first_bad_sequence: 7,
             first_bad_line: 8,

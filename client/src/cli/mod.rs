@@ -242,6 +242,9 @@ impl Cli {
         };
         let mut profile = Profile::load(&path)?;
         self.adjust(&mut profile);
+        if let Command::Audit(audit::AuditCommand::Verify(_)) = &self.command {
+            return audit::verify_each(&profile, self.output == Output::Json).await;
+        }
         let mut client = Client::connect(&profile).await?;
         if self.verbose {
             client = client.with_retry_observer(Arc::new(|n: &RetryNotice| {

@@ -2,7 +2,8 @@
 //! the log files (rotated ones and the current one, in any order, or their folder),
 //! checks every record's hash, the chain across files and each checkpoint's signature,
 //! and prints every problem with its kind, file, line and sequence number. Needs no
-//! daemon and no connection.
+//! daemon and no connection. A cluster's audit folder (`DIR/audit/NODE/` per replica)
+//! holds one chain per replica: each is verified on its own, one line per node.
 
 use std::path::PathBuf;
 
@@ -24,8 +25,9 @@ pub struct VerifyArgs {
     /// (so a cut tail is found). Offline verification only.
     #[arg(long)]
     sealed: bool,
-    /// Log files or folders to verify offline (e.g. /var/lib/hsmd/audit); without
-    /// them, the server verifies its own log.
+    /// Log files or folders to verify offline (e.g. /var/lib/hsmd/audit, or a
+    /// cluster's audit folder with one sub-folder per replica: one chain each); without
+    /// them, each replica of the profile verifies its own log.
     #[arg(value_name = "FILES")]
     files: Vec<PathBuf>,
 }
@@ -55,24 +57,54 @@ impl VerifyArgs {
         }
         .sealed(self.sealed);
         let io = |e: std::io::Error| CliError::io("cannot read", "audit log", e);
-        let paths = files::expand(&self.files).map_err(io)?;
-        if paths.is_empty() {
+        let chains = files::chains(&self.files).map_err(io)?;
+        if chains.iter().all(|(_, files)| files.is_empty()) {
             return Err(CliError::usage("no audit log files found there"));
         }
-        let report = verifier.verify_files(&paths).map_err(io)?;
-        if output == Output::Json {
-            print_json(&report_json(&report))?;
-        } else {
-            for line in report_lines(&report) {
-                println(line)?;
+        let mut reports = Vec::with_capacity(chains.len());
+        for (node, paths) in &chains {
+            reports.push((node.as_str(), verifier.verify_files(paths).map_err(io)?));
+        }
+        let all_ok = reports.iter().all(|(_, r)| r.ok());
+        match (output, reports.as_slice()) {
+            (Output::Json, [(_, one)]) => print_json(&report_json(one))?,
+            (Output::Json, many) => print_json(&json!({
+                "ok": all_ok,
+                "nodes": many.iter().map(|(node, r)| {
+                    let mut j = report_json(r);
+                    j["node"] = json!(node);
+                    j
+                }).collect::<Vec<_>>(),
+            }))?,
+            (_, [(_, one)]) => {
+                for line in report_lines(one) {
+                    println(line)?;
+                }
+            }
+            (_, many) => {
+                for (node, r) in many {
+                    for line in node_lines(node, r) {
+                        println(line)?;
+                    }
+                }
             }
         }
-        Ok(if report.ok() {
-            Verdict::Yes
-        } else {
-            Verdict::No
-        })
+        Ok(if all_ok { Verdict::Yes } else { Verdict::No })
     }
+}
+
+/// A node's report in a cluster's: its summary line names the node after the verdict
+/// (`ok: node a: ...`), its problems follow, indented.
+fn node_lines(node: &str, r: &ChainReport) -> Vec<String> {
+    let mut lines = report_lines(r);
+    if let Some(first) = lines.first_mut() {
+        let (verdict, rest) = first.split_once(": ").unwrap_or((first.as_str(), ""));
+        *first = format!("{verdict}: node {node}: {rest}");
+    }
+    for l in lines.iter_mut().skip(1) {
+        l.insert_str(0, "  ");
+    }
+    lines
 }
 
 /// The report for people: one summary line, then one line per problem.
@@ -156,5 +188,37 @@ mod tests {
             "deleted: audit.log:4 (seq 7): record(s) 5..6 missing"
         );
         assert_eq!(report_json(&r)["problems"][0]["kind"], "deleted");
+        let node = node_lines("b", &r);
+        assert!(
+            node[0].starts_with("BROKEN: node b: 1 problem(s)"),
+            "{}",
+            node[0]
+        );
+        assert!(node[1].starts_with("  deleted: audit.log:4"));
+        r.problems.clear();
+        assert!(node_lines("a", &r)[0].starts_with("ok: node a: 10 records"));
+    }
+
+    #[test]
+    fn a_cluster_folder_is_one_chain_per_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let audit = dir.path().join("audit");
+        for node in ["b", "a"] {
+            std::fs::create_dir_all(audit.join(node)).unwrap();
+            std::fs::write(audit.join(node).join("audit.log"), "").unwrap();
+        }
+        std::fs::create_dir_all(audit.join("empty")).unwrap();
+        let chains = files::chains(std::slice::from_ref(&audit)).unwrap();
+        let names: Vec<&str> = chains.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["a", "b"]);
+        assert_eq!(chains[0].1, vec![audit.join("a/audit.log")]);
+        // A folder of log files is one chain; files named one by one, one unnamed.
+        let one = files::chains(&[audit.join("a")]).unwrap();
+        assert_eq!(one.len(), 1);
+        let loose = files::chains(&[audit.join("a/audit.log"), audit.join("b/audit.log")]).unwrap();
+        assert_eq!(
+            (loose.len(), loose[0].0.as_str(), loose[0].1.len()),
+            (1, "", 2)
+        );
     }
 }

@@ -91,6 +91,7 @@ pub(crate) fn record_to_pb(r: AuditRecord, line: String) -> pb::AuditRecord {
         duration_us: r.duration_us,
         prev_hash: r.prev_hash,
         hash: r.hash,
+        node: r.node,
         json: line,
     }
 }
@@ -177,7 +178,9 @@ impl AuditService for AuditApi {
             {
                 report.problems.pop();
             }
-            Ok(verify_response(report, written))
+            let mut resp = verify_response(report, written);
+            resp.node = self.state.audit.node().to_string();
+            Ok(resp)
         })
         .await
     }

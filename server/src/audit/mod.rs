@@ -40,6 +40,8 @@ pub(crate) struct AuditConfig {
     pub(crate) max_file_bytes: u64,
     /// Also send every record to this syslog receiver (`[audit.forward] syslog`).
     pub(crate) forward: Option<audit_chain::syslog::Target>,
+    /// The replica's node id written in every record; empty on a single node.
+    pub(crate) node: String,
 }
 
 impl AuditConfig {
@@ -52,6 +54,7 @@ impl AuditConfig {
             checkpoint_interval: Duration::from_secs(60),
             max_file_bytes: 64 << 20,
             forward: None,
+            node: String::new(),
         }
     }
 }

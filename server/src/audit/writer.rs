@@ -66,6 +66,8 @@ pub(crate) struct AuditLog {
     writable: tokio::sync::watch::Receiver<bool>,
     /// Calls begun whose records are not yet queued (see [`Expected`]).
     in_flight: Arc<AtomicUsize>,
+    /// The replica whose chain this is (empty: a single node).
+    node: String,
 }
 
 /// A call whose record the writer should expect: counted from the call's start until
@@ -141,11 +143,13 @@ impl AuditLog {
         let (path, head, metrics) = (w.path.clone(), w.head.clone(), w.metrics.clone());
         let writable = w.writable.subscribe();
         let in_flight = w.in_flight.clone();
+        let node = w.cfg.node.clone();
         std::thread::Builder::new()
             .name("audit-writer".into())
             .spawn(move || w.run(rx))
             .map_err(|e| AuditError::Io(e.to_string()))?;
         Ok(AuditLog {
+            node,
             tx,
             path,
             head,
@@ -212,6 +216,11 @@ impl AuditLog {
     /// Every file of the log, oldest first.
     pub(crate) fn files(&self) -> Result<Vec<PathBuf>, AuditError> {
         files::log_files(&self.path).map_err(|e| AuditError::Io(e.to_string()))
+    }
+
+    /// The replica whose chain this is (empty: a single node).
+    pub(crate) fn node(&self) -> &str {
+        &self.node
     }
 
     /// Sequence number and hash of the last durable record.
@@ -425,7 +434,8 @@ impl Writer {
         for ev in events {
             let seq = state.sequence + 1;
             let record =
-                AuditRecord::new(ev, seq, rfc3339(self.clock.now_utc()), state.hash.clone());
+                AuditRecord::new(ev, seq, rfc3339(self.clock.now_utc()), state.hash.clone())
+                    .on_node(&self.cfg.node);
             let line = record.to_line();
             buf.extend_from_slice(line.as_bytes());
             buf.push(b'\n');

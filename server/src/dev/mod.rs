@@ -5,6 +5,7 @@
 //! `hsmctl` finds on its own. Reuses what is already there. `certs` makes the local PKI.
 
 mod certs;
+pub mod cluster;
 /// A private PostgreSQL server (`hsmd dev --postgres`, and the tests'): it lives beside
 /// the store, whose tests start it too.
 pub mod postgres {
@@ -106,6 +107,41 @@ pub struct DevOptions<'a> {
     pub kms: Option<DevKms>,
     /// The OCI registry images are signed in, and its push webhook.
     pub registry: Option<DevRegistry>,
+    /// A replica of a cluster on PostgreSQL (`--store-url`), instead of one node on
+    /// DIR/hsmd.db.
+    pub cluster: Option<DevCluster>,
+}
+
+/// `hsmd dev --store-url postgres://... [--store-password-file FILE] [--node-id NAME]`:
+/// one replica of a cluster on DIR's token and PKI. Each replica has its own config
+/// (DIR/hsmd-NAME.toml) and audit chain (DIR/audit/NAME/); the client profile lists
+/// every replica's endpoint (DIR/replicas/NAME holds each one's).
+#[derive(Debug, Clone)]
+pub struct DevCluster {
+    pub store_url: String,
+    /// The PostgreSQL password, one line; else `PGPASSWORD` or the URL's.
+    pub password_file: Option<PathBuf>,
+    /// This replica's name [default: the host name].
+    pub node_id: String,
+}
+
+impl DevCluster {
+    /// Checks `--node-id` (default: the host name) as the config's `node_id` is.
+    pub fn new(
+        store_url: String,
+        password_file: Option<PathBuf>,
+        node_id: Option<String>,
+    ) -> anyhow::Result<DevCluster> {
+        crate::store::PgConfig::check_url(&store_url)
+            .map_err(|e| anyhow::anyhow!("--store-url: {e}"))?;
+        let node_id = crate::config::node_id(node_id)
+            .map_err(|e| anyhow::anyhow!("--node-id: {}", e.problem))?;
+        Ok(DevCluster {
+            store_url,
+            password_file,
+            node_id,
+        })
+    }
 }
 
 /// `hsmd dev --registry URL [--webhook-listen ADDR] [--webhook-secret-file FILE]`.
@@ -129,6 +165,8 @@ pub fn provision_with(
 ) -> anyhow::Result<Provisioned> {
     fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let dir = dir.canonicalize()?;
+    // Replicas started together on one folder provision it once.
+    let _provisioning = lock(&dir)?;
     check_same_token(&dir, options.token)?;
     let (module, softhsm2_conf, tpm) = match options.token {
         DevToken::Softhsm => {
@@ -145,8 +183,18 @@ pub fn provision_with(
         }
     };
     certs::ensure(&dir.join("tls"), DEV_PRINCIPAL)?;
-    let config = dir.join("hsmd.toml");
-    let mut text = config_text(&dir, &module, softhsm2_conf, listen, options.metrics_listen)?;
+    let config = match &options.cluster {
+        Some(c) => dir.join(format!("hsmd-{}.toml", c.node_id)),
+        None => dir.join("hsmd.toml"),
+    };
+    let mut text = config_text(
+        &dir,
+        &module,
+        softhsm2_conf,
+        listen,
+        options.metrics_listen,
+        options.cluster.as_ref(),
+    )?;
     if let Some(k) = &options.kms {
         text.push_str(&kms_text(k)?);
     }
@@ -193,8 +241,10 @@ fn provision_softhsm(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
 #[derive(Serialize)]
 struct DevConfig<'a> {
     listen: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    node_id: Option<&'a str>,
     hsm: DevHsm<'a>,
-    store: DevPath,
+    store: DevStore<'a>,
     audit: DevPath,
     tls: DevTls,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -218,6 +268,19 @@ struct DevHsm<'a> {
 #[derive(Serialize)]
 struct DevPath {
     path: PathBuf,
+}
+
+#[derive(Serialize)]
+#[serde(untagged)]
+enum DevStore<'a> {
+    Sqlite {
+        path: PathBuf,
+    },
+    Postgres {
+        url: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        password_file: Option<PathBuf>,
+    },
 }
 
 #[derive(Serialize)]
@@ -252,21 +315,38 @@ fn config_text(
     softhsm2_conf: Option<PathBuf>,
     listen: &str,
     metrics_listen: Option<&str>,
+    cluster: Option<&DevCluster>,
 ) -> anyhow::Result<String> {
+    let (store, audit) = match cluster {
+        None => (
+            DevStore::Sqlite {
+                path: dir.join("hsmd.db"),
+            },
+            dir.join("audit/audit.log"),
+        ),
+        Some(c) => (
+            DevStore::Postgres {
+                url: &c.store_url,
+                password_file: c
+                    .password_file
+                    .as_ref()
+                    .map(std::path::absolute)
+                    .transpose()?,
+            },
+            dir.join("audit").join(&c.node_id).join("audit.log"),
+        ),
+    };
     let config = DevConfig {
         listen,
+        node_id: cluster.map(|c| c.node_id.as_str()),
         hsm: DevHsm {
             module,
             token_label: DEV_TOKEN_LABEL,
             pin_file: dir.join("pin"),
             softhsm2_conf,
         },
-        store: DevPath {
-            path: dir.join("hsmd.db"),
-        },
-        audit: DevPath {
-            path: dir.join("audit/audit.log"),
-        },
+        store,
+        audit: DevPath { path: audit },
         tls: DevTls {
             cert: dir.join("tls/server.pem"),
             key: dir.join("tls/server.key"),
@@ -390,7 +470,10 @@ fn registry_text(dir: &Path, r: &DevRegistry) -> anyhow::Result<String> {
 /// `client.toml`: the keys `hsm_client::Profile` reads.
 #[derive(Serialize)]
 struct DevProfile {
-    endpoint: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    endpoint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    endpoints: Option<Vec<String>>,
     server_name: &'static str,
     ca_cert: PathBuf,
     client_cert: PathBuf,
@@ -410,9 +493,17 @@ pub struct Listening {
     pub webhook: Option<SocketAddr>,
 }
 
-fn profile_text(dir: &Path, bound: Listening) -> anyhow::Result<String> {
+/// The profile of one node (`replicas` empty: `endpoint`), or of a cluster
+/// (`endpoints`, every replica's).
+fn profile_text(dir: &Path, bound: Listening, replicas: Vec<String>) -> anyhow::Result<String> {
+    let (endpoint, endpoints) = if replicas.is_empty() {
+        (Some(format!("https://{}", bound.grpc)), None)
+    } else {
+        (None, Some(replicas))
+    };
     let profile = DevProfile {
-        endpoint: format!("https://{}", bound.grpc),
+        endpoint,
+        endpoints,
         metrics_endpoint: bound.metrics.map(|m| format!("http://{m}")),
         webhook_endpoint: bound.webhook.map(webhook_url),
         server_name: "localhost",
@@ -433,8 +524,34 @@ fn webhook_url(at: SocketAddr) -> String {
 
 /// Writes the client profile once the listeners are bound, and prints where they are.
 pub fn write_profile(dir: &Path, bound: Listening) -> anyhow::Result<()> {
+    write_node_profile(dir, bound, None)
+}
+
+/// As [`write_profile`], for replica `node` of a cluster on `dir` (`None`: one node):
+/// its endpoint is kept in DIR/replicas/NODE, and the profile lists every replica's
+/// (a replica that stopped stays listed: the client moves past it).
+pub fn write_node_profile(dir: &Path, bound: Listening, node: Option<&str>) -> anyhow::Result<()> {
     let dir = dir.canonicalize()?;
-    let profile = profile_text(&dir, bound)?;
+    let _writing = lock(&dir)?;
+    let replicas = match node {
+        None => Vec::new(),
+        Some(node) => {
+            let folder = dir.join("replicas");
+            fs::create_dir_all(&folder)?;
+            fs::write(folder.join(node), format!("https://{}\n", bound.grpc))?;
+            let mut names: Vec<PathBuf> = fs::read_dir(&folder)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .collect();
+            names.sort();
+            let mut endpoints = Vec::new();
+            for n in names {
+                let text = fs::read_to_string(&n)?;
+                endpoints.push(text.trim().to_string());
+            }
+            endpoints
+        }
+    };
+    let profile = profile_text(&dir, bound, replicas)?;
     let path = dir.join("client.toml");
     let tmp = dir.join("client.toml.tmp");
     fs::write(&tmp, profile)?;
@@ -447,13 +564,27 @@ pub fn write_profile(dir: &Path, bound: Listening) -> anyhow::Result<()> {
         Some(w) => format!("; registry webhook on {}", webhook_url(w)),
         None => String::new(),
     };
+    let node = node.map(|n| format!(" (node {n})")).unwrap_or_default();
     println!(
-        "hsmd dev listening on https://{}{metrics}{webhook}; client profile {}",
+        "hsmd dev listening on https://{}{node}{metrics}{webhook}; client profile {}",
         bound.grpc,
         path.display()
     );
     std::io::stdout().flush()?;
     Ok(())
+}
+
+/// Holds DIR/.lock (an exclusive `flock`) while the result lives: replicas that start
+/// together on one folder provision it, and write its profile, one at a time.
+fn lock(dir: &Path) -> anyhow::Result<nix::fcntl::Flock<fs::File>> {
+    let file = fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(".lock"))
+        .with_context(|| format!("open {}/.lock", dir.display()))?;
+    nix::fcntl::Flock::lock(file, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| anyhow::anyhow!("lock {}/.lock: {e}", dir.display()))
 }
 
 /// Finds the SoftHSM2 module, installing the Debian packages when it is missing.
@@ -543,6 +674,7 @@ mod tests {
             Some(PathBuf::from("/data/dev/softhsm2.conf")),
             "127.0.0.1:0",
             None,
+            None,
         )
         .unwrap();
         assert!(text.starts_with("# Written by `hsmd dev`"), "{text}");
@@ -580,6 +712,7 @@ mod tests {
                 Some(dir.join("softhsm2.conf")),
                 "127.0.0.1:0",
                 None,
+                None,
             )
             .unwrap(),
         );
@@ -598,16 +731,18 @@ mod tests {
             metrics,
             webhook,
         };
-        let p = table(&profile_text(dir, bound(None, None)).unwrap());
+        let p = table(&profile_text(dir, bound(None, None), vec![]).unwrap());
         assert_eq!(p["endpoint"].as_str(), Some("https://127.0.0.1:40123"));
         assert!(p.get("metrics_endpoint").is_none());
         let m: SocketAddr = "127.0.0.1:9464".parse().unwrap();
-        let p = table(&profile_text(dir, bound(Some(m), None)).unwrap());
+        let p = table(&profile_text(dir, bound(Some(m), None), vec![]).unwrap());
         assert_eq!(
             p["metrics_endpoint"].as_str(),
             Some("http://127.0.0.1:9464")
         );
-        let t = table(&config_text(dir, module, None, "127.0.0.1:0", Some("127.0.0.1:0")).unwrap());
+        let t = table(
+            &config_text(dir, module, None, "127.0.0.1:0", Some("127.0.0.1:0"), None).unwrap(),
+        );
         assert_eq!(t["metrics"]["listen"].as_str(), Some("127.0.0.1:0"));
         assert_eq!(p["server_name"].as_str(), Some("localhost"));
         for (key, file) in [
@@ -651,6 +786,7 @@ mod tests {
                 None,
                 "127.0.0.1:0",
                 None,
+                None,
             )
             .unwrap(),
         );
@@ -662,6 +798,6 @@ mod tests {
     fn a_path_that_is_not_utf8_is_refused() {
         use std::os::unix::ffi::OsStrExt;
         let dir = Path::new(std::ffi::OsStr::from_bytes(b"/tmp/\xff"));
-        assert!(config_text(dir, Path::new("/m.so"), None, "127.0.0.1:0", None).is_err());
+        assert!(config_text(dir, Path::new("/m.so"), None, "127.0.0.1:0", None, None).is_err());
     }
 }

@@ -87,6 +87,9 @@ pub(crate) struct Pkcs11Backend {
     audit_key: audit_key::AuditKeyCache,
 }
 
+/// How many more times start-up looks for the token before it gives up.
+const TOKEN_LOOKS: u32 = 10;
+
 impl Pkcs11Backend {
     /// Loads the module, finds the token by label, logs in and opens the pool. Errors
     /// name the module, the token label and what failed.
@@ -104,12 +107,26 @@ impl Pkcs11Backend {
                 "install it or fix hsm.module".into(),
             ));
         }
-        let pkcs11 =
-            Pkcs11::new(&cfg.module).map_err(|e| setup("cannot load module", e.to_string()))?;
-        pkcs11
-            .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
-            .map_err(|e| setup("C_Initialize failed", e.to_string()))?;
-        let slot = find_slot(&pkcs11, &cfg.token_label).map_err(|d| setup("token", d))?;
+        let mut looks = 0;
+        let (pkcs11, slot) = loop {
+            let pkcs11 =
+                Pkcs11::new(&cfg.module).map_err(|e| setup("cannot load module", e.to_string()))?;
+            pkcs11
+                .initialize(CInitializeArgs::new(CInitializeFlags::OS_LOCKING_OK))
+                .map_err(|e| setup("C_Initialize failed", e.to_string()))?;
+            match find_slot(&pkcs11, &cfg.token_label) {
+                Ok(slot) => break (pkcs11, slot),
+                // Another process on the same token (a replica starting beside this
+                // one) may be writing its files while this one reads them: SoftHSM2
+                // then lists no token. Look again, for two seconds at most.
+                Err(_) if looks < TOKEN_LOOKS => {
+                    looks += 1;
+                    let _ = pkcs11.finalize();
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                }
+                Err(d) => return Err(setup("token", d)),
+            }
+        };
         let info = pkcs11
             .get_token_info(slot)
             .map_err(|e| setup("C_GetTokenInfo", e.to_string()))?;

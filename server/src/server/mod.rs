@@ -251,7 +251,7 @@ async fn open_state(cfg: &Config, clock: SharedClock) -> anyhow::Result<ApiState
             .await?
             .with_context(|| format!("metadata store ({})", cfg.store.describe()))?,
     );
-    let signer = token_signer(&backend).await?;
+    let signer = token_signer(&backend, &store).await?;
     let audit_cfg = cfg.audit.clone();
     let audit_clock = clock.clone();
     let audit_metrics = metrics.clone();
@@ -314,11 +314,21 @@ impl CheckpointSigner for TokenSigner {
     }
 }
 
-async fn token_signer(backend: &Arc<Pkcs11Backend>) -> anyhow::Result<Arc<dyn CheckpointSigner>> {
-    let b = backend.clone();
-    tokio::task::spawn_blocking(move || b.audit_public_key())
-        .await?
-        .context("audit checkpoint key in the token")?;
+/// The audit key, found or made. Replicas starting together on one token make one: the
+/// find-or-create runs under a cluster-wide lock (a no-op on SQLite's one node).
+async fn token_signer(
+    backend: &Arc<Pkcs11Backend>,
+    store: &Arc<Store>,
+) -> anyhow::Result<Arc<dyn CheckpointSigner>> {
+    let (b, s) = (backend.clone(), store.clone());
+    tokio::task::spawn_blocking(move || {
+        let _alone = s
+            .exclusive_wait("audit-key")
+            .context("cluster lock for the audit key")?;
+        b.audit_public_key()
+            .context("audit checkpoint key in the token")
+    })
+    .await??;
     Ok(Arc::new(TokenSigner(backend.clone())))
 }
 

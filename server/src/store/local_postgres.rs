@@ -45,6 +45,43 @@ pub fn bin_dir() -> anyhow::Result<PathBuf> {
     }
 }
 
+/// `$TMPDIR/PREFIX-PID`: the folder of a server shared by this whole process (a test
+/// binary's). Such a server is never dropped: it stops with the process, and the
+/// folders of processes that are gone are removed here first.
+pub fn process_dir(prefix: &str) -> PathBuf {
+    if let Ok(entries) = fs::read_dir(std::env::temp_dir()) {
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let pid = name
+                .to_str()
+                .and_then(|n| n.strip_prefix(prefix))
+                .and_then(|n| n.strip_prefix('-'))
+                .and_then(|p| p.parse::<u32>().ok());
+            if pid.is_some_and(|p| !Path::new(&format!("/proc/{p}")).exists()) {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    std::env::temp_dir().join(format!("{prefix}-{}", std::process::id()))
+}
+
+/// Starts a server in [`process_dir`]`(prefix)` that lives as long as the process: it
+/// is started from a thread that never ends, since the server stops when the thread
+/// that started it does.
+pub fn start_for_process(prefix: &str) -> anyhow::Result<LocalPostgres> {
+    let dir = process_dir(prefix);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::Builder::new()
+        .name("postgres-keeper".into())
+        .spawn(move || {
+            let _ = tx.send(LocalPostgres::start(&dir));
+            loop {
+                std::thread::park();
+            }
+        })?;
+    rx.recv()?
+}
+
 /// A running `postgres` on 127.0.0.1. Stopped (fast shutdown) on drop.
 pub struct LocalPostgres {
     dir: PathBuf,
@@ -97,11 +134,27 @@ impl LocalPostgres {
         cmd
     }
 
-    /// Initializes a cluster under `dir` (a fresh folder) and starts it.
+    /// Initializes a cluster under `dir` and starts it; a cluster already there (an
+    /// earlier start) is started again as it was, on a free port.
     pub fn start(dir: &Path) -> anyhow::Result<LocalPostgres> {
         fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
-        let password = uuid::Uuid::new_v4().simple().to_string();
         let pwfile = dir.join("pwfile");
+        if dir.join("data/PG_VERSION").exists() {
+            let password = fs::read_to_string(&pwfile)
+                .with_context(|| format!("read {}", pwfile.display()))?
+                .trim()
+                .to_string();
+            let mut pg = LocalPostgres {
+                dir: dir.to_path_buf(),
+                bin: bin_dir()?,
+                port: free_port()?,
+                password,
+                child: None,
+            };
+            pg.restart()?;
+            return Ok(pg);
+        }
+        let password = uuid::Uuid::new_v4().simple().to_string();
         fs::write(&pwfile, format!("{password}\n"))?;
         fs::set_permissions(&pwfile, fs::Permissions::from_mode(0o600))?;
         if is_root() {

@@ -225,14 +225,15 @@ impl Store {
     pub(crate) fn exclusive(&self, name: &str) -> Result<Option<Exclusive>, StoreError> {
         match &self.engine {
             Engine::Sqlite { .. } => Ok(Some(Exclusive::Alone)),
-            Engine::Postgres(e) => {
-                // A stable 63-bit key from the name (FNV-1a).
-                let key = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
-                    (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
-                }) >> 1;
-                let key = i64::try_from(key).expect("63 bits fit");
-                Ok(e.try_lock(key)?.map(Exclusive::Locked))
-            }
+            Engine::Postgres(e) => Ok(e.try_lock(lock_key(name))?.map(Exclusive::Locked)),
+        }
+    }
+
+    /// As [`Store::exclusive`], waiting (at most 10 s) for a replica that holds it.
+    pub(crate) fn exclusive_wait(&self, name: &str) -> Result<Exclusive, StoreError> {
+        match &self.engine {
+            Engine::Sqlite { .. } => Ok(Exclusive::Alone),
+            Engine::Postgres(e) => Ok(Exclusive::Locked(e.lock(lock_key(name))?)),
         }
     }
 
@@ -555,6 +556,14 @@ impl Store {
     ) -> Result<Vec<Alias>, StoreError> {
         self.with(|c| rows::list_aliases(c, key, after, limit))
     }
+}
+
+/// The advisory lock key of a named lock: a stable 63-bit hash (FNV-1a).
+fn lock_key(name: &str) -> i64 {
+    let h = name.bytes().fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+    });
+    i64::try_from(h >> 1).expect("63 bits fit")
 }
 
 #[cfg(test)]

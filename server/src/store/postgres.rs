@@ -255,6 +255,10 @@ impl Engine {
         }
         pg.connect_timeout(DEADLINE);
         pg.application_name("hsmd");
+        if pg.get_options().is_none() {
+            // The server's NOTICEs ("already exists, skipping") are not news.
+            pg.options("-c client_min_messages=warning");
+        }
         let tls = Tls::from_config(cfg)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -342,15 +346,29 @@ impl Engine {
     /// is taken on a connection of its own, outside the pool, so that it goes when the
     /// guard (or the replica holding it) goes, with the connection.
     pub(super) fn try_lock(self: &Arc<Self>, key: i64) -> Result<Option<PgLock>, StoreError> {
+        self.advisory(key, "SELECT pg_try_advisory_lock($1)")
+    }
+
+    /// As [`Engine::try_lock`], waiting for the replica that holds it to let go (at
+    /// most the statement deadline, then `Unavailable`).
+    pub(super) fn lock(self: &Arc<Self>, key: i64) -> Result<PgLock, StoreError> {
+        self.advisory(key, "SELECT true FROM (SELECT pg_advisory_lock($1)) AS held")?
+            .ok_or_else(|| StoreError::Unavailable("advisory lock not granted".into()))
+    }
+
+    /// Runs `sql` (true: the lock is held) for `key` on a connection of its own.
+    fn advisory(
+        self: &Arc<Self>,
+        key: i64,
+        sql: &'static str,
+    ) -> Result<Option<PgLock>, StoreError> {
         let (pg, tls) = (self.pg.clone(), self.tls.clone());
         let client = self.run(async move {
             let client = match &tls {
                 Tls::None => connect(&pg, NoTls).await?,
                 Tls::Rustls(t) => connect(&pg, t.clone()).await?,
             };
-            let row = client
-                .query_one("SELECT pg_try_advisory_lock($1)", &[&key])
-                .await?;
+            let row = client.query_one(sql, &[&key]).await?;
             Ok(row.try_get::<_, bool>(0)?.then_some(client))
         })?;
         Ok(client.map(|c| PgLock {

@@ -11,23 +11,11 @@ use super::local_postgres::LocalPostgres;
 use super::*;
 use crate::domain::spec::{KeyOrigin, KeySpec};
 
-/// The test binary's PostgreSQL server. It is started from a thread that lives as long
-/// as the process, so that the server (told to stop when its starter ends) stops with
-/// the test binary and not with the first test.
+/// The test binary's PostgreSQL server, started by the first test that needs it.
 fn postgres() -> &'static LocalPostgres {
     static PG: OnceLock<LocalPostgres> = OnceLock::new();
     PG.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("hsmd-store-pg-{}", std::process::id()));
-        remove_stale_servers();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(LocalPostgres::start(&dir));
-            loop {
-                std::thread::park();
-            }
-        });
-        rx.recv()
-            .expect("postgres starter")
+        super::local_postgres::start_for_process("hsmd-store-pg")
             .unwrap_or_else(|e| panic!("{e:#}"))
     })
 }
@@ -57,26 +45,6 @@ impl TestDb {
                 self.engine
             );
             std::thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
-
-/// Removes the folders of servers whose test binary is gone.
-fn remove_stale_servers() {
-    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
-        return;
-    };
-    for e in entries.flatten() {
-        let name = e.file_name();
-        let Some(pid) = name
-            .to_str()
-            .and_then(|n| n.strip_prefix("hsmd-store-pg-"))
-            .and_then(|p| p.parse::<u32>().ok())
-        else {
-            continue;
-        };
-        if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
-            let _ = std::fs::remove_dir_all(e.path());
         }
     }
 }
@@ -316,6 +284,21 @@ fn exclusive_work_is_one_replica_at_a_time() {
         assert!(b.exclusive("other work").unwrap().is_some());
         drop((held, second));
         assert!(b.exclusive("sweep").unwrap().is_some(), "{}", db.engine);
+        // Waiting for it: granted once the holder lets go.
+        let held = a.exclusive("audit-key").unwrap().expect("free");
+        std::thread::scope(|s| {
+            let waiter = s.spawn(|| {
+                let got = b.exclusive_wait("audit-key").unwrap();
+                (Instant::now(), got)
+            });
+            std::thread::sleep(Duration::from_millis(300));
+            let released = Instant::now();
+            drop(held);
+            let (granted, _) = waiter.join().unwrap();
+            if db.engine == "postgres" {
+                assert!(granted >= released, "b waited for a");
+            }
+        });
     }
 }
 
