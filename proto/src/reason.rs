@@ -122,6 +122,9 @@ reasons! {
     TokenUnavailable => "TOKEN_UNAVAILABLE",
     /// The audit log cannot record the call, so it was not carried out.
     AuditUnavailable => "AUDIT_UNAVAILABLE",
+    /// The metadata store (a cluster's PostgreSQL) is out of reach: the call was not
+    /// answered, never from remembered metadata alone; retry.
+    StoreUnavailable => "STORE_UNAVAILABLE",
     /// A bug; the detail is only in the server log.
     Internal => "INTERNAL",
     /// A malformed certificate subject.
@@ -177,7 +180,7 @@ reasons! {
 impl Reason {
     /// True for the reasons that mean "the call was not carried out; the same call may
     /// succeed later": those whose code is UNAVAILABLE or RESOURCE_EXHAUSTED
-    /// (RATE_LIMITED, TOKEN_UNAVAILABLE, AUDIT_UNAVAILABLE), the codes hsm-client also
+    /// (RATE_LIMITED, TOKEN_UNAVAILABLE, AUDIT_UNAVAILABLE, STORE_UNAVAILABLE...), the codes hsm-client also
     /// retries for a reason it does not know. Not CONNECTION_LIMIT: the connection it
     /// came on is refused until it closes, so a retry on it fails the same way.
     pub const fn is_retryable(self) -> bool {
@@ -247,9 +250,10 @@ impl Reason {
             Reason::NoClientIdentity => Code::Unauthenticated,
             Reason::AccessDenied => Code::PermissionDenied,
             Reason::RateLimited | Reason::ConnectionLimit => Code::ResourceExhausted,
-            Reason::TokenUnavailable | Reason::AuditUnavailable | Reason::RegistryUnavailable => {
-                Code::Unavailable
-            }
+            Reason::TokenUnavailable
+            | Reason::AuditUnavailable
+            | Reason::StoreUnavailable
+            | Reason::RegistryUnavailable => Code::Unavailable,
             Reason::Internal => Code::Internal,
         }
     }
@@ -372,6 +376,7 @@ mod tests {
                 Reason::RateLimited,
                 Reason::TokenUnavailable,
                 Reason::AuditUnavailable,
+                Reason::StoreUnavailable,
                 Reason::RegistryUnavailable
             ]
         );
@@ -419,7 +424,7 @@ mod tests {
             Reason::ConnectionLimit.code(),
             tonic::Code::ResourceExhausted
         );
-        assert_eq!(Reason::ALL.len(), 60);
+        assert_eq!(Reason::ALL.len(), 61);
     }
 
     #[test]
@@ -435,6 +440,7 @@ mod tests {
                 Reason::RateLimited,
                 Reason::TokenUnavailable,
                 Reason::AuditUnavailable,
+                Reason::StoreUnavailable,
                 Reason::RegistryUnavailable
             ]
         );

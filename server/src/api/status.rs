@@ -113,6 +113,10 @@ impl ApiError {
                 tracing::warn!(%detail, "token unavailable");
                 "token unavailable; retry later".to_string()
             }
+            ApiError::Key(KeyError::StoreUnavailable(detail)) => {
+                tracing::warn!(%detail, "metadata store unavailable");
+                "metadata store unavailable; retry later".to_string()
+            }
             ApiError::Key(KeyError::Internal(detail)) => {
                 tracing::error!(%detail, "internal error");
                 "internal error (see the server log)".to_string()

@@ -142,6 +142,9 @@ pub(crate) enum KeyError {
     },
     #[error("token unavailable")]
     Unavailable(String),
+    /// The metadata store cannot be reached (PostgreSQL down, or not answering).
+    #[error("metadata store unavailable")]
+    StoreUnavailable(String),
     #[error("internal error")]
     Internal(String),
 }
@@ -191,6 +194,7 @@ impl KeyError {
             KeyError::InvalidRotationPeriod(_) => Reason::InvalidRotationPeriod,
             KeyError::MechanismNotSupported { .. } => Reason::MechanismNotSupported,
             KeyError::Unavailable(_) => Reason::TokenUnavailable,
+            KeyError::StoreUnavailable(_) => Reason::StoreUnavailable,
             KeyError::Internal(_) => Reason::Internal,
         }
     }
@@ -219,7 +223,7 @@ impl From<StoreError> for KeyError {
                 KeyError::InvalidKeyState("the key's state changed meanwhile; retry".into())
             }
             e @ (StoreError::Unavailable(_) | StoreError::Engine(_)) => {
-                KeyError::Unavailable(e.to_string())
+                KeyError::StoreUnavailable(e.to_string())
             }
             e @ (StoreError::Violation(_) | StoreError::Corrupt(_)) => {
                 KeyError::Internal(e.to_string())

@@ -352,8 +352,11 @@ impl Engine {
     /// As [`Engine::try_lock`], waiting for the replica that holds it to let go (at
     /// most the statement deadline, then `Unavailable`).
     pub(super) fn lock(self: &Arc<Self>, key: i64) -> Result<PgLock, StoreError> {
-        self.advisory(key, "SELECT true FROM (SELECT pg_advisory_lock($1)) AS held")?
-            .ok_or_else(|| StoreError::Unavailable("advisory lock not granted".into()))
+        self.advisory(
+            key,
+            "SELECT true FROM (SELECT pg_advisory_lock($1)) AS held",
+        )?
+        .ok_or_else(|| StoreError::Unavailable("advisory lock not granted".into()))
     }
 
     /// Runs `sql` (true: the lock is held) for `key` on a connection of its own.
