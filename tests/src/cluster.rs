@@ -52,6 +52,8 @@ pub struct Cluster {
     password_file: PathBuf,
     nodes: BTreeMap<String, Node>,
     starts: u32,
+    /// `HSMD_*` settings every replica starts with (config overrides).
+    env: Vec<(String, String)>,
 }
 
 impl Cluster {
@@ -68,7 +70,14 @@ impl Cluster {
             root,
             nodes: BTreeMap::new(),
             starts: 0,
+            env: Vec::new(),
         }
+    }
+
+    /// Every replica started from now on gets `HSMD_<name>=value` (a config key, e.g.
+    /// `RATE_LIMITS__SIGN`).
+    pub fn set_env(&mut self, name: &str, value: &str) {
+        self.env.push((format!("HSMD_{name}"), value.to_string()));
     }
 
     /// The shared data folder (token, PKI, configs, `audit/NODE/`, `client.toml`).
@@ -101,6 +110,7 @@ impl Cluster {
             .arg(&self.password_file)
             .env_remove("SOFTHSM2_CONF")
             .env_remove("PGPASSWORD")
+            .envs(self.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(fs::File::create(&stderr).expect("stderr file"))

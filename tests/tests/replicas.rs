@@ -349,3 +349,70 @@ async fn imports_racing_on_two_replicas_leave_one_material_set() {
         }
     }
 }
+
+/// Signs through each of `nodes` from 3 tasks per node for `for_how_long`: how many
+/// calls were answered and how many refused RATE_LIMITED (nothing else may happen).
+async fn hammer(c: &Cluster, nodes: &[&str], key: &str, for_how_long: Duration) -> (u64, u64) {
+    let until = Instant::now() + for_how_long;
+    let mut tasks = Vec::new();
+    for node in nodes {
+        for _ in 0..3 {
+            let mut keys = c.node(node).keys();
+            let req = sign(key);
+            tasks.push(tokio::spawn(async move {
+                let (mut ok, mut limited) = (0u64, 0u64);
+                while Instant::now() < until {
+                    match keys.sign(req.clone()).await {
+                        Ok(_) => ok += 1,
+                        Err(s) => {
+                            assert_eq!(reason_of(&s).as_deref(), Some("RATE_LIMITED"), "{s:?}");
+                            limited += 1;
+                        }
+                    }
+                }
+                (ok, limited)
+            }));
+        }
+    }
+    let mut total = (0, 0);
+    for t in tasks {
+        let (ok, limited) = t.await.unwrap();
+        total = (total.0 + ok, total.1 + limited);
+    }
+    total
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_rate_limit_is_the_clusters_not_each_replicas() {
+    const RATE: f64 = 20.0;
+    const BURST: f64 = 10.0;
+    let mut c = Cluster::new(postgres::shared());
+    c.set_env("RATE_LIMITS__SIGN", "20/s burst 10");
+    c.start("a").await;
+    c.start("b").await;
+    let key = hsmd_e2e::keys::create(&mut c.node("a").keys(), ec_key(""), "limited").await;
+    let span = Duration::from_secs(2);
+    for nodes in [&["a"][..], &["a", "b"][..]] {
+        // A fresh bucket for each round: wait until it is full again.
+        tokio::time::sleep(Duration::from_secs_f64(BURST / RATE + 0.2)).await;
+        let started = Instant::now();
+        let (ok, limited) = hammer(&c, nodes, &key, span).await;
+        let elapsed = started.elapsed().as_secs_f64();
+        let most = BURST + RATE * elapsed;
+        eprintln!(
+            "{} replica(s): {ok} answered, {limited} limited in {elapsed:.2} s (at most {most:.0})",
+            nodes.len()
+        );
+        assert!(limited > 0, "the load is over the limit");
+        assert!(
+            (ok as f64) <= most + 1.0,
+            "{} replica(s) answered {ok} > {most:.1}",
+            nodes.len()
+        );
+        assert!(
+            (ok as f64) >= RATE * span.as_secs_f64() * 0.5,
+            "{} replica(s) answered only {ok}",
+            nodes.len()
+        );
+    }
+}

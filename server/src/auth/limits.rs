@@ -2,11 +2,18 @@
 //! `[rate_limits]` (`sign = "500/s burst 1000"`). A call over the limit learns how long
 //! to wait before one token is back. Classes without a limit are not limited.
 //!
+//! In a cluster the limits are the cluster's, not each replica's: the bucket lives in
+//! the shared store ([`SharedBuckets`]) and each replica takes tokens from it in small
+//! batches (50 ms of the rate, at least one), spending them locally. The cluster never
+//! grants more than the rate plus the burst; tokens one replica took and has not spent
+//! yet (at most one batch each) are not available to the others meanwhile. While the
+//! store cannot be reached, each replica limits on its own bucket.
+//!
 //! Hand-written rather than `governor`: a few lines, no new dependency, and the wait it
 //! reports is exact and easy to test.
 
 use std::collections::HashMap;
-use std::sync::{Mutex, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use super::action::LimitClass;
@@ -62,19 +69,35 @@ struct Bucket {
     at: Instant,
 }
 
+/// The cluster's buckets, in the shared store.
+pub(crate) trait SharedBuckets: Send + Sync + std::fmt::Debug {
+    /// Takes up to `want` (at least 1) tokens from bucket `name` of `rate`: how many
+    /// were granted, and when none was, how long until one is back.
+    fn take(&self, name: &str, rate: Rate, want: u32) -> Result<(u32, Duration), String>;
+}
+
 /// Token buckets per (principal, class).
 #[derive(Debug, Default)]
 pub(crate) struct RateLimiter {
     limits: RwLock<HashMap<LimitClass, Rate>>,
     buckets: Mutex<HashMap<(String, LimitClass), Bucket>>,
+    /// The cluster's buckets; tokens taken from them and not yet spent.
+    shared: Option<Arc<dyn SharedBuckets>>,
+    taken: Mutex<HashMap<(String, LimitClass), u32>>,
 }
 
 impl RateLimiter {
     pub(crate) fn new(limits: HashMap<LimitClass, Rate>) -> Self {
         RateLimiter {
             limits: RwLock::new(limits),
-            buckets: Mutex::default(),
+            ..Default::default()
         }
+    }
+
+    /// Limits per cluster: tokens come from `shared`.
+    pub(crate) fn shared(mut self, shared: Arc<dyn SharedBuckets>) -> Self {
+        self.shared = Some(shared);
+        self
     }
 
     /// Replaces the limits (config reload); saved tokens are kept, capped to the new
@@ -83,9 +106,61 @@ impl RateLimiter {
         *self.limits.write().unwrap_or_else(|p| p.into_inner()) = limits;
     }
 
-    /// Takes one token, or says how long until one is back.
+    /// Takes one token, or says how long until one is back. With shared buckets this
+    /// may ask the store (a blocking call: run it where blocking is allowed).
     pub(crate) fn check(&self, principal: &str, class: LimitClass) -> Result<(), Duration> {
+        if let Some(shared) = &self.shared
+            && let Some(rate) = self.rate(class)
+        {
+            match self.check_shared(shared.as_ref(), principal, class, rate) {
+                Ok(r) => return r,
+                Err(e) => {
+                    tracing::warn!(error = %e, "cluster rate limit unavailable; limiting on this replica alone");
+                }
+            }
+        }
         self.check_at(principal, class, Instant::now())
+    }
+
+    fn rate(&self, class: LimitClass) -> Option<Rate> {
+        self.limits
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&class)
+            .copied()
+    }
+
+    /// One token from this replica's share of the cluster's bucket, taking a batch
+    /// from the store when the share is spent.
+    fn check_shared(
+        &self,
+        shared: &dyn SharedBuckets,
+        principal: &str,
+        class: LimitClass,
+        rate: Rate,
+    ) -> Result<Result<(), Duration>, String> {
+        let key = (principal.to_string(), class);
+        {
+            let mut taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
+            if let Some(n) = taken.get_mut(&key)
+                && *n > 0
+            {
+                *n -= 1;
+                return Ok(Ok(()));
+            }
+        }
+        // 50 ms of the rate, at least one token, at most the burst.
+        let batch = (rate.per_second * 0.05).min(rate.burst).floor().max(1.0) as u32;
+        let (granted, wait) = shared.take(&format!("{}/{principal}", class.name()), rate, batch)?;
+        if granted == 0 {
+            return Ok(Err(wait.max(Duration::from_millis(1))));
+        }
+        let mut taken = self.taken.lock().unwrap_or_else(|p| p.into_inner());
+        if taken.len() >= MAX_BUCKETS {
+            taken.retain(|_, n| *n > 0);
+        }
+        *taken.entry(key).or_insert(0) += granted - 1;
+        Ok(Ok(()))
     }
 
     fn check_at(&self, principal: &str, class: LimitClass, now: Instant) -> Result<(), Duration> {

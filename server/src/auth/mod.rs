@@ -15,7 +15,7 @@ use std::sync::{Arc, RwLock};
 
 pub(crate) use action::{Action, LimitClass};
 pub(crate) use connections::{ConnectionLimits, Slot};
-pub(crate) use limits::{Rate, RateLimiter};
+pub(crate) use limits::{Rate, RateLimiter, SharedBuckets};
 pub(crate) use policy::{KeyFacts, Policy, RawRule, Rule};
 
 use der::Decode;
@@ -117,6 +117,12 @@ impl Authorizer {
             limits: RateLimiter::new(limits),
             connections,
         }
+    }
+
+    /// Rate limits per cluster: the buckets are `shared`'s.
+    pub(crate) fn with_shared_limits(mut self, shared: Arc<dyn SharedBuckets>) -> Self {
+        self.limits = self.limits.shared(shared);
+        self
     }
 
     /// The open connections of each principal (`tls.max_connections_per_principal`).

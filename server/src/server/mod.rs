@@ -260,7 +260,7 @@ async fn open_state(cfg: &Config, clock: SharedClock) -> anyhow::Result<ApiState
     })
     .await??;
     let keys = Arc::new(
-        KeyManager::new(backend, store)
+        KeyManager::new(backend, store.clone())
             .with_import(cfg.import)
             .with_clock(clock),
     );
@@ -278,17 +278,61 @@ async fn open_state(cfg: &Config, clock: SharedClock) -> anyhow::Result<ApiState
         Some(r) => Some(crate::signing::registry::Registry::new(r).map_err(anyhow::Error::msg)?),
         None => None,
     };
+    let mut auth = Authorizer::new(
+        cfg.policy.clone(),
+        cfg.rate_limits.clone(),
+        ConnectionLimits::new(cfg.tls.max_connections_per_principal),
+    );
+    if store.is_shared() {
+        auth = auth.with_shared_limits(Arc::new(ClusterBuckets(store.clone())));
+    }
     Ok(ApiState {
         signer: Arc::new(crate::signing::signer::Signer::new(keys.clone(), registry)),
         keys,
         audit,
-        auth: Arc::new(Authorizer::new(
-            cfg.policy.clone(),
-            cfg.rate_limits.clone(),
-            ConnectionLimits::new(cfg.tls.max_connections_per_principal),
-        )),
+        auth: Arc::new(auth),
         metrics,
     })
+}
+
+/// The cluster's rate-limit buckets, in the replicas' shared store.
+struct ClusterBuckets(Arc<Store>);
+
+impl std::fmt::Debug for ClusterBuckets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ClusterBuckets")
+    }
+}
+
+impl crate::auth::SharedBuckets for ClusterBuckets {
+    fn take(
+        &self,
+        name: &str,
+        rate: crate::auth::Rate,
+        want: u32,
+    ) -> Result<(u32, std::time::Duration), String> {
+        let now_ms = i64::try_from(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default()
+                .as_millis(),
+        )
+        .unwrap_or(i64::MAX);
+        let take = || {
+            self.0
+                .take_tokens(name, rate.per_second, rate.burst, want, now_ms)
+        };
+        // Called from a call's authorization, on the runtime: tell it this blocks.
+        let (granted, wait_ms) = match tokio::runtime::Handle::try_current() {
+            Ok(h) if h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread => {
+                tokio::task::block_in_place(take)
+            }
+            _ => take(),
+        }
+        .map_err(|e| e.to_string())?;
+        let wait = std::time::Duration::from_millis(u64::try_from(wait_ms).unwrap_or(0));
+        Ok((granted, wait))
+    }
 }
 
 /// Server reflection over hsmd's, health's and the error details' descriptors.

@@ -14,6 +14,7 @@ mod certs;
 mod imports;
 pub(crate) mod local_postgres;
 pub(crate) mod postgres;
+mod rate_buckets;
 mod registry_events;
 mod rows;
 mod signing_policies;
@@ -165,6 +166,7 @@ impl Store {
         conn.execute_batch(imports::SCHEMA)?;
         conn.execute_batch(signing_policies::SCHEMA)?;
         conn.execute_batch(registry_events::SCHEMA)?;
+        conn.execute_batch(rate_buckets::SCHEMA)?;
         Ok(Store {
             engine: Engine::Sqlite {
                 path: path.to_path_buf(),
@@ -189,6 +191,12 @@ impl Store {
                 })
             }
         }
+    }
+
+    /// Whether replicas share this store (PostgreSQL): rate limits are then the
+    /// cluster's.
+    pub(crate) fn is_shared(&self) -> bool {
+        matches!(self.engine, Engine::Postgres(_))
     }
 
     /// Runs `f` on a pooled connection.

@@ -38,7 +38,13 @@ const CHANNEL: &str = "hsmd_store";
 const MIGRATION_LOCK: i64 = 0x6873_6d64;
 
 /// The schema's versions, applied in order, each once, each in one transaction.
-const MIGRATIONS: &[(i64, &str)] = &[(1, include_str!("../../migrations/postgres/0001_init.sql"))];
+const MIGRATIONS: &[(i64, &str)] = &[
+    (1, include_str!("../../migrations/postgres/0001_init.sql")),
+    (
+        2,
+        include_str!("../../migrations/postgres/0002_rate_buckets.sql"),
+    ),
+];
 
 /// `[store]` for PostgreSQL.
 #[derive(Debug, Clone)]
