@@ -10,6 +10,7 @@ mod floor;
 mod kms;
 mod pin;
 mod raw;
+mod replicas;
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -83,6 +84,12 @@ struct Args {
     /// the daemon's CPU per check and hsmd's overhead above it.
     #[arg(long)]
     floor: bool,
+    /// Compare one replica with this many on the same token, with their metadata in a
+    /// private PostgreSQL (started and stopped by the run): the same load against one
+    /// replica and spread over all, in alternating rounds, with the scaling factor. No
+    /// raw side in this mode.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=8))]
+    replicas: Option<u16>,
     /// Output: table or json.
     #[arg(short, long, default_value = "table")]
     output: String,
@@ -109,6 +116,9 @@ fn main() -> anyhow::Result<()> {
     }
     let args = Args::parse();
     let (spec, algorithm) = checked(&args)?;
+    if let Some(n) = args.replicas {
+        return replicas::run(&args, spec, algorithm, n);
+    }
     let plan = match args.pin {
         Some(false) => None,
         Some(true) => Some(pin::Plan::current()?),
@@ -159,6 +169,9 @@ fn checked(args: &Args) -> anyhow::Result<(KeySpec, SigningAlgorithm)> {
     }
     if args.kms && args.op != BenchOp::Encrypt {
         bail!("--kms works with --op encrypt only");
+    }
+    if args.replicas.is_some() && (args.kms || args.floor || args.extra_keys > 0) {
+        bail!("--replicas compares replicas only: no --kms, --floor or --extra-keys");
     }
     if args.calls.is_some_and(|n| n < u64::from(args.rounds)) {
         bail!("--calls must be at least --rounds (each round measures some calls)");

@@ -200,36 +200,6 @@ impl RawStore {
     }
 }
 
-/// The host name, the default node id.
-pub(crate) fn host_name() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .ok()
-        .filter(|h| !h.is_empty())
-        .unwrap_or_else(|| "hsmd".into())
-}
-
-/// A node id names a folder (`DIR/audit/NAME/`) and appears in every audit record.
-pub(crate) fn node_id(raw: Option<String>) -> Result<String, ConfigError> {
-    let id = raw.unwrap_or_else(host_name);
-    let ok = !id.is_empty()
-        && id.len() <= 63
-        && id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '-' | '_' | '.'))
-        && !id.starts_with('.');
-    if ok {
-        Ok(id)
-    } else {
-        Err(bad(
-            "node_id",
-            format!(
-                "'{id}' must be 1 to 63 letters, digits, '-', '_' or '.', not starting with '.'"
-            ),
-        ))
-    }
-}
-
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawTls {
@@ -401,7 +371,7 @@ impl RawConfig {
         let rate_limits = rate_limits(self.rate_limits)?;
         let mut audit = audit(self.audit, abs)?;
         let store = self.store.validate(abs)?;
-        let node_id = node_id(self.node_id)?;
+        let node_id = crate::domain::node::node_id(self.node_id).map_err(|e| bad("node_id", e))?;
         if matches!(store, StoreConfig::Postgres(_)) {
             // A replica of a cluster: its records say whose chain they are in.
             audit.node = node_id.clone();

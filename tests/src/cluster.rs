@@ -39,6 +39,11 @@ impl Node {
         AuditServiceClient::new(self.channel.clone())
     }
 
+    /// The replica's channel, as the dev admin (for any service's client).
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
     /// What the replica printed on stderr.
     pub fn stderr_text(&self) -> String {
         fs::read_to_string(&self.stderr).unwrap_or_default()
@@ -54,6 +59,8 @@ pub struct Cluster {
     starts: u32,
     /// `HSMD_*` settings every replica starts with (config overrides).
     env: Vec<(String, String)>,
+    /// More `hsmd dev` arguments every replica starts with.
+    args: Vec<String>,
 }
 
 impl Cluster {
@@ -71,6 +78,7 @@ impl Cluster {
             nodes: BTreeMap::new(),
             starts: 0,
             env: Vec::new(),
+            args: Vec::new(),
         }
     }
 
@@ -78,6 +86,11 @@ impl Cluster {
     /// `RATE_LIMITS__SIGN`).
     pub fn set_env(&mut self, name: &str, value: &str) {
         self.env.push((format!("HSMD_{name}"), value.to_string()));
+    }
+
+    /// Every replica started from now on gets these `hsmd dev` arguments too.
+    pub fn add_args<I: IntoIterator<Item = S>, S: Into<String>>(&mut self, args: I) {
+        self.args.extend(args.into_iter().map(Into::into));
     }
 
     /// The shared data folder (token, PKI, configs, `audit/NODE/`, `client.toml`).
@@ -108,6 +121,7 @@ impl Cluster {
             .args(["--store-url", &self.url, "--node-id", name])
             .arg("--store-password-file")
             .arg(&self.password_file)
+            .args(&self.args)
             .env_remove("SOFTHSM2_CONF")
             .env_remove("PGPASSWORD")
             .envs(self.env.iter().map(|(k, v)| (k, v)))

@@ -416,3 +416,77 @@ async fn a_rate_limit_is_the_clusters_not_each_replicas() {
         );
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn replicas_signing_one_image_at_once_add_one_signature() {
+    use hsmd_e2e::registry::{self, Registry};
+    use hsmd_e2e::v1::image_signing_service_client::ImageSigningServiceClient;
+    use hsmd_e2e::v1::signing_policy_service_client::SigningPolicyServiceClient;
+    use hsmd_e2e::v1::{
+        CreateSignaturePolicyRequest, ImageSignatureStatus, SignImageRequest, SignatureTrigger,
+        VerifyImageRequest,
+    };
+
+    registry::require_registry_tools();
+    let dir = tempfile::tempdir().unwrap();
+    let reg = Registry::start(&dir.path().join("registry"), None);
+    let mut c = Cluster::new(postgres::shared());
+    c.add_args(["--registry".to_string(), format!("http://{}", reg.addr())]);
+    c.start("a").await;
+    c.start("b").await;
+    let key = hsmd_e2e::keys::create(&mut c.node("a").keys(), ec_key(""), "images").await;
+    expect_ok(
+        SigningPolicyServiceClient::new(c.node("a").channel())
+            .create_signature_policy(CreateSignaturePolicyRequest {
+                namespace: "team".into(),
+                name: "team-policy".into(),
+                key_id: key.clone(),
+                trigger: SignatureTrigger::Manual as i32,
+                ..Default::default()
+            })
+            .await,
+        "CreatePolicy on a",
+    );
+    for round in 0..3 {
+        let image = registry::oci_image(dir.path(), format!("round {round}").as_bytes(), "v1");
+        registry::push(&reg, &image, &format!("team/app{round}:v1"));
+        let reference = format!("{}/team/app{round}:v1", reg.addr());
+        // Three SignImage calls on each replica at once (the policy was made on a).
+        let mut calls = Vec::new();
+        for node in ["a", "b", "a", "b", "a", "b"] {
+            let mut client = ImageSigningServiceClient::new(c.node(node).channel());
+            let reference = reference.clone();
+            calls.push(tokio::spawn(async move {
+                client
+                    .sign_image(SignImageRequest {
+                        reference,
+                        key_id: String::new(),
+                    })
+                    .await
+                    .map(|r| r.into_inner().signed)
+            }));
+        }
+        let mut added = 0;
+        for call in calls {
+            match call.await.unwrap() {
+                Ok(signed) => added += usize::from(signed),
+                Err(s) => panic!("round {round}: SignImage failed: {s:?}"),
+            }
+        }
+        assert_eq!(
+            added, 1,
+            "round {round}: one signature added, five found it"
+        );
+        let (v, _) = expect_ok(
+            ImageSigningServiceClient::new(c.node("b").channel())
+                .verify_image(VerifyImageRequest {
+                    reference: reference.clone(),
+                    key_id: String::new(),
+                })
+                .await,
+            "VerifyImage on b",
+        );
+        assert_eq!(v.status, ImageSignatureStatus::ImageSigned as i32, "{v:?}");
+        assert_eq!(v.signatures.len(), 1, "round {round}: {v:?}");
+    }
+}

@@ -94,7 +94,8 @@ pub struct QueryArgs {
     #[arg(long, value_name = "N")]
     limit: Option<u32>,
     /// Log files or folders to read offline, without the daemon (as `audit verify`
-    /// does); the matching records are printed as their lines, table or not.
+    /// does; a cluster's audit folder is read node by node); the matching records are
+    /// printed as their lines, table or not.
     #[arg(value_name = "FILES")]
     files: Vec<std::path::PathBuf>,
 }
@@ -171,12 +172,16 @@ impl QueryArgs {
             limit: self.limit.filter(|&n| n > 0).map(u64::from),
         };
         let io = |e: std::io::Error| CliError::io("cannot read", "audit log", e);
-        let paths = audit_chain::files::expand(&self.files).map_err(io)?;
-        if paths.is_empty() {
+        // A cluster's audit folder holds one chain per node: each is read in its own
+        // order, one node after another (every record names its node).
+        let chains = audit_chain::files::chains(&self.files).map_err(io)?;
+        if chains.iter().all(|(_, paths)| paths.is_empty()) {
             return Err(CliError::usage("no audit log files found there"));
         }
-        let out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
-        audit_chain::query::query_files(&paths, &filter, out).map_err(io)?;
+        let mut out = std::io::BufWriter::with_capacity(1 << 16, std::io::stdout().lock());
+        for (_, paths) in &chains {
+            audit_chain::query::query_files(paths, &filter, &mut out).map_err(io)?;
+        }
         Ok(Verdict::Yes)
     }
 

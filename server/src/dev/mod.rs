@@ -134,8 +134,8 @@ impl DevCluster {
     ) -> anyhow::Result<DevCluster> {
         crate::store::PgConfig::check_url(&store_url)
             .map_err(|e| anyhow::anyhow!("--store-url: {e}"))?;
-        let node_id = crate::config::node_id(node_id)
-            .map_err(|e| anyhow::anyhow!("--node-id: {}", e.problem))?;
+        let node_id =
+            crate::domain::node::node_id(node_id).map_err(|e| anyhow::anyhow!("--node-id: {e}"))?;
         Ok(DevCluster {
             store_url,
             password_file,

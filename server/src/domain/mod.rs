@@ -4,6 +4,7 @@
 //! module names no other module of hsmd, so the backends (`hsm`, `store`, `audit`) and
 //! the capabilities above them (`keys`, `csr`, `api`) all build on it.
 
+pub mod node;
 pub mod reason;
 pub mod record;
 pub mod spec;

@@ -4,7 +4,8 @@
 //! verifies with the key, has the token sign a new payload and writes the manifest back
 //! with one layer more. The read-modify-write runs under one lock, so two pushes of the
 //! same digest (two tags, a redelivered event, a manual sign) never both add a layer,
-//! and never drop each other's.
+//! and never drop each other's; with replicas, under the digest's cluster-wide lock too
+//! (an advisory lock in the shared store), so two replicas never do either.
 
 use std::sync::Arc;
 
@@ -102,6 +103,18 @@ impl Signer {
             .ok_or(SigningError::RegistryNotConfigured)
     }
 
+    /// Holds the cluster-wide lock of one digest's signatures while the result lives
+    /// (one node: nothing to wait for).
+    async fn digest_lock(
+        &self,
+        repository: &str,
+        digest: &Digest,
+    ) -> Result<crate::store::Exclusive, SigningError> {
+        let name = format!("image-signatures:{repository}@{digest}");
+        self.blocking(move |m| Ok(m.store().exclusive_wait(&name)?))
+            .await
+    }
+
     /// Runs `f` on the key manager in the blocking pool (it blocks on SQLite and
     /// PKCS#11): the one hop every signing step takes for the store and the token.
     pub(crate) async fn blocking<T: Send + 'static>(
@@ -126,6 +139,7 @@ impl Signer {
     ) -> Result<(bool, String), SigningError> {
         let registry = self.registry()?;
         let _guard = self.lock.lock().await;
+        let _cluster = self.digest_lock(&image.repository, &image.digest).await?;
         let (mut set, payloads) = registry
             .signatures(&image.repository, &image.digest)
             .await?;
@@ -244,6 +258,7 @@ impl Signer {
                     continue;
                 };
                 let _guard = self.lock.lock().await;
+                let _cluster = self.digest_lock(&repository, &digest).await?;
                 let (mut set, payloads) = registry.signatures(&repository, &digest).await?;
                 let named = |l: &SignatureLayer| {
                     payloads
