@@ -81,6 +81,10 @@ struct DevArgs {
     /// The PostgreSQL password, one line [default: PGPASSWORD, or the URL's].
     #[arg(long, value_name = "FILE", requires = "store_url")]
     store_password_file: Option<PathBuf>,
+    /// PEM roots to verify PostgreSQL's TLS certificate with (with sslmode=require or
+    /// prefer in the URL); without it, no TLS.
+    #[arg(long, value_name = "FILE", requires = "store_url")]
+    store_ca_file: Option<PathBuf>,
     /// This replica's name in the cluster (letters, digits, '-', '_', '.')
     /// [default: the host name].
     #[arg(long, value_name = "NAME", requires = "store_url")]
@@ -155,6 +159,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 webhook_secret_file,
                 store_url,
                 store_password_file,
+                store_ca_file,
                 node_id,
                 postgres,
                 replicas,
@@ -164,7 +169,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 return hsmd::dev::cluster::run(&dir, &listen, token, replicas);
             }
             let cluster = store_url
-                .map(|url| hsmd::dev::DevCluster::new(url, store_password_file, node_id))
+                .map(|url| {
+                    hsmd::dev::DevCluster::new(url, store_password_file, store_ca_file, node_id)
+                })
                 .transpose()?;
             let options = hsmd::dev::DevOptions {
                 token,

@@ -39,7 +39,14 @@ pub fn run(dir: &Path, listen: &str, token: DevToken, replicas: u16) -> anyhow::
     }
     std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
     let dir = dir.canonicalize()?;
-    let pg = LocalPostgres::start(&dir.join("postgres"))?;
+    let tls = dir.join("tls");
+    {
+        // The dev PKI's server certificate (127.0.0.1) serves PostgreSQL's TLS too.
+        let _provisioning = super::lock(&dir)?;
+        super::certs::ensure(&tls, super::DEV_PRINCIPAL)?;
+    }
+    let mut pg = LocalPostgres::start(&dir.join("postgres"))?;
+    pg.serve_tls(&tls.join("server.pem"), &tls.join("server.key"))?;
     if pg
         .psql(
             "postgres",
@@ -52,7 +59,7 @@ pub fn run(dir: &Path, listen: &str, token: DevToken, replicas: u16) -> anyhow::
     }
     let password_file = dir.join("postgres.password");
     super::write_secret(&password_file, &format!("{}\n", pg.password()))?;
-    let url = pg.url(DATABASE);
+    let url = format!("{}?sslmode=require", pg.url(DATABASE));
     println!(
         "hsmd dev: PostgreSQL on {url} (data under {}); starting {replicas} replica(s)",
         dir.join("postgres").display()
@@ -69,6 +76,8 @@ pub fn run(dir: &Path, listen: &str, token: DevToken, replicas: u16) -> anyhow::
             .args(["--store-url", &url, "--node-id", &node])
             .arg("--store-password-file")
             .arg(&password_file)
+            .arg("--store-ca-file")
+            .arg(tls.join("ca.pem"))
             .spawn()
             .with_context(|| format!("start replica {node}"))?;
         children.push((node, child));

@@ -121,6 +121,8 @@ pub struct DevCluster {
     pub store_url: String,
     /// The PostgreSQL password, one line; else `PGPASSWORD` or the URL's.
     pub password_file: Option<PathBuf>,
+    /// PEM roots for the store's TLS (`sslmode=require` in the URL).
+    pub ca_file: Option<PathBuf>,
     /// This replica's name [default: the host name].
     pub node_id: String,
 }
@@ -130,6 +132,7 @@ impl DevCluster {
     pub fn new(
         store_url: String,
         password_file: Option<PathBuf>,
+        ca_file: Option<PathBuf>,
         node_id: Option<String>,
     ) -> anyhow::Result<DevCluster> {
         crate::store::PgConfig::check_url(&store_url)
@@ -139,6 +142,7 @@ impl DevCluster {
         Ok(DevCluster {
             store_url,
             password_file,
+            ca_file,
             node_id,
         })
     }
@@ -280,6 +284,8 @@ enum DevStore<'a> {
         url: &'a str,
         #[serde(skip_serializing_if = "Option::is_none")]
         password_file: Option<PathBuf>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        ca_file: Option<PathBuf>,
     },
 }
 
@@ -332,6 +338,7 @@ fn config_text(
                     .as_ref()
                     .map(std::path::absolute)
                     .transpose()?,
+                ca_file: c.ca_file.as_ref().map(std::path::absolute).transpose()?,
             },
             dir.join("audit").join(&c.node_id).join("audit.log"),
         ),

@@ -293,16 +293,24 @@ async fn run_schedules(
         }
         let (signer, audit, running) = (signer.clone(), audit.clone(), running.clone());
         tokio::spawn(async move {
-            if let Err(e) = sign_all(
-                &signer,
-                &audit,
-                &policy,
-                (SYSTEM_PRINCIPAL, SCHEDULED_METHOD),
-                None,
-            )
-            .await
+            // One replica of a cluster runs each firing; the others skip it.
+            let lock = format!("scheduled-run:{ns}");
+            match signer
+                .blocking(move |m| Ok(m.store().exclusive(&lock)?))
+                .await
             {
-                tracing::warn!(namespace = %ns, error = %e, "scheduled signing run failed");
+                Ok(Some(_held)) => {
+                    let by = (SYSTEM_PRINCIPAL, SCHEDULED_METHOD);
+                    if let Err(e) = sign_all(&signer, &audit, &policy, by, None).await {
+                        tracing::warn!(namespace = %ns, error = %e, "scheduled signing run failed");
+                    }
+                }
+                Ok(None) => {
+                    tracing::debug!(namespace = %ns, "another replica runs this scheduled signing run");
+                }
+                Err(e) => {
+                    tracing::warn!(namespace = %ns, error = %e, "scheduled signing run skipped: no cluster lock");
+                }
             }
             running
                 .lock()

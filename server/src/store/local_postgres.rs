@@ -224,6 +224,7 @@ impl LocalPostgres {
             .arg("-c")
             .arg(format!("unix_socket_directories={}", self.dir.display()))
             .args(["-c", "fsync=off", "-c", "max_connections=200"])
+            .args(self.tls_options())
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(log)
@@ -254,6 +255,42 @@ impl LocalPostgres {
             }
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Serves TLS from now on (and at every restart) with this certificate and key
+    /// (PEM files), copied into the server's folder where only its user reads the key;
+    /// restarts the server. Clients choose: `sslmode=require` gets TLS, `disable` not.
+    pub fn serve_tls(&mut self, cert: &Path, key: &Path) -> anyhow::Result<()> {
+        for (from, to, mode) in [(cert, "server.crt", 0o644), (key, "server.key", 0o600)] {
+            let to = self.dir.join(to);
+            fs::copy(from, &to).with_context(|| format!("copy {}", from.display()))?;
+            fs::set_permissions(&to, fs::Permissions::from_mode(mode))?;
+            if is_root() {
+                nix::unistd::chown(
+                    &to,
+                    Some(nix::unistd::Uid::from_raw(65534)),
+                    Some(nix::unistd::Gid::from_raw(65534)),
+                )
+                .with_context(|| format!("chown nobody {}", to.display()))?;
+            }
+        }
+        self.restart()
+    }
+
+    /// `-c ssl=on ...` once [`LocalPostgres::serve_tls`] put the files in place.
+    fn tls_options(&self) -> Vec<String> {
+        let (cert, key) = (self.dir.join("server.crt"), self.dir.join("server.key"));
+        if !(cert.exists() && key.exists()) {
+            return Vec::new();
+        }
+        vec![
+            "-c".into(),
+            "ssl=on".into(),
+            "-c".into(),
+            format!("ssl_cert_file={}", cert.display()),
+            "-c".into(),
+            format!("ssl_key_file={}", key.display()),
+        ]
     }
 
     /// Stops the server (fast shutdown: SIGINT), keeping its data.
