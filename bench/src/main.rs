@@ -503,27 +503,7 @@ impl HsmdSide {
             clients.push(Client::connect(&profile).await?);
         }
         make_extra_keys(&clients[0], args.extra_keys).await?;
-        let pb_spec = PbKeySpec::from_str_name(spec.name()).context("spec")?;
-        let key = clients[0]
-            .create_key(CreateKeyRequest {
-                spec: pb_spec as i32,
-                usage: (if args.op.encrypts() {
-                    KeyUsage::EncryptDecrypt
-                } else {
-                    KeyUsage::SignVerify
-                }) as i32,
-                ..Default::default()
-            })
-            .await?;
-        let spec = BenchSpec {
-            op: args.op,
-            key_id: key.key_id,
-            algorithm: PbAlg::from_str_name(algorithm.name()).context("algorithm")?,
-            concurrency: args.concurrency.max(1),
-            length: Length::Calls(0),
-            warmup: Duration::ZERO,
-            stream: args.stream,
-        };
+        let spec = bench_spec(&clients[0], args, spec, algorithm).await?;
         let prepared = bench::prepare(&clients, &spec).await?;
         let kms = match args.kms {
             true => Some(kms::connect(&socket).await?),
@@ -545,6 +525,36 @@ impl HsmdSide {
         self.daemon.stop();
         rss
     }
+}
+
+/// Creates the key the calls use (through `client`) and describes the calls.
+async fn bench_spec(
+    client: &Client,
+    args: &Args,
+    spec: KeySpec,
+    algorithm: SigningAlgorithm,
+) -> anyhow::Result<BenchSpec> {
+    let usage = if args.op.encrypts() {
+        KeyUsage::EncryptDecrypt
+    } else {
+        KeyUsage::SignVerify
+    };
+    let key = client
+        .create_key(CreateKeyRequest {
+            spec: PbKeySpec::from_str_name(spec.name()).context("spec")? as i32,
+            usage: usage as i32,
+            ..Default::default()
+        })
+        .await?;
+    Ok(BenchSpec {
+        op: args.op,
+        key_id: key.key_id,
+        algorithm: PbAlg::from_str_name(algorithm.name()).context("algorithm")?,
+        concurrency: args.concurrency.max(1),
+        length: Length::Calls(0),
+        warmup: Duration::ZERO,
+        stream: args.stream,
+    })
 }
 
 async fn make_extra_keys(client: &Client, n: usize) -> anyhow::Result<()> {

@@ -10,8 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use hsm_client::bench::{self, BenchSpec, Length, Samples};
-use hsm_client::v1::{CreateKeyRequest, KeySpec as PbKeySpec, KeyUsage, SigningAlgorithm as PbAlg};
+use hsm_client::bench::{self, Length, Samples};
 use hsm_client::{Client, Profile};
 use hsmd::dev::postgres::LocalPostgres;
 use hsmd::domain::spec::{KeySpec, SigningAlgorithm};
@@ -141,26 +140,7 @@ pub(crate) fn run(
                 spread.push(connect(&r.endpoint).await?);
             }
         }
-        let key = single[0]
-            .create_key(CreateKeyRequest {
-                spec: PbKeySpec::from_str_name(spec.name()).context("spec")? as i32,
-                usage: (if args.op.encrypts() {
-                    KeyUsage::EncryptDecrypt
-                } else {
-                    KeyUsage::SignVerify
-                }) as i32,
-                ..Default::default()
-            })
-            .await?;
-        let bspec = BenchSpec {
-            op: args.op,
-            key_id: key.key_id,
-            algorithm: PbAlg::from_str_name(algorithm.name()).context("algorithm")?,
-            concurrency: args.concurrency.max(1),
-            length: Length::Calls(0),
-            warmup: Duration::ZERO,
-            stream: args.stream,
-        };
+        let bspec = super::bench_spec(&single[0], args, spec, algorithm).await?;
         let prepared = bench::prepare(&single, &bspec).await?;
         let length = args
             .calls

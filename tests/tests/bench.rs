@@ -197,6 +197,57 @@ fn hsmd_bench_drives_the_kms_plugin() {
     );
 }
 
+/// `--replicas 2` compares one replica with two on one token, their metadata in a
+/// private PostgreSQL the run starts and stops; the calls go to both replicas.
+#[test]
+fn hsmd_bench_compares_one_replica_with_two() {
+    require_tools();
+    let dir = tempfile::tempdir().unwrap();
+    let out = run(Command::new(workspace_bin("hsmd-bench"))
+        .args(["--data-dir"])
+        .arg(dir.path())
+        .args([
+            "--replicas",
+            "2",
+            "--spec",
+            "EC_P256",
+            "--algorithm",
+            "ECDSA_SHA_256",
+        ])
+        .args(["--concurrency", "2", "--calls", "40", "--rounds", "2"])
+        .args(["--warmup", "0s", "-o", "json"]));
+    let report: serde_json::Value = serde_json::from_str(out.stdout.trim())
+        .unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", out.describe()));
+    assert_eq!(report["replicas"], 2, "{report}");
+    for side in ["one_replica", "all_replicas"] {
+        assert_eq!(report[side]["calls"], 40, "{side}: {report}");
+        assert_eq!(report[side]["errors"], 0, "{side}: {report}");
+    }
+    assert!(report["scaling"].as_f64().unwrap() > 0.0, "{report}");
+    // Each replica kept its own chain, and the spread side reached node2 too.
+    let signs = |node: &str| {
+        std::fs::read_to_string(dir.path().join("audit").join(node).join("audit.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("/hsmd.v1.KeyService/Sign\""))
+            .count()
+    };
+    assert!(signs("node1") >= 40, "node1 signed {}", signs("node1"));
+    assert!(signs("node2") >= 10, "node2 signed {}", signs("node2"));
+    let refused = run_unchecked(Command::new(workspace_bin("hsmd-bench")).args([
+        "--replicas",
+        "2",
+        "--kms",
+        "--op",
+        "encrypt",
+    ]));
+    assert!(
+        !refused.success() && refused.stderr.contains("--replicas compares replicas only"),
+        "{}",
+        refused.describe()
+    );
+}
+
 #[tokio::test]
 async fn hsmctl_bench_drives_a_running_daemon() {
     let daemon = Daemon::start().await;

@@ -205,7 +205,12 @@ pub fn provision_with(
     if let Some(r) = &options.registry {
         text.push_str(&registry_text(&dir, r)?);
     }
-    fs::write(&config, text)?;
+    if options.cluster.is_some() {
+        // The store URL may hold a password.
+        write_secret(&config, &text)?;
+    } else {
+        fs::write(&config, text)?;
+    }
     Ok(Provisioned { config, tpm })
 }
 

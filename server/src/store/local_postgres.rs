@@ -91,6 +91,16 @@ pub struct LocalPostgres {
     child: Option<Child>,
 }
 
+/// Gives `p` to `nobody`, the server's user when hsmd runs as root.
+fn chown_nobody(p: &Path) -> anyhow::Result<()> {
+    let nobody = (
+        nix::unistd::Uid::from_raw(65534),
+        nix::unistd::Gid::from_raw(65534),
+    );
+    nix::unistd::chown(p, Some(nobody.0), Some(nobody.1))
+        .with_context(|| format!("chown nobody {}", p.display()))
+}
+
 fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
 }
@@ -118,6 +128,17 @@ fn run(cmd: &mut Command) -> anyhow::Result<String> {
 }
 
 impl LocalPostgres {
+    /// The server of folder `dir` (not started), on a free port.
+    fn at(dir: &Path, password: String) -> anyhow::Result<LocalPostgres> {
+        Ok(LocalPostgres {
+            dir: dir.to_path_buf(),
+            bin: bin_dir()?,
+            port: free_port()?,
+            password,
+            child: None,
+        })
+    }
+
     /// A command that runs `program` from the PostgreSQL folder, as `nobody` when root.
     /// The server is also told to stop (SIGINT, fast shutdown) when the thread that
     /// started it ends, so that no server outlives its test binary or `hsmd dev`.
@@ -144,13 +165,7 @@ impl LocalPostgres {
                 .with_context(|| format!("read {}", pwfile.display()))?
                 .trim()
                 .to_string();
-            let mut pg = LocalPostgres {
-                dir: dir.to_path_buf(),
-                bin: bin_dir()?,
-                port: free_port()?,
-                password,
-                child: None,
-            };
+            let mut pg = LocalPostgres::at(dir, password)?;
             pg.restart()?;
             return Ok(pg);
         }
@@ -161,12 +176,7 @@ impl LocalPostgres {
             // The server's user must own its folder, and reach it.
             fs::set_permissions(dir, fs::Permissions::from_mode(0o700))?;
             for p in [dir, pwfile.as_path()] {
-                nix::unistd::chown(
-                    p,
-                    Some(nix::unistd::Uid::from_raw(65534)),
-                    Some(nix::unistd::Gid::from_raw(65534)),
-                )
-                .with_context(|| format!("chown nobody {}", p.display()))?;
+                chown_nobody(p)?;
             }
             let mut up = dir.parent();
             while let Some(p) = up {
@@ -178,13 +188,7 @@ impl LocalPostgres {
                 up = p.parent();
             }
         }
-        let mut pg = LocalPostgres {
-            dir: dir.to_path_buf(),
-            bin: bin_dir()?,
-            port: free_port()?,
-            password,
-            child: None,
-        };
+        let mut pg = LocalPostgres::at(dir, password)?;
         run(pg
             .command("initdb")
             .arg("-D")
@@ -266,12 +270,7 @@ impl LocalPostgres {
             fs::copy(from, &to).with_context(|| format!("copy {}", from.display()))?;
             fs::set_permissions(&to, fs::Permissions::from_mode(mode))?;
             if is_root() {
-                nix::unistd::chown(
-                    &to,
-                    Some(nix::unistd::Uid::from_raw(65534)),
-                    Some(nix::unistd::Gid::from_raw(65534)),
-                )
-                .with_context(|| format!("chown nobody {}", to.display()))?;
+                chown_nobody(&to)?;
             }
         }
         self.restart()

@@ -125,11 +125,11 @@ pub(crate) enum StoreConfig {
 }
 
 impl StoreConfig {
-    /// For messages: the file, or the URL (which holds no password).
+    /// For messages: the file, or the URL with any password in it masked.
     pub(crate) fn describe(&self) -> String {
         match self {
             StoreConfig::Sqlite(p) => p.display().to_string(),
-            StoreConfig::Postgres(pg) => pg.url.clone(),
+            StoreConfig::Postgres(pg) => PgConfig::redacted(&pg.url),
         }
     }
 }

@@ -60,6 +60,29 @@ pub(crate) struct PgConfig {
 }
 
 impl PgConfig {
+    /// `url` for logs and errors: a password in it (`postgres://user:PASSWORD@host`, or
+    /// `password=...`) is masked.
+    pub(crate) fn redacted(url: &str) -> String {
+        let mut out = url.to_string();
+        if let Some(scheme) = out.find("://") {
+            let rest = scheme + 3;
+            let end = out[rest..].find(['/', '?']).map_or(out.len(), |i| rest + i);
+            if let Some(at) = out[rest..end].rfind('@').map(|i| rest + i)
+                && let Some(colon) = out[rest..at].find(':').map(|i| rest + i)
+            {
+                out.replace_range(colon + 1..at, "***");
+            }
+        }
+        if let Some(i) = out.find("password=") {
+            let start = i + "password=".len();
+            let end = out[start..]
+                .find(['&', ' '])
+                .map_or(out.len(), |j| start + j);
+            out.replace_range(start..end, "***");
+        }
+        out
+    }
+
     /// Whether the driver understands `url` (hosts, port, options, `sslmode`).
     pub(crate) fn check_url(url: &str) -> Result<(), String> {
         url.parse::<tokio_postgres::Config>()
@@ -602,6 +625,23 @@ where
 #[cfg(test)]
 mod tests {
     use super::dollars;
+
+    #[test]
+    fn passwords_in_urls_are_masked() {
+        use super::PgConfig;
+        assert_eq!(
+            PgConfig::redacted("postgres://hsmd:s3cret@db:5432/hsmd?sslmode=require"),
+            "postgres://hsmd:***@db:5432/hsmd?sslmode=require"
+        );
+        assert_eq!(
+            PgConfig::redacted("postgres://hsmd@db/hsmd?password=s3cret&sslmode=require"),
+            "postgres://hsmd@db/hsmd?password=***&sslmode=require"
+        );
+        assert_eq!(
+            PgConfig::redacted("postgres://hsmd@db:5432/hsmd"),
+            "postgres://hsmd@db:5432/hsmd"
+        );
+    }
 
     #[test]
     fn placeholders_become_dollars_outside_quotes() {
