@@ -90,9 +90,9 @@ struct DevArgs {
     #[arg(long, value_name = "NAME", requires = "store_url")]
     node_id: Option<String>,
     /// Start a private PostgreSQL under DIR/postgres (Debian's `postgresql`, a free
-    /// port, no system service touched; kept across restarts) and run --replicas
-    /// replicas on it, each an `hsmd dev --store-url` process of its own; stopped
-    /// together on Ctrl-C or SIGTERM.
+    /// port, no system service touched, password authentication and TLS with the dev
+    /// PKI; kept across restarts) and run --replicas replicas on it, each an `hsmd dev
+    /// --store-url` process of its own; stopped together on Ctrl-C or SIGTERM.
     #[arg(long, conflicts_with = "store_url")]
     postgres: bool,
     /// How many replicas --postgres runs (nodes node1, node2...). Their gRPC ports
