@@ -78,7 +78,7 @@ impl Entries {
 /// The database version a lookup started from; a record read after it may be kept
 /// under it.
 #[derive(Clone, Copy)]
-pub(super) struct Version(i64);
+pub(super) struct Version(i64, Instant);
 
 impl KeyCache {
     /// Watches `watch`, which must never be used to write. Its busy timeout is cut
@@ -110,6 +110,9 @@ impl KeyCache {
     /// them in the order they were read: a slow caller cannot put back an older version
     /// (and with it let an older record be kept) after a newer one was seen.
     pub(super) fn version(&self) -> Result<Version, StoreError> {
+        // A record kept under this version is as old as this moment, not as the moment
+        // it was kept: its age counts from before the row was read.
+        let read_at = Instant::now();
         let conn;
         let v: i64 = match &self.watch {
             Source::Sqlite(c) => {
@@ -127,7 +130,7 @@ impl KeyCache {
             e.aliases.clear();
             e.version = Some(v);
         }
-        Ok(Version(v))
+        Ok(Version(v, read_at))
     }
 
     pub(super) fn key(&self, id: Uuid) -> Option<KeyRecord> {
@@ -147,7 +150,7 @@ impl KeyCache {
             if e.keys.len() >= MAX_ENTRIES {
                 e.keys.clear();
             }
-            e.keys.insert(key.id, (Instant::now(), key.clone()));
+            e.keys.insert(key.id, (at.1, key.clone()));
         }
     }
 
@@ -157,7 +160,7 @@ impl KeyCache {
             if e.aliases.len() >= MAX_ENTRIES {
                 e.aliases.clear();
             }
-            e.aliases.insert(alias.to_string(), (Instant::now(), id));
+            e.aliases.insert(alias.to_string(), (at.1, id));
         }
     }
 

@@ -448,6 +448,9 @@ impl Store {
         self.tx(|c| {
             // Only while the key is ENABLED: a rotation racing ScheduleKeyDeletion or
             // DisableKey adds nothing (Conflict, and the caller destroys its object).
+            // The key row's lock makes the check see a state change committed by
+            // another replica meanwhile (PostgreSQL's EXISTS alone locks nothing).
+            rows::lock_key(c, id)?;
             let r = c.execute(
                 "INSERT INTO key_versions (key_id, version, object_id, create_time)
                  SELECT CAST(?1 AS TEXT), CAST(?2 AS BIGINT), CAST(?3 AS TEXT), CAST(?4 AS BIGINT)

@@ -47,7 +47,7 @@ const MIGRATIONS: &[(i64, &str)] = &[
 ];
 
 /// `[store]` for PostgreSQL.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub(crate) struct PgConfig {
     /// `postgres://user@host:port/db?sslmode=...`.
     pub(crate) url: String,
@@ -59,15 +59,26 @@ pub(crate) struct PgConfig {
     pub(crate) pool_size: usize,
 }
 
+impl std::fmt::Debug for PgConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgConfig")
+            .field("url", &PgConfig::redacted(&self.url))
+            .field("password", &self.password.as_ref().map(|_| "***"))
+            .field("ca_file", &self.ca_file)
+            .field("pool_size", &self.pool_size)
+            .finish()
+    }
+}
+
 impl PgConfig {
     /// `url` for logs and errors: a password in it (`postgres://user:PASSWORD@host`, or
     /// `password=...`) is masked.
     pub(crate) fn redacted(url: &str) -> String {
         let mut out = url.to_string();
+        // As the driver reads it: the credentials run to the first '@'.
         if let Some(scheme) = out.find("://") {
             let rest = scheme + 3;
-            let end = out[rest..].find(['/', '?']).map_or(out.len(), |i| rest + i);
-            if let Some(at) = out[rest..end].rfind('@').map(|i| rest + i)
+            if let Some(at) = out[rest..].find('@').map(|i| rest + i)
                 && let Some(colon) = out[rest..at].find(':').map(|i| rest + i)
             {
                 out.replace_range(colon + 1..at, "***");
@@ -284,10 +295,24 @@ impl Engine {
         }
         pg.connect_timeout(DEADLINE);
         pg.application_name("hsmd");
-        if pg.get_options().is_none() {
-            // The server's NOTICEs ("already exists, skipping") are not news.
-            pg.options("-c client_min_messages=warning");
-        }
+        // Dead peers are found in seconds, not TCP's hours: a replica that lost its
+        // network loses its session (and its advisory locks and row locks) soon.
+        pg.keepalives(true)
+            .keepalives_idle(Duration::from_secs(10))
+            .keepalives_interval(Duration::from_secs(5))
+            .keepalives_retries(3);
+        // The server gives up where hsmd does: a statement hsmd stopped waiting for
+        // does not commit later, and no session sits inside a transaction. The
+        // server's NOTICEs ("already exists, skipping") are not news.
+        let ours = "-c statement_timeout=9000 -c lock_timeout=9000 \
+                    -c idle_in_transaction_session_timeout=15000 \
+                    -c tcp_keepalives_idle=10 -c tcp_keepalives_interval=5 \
+                    -c tcp_keepalives_count=3 -c client_min_messages=warning";
+        let options = match pg.get_options() {
+            Some(theirs) => format!("{ours} {theirs}"),
+            None => ours.to_string(),
+        };
+        pg.options(&options);
         let tls = Tls::from_config(cfg)?;
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
@@ -364,9 +389,11 @@ impl Engine {
                 .map_err(|e| StoreError::Unavailable(format!("PostgreSQL: {e}")))
         })?;
         Ok(PgConn {
-            client: Arc::new(client),
+            client: Some(Arc::new(client)),
             engine: self.clone(),
             in_tx: false,
+            unsure: false,
+            wrote_cached: false,
         })
     }
 
@@ -432,35 +459,89 @@ pub(crate) struct PgLock {
     _engine: Arc<Engine>,
 }
 
+/// A statement being prepared on a connection, with its arguments.
+type Prepared = std::pin::Pin<
+    Box<
+        dyn Future<
+                Output = Result<(Arc<Object>, tokio_postgres::Statement, Vec<Value>), StoreError>,
+            > + Send,
+    >,
+>;
+
 /// One pooled connection, used by one store call.
 pub(super) struct PgConn {
-    client: Arc<Object>,
+    /// Taken only when the connection is dropped.
+    client: Option<Arc<Object>>,
     engine: Arc<Engine>,
     in_tx: bool,
+    /// A transaction's end failed (or never came), or a statement's answer: the
+    /// connection may still be busy or inside a transaction, so it must not go back to
+    /// the pool.
+    unsure: bool,
+    /// The open transaction wrote what the key cache holds.
+    wrote_cached: bool,
+}
+
+impl Drop for PgConn {
+    fn drop(&mut self) {
+        if (self.in_tx || self.unsure)
+            && let Some(client) = self.client.take()
+            && let Ok(object) = Arc::try_unwrap(client)
+        {
+            // Out of the pool: closing the connection ends whatever transaction it
+            // was in. (A statement still in flight holds the other reference; its
+            // error closes nothing, but it ends within the deadline.)
+            drop(Object::take(object));
+        }
+    }
 }
 
 impl PgConn {
-    fn statement(
-        &mut self,
-        sql: &str,
-        args: &[Value],
-    ) -> impl Future<
-        Output = Result<(Arc<Object>, tokio_postgres::Statement, Vec<Value>), StoreError>,
-    > + Send
-    + 'static {
-        let c = self.client.clone();
-        let sql = dollars(sql);
-        let args = args.to_vec();
-        async move {
-            let st = c.prepare_cached(&sql).await?;
-            Ok((c, st, args))
-        }
+    fn client(&self) -> Result<Arc<Object>, StoreError> {
+        self.client
+            .clone()
+            .ok_or_else(|| StoreError::Unavailable("the connection was closed".into()))
     }
 
-    /// A change is committed (or made outside a transaction): forget the cache here
-    /// at once, without waiting for the notification.
-    fn changed(&self) {
-        if !self.in_tx {
+    fn statement(&mut self, sql: &str, args: &[Value]) -> Result<Prepared, StoreError> {
+        let c = self.client()?;
+        let sql = dollars(sql);
+        let args = args.to_vec();
+        Ok(Box::pin(async move {
+            let st = c.prepare_cached(&sql).await?;
+            Ok((c, st, args))
+        }))
+    }
+
+    /// `r` of a statement; one that could not be seen through (a deadline, a lost
+    /// connection) leaves the connection in doubt, and it is not pooled again.
+    fn settled<T>(&mut self, r: Result<T, StoreError>) -> Result<T, StoreError> {
+        if matches!(r, Err(StoreError::Unavailable(_))) {
+            self.unsure = true;
+        }
+        r
+    }
+
+    /// `sql` wrote: if it wrote what the key cache holds, forget the cache here at
+    /// once (at the commit, inside a transaction), without waiting for the
+    /// notification. Other writes (rate buckets, the event queue) leave it be.
+    fn changed_by(&mut self, sql: &str) {
+        let lower = sql.to_ascii_lowercase();
+        let cached = [
+            "keys ",
+            "aliases ",
+            "key_versions ",
+            "key_rotation ",
+            "key_material ",
+        ]
+        .iter()
+        .any(|t| lower.contains(t));
+        if !cached {
+            return;
+        }
+        if self.in_tx {
+            self.wrote_cached = true;
+        } else {
             self.engine.watch.bump();
         }
     }
@@ -472,40 +553,50 @@ fn refs(args: &[Value]) -> Vec<&(dyn ToSql + Sync)> {
 
 impl Db for PgConn {
     fn execute(&mut self, sql: &str, args: &[Value]) -> Result<usize, StoreError> {
-        let prepared = self.statement(sql, args);
+        let prepared = self.statement(sql, args)?;
         let n = self.engine.run(async move {
             let (c, st, args) = prepared.await?;
             Ok(c.execute(&st, &refs(&args)).await?)
-        })?;
-        self.changed();
+        });
+        let n = self.settled(n)?;
+        self.changed_by(sql);
         usize::try_from(n).map_err(|_| StoreError::Corrupt(format!("{n} rows changed")))
     }
 
     fn query(&mut self, sql: &str, args: &[Value]) -> Result<Vec<Row>, StoreError> {
-        let writes = !sql.trim_start().to_ascii_uppercase().starts_with("SELECT");
-        let prepared = self.statement(sql, args);
+        let first = sql.trim_start().to_ascii_uppercase();
+        let writes = ["INSERT", "UPDATE", "DELETE"]
+            .iter()
+            .any(|w| first.starts_with(w));
+        let prepared = self.statement(sql, args)?;
         let rows = self.engine.run(async move {
             let (c, st, args) = prepared.await?;
             let rows = c.query(&st, &refs(&args)).await?;
             rows.iter().map(read).collect::<Result<Vec<_>, _>>()
-        })?;
+        });
+        let rows = self.settled(rows)?;
         if writes {
-            self.changed();
+            self.changed_by(sql);
         }
         Ok(rows)
     }
 
     fn batch(&mut self, sql: &str) -> Result<(), StoreError> {
-        let c = self.client.clone();
+        let c = self.client()?;
         let text = sql.to_string();
         let r = self
             .engine
             .run(async move { Ok(c.batch_execute(&text).await?) });
+        let r = self.settled(r);
         match sql {
-            "BEGIN" => self.in_tx = r.is_ok(),
+            // A BEGIN that failed may still have begun (a deadline, not an error).
+            "BEGIN" => self.in_tx = true,
             "COMMIT" | "ROLLBACK" => {
                 self.in_tx = false;
-                self.changed();
+                self.unsure |= r.is_err();
+                if std::mem::take(&mut self.wrote_cached) {
+                    self.engine.watch.bump();
+                }
             }
             _ => {}
         }
@@ -640,6 +731,21 @@ mod tests {
         assert_eq!(
             PgConfig::redacted("postgres://hsmd@db:5432/hsmd"),
             "postgres://hsmd@db:5432/hsmd"
+        );
+        assert_eq!(
+            PgConfig::redacted("postgres://hsmd:pa/ss@db/hsmd"),
+            "postgres://hsmd:***@db/hsmd"
+        );
+        let cfg = PgConfig {
+            url: "postgres://hsmd:s3cret@db/hsmd".into(),
+            password: Some("other".to_string().into()),
+            ca_file: None,
+            pool_size: 2,
+        };
+        let debug = format!("{cfg:?}");
+        assert!(
+            !debug.contains("s3cret") && !debug.contains("other"),
+            "{debug}"
         );
     }
 
