@@ -13,7 +13,7 @@ use hsmd_proto::v1::audit_service_client::AuditServiceClient;
 use hsmd_proto::v1::key_service_client::KeyServiceClient;
 use tonic::transport::Channel;
 
-use crate::daemon::{START_TIMEOUT, terminate};
+use crate::daemon::{START_TIMEOUT, hsmctl_with, stop_within};
 use crate::instance::connect_admin;
 use crate::postgres::Postgres;
 use crate::profile::Profile;
@@ -192,13 +192,7 @@ impl Cluster {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
-        let mut cmd = Command::new(tools::workspace_bin("hsmctl"));
-        cmd.arg("--profile")
-            .arg(self.profile_path())
-            .args(args)
-            .env_remove("HSMCTL_PROFILE")
-            .current_dir(self.root.path());
-        tools::run_unchecked(&mut cmd)
+        hsmctl_with(&self.profile_path(), self.root.path(), args)
     }
 }
 
@@ -206,14 +200,8 @@ impl Drop for Cluster {
     fn drop(&mut self) {
         let panicking = std::thread::panicking();
         for (name, node) in &mut self.nodes {
-            if let Some(mut c) = node.child.take() {
-                terminate(&c);
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while c.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-                let _ = c.kill();
-                let _ = c.wait();
+            if let Some(c) = node.child.take() {
+                stop_within(c, Duration::from_secs(10));
             }
             if panicking {
                 eprintln!("---- replica {name} stderr:\n{}", node.stderr_text());

@@ -236,13 +236,7 @@ impl Daemon {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
-        let mut cmd = Command::new(tools::workspace_bin("hsmctl"));
-        cmd.arg("--profile")
-            .arg(self.profile_path())
-            .args(args)
-            .env_remove("HSMCTL_PROFILE")
-            .current_dir(self.scratch());
-        tools::run_unchecked(&mut cmd)
+        hsmctl_with(&self.profile_path(), &self.scratch(), args)
     }
 
     /// Like [`Daemon::hsmctl`] but panics unless it exits 0; returns trimmed stdout.
@@ -304,6 +298,39 @@ impl Daemon {
     }
 }
 
+/// Runs `hsmctl --profile PROFILE ARGS...` in `cwd`, no profile from the environment.
+pub(crate) fn hsmctl_with<I, S>(
+    profile: &std::path::Path,
+    cwd: &std::path::Path,
+    args: I,
+) -> CmdOutput
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    let mut cmd = Command::new(tools::workspace_bin("hsmctl"));
+    cmd.arg("--profile")
+        .arg(profile)
+        .args(args)
+        .env_remove("HSMCTL_PROFILE")
+        .current_dir(cwd);
+    tools::run_unchecked(&mut cmd)
+}
+
+/// SIGTERM, then SIGKILL if the child has not exited `within`; reaps it.
+pub(crate) fn stop_within(mut child: Child, within: Duration) {
+    terminate(&child);
+    let deadline = Instant::now() + within;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 pub(crate) fn terminate(child: &Child) {
     let pid = libc::pid_t::try_from(child.id()).expect("pid fits pid_t");
     // SAFETY: kill(2) on the pid of a child we own and have not reaped yet.
@@ -314,17 +341,8 @@ pub(crate) fn terminate(child: &Child) {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            terminate(&child);
-            let deadline = Instant::now() + Duration::from_secs(5);
-            while Instant::now() < deadline {
-                if let Ok(Some(_)) = child.try_wait() {
-                    break;
-                }
-                std::thread::sleep(Duration::from_millis(20));
-            }
-            let _ = child.kill();
-            let _ = child.wait();
+        if let Some(child) = self.child.take() {
+            stop_within(child, Duration::from_secs(5));
         }
         if std::thread::panicking() {
             let stderr = self.stderr_text();
