@@ -28,6 +28,7 @@ pub(crate) mod images;
 pub(crate) mod import;
 pub(crate) mod keys;
 pub(crate) mod kubernetes;
+pub(crate) mod pace;
 mod rotation;
 mod signing;
 pub(crate) mod status;
@@ -56,6 +57,8 @@ pub(crate) struct ApiState {
     pub(crate) metrics: Arc<Metrics>,
     /// Signs and verifies container images in the configured registry.
     pub(crate) signer: Arc<crate::signing::signer::Signer>,
+    /// How long each kind of key work takes: whether it runs inline or in the pool.
+    pub(crate) pace: Arc<pace::Pace>,
 }
 
 /// Who is calling, from the connection: principal (verified client certificate) and peer.
@@ -287,14 +290,22 @@ impl ApiState {
             }
         };
         let g = grant.clone();
-        let (id, result) = self
-            .blocking(move |m| {
-                Ok(match m.resolve(&key_ref) {
-                    Ok(key) => (Some(key.id), g.check_key(&key).and_then(|()| f(m, key))),
-                    Err(e) => (None, Err(ApiError::from(e))),
-                })
+        let pace = self.pace.clone();
+        let kind = pace.kind(call.method, named);
+        let work = move |m: &KeyManager, inline: bool| {
+            pace.measure(kind, inline, || match m.resolve(&key_ref) {
+                Ok(key) => (Some(key.id), g.check_key(&key).and_then(|()| f(m, key))),
+                Err(e) => (None, Err(ApiError::from(e))),
             })
-            .await?;
+        };
+        // Quick work runs here, slow or unknown work in the blocking pool (`pace`).
+        let (id, result) = if self.pace.inline(kind) {
+            let keys = &self.keys;
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(keys, true)))
+                .map_err(|_| ApiError::Key(KeyError::Internal("key work panicked".into())))?
+        } else {
+            self.blocking(move |m| Ok(work(m, false))).await?
+        };
         call.note_key(named, id);
         result.map_err(|e| grant.hide_missing(named, e))
     }

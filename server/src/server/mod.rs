@@ -292,6 +292,7 @@ async fn open_state(cfg: &Config, clock: SharedClock) -> anyhow::Result<ApiState
         audit,
         auth: Arc::new(auth),
         metrics,
+        pace: Default::default(),
     })
 }
 

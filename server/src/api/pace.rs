@@ -1,0 +1,182 @@
+//! Which key operations run on the async worker itself instead of the blocking pool.
+//!
+//! Token work runs in the blocking pool so that a slow call (an RSA key generation, a
+//! key lookup behind a store write, a network HSM) never stalls the async workers. For
+//! a short call that costs a thread hand-off each way, and on a busy core two hand-offs
+//! cost more than an ECDSA signature in SoftHSM2. So each kind of work (the method and
+//! the key as the caller named it) keeps a running average of how long it took, and work
+//! whose average is under [`INLINE_BELOW`] runs on the worker: on SoftHSM2 an ECDSA
+//! signature or an AES encryption does, an RSA signature (over a millisecond) does not,
+//! nor does anything on a slow token. Work never seen goes to the pool first; work that
+//! runs slow inline (a lock held by a writer, a token busy re-initializing) raises its
+//! average and goes back to the pool on its next call.
+//!
+//! A sample is the CPU time the work used on its thread, not its wall time: on a
+//! saturated core a thread waits its turn for the CPU, and that wait says nothing about
+//! how long the work would hold a worker. What does hold a worker is a stall, the thread
+//! going to sleep on a lock or a busy token: an inline run that slept (a voluntary
+//! context switch, from `getrusage(RUSAGE_THREAD)`) and took longer than [`STALL`]
+//! counts with its wall time.
+//!
+//! The averages sit in a fixed table indexed by a hash, so callers naming many keys
+//! cost no memory; two kinds of work sharing a slot share one average, which at worst
+//! runs one slow call inline before the average sends it back to the pool.
+
+use std::hash::{Hash, Hasher};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+/// Work that took less than this on average runs on the async worker.
+pub(crate) const INLINE_BELOW: Duration = Duration::from_micros(500);
+/// An inline run that slept and took longer than this stalled the worker: it counts
+/// as its wall time, whatever CPU it used.
+pub(crate) const STALL: Duration = Duration::from_millis(1);
+/// Slots of the table of averages.
+const SLOTS: usize = 1024;
+
+/// Running averages of how long each kind of key work took, in microseconds (0: never
+/// seen).
+pub(crate) struct Pace {
+    slots: Box<[AtomicU32]>,
+}
+
+/// One kind of work: a slot of the table.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Kind(usize);
+
+impl Default for Pace {
+    fn default() -> Self {
+        Pace {
+            slots: (0..SLOTS).map(|_| AtomicU32::new(0)).collect(),
+        }
+    }
+}
+
+impl Pace {
+    /// The kind of work of `method` on the key named `named`.
+    pub(crate) fn kind(&self, method: &str, named: &str) -> Kind {
+        let mut h = std::hash::DefaultHasher::new();
+        method.hash(&mut h);
+        named.hash(&mut h);
+        Kind((h.finish() % SLOTS as u64) as usize)
+    }
+
+    /// True if work of this kind has been quick on average.
+    pub(crate) fn inline(&self, kind: Kind) -> bool {
+        let us = self.slots[kind.0].load(Ordering::Relaxed);
+        us != 0 && u128::from(us) < INLINE_BELOW.as_micros()
+    }
+
+    /// Runs `work` of this kind and adds what it cost to the kind's average (see the
+    /// module comment). `inline`: the run holds an async worker.
+    pub(crate) fn measure<T>(&self, kind: Kind, inline: bool, work: impl FnOnce() -> T) -> T {
+        let slept = || inline.then(voluntary_switches);
+        let (began, cpu, before) = (std::time::Instant::now(), thread_cpu(), slept());
+        let done = work();
+        let (wall, cpu) = (began.elapsed(), thread_cpu().saturating_sub(cpu));
+        let stalled = wall > STALL && slept() > before;
+        self.took(kind, if stalled { wall } else { cpu });
+        done
+    }
+
+    /// Adds how long one piece of work of this kind took to its average (a quarter of
+    /// the new sample, three quarters of the old average).
+    pub(crate) fn took(&self, kind: Kind, took: Duration) {
+        let sample = u32::try_from(took.as_micros()).unwrap_or(u32::MAX).max(1);
+        let slot = &self.slots[kind.0];
+        let old = slot.load(Ordering::Relaxed);
+        let new = if old == 0 {
+            sample
+        } else {
+            ((u64::from(old) * 3 + u64::from(sample)) / 4).max(1) as u32
+        };
+        // A lost update between two racing calls only drops one sample.
+        slot.store(new, Ordering::Relaxed);
+    }
+}
+
+/// CPU time the calling thread has used (precise: `getrusage` counts a thread's CPU
+/// in scheduler ticks).
+fn thread_cpu() -> Duration {
+    use nix::time::{ClockId, clock_gettime};
+    clock_gettime(ClockId::CLOCK_THREAD_CPUTIME_ID)
+        .map(Duration::from)
+        .unwrap_or_default()
+}
+
+/// Times the calling thread went to sleep (voluntary context switches).
+fn voluntary_switches() -> i64 {
+    use nix::sys::resource::{UsageWho, getrusage};
+    getrusage(UsageWho::RUSAGE_THREAD).map_or(0, |u| u.voluntary_context_switches())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const US: fn(u64) -> Duration = Duration::from_micros;
+
+    #[test]
+    fn work_never_seen_goes_to_the_pool() {
+        let pace = Pace::default();
+        assert!(!pace.inline(pace.kind("Sign", "alias/app")));
+    }
+
+    #[test]
+    fn quick_work_runs_inline_and_slow_work_does_not() {
+        let pace = Pace::default();
+        let quick = pace.kind("Sign", "alias/ec");
+        let slow = pace.kind("Sign", "alias/rsa");
+        assert_ne!(quick.0, slow.0, "test keys share a slot; pick other names");
+        pace.took(quick, US(60));
+        pace.took(slow, US(1_300));
+        assert!(pace.inline(quick));
+        assert!(!pace.inline(slow));
+        assert!(!pace.inline(pace.kind("Encrypt", "alias/ec")));
+    }
+
+    #[test]
+    fn one_stall_inline_sends_the_work_back_to_the_pool() {
+        let pace = Pace::default();
+        let kind = pace.kind("Sign", "alias/ec");
+        for _ in 0..20 {
+            pace.took(kind, US(60));
+        }
+        assert!(pace.inline(kind));
+        pace.took(kind, US(2_000));
+        assert!(
+            !pace.inline(kind),
+            "a 2 ms stall must move the work off the worker"
+        );
+        // Back in the pool it is quick again, and returns to the worker.
+        for _ in 0..6 {
+            pace.took(kind, US(60));
+        }
+        assert!(pace.inline(kind));
+    }
+
+    #[test]
+    fn a_stall_inline_counts_its_wall_time_and_a_wait_in_the_pool_does_not() {
+        let pace = Pace::default();
+        let kind = pace.kind("Sign", "alias/ec");
+        pace.took(kind, US(60));
+        // Sleeping uses no CPU: in the pool that is a wait for the CPU or a lock, and
+        // says nothing about the work.
+        pace.measure(kind, false, || std::thread::sleep(STALL * 2));
+        assert!(pace.inline(kind));
+        // On a worker it held the worker: back to the pool.
+        pace.measure(kind, true, || std::thread::sleep(STALL * 2));
+        assert!(!pace.inline(kind));
+    }
+
+    #[test]
+    fn averages_saturate_instead_of_wrapping() {
+        let pace = Pace::default();
+        let kind = pace.kind("GenerateDataKey", "k");
+        pace.took(kind, Duration::from_secs(100_000));
+        pace.took(kind, Duration::from_secs(100_000));
+        assert!(!pace.inline(kind));
+        pace.took(kind, Duration::ZERO);
+        assert!(!pace.inline(kind));
+    }
+}
