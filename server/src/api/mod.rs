@@ -1,5 +1,5 @@
-//! gRPC services. Thin: decode and validate, authorize, call the key rules in the
-//! blocking pool, audit, answer. `Call` carries one request's audit facts from start
+//! gRPC services. Thin: decode and validate, authorize, call the key rules (in the
+//! blocking pool, or inline when `pace` has measured them quick), audit, answer. `Call` carries one request's audit facts from start
 //! to finish; `ApiState::finish` makes the record durable before any answer leaves.
 //!
 //! Every call goes through one bracket, written once here:
@@ -272,9 +272,10 @@ impl ApiState {
         Begun::new(self, call, req.into_inner())
     }
 
-    /// Resolves a key, checks the grant allows it, and runs `f` on it in the same
-    /// blocking task (one hop into the blocking pool per call), noting the key in the
-    /// audit record either way.
+    /// Resolves a key, checks the grant allows it, and runs `f` on it in one go: inline
+    /// when this kind of work has been quick ([`pace`]), else in one blocking task (one
+    /// hop into the blocking pool per call). Notes the key in the audit record either
+    /// way.
     pub(crate) async fn with_key<T: Send + 'static>(
         &self,
         call: &mut Call,
