@@ -15,6 +15,12 @@ pub trait Clock: Send + Sync + 'static {
         i64::try_from(self.now_nanos().div_euclid(1_000_000_000)).unwrap_or(i64::MAX)
     }
 
+    /// Milliseconds since the Unix epoch (the unit of the registry event queue and the
+    /// rate buckets).
+    fn now_ms(&self) -> i64 {
+        i64::try_from(self.now_nanos().div_euclid(1_000_000)).unwrap_or(i64::MAX)
+    }
+
     /// The current time as a date.
     fn now_utc(&self) -> time::OffsetDateTime {
         time::OffsetDateTime::from_unix_timestamp_nanos(self.now_nanos())

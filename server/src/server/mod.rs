@@ -36,7 +36,7 @@ use crate::hsm::Pkcs11Backend;
 use crate::keys::KeyManager;
 use crate::metrics::Metrics;
 
-use crate::clock::{SharedClock, SystemClock};
+use crate::clock::{Clock, SharedClock, SystemClock};
 
 mod side;
 mod sweep;
@@ -312,13 +312,7 @@ impl crate::auth::SharedBuckets for ClusterBuckets {
         rate: crate::auth::Rate,
         want: u32,
     ) -> Result<(u32, std::time::Duration), String> {
-        let now_ms = i64::try_from(
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap_or_default()
-                .as_millis(),
-        )
-        .unwrap_or(i64::MAX);
+        let now_ms = SystemClock.now_ms();
         let take = || {
             self.0
                 .take_tokens(name, rate.per_second, rate.burst, want, now_ms)

@@ -26,6 +26,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 use crate::audit::{AuditEvent, AuditLog, Outcome};
+use crate::clock::{Clock, SystemClock};
 use crate::domain::reason::Reason;
 use crate::keys::KeyManager;
 use crate::store::EventRow;
@@ -142,7 +143,7 @@ impl Webhook {
                     .await;
             }
         };
-        let received = super::worker::now_ms();
+        let received = SystemClock.now_ms();
         let rows: Vec<EventRow> = envelope
             .pushes
             .iter()

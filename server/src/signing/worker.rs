@@ -24,6 +24,7 @@ use rand::Rng;
 use tokio::sync::Notify;
 
 use crate::audit::{AuditEvent, AuditLog, Outcome};
+use crate::clock::{Clock, SystemClock};
 use crate::domain::SYSTEM_PRINCIPAL;
 use crate::keys::{KeyError, KeyRef};
 use crate::store::{EventRow, Trigger};
@@ -57,11 +58,6 @@ pub(crate) fn backoff(attempt: u32) -> Duration {
     Duration::from_millis(rand::thread_rng().gen_range(ms / 2..=ms))
 }
 
-/// Now, in Unix milliseconds (the queue's time unit).
-pub(crate) fn now_ms() -> i64 {
-    time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000
-}
-
 /// Runs the worker until the task is dropped. `wake` is notified by the webhook after
 /// it queues pushes.
 pub(crate) async fn run(signer: Arc<Signer>, audit: AuditLog, wake: Arc<Notify>) {
@@ -78,7 +74,9 @@ pub(crate) async fn run(signer: Arc<Signer>, audit: AuditLog, wake: Arc<Notify>)
             .ok()
             .flatten();
         let wait = next.map_or(TICK, |due| {
-            Duration::from_millis((due - now_ms()).clamp(0, TICK.as_millis() as i64) as u64)
+            Duration::from_millis(
+                (due - SystemClock.now_ms()).clamp(0, TICK.as_millis() as i64) as u64,
+            )
         });
         tokio::select! {
             () = wake.notified() => {}
@@ -92,7 +90,10 @@ async fn drain(signer: &Arc<Signer>, audit: &AuditLog) {
     loop {
         let lease = LEASE.as_millis() as i64;
         let due = signer
-            .blocking(move |m| Ok(m.store().claim_registry_events(now_ms(), lease, 16)?))
+            .blocking(move |m| {
+                Ok(m.store()
+                    .claim_registry_events(SystemClock.now_ms(), lease, 16)?)
+            })
             .await;
         let due = match due {
             Ok(d) => d,
@@ -111,7 +112,7 @@ async fn drain(signer: &Arc<Signer>, audit: &AuditLog) {
                 Err(e) if e.is_transient() => {
                     let delay = backoff(ev.attempts as u32);
                     tracing::warn!(event = %ev.event_id, repository = %ev.repository, error = %e, retry_in_ms = delay.as_millis() as u64, "push not signed yet; will retry");
-                    let due = now_ms() + delay.as_millis() as i64;
+                    let due = SystemClock.now_ms() + delay.as_millis() as i64;
                     let text = e.to_string();
                     signer
                         .blocking(move |m| Ok(m.store().retry_registry_event(seq, due, &text)?))
@@ -185,7 +186,7 @@ async fn handle(signer: &Arc<Signer>, audit: &AuditLog, ev: &EventRow) -> Result
             .map(|made| (key, made)),
         Err(e) => Err(e),
     };
-    let age = Duration::from_millis((now_ms() - ev.received).max(0) as u64);
+    let age = Duration::from_millis((SystemClock.now_ms() - ev.received).max(0) as u64);
     if result.as_ref().is_err_and(SigningError::is_transient) && age < MAX_AGE {
         // Retried later; the record is written when it is handled.
         return result.map(|_| ());

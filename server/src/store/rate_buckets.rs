@@ -90,16 +90,12 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use std::time::{Duration, SystemTime, UNIX_EPOCH};
+    use std::time::Duration;
+
+    use crate::clock::{Clock, SystemClock};
 
     fn now_ms() -> i64 {
-        i64::try_from(
-            SystemTime::now()
-                .duration_since(UNIX_EPOCH)
-                .unwrap()
-                .as_millis(),
-        )
-        .unwrap()
+        SystemClock.now_ms()
     }
 
     #[test]
