@@ -564,10 +564,10 @@ impl Db for PgConn {
     }
 
     fn query(&mut self, sql: &str, args: &[Value]) -> Result<Vec<Row>, StoreError> {
-        let first = sql.trim_start().to_ascii_uppercase();
+        let head = sql.trim_start().get(..6).unwrap_or_default();
         let writes = ["INSERT", "UPDATE", "DELETE"]
             .iter()
-            .any(|w| first.starts_with(w));
+            .any(|w| head.eq_ignore_ascii_case(w));
         let prepared = self.statement(sql, args)?;
         let rows = self.engine.run(async move {
             let (c, st, args) = prepared.await?;
