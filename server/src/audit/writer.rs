@@ -11,6 +11,11 @@
 //! held (at most [`LAZY_WAIT`]) to share the next group's fsync, so a flood of refused
 //! calls cannot turn into a flood of fsyncs. The thread also writes the signed
 //! checkpoints (see `checkpoint.rs`) and rotates the file by size.
+//!
+//! The thread runs as `SCHED_BATCH` (see [`yield_on_wakeup`]): a record queued, or a
+//! disk write completed, does not take the CPU from a busy async worker at once, so
+//! the worker finishes the calls at hand and the writer then takes their records as one
+//! group, instead of one fsync and a pair of context switches for every record or two.
 
 use std::fs::File;
 use std::io::Write;
@@ -268,6 +273,7 @@ struct Outage {
 
 impl Writer {
     fn run(mut self, rx: mpsc::Receiver<Msg>) {
+        yield_on_wakeup();
         let mut lazy: Vec<AuditEvent> = Vec::new();
         let mut lazy_since = Instant::now();
         loop {
@@ -525,6 +531,26 @@ impl Writer {
             }
             Err(e) => tracing::error!(error = %e, "audit log rotation failed; writing on"),
         }
+    }
+}
+
+/// Puts the calling thread in `SCHED_BATCH`: the same share of the CPU as any other
+/// thread (nice 0, so it cannot starve, unlike `SCHED_IDLE`), but when it wakes it does
+/// not preempt the thread running on its CPU; it runs when that thread sleeps or at the
+/// scheduler's next tick. On a core shared with a busy async worker this turns a
+/// wake-up per record into a group per burst of calls. Measured with `hsmd-bench --pin`
+/// (README, Performance): ECDSA c8 47 us less CPU per call, SignStream 28 us, AES 16 us.
+/// Where the policy cannot be set the writer runs as a normal thread.
+fn yield_on_wakeup() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: `param` is a valid sched_param for the call's duration; pid 0 is the
+    // calling thread, and SCHED_BATCH takes priority 0.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) };
+    if rc != 0 {
+        tracing::debug!(
+            error = %std::io::Error::last_os_error(),
+            "audit writer stays a normal thread (SCHED_BATCH refused)"
+        );
     }
 }
 

@@ -240,3 +240,31 @@ async fn a_call_in_flight_delays_a_group_but_never_holds_it() {
     assert_eq!(log.in_flight.load(Ordering::Relaxed), 0);
     assert!(verify(&Verifier::default(), &c.path).ok());
 }
+
+#[tokio::test]
+async fn the_writer_thread_does_not_preempt_the_workers() {
+    let dir = tempfile::tempdir().unwrap();
+    let log = AuditLog::open(&cfg(dir.path()), None).unwrap();
+    // Once a record is durable the thread has set its policy.
+    log.append(event("m")).await.unwrap();
+    let mut writers = 0;
+    for task in std::fs::read_dir("/proc/self/task").unwrap() {
+        let task = task.unwrap();
+        // Threads of other tests may end while this looks at them.
+        let Ok(comm) = std::fs::read_to_string(task.path().join("comm")) else {
+            continue;
+        };
+        if comm.trim_end() != "audit-writer" {
+            continue;
+        }
+        let tid: libc::pid_t = task.file_name().to_str().unwrap().parse().unwrap();
+        // SAFETY: sched_getscheduler only reads the policy of thread `tid`.
+        let policy = unsafe { libc::sched_getscheduler(tid) };
+        if policy < 0 {
+            continue;
+        }
+        assert_eq!(policy, libc::SCHED_BATCH, "audit writer thread {tid}");
+        writers += 1;
+    }
+    assert!(writers >= 1, "no audit-writer thread found");
+}
