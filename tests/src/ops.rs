@@ -41,25 +41,35 @@ pub fn require_ops_tools() {
 
 /// `GET http://ADDR/PATH` (HTTP/1.1, connection closed after it): status and body.
 pub fn http_get(addr: &str, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect {addr}: {e}"));
-    s.set_read_timeout(Some(Duration::from_secs(30)))
-        .expect("read timeout");
+    try_http_get(addr, path).unwrap_or_else(|e| panic!("GET http://{addr}{path}: {e}"))
+}
+
+/// [`http_get`] that says what went wrong instead of panicking (for readiness probes: a
+/// server still starting may accept a connection and reset it).
+pub fn try_http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr)?;
+    s.set_read_timeout(Some(Duration::from_secs(30)))?;
     write!(
         s,
         "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
-    )
-    .expect("send request");
+    )?;
     let mut raw = String::new();
-    s.read_to_string(&mut raw).expect("read response");
+    s.read_to_string(&mut raw)?;
+    let bad = |what: &str| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{what} in {raw:?}"),
+        )
+    };
     let (head, body) = raw
         .split_once("\r\n\r\n")
-        .unwrap_or_else(|| panic!("no header end in {raw:?}"));
+        .ok_or_else(|| bad("no header end"))?;
     let status = head
         .split_whitespace()
         .nth(1)
         .and_then(|c| c.parse().ok())
-        .unwrap_or_else(|| panic!("no status in {head:?}"));
-    (status, body.to_string())
+        .ok_or_else(|| bad("no status"))?;
+    Ok((status, body.to_string()))
 }
 
 /// Runs `promtool check metrics` on `text` (its stdin); returns what it said.

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 
 use sha2::{Digest as _, Sha256};
 
-use crate::ops::http_get;
+use crate::ops::try_http_get;
 use crate::tools::{self, find_program};
 
 /// The command that installs the registry tools.
@@ -108,9 +108,8 @@ impl Registry {
         let r = &*self;
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
-            if std::net::TcpStream::connect(r.addr()).is_ok()
-                && http_get(&r.addr(), "/v2/").0 == 200
-            {
+            // Starting, it may refuse, or accept and reset: not ready yet either way.
+            if matches!(try_http_get(&r.addr(), "/v2/"), Ok((200, _))) {
                 return;
             }
             assert!(
