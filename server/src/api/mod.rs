@@ -1,6 +1,7 @@
 //! gRPC services. Thin: decode and validate, authorize, call the key rules (in the
-//! blocking pool, or inline when `pace` has measured them quick), audit, answer. `Call` carries one request's audit facts from start
-//! to finish; `ApiState::finish` makes the record durable before any answer leaves.
+//! blocking pool, or inline when `pace` has measured them quick), audit, answer.
+//! `Call` carries one request's audit facts from start to finish; `ApiState::finish`
+//! makes the record durable before any answer leaves.
 //!
 //! Every call goes through one bracket, written once here:
 //!
