@@ -47,11 +47,44 @@ pub fn http_get(addr: &str, path: &str) -> (u16, String) {
 /// [`http_get`] that says what went wrong instead of panicking (for readiness probes: a
 /// server still starting may accept a connection and reset it).
 pub fn try_http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
+    http_request(addr, path, &[]).map(|r| (r.status, r.body))
+}
+
+/// An answer to [`http_request`].
+#[derive(Debug)]
+pub struct HttpResponse {
+    pub status: u16,
+    /// The status line and the header lines, as sent.
+    pub head: String,
+    pub body: String,
+}
+
+impl HttpResponse {
+    /// The value of header `name` (case-insensitive), if it was sent.
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.head.lines().skip(1).find_map(|line| {
+            let (n, v) = line.split_once(':')?;
+            n.trim().eq_ignore_ascii_case(name).then(|| v.trim())
+        })
+    }
+}
+
+/// `GET http://ADDR/PATH` with extra request `headers` (HTTP/1.1, connection closed
+/// after it).
+pub fn http_request(
+    addr: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> std::io::Result<HttpResponse> {
     let mut s = TcpStream::connect(addr)?;
     s.set_read_timeout(Some(Duration::from_secs(30)))?;
+    let extra: String = headers
+        .iter()
+        .map(|(n, v)| format!("{n}: {v}\r\n"))
+        .collect();
     write!(
         s,
-        "GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n"
+        "GET {path} HTTP/1.1\r\nHost: {addr}\r\n{extra}Connection: close\r\n\r\n"
     )?;
     let mut raw = String::new();
     s.read_to_string(&mut raw)?;
@@ -69,7 +102,11 @@ pub fn try_http_get(addr: &str, path: &str) -> std::io::Result<(u16, String)> {
         .nth(1)
         .and_then(|c| c.parse().ok())
         .ok_or_else(|| bad("no status"))?;
-    Ok((status, body.to_string()))
+    Ok(HttpResponse {
+        status,
+        head: head.to_string(),
+        body: body.to_string(),
+    })
 }
 
 /// Runs `promtool check metrics` on `text` (its stdin); returns what it said.

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use hsmd_e2e::{
     ADMIN_PRINCIPAL, Daemon,
-    ops::{http_get, promtool_check, require_ops_tools},
+    ops::{http_get, http_request, promtool_check, require_ops_tools},
 };
 
 /// Every sample of a Prometheus text exposition: `name{labels}` -> value.
@@ -144,22 +144,17 @@ async fn metrics_are_valid_move_with_calls_and_carry_no_secrets() {
     );
 
     // OpenMetrics for scrapers that ask for it (Prometheus does).
-    let open = {
-        use std::io::{Read, Write};
-        let mut s = std::net::TcpStream::connect(addr).expect("connect");
-        write!(
-            s,
-            "GET /metrics HTTP/1.1\r\nHost: x\r\nAccept: application/openmetrics-text;version=1.0.0\r\nConnection: close\r\n\r\n"
-        )
-        .expect("send");
-        let mut raw = String::new();
-        s.read_to_string(&mut raw).expect("read");
-        raw
-    };
+    let open = http_request(
+        addr,
+        "/metrics",
+        &[("Accept", "application/openmetrics-text;version=1.0.0")],
+    )
+    .expect("GET /metrics as OpenMetrics");
+    assert_eq!(open.status, 200, "{open:?}");
     assert!(
-        open.to_ascii_lowercase()
-            .contains("content-type: application/openmetrics-text"),
-        "{open}"
+        open.header("content-type")
+            .is_some_and(|t| t.starts_with("application/openmetrics-text")),
+        "{open:?}"
     );
-    assert!(open.trim_end().ends_with("# EOF"), "{open}");
+    assert!(open.body.trim_end().ends_with("# EOF"), "{open:?}");
 }
