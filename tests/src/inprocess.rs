@@ -58,6 +58,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct InProcess {
     inst: Instance,
     clock: Arc<ManualClock>,
+    /// The registry webhook's address, when started with a registry.
+    webhook: Option<SocketAddr>,
     stop: Option<oneshot::Sender<()>>,
     server: Option<JoinHandle<Result<(), String>>>,
     /// The TPM token's processes under `E2E_TOKEN=tpm`; dropped after the server.
@@ -76,6 +78,16 @@ impl InProcess {
     /// Provisions a fresh dev folder, starts the server on a [`ManualClock`] (at the
     /// system time) and connects as the dev admin. See the module doc: once per binary.
     pub async fn start() -> InProcess {
+        Self::start_with(None).await
+    }
+
+    /// As [`start`](Self::start), signing images in `registry` and listening for its
+    /// pushes on its webhook ([`webhook_url`](Self::webhook_url)).
+    pub async fn start_with_registry(registry: hsmd::dev::DevRegistry) -> InProcess {
+        Self::start_with(Some(registry)).await
+    }
+
+    async fn start_with(registry: Option<hsmd::dev::DevRegistry>) -> InProcess {
         static STARTED: AtomicBool = AtomicBool::new(false);
         assert!(
             !STARTED.swap(true, Ordering::SeqCst),
@@ -96,6 +108,7 @@ impl InProcess {
                 TokenKind::SoftHsm => hsmd::dev::DevToken::Softhsm,
                 TokenKind::Tpm => hsmd::dev::DevToken::Tpm,
             },
+            registry,
             ..Default::default()
         };
         let hsmd::dev::Provisioned { config, tpm } =
@@ -105,7 +118,7 @@ impl InProcess {
             .unwrap_or_else(|e| panic!("load {}: {e:#}", config.display()));
         cfg.sweep_interval = SWEEP_INTERVAL;
         let clock = ManualClock::new();
-        let (bound_tx, bound_rx) = oneshot::channel::<SocketAddr>();
+        let (bound_tx, bound_rx) = oneshot::channel::<Option<SocketAddr>>();
         let (stop_tx, stop_rx) = oneshot::channel::<()>();
         let dir = inst.data_dir.clone();
         let server_clock = clock.clone();
@@ -126,7 +139,7 @@ impl InProcess {
                             webhook: bound.webhook,
                         },
                     )?;
-                    let _ = bound_tx.send(bound.grpc);
+                    let _ = bound_tx.send(bound.webhook);
                     Ok(())
                 };
                 let stopped = || async move {
@@ -142,8 +155,8 @@ impl InProcess {
                 result.map_err(|e| format!("{e:#}"))
             })
             .expect("spawn the in-process hsmd thread");
-        match tokio::time::timeout(START_TIMEOUT, bound_rx).await {
-            Ok(Ok(_)) => {}
+        let webhook = match tokio::time::timeout(START_TIMEOUT, bound_rx).await {
+            Ok(Ok(webhook)) => webhook,
             Ok(Err(_)) => {
                 let why = match server.join() {
                     Ok(Err(e)) => e,
@@ -153,7 +166,7 @@ impl InProcess {
                 panic!("the in-process hsmd did not start: {why}");
             }
             Err(_) => panic!("the in-process hsmd did not bind within {START_TIMEOUT:?}"),
-        }
+        };
         let path = inst.data_dir.join("client.toml");
         let text =
             fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
@@ -166,6 +179,7 @@ impl InProcess {
         InProcess {
             inst,
             clock,
+            webhook,
             stop: Some(stop_tx),
             server: Some(server),
             _tpm: tpm,
@@ -175,6 +189,14 @@ impl InProcess {
     /// The daemon's clock: `advance(secs)` and `set(unix_secs)` move it.
     pub fn clock(&self) -> &ManualClock {
         &self.clock
+    }
+
+    /// `http://ADDR/registry/events`, the registry webhook (started with a registry).
+    pub fn webhook_url(&self) -> String {
+        let addr = self
+            .webhook
+            .expect("no webhook: start the harness with start_with_registry");
+        format!("http://{addr}/registry/events")
     }
 
     /// The daemon's current time, unix seconds.

@@ -67,6 +67,11 @@ impl KeyManager {
         self
     }
 
+    /// The clock every date of this daemon comes from.
+    pub(crate) fn clock(&self) -> &SharedClock {
+        &self.clock
+    }
+
     /// Current time in unix seconds, by this manager's clock.
     pub(crate) fn now(&self) -> i64 {
         self.clock.now()

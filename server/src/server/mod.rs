@@ -36,7 +36,7 @@ use crate::hsm::Pkcs11Backend;
 use crate::keys::KeyManager;
 use crate::metrics::Metrics;
 
-use crate::clock::{Clock, SharedClock, SystemClock};
+use crate::clock::{SharedClock, SystemClock};
 
 mod side;
 mod sweep;
@@ -284,7 +284,10 @@ async fn open_state(cfg: &Config, clock: SharedClock) -> anyhow::Result<ApiState
         ConnectionLimits::new(cfg.tls.max_connections_per_principal),
     );
     if store.is_shared() {
-        auth = auth.with_shared_limits(Arc::new(ClusterBuckets(store.clone())));
+        auth = auth.with_shared_limits(Arc::new(ClusterBuckets {
+            store: store.clone(),
+            clock: keys.clock().clone(),
+        }));
     }
     Ok(ApiState {
         signer: Arc::new(crate::signing::signer::Signer::new(keys.clone(), registry)),
@@ -297,7 +300,10 @@ async fn open_state(cfg: &Config, clock: SharedClock) -> anyhow::Result<ApiState
 }
 
 /// The cluster's rate-limit buckets, in the replicas' shared store.
-struct ClusterBuckets(Arc<Store>);
+struct ClusterBuckets {
+    store: Arc<Store>,
+    clock: SharedClock,
+}
 
 impl std::fmt::Debug for ClusterBuckets {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -312,9 +318,9 @@ impl crate::auth::SharedBuckets for ClusterBuckets {
         rate: crate::auth::Rate,
         want: u32,
     ) -> Result<(u32, std::time::Duration), String> {
-        let now_ms = SystemClock.now_ms();
+        let now_ms = self.clock.now_ms();
         let take = || {
-            self.0
+            self.store
                 .take_tokens(name, rate.per_second, rate.burst, want, now_ms)
         };
         // Called from a call's authorization, on the runtime: tell it this blocks.

@@ -10,6 +10,7 @@
 use std::sync::Arc;
 
 use crate::audit::AuditEvent;
+use crate::clock::SharedClock;
 use crate::domain::record::KeyRecord;
 use crate::domain::spec::{MessageType, SigningAlgorithm};
 use crate::keys::{KeyError, KeyManager};
@@ -97,6 +98,11 @@ impl Signer {
     }
 
     /// The registry, or REGISTRY_NOT_CONFIGURED.
+    /// The daemon's clock (the key manager's).
+    pub(crate) fn clock(&self) -> &SharedClock {
+        self.keys.clock()
+    }
+
     pub(crate) fn registry(&self) -> Result<&Registry, SigningError> {
         self.registry
             .as_ref()

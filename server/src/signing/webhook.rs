@@ -26,7 +26,6 @@ use tokio::net::TcpListener;
 use tokio::sync::Notify;
 
 use crate::audit::{AuditEvent, AuditLog, Outcome};
-use crate::clock::{Clock, SystemClock};
 use crate::domain::reason::Reason;
 use crate::keys::KeyManager;
 use crate::store::EventRow;
@@ -143,7 +142,7 @@ impl Webhook {
                     .await;
             }
         };
-        let received = SystemClock.now_ms();
+        let received = self.keys.clock().now_ms();
         let rows: Vec<EventRow> = envelope
             .pushes
             .iter()

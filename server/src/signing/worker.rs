@@ -24,7 +24,6 @@ use rand::Rng;
 use tokio::sync::Notify;
 
 use crate::audit::{AuditEvent, AuditLog, Outcome};
-use crate::clock::{Clock, SystemClock};
 use crate::domain::SYSTEM_PRINCIPAL;
 use crate::keys::{KeyError, KeyRef};
 use crate::store::{EventRow, Trigger};
@@ -61,11 +60,12 @@ pub(crate) fn backoff(attempt: u32) -> Duration {
 /// Runs the worker until the task is dropped. `wake` is notified by the webhook after
 /// it queues pushes.
 pub(crate) async fn run(signer: Arc<Signer>, audit: AuditLog, wake: Arc<Notify>) {
-    let mut last_schedule_check = time::OffsetDateTime::now_utc();
+    let clock = signer.clock().clone();
+    let mut last_schedule_check = clock.now_utc();
     let running = Running::default();
     loop {
         drain(&signer, &audit).await;
-        let now = time::OffsetDateTime::now_utc();
+        let now = clock.now_utc();
         run_schedules(&signer, &audit, &running, last_schedule_check, now).await;
         last_schedule_check = now;
         let next = signer
@@ -74,9 +74,7 @@ pub(crate) async fn run(signer: Arc<Signer>, audit: AuditLog, wake: Arc<Notify>)
             .ok()
             .flatten();
         let wait = next.map_or(TICK, |due| {
-            Duration::from_millis(
-                (due - SystemClock.now_ms()).clamp(0, TICK.as_millis() as i64) as u64,
-            )
+            Duration::from_millis((due - clock.now_ms()).clamp(0, TICK.as_millis() as i64) as u64)
         });
         tokio::select! {
             () = wake.notified() => {}
@@ -88,12 +86,9 @@ pub(crate) async fn run(signer: Arc<Signer>, audit: AuditLog, wake: Arc<Notify>)
 /// Handles every queued push that is due.
 async fn drain(signer: &Arc<Signer>, audit: &AuditLog) {
     loop {
-        let lease = LEASE.as_millis() as i64;
+        let (lease, now) = (LEASE.as_millis() as i64, signer.clock().now_ms());
         let due = signer
-            .blocking(move |m| {
-                Ok(m.store()
-                    .claim_registry_events(SystemClock.now_ms(), lease, 16)?)
-            })
+            .blocking(move |m| Ok(m.store().claim_registry_events(now, lease, 16)?))
             .await;
         let due = match due {
             Ok(d) => d,
@@ -112,7 +107,7 @@ async fn drain(signer: &Arc<Signer>, audit: &AuditLog) {
                 Err(e) if e.is_transient() => {
                     let delay = backoff(ev.attempts as u32);
                     tracing::warn!(event = %ev.event_id, repository = %ev.repository, error = %e, retry_in_ms = delay.as_millis() as u64, "push not signed yet; will retry");
-                    let due = SystemClock.now_ms() + delay.as_millis() as i64;
+                    let due = signer.clock().now_ms() + delay.as_millis() as i64;
                     let text = e.to_string();
                     signer
                         .blocking(move |m| Ok(m.store().retry_registry_event(seq, due, &text)?))
@@ -186,7 +181,7 @@ async fn handle(signer: &Arc<Signer>, audit: &AuditLog, ev: &EventRow) -> Result
             .map(|made| (key, made)),
         Err(e) => Err(e),
     };
-    let age = Duration::from_millis((SystemClock.now_ms() - ev.received).max(0) as u64);
+    let age = Duration::from_millis((signer.clock().now_ms() - ev.received).max(0) as u64);
     if result.as_ref().is_err_and(SigningError::is_transient) && age < MAX_AGE {
         // Retried later; the record is written when it is handled.
         return result.map(|_| ());
