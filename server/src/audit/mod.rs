@@ -7,6 +7,7 @@ mod forward;
 mod open;
 pub(crate) mod record;
 pub(crate) mod standalone;
+mod wal;
 mod writer;
 
 use std::io::{BufRead, BufReader};
@@ -42,6 +43,8 @@ pub(crate) struct AuditConfig {
     pub(crate) forward: Option<audit_chain::syslog::Target>,
     /// The replica's node id written in every record; empty on a single node.
     pub(crate) node: String,
+    /// Size of the write-ahead file (`wal.rs`); 0: none, every group syncs the log.
+    pub(crate) wal_bytes: u64,
 }
 
 impl AuditConfig {
@@ -55,6 +58,7 @@ impl AuditConfig {
             max_file_bytes: 64 << 20,
             forward: None,
             node: String::new(),
+            wal_bytes: wal::WAL_BYTES,
         }
     }
 }

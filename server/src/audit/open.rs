@@ -17,6 +17,7 @@ use sha2::{Digest, Sha256};
 
 use super::AuditError;
 use super::record::{AuditEvent, AuditRecord, Outcome, TORN_LINE_METHOD};
+use super::wal::Wal;
 
 /// What start-up found in the log.
 pub(crate) struct Opened {
@@ -29,14 +30,18 @@ pub(crate) struct Opened {
     pub(crate) unsigned: u64,
     /// The record to append about a torn line moved aside.
     pub(crate) torn: Option<AuditEvent>,
+    /// Where groups are made durable (`None`: in the log itself).
+    pub(crate) wal: Option<Wal>,
 }
 
 fn io(path: &Path, e: std::io::Error) -> AuditError {
     AuditError::Io(format!("{}: {e}", path.display()))
 }
 
-/// Opens (creating if needed) the current file and finds the head of the chain.
-pub(crate) fn open(path: &Path) -> Result<Opened, AuditError> {
+/// Opens (creating if needed) the current file and finds the head of the chain; appends
+/// what the write-ahead file of `wal_bytes` (0: none) holds beyond it, and syncs the
+/// file.
+pub(crate) fn open(path: &Path, wal_bytes: u64) -> Result<Opened, AuditError> {
     let dir = parent(path);
     std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
     let all = files::log_files(path).map_err(|e| io(&dir, e))?;
@@ -60,20 +65,46 @@ pub(crate) fn open(path: &Path) -> Result<Opened, AuditError> {
         }
         torn = Some(move_torn_aside(path, report.good_len, bad.line)?);
     }
-    let file = OpenOptions::new()
+    let mut file = OpenOptions::new()
         .create(true)
         .append(true)
         .open(path)
         .map_err(|e| io(path, e))?;
+    let mut last_cp = report.last_checkpoint.max(start.sequence);
+    let mut head = report.head;
+    let wal = match wal_bytes {
+        0 => None,
+        n => Wal::open(path, n)
+            .inspect_err(|e| {
+                tracing::warn!(error = %e, file = %super::wal::path_for(path).display(),
+                    "no audit write-ahead file; every group syncs the log itself")
+            })
+            .ok(),
+    };
+    if let Some(w) = &wal {
+        let more = w.continuation(&head).map_err(|e| io(path, e))?;
+        if more.records > 0 {
+            file.write_all(&more.bytes).map_err(|e| io(path, e))?;
+            tracing::warn!(file = %path.display(), records = more.records, head = more.head.sequence,
+                "audit records lost from the end of the log (a crash before the page cache \
+                 reached the disk) were restored from its write-ahead file");
+            if more.last_checkpoint > 0 {
+                last_cp = more.last_checkpoint;
+            }
+            head = more.head;
+        }
+    }
+    // The write-ahead file is reused from its start: everything before must be durable.
+    file.sync_data().map_err(|e| io(path, e))?;
     let file_len = file.metadata().map_err(|e| io(path, e))?.len();
-    let last_cp = report.last_checkpoint.max(start.sequence);
     Ok(Opened {
         file,
         file_first_seq: start.sequence + 1,
         file_len,
-        unsigned: report.head.sequence.saturating_sub(last_cp),
-        head: report.head,
+        unsigned: head.sequence.saturating_sub(last_cp),
+        head,
         torn,
+        wal,
     })
 }
 

@@ -1,11 +1,12 @@
 //! The durable audit writer: one thread that appends records and fsyncs them in groups.
 //!
 //! Callers hand over an event and wait; the thread takes every event queued at that
-//! moment, numbers and chains them, writes them in one go and calls `fdatasync` once
-//! for the whole group, then answers each caller. No caller is answered before its
-//! record is on disk. If the write or the sync fails, every caller in the group gets an
-//! error (their calls fail UNAVAILABLE) and the file is cut back to its last good
-//! length so the chain stays whole.
+//! moment, numbers and chains them, appends them to the log in one go and makes them
+//! durable with one `fdatasync` for the whole group (of the write-ahead file, see
+//! `wal.rs`, which holds the same bytes), then answers each caller. No caller is
+//! answered before its record is on disk. If the write or the sync fails, every caller
+//! in the group gets an error (their calls fail UNAVAILABLE) and the file is cut back
+//! to its last good length so the chain stays whole.
 //!
 //! Records of throttled calls are "lazy": their caller does not wait, and they are
 //! held (at most [`LAZY_WAIT`]) to share the next group's fsync, so a flood of refused
@@ -30,6 +31,7 @@ use tokio::sync::oneshot;
 use super::checkpoint::{self, CheckpointSigner};
 use super::forward::Forwarder;
 use super::record::{AuditEvent, AuditRecord, OUTAGE_METHOD, Outcome, rfc3339};
+use super::wal::Wal;
 use super::{AuditConfig, AuditError, open};
 use crate::clock::SharedClock;
 #[cfg(test)]
@@ -108,7 +110,7 @@ impl AuditLog {
         clock: SharedClock,
         metrics: Arc<Metrics>,
     ) -> Result<Self, AuditError> {
-        let o = open::open(&cfg.path)?;
+        let o = open::open(&cfg.path, cfg.wal_bytes)?;
         let forward = match &cfg.forward {
             Some(target) => Some(
                 Forwarder::start(target.clone(), metrics.clone())
@@ -118,6 +120,7 @@ impl AuditLog {
         };
         let mut w = Writer {
             file: o.file,
+            wal: o.wal,
             path: cfg.path.clone(),
             cfg: cfg.clone(),
             head: Arc::new(Mutex::new(o.head.clone())),
@@ -241,6 +244,8 @@ fn stopped() -> AuditError {
 /// The writer thread's state.
 struct Writer {
     file: File,
+    /// Where groups are made durable; `None`: in `file` itself.
+    wal: Option<Wal>,
     path: PathBuf,
     cfg: AuditConfig,
     /// Head as published to callers (durable records only).
@@ -291,6 +296,7 @@ impl Writer {
                 Err(mpsc::RecvTimeoutError::Timeout) => {}
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     self.flush(Vec::new(), std::mem::take(&mut lazy));
+                    self.sync_file();
                     return;
                 }
             }
@@ -313,6 +319,8 @@ impl Writer {
                 if self.unsigned > 0 {
                     self.checkpoint();
                 }
+                // Sealed: durable in the log itself, not only in the write-ahead file.
+                self.sync_file();
                 let head = self.state.clone();
                 drop(self);
                 let _ = reply.send(Ok(head));
@@ -455,7 +463,12 @@ impl Writer {
             seqs.push(seq);
         }
         let started = Instant::now();
-        let written = write_durably(&mut self.file, self.file_len, &buf);
+        let written = match &mut self.wal {
+            Some(wal) if buf.len() as u64 <= wal.size() => {
+                write_ahead(&mut self.file, wal, self.file_len, &buf)
+            }
+            _ => write_durably(&mut self.file, self.file_len, &buf),
+        };
         let n = if written.is_ok() { seqs.len() } else { 0 };
         self.metrics.audit_write(started.elapsed(), n);
         written?;
@@ -505,6 +518,16 @@ impl Writer {
         }
     }
 
+    /// Syncs the log file itself (its records are durable in the write-ahead file
+    /// already); logged, not fatal: the write-ahead file still holds them.
+    fn sync_file(&mut self) {
+        if self.wal.is_some()
+            && let Err(e) = self.file.sync_data()
+        {
+            tracing::error!(error = %e, "audit log not synced; its write-ahead file holds the records");
+        }
+    }
+
     /// Seals the current file with a checkpoint and renames it
     /// `audit.log.<first seq>`; the chain goes on in a new current file.
     fn rotate(&mut self) {
@@ -512,8 +535,15 @@ impl Writer {
             self.checkpoint();
         }
         let target = files::rotated_name(&self.path, self.file_first_seq);
-        let result = std::fs::rename(&self.path, &target)
-            .map_err(|e| AuditError::Io(format!("rename to {}: {e}", target.display())))
+        // A rotated file is never read back from the write-ahead file: sync it first.
+        let result = self
+            .file
+            .sync_data()
+            .map_err(|e| AuditError::Io(format!("sync {}: {e}", self.path.display())))
+            .and_then(|()| {
+                std::fs::rename(&self.path, &target)
+                    .map_err(|e| AuditError::Io(format!("rename to {}: {e}", target.display())))
+            })
             .and_then(|()| {
                 std::fs::OpenOptions::new()
                     .create(true)
@@ -570,6 +600,24 @@ fn sort(
             let _ = reply.send(Err(AuditError::Io("audit writer closing".into())));
         }
     }
+}
+
+/// Appends `buf` to a file of `len` bytes and makes it durable in the write-ahead file
+/// (syncing the file first if the write-ahead file must wrap to its start); on failure
+/// cuts the file back to `len`.
+fn write_ahead(file: &mut File, wal: &mut Wal, len: u64, buf: &[u8]) -> Result<(), AuditError> {
+    let result = file.write_all(buf).and_then(|()| {
+        if !wal.fits(buf.len()) {
+            file.sync_data()?;
+            wal.wrap();
+        }
+        wal.write(buf)
+    });
+    result.map_err(|e| {
+        tracing::error!(error = %e, "audit log write failed; calls fail UNAVAILABLE");
+        let _ = file.set_len(len);
+        AuditError::Io(format!("audit write: {e}"))
+    })
 }
 
 /// Appends `buf` to a file of `len` bytes and fsyncs it; on failure cuts the file back
