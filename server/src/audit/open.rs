@@ -17,7 +17,7 @@ use sha2::{Digest, Sha256};
 
 use super::AuditError;
 use super::record::{AuditEvent, AuditRecord, Outcome, TORN_LINE_METHOD};
-use super::wal::Wal;
+use super::wal::{self, Wal};
 
 /// What start-up found in the log.
 pub(crate) struct Opened {
@@ -45,6 +45,9 @@ pub(crate) fn open(path: &Path, wal_bytes: u64) -> Result<Opened, AuditError> {
     let dir = parent(path);
     std::fs::create_dir_all(&dir).map_err(|e| io(&dir, e))?;
     let all = files::log_files(path).map_err(|e| io(&dir, e))?;
+    // No file at all: a new chain (the folder is synced when the file is created, so a
+    // crash cannot lose the file and keep its write-ahead file).
+    let fresh = all.is_empty();
     let start = match all.iter().rev().find(|f| f.as_path() != path) {
         Some(last_rotated) => last_record(last_rotated)?,
         None => ChainHead::default(),
@@ -55,12 +58,14 @@ pub(crate) fn open(path: &Path, wal_bytes: u64) -> Result<Opened, AuditError> {
         if !report.torn_tail_only() {
             return Err(AuditError::Broken(format!(
                 "{}: line {} (record {}): {}; refusing to continue the chain: inspect it with \
-                 `hsmctl audit verify --public-key audit.pem {}`",
+                 `hsmctl audit verify --public-key audit.pem {}` (after a power cut, records \
+                 missing there may be in its write-ahead file, .{}.wal)",
                 path.display(),
                 bad.line,
                 bad.sequence,
                 bad.problem,
-                dir.display()
+                dir.display(),
+                path.file_name().unwrap_or_default().to_string_lossy()
             )));
         }
         torn = Some(move_torn_aside(path, report.good_len, bad.line)?);
@@ -70,19 +75,27 @@ pub(crate) fn open(path: &Path, wal_bytes: u64) -> Result<Opened, AuditError> {
         .append(true)
         .open(path)
         .map_err(|e| io(path, e))?;
+    if fresh {
+        sync_dir(path)?;
+    }
     let mut last_cp = report.last_checkpoint.max(start.sequence);
     let mut head = report.head;
+    let wal_path = wal::path_for(path);
     let wal = match wal_bytes {
         0 => None,
-        n => Wal::open(path, n)
-            .inspect_err(|e| {
-                tracing::warn!(error = %e, file = %super::wal::path_for(path).display(),
-                    "no audit write-ahead file; every group syncs the log itself")
-            })
-            .ok(),
+        n => match Wal::open(path, n, fresh) {
+            Ok(w) => Some(w),
+            // It may hold records the log lost: never go on without reading it.
+            Err(e) if wal_path.exists() => return Err(io(&wal_path, e)),
+            Err(e) => {
+                tracing::warn!(error = %e, file = %wal_path.display(),
+                    "no audit write-ahead file; every group syncs the log itself");
+                None
+            }
+        },
     };
     if let Some(w) = &wal {
-        let more = w.continuation(&head).map_err(|e| io(path, e))?;
+        let more = w.continuation(&head).map_err(|e| io(&wal_path, e))?;
         if more.records > 0 {
             file.write_all(&more.bytes).map_err(|e| io(path, e))?;
             tracing::warn!(file = %path.display(), records = more.records, head = more.head.sequence,

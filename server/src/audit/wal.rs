@@ -61,8 +61,9 @@ pub(crate) struct Continuation {
 impl Wal {
     /// Opens the write-ahead file of `log`, creating it zero-filled to `size` bytes
     /// (written, not just allocated: a first write into an unwritten extent would update
-    /// metadata in the sync). The next group goes at its start.
-    pub(crate) fn open(log: &Path, size: u64) -> std::io::Result<Wal> {
+    /// metadata in the sync). `fresh`: the log is a new chain, so whatever the file holds
+    /// (a chain whose files were deleted) is zeroed too. The next group goes at its start.
+    pub(crate) fn open(log: &Path, size: u64, fresh: bool) -> std::io::Result<Wal> {
         let path = path_for(log);
         let file = OpenOptions::new()
             .read(true)
@@ -71,9 +72,9 @@ impl Wal {
             .truncate(false)
             .open(&path)?;
         let len = file.metadata()?.len();
-        if len < size {
+        if len < size || fresh {
             let zeros = vec![0u8; 64 << 10];
-            let mut at = len;
+            let mut at = if fresh { 0 } else { len };
             while at < size {
                 let n = (size - at).min(zeros.len() as u64) as usize;
                 file.write_all_at(&zeros[..n], at)?;
@@ -91,9 +92,15 @@ impl Wal {
         }
         Ok(Wal {
             file,
-            size: size.max(len),
+            size: if fresh { size } else { size.max(len) },
             pos: 0,
         })
+    }
+
+    /// A write-ahead file on `file` as it is (tests: `/dev/full`).
+    #[cfg(test)]
+    pub(crate) fn on(file: File, size: u64) -> Wal {
+        Wal { file, size, pos: 0 }
     }
 
     /// The largest group it takes.

@@ -31,7 +31,7 @@ use tokio::sync::oneshot;
 use super::checkpoint::{self, CheckpointSigner};
 use super::forward::Forwarder;
 use super::record::{AuditEvent, AuditRecord, OUTAGE_METHOD, Outcome, rfc3339};
-use super::wal::Wal;
+use super::wal::{self, Wal};
 use super::{AuditConfig, AuditError, open};
 use crate::clock::SharedClock;
 #[cfg(test)]
@@ -465,7 +465,11 @@ impl Writer {
         let started = Instant::now();
         let written = match &mut self.wal {
             Some(wal) if buf.len() as u64 <= wal.size() => {
-                write_ahead(&mut self.file, wal, self.file_len, &buf)
+                let w = write_ahead(&mut self.file, wal, self.file_len, &buf);
+                if w.is_err() {
+                    self.abandon_wal();
+                }
+                w
             }
             _ => write_durably(&mut self.file, self.file_len, &buf),
         };
@@ -519,12 +523,28 @@ impl Writer {
     }
 
     /// Syncs the log file itself (its records are durable in the write-ahead file
-    /// already); logged, not fatal: the write-ahead file still holds them.
+    /// already); logged, not fatal: the write-ahead file still holds them, and is never
+    /// written again (see [`abandon_wal`](Self::abandon_wal)).
     fn sync_file(&mut self) {
         if self.wal.is_some()
             && let Err(e) = self.file.sync_data()
         {
             tracing::error!(error = %e, "audit log not synced; its write-ahead file holds the records");
+            self.abandon_wal();
+        }
+    }
+
+    /// After any failed write or sync, groups go back to syncing the log itself for the
+    /// rest of the process. A failed sync may have left the log's pages marked clean
+    /// but not on disk (Linux reports a writeback error once), so the write-ahead file,
+    /// which holds every record since the log's last good sync, must not be overwritten;
+    /// and a group refused after its bytes reached the log must not stay there while a
+    /// retry is only in the write-ahead file.
+    fn abandon_wal(&mut self) {
+        if self.wal.take().is_some() {
+            tracing::error!(file = %wal::path_for(&self.path).display(),
+                "audit write-ahead file set aside after a failed write; every group now \
+                 syncs the log itself until restart");
         }
     }
 
@@ -536,14 +556,12 @@ impl Writer {
         }
         let target = files::rotated_name(&self.path, self.file_first_seq);
         // A rotated file is never read back from the write-ahead file: sync it first.
-        let result = self
-            .file
-            .sync_data()
-            .map_err(|e| AuditError::Io(format!("sync {}: {e}", self.path.display())))
-            .and_then(|()| {
-                std::fs::rename(&self.path, &target)
-                    .map_err(|e| AuditError::Io(format!("rename to {}: {e}", target.display())))
-            })
+        if let Err(e) = self.file.sync_data() {
+            self.abandon_wal();
+            return tracing::error!(error = %e, "audit log not synced; rotation put off");
+        }
+        let result = std::fs::rename(&self.path, &target)
+            .map_err(|e| AuditError::Io(format!("rename to {}: {e}", target.display())))
             .and_then(|()| {
                 std::fs::OpenOptions::new()
                     .create(true)
@@ -615,7 +633,9 @@ fn write_ahead(file: &mut File, wal: &mut Wal, len: u64, buf: &[u8]) -> Result<(
     });
     result.map_err(|e| {
         tracing::error!(error = %e, "audit log write failed; calls fail UNAVAILABLE");
-        let _ = file.set_len(len);
+        // The group may have reached the log's disk (a sync at the wrap): the cut must
+        // too, or a power cut could bring refused records back.
+        let _ = file.set_len(len).and_then(|()| file.sync_data());
         AuditError::Io(format!("audit write: {e}"))
     })
 }

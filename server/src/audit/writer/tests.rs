@@ -369,3 +369,79 @@ async fn without_a_write_ahead_file_each_group_syncs_the_log() {
     assert!(!wal::path_for(&c.path).exists());
     assert_eq!(methods(&c.path).len(), 5);
 }
+
+#[tokio::test]
+async fn a_new_chain_never_takes_records_from_a_deleted_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let c = cfg(dir.path());
+    let log = AuditLog::open(&c, None).unwrap();
+    for i in 0..5 {
+        log.append(event(&format!("old{i}"))).await.unwrap();
+    }
+    drop(log);
+    std::thread::sleep(Duration::from_millis(100));
+    // `rm audit/*` leaves the hidden write-ahead file behind.
+    std::fs::remove_file(&c.path).unwrap();
+    let log = AuditLog::open(&c, None).unwrap();
+    assert_eq!(log.head(), ChainHead::default(), "a new chain starts empty");
+    assert_eq!(log.append(event("new")).await.unwrap(), 1);
+    drop(log);
+    std::thread::sleep(Duration::from_millis(100));
+    // Even with the new file lost (as a power cut could), nothing of the old chain
+    // comes back: the write-ahead file was zeroed when the new chain began.
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&c.path)
+        .unwrap()
+        .set_len(0)
+        .unwrap();
+    AuditLog::open(&c, None).unwrap();
+    assert_eq!(methods(&c.path), ["new"]);
+}
+
+#[tokio::test]
+async fn a_failed_write_ahead_cuts_the_group_and_falls_back_to_syncing_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("audit.log");
+    let file = OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)
+        .unwrap();
+    // /dev/full fails every write with ENOSPC.
+    let full = OpenOptions::new().write(true).open("/dev/full").unwrap();
+    let w = Writer {
+        file,
+        wal: Some(Wal::on(full, 1 << 20)),
+        path: path.clone(),
+        cfg: cfg(dir.path()),
+        head: Arc::new(Mutex::new(ChainHead::default())),
+        state: ChainHead::default(),
+        signer: None,
+        clock: crate::clock::SystemClock::shared(),
+        unsigned: 0,
+        last_checkpoint: Instant::now(),
+        file_first_seq: 1,
+        file_len: 0,
+        metrics: Default::default(),
+        forward: None,
+        outage: None,
+        writable: tokio::sync::watch::Sender::new(true),
+        in_flight: Default::default(),
+    };
+    let log = AuditLog::spawn(w).unwrap();
+    assert!(matches!(
+        log.append(event("refused")).await,
+        Err(AuditError::Io(_))
+    ));
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        0,
+        "the refused group is cut from the log"
+    );
+    // The next group syncs the log itself; it starts with the record of the outage,
+    // numbered where the refused record was.
+    assert_eq!(log.append(event("next")).await.unwrap(), 2);
+    assert_eq!(methods(&path), [OUTAGE_METHOD, "next"]);
+    assert!(verify(&Verifier::default(), &path).ok());
+}
