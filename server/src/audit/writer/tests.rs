@@ -43,6 +43,29 @@ fn cfg(dir: &Path) -> AuditConfig {
     }
 }
 
+/// A writer of a new, empty chain on `file` (at `path`), without checkpoints.
+fn writer_on(file: std::fs::File, wal: Option<Wal>, path: &Path) -> Writer {
+    Writer {
+        file,
+        wal,
+        path: path.to_path_buf(),
+        cfg: AuditConfig::at(path.to_path_buf()),
+        head: Arc::new(Mutex::new(ChainHead::default())),
+        state: ChainHead::default(),
+        signer: None,
+        clock: crate::clock::SystemClock::shared(),
+        unsigned: 0,
+        last_checkpoint: Instant::now(),
+        file_first_seq: 1,
+        file_len: 0,
+        metrics: Default::default(),
+        forward: None,
+        outage: None,
+        writable: tokio::sync::watch::Sender::new(true),
+        in_flight: Default::default(),
+    }
+}
+
 fn verify(v: &Verifier, path: &Path) -> audit_chain::ChainReport {
     v.verify_files(&files::log_files(path).unwrap()).unwrap()
 }
@@ -78,26 +101,7 @@ async fn concurrent_appends_chain_and_survive_reopen() {
 async fn unwritable_log_fails_the_call() {
     // /dev/full fails every write with ENOSPC, like a full disk.
     let full = OpenOptions::new().append(true).open("/dev/full").unwrap();
-    let w = Writer {
-        file: full,
-        wal: None,
-        path: PathBuf::from("/dev/full"),
-        cfg: AuditConfig::at(PathBuf::from("/dev/full")),
-        head: Arc::new(Mutex::new(ChainHead::default())),
-        state: ChainHead::default(),
-        signer: None,
-        clock: crate::clock::SystemClock::shared(),
-        unsigned: 0,
-        last_checkpoint: Instant::now(),
-        file_first_seq: 1,
-        file_len: 0,
-        metrics: Default::default(),
-        forward: None,
-        outage: None,
-        writable: tokio::sync::watch::Sender::new(true),
-        in_flight: Default::default(),
-    };
-    let log = AuditLog::spawn(w).unwrap();
+    let log = AuditLog::spawn(writer_on(full, None, Path::new("/dev/full"))).unwrap();
     let writable = log.writable();
     assert!(*writable.borrow());
     assert!(matches!(
@@ -410,26 +414,8 @@ async fn a_failed_write_ahead_cuts_the_group_and_falls_back_to_syncing_the_log()
         .unwrap();
     // /dev/full fails every write with ENOSPC.
     let full = OpenOptions::new().write(true).open("/dev/full").unwrap();
-    let w = Writer {
-        file,
-        wal: Some(Wal::on(full, 1 << 20)),
-        path: path.clone(),
-        cfg: cfg(dir.path()),
-        head: Arc::new(Mutex::new(ChainHead::default())),
-        state: ChainHead::default(),
-        signer: None,
-        clock: crate::clock::SystemClock::shared(),
-        unsigned: 0,
-        last_checkpoint: Instant::now(),
-        file_first_seq: 1,
-        file_len: 0,
-        metrics: Default::default(),
-        forward: None,
-        outage: None,
-        writable: tokio::sync::watch::Sender::new(true),
-        in_flight: Default::default(),
-    };
-    let log = AuditLog::spawn(w).unwrap();
+    let wal = Some(Wal::on(full, 1 << 20));
+    let log = AuditLog::spawn(writer_on(file, wal, &path)).unwrap();
     assert!(matches!(
         log.append(event("refused")).await,
         Err(AuditError::Io(_))
