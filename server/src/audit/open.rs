@@ -34,7 +34,7 @@ pub(crate) struct Opened {
     pub(crate) wal: Option<Wal>,
 }
 
-fn io(path: &Path, e: std::io::Error) -> AuditError {
+pub(super) fn io(path: &Path, e: std::io::Error) -> AuditError {
     AuditError::Io(format!("{}: {e}", path.display()))
 }
 
@@ -86,7 +86,7 @@ pub(crate) fn open(path: &Path, wal_bytes: u64) -> Result<Opened, AuditError> {
         n => match Wal::open(path, n, fresh) {
             Ok(w) => Some(w),
             // It may hold records the log lost: never go on without reading it.
-            Err(e) if wal_path.exists() => return Err(io(&wal_path, e)),
+            Err(e) if wal_path.exists() => return Err(e),
             Err(e) => {
                 tracing::warn!(error = %e, file = %wal_path.display(),
                     "no audit write-ahead file; every group syncs the log itself");

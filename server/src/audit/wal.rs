@@ -28,6 +28,8 @@ use std::path::{Path, PathBuf};
 
 use audit_chain::walk::{self, ChainHead};
 
+use super::{AuditError, open};
+
 /// Size of the write-ahead file: a group never comes near it (at most 1,024 records of
 /// about 500 bytes), and the log is synced once per this many bytes written.
 pub(crate) const WAL_BYTES: u64 = 1 << 20;
@@ -63,32 +65,27 @@ impl Wal {
     /// (written, not just allocated: a first write into an unwritten extent would update
     /// metadata in the sync). `fresh`: the log is a new chain, so whatever the file holds
     /// (a chain whose files were deleted) is zeroed too. The next group goes at its start.
-    pub(crate) fn open(log: &Path, size: u64, fresh: bool) -> std::io::Result<Wal> {
+    pub(crate) fn open(log: &Path, size: u64, fresh: bool) -> Result<Wal, AuditError> {
         let path = path_for(log);
+        let io = |e| open::io(&path, e);
         let file = OpenOptions::new()
             .read(true)
             .write(true)
             .create(true)
             .truncate(false)
-            .open(&path)?;
-        let len = file.metadata()?.len();
+            .open(&path)
+            .map_err(io)?;
+        let len = file.metadata().map_err(io)?.len();
         if len < size || fresh {
             let zeros = vec![0u8; 64 << 10];
             let mut at = if fresh { 0 } else { len };
             while at < size {
                 let n = (size - at).min(zeros.len() as u64) as usize;
-                file.write_all_at(&zeros[..n], at)?;
+                file.write_all_at(&zeros[..n], at).map_err(io)?;
                 at += n as u64;
             }
-            file.sync_all()?;
-            if let Some(dir) = path.parent() {
-                File::open(if dir.as_os_str().is_empty() {
-                    Path::new(".")
-                } else {
-                    dir
-                })?
-                .sync_all()?;
-            }
+            file.sync_all().map_err(io)?;
+            open::sync_dir(&path)?;
         }
         Ok(Wal {
             file,

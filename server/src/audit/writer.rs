@@ -463,16 +463,11 @@ impl Writer {
             seqs.push(seq);
         }
         let started = Instant::now();
-        let written = match &mut self.wal {
-            Some(wal) if buf.len() as u64 <= wal.size() => {
-                let w = write_ahead(&mut self.file, wal, self.file_len, &buf);
-                if w.is_err() {
-                    self.abandon_wal();
-                }
-                w
-            }
-            _ => write_durably(&mut self.file, self.file_len, &buf),
-        };
+        let wal = self.wal.as_mut().filter(|w| buf.len() as u64 <= w.size());
+        let written = write_durably(&mut self.file, wal, self.file_len, &buf);
+        if written.is_err() {
+            self.abandon_wal();
+        }
         let n = if written.is_ok() { seqs.len() } else { 0 };
         self.metrics.audit_write(started.elapsed(), n);
         written?;
@@ -522,16 +517,18 @@ impl Writer {
         }
     }
 
-    /// Syncs the log file itself (its records are durable in the write-ahead file
-    /// already); logged, not fatal: the write-ahead file still holds them, and is never
-    /// written again (see [`abandon_wal`](Self::abandon_wal)).
-    fn sync_file(&mut self) {
+    /// Syncs the log file itself when its records are only durable in the write-ahead
+    /// file; false if that failed (logged, not fatal: the write-ahead file still holds
+    /// them, and is never written again, see [`abandon_wal`](Self::abandon_wal)).
+    fn sync_file(&mut self) -> bool {
         if self.wal.is_some()
             && let Err(e) = self.file.sync_data()
         {
             tracing::error!(error = %e, "audit log not synced; its write-ahead file holds the records");
             self.abandon_wal();
+            return false;
         }
+        true
     }
 
     /// After any failed write or sync, groups go back to syncing the log itself for the
@@ -556,9 +553,8 @@ impl Writer {
         }
         let target = files::rotated_name(&self.path, self.file_first_seq);
         // A rotated file is never read back from the write-ahead file: sync it first.
-        if let Err(e) = self.file.sync_data() {
-            self.abandon_wal();
-            return tracing::error!(error = %e, "audit log not synced; rotation put off");
+        if !self.sync_file() {
+            return tracing::error!("audit log rotation put off");
         }
         let result = std::fs::rename(&self.path, &target)
             .map_err(|e| AuditError::Io(format!("rename to {}: {e}", target.display())))
@@ -620,34 +616,31 @@ fn sort(
     }
 }
 
-/// Appends `buf` to a file of `len` bytes and makes it durable in the write-ahead file
-/// (syncing the file first if the write-ahead file must wrap to its start); on failure
-/// cuts the file back to `len`.
-fn write_ahead(file: &mut File, wal: &mut Wal, len: u64, buf: &[u8]) -> Result<(), AuditError> {
-    let result = file.write_all(buf).and_then(|()| {
-        if !wal.fits(buf.len()) {
-            file.sync_data()?;
-            wal.wrap();
+/// Appends `buf` to a file of `len` bytes and makes it durable: in the write-ahead file
+/// when there is one (syncing the file first if the write-ahead file must wrap to its
+/// start), else by syncing the file. On failure cuts the file back to `len`.
+fn write_durably(
+    file: &mut File,
+    wal: Option<&mut Wal>,
+    len: u64,
+    buf: &[u8],
+) -> Result<(), AuditError> {
+    let result = file.write_all(buf).and_then(|()| match wal {
+        Some(wal) => {
+            if !wal.fits(buf.len()) {
+                file.sync_data()?;
+                wal.wrap();
+            }
+            wal.write(buf)
         }
-        wal.write(buf)
+        None => file.sync_data(),
     });
     result.map_err(|e| {
         tracing::error!(error = %e, "audit log write failed; calls fail UNAVAILABLE");
-        // The group may have reached the log's disk (a sync at the wrap): the cut must
-        // too, or a power cut could bring refused records back.
+        // Cut a partial write back so the chain on disk stays whole; the group may have
+        // reached the disk (a sync at the wrap), so the cut must too, or a power cut
+        // could bring refused records back.
         let _ = file.set_len(len).and_then(|()| file.sync_data());
-        AuditError::Io(format!("audit write: {e}"))
-    })
-}
-
-/// Appends `buf` to a file of `len` bytes and fsyncs it; on failure cuts the file back
-/// to `len`.
-fn write_durably(file: &mut File, len: u64, buf: &[u8]) -> Result<(), AuditError> {
-    let result = file.write_all(buf).and_then(|()| file.sync_data());
-    result.map_err(|e| {
-        tracing::error!(error = %e, "audit log write failed; calls fail UNAVAILABLE");
-        // Cut a partial write back so the chain on disk stays whole.
-        let _ = file.set_len(len);
         AuditError::Io(format!("audit write: {e}"))
     })
 }

@@ -97,12 +97,12 @@ impl Signer {
         }
     }
 
-    /// The registry, or REGISTRY_NOT_CONFIGURED.
     /// The daemon's clock (the key manager's).
     pub(crate) fn clock(&self) -> &SharedClock {
         self.keys.clock()
     }
 
+    /// The registry, or REGISTRY_NOT_CONFIGURED.
     pub(crate) fn registry(&self) -> Result<&Registry, SigningError> {
         self.registry
             .as_ref()
