@@ -212,7 +212,7 @@ fn state_changes_are_compare_and_set_on(store: &Store) {
 }
 
 /// Remembered records follow every change: made by this store, and made by another
-/// replica on the same database (SQLite: the cache watches data_version, not our
+/// replica on the same database (SQLite: the cache watches the WAL-index header, not our
 /// writes; PostgreSQL: the notifications, within the cache's bound).
 #[test]
 fn remembered_records_follow_changes_from_any_replica() {
