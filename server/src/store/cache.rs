@@ -287,6 +287,42 @@ mod tests {
         assert!(!seen.contains(&cache.version().unwrap().0));
     }
 
+    /// A commit by another process (this test binary run again as the writer) moves the
+    /// version: the header is read from the file, not from this process's memory.
+    #[test]
+    fn a_commit_by_another_process_moves_the_version() {
+        let (_dir, path, _writer) = watched_file();
+        let cache = KeyCache::sqlite(super::super::sqlite::connect(&path).unwrap()).unwrap();
+        let before = cache.version().unwrap().0;
+        let status = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", "store::cache::tests::commit_as_another_process"])
+            .args(["--ignored", "--nocapture", "--test-threads=1"])
+            .env(WRITER_DB, &path)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let rows: i64 = super::super::sqlite::connect(&path)
+            .unwrap()
+            .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(rows, 1, "the other process committed");
+        assert_ne!(cache.version().unwrap().0, before);
+    }
+
+    const WRITER_DB: &str = "HSMD_TEST_WRITER_DB";
+
+    /// The writer of the test above, in its own process.
+    #[test]
+    #[ignore = "run by a_commit_by_another_process_moves_the_version"]
+    fn commit_as_another_process() {
+        // Run on its own (`--include-ignored`) it has nothing to do.
+        let Some(path) = std::env::var_os(WRITER_DB) else {
+            return;
+        };
+        let conn = super::super::sqlite::connect(Path::new(&path)).unwrap();
+        conn.execute("INSERT INTO t VALUES (1)", []).unwrap();
+    }
+
     /// A record kept before another connection's commit is forgotten after it.
     #[test]
     fn a_commit_elsewhere_forgets_what_was_kept() {
