@@ -60,6 +60,8 @@ pub(crate) struct ApiState {
     pub(crate) signer: Arc<crate::signing::signer::Signer>,
     /// How long each kind of key work takes: whether it runs inline or in the pool.
     pub(crate) pace: Arc<pace::Pace>,
+    /// The calls running (counted by `complete::RunToCompletion`).
+    pub(crate) running: complete::Running,
 }
 
 /// Who is calling, from the connection: principal (verified client certificate) and peer.
@@ -302,6 +304,13 @@ impl ApiState {
         };
         // Quick work runs here, slow or unknown work in the blocking pool (`pace`).
         let (id, result) = if self.pace.inline(kind) {
+            // Calls that arrived with this one do their own work up to here first, so
+            // the token work of a burst runs back to back: the token's code and data
+            // stay in the CPU's caches instead of being pushed out by a call's TLS,
+            // HTTP/2 and audit work between two signatures. A lone call goes straight on.
+            if self.running.others() {
+                tokio::task::yield_now().await;
+            }
             let keys = &self.keys;
             std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| work(keys, true)))
                 .map_err(|_| ApiError::Key(KeyError::Internal("key work panicked".into())))?

@@ -161,7 +161,9 @@ pub async fn run_until<S: std::future::Future<Output = ()>>(
         .initial_stream_window_size(STREAM_WINDOW)
         .initial_connection_window_size(CONNECTION_WINDOW)
         .max_concurrent_streams(MAX_STREAMS)
-        .layer(tower_layer::layer_fn(crate::api::complete::RunToCompletion))
+        .layer(crate::api::complete::RunToCompletion::layer(
+            state.running.clone(),
+        ))
         .add_service(health_service)
         .add_service(reflection)
         .add_service(reflection_alpha)
@@ -296,6 +298,7 @@ async fn open_state(cfg: &Config, clock: SharedClock) -> anyhow::Result<ApiState
         auth: Arc::new(auth),
         metrics,
         pace: Default::default(),
+        running: Default::default(),
     })
 }
 

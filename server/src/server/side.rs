@@ -107,7 +107,9 @@ pub(super) async fn serve_kms_plugin(
         Server::builder()
             // As on the gRPC port: a call the API server gives up on still runs to its
             // audit record.
-            .layer(tower_layer::layer_fn(crate::api::complete::RunToCompletion))
+            .layer(crate::api::complete::RunToCompletion::layer(
+                state.running.clone(),
+            ))
             .add_service(plugin)
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = stopped.changed().await;
