@@ -256,7 +256,7 @@ mod tests {
     fn watched_file() -> (tempfile::TempDir, std::path::PathBuf, Connection) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("store.db");
-        let writer = super::super::sqlite::connect(&path).unwrap();
+        let writer = crate::store::sqlite::connect(&path).unwrap();
         writer.execute_batch("CREATE TABLE t (v INTEGER)").unwrap();
         (dir, path, writer)
     }
@@ -265,7 +265,7 @@ mod tests {
     #[test]
     fn the_wal_index_version_moves_with_each_commit_and_only_then() {
         let (_dir, path, writer) = watched_file();
-        let cache = KeyCache::sqlite(super::super::sqlite::connect(&path).unwrap()).unwrap();
+        let cache = KeyCache::sqlite(crate::store::sqlite::connect(&path).unwrap()).unwrap();
         let Source::Sqlite(w) = &cache.watch else {
             unreachable!()
         };
@@ -292,7 +292,7 @@ mod tests {
     #[test]
     fn a_commit_by_another_process_moves_the_version() {
         let (_dir, path, _writer) = watched_file();
-        let cache = KeyCache::sqlite(super::super::sqlite::connect(&path).unwrap()).unwrap();
+        let cache = KeyCache::sqlite(crate::store::sqlite::connect(&path).unwrap()).unwrap();
         let before = cache.version().unwrap().0;
         let status = std::process::Command::new(std::env::current_exe().unwrap())
             .args(["--exact", "store::cache::tests::commit_as_another_process"])
@@ -301,7 +301,7 @@ mod tests {
             .status()
             .unwrap();
         assert!(status.success());
-        let rows: i64 = super::super::sqlite::connect(&path)
+        let rows: i64 = crate::store::sqlite::connect(&path)
             .unwrap()
             .query_row("SELECT count(*) FROM t", [], |r| r.get(0))
             .unwrap();
@@ -319,7 +319,7 @@ mod tests {
         let Some(path) = std::env::var_os(WRITER_DB) else {
             return;
         };
-        let conn = super::super::sqlite::connect(Path::new(&path)).unwrap();
+        let conn = crate::store::sqlite::connect(Path::new(&path)).unwrap();
         conn.execute("INSERT INTO t VALUES (1)", []).unwrap();
     }
 
@@ -327,7 +327,7 @@ mod tests {
     #[test]
     fn a_commit_elsewhere_forgets_what_was_kept() {
         let (_dir, path, writer) = watched_file();
-        let cache = KeyCache::sqlite(super::super::sqlite::connect(&path).unwrap()).unwrap();
+        let cache = KeyCache::sqlite(crate::store::sqlite::connect(&path).unwrap()).unwrap();
         let at = cache.version().unwrap();
         cache.keep_alias(at, "alias/a", Uuid::nil());
         assert_eq!(cache.alias("alias/a"), Some(Uuid::nil()));
