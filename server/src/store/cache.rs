@@ -92,6 +92,8 @@ impl Entries {
 
 /// What SQLite's version is read from.
 struct Watched {
+    /// Read only without a `-shm` file; held open either way, because an open
+    /// connection is what keeps SQLite from deleting and rebuilding the `-shm` file.
     conn: Connection,
     shm: Option<WalIndex>,
 }
