@@ -183,8 +183,14 @@ impl AsyncWrite for Conn {
         Pin::new(&mut self.tls).poll_write_vectored(cx, bufs)
     }
 
+    /// False on purpose. h2 copies a DATA payload of up to 1 KiB into its write buffer
+    /// when the transport is not vectored, and only 256 bytes when it is; a longer payload
+    /// is chained, and the frames after it wait for a flush of their own. An answer of
+    /// 257 bytes to 1 KiB (a public key, an RSA-2048 signature) then left in two TLS
+    /// records and two `writev`s, its trailers alone in the second. rustls copies every
+    /// byte into a record anyway, so vectored writes save nothing here.
     fn is_write_vectored(&self) -> bool {
-        self.tls.is_write_vectored()
+        false
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
