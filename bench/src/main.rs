@@ -6,6 +6,7 @@
 //! both, pooled over the rounds, with the ratio.
 
 mod audit;
+mod disk;
 mod floor;
 mod kms;
 mod pin;
@@ -79,9 +80,11 @@ struct Args {
     /// Default: on with 2 or more CPUs; --pin=false for the unpinned figure.
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pin: Option<bool>,
-    /// Also measure the transport floor in each round: gRPC health checks on the same
-    /// daemon, connections and CPUs (TLS, HTTP/2, tonic; no token, no audit). Reports
-    /// the daemon's CPU per check and hsmd's overhead above it.
+    /// Also measure the floors in each round: the transport's (gRPC health checks on
+    /// the same daemon, connections and CPUs: TLS, HTTP/2, tonic; no token, no audit)
+    /// and the disk's (1000 durable writes of 4 KiB, pwrite + fdatasync, on hsmd's
+    /// CPUs, shared by the records per sync the daemon's /metrics report). Reports the
+    /// CPU of each and hsmd's overhead above them.
     #[arg(long)]
     floor: bool,
     /// Compare one replica with this many on the same token, with their metadata in a
@@ -155,7 +158,13 @@ fn main() -> anyhow::Result<()> {
         work_cpus,
     };
     let mut raw = raw::RawBench::open(&config, &raw_spec)?;
-    let run = run_rounds(&args, &runtime, &side, &mut raw)?;
+    let run = run_rounds(
+        &args,
+        &runtime,
+        &side,
+        &mut raw,
+        raw_spec.work_cpus.as_deref(),
+    )?;
     raw.close()?;
     let rss = side.stop();
     report(&args, spec, algorithm, &run, rss, plan.as_ref());
@@ -197,6 +206,11 @@ struct Run {
     /// With --floor: the health checks and the daemon's CPU over them.
     floor: Samples,
     floor_cpu: Duration,
+    /// With --floor: durable writes on their own (`disk`) and the thread CPU they took,
+    /// and the daemon's audit groups over its measured parts.
+    disk_syncs: u64,
+    disk_cpu: Duration,
+    groups: disk::AuditGroups,
     rounds: Vec<Round>,
     first_error: Option<String>,
 }
@@ -213,7 +227,32 @@ impl Run {
     fn floor_cpu_us(&self) -> f64 {
         pin::us_per_call(self.floor_cpu, self.floor.micros.len() as u64)
     }
+
+    /// CPU of one durable write on its own.
+    fn disk_cpu_us_per_sync(&self) -> f64 {
+        pin::us_per_call(self.disk_cpu, self.disk_syncs)
+    }
+
+    /// Records hsmd made durable per group write (0 without any).
+    fn records_per_sync(&self) -> f64 {
+        if self.groups.syncs > 0.0 {
+            self.groups.records / self.groups.syncs
+        } else {
+            0.0
+        }
+    }
+
+    /// The disk's floor per call: one durable write shared by the records of a group.
+    fn disk_floor_us_per_call(&self) -> f64 {
+        match self.records_per_sync() {
+            n if n > 0.0 => self.disk_cpu_us_per_sync() / n,
+            _ => 0.0,
+        }
+    }
 }
+
+/// Durable writes the disk floor makes in each round (about 0.2 s on this machine's disk).
+const DISK_SYNCS_PER_ROUND: u64 = 1000;
 
 /// Measures raw and hsmd in `args.rounds` alternating rounds (the warm-up only in the
 /// first).
@@ -222,6 +261,7 @@ fn run_rounds(
     runtime: &tokio::runtime::Runtime,
     side: &HsmdSide,
     raw: &mut raw::RawBench,
+    work_cpus: Option<&[usize]>,
 ) -> anyhow::Result<Run> {
     let length = args
         .calls
@@ -234,6 +274,9 @@ fn run_rounds(
         hsmd_cpu: Duration::ZERO,
         floor: Samples::default(),
         floor_cpu: Duration::ZERO,
+        disk_syncs: 0,
+        disk_cpu: Duration::ZERO,
+        groups: disk::AuditGroups::default(),
         rounds: Vec::new(),
         first_error: None,
     };
@@ -255,18 +298,27 @@ fn run_rounds(
             )),
         };
         // The warm-up on its own, so the daemon's CPU is read around the measured part.
-        let measure_hsmd = || -> anyhow::Result<(Samples, Option<String>, Duration)> {
-            if !warmup.is_zero() {
-                drive_hsmd(Duration::ZERO, Length::Duration(warmup));
-            }
-            let before = pin::process_cpu(side.daemon.pid())?;
-            let (samples, err) = drive_hsmd(Duration::ZERO, slice);
-            Ok((samples, err, pin::process_cpu(side.daemon.pid())? - before))
-        };
+        let measure_hsmd =
+            || -> anyhow::Result<(Samples, Option<String>, Duration, Option<disk::AuditGroups>)> {
+                if !warmup.is_zero() {
+                    drive_hsmd(Duration::ZERO, Length::Duration(warmup));
+                }
+                let groups = side.audit_groups()?;
+                let before = pin::process_cpu(side.daemon.pid())?;
+                let (samples, err) = drive_hsmd(Duration::ZERO, slice);
+                let cpu = pin::process_cpu(side.daemon.pid())? - before;
+                let groups = match groups {
+                    Some(before) => {
+                        Some(side.audit_groups()?.context("no /metrics")?.since(before))
+                    }
+                    None => None,
+                };
+                Ok((samples, err, cpu, groups))
+            };
         // The sides take turns going first (hsmd-raw, raw-hsmd, ...), so whatever one
         // leaves behind (the daemon's last fsyncs) or a drift within a round does not
         // always fall on the same side.
-        let ((r, r_cpu), (h, err, h_cpu)) = if round % 2 == 0 {
+        let ((r, r_cpu), (h, err, h_cpu, groups)) = if round % 2 == 0 {
             let h = measure_hsmd()?;
             (raw.measure(warmup, slice)?, h)
         } else {
@@ -274,6 +326,10 @@ fn run_rounds(
             (r, measure_hsmd()?)
         };
         run.first_error = run.first_error.or(err);
+        if let Some(g) = groups {
+            run.groups.syncs += g.syncs;
+            run.groups.records += g.records;
+        }
         run.rounds.push(Round::of(&r, &h, r_cpu, h_cpu));
         run.raw.add(r);
         run.hsmd.add(h);
@@ -284,6 +340,8 @@ fn run_rounds(
             let f = runtime.block_on(floor::measure(&side.clients, args.concurrency, slice));
             run.floor_cpu += pin::process_cpu(side.daemon.pid())? - before;
             run.floor.add(f);
+            run.disk_cpu += disk::measure(&side.dir, work_cpus, DISK_SYNCS_PER_ROUND)?;
+            run.disk_syncs += DISK_SYNCS_PER_ROUND;
         }
     }
     Ok(run)
@@ -331,6 +389,16 @@ fn report(
                 "errors": run.floor.errors,
             })),
             "overhead_above_floor_us_per_call": args.floor.then(|| overhead - run.floor_cpu_us()),
+            "disk_floor": args.floor.then(|| serde_json::json!({
+                "method": format!("pwrite {} B + fdatasync, zero-filled file in the data folder", disk::WRITE_BYTES),
+                "syncs": run.disk_syncs,
+                "cpu_us_per_sync": run.disk_cpu_us_per_sync(),
+                "hsmd_syncs": run.groups.syncs,
+                "hsmd_records_per_sync": run.records_per_sync(),
+                "cpu_us_per_call": run.disk_floor_us_per_call(),
+            })),
+            "overhead_above_floors_us_per_call": args.floor
+                .then(|| overhead - run.floor_cpu_us() - run.disk_floor_us_per_call()),
             "hsmd_peak_rss_kib": rss,
             "rounds": run.rounds.iter().map(Round::json).collect::<Vec<_>>(),
             "first_error": run.first_error,
@@ -382,6 +450,15 @@ fn report(
             "transport floor (health checks, {:.0}/s): {f:.1} us of hsmd CPU per call; hsmd overhead above it {:.1} us",
             run.floor.stats().ops_per_sec,
             overhead - f
+        );
+        let d = run.disk_floor_us_per_call();
+        println!(
+            "disk floor ({} x pwrite {} B + fdatasync): {:.1} us of CPU per sync; hsmd made {:.1} records durable per sync: {d:.1} us per call; hsmd overhead above both floors {:.1} us",
+            run.disk_syncs,
+            disk::WRITE_BYTES,
+            run.disk_cpu_us_per_sync(),
+            run.records_per_sync(),
+            overhead - f - d
         );
     }
     if run.rounds.len() > 1 {
@@ -475,6 +552,10 @@ fn slice_of(length: Length, i: u32, rounds: u32) -> Length {
 /// the calls need.
 struct HsmdSide {
     daemon: Daemon,
+    /// The daemon's data folder (its audit log is there).
+    dir: PathBuf,
+    /// HOST:PORT of its `/metrics` (with --floor).
+    metrics: Option<String>,
     clients: Vec<Client>,
     /// With --kms: the plugin client (the calls go there instead).
     kms: Option<
@@ -496,8 +577,24 @@ impl HsmdSide {
         work_cpus: Option<Vec<usize>>,
     ) -> anyhow::Result<HsmdSide> {
         let socket = dir.join("kms.sock");
-        let daemon = Daemon::start(dir, args.kms.then_some(socket.as_path()), work_cpus)?;
+        let daemon = Daemon::start(
+            dir,
+            args.kms.then_some(socket.as_path()),
+            args.floor,
+            work_cpus,
+        )?;
         let profile = Profile::load(dir.join("client.toml"))?;
+        let metrics = match args.floor {
+            true => Some(
+                profile
+                    .metrics_endpoint
+                    .as_deref()
+                    .and_then(|e| e.strip_prefix("http://"))
+                    .context("hsmd dev wrote no metrics_endpoint")?
+                    .to_string(),
+            ),
+            false => None,
+        };
         let mut clients = Vec::new();
         for _ in 0..args.connections.max(1) {
             clients.push(Client::connect(&profile).await?);
@@ -511,11 +608,21 @@ impl HsmdSide {
         };
         Ok(HsmdSide {
             daemon,
+            dir: dir.to_path_buf(),
+            metrics,
             clients,
             kms,
             spec,
             prepared,
         })
+    }
+
+    /// The audit writer's group writes so far, when the metrics are on.
+    fn audit_groups(&self) -> anyhow::Result<Option<disk::AuditGroups>> {
+        self.metrics
+            .as_deref()
+            .map(disk::AuditGroups::scrape)
+            .transpose()
     }
 
     /// Reads the daemon's peak RSS (KiB) and stops it.
@@ -588,11 +695,13 @@ struct Daemon {
 }
 
 impl Daemon {
-    /// `hsmd dev` on `dir`, with the KMS plugin on `kms_socket` when given, and every
-    /// thread of it on `cpus` when given.
+    /// `hsmd dev` on `dir`, with the KMS plugin on `kms_socket` when given, its
+    /// `/metrics` on a free port with `metrics`, and every thread of it on `cpus` when
+    /// given.
     fn start(
         dir: &Path,
         kms_socket: Option<&Path>,
+        metrics: bool,
         cpus: Option<Vec<usize>>,
     ) -> anyhow::Result<Daemon> {
         let exe = std::env::current_exe()?.with_file_name("hsmd");
@@ -609,6 +718,9 @@ impl Daemon {
             .arg(dir);
         if let Some(socket) = kms_socket {
             cmd.arg("--kms-socket").arg(socket);
+        }
+        if metrics {
+            cmd.args(["--metrics-listen", "127.0.0.1:0"]);
         }
         if let Some(cpus) = cpus {
             use std::os::unix::process::CommandExt;

@@ -109,6 +109,32 @@ fn hsmd_bench_reports_raw_and_hsmd() {
         .as_f64()
         .expect("above floor");
     assert!((above - (overhead - f)).abs() < 1e-6, "{report}");
+    // ... and durable writes on their own, shared by the records of hsmd's audit groups
+    // (every call's record and the checkpoints, counted from its /metrics).
+    let disk = &report["disk_floor"];
+    assert_eq!(disk["syncs"], 3000, "1000 per round: {report}");
+    assert!(
+        disk["cpu_us_per_sync"].as_f64().is_some_and(|v| v > 0.0),
+        "{report}"
+    );
+    assert!(
+        disk["hsmd_syncs"].as_f64().is_some_and(|v| v >= 1.0),
+        "{report}"
+    );
+    let per_sync = disk["hsmd_records_per_sync"].as_f64().expect("records");
+    assert!(
+        (1.0..=2.0 * 40.0).contains(&per_sync),
+        "at least one record per sync, at most the calls: {report}"
+    );
+    let d = disk["cpu_us_per_call"].as_f64().expect("disk per call");
+    assert!(
+        (d - disk["cpu_us_per_sync"].as_f64().unwrap() / per_sync).abs() < 1e-6,
+        "{report}"
+    );
+    let above_both = report["overhead_above_floors_us_per_call"]
+        .as_f64()
+        .expect("above both floors");
+    assert!((above_both - (overhead - f - d)).abs() < 1e-6, "{report}");
     // 40 calls per side over 3 alternating rounds (14 + 13 + 13), each with its ratio.
     let rounds = report["rounds"].as_array().expect("rounds");
     assert_eq!(rounds.len(), 3, "{report}");
