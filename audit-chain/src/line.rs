@@ -3,7 +3,7 @@
 //!
 //! [`LineView::parse`] accepts exactly the lines `AuditRecord::to_line` writes: the fields
 //! in their fixed order, strings escaped as serde_json escapes them, numbers without
-//! leading zeros, `note` and `checkpoint` only when set, `hash` last. For such a line the
+//! leading zeros, `node`, `note` and `checkpoint` only when set, `hash` last. For such a line the
 //! record's body (what its `hash` covers) is the line up to `,"hash":"` followed by `}`,
 //! so the verifier hashes the bytes as read instead of serializing the record again.
 //! Any other line (edited by hand, or not a record at all) is refused, and the caller
@@ -48,6 +48,9 @@ impl<'a> LineView<'a> {
         let mut c = Cursor { b: line, i: 0 };
         c.lit(b"{\"seq\":")?;
         let seq = c.number()?;
+        if c.peek(b",\"node\":") && c.field(b",\"node\":")?.is_empty() {
+            return None; // an empty node (a single node's record) is never written
+        }
         let time = c.field(b",\"time\":")?;
         c.field(b",\"request_id\":")?;
         let principal = c.field(b",\"principal\":")?;

@@ -36,15 +36,20 @@ proptest! {
         method in "\\PC{0,40}",
         note in "\\PC{0,60}",
         reason in "[A-Z_\"\\\\]{0,20}",
+        node in "(\\PC{1,12})?",
         seq in 1u64..u64::MAX / 2,
     ) {
-        let rec = AuditRecord::new(
+        let (rec, line) = AuditRecord::with_line(
             event(principal.clone(), method.clone(), note, reason),
             seq,
             "2026-12-06T00:00:00.000000Z".into(),
             GENESIS_HASH.into(),
+            &node,
         );
-        let line = rec.to_line();
+        // The writer's one-serialization line is the record's plain serialization.
+        prop_assert_eq!(&line, &rec.to_line());
+        prop_assert_eq!(&rec.hash, &rec.body_hash());
+        prop_assert!(rec.is_intact_line(line.as_bytes()));
         let back: AuditRecord = serde_json::from_str(&line).expect("a line hsmd wrote");
         prop_assert_eq!(&back, &rec);
         let view = LineView::parse(line.as_bytes());
@@ -70,6 +75,9 @@ proptest! {
         let i = at.index(line.len());
         prop_assume!(line[i] != byte);
         line[i] = byte;
+        if let Ok(back) = serde_json::from_slice::<AuditRecord>(&line) {
+            prop_assert!(!back.is_intact_line(&line), "an edited line passed: {}", String::from_utf8_lossy(&line));
+        }
         if let Some(view) = LineView::parse(&line) {
             prop_assert!(!view.hash_ok(), "an edited line kept a good hash: {}", String::from_utf8_lossy(&line));
         }

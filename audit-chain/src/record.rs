@@ -127,6 +127,10 @@ pub struct AuditRecord {
 impl AuditRecord {
     /// Numbers and chains an event.
     pub fn new(ev: AuditEvent, seq: u64, time: String, prev_hash: String) -> Self {
+        Self::new_unsealed(ev, seq, time, prev_hash).sealed()
+    }
+
+    fn new_unsealed(ev: AuditEvent, seq: u64, time: String, prev_hash: String) -> Self {
         AuditRecord {
             seq,
             node: String::new(),
@@ -149,22 +153,61 @@ impl AuditRecord {
             prev_hash,
             hash: String::new(),
         }
-        .sealed()
-    }
-
-    /// The record as written by replica `node` (empty: a single node), sealed again.
-    pub fn on_node(mut self, node: &str) -> Self {
-        if node.is_empty() {
-            return self;
-        }
-        self.node = node.to_string();
-        self.sealed()
     }
 
     /// Sets `hash` from the body.
     fn sealed(mut self) -> Self {
-        self.hash = self.body_hash();
+        self.seal();
         self
+    }
+
+    /// Numbers and chains an event written by replica `node` (empty: a single node),
+    /// and gives its line too (no newline), from one serialization (see [`seal`]).
+    ///
+    /// [`seal`]: AuditRecord::seal
+    pub fn with_line(
+        ev: AuditEvent,
+        seq: u64,
+        time: String,
+        prev_hash: String,
+        node: &str,
+    ) -> (Self, String) {
+        let mut r = AuditRecord::new_unsealed(ev, seq, time, prev_hash);
+        r.node = node.to_string();
+        let line = r.seal();
+        (r, line)
+    }
+
+    /// Sets `hash` from the body and returns the line. The body is serialized once:
+    /// `hash` is the line's last member, so the line is the body with that member put
+    /// before its closing brace.
+    fn seal(&mut self) -> String {
+        self.hash = String::new();
+        let mut line = serde_json::to_string(&*self).expect("audit record serializes");
+        let hash = hex::encode(Sha256::digest(line.as_bytes()));
+        line.pop(); // the body's closing brace
+        line.push_str(",\"hash\":\"");
+        line.push_str(&hash);
+        line.push_str("\"}");
+        self.hash = hash;
+        line
+    }
+
+    /// Whether `line` (no newline) is this record's own line with its hash intact: the
+    /// record serializes to exactly these bytes, and `hash` is the SHA-256 of the body.
+    /// One serialization: the body is the line with its last member, `hash`, cut off.
+    pub fn is_intact_line(&self, line: &[u8]) -> bool {
+        let mine = self.to_line();
+        if mine.as_bytes() != line {
+            return false;
+        }
+        // A hash that is not plain hex would be escaped in the line; no body has one.
+        let member = format!(",\"hash\":\"{}\"}}", self.hash);
+        let Some(body) = mine.strip_suffix(&member) else {
+            return false;
+        };
+        let digest = Sha256::new_with_prefix(body).chain_update(b"}").finalize();
+        hex::encode(digest) == self.hash
     }
 
     /// Hex SHA-256 of the record serialized without its `hash` field.

@@ -245,9 +245,7 @@ fn read_entries(file: usize, mut r: impl BufRead, out: &mut Vec<Entry>) -> std::
             buf.pop();
         }
         let body = serde_json::from_slice::<AuditRecord>(&buf).map_err(|e| e.to_string());
-        let intact = body
-            .as_ref()
-            .is_ok_and(|r| r.hash == r.body_hash() && r.to_line().as_bytes() == &buf[..]);
+        let intact = body.as_ref().is_ok_and(|r| r.is_intact_line(&buf));
         out.push(Entry {
             file,
             line,

@@ -122,9 +122,7 @@ pub fn walk_reader(mut r: impl BufRead, start: ChainHead) -> std::io::Result<Wal
                 return Ok(report);
             }
         };
-        let problem = if record.hash != record.body_hash()
-            || record.to_line().as_bytes() != &buf[..]
-        {
+        let problem = if !record.is_intact_line(&buf) {
             Some("record was edited: its hash does not match its content".to_string())
         } else if record.seq != expected {
             Some(format!(

@@ -3,8 +3,8 @@
 use super::*;
 use crate::record::{AuditEvent, AuditRecord, CHECKPOINT_METHOD, Checkpoint, GENESIS_HASH};
 
-fn record(principal: &str, note: &str, checkpoint: bool) -> AuditRecord {
-    let ev = AuditEvent {
+fn event(principal: &str, note: &str, checkpoint: bool) -> AuditEvent {
+    AuditEvent {
         request_id: "r-1".into(),
         principal: principal.into(),
         peer: "10.0.0.1:4000".into(),
@@ -24,9 +24,12 @@ fn record(principal: &str, note: &str, checkpoint: bool) -> AuditRecord {
             signature: "c2ln+/=".into(),
         }),
         ..Default::default()
-    };
+    }
+}
+
+fn record(principal: &str, note: &str, checkpoint: bool) -> AuditRecord {
     AuditRecord::new(
-        ev,
+        event(principal, note, checkpoint),
         42,
         "2026-01-01T00:00:00.000001Z".into(),
         GENESIS_HASH.into(),
@@ -39,6 +42,15 @@ fn reads_every_kind_of_written_line() {
         record("spiffe://corp/pay", "", false),
         record("ünï \"q\" \\ \n\t\u{1}\u{7f}\u{2028}/", "a note", false),
         record("hsmd", "", true),
+        // A replica's record (PostgreSQL store) names its node after `seq`.
+        AuditRecord::with_line(
+            event("spiffe://corp/pay", "", false),
+            42,
+            "2026-01-01T00:00:00.000001Z".into(),
+            GENESIS_HASH.into(),
+            "replica-b",
+        )
+        .0,
     ] {
         let line = r.to_line();
         let v = LineView::parse(line.as_bytes()).unwrap_or_else(|| panic!("refused {line}"));
@@ -66,6 +78,7 @@ fn refuses_lines_hsmd_does_not_write() {
         line.replacen("\\u0001", "\\u0009", 1),
         line.replacen("\\u0001", "\\U0001", 1),
         line.replacen("\"note\":\"n\"", "\"note\":\"\"", 1),
+        line.replacen("\"seq\":42", "\"seq\":42,\"node\":\"\"", 1),
         line.replacen(",\"peer\"", ", \"peer\"", 1),
         line.replacen("\"denied\"", "\"Denied\"", 1),
         line.replacen("hsmd/Audit", "hsmd\\/Audit", 1),

@@ -447,10 +447,13 @@ impl Writer {
         let mut forwards = Vec::new();
         for ev in events {
             let seq = state.sequence + 1;
-            let record =
-                AuditRecord::new(ev, seq, rfc3339(self.clock.now_utc()), state.hash.clone())
-                    .on_node(&self.cfg.node);
-            let line = record.to_line();
+            let (record, line) = AuditRecord::with_line(
+                ev,
+                seq,
+                rfc3339(self.clock.now_utc()),
+                state.hash.clone(),
+                &self.cfg.node,
+            );
             buf.extend_from_slice(line.as_bytes());
             buf.push(b'\n');
             if self.forward.is_some() {
