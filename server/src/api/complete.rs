@@ -23,15 +23,20 @@ impl Running {
         self.0.load(Ordering::Relaxed) > 1
     }
 
+    /// True if any call is running.
+    pub(crate) fn any(&self) -> bool {
+        self.0.load(Ordering::Relaxed) > 0
+    }
+
     /// Counts one call until the returned guard is dropped.
-    fn enter(&self) -> Counted {
+    pub(crate) fn enter(&self) -> Counted {
         self.0.fetch_add(1, Ordering::Relaxed);
         Counted(self.0.clone())
     }
 }
 
 /// One call counted in [`Running`] while it lives.
-struct Counted(Arc<AtomicUsize>);
+pub(crate) struct Counted(Arc<AtomicUsize>);
 
 impl Drop for Counted {
     fn drop(&mut self) {

@@ -38,6 +38,7 @@ use crate::metrics::Metrics;
 
 use crate::clock::{SharedClock, SystemClock};
 
+mod coalesce;
 mod side;
 mod sweep;
 mod tls;
@@ -119,6 +120,7 @@ pub async fn run_until<S: std::future::Future<Output = ()>>(
         acceptor_rx,
         cfg.tls.handshake_timeout,
         state.auth.connections().clone(),
+        state.running.clone(),
     );
 
     let (health, health_service) = tonic_health::server::health_reporter();

@@ -15,6 +15,8 @@ use tokio_rustls::TlsAcceptor;
 use tokio_rustls::server::TlsStream;
 use tonic::transport::server::Connected;
 
+use super::coalesce::Coalesce;
+use crate::api::complete::Running;
 use crate::auth::{ConnectionLimits, Slot};
 use crate::config::TlsConfig;
 
@@ -76,6 +78,7 @@ pub(super) fn tls_incoming(
     acceptor: tokio::sync::watch::Receiver<TlsAcceptor>,
     handshake_timeout: Duration,
     limits: Arc<ConnectionLimits>,
+    running: Running,
 ) -> tokio_stream::wrappers::ReceiverStream<Result<Conn, std::io::Error>> {
     let (tx, rx) = tokio::sync::mpsc::channel(64);
     tokio::spawn(async move {
@@ -92,10 +95,11 @@ pub(super) fn tls_incoming(
             let acceptor = acceptor.borrow().clone();
             let tx = tx.clone();
             let limits = limits.clone();
+            let running = running.clone();
             tokio::spawn(async move {
                 match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                     Ok(Ok(tls)) => {
-                        let conn = Conn::admit(tls, peer, &limits, handshake_timeout);
+                        let conn = Conn::admit(tls, peer, &limits, handshake_timeout, running);
                         let _ = tx.send(Ok(conn)).await;
                     }
                     Ok(Err(e)) => tracing::info!(%peer, error = %e, "TLS handshake refused"),
@@ -113,6 +117,8 @@ pub(super) struct Conn {
     tls: TlsStream<TcpStream>,
     slot: Slot,
     close_at: Option<Pin<Box<tokio::time::Sleep>>>,
+    /// Answers released together leave in one write (see `coalesce.rs`).
+    coalesce: Coalesce,
 }
 
 impl Conn {
@@ -121,6 +127,7 @@ impl Conn {
         peer: std::net::SocketAddr,
         limits: &Arc<ConnectionLimits>,
         grace: Duration,
+        running: Running,
     ) -> Conn {
         let principal = tls
             .get_ref()
@@ -138,6 +145,7 @@ impl Conn {
             tls,
             slot,
             close_at,
+            coalesce: Coalesce::new(running),
         }
     }
 }
@@ -172,6 +180,9 @@ impl AsyncWrite for Conn {
         cx: &mut TaskContext<'_>,
         buf: &[u8],
     ) -> Poll<std::io::Result<usize>> {
+        if self.coalesce.hold(cx) {
+            return Poll::Pending;
+        }
         Pin::new(&mut self.tls).poll_write(cx, buf)
     }
 
@@ -180,6 +191,9 @@ impl AsyncWrite for Conn {
         cx: &mut TaskContext<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
+        if self.coalesce.hold(cx) {
+            return Poll::Pending;
+        }
         Pin::new(&mut self.tls).poll_write_vectored(cx, bufs)
     }
 
@@ -194,7 +208,14 @@ impl AsyncWrite for Conn {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
-        Pin::new(&mut self.tls).poll_flush(cx)
+        if self.coalesce.waiting(cx) {
+            return Poll::Pending;
+        }
+        let flushed = Pin::new(&mut self.tls).poll_flush(cx);
+        if flushed.is_ready() {
+            self.coalesce.flushed();
+        }
+        flushed
     }
 
     fn poll_shutdown(
