@@ -27,6 +27,10 @@ pub(crate) struct SessionPool {
     pin: AuthPin,
     idle: Mutex<Vec<Session>>,
     freed: Condvar,
+    /// Callers waiting on `freed`, changed only under `idle`'s lock: a session put back
+    /// wakes one only if there is one (the condition variable's notify is a system call
+    /// even when nobody waits, one per token operation).
+    waiting: AtomicUsize,
     size: usize,
     /// Sessions in use and callers waiting, as gauges.
     metrics: Arc<Metrics>,
@@ -63,6 +67,7 @@ impl SessionPool {
             pin,
             idle: Mutex::new(sessions),
             freed: Condvar::new(),
+            waiting: AtomicUsize::new(0),
             size,
             metrics: Default::default(),
             generation: AtomicU64::new(0),
@@ -139,10 +144,12 @@ impl SessionPool {
                 });
             }
             self.metrics.pool_waiters.inc();
+            self.waiting.fetch_add(1, Ordering::Relaxed);
             let (guard, timeout) = self
                 .freed
                 .wait_timeout(idle, CHECKOUT_TIMEOUT)
                 .unwrap_or_else(|p| p.into_inner());
+            self.waiting.fetch_sub(1, Ordering::Relaxed);
             self.metrics.pool_waiters.dec();
             idle = guard;
             if timeout.timed_out() && idle.is_empty() {
@@ -156,11 +163,13 @@ impl SessionPool {
             std::mem::forget(session);
             return;
         }
-        self.idle
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push(session);
-        self.freed.notify_one();
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        idle.push(session);
+        let waiting = self.waiting.load(Ordering::Relaxed) > 0;
+        drop(idle);
+        if waiting {
+            self.freed.notify_one();
+        }
     }
 
     /// Replaces a session the token no longer knows, logging in again if needed. If the
