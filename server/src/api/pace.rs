@@ -7,7 +7,8 @@
 //! the key as the caller named it) keeps a running average of how long it took, and work
 //! whose average is under [`INLINE_BELOW`] runs on the worker: on SoftHSM2 an ECDSA
 //! signature or an AES encryption does, an RSA signature (over a millisecond) does not,
-//! nor does anything on a slow token. Work never seen goes to the pool first; work that
+//! nor does anything on a slow token, except on one CPU, where the limit is
+//! [`INLINE_BELOW_ONE_CPU`] and an RSA-2048 signature runs inline too. Work never seen goes to the pool first; work that
 //! runs slow inline (a lock held by a writer, a token busy re-initializing) raises its
 //! average and goes back to the pool on its next call.
 //!
@@ -35,6 +36,13 @@ use std::time::Duration;
 
 /// Work that took less than this on average runs on the async worker.
 pub(crate) const INLINE_BELOW: Duration = Duration::from_micros(500);
+/// The same limit when the daemon has one CPU (its affinity, or a cgroup quota of one
+/// CPU or less). A hand-off to the blocking pool buys no parallelism there: the pool's
+/// thread runs on the worker's CPU. It only adds two thread switches per call, and the
+/// worker and the audit writer, waking, preempt the work about once per call. So work
+/// up to this runs inline (an RSA-2048 signature or OAEP decryption in SoftHSM2, about
+/// 1.1 ms; not RSA-3072 or larger, nor a key generation).
+pub(crate) const INLINE_BELOW_ONE_CPU: Duration = Duration::from_millis(2);
 /// An inline run that slept and took longer than this stalled the worker: it counts
 /// as its wall time, whatever CPU it used.
 pub(crate) const STALL: Duration = Duration::from_millis(1);
@@ -42,8 +50,6 @@ pub(crate) const STALL: Duration = Duration::from_millis(1);
 const SLOTS: usize = 1024;
 /// Quick inline work is timed with the CPU clocks on one run in this many.
 const SAMPLE_EVERY: u32 = 8;
-/// Average (us) under which inline work is quick enough to be sampled.
-const QUICK_US: u32 = (INLINE_BELOW.as_micros() / 4) as u32;
 
 /// Running averages of how long each kind of key work took, in microseconds (0: never
 /// seen).
@@ -51,6 +57,8 @@ pub(crate) struct Pace {
     slots: Box<[AtomicU32]>,
     /// Counts quick inline runs, to time one in [`SAMPLE_EVERY`].
     runs: AtomicU32,
+    /// Work whose average (us) is under this runs inline.
+    limit_us: u32,
 }
 
 /// One kind of work: a slot of the table.
@@ -58,15 +66,29 @@ pub(crate) struct Pace {
 pub(crate) struct Kind(usize);
 
 impl Default for Pace {
+    /// For the CPUs this process may use (`available_parallelism`: its affinity and its
+    /// cgroup's CPU quota).
     fn default() -> Self {
-        Pace {
-            slots: (0..SLOTS).map(|_| AtomicU32::new(0)).collect(),
-            runs: AtomicU32::new(0),
-        }
+        Pace::for_cpus(std::thread::available_parallelism().map_or(1, |n| n.get()))
     }
 }
 
 impl Pace {
+    /// For a process with `cpus` CPUs: [`INLINE_BELOW_ONE_CPU`] with one, else
+    /// [`INLINE_BELOW`].
+    pub(crate) fn for_cpus(cpus: usize) -> Self {
+        let limit = if cpus <= 1 {
+            INLINE_BELOW_ONE_CPU
+        } else {
+            INLINE_BELOW
+        };
+        Pace {
+            slots: (0..SLOTS).map(|_| AtomicU32::new(0)).collect(),
+            runs: AtomicU32::new(0),
+            limit_us: limit.as_micros() as u32,
+        }
+    }
+
     /// The kind of work of `method` on the key named `named`.
     pub(crate) fn kind(&self, method: &str, named: &str) -> Kind {
         let mut h = std::hash::DefaultHasher::new();
@@ -78,7 +100,7 @@ impl Pace {
     /// True if work of this kind has been quick on average.
     pub(crate) fn inline(&self, kind: Kind) -> bool {
         let us = self.slots[kind.0].load(Ordering::Relaxed);
-        us != 0 && u128::from(us) < INLINE_BELOW.as_micros()
+        us != 0 && us < self.limit_us
     }
 
     /// Runs `work` of this kind and adds what it cost to the kind's average (see the
@@ -108,7 +130,7 @@ impl Pace {
         let us = self.slots[kind.0].load(Ordering::Relaxed);
         !inline
             || us == 0
-            || us >= QUICK_US
+            || us >= self.limit_us / 4
             || self
                 .runs
                 .fetch_add(1, Ordering::Relaxed)
@@ -153,14 +175,29 @@ mod tests {
     const US: fn(u64) -> Duration = Duration::from_micros;
 
     #[test]
+    fn with_one_cpu_an_rsa_signature_runs_inline_and_a_key_generation_does_not() {
+        let pace = Pace::for_cpus(1);
+        let sign = pace.kind("Sign", "alias/rsa");
+        let create = pace.kind("CreateKey", "RSA_2048");
+        pace.took(sign, US(1100));
+        pace.took(create, US(80_000));
+        assert!(pace.inline(sign));
+        assert!(!pace.inline(create));
+        // With two CPUs the signature goes to the pool.
+        let two = Pace::for_cpus(2);
+        two.took(sign, US(1100));
+        assert!(!two.inline(sign));
+    }
+
+    #[test]
     fn work_never_seen_goes_to_the_pool() {
-        let pace = Pace::default();
+        let pace = Pace::for_cpus(2);
         assert!(!pace.inline(pace.kind("Sign", "alias/app")));
     }
 
     #[test]
     fn quick_work_runs_inline_and_slow_work_does_not() {
-        let pace = Pace::default();
+        let pace = Pace::for_cpus(2);
         let quick = pace.kind("Sign", "alias/ec");
         let slow = pace.kind("Sign", "alias/rsa");
         assert_ne!(quick.0, slow.0, "test keys share a slot; pick other names");
@@ -173,7 +210,7 @@ mod tests {
 
     #[test]
     fn one_stall_inline_sends_the_work_back_to_the_pool() {
-        let pace = Pace::default();
+        let pace = Pace::for_cpus(2);
         let kind = pace.kind("Sign", "alias/ec");
         for _ in 0..20 {
             pace.took(kind, US(60));
@@ -193,7 +230,7 @@ mod tests {
 
     #[test]
     fn a_stall_inline_counts_its_wall_time_and_a_wait_in_the_pool_does_not() {
-        let pace = Pace::default();
+        let pace = Pace::for_cpus(2);
         let kind = pace.kind("Sign", "alias/ec");
         pace.took(kind, US(60));
         // Sleeping uses no CPU: in the pool that is a wait for the CPU or a lock, and
@@ -207,7 +244,7 @@ mod tests {
 
     #[test]
     fn averages_saturate_instead_of_wrapping() {
-        let pace = Pace::default();
+        let pace = Pace::for_cpus(2);
         let kind = pace.kind("GenerateDataKey", "k");
         pace.took(kind, Duration::from_secs(100_000));
         pace.took(kind, Duration::from_secs(100_000));
@@ -218,7 +255,7 @@ mod tests {
 
     #[test]
     fn quick_inline_work_is_timed_one_run_in_eight_and_the_rest_always() {
-        let pace = Pace::default();
+        let pace = Pace::for_cpus(2);
         let quick = pace.kind("Sign", "alias/ec");
         let near = pace.kind("Sign", "alias/rsa");
         assert_ne!(quick.0, near.0, "test keys share a slot; pick other names");
@@ -234,7 +271,7 @@ mod tests {
 
     #[test]
     fn an_untimed_inline_run_that_stalls_still_counts() {
-        let pace = Pace::default();
+        let pace = Pace::for_cpus(2);
         let kind = pace.kind("Sign", "alias/ec");
         for _ in 0..20 {
             pace.took(kind, US(60));
