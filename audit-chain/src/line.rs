@@ -3,9 +3,10 @@
 //!
 //! [`LineView::parse`] accepts exactly the lines `AuditRecord::to_line` writes: the fields
 //! in their fixed order, strings escaped as serde_json escapes them, numbers without
-//! leading zeros, `node`, `note` and `checkpoint` only when set, `hash` last. For such a line the
-//! record's body (what its `hash` covers) is the line up to `,"hash":"` followed by `}`,
-//! so the verifier hashes the bytes as read instead of serializing the record again.
+//! leading zeros, `node`, `note` and `checkpoint` only when set, `hash` last. For such a
+//! line the record's body (what its `hash` covers) is the line up to `,"hash":"` followed
+//! by `}`, so the verifier hashes the bytes as read instead of serializing the record
+//! again.
 //! Any other line (edited by hand, or not a record at all) is refused, and the caller
 //! falls back to the full serde path, which names what is wrong.
 //!

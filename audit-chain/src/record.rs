@@ -127,7 +127,9 @@ pub struct AuditRecord {
 impl AuditRecord {
     /// Numbers and chains an event.
     pub fn new(ev: AuditEvent, seq: u64, time: String, prev_hash: String) -> Self {
-        Self::new_unsealed(ev, seq, time, prev_hash).sealed()
+        let mut r = Self::new_unsealed(ev, seq, time, prev_hash);
+        r.seal();
+        r
     }
 
     fn new_unsealed(ev: AuditEvent, seq: u64, time: String, prev_hash: String) -> Self {
@@ -153,12 +155,6 @@ impl AuditRecord {
             prev_hash,
             hash: String::new(),
         }
-    }
-
-    /// Sets `hash` from the body.
-    fn sealed(mut self) -> Self {
-        self.seal();
-        self
     }
 
     /// Numbers and chains an event written by replica `node` (empty: a single node),

@@ -7,10 +7,10 @@
 //! the key as the caller named it) keeps a running average of how long it took, and work
 //! whose average is under [`INLINE_BELOW`] runs on the worker: on SoftHSM2 an ECDSA
 //! signature or an AES encryption does, an RSA signature (over a millisecond) does not,
-//! nor does anything on a slow token, except on one CPU, where the limit is
-//! [`INLINE_BELOW_ONE_CPU`] and an RSA-2048 signature runs inline too. Work never seen goes to the pool first; work that
-//! runs slow inline (a lock held by a writer, a token busy re-initializing) raises its
-//! average and goes back to the pool on its next call.
+//! nor does anything on a slow token. On one CPU the limit is [`INLINE_BELOW_ONE_CPU`],
+//! and an RSA-2048 signature runs inline too. Work never seen goes to the pool first;
+//! work that runs slow inline (a lock held by a writer, a token busy re-initializing)
+//! raises its average and goes back to the pool on its next call.
 //!
 //! A sample is the CPU time the work used on its thread, not its wall time: on a
 //! saturated core a thread waits its turn for the CPU, and that wait says nothing about
