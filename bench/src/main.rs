@@ -210,7 +210,13 @@ struct Run {
     /// and the daemon's audit groups over its measured parts.
     disk_syncs: u64,
     disk_cpu: Duration,
+    /// Wall time of those durable writes: how long hsmd's CPU idles per group.
+    disk_wall: Duration,
     groups: disk::AuditGroups,
+    /// With --floor: raw's token work on one session with and without a pause of one
+    /// durable write after each group's worth of calls, and the pauses made.
+    idle: raw::IdleCost,
+    pause_every: Vec<u64>,
     rounds: Vec<Round>,
     first_error: Option<String>,
 }
@@ -249,6 +255,25 @@ impl Run {
             _ => 0.0,
         }
     }
+
+    /// Wall time of one durable write on its own: the pause of the idle floor.
+    fn pause(&self) -> Duration {
+        self.disk_wall / u32::try_from(self.disk_syncs.max(1)).unwrap_or(u32::MAX)
+    }
+
+    /// The idle floor per call: raw's token work pausing once per group, less the same
+    /// work without pauses (`None` before any paused call).
+    fn idle_floor_us_per_call(&self) -> Option<(f64, f64, f64)> {
+        let (steady, paused) = (self.idle.steady, self.idle.paused);
+        if steady.1 == 0 || paused.1 == 0 {
+            return None;
+        }
+        let (s, p) = (
+            pin::us_per_call(steady.0, steady.1),
+            pin::us_per_call(paused.0, paused.1),
+        );
+        Some((s, p, p - s))
+    }
 }
 
 /// Durable writes the disk floor makes in each round (about 0.2 s on this machine's disk).
@@ -276,7 +301,10 @@ fn run_rounds(
         floor_cpu: Duration::ZERO,
         disk_syncs: 0,
         disk_cpu: Duration::ZERO,
+        disk_wall: Duration::ZERO,
         groups: disk::AuditGroups::default(),
+        idle: raw::IdleCost::default(),
+        pause_every: Vec::new(),
         rounds: Vec::new(),
         first_error: None,
     };
@@ -340,8 +368,20 @@ fn run_rounds(
             let f = runtime.block_on(floor::measure(&side.clients, args.concurrency, slice));
             run.floor_cpu += pin::process_cpu(side.daemon.pid())? - before;
             run.floor.add(f);
-            run.disk_cpu += disk::measure(&side.dir, work_cpus, DISK_SYNCS_PER_ROUND)?;
+            let (cpu, wall) = disk::measure(&side.dir, work_cpus, DISK_SYNCS_PER_ROUND)?;
+            run.disk_cpu += cpu;
+            run.disk_wall += wall;
             run.disk_syncs += DISK_SYNCS_PER_ROUND;
+            // hsmd's group size this round: its CPU idles once per group, for a sync.
+            if let Some(g) = groups.filter(|g| g.syncs > 0.0) {
+                let every = (g.records / g.syncs).round().max(1.0) as u64;
+                let pause = raw::Pause {
+                    every,
+                    each: wall / u32::try_from(DISK_SYNCS_PER_ROUND).unwrap_or(u32::MAX),
+                };
+                run.idle.add(raw.idle_cost(slice, pause, round % 2 == 1)?);
+                run.pause_every.push(every);
+            }
         }
     }
     Ok(run)
@@ -399,6 +439,17 @@ fn report(
             })),
             "overhead_above_floors_us_per_call": args.floor
                 .then(|| overhead - run.floor_cpu_us() - run.disk_floor_us_per_call()),
+            "idle_floor": run.idle_floor_us_per_call().map(|(steady, paused, idle)| serde_json::json!({
+                "method": "raw's token work on one session, pausing one durable write's wall time after each hsmd audit group's worth of calls, less the same work without pauses",
+                "calls_per_pause": run.pause_every,
+                "pause_us": run.pause().as_secs_f64() * 1e6,
+                "steady_cpu_us_per_call": steady,
+                "paused_cpu_us_per_call": paused,
+                "cpu_us_per_call": idle,
+            })),
+            "overhead_above_all_floors_us_per_call": run.idle_floor_us_per_call().map(|(_, _, idle)| {
+                overhead - run.floor_cpu_us() - run.disk_floor_us_per_call() - idle
+            }),
             "hsmd_peak_rss_kib": rss,
             "rounds": run.rounds.iter().map(Round::json).collect::<Vec<_>>(),
             "first_error": run.first_error,
@@ -460,6 +511,14 @@ fn report(
             run.records_per_sync(),
             overhead - f - d
         );
+        if let Some((steady, paused, idle)) = run.idle_floor_us_per_call() {
+            println!(
+                "idle floor (raw, one session, a {:.0} us pause per {:?} calls): {paused:.1} against {steady:.1} us per call without: {idle:.1} us per call; hsmd overhead above all three floors {:.1} us",
+                run.pause().as_secs_f64() * 1e6,
+                run.pause_every,
+                overhead - f - d - idle
+            );
+        }
     }
     if run.rounds.len() > 1 {
         let each: Vec<String> = run

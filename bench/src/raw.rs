@@ -126,9 +126,9 @@ impl RawBench {
         let mut sessions = std::mem::take(&mut self.sessions);
         let pin = self.work_cpus.as_deref();
         if !warmup.is_zero() {
-            sessions = drive(sessions, &self.op, Length::Duration(warmup), pin)?.sessions;
+            sessions = drive(sessions, &self.op, Length::Duration(warmup), pin, None)?.sessions;
         }
-        let run = drive(sessions, &self.op, length, pin)?;
+        let run = drive(sessions, &self.op, length, pin, None)?;
         self.sessions = run.sessions;
         Ok((
             Samples {
@@ -138,6 +138,51 @@ impl RawBench {
             },
             run.cpu,
         ))
+    }
+
+    /// `--floor`, third part: what the token work costs more when the CPU goes idle
+    /// once per durable group, as hsmd's does while a group's `fdatasync` runs and every
+    /// call of the group waits for it. One session, on the work CPUs, makes `length`
+    /// calls without a pause and `length` calls pausing `pause.each` after every
+    /// `pause.every` of them (in the order `paused_first` says). Raw's own loop never
+    /// idles, so its CPU per call leaves this cost out.
+    pub fn idle_cost(
+        &mut self,
+        length: Length,
+        pause: Pause,
+        paused_first: bool,
+    ) -> anyhow::Result<IdleCost> {
+        let mut rest = std::mem::take(&mut self.sessions);
+        if rest.is_empty() {
+            anyhow::bail!("idle floor: no session left (an earlier side failed)");
+        }
+        let mut one = vec![rest.remove(0)];
+        let pin = self.work_cpus.as_deref();
+        let mut cost = IdleCost::default();
+        let order = if paused_first {
+            [Some(pause), None]
+        } else {
+            [None, Some(pause)]
+        };
+        let mut result = Ok(());
+        for p in order {
+            // A failed thread takes its session with it; the run stops on the error.
+            let run = drive(one, &self.op, length, pin, p)?;
+            let side = if p.is_some() {
+                &mut cost.paused
+            } else {
+                &mut cost.steady
+            };
+            side.0 += run.cpu;
+            side.1 += run.micros.len() as u64;
+            if run.errors > 0 && result.is_ok() {
+                result = Err(anyhow::anyhow!("idle floor: {} token errors", run.errors));
+            }
+            one = run.sessions;
+        }
+        rest.splice(0..0, one);
+        self.sessions = rest;
+        result.map(|()| cost)
     }
 
     /// Destroys the key, closes the sessions and finalizes the module.
@@ -225,6 +270,29 @@ fn public(k: KeyObjects) -> ObjectHandle {
     k.public.unwrap_or(k.private)
 }
 
+/// A pause of `each` after every `every` calls (see [`RawBench::idle_cost`]).
+#[derive(Clone, Copy, Debug)]
+pub struct Pause {
+    pub every: u64,
+    pub each: Duration,
+}
+
+/// CPU time and calls of one session's loop without pauses (`steady`) and with them.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IdleCost {
+    pub steady: (Duration, u64),
+    pub paused: (Duration, u64),
+}
+
+impl IdleCost {
+    pub fn add(&mut self, other: IdleCost) {
+        self.steady.0 += other.steady.0;
+        self.steady.1 += other.steady.1;
+        self.paused.0 += other.paused.0;
+        self.paused.1 += other.paused.1;
+    }
+}
+
 /// What one `drive` measured, and the sessions back.
 struct Driven {
     micros: Vec<u32>,
@@ -242,6 +310,7 @@ fn drive(
     op: &Op,
     length: Length,
     pin: Option<&[usize]>,
+    pause: Option<Pause>,
 ) -> anyhow::Result<Driven> {
     let start = Instant::now();
     let deadline = match length {
@@ -272,6 +341,11 @@ fn drive(
                                 micros.push(t.elapsed().as_micros().min(u32::MAX as u128) as u32)
                             }
                             Err(_) => errors += 1,
+                        }
+                        if let Some(p) = pause
+                            && (micros.len() as u64 + errors).is_multiple_of(p.every.max(1))
+                        {
+                            std::thread::sleep(p.each);
                         }
                     }
                     Ok::<_, nix::Error>((micros, errors, crate::pin::thread_cpu() - cpu0, s))

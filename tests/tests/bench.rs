@@ -135,6 +135,33 @@ fn hsmd_bench_reports_raw_and_hsmd() {
         .as_f64()
         .expect("above both floors");
     assert!((above_both - (overhead - f - d)).abs() < 1e-6, "{report}");
+    // ... and raw's token work pausing one durable write after each group's worth of
+    // calls (hsmd's group size in that round), against the same session without pauses.
+    let idle = &report["idle_floor"];
+    let every = idle["calls_per_pause"].as_array().expect("calls per pause");
+    assert_eq!(every.len(), 3, "one per round: {report}");
+    assert!(
+        every.iter().all(|n| n.as_u64().is_some_and(|n| n >= 1)),
+        "{report}"
+    );
+    assert!(
+        idle["pause_us"].as_f64().is_some_and(|v| v > 0.0),
+        "{report}"
+    );
+    let (steady, paused) = (
+        idle["steady_cpu_us_per_call"].as_f64().expect("steady"),
+        idle["paused_cpu_us_per_call"].as_f64().expect("paused"),
+    );
+    assert!(steady > 0.0 && paused > 0.0, "{report}");
+    let i = idle["cpu_us_per_call"].as_f64().expect("idle per call");
+    assert!((i - (paused - steady)).abs() < 1e-6, "{report}");
+    let above_all = report["overhead_above_all_floors_us_per_call"]
+        .as_f64()
+        .expect("above all floors");
+    assert!(
+        (above_all - (overhead - f - d - i)).abs() < 1e-6,
+        "{report}"
+    );
     // 40 calls per side over 3 alternating rounds (14 + 13 + 13), each with its ratio.
     let rounds = report["rounds"].as_array().expect("rounds");
     assert_eq!(rounds.len(), 3, "{report}");
