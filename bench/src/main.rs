@@ -81,10 +81,13 @@ struct Args {
     #[arg(long, value_name = "BOOL", num_args = 0..=1, require_equals = true, default_missing_value = "true")]
     pin: Option<bool>,
     /// Also measure the floors in each round: the transport's (gRPC health checks on
-    /// the same daemon, connections and CPUs: TLS, HTTP/2, tonic; no token, no audit)
-    /// and the disk's (1000 durable writes of 4 KiB, pwrite + fdatasync, on hsmd's
-    /// CPUs, shared by the records per sync the daemon's /metrics report). Reports the
-    /// CPU of each and hsmd's overhead above them.
+    /// the same daemon, connections and CPUs: TLS, HTTP/2, tonic; no token, no audit),
+    /// the disk's (1000 durable writes of 4 KiB, pwrite + fdatasync, on hsmd's CPUs,
+    /// shared by the records per sync the daemon's /metrics report) and the idle one
+    /// (raw's token work on one session, pausing one durable write's wall time after
+    /// each group's worth of calls, less the same work without pauses: what the CPU
+    /// idling once per group costs the token work). Reports the CPU of each and hsmd's
+    /// overhead above them.
     #[arg(long)]
     floor: bool,
     /// Compare one replica with this many on the same token, with their metadata in a
