@@ -408,6 +408,7 @@ fn report(
     let (raw_cpu, hsmd_cpu) = (run.raw_cpu_us(), run.hsmd_cpu_us());
     let overhead = hsmd_cpu - raw_cpu;
     let overheads: Vec<f64> = run.rounds.iter().map(|r| r.overhead_us()).collect();
+    let idle_floor = run.idle_floor_us_per_call();
     if args.output == "json" {
         let side = |stats: &bench::LatencyStats, cpu: f64| {
             let mut v = serde_json::to_value(stats).unwrap_or_default();
@@ -442,7 +443,7 @@ fn report(
             })),
             "overhead_above_floors_us_per_call": args.floor
                 .then(|| overhead - run.floor_cpu_us() - run.disk_floor_us_per_call()),
-            "idle_floor": run.idle_floor_us_per_call().map(|(steady, paused, idle)| serde_json::json!({
+            "idle_floor": idle_floor.map(|(steady, paused, idle)| serde_json::json!({
                 "method": "raw's token work on one session, pausing one durable write's wall time after each hsmd audit group's worth of calls, less the same work without pauses",
                 "calls_per_pause": run.pause_every,
                 "pause_us": run.pause().as_secs_f64() * 1e6,
@@ -450,7 +451,7 @@ fn report(
                 "paused_cpu_us_per_call": paused,
                 "cpu_us_per_call": idle,
             })),
-            "overhead_above_all_floors_us_per_call": run.idle_floor_us_per_call().map(|(_, _, idle)| {
+            "overhead_above_all_floors_us_per_call": idle_floor.map(|(_, _, idle)| {
                 overhead - run.floor_cpu_us() - run.disk_floor_us_per_call() - idle
             }),
             "hsmd_peak_rss_kib": rss,
@@ -514,7 +515,7 @@ fn report(
             run.records_per_sync(),
             overhead - f - d
         );
-        if let Some((steady, paused, idle)) = run.idle_floor_us_per_call() {
+        if let Some((steady, paused, idle)) = idle_floor {
             println!(
                 "idle floor (raw, one session, a {:.0} us pause per {:?} calls): {paused:.1} against {steady:.1} us per call without: {idle:.1} us per call; hsmd overhead above all three floors {:.1} us",
                 run.pause().as_secs_f64() * 1e6,

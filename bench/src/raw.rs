@@ -164,7 +164,7 @@ impl RawBench {
         } else {
             [None, Some(pause)]
         };
-        let mut result = Ok(());
+        let mut errors = 0;
         for p in order {
             // A failed thread takes its session with it; the run stops on the error.
             let run = drive(one, &self.op, length, pin, p)?;
@@ -175,14 +175,13 @@ impl RawBench {
             };
             side.0 += run.cpu;
             side.1 += run.micros.len() as u64;
-            if run.errors > 0 && result.is_ok() {
-                result = Err(anyhow::anyhow!("idle floor: {} token errors", run.errors));
-            }
+            errors += run.errors;
             one = run.sessions;
         }
         rest.splice(0..0, one);
         self.sessions = rest;
-        result.map(|()| cost)
+        anyhow::ensure!(errors == 0, "idle floor: {errors} token errors");
+        Ok(cost)
     }
 
     /// Destroys the key, closes the sessions and finalizes the module.
